@@ -1,0 +1,1 @@
+"""Checks that judge an edit: loop regressions (loops.py) and benchmark drift (bench.py)."""

@@ -1,0 +1,1 @@
+"""Generation backends: local transformers (batched, early loop stop) and OpenAI-compatible HTTP."""
