@@ -1,0 +1,279 @@
+"""The bundled question set (facts, arithmetic, reading comprehension) and how a model is scored on it.
+
+Every item is scored three ways on the same prompt: (1) `acc`: the option with the highest summed
+log-likelihood, (2) `acc_norm`: highest mean log-likelihood per option token (removes the bias towards
+short options), (3) `exact_match`: the greedy continuation's first line equals the answer (or an alias)
+after normalisation. `gold_logprob` (log-likelihood of the right option) is kept per item: it moves
+before accuracy does, so it is the most sensitive paired measure of damage.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from patchkit.errors import CheckError
+
+__all__ = ["TaskItem", "TaskSet", "load_tasks", "item_prompt", "normalize_answer", "is_exact_match", "score_tasks", "TaskScores"]
+
+KINDS = ("fact", "arithmetic", "reading")
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    id: str
+    kind: str
+    question: str
+    options: tuple[str, ...]
+    answer: str
+    accept: tuple[str, ...] = ()
+    passage: str | None = None  # the passage text (resolved from its key)
+
+    @property
+    def gold(self) -> int:
+        return self.options.index(self.answer)
+
+
+@dataclass
+class TaskSet:
+    source: str
+    items: list[TaskItem]
+
+    def limited(self, limit: int | None) -> "TaskSet":
+        """The first `limit` items of each kind (keeps the mix of kinds when the set is cut down)."""
+        if limit is None:
+            return self
+        kept: list[TaskItem] = []
+        counts: dict[str, int] = {}
+        for item in self.items:
+            if counts.get(item.kind, 0) < limit:
+                kept.append(item)
+                counts[item.kind] = counts.get(item.kind, 0) + 1
+        return TaskSet(self.source, kept)
+
+
+def _fail(source: str, where: str, msg: str) -> CheckError:
+    return CheckError(f"{source}: {where}: {msg}")
+
+
+def _parse(data: Any, source: str) -> TaskSet:
+    if not isinstance(data, dict):
+        raise CheckError(f"{source}: task file is empty or not a mapping", hint="expected keys `version`, `passages`, `items`")
+    passages = data.get("passages") or {}
+    if not isinstance(passages, dict):
+        raise _fail(source, "passages", "must be a mapping of key -> text")
+    raw_items = data.get("items")
+    if not raw_items:
+        raise CheckError(f"{source}: task file has no items", hint="add at least one entry under `items:`")
+    if not isinstance(raw_items, list):
+        raise _fail(source, "items", "must be a list")
+    items: list[TaskItem] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_items):
+        where = f"items[{i}]"
+        if not isinstance(raw, dict):
+            raise _fail(source, where, "must be a mapping")
+        unknown = set(raw) - {"id", "kind", "question", "options", "answer", "accept", "passage"}
+        if unknown:
+            raise _fail(source, where, f"unknown key(s) {sorted(unknown)}")
+        for key in ("id", "kind", "question", "options", "answer"):
+            if raw.get(key) in (None, "", []):
+                raise _fail(source, f"{where}.{key}", "is required")
+        item_id = str(raw["id"])
+        if item_id in seen:
+            raise _fail(source, f"{where}.id", f"duplicate id {item_id!r}")
+        seen.add(item_id)
+        if raw["kind"] not in KINDS:
+            raise _fail(source, f"{where}.kind", f"{raw['kind']!r} is not one of {', '.join(KINDS)}")
+        options = tuple(str(o) for o in raw["options"])
+        if len(options) < 2 or len(set(options)) != len(options):
+            raise _fail(source, f"{where}.options", "needs at least two distinct options")
+        answer = str(raw["answer"])
+        if answer not in options:
+            raise _fail(source, f"{where}.answer", f"{answer!r} is not one of the options")
+        passage = None
+        if raw.get("passage") is not None:
+            key = str(raw["passage"])
+            if key not in passages:
+                raise _fail(source, f"{where}.passage", f"unknown passage {key!r}")
+            passage = str(passages[key])
+        items.append(TaskItem(item_id, raw["kind"], str(raw["question"]), options, answer,
+                              tuple(str(a) for a in raw.get("accept") or ()), passage))
+    return TaskSet(source, items)
+
+
+def load_tasks(path: str | Path | None = None) -> TaskSet:
+    """Load a task YAML (default: the bundled `checks/data/tasks.yaml`); CheckError names file and field."""
+    from ruamel.yaml import YAML, YAMLError
+
+    if path is None:
+        text = resources.files("patchkit.checks").joinpath("data/tasks.yaml").read_text(encoding="utf-8")
+        source = "patchkit/checks/data/tasks.yaml"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise CheckError(f"{p}: task file not found")
+        text, source = p.read_text(encoding="utf-8"), str(p)
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise CheckError(f"{source}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+    return _parse(data, source)
+
+
+def item_prompt(item: TaskItem) -> str:
+    """Plain completion prompt (no chat template: scores are log-likelihoods of the bare continuation)."""
+    head = f"Passage: {item.passage}\n\n" if item.passage else ""
+    return f"{head}Question: {item.question}\nAnswer:"
+
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation (a decimal comma in '3,000' too) and leading articles, squeeze spaces."""
+    text = _PUNCT.sub("", text.lower().replace(",", ""))
+    words = text.split()
+    while words and words[0] in ("the", "a", "an"):
+        words = words[1:]
+    return " ".join(words)
+
+
+def is_exact_match(generated: str, item: TaskItem) -> bool:
+    """First non-empty line, normalised, equals the answer or an alias, or starts with one as whole words."""
+    line = next((ln for ln in generated.strip().splitlines() if ln.strip()), "")
+    got = normalize_answer(line)
+    for target in (item.answer, *item.accept):
+        want = normalize_answer(target)
+        if want and (got == want or got.startswith(want + " ")):
+            return True
+    return False
+
+
+@dataclass
+class TaskScores:
+    """Per-item results for one model (arrays aligned with `items`)."""
+
+    items: list[TaskItem]
+    acc: np.ndarray
+    acc_norm: np.ndarray
+    exact_match: np.ndarray | None
+    gold_logprob: np.ndarray
+    generations: list[str] = field(default_factory=list)
+
+
+def _encode(tokenizer: Any, text: str, *, specials: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
+
+
+def _option_requests(tokenizer: Any, items: Sequence[TaskItem]) -> list[tuple[int, int, list[int], int]]:
+    """(item index, option index, context+continuation ids, continuation length) for every option."""
+    requests = []
+    for i, item in enumerate(items):
+        ctx = _encode(tokenizer, item_prompt(item), specials=True)
+        for j, option in enumerate(item.options):
+            cont = _encode(tokenizer, " " + option, specials=False)
+            if not cont:
+                raise CheckError(f"task {item.id}: option {option!r} tokenizes to nothing")
+            requests.append((i, j, ctx + cont, len(cont)))
+    return requests
+
+
+def _loglik_batches(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
+                    token_budget: int, progress: Callable[[int], None] | None) -> list[np.ndarray]:
+    """Summed continuation log-likelihood per request, for each model, from identical left-padded batches."""
+    import torch
+
+    from patchkit.checks.teacher_forcing import pack_batches
+
+    out = [np.zeros(len(requests)) for _ in models]
+    for batch in pack_batches([len(r[2]) for r in requests], token_budget):
+        width = max(len(requests[k][2]) for k in batch)
+        keep = max(requests[k][3] for k in batch) + 1
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, k in enumerate(batch):
+            seq = requests[k][2]
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        for m, model in enumerate(models):
+            device = next(model.parameters()).device
+            with torch.inference_mode():
+                try:
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                                   use_cache=False, logits_to_keep=keep).logits
+                except TypeError:  # models without logits_to_keep
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                                   use_cache=False).logits[:, -keep:]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, k in enumerate(batch):
+                n = requests[k][3]
+                # the last n tokens are the continuation; logits[:, t] predicts token t+1 -> rows keep-1-n .. keep-2
+                target = ids[row, width - n:].to(logp.device)
+                out[m][k] = logp[row, keep - 1 - n: keep - 1].gather(-1, target[:, None]).sum().item()
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_new_tokens: int, batch_size: int,
+                    progress: Callable[[int], None] | None) -> list[str]:
+    import torch
+
+    prompts = [item_prompt(item) for item in items]
+    answers: list[str] = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        for row, i in enumerate(chunk):
+            answers[i] = tokenizer.decode(new[row], skip_special_tokens=True)
+        if progress is not None:
+            progress(len(chunk))
+    return answers
+
+
+def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_match: bool = True, max_new_tokens: int = 8,
+                token_budget: int = 2048, batch_size: int = 32,
+                progress: Callable[[str, int], None] | None = None) -> list[TaskScores]:
+    """Score every (model, tokenizer) on the same items; option log-likelihoods come from identical batches."""
+    if not tasks.items:
+        raise CheckError(f"{tasks.source}: task file has no items", hint="add at least one entry under `items:`")
+    tok = models[0][1]
+    requests = _option_requests(tok, tasks.items)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    logliks = _loglik_batches([m for m, _ in models], requests, pad_id, token_budget,
+                              (lambda n: progress("qa-loglik", n)) if progress else None)
+    results = []
+    for (model, tokenizer), ll in zip(models, logliks):
+        n = len(tasks.items)
+        raw = [np.full(len(it.options), -np.inf) for it in tasks.items]
+        norm = [np.full(len(it.options), -np.inf) for it in tasks.items]
+        for k, (i, j, _, n_cont) in enumerate(requests):
+            raw[i][j] = ll[k]
+            norm[i][j] = ll[k] / n_cont
+        gold = np.array([it.gold for it in tasks.items])
+        acc = np.array([int(np.argmax(raw[i]) == gold[i]) for i in range(n)], dtype=bool)
+        acc_norm = np.array([int(np.argmax(norm[i]) == gold[i]) for i in range(n)], dtype=bool)
+        gold_lp = np.array([raw[i][gold[i]] for i in range(n)])
+        gens: list[str] = []
+        em = None
+        if exact_match:
+            gens = _greedy_answers(model, tokenizer, tasks.items, max_new_tokens, batch_size,
+                                   (lambda c: progress("qa-generate", c)) if progress else None)
+            em = np.array([is_exact_match(g, it) for g, it in zip(gens, tasks.items)], dtype=bool)
+        results.append(TaskScores(list(tasks.items), acc, acc_norm, em, gold_lp, gens))
+    return results

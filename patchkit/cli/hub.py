@@ -1,0 +1,137 @@
+"""`patchkit push`, `patchkit pull`, `patchkit card`: thin shells over patchkit.hub and patchkit.card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _show_plan(plan, console) -> None:
+    from rich.table import Table
+
+    target = f"{plan.repo_id} ({'pull request against ' if plan.create_pr else ''}{plan.revision})"
+    table = Table(title=f"dry run: would upload to {target}{', private' if plan.private else ''}")
+    for col in ("file", "size", "storage", "sha256"):
+        table.add_column(col)
+    for f in plan.files:
+        table.add_row(f.path, _size(f.size), "LFS" if f.lfs else "git", f.sha256[:16])
+    console.print(table)
+    console.print(f"{len(plan.files)} files, {_size(plan.total_bytes)}, commit message: {plan.message!r}")
+    console.rule("README.md (model card)")
+    console.print(plan.card, markup=False, highlight=False)
+    console.print("nothing was sent (dry run)")
+
+
+@click.command("push")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="Target model repo (created if missing).")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--pr", "create_pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to (created from main if missing).")
+@click.option("--message", default=None, help="Commit message (default: 'patchkit: <recipe name>').")
+@click.option("--loops-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit loops --json` output for the card.")
+@click.option("--bench-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit bench --json` output for the card.")
+@click.option("--allow-unpatched", is_flag=True, help="Push a directory that has no patchkit.json provenance.")
+@click.option("--dry-run", is_flag=True, help="Print files, sizes and the card; send nothing.")
+@json_option
+@handle_errors
+def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_report, bench_report, allow_unpatched,
+             dry_run, as_json):
+    """Upload an `apply` output DIRECTORY to the Hub in one commit (or PR), then verify the remote files.
+
+    The token comes from HF_TOKEN or `hf auth login`. Re-running after an interruption uploads only what is
+    missing. Exit 1 if the remote copy does not match the local provenance.
+    """
+    from patchkit import hub
+
+    console = ui_console(as_json)
+    plan = hub.plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
+                         allow_unpatched=allow_unpatched, loops_report=loops_report, bench_report=bench_report,
+                         progress=True)
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, **plan.to_json()})
+        else:
+            _show_plan(plan, console)
+        return
+    result = hub.execute_push(plan)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        where = result.pr_url or result.commit_url
+        console.print(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {plan.repo_id}: {where}")
+        status = "ok" if result.check.ok else "MISMATCH"
+        console.print(f"verified {result.check.checked} remote files (size + sha256): {status}")
+        for line in result.check.mismatches:
+            console.print(f"  {line}", markup=False)
+        if result.check.extra:
+            console.print(f"note: {len(result.check.extra)} older remote files were left untouched: "
+                          + ", ".join(result.check.extra[:5]), markup=False)
+    hub.fail_on_mismatch(result.check, result.commit_url)
+
+
+@click.command("pull")
+@click.argument("ref", metavar="ORG/NAME[@REV]")
+@click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), help="Download here instead of the HF cache.")
+@json_option
+@handle_errors
+def pull_cmd(ref, local_dir, as_json):
+    """Download a Hub repo (into the HF cache, or --local-dir) and check it against its patchkit.json."""
+    from patchkit import hub
+    from patchkit.errors import VerifyError
+
+    result = hub.pull(ref, local_dir=local_dir)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        console = ui_console(False)
+        console.print(f"{result.repo_id}{'@' + result.revision if result.revision else ''}: "
+                      f"{len(result.files)} files in {result.path}", markup=False)
+        if result.provenance_ok is None:
+            console.print("no patchkit.json in this repo: nothing to check against")
+        else:
+            console.print(f"files match patchkit.json: {'yes' if result.provenance_ok else 'NO'}")
+    if result.provenance_ok is False:
+        raise VerifyError(f"{result.path}: {'; '.join(result.mismatches[:3])}",
+                          hint="the repo's files do not match its patchkit.json; do not use it")
+
+
+@click.command("card")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--loops-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit loops --json` output.")
+@click.option("--bench-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit bench --json` output.")
+@click.option("--repo", "repo_id", default=None, metavar="ORG/NAME", help="Repo the card is for (names the model).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the card here (else stdout).")
+@json_option
+@handle_errors
+def card_cmd(directory, loops_report, bench_report, repo_id, output, as_json):
+    """Render the model card (README.md) for an `apply` output DIRECTORY."""
+    import os
+    import tempfile
+
+    from patchkit.card import card_for_dir, card_metadata
+
+    text = str(card_for_dir(directory, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".card-", dir=output.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, output)
+    if as_json:
+        emit_json({"path": str(output) if output else None, "metadata": card_metadata(text), "card": text})
+    elif output is None:
+        click.echo(text, nl=False)
+    else:
+        ui_console(False).print(f"wrote {output}", markup=False)
