@@ -134,9 +134,15 @@ def _rows_from_overall(overall: dict, prefix: str) -> list[Row]:
 
 
 def report_rows(report: dict | None, prefix: str) -> list[Row]:
-    """Rows of a loops or bench report: bench's `figures` list, or any report's `overall` metrics."""
+    """Rows of a loops or bench report: bench's `figures` list, or any report's `overall` metrics.
+
+    A `patchkit check --json` report is accepted too: its nested `loops` / `bench` report is used.
+    """
     if not report:
         return []
+    nested = report.get(prefix)
+    if isinstance(nested, dict) and ("figures" in nested or "overall" in nested):
+        report = nested
     rows: list[Row] = []
     for fig in report.get("figures") or []:
         if not isinstance(fig, dict) or "key" not in fig:
@@ -149,10 +155,15 @@ def report_rows(report: dict | None, prefix: str) -> list[Row]:
     overall = report.get("overall")
     if isinstance(overall, dict):
         rows.extend(_rows_from_overall(overall, prefix))
-    elif isinstance(report.get("base"), dict) and isinstance(report.get("patched"), dict) \
-            and isinstance(report["patched"].get("overall"), dict):
-        rows.extend(_rows_from_overall({"base": report["base"].get("overall") or {},
-                                        "patched": report["patched"]["overall"]}, prefix))
+        return rows
+    for holder in (report, report.get("models"), report.get("results")):
+        # per-model reports: {"base": {"overall": {...}}, "patched": {"overall": {...}}} (also under models/results)
+        if isinstance(holder, dict) and isinstance(holder.get("patched"), dict) \
+                and isinstance(holder["patched"].get("overall"), dict):
+            base = holder.get("base") if isinstance(holder.get("base"), dict) else {}
+            rows.extend(_rows_from_overall({"base": base.get("overall") or {}, "patched": holder["patched"]["overall"]},
+                                           prefix))
+            break
     return rows
 
 
@@ -188,27 +199,36 @@ def resolve_license(provenance: dict, base_meta: dict) -> dict[str, str]:
     return {}
 
 
+def _suite(loops_report: dict | None) -> str:
+    report = loops_report or {}
+    if isinstance(report.get("loops"), dict):
+        report = report["loops"]
+    suite = report.get("suite")
+    if isinstance(suite, dict):
+        suite = suite.get("name")
+    return str(suite or "enumeration")
+
+
 def _eval_results(model_name: str, loops: list[Row], bench: list[Row], loops_report: dict | None,
                   bench_report: dict | None):
     from huggingface_hub import EvalResult
 
     results = []
-    suite = str((loops_report or {}).get("suite") or "enumeration")
+    suite = str(_suite(loops_report))
     for row in loops:
         if row.patched is None:
             continue
         results.append(EvalResult(task_type="text-generation", task_name="loop check",
                                   dataset_type=f"patchkit/probes-{suite}", dataset_name=f"patchkit {suite} probes",
                                   metric_type=row.key.split(".", 1)[-1], metric_name=f"{row.label} (patched)",
-                                  metric_value=round(row.patched, 6), source_name="patchkit loops"))
+                                  metric_value=round(row.patched, 6)))
     for row in bench:
         value = row.delta if row.kind in ("comparison", "ratio") or row.patched is None else row.patched
         if value is None:
             continue
         results.append(EvalResult(task_type="text-generation", task_name="drift vs base",
                                   dataset_type="patchkit/bench", dataset_name="patchkit bench",
-                                  metric_type=row.key, metric_name=row.label, metric_value=round(value, 6),
-                                  source_name="patchkit bench"))
+                                  metric_type=row.key, metric_name=row.label, metric_value=round(value, 6)))
     return results
 
 
@@ -224,7 +244,12 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
-    return "–" if ci is None else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
+    return "–" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
+def _cell(text: Any) -> str:
+    """Table-safe text: a `|` inside a cell (as in "KL(base||patched)") would split the Markdown row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _results_table(rows: list[Row]) -> list[str]:
@@ -232,7 +257,7 @@ def _results_table(rows: list[Row]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for r in rows:
         intervals = " / ".join(_ci(c) for c in (r.base_ci, r.patched_ci, r.delta_ci))
-        lines.append(f"| {r.label} | {_fmt(r.base, r.unit)} | {_fmt(r.patched, r.unit)} | {_fmt(r.delta, r.unit)} | "
+        lines.append(f"| {_cell(r.label)} | {_fmt(r.base, r.unit)} | {_fmt(r.patched, r.unit)} | {_fmt(r.delta, r.unit)} | "
                      f"{r.n if r.n is not None else '–'} | {intervals} |")
     return lines
 
@@ -362,7 +387,7 @@ def build_card(provenance: dict | None, *, loops_report: str | Path | dict | Non
              "", "### Diff summary", "", *_diff_summary(provenance)]
     body += ["", "## Results", ""]
     if loops:
-        suite = (loops_data or {}).get("suite") or "enumeration"
+        suite = _suite(loops_data)
         body += [f"Loop check (`patchkit loops`, suite `{suite}`): rates are looping generations / n with Wilson 95% "
                  "intervals; completeness is the share of true list items produced.", "", *_results_table(loops), ""]
     if bench:

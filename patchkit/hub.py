@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -31,6 +32,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _HASH_CHUNK = 8 * 1024 * 1024
 _SKIP_PARTS = {".cache", ".git", ".huggingface"}
+_log = logging.getLogger("patchkit.hub")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,6 +135,7 @@ class PushResult:
 class PullResult:
     repo_id: str
     revision: str | None
+    commit: str
     path: Path
     files: list[str]
     provenance_ok: bool | None  # None: the repo carries no patchkit.json
@@ -142,6 +145,7 @@ class PullResult:
         return {
             "repo": self.repo_id,
             "revision": self.revision,
+            "commit": self.commit,
             "path": str(self.path),
             "files": self.files,
             "provenance_ok": self.provenance_ok,
@@ -204,7 +208,10 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
 
 def _status(exc: BaseException) -> int | None:
     for item in _chain(exc):
-        response = getattr(item, "response", None)
+        try:
+            response = getattr(item, "response", None)
+        except RuntimeError:  # httpx raises when a request error has no response attached
+            response = None
         code = getattr(response, "status_code", None)
         if isinstance(code, int):
             return code
@@ -226,8 +233,14 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def _offline(exc: BaseException) -> bool:
+    return any(type(item).__name__ == "OfflineModeIsEnabled" for item in _chain(exc))
+
+
 def is_transient(exc: BaseException) -> bool:
     """5xx, 429, 408 and dropped/reset connections are worth retrying; everything else is final."""
+    if _offline(exc):
+        return False
     status = _status(exc)
     if status is not None:
         return status in _TRANSIENT_STATUS
@@ -256,6 +269,9 @@ def map_hub_error(exc: BaseException, *, action: str, repo_id: str | None = None
     from huggingface_hub.errors import RevisionNotFoundError
 
     where = f" {repo_id}" if repo_id else ""
+    if _offline(exc):
+        return HubError(f"offline mode is on (HF_HUB_OFFLINE) while {action}{where}",
+                        hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to reach the Hub")
     status = _status(exc)
     retried = f" after {attempts} attempts" if attempts and attempts > 1 else ""
     if status == 401:
@@ -300,8 +316,14 @@ def _first_line(exc: BaseException) -> str:
 
 def _guard(action: str, fn: Callable[[], Any], *, policy: RetryPolicy, repo_id: str | None = None,
            revision: str | None = None, endpoint: str | None = None):
+    def say(attempt: int, exc: BaseException) -> None:
+        status = _status(exc)
+        why = f"HTTP {status}" if status else "connection lost"
+        _log.warning("%s while %s %s; retrying (attempt %d of %d)", why, action, repo_id or "", attempt + 1,
+                     policy.attempts)
+
     try:
-        return with_retries(fn, policy=policy)
+        return with_retries(fn, policy=policy, on_retry=say)
     except PatchkitError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
@@ -326,10 +348,11 @@ def load_provenance(directory: Path) -> dict[str, Any] | None:
 
 
 def _local_files(directory: Path) -> list[Path]:
+    """Files to publish: skips VCS / huggingface_hub metadata and the Hub-managed root .gitattributes."""
     files = []
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory)
-        if any(part in _SKIP_PARTS for part in rel.parts) or not path.is_file():
+        if any(part in _SKIP_PARTS for part in rel.parts) or not path.is_file() or rel.as_posix() == ".gitattributes":
             continue
         files.append(path)
     return files
@@ -471,7 +494,7 @@ def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | No
     _guard("checking the token", lambda: api.whoami(cache=True), policy=policy, endpoint=endpoint)
     repo_url = _guard("creating", lambda: api.create_repo(repo_id, private=plan.private, exist_ok=True),
                       policy=policy, repo_id=repo_id, endpoint=endpoint)
-    if plan.revision != "main" and not plan.create_pr:
+    if plan.revision != "main" and not plan.create_pr and not plan.revision.startswith("refs/pr/"):
         _guard(f"creating branch {plan.revision!r} in", lambda: api.create_branch(repo_id, branch=plan.revision,
                                                                                  exist_ok=True),
                policy=policy, repo_id=repo_id, endpoint=endpoint)
@@ -550,14 +573,21 @@ def _git_blob_sha1(item: UploadFile) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None = None, token: str | None = None,
          retry: RetryPolicy | None = None, allow_patterns: list[str] | None = None) -> PullResult:
-    """Download ORG/NAME[@REV] into the HF cache (or `local_dir`) and check it against its patchkit.json."""
+    """Download ORG/NAME[@REV] into the HF cache (or `local_dir`) and check it against its patchkit.json.
+
+    The revision is resolved to a commit first, so a branch that moves during the download cannot mix versions.
+    """
     repo_id, revision = parse_repo_ref(ref)
-    path = download_snapshot(repo_id, revision, local_dir=local_dir, endpoint=endpoint, token=token, retry=retry,
+    policy = retry or RetryPolicy()
+    api = _api(endpoint, resolve_token(token))
+    commit = _guard("reading", lambda: api.model_info(repo_id, revision=revision).sha, policy=policy,
+                    repo_id=repo_id, revision=revision, endpoint=endpoint)
+    path = download_snapshot(repo_id, commit, local_dir=local_dir, endpoint=endpoint, token=token, retry=policy,
                              allow_patterns=allow_patterns)
     files = [p.relative_to(path).as_posix() for p in _local_files(path)]
     provenance = load_provenance(path)
     if provenance is None:
-        return PullResult(repo_id, revision, path, files, provenance_ok=None)
+        return PullResult(repo_id, revision, commit, path, files, provenance_ok=None)
     mismatches = []
     for name, info in provenance["output_files"].items():
         if name == CARD_FILE or (allow_patterns is not None and name not in files):
@@ -567,7 +597,7 @@ def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None 
             mismatches.append(f"{name}: listed in {PROVENANCE_FILE} but not in the repo")
         elif local.stat().st_size != info.get("size") or sha256_file(local) != info.get("sha256"):
             mismatches.append(f"{name}: differs from {PROVENANCE_FILE}")
-    return PullResult(repo_id, revision, path, files, provenance_ok=not mismatches, mismatches=mismatches)
+    return PullResult(repo_id, revision, commit, path, files, provenance_ok=not mismatches, mismatches=mismatches)
 
 
 def download_snapshot(repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None,
@@ -601,6 +631,45 @@ def remote_files(repo_id: str, revision: str | None = None, *, endpoint: str | N
                                                if isinstance(f, RepoFile)],
                   policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint)
     return info.sha, {f.path: f for f in tree}
+
+
+def open_remote(repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None,
+                token: str | None = None, block_size: int = 1 << 20):
+    """A seekable read-only file over HTTP Range requests (huggingface_hub's HfFileSystem): read a safetensors
+    header or a byte range of a remote shard without downloading it."""
+    from huggingface_hub import HfFileSystem
+
+    fs = HfFileSystem(endpoint=hub_endpoint(endpoint), token=resolve_token(token))
+    try:
+        return fs.open(f"{repo_id}/{filename}", "rb", revision=revision, block_size=block_size)
+    except Exception as exc:  # noqa: BLE001 - one line for the user
+        if isinstance(exc, FileNotFoundError) and _status(exc) is None:
+            raise HubError(f"{repo_id}: no file {filename!r} at revision {revision or 'main'}",
+                           hint="check the file name with `patchkit pull --json`") from exc
+        raise map_hub_error(exc, action=f"opening {filename} in", repo_id=repo_id, revision=revision,
+                            endpoint=endpoint) from exc
+
+
+def read_safetensors_header(repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None,
+                            token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """(header length in bytes, parsed JSON header) of a remote safetensors file, fetched with Range requests.
+
+    Tensor data starts at byte 8 + header length; `data_offsets` in the header are relative to it.
+    """
+    import struct
+
+    with open_remote(repo_id, filename, revision=revision, endpoint=endpoint, token=token) as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise HubError(f"{repo_id}/{filename}: shorter than a safetensors header", hint="is it a safetensors file?")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > 100 * 1024 * 1024:
+            raise HubError(f"{repo_id}/{filename}: header of {length} bytes is not plausible", hint="corrupt file?")
+        raw = handle.read(length)
+    try:
+        return length, json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HubError(f"{repo_id}/{filename}: safetensors header is not JSON", hint="corrupt upload?") from exc
 
 
 def _pattern(name: str) -> str:

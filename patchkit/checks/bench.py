@@ -109,7 +109,7 @@ class BenchReport:
             elif (value < limit) if minimum else (value > limit):
                 failures.append(f"{name}: {label} {value:.4g} {'<' if minimum else '>'} {limit:g}")
 
-        check("max_kl", "kl.mean", "mean KL(base||patched)", gates.max_kl, task="kl")
+        check("max_kl", "kl.mean", "mean per-token KL(base||patched)", gates.max_kl, task="kl")
         check("max_token_kl", "kl.max", "max per-token KL", gates.max_token_kl, task="kl")
         check("max_first_token_kl", "kl.first_token", "first-token KL on controls",
               getattr(gates, "max_first_token_kl", None), task="kl")
@@ -172,15 +172,7 @@ def _load(ref: Any, role: str, dtype: str, device: str) -> tuple[Any, Any, str]:
     """(model, tokenizer, label) from a loaded pair, a checkpoint dir, a .gguf file or org/name[@rev]."""
     if isinstance(ref, tuple):
         return ref[0], ref[1], getattr(ref[0], "name_or_path", role) or role
-    text = str(ref)
-    if text.startswith(("http://", "https://")):
-        raise CheckError(f"{role} {text}: bench needs next-token logits, which an OpenAI-compatible backend does not "
-                         f"return ({LOGIT_MEASURES})", hint="pass a local checkpoint directory or Hub id; use "
-                         "`patchkit loops` for generation-level checks over HTTP")
-    path = Path(text)
-    if not path.exists() and not _HUB_ID.match(text):
-        raise ModelError(f"{role} {text}: no such checkpoint directory or file", hint="pass a directory with "
-                         "config.json + *.safetensors, a .gguf file or org/name[@revision]")
+    text = _check_ref(ref, role)
     from patchkit.generate.loading import load_model
 
     try:
@@ -190,6 +182,20 @@ def _load(ref: Any, role: str, dtype: str, device: str) -> tuple[Any, Any, str]:
     except OSError as exc:
         raise ModelError(f"{role} {text}: cannot load ({' '.join(str(exc).split())[:200]})") from None
     return model, tok, text
+
+
+def _check_ref(ref: Any, role: str) -> str:
+    """Reject references that cannot work before anything heavy runs (URLs, missing paths)."""
+    text = str(ref)
+    if text.startswith(("http://", "https://")):
+        raise CheckError(f"{role} {text}: bench needs next-token logits, which an OpenAI-compatible backend does not "
+                         f"return ({LOGIT_MEASURES})", hint="pass a local checkpoint directory or Hub id; use "
+                         "`patchkit loops` for generation-level checks over HTTP")
+    path = Path(text)
+    if not path.exists() and not _HUB_ID.match(text):
+        raise ModelError(f"{role} {text}: no such checkpoint directory or file", hint="pass a directory with "
+                         "config.json + *.safetensors, a .gguf file or org/name[@revision]")
+    return text
 
 
 def check_same_tokenizer(base_tok: Any, patched_tok: Any, base_model: Any = None, patched_model: Any = None) -> None:
@@ -306,12 +312,12 @@ def _kl_figures(tf: Any, groups: dict[str, list[int]]) -> tuple[list[Figure], di
     n_tok = int(cols["n"].sum())
     n_seq = len(tf.sequences)
     figs = [
-        Figure("kl.mean", "mean KL(base||patched)", "comparison", n_tok, "nats",
+        Figure("kl.mean", "KL mean", "comparison", n_tok, "nats",
                delta=float(cols["kl_sum"].sum() / max(n_tok, 1)), delta_ci=stats.ratio_ci(cols["kl_sum"], cols["n"]),
                test="cluster bootstrap over texts", higher_is_better=False),
-        Figure("kl.max", "max per-token KL", "comparison", n_tok, "nats", delta=float(cols["kl_max"].max(initial=0.0)),
+        Figure("kl.max", "KL max (token)", "comparison", n_tok, "nats", delta=float(cols["kl_max"].max(initial=0.0)),
                delta_ci=stats.bootstrap_ci(cols["kl_max"], stat=np.max), higher_is_better=False),
-        Figure("kl.p99", "99th pct per-token KL", "comparison", n_tok, "nats",
+        Figure("kl.p99", "KL p99 (token)", "comparison", n_tok, "nats",
                delta=float(np.percentile(tf.token_kl, 99)) if tf.token_kl.size else 0.0, higher_is_better=False),
         Figure("kl.top1", "top-1 agreement", "comparison", n_tok, "share",
                delta=float(cols["agree"].sum() / max(n_tok, 1)), delta_ci=stats.ratio_ci(cols["agree"], cols["n"]),
@@ -320,7 +326,7 @@ def _kl_figures(tf: Any, groups: dict[str, list[int]]) -> tuple[list[Figure], di
     ctrl = groups.get("controls", [])
     if ctrl:
         first = cols["kl_first"][ctrl]
-        figs.append(Figure("kl.first_token", "first-token KL on controls", "comparison", len(ctrl), "nats",
+        figs.append(Figure("kl.first_token", "KL 1st token (controls)", "comparison", len(ctrl), "nats",
                            delta=float(first.mean()), delta_ci=stats.bootstrap_ci(first), higher_is_better=False))
     per_source = {}
     for name, idx in groups.items():
@@ -350,12 +356,12 @@ def _ppl_figures(tf: Any) -> tuple[list[Figure], dict[str, Any]]:
 
 def _qa_figures(scores: list[Any]) -> tuple[list[Figure], dict[str, Any]]:
     b, p = scores
-    figs = [_accuracy_figure("qa.acc", "QA accuracy (log-lik)", b.acc, p.acc),
-            _accuracy_figure("qa.acc_norm", "QA accuracy (log-lik / token)", b.acc_norm, p.acc_norm)]
+    figs = [_accuracy_figure("qa.acc", "QA acc (log-lik)", b.acc, p.acc),
+            _accuracy_figure("qa.acc_norm", "QA acc (log-lik/token)", b.acc_norm, p.acc_norm)]
     if b.exact_match is not None and p.exact_match is not None:
-        figs.append(_accuracy_figure("qa.exact_match", "QA exact match (greedy)", b.exact_match, p.exact_match))
+        figs.append(_accuracy_figure("qa.exact_match", "QA exact match", b.exact_match, p.exact_match))
     pb = stats.paired_bootstrap(b.gold_logprob, p.gold_logprob)
-    figs.append(Figure("qa.gold_logprob", "log-lik of right option", "paired", len(b.items), "nats",
+    figs.append(Figure("qa.gold_logprob", "QA log-lik of answer", "paired", len(b.items), "nats",
                        float(b.gold_logprob.mean()), float(p.gold_logprob.mean()), pb["diff"],
                        stats.bootstrap_ci(b.gold_logprob), stats.bootstrap_ci(p.gold_logprob), (pb["lo"], pb["hi"]),
                        stats.sign_flip_test(b.gold_logprob, p.gold_logprob), "sign-flip permutation", True))
@@ -402,22 +408,23 @@ def run_bench(
     """Compare `patched` (a dir, ref, or (model, tokenizer)) with `base` on `tasks`; apply `recipe` if no patched.
 
     With a recipe (path or Recipe), its `checks.bench` thresholds are the default `gates` and its
-    `checks.bench.tasks` the default tasks. Returns a BenchReport whose `.failures` lists failed gates.
+    `checks.bench.tasks` the default tasks; given together with `patched` (already applied), the recipe
+    only supplies those thresholds. Returns a BenchReport whose `.failures` lists failed gates.
     """
     if patched is None and recipe is None:
         raise CheckError("bench needs a patched model: pass --patched DIR or --recipe RECIPE")
-    if patched is not None and recipe is not None:
-        raise CheckError("pass either --patched or --recipe, not both")
     if recipe is not None:
         if isinstance(recipe, (str, Path)):
             from patchkit.recipe import load_recipe
 
             recipe = load_recipe(recipe)
         gates = gates if gates is not None else _recipe_gates(recipe)
+    if recipe is not None and patched is None:
         from patchkit.generate.loading import patched_checkpoint
 
         if isinstance(base, tuple):
             raise CheckError("--recipe needs the base as a checkpoint reference, not a loaded model")
+        _check_ref(base, "base model")
         with patched_checkpoint(recipe, base) as out:
             report = run_bench(base, out, tasks=tasks, limit=limit, gates=gates, dtype=dtype, device=device,
                                control_max_new_tokens=control_max_new_tokens, corpus_code=corpus_code,

@@ -26,7 +26,7 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f" [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]"
+    return "" if ci is None else f"\n[{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]"
 
 
 def _delta(fig: Figure) -> str:
@@ -46,6 +46,13 @@ def _p(fig: Figure) -> str:
     return f"{fig.p_value:.3g}{mark}"
 
 
+def _short_test(test: str) -> str:
+    for key, short in (("McNemar", "McNemar"), ("sign-flip", "sign-flip"), ("z-test", "z-test"), ("bootstrap", "bootstrap")):
+        if key in test:
+            return short
+    return test
+
+
 def bench_table(report: BenchReport) -> Any:
     """Rich table: measure, n, base, patched, delta (or the comparison value) with 95% CI, paired p-value."""
     from rich.table import Table
@@ -53,15 +60,15 @@ def bench_table(report: BenchReport) -> Any:
     table = Table(title=f"patchkit bench: {report.patched} vs {report.base}", title_justify="left")
     table.add_column("measure")
     table.add_column("n", justify="right")
-    table.add_column("base [95% CI]", justify="right")
-    table.add_column("patched [95% CI]", justify="right")
-    table.add_column("Δ / value [95% CI]", justify="right")
-    table.add_column("paired p", justify="right")
+    table.add_column("base\n[95% CI]", justify="right")
+    table.add_column("patched\n[95% CI]", justify="right")
+    table.add_column("Δ or value\n[95% CI]", justify="right")
+    table.add_column("paired p\n(test)", justify="right")
     for fig in report.figures:
-        unit = f" ({fig.unit})" if fig.unit and fig.unit not in ("acc", "share") else ""
+        unit = f" ({fig.unit})" if fig.unit in ("nats", "ppl") else ""
         base = "—" if fig.base is None else fmt(fig.base) + _ci(fig.base_ci)
         patched = "—" if fig.patched is None else fmt(fig.patched) + _ci(fig.patched_ci)
-        table.add_row(fig.label + unit, str(fig.n), base, patched, _delta(fig), _p(fig))
+        table.add_row(fig.label + unit, str(fig.n), base, patched, _delta(fig), _p(fig) + (f"\n{_short_test(fig.test)}" if fig.test and fig.p_value is not None else ""))
     for name, why in report.skipped.items():
         table.add_row(name, "", "", "", f"skipped: {why}", "")
     return table
@@ -107,7 +114,7 @@ def write_chart(report: BenchReport, path: Path) -> Path:
             vals = [f.delta or 0.0 for f in figs]
             errs = list(zip(*[_err(v, f.delta_ci) for v, f in zip(vals, figs)]))
             ax.bar(range(len(figs)), vals, yerr=errs, color="#c0504d", capsize=3)
-            ax.set_xticks(range(len(figs)), [f.label.replace(" (base||patched)", "") for f in figs], rotation=20,
+            ax.set_xticks(range(len(figs)), [f.label for f in figs], rotation=20,
                           ha="right", fontsize=8)
             ax.set_ylabel("nats")
             ax.set_title("distribution shift (KL base‖patched)", fontsize=9)
@@ -124,7 +131,7 @@ def write_chart(report: BenchReport, path: Path) -> Path:
         if kind == "acc":
             ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    verdict = "PASS" if report.passed else "FAIL: " + "; ".join(report.failures)[:120]
+    verdict = "no thresholds" if report.gates is None else ("PASS" if report.passed else "FAIL: " + "; ".join(report.failures)[:120])
     fig.suptitle(f"{Path(str(report.patched)).name} vs {Path(str(report.base)).name} — {verdict}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

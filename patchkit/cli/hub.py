@@ -70,6 +70,8 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
         emit_json(result.to_json())
     else:
         where = result.pr_url or result.commit_url
+        if plan.create_pr and result.pr_url is None:
+            console.print(f"nothing differs from {plan.revision}: no pull request was opened")
         console.print(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {plan.repo_id}: {where}")
         status = "ok" if result.check.ok else "MISMATCH"
         console.print(f"verified {result.check.checked} remote files (size + sha256): {status}")
@@ -96,7 +98,7 @@ def pull_cmd(ref, local_dir, as_json):
         emit_json(result.to_json())
     else:
         console = ui_console(False)
-        console.print(f"{result.repo_id}{'@' + result.revision if result.revision else ''}: "
+        console.print(f"{result.repo_id}{'@' + result.revision if result.revision else ''} (commit {result.commit[:12]}): "
                       f"{len(result.files)} files in {result.path}", markup=False)
         if result.provenance_ok is None:
             console.print("no patchkit.json in this repo: nothing to check against")

@@ -42,6 +42,7 @@ class RequestRecord:
     user: str | None = None
     fault: str | None = None
     body_bytes: int = 0
+    range: str | None = None  # the Range header, to see downloads resume
 
 
 @dataclass
@@ -113,6 +114,8 @@ class HubApp:
         self.store = store
         self.accounts = accounts  # token -> account
         self.faults: list[Fault] = []
+        #: path -> sha256 to report in tree listings instead of the truth (simulates a corrupted remote store)
+        self.tree_overrides: dict[str, str] = {}
         self.log: list[RequestRecord] = []
         self.base_url = ""  # set by HubServer once the port is known
         self.cdn_url = ""
@@ -153,10 +156,14 @@ class HubApp:
         self.log.append(record)
         request = Request(scope, receive)
         record.user = self._user_name(request)
+        record.range = request.headers.get("range")
 
         fault = next((f for f in self.faults if f.check(method, unquote(path))), None)
         if fault is not None:
             record.fault = fault.action
+            if fault.action == "drop" and method == "GET":
+                await self._drop_download(method, path, request, send, record)
+                return
             if fault.action == "drop":
                 await self._drop(request, send, record)
                 return
@@ -178,6 +185,15 @@ class HubApp:
         record.status = -1
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4096")]})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise _Drop("connection dropped by fault injection")
+
+    async def _drop_download(self, method: str, path: str, request: Request, send, record: RequestRecord) -> None:
+        """Send the real headers and the first half of the real body, then cut the connection."""
+        response = await self._dispatch(method, path, request, record)
+        record.status = -1
+        body = getattr(response, "body", b"") or b""
+        await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
         raise _Drop("connection dropped by fault injection")
 
     async def _dispatch(self, method: str, path: str, request: Request, record: RequestRecord) -> Response:
@@ -268,8 +284,9 @@ class HubApp:
         repo_id = f"{namespace}/{body['name']}"
         if not account.write or not self._owns(account, repo_id):
             return _error(403, f"You don't have the rights to create a model under the namespace {namespace}")
-        if repo_id in self.store.repos:
-            return _error(409, "You already created this model repo", headers={})
+        if repo_id in self.store.repos:  # like the Hub, a 409 still tells where the repo is
+            return JSONResponse({"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"},
+                                status_code=409)
         private = body.get("private") or body.get("visibility") == "private"
         self.store.create_repo(repo_id, private=bool(private), owner=account.name)
         return JSONResponse({"url": f"{self.base_url}/{repo_id}", "name": repo_id})
@@ -442,7 +459,8 @@ class HubApp:
     def _entry_json(self, path: str, entry: FileEntry) -> dict[str, Any]:
         item: dict[str, Any] = {"type": "file", "path": path, "size": entry.size, "oid": entry.oid}
         if entry.lfs_sha256:
-            item["lfs"] = {"oid": entry.lfs_sha256, "size": entry.size, "pointerSize": entry.pointer_size}
+            sha = self.tree_overrides.get(path, entry.lfs_sha256)
+            item["lfs"] = {"oid": sha, "size": entry.size, "pointerSize": entry.pointer_size}
         return item
 
     async def tree(self, request: Request, record, repo: str, rev: str, path: str = "") -> Response:
@@ -722,6 +740,7 @@ class HubServer:
         """Forget requests and faults (repos persist unless `wipe`)."""
         self.app.log.clear()
         self.app.faults.clear()
+        self.app.tree_overrides.clear()
 
     def wipe(self) -> None:
         with self.store.lock:

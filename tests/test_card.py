@@ -1,0 +1,153 @@
+"""The model card: front matter parsed back field by field, body content, validation, the `card` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
+
+pytest_plugins = ["hubserver.plugin"]
+
+LOOPS = {
+    "suite": "enumeration",
+    "overall": {
+        "base": {"n": 24, "loop_rate": 0.625, "loop_rate_ci": [0.427, 0.788], "completeness": 0.71},
+        "patched": {"n": 24, "loop_rate": 0.125, "loop_rate_ci": [0.043, 0.31], "completeness": 0.69},
+    },
+}
+
+
+def bench_report() -> dict:
+    """A report in the exact shape `patchkit bench --json` writes (BenchReport.to_json)."""
+    from patchkit.checks.bench import BenchReport, Figure
+
+    figures = [
+        Figure("kl.mean", "mean KL(base||patched)", "comparison", 4096, "nats", delta=0.0031, delta_ci=(0.0027, 0.0036)),
+        Figure("ppl.ratio", "perplexity ratio", "ratio", 4096, "", base=12.4, patched=12.5, delta=1.008,
+               delta_ci=(1.002, 1.013)),
+        Figure("qa.acc", "control QA accuracy", "paired", 40, "acc", base=0.8, patched=0.775, delta=-0.025,
+               base_ci=(0.65, 0.9), patched_ci=(0.62, 0.88), delta_ci=(-0.1, 0.05), p_value=1.0, is_accuracy=True),
+    ]
+    return BenchReport(base="base", patched="patched", tasks=["kl", "ppl", "qa"], figures=figures).to_json()
+
+
+@pytest.fixture
+def patched(tmp_path):
+    return make_patched(make_base(tmp_path / "base"), tmp_path / "patched")
+
+
+def test_front_matter_round_trips_field_by_field(patched, tmp_path):
+    from patchkit.card import card_for_dir, card_metadata
+
+    (tmp_path / "bench.json").write_text(json.dumps(bench_report()))
+    card = card_for_dir(patched, loops_report=LOOPS, bench_report=tmp_path / "bench.json", repo_id="alice/tiny-fix")
+    meta = card_metadata(str(card))
+    assert meta["base_model"] == "test-org/tiny-llama"
+    assert meta["base_model_relation"] == "finetune"
+    assert meta["license"] == "apache-2.0"
+    assert meta["license_link"] == "https://www.apache.org/licenses/LICENSE-2.0"  # inherited with the license
+    assert meta["tags"][:3] == ["patchkit", "loop-fix", "llama"]
+    assert meta["pipeline_tag"] == "text-generation"
+    assert meta["library_name"] == "transformers"
+    [entry] = meta["model-index"]
+    assert entry["name"] == "tiny-fix"
+    metrics = {m["type"]: m["value"] for r in entry["results"] for m in r["metrics"]}
+    assert metrics["loop_rate"] == 0.125 and metrics["completeness"] == 0.69
+    assert metrics["kl.mean"] == 0.0031 and metrics["ppl.ratio"] == 1.008 and metrics["qa.acc"] == 0.775
+    datasets = {r["dataset"]["type"] for r in entry["results"]}
+    assert datasets == {"patchkit/probes-enumeration", "patchkit/bench"}
+
+
+def test_body_explains_the_change_and_carries_numbers_and_provenance(patched):
+    from patchkit.card import card_for_dir
+
+    provenance = json.loads((patched / "patchkit.json").read_text())
+    text = str(card_for_dir(patched, loops_report=LOOPS, bench_report=bench_report(), repo_id="alice/tiny-fix"))
+    body = text.split("\n---\n", 1)[1]
+    assert f"Invert neuron {EDIT_NEURON} of layer {EDIT_LAYER}" in body
+    assert f"| 1 | {EDIT_LAYER} | neuron | {EDIT_NEURON} | invert | -1.0 | `model.layers.{EDIT_LAYER}.mlp.down_proj.weight`" in body
+    assert "1 of 2 weight files rewritten" in body
+    assert "| loop rate | 0.625 | 0.125 | -0.5 | 24 | [0.427, 0.788] / [0.043, 0.31] / – |" in body
+    assert "| control QA accuracy | 0.800 | 0.775 | -0.025 | 40 | [0.65, 0.9] / [0.62, 0.88] / [-0.1, 0.05] |" in body
+    assert "patchkit apply tiny-llama-loopfix.yaml --model test-org/tiny-llama@" + "a" * 40 in body
+    assert provenance["recipe"]["text"].strip() in body
+    for shard in SHARDS:
+        assert provenance["output_files"][shard]["sha256"] in body
+        assert provenance["source_files"][shard]["sha256"] in body
+    assert "patchkit version: `0.1.0`" in body and "a" * 40 in body
+
+
+def test_license_falls_back_to_the_base_card_and_is_omitted_when_unknown(patched):
+    from patchkit.card import build_card, card_metadata
+
+    provenance = json.loads((patched / "patchkit.json").read_text())
+    del provenance["recipe"]["normalized"]["publish"]
+    base_card = "---\nlicense: other\nlicense_name: gemma\nlicense_link: https://ai.google.dev/gemma/terms\n---\n"
+    meta = card_metadata(str(build_card(provenance, base_card=base_card)))
+    assert (meta["license"], meta["license_name"]) == ("other", "gemma")
+    assert "license" not in card_metadata(str(build_card(provenance)))
+    assert "model-index" not in card_metadata(str(build_card(provenance)))
+
+
+def test_card_validates_with_the_client_and_the_server(hub, patched):
+    from huggingface_hub import ModelCard
+
+    from patchkit.card import card_for_dir
+
+    card = card_for_dir(patched, loops_report=LOOPS, bench_report=bench_report(), repo_id="alice/tiny-fix")
+    ModelCard(str(card)).validate()  # POST /api/validate-yaml on the test server
+    bad = ModelCard(str(card).replace("base_model_relation: finetune", "base_model_relation: patched"))
+    with pytest.raises(ValueError, match="base_model_relation"):
+        bad.validate()
+
+
+def test_card_command_writes_readme_and_json(patched, tmp_path):
+    from patchkit.cli import main
+
+    (tmp_path / "loops.json").write_text(json.dumps(LOOPS))
+    out = tmp_path / "card" / "README.md"
+    result = CliRunner().invoke(main, ["card", str(patched), "--loops-report", str(tmp_path / "loops.json"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("---\nbase_model: test-org/tiny-llama\n")
+    as_json = CliRunner().invoke(main, ["card", str(patched), "--json"])
+    payload = json.loads(as_json.stdout)
+    assert payload["metadata"]["base_model_relation"] == "finetune" and payload["card"].startswith("---")
+
+
+def test_bad_report_is_a_one_line_error(patched, tmp_path):
+    from patchkit.cli import main
+
+    (tmp_path / "loops.json").write_text("{not json")
+    result = CliRunner().invoke(main, ["card", str(patched), "--loops-report", str(tmp_path / "loops.json")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "loops.json: loops report is not JSON" in result.output
+    missing = CliRunner().invoke(main, ["card", str(patched), "--bench-report", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "bench report not found" in missing.output
+
+
+def test_a_check_report_feeds_both_tables(patched):
+    from patchkit.card import card_for_dir, card_metadata
+
+    check = {"verdict": "PASS", "steps": [], "loops": LOOPS, "bench": bench_report()}
+    meta = card_metadata(str(card_for_dir(patched, loops_report=check, bench_report=check, repo_id="alice/x")))
+    metrics = {m["type"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert {"loop_rate", "kl.mean", "qa.acc"} <= metrics
+
+
+@pytest.mark.parametrize("shape", ["per_model", "per_metric", "flat"])
+def test_loop_report_shapes_are_all_read(shape):
+    from patchkit.card import report_rows
+
+    if shape == "per_model":
+        report = {"models": {"base": {"overall": {"n": 10, "loop_rate": 0.5}},
+                             "patched": {"overall": {"n": 10, "loop_rate": {"rate": 0.1, "ci": [0.02, 0.4]}}}}}
+    elif shape == "per_metric":
+        report = {"overall": {"loop_rate": {"base": 0.5, "patched": 0.1, "n": 10, "patched_ci": [0.02, 0.4]}}}
+    else:
+        report = {"overall": {"n": 10, "loop_rate": 0.1, "loop_rate_ci": [0.02, 0.4]}}
+    [row] = report_rows(report, "loops")
+    assert (row.key, row.patched, row.n, row.patched_ci) == ("loops.loop_rate", 0.1, 10, (0.02, 0.4))
+    assert row.base == (None if shape == "flat" else 0.5)
