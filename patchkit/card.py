@@ -186,6 +186,13 @@ def _recipe(provenance: dict) -> dict:
     return recipe.get("normalized") or {}
 
 
+def base_repo_of(provenance: dict) -> str | None:
+    """The Hub repo of the base: provenance `base.repo`, else the repo the recipe pins (`model.repo`) when the
+    recipe was applied to a local copy of it."""
+    repo = (provenance.get("base") or {}).get("repo") or (_recipe(provenance).get("model") or {}).get("repo")
+    return str(repo) if repo and re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo)) else None
+
+
 def resolve_license(provenance: dict, base_meta: dict) -> dict[str, str]:
     """license (+ license_name/link for `other`) from recipe `publish.license`, else the base model's card."""
     publish = _recipe(provenance).get("publish") or {}
@@ -298,11 +305,20 @@ def _diff_summary(provenance: dict) -> list[str]:
     ]
 
 
+def _base_revision(provenance: dict) -> str | None:
+    return (provenance.get("base") or {}).get("revision") or (_recipe(provenance).get("model") or {}).get("revision")
+
+
+def _public_ref(provenance: dict) -> str:
+    """The base as a Hub reference; a local path is never printed (it says nothing to readers, leaks a home dir)."""
+    return base_repo_of(provenance) or "a local copy of the base model"
+
+
 def _provenance_section(provenance: dict) -> list[str]:
     base = provenance.get("base") or {}
     recipe = provenance.get("recipe") or {}
     lines = [
-        f"- base: `{base.get('repo') or base.get('ref') or 'unknown'}` at revision `{base.get('revision') or 'unknown'}`"
+        f"- base: `{_public_ref(provenance)}` at revision `{_base_revision(provenance) or 'unknown'}`"
         f" ({base.get('architecture') or 'unknown architecture'})",
         f"- recipe sha256: `{recipe.get('sha256', 'unknown')}`",
         f"- patchkit version: `{provenance.get('patchkit_version', 'unknown')}`, created {provenance.get('created', 'unknown')}",
@@ -322,11 +338,11 @@ def _provenance_section(provenance: dict) -> list[str]:
 
 
 def _reproduce(provenance: dict, repo_id: str | None) -> list[str]:
-    base = provenance.get("base") or {}
     recipe = provenance.get("recipe") or {}
-    model = base.get("repo") or base.get("ref") or "BASE"
-    if base.get("revision") and base.get("repo"):
-        model = f"{base['repo']}@{base['revision']}"
+    model = base_repo_of(provenance) or "BASE_MODEL_DIR"
+    revision = _base_revision(provenance)
+    if revision and base_repo_of(provenance):
+        model = f"{model}@{revision}"
     recipe_name = Path(str(recipe.get("path") or "recipe.yaml")).name
     lines = ["```bash", "pip install patchkit",
              f"patchkit apply {recipe_name} --model {model} --out patched/",
@@ -364,8 +380,9 @@ def build_card(provenance: dict | None, *, loops_report: str | Path | dict | Non
         "tags": tags,
         **resolve_license(provenance, base_meta),
     }
-    if base.get("repo"):
-        metadata["base_model"] = base["repo"]
+    base_repo = base_repo_of(provenance)
+    if base_repo:
+        metadata["base_model"] = base_repo
         metadata["base_model_relation"] = BASE_MODEL_RELATION
     results = _eval_results(name, loops, bench, loops_data, bench_data)
     if results:
@@ -377,7 +394,7 @@ def build_card(provenance: dict | None, *, loops_report: str | Path | dict | Non
     why = recipe.get("description") or "Fixes repetition loops of the base model with a small, auditable weight edit."
     source = recipe.get("source") or {}
     body = [f"# {title}", "",
-            f"This is `{base.get('repo') or base.get('ref') or 'the base model'}` with a handful of weights edited by "
+            f"This is `{_public_ref(provenance)}` with a handful of weights edited by "
             "[patchkit](https://pypi.org/project/patchkit/): same architecture, same tensors, a few changed values.",
             "", "## What changed and why", "", str(why).strip()]
     if source:

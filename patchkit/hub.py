@@ -32,6 +32,9 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _HASH_CHUNK = 8 * 1024 * 1024
 _SKIP_PARTS = {".cache", ".git", ".huggingface"}
+#: never published: the Hub manages .gitattributes; the undo recipe of an in-place apply is a local convenience
+_SKIP_FILES = {".gitattributes", "patchkit-undo.yaml"}
+_TMP_MARK = ".patchkit-tmp-"
 _log = logging.getLogger("patchkit.hub")
 
 
@@ -352,7 +355,9 @@ def _local_files(directory: Path) -> list[Path]:
     files = []
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory)
-        if any(part in _SKIP_PARTS for part in rel.parts) or not path.is_file() or rel.as_posix() == ".gitattributes":
+        if any(part in _SKIP_PARTS for part in rel.parts) or not path.is_file() or rel.as_posix() in _SKIP_FILES:
+            continue
+        if _TMP_MARK in path.name:  # an apply still (or never) finishing
             continue
         files.append(path)
     return files

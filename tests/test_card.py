@@ -151,3 +151,14 @@ def test_loop_report_shapes_are_all_read(shape):
     [row] = report_rows(report, "loops")
     assert (row.key, row.patched, row.n, row.patched_ci) == ("loops.loop_rate", 0.1, 10, (0.02, 0.4))
     assert row.base == (None if shape == "flat" else 0.5)
+
+
+def test_a_local_base_falls_back_to_the_recipe_repo_and_hides_the_path(patched):
+    from patchkit.card import build_card, card_metadata
+
+    provenance = json.loads((patched / "patchkit.json").read_text())
+    provenance["base"].update(repo=None, revision=None, ref="/home/someone/models/tiny-llama")
+    text = str(build_card(provenance))
+    assert card_metadata(text)["base_model"] == "test-org/tiny-llama"
+    assert "/home/someone" not in text
+    assert "--model test-org/tiny-llama@" + "a" * 40 in text  # the pinned revision of the recipe

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from patchkit.errors import PatchkitError
-from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
+from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, engine_available, make_base, make_patched
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -28,8 +28,10 @@ def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_round_trip_push_pull_is_byte_identical_and_loads(hub, dirs, tmp_path, monkeypatch):
-    base, patched = dirs
+def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeypatch):
+    """apply (the real engine when installed) -> push -> pull into a fresh cache -> byte-identical -> loads."""
+    base = make_base(tmp_path / "base")
+    patched = make_patched(base, tmp_path / "patched", use_engine=engine_available())
     pushed = run_cli("push", str(patched), "--repo", "alice/tiny-fix", "--json")
     assert pushed.exit_code == 0, pushed.output
     report = json.loads(pushed.stdout)
@@ -386,3 +388,20 @@ def test_pushing_to_an_open_pull_request_updates_it(hub, dirs, tmp_path):
     assert [(p.ref, p.target_commit) for p in refs.pull_requests] == [("refs/pr/1", updated.commit_oid)]
     assert updated.commit_oid != opened.commit_oid and updated.pr_url is None and updated.check.ok
     assert hub.requests("POST", r"/branch/") == []
+
+
+def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
+    """`patchkit diff` (core engine) on two Hub refs goes through fetch_differing_shards."""
+    diff = pytest.importorskip("patchkit.diff")
+    from patchkit import hub as pkhub
+
+    base, patched = dirs
+    pkhub.push(base, "alice/tiny", allow_unpatched=True, progress=False)
+    pkhub.push(patched, "alice/tiny-fix", progress=False)
+    hub.server.reset()
+    report = diff.diff_checkpoints("alice/tiny", "alice/tiny-fix")
+    assert report.identical_files == [SHARDS[0]]
+    assert [c.tensor if hasattr(c, "tensor") else c.name for c in report.changed] == [
+        f"model.layers.{EDIT_LAYER}.mlp.down_proj.weight"]
+    shard0 = hashlib.sha256((base / SHARDS[0]).read_bytes()).hexdigest()
+    assert not any(shard0 in r.path for r in hub.requests("GET", r"^/cdn/lfs/"))

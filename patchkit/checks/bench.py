@@ -228,7 +228,9 @@ def load_control_prompts(limit: int | None = None) -> tuple[list[str], str]:
     try:
         from patchkit.checks.probes import load_suite  # type: ignore[attr-defined]
 
-        prompts = [p.prompt for p in load_suite("controls").probes]
+        # one wording per control item: the second wording would mostly repeat the same answer
+        prompts = [p.prompt for p in load_suite("controls").probes
+                   if getattr(p, "kind", "control") == "control" and getattr(p, "prompt_index", 0) == 0]
         source = "probes:controls"
     except Exception:  # the loop-check module is optional here; fall back to its YAML or our own list
         path = Path(__file__).parent / "probes" / "controls.yaml"
@@ -237,7 +239,9 @@ def load_control_prompts(limit: int | None = None) -> tuple[list[str], str]:
 
             data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
             raw = data.get("probes", []) if isinstance(data, dict) else data or []
-            prompts = [str(p["prompt"]) for p in raw if isinstance(p, dict) and p.get("prompt")]
+            for p in raw:
+                if isinstance(p, dict) and (p.get("prompt") or p.get("prompts")):
+                    prompts.append(str(p.get("prompt") or p["prompts"][0]))
             source = str(path.name)
     if not prompts:
         prompts, source = list(FALLBACK_CONTROLS), "builtin"

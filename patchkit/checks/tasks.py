@@ -133,6 +133,16 @@ def item_prompt(item: TaskItem) -> str:
     return f"{head}Question: {item.question}\nAnswer:"
 
 
+#: One worked example before the question, so base and instruct models alike answer tersely on one line
+#: (zero-shot, SmolLM2-135M-Instruct mostly answered with an empty line or a sentence).
+FEW_SHOT = "Question: What is the capital of Peru?\nAnswer: Lima\n\n"
+
+
+def generation_prompt(item: TaskItem) -> str:
+    """Prompt for the greedy exact-match answer: the few-shot examples, then the item's own prompt."""
+    return FEW_SHOT + item_prompt(item)
+
+
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -146,12 +156,13 @@ def normalize_answer(text: str) -> str:
 
 
 def is_exact_match(generated: str, item: TaskItem) -> bool:
-    """First non-empty line, normalised, equals the answer or an alias, or starts with one as whole words."""
+    """First non-empty line, normalised, is the answer (or an alias), or starts or ends with it as whole words
+    ("Paris", "Paris is the capital", "The capital of France is Paris.")."""
     line = next((ln for ln in generated.strip().splitlines() if ln.strip()), "")
     got = normalize_answer(line)
     for target in (item.answer, *item.accept):
         want = normalize_answer(target)
-        if want and (got == want or got.startswith(want + " ")):
+        if want and (got == want or got.startswith(want + " ") or got.endswith(" " + want)):
             return True
     return False
 
@@ -223,21 +234,106 @@ def _loglik_batches(models: Sequence[Any], requests: list[tuple[int, int, list[i
     return out
 
 
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids plus single tokens that are pure newlines: only the first line of an answer is scored."""
+    ids: list[int] = []
+    cfg = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for v in (cfg if isinstance(cfg, list) else [cfg]) + [tokenizer.eos_token_id]:
+        if v is not None and int(v) not in ids:
+            ids.append(int(v))
+    for text in ("\n", "\n\n"):
+        enc = _encode(tokenizer, text, specials=False)
+        if len(enc) == 1 and enc[0] not in ids:
+            ids.append(enc[0])
+    return ids
+
+
+def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """transformers renamed `past_key_values` to `cache`; pass whichever this model's forward takes."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
+                   token_budget: int, progress: Callable[[int], None] | None) -> list[np.ndarray]:
+    """Same numbers as `_loglik_batches`, but each item's context runs once: its KV cache is copied to every
+    option (the context is most of the tokens, so this is ~options-times cheaper)."""
+    import torch
+
+    from patchkit.checks.teacher_forcing import pack_batches
+
+    # group requests by item: one context, several continuations
+    items: dict[int, list[int]] = {}
+    for k, (i, _, _, _) in enumerate(requests):
+        items.setdefault(i, []).append(k)
+    item_ids = list(items)
+    ctx = {i: requests[items[i][0]][2][: len(requests[items[i][0]][2]) - requests[items[i][0]][3]] for i in item_ids}
+    cont = {k: requests[k][2][len(requests[k][2]) - requests[k][3]:] for k in range(len(requests))}
+    out = [np.zeros(len(requests)) for _ in models]
+    for batch_pos in pack_batches([len(ctx[i]) for i in item_ids], token_budget):
+        batch = [item_ids[b] for b in batch_pos]
+        width = max(len(ctx[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(ctx[i]):] = torch.tensor(ctx[i])
+            mask[row, width - len(ctx[i]):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        rows = [(row, k) for row, i in enumerate(batch) for k in items[i]]
+        select = torch.tensor([row for row, _ in rows])
+        tail = max(len(cont[k]) for _, k in rows) - 1  # continuation tokens fed after the context
+        opt_ids = torch.full((len(rows), max(tail, 1)), pad_id, dtype=torch.long)
+        opt_mask = torch.zeros_like(opt_ids)
+        for r, (_, k) in enumerate(rows):
+            fed = cont[k][:-1]
+            if fed:
+                opt_ids[r, : len(fed)] = torch.tensor(fed)
+                opt_mask[r, : len(fed)] = 1
+        for m, model in enumerate(models):
+            device = next(model.parameters()).device
+            with torch.inference_mode():
+                first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                              use_cache=True, logits_to_keep=1)
+                first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+                rest_logp = None
+                if tail > 0:
+                    cache = getattr(first, "cache", None) or first.past_key_values
+                    cache.reorder_cache(select.to(device))
+                    full_mask = torch.cat([mask[select], opt_mask], dim=1)
+                    opt_pos = mask[select].sum(-1, keepdim=True) + torch.arange(opt_ids.shape[1])[None, :]
+                    rest = model(input_ids=opt_ids.to(device), attention_mask=full_mask.to(device),
+                                 position_ids=opt_pos.to(device), use_cache=True, **_cache_kwarg(model, cache))
+                    rest_logp = torch.log_softmax(rest.logits.float(), dim=-1)
+            for r, (row, k) in enumerate(rows):
+                toks = cont[k]
+                total = first_logp[row, toks[0]].item()
+                if len(toks) > 1:
+                    target = torch.tensor(toks[1:], device=rest_logp.device)
+                    total += rest_logp[r, : len(toks) - 1].gather(-1, target[:, None]).sum().item()
+                out[m][k] = total
+        if progress is not None:
+            progress(len(rows))
+    return out
+
+
 def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_new_tokens: int, batch_size: int,
                     progress: Callable[[int], None] | None) -> list[str]:
     import torch
 
-    prompts = [item_prompt(item) for item in items]
+    prompts = [generation_prompt(item) for item in items]
     answers: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
+    stop = _stop_ids(model, tokenizer)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True)
         with torch.inference_mode():
             out = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
         new = out[:, enc["input_ids"].shape[1]:]
         for row, i in enumerate(chunk):
             answers[i] = tokenizer.decode(new[row], skip_special_tokens=True)
@@ -255,8 +351,11 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
     tok = models[0][1]
     requests = _option_requests(tok, tasks.items)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    logliks = _loglik_batches([m for m, _ in models], requests, pad_id, token_budget,
-                              (lambda n: progress("qa-loglik", n)) if progress else None)
+    cb = (lambda n: progress("qa-loglik", n)) if progress else None
+    try:
+        logliks = _loglik_shared([m for m, _ in models], requests, pad_id, token_budget, cb)
+    except (AttributeError, NotImplementedError, TypeError):  # a model/cache without KV reuse: score plainly
+        logliks = _loglik_batches([m for m, _ in models], requests, pad_id, token_budget, cb)
     results = []
     for (model, tokenizer), ll in zip(models, logliks):
         n = len(tasks.items)

@@ -1,0 +1,592 @@
+"""Apply a recipe: a new checkpoint directory where only the edited slices differ, with provenance.
+
+How the bytes move (memory stays at a few 8 MiB chunks whatever the checkpoint size; torch is never used):
+- a shard holding edited tensors is streamed once into a temp file: plain stretches are copied, the
+  edited tensors' chunks are patched on the way (`edits.edit_chunk`), and sha256 of source and output
+  (and of every edited slice before/after) are computed on the same pass in background threads;
+- an untouched shard is reflinked, else hard-linked, else copied (never written to afterwards: every
+  later write goes to a new temp file that is renamed over, so a link can never carry an edit back);
+- every other file (config, tokenizer, chat template, index) is copied; HF-cache symlinks are resolved.
+The output is assembled in a hidden temp sibling directory and renamed into place at the end, so an
+interrupted apply leaves either no output or a complete one; the source is only ever read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from patchkit import __version__
+from patchkit.edits import edit_chunk, raw_view
+from patchkit.errors import ApplyError
+from patchkit.plan import Plan, PlannedEdit
+from patchkit.provenance import (
+    PROVENANCE_FILE,
+    known_sha256,
+    read_provenance,
+    remember_sha256,
+    sha256_file,
+    utc_now,
+)
+from patchkit.safetensors_io import CHUNK
+
+#: progress(done_bytes, total_bytes, what)
+Progress = Callable[[int, int, str], None]
+
+UNDO_RECIPE = "patchkit-undo.yaml"
+_TMP_MARK = ".patchkit-tmp-"
+_SKIP_DIRS = {".cache", ".git", ".huggingface"}
+_FICLONE = 0x40049409
+
+
+@dataclass
+class PatchedFile:
+    """What streaming one edited shard produced."""
+
+    source_sha256: str
+    output_sha256: str
+    size: int
+    slice_hashes: list[tuple[str, str]] = field(default_factory=list)  # per edit: (before, after)
+
+
+@dataclass
+class ApplyResult:
+    out_dir: Path | None
+    plan: Plan
+    provenance: dict[str, Any] | None
+    dry_run: bool = False
+    in_place: bool = False
+    undo_recipe: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+            "dry_run": self.dry_run,
+            "in_place": self.in_place,
+            "undo_recipe": str(self.undo_recipe) if self.undo_recipe else None,
+            "plan": self.plan.to_json(),
+            "provenance": self.provenance,
+        }
+
+
+# --- byte level ------------------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class _Hasher:
+    """sha256 fed from a background thread (hashlib releases the GIL), so hashing overlaps disk I/O."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: deque[Future] = deque()
+
+    def update(self, data: bytes | bytearray) -> None:
+        self._pending.append(self._pool.submit(self.h.update, data))
+        while len(self._pending) > 3:  # bound the memory held by queued chunks
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def take_state_of(self, other: "_Hasher") -> None:
+        """Continue from `other`'s state (both have hashed the same bytes so far)."""
+        other.drain()
+        self.drain()
+        self.h = other.h.copy()
+
+    def hexdigest(self) -> str:
+        self.drain()
+        self._pool.shutdown()
+        return self.h.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class PatchStream:
+    """The bytes of `src` with `edits` applied, as (offset, original, output) chunks in file order.
+
+    Shared by apply (which writes the chunks) and verify (which compares them with a patched file).
+    After a full iteration, `slice_hashes[i]` holds sha256 (before, after) of edit i's slice.
+    """
+
+    def __init__(self, src: Path, edits: list[PlannedEdit]):
+        self.src = Path(src)
+        self.edits = edits
+        self.size = os.path.getsize(src)
+        self._before = [hashlib.sha256() for _ in edits]
+        self._after = [hashlib.sha256() for _ in edits]
+
+    @property
+    def slice_hashes(self) -> list[tuple[str, str]]:
+        return [(b.hexdigest(), a.hexdigest()) for b, a in zip(self._before, self._after)]
+
+    def __iter__(self):
+        regions: dict[str, list[int]] = {}
+        for i, e in enumerate(self.edits):
+            regions.setdefault(e.tensor, []).append(i)
+        order = sorted(regions.values(), key=lambda idx: self.edits[idx[0]].tensor_start)
+        with open(self.src, "rb", buffering=0) as fin:
+            fd = fin.fileno()
+            pos = 0
+            for idx in order:
+                first = self.edits[idx[0]]
+                yield from self._plain(fd, pos, first.tensor_start)
+                yield from self._tensor(fd, first, [(i, self.edits[i].selection) for i in idx])
+                pos = first.tensor_end
+            yield from self._plain(fd, pos, self.size)
+
+    def _read(self, fd: int, a: int, n: int) -> bytes:
+        data = os.pread(fd, n, a)
+        if len(data) != n:
+            raise ApplyError(f"{self.src}: file shrank while reading (offset {a})")
+        return data
+
+    def _plain(self, fd: int, a: int, b: int):
+        while a < b:
+            data = self._read(fd, a, min(CHUNK, b - a))
+            yield a, data, data
+            a += len(data)
+
+    def _tensor(self, fd: int, first: PlannedEdit, selections):
+        itemsize = first.itemsize
+        step = CHUNK - CHUNK % itemsize
+        a = first.tensor_start
+        while a < first.tensor_end:
+            data = self._read(fd, a, min(step, first.tensor_end - a))
+            chunk = bytearray(data)
+            raw = raw_view(chunk, first.dtype)
+            e0 = (a - first.tensor_start) // itemsize
+            for i, sel in selections:
+                e = self.edits[i]
+                positions = sel.positions_in(e0, e0 + len(raw))
+                edit_chunk(raw, positions, first.dtype, e.op, e.factor, self._before[i], self._after[i])
+            del raw
+            yield a, data, chunk
+            a += len(data)
+
+
+def write_patched(
+    src: Path, dst: Path, edits: list[PlannedEdit], *, progress: Progress | None = None, hash_source: bool = True
+) -> PatchedFile:
+    """Stream `src` into a new file `dst` with `edits` applied; returns checksums. `dst` must not exist."""
+    stream = PatchStream(src, edits)
+    src_h = _Hasher() if hash_source else None
+    out_h = _Hasher()
+    try:
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            done = 0
+            diverged = src_h is None  # until the first edited chunk, one hash serves source and output
+            for _, original, output in stream:
+                if not diverged and output is not original:
+                    out_h.take_state_of(src_h)
+                    diverged = True
+                if src_h is not None:
+                    src_h.update(original)
+                if diverged:
+                    out_h.update(output)
+                _write_all(fout, output)
+                done += len(output)
+                if progress:
+                    progress(done, stream.size, dst.name)
+        finally:
+            os.close(fout)
+        if not diverged:  # no edit landed in this file: output == source
+            out_h.take_state_of(src_h)
+        return PatchedFile(
+            source_sha256=src_h.hexdigest() if src_h else "",
+            output_sha256=out_h.hexdigest(),
+            size=stream.size,
+            slice_hashes=stream.slice_hashes,
+        )
+    finally:
+        if src_h is not None:
+            src_h.close()
+        out_h.close()
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Put a byte-identical `src` at `dst`: reflink, else hard link, else copy. Returns which one."""
+    src = Path(os.path.realpath(src))
+    try:
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+        return "reflink"
+    except OSError:
+        try:
+            os.unlink(dst)
+        except FileNotFoundError:
+            pass
+    try:
+        os.link(src, dst)
+        return "hardlink"
+    except OSError:
+        pass
+    shutil.copyfile(src, dst)
+    return "copy"
+
+
+# --- directory level -------------------------------------------------------------------------------------
+
+
+def _source_files(source_dir: Path) -> list[str]:
+    """Every file of a checkpoint directory (relative paths), minus caches and our own temp/provenance files."""
+    out = []
+    for root, dirs, files in os.walk(source_dir, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and _TMP_MARK not in d)
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), source_dir)
+            if rel in (PROVENANCE_FILE, UNDO_RECIPE) or _TMP_MARK in name:
+                continue
+            out.append(rel)
+    return out
+
+
+def _edit_key(e: dict | PlannedEdit) -> tuple:
+    get = e.get if isinstance(e, dict) else lambda k: getattr(e, k)
+    return (get("layer"), get("kind"), get("index"), get("op"), float(get("factor")), get("tensor"))
+
+
+def _refuse_reapply(source_dir: Path, recipe_name: str, plan: Plan) -> dict | None:
+    prov = read_provenance(source_dir)
+    if prov is None:
+        return None
+    prev_name = (prov.get("recipe") or {}).get("normalized", {}).get("name")
+    prev = [_edit_key(e) for e in prov.get("edits", []) if isinstance(e, dict)]
+    if prev and prev == [_edit_key(e) for e in plan.edits] and prev_name == recipe_name:
+        raise ApplyError(
+            f"{source_dir} was produced by this recipe ({recipe_name}) already (see its {PROVENANCE_FILE}); "
+            "applying it again would stack the edits — use the original base model as --model"
+        )
+    return prov
+
+
+def _clean_stale_temps(parent: Path, name: str) -> None:
+    """Remove temp dirs left by an apply that was killed (their pid no longer runs)."""
+    prefix = f".{name}{_TMP_MARK}"
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _load(recipe: Any) -> tuple[Any, str, str | None]:
+    """(Recipe, verbatim text, path or None)."""
+    from patchkit import recipe as recipe_mod
+
+    if isinstance(recipe, (str, Path)):
+        path = Path(recipe)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ApplyError(f"{path}: cannot read recipe ({exc.strerror})") from None
+        return recipe_mod.load_recipe(path), text, str(path)
+    text = getattr(recipe, "source_text", None) or recipe_mod.recipe_to_yaml(recipe)
+    return recipe, text, getattr(recipe, "path", None)
+
+
+def _normalized(recipe: Any) -> dict:
+    dump = getattr(recipe, "model_dump", None)
+    return dump(mode="json", exclude_none=True) if dump else {}
+
+
+def _resolve(recipe: Any, model: str | None):
+    from patchkit.model import ensure_local, resolve_model
+
+    if model is None:
+        spec = getattr(recipe, "model", None)
+        repo = getattr(spec, "repo", None)
+        if not repo:
+            raise ApplyError("the recipe names no model.repo; pass --model")
+        ref = resolve_model(repo, revision=getattr(spec, "revision", None))
+    else:
+        ref = resolve_model(model)
+    local = ref.local_dir if ref.local_dir is not None and not getattr(ref, "is_remote", False) else None
+    if local is None:
+        local = ensure_local(ref)
+    return ref, Path(local)
+
+
+def apply_recipe(
+    recipe: Any,
+    *,
+    model: str | None = None,
+    out: Path | None = None,
+    dry_run: bool = False,
+    in_place: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ApplyResult:
+    """Apply `recipe` (a Recipe or a recipe path) to `model` (default: the recipe's pinned repo)."""
+    from patchkit.plan import plan_recipe
+
+    recipe_obj, text, recipe_path = _load(recipe)
+    resolution = getattr(recipe_obj, "resolution", None)
+    if resolution is not None and getattr(resolution, "status", "resolved") == "unresolved":
+        raise ApplyError(
+            f"recipe {recipe_obj.name} is unresolved (no concrete neuron indices yet); run `patchkit locate` "
+            "to resolve it first"
+        )
+    ref, source_dir = _resolve(recipe_obj, model)
+    plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
+    parent = _refuse_reapply(source_dir, recipe_obj.name, plan)
+    if in_place and out is not None:
+        raise ApplyError("--in-place and -o/--out exclude each other; pick one")
+    if in_place:
+        _check_in_place(source_dir, plan)
+    elif out is None:
+        out = Path.cwd() / recipe_obj.name
+    if out is not None:
+        out = Path(os.path.abspath(out))
+        real_out, real_src = os.path.realpath(out), os.path.realpath(source_dir)
+        if real_out == real_src or real_out.startswith(real_src + os.sep) or real_src.startswith(real_out + os.sep):
+            raise ApplyError(f"output {out} overlaps the source model {source_dir}; choose another -o or use --in-place")
+        if os.path.lexists(out) and not force:
+            raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
+    if dry_run:
+        return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True, in_place=in_place)
+
+    ctx = _Context(recipe_obj, text, recipe_path, ref, plan, parent)
+    try:
+        if in_place:
+            return _apply_in_place(ctx, source_dir, progress)
+        return _apply_to_new_dir(ctx, source_dir, out, force, progress)
+    except OSError as exc:
+        where = exc.filename or (source_dir if in_place else out)
+        raise ApplyError(
+            f"{where}: {exc.strerror or exc} while writing the output; nothing was changed "
+            "(free some space, fix permissions, or choose another -o)"
+        ) from exc
+
+
+@dataclass
+class _Context:
+    recipe: Any
+    text: str
+    recipe_path: str | None
+    ref: Any
+    plan: Plan
+    parent: dict | None
+
+
+def _apply_to_new_dir(ctx: _Context, source_dir: Path, out: Path, force: bool, progress: Progress | None) -> ApplyResult:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(out.parent, out.name)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{_TMP_MARK}{os.getpid()}-"))
+    try:
+        os.chmod(tmp, 0o755)
+        rewritten = ctx.plan.files_to_rewrite
+        source_sha: dict[str, dict] = {}
+        output_sha: dict[str, dict] = {}
+        slice_hashes: dict[int, tuple[str, str]] = {}
+        for rel in _source_files(source_dir):
+            src = Path(os.path.realpath(source_dir / rel))
+            dst = tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if rel in rewritten:
+                known = known_sha256(src)
+                res = write_patched(src, dst, rewritten[rel], progress=progress, hash_source=known is None)
+                source_sha[rel] = {"sha256": known or res.source_sha256, "size": res.size}
+                if not known:
+                    remember_sha256(src, res.source_sha256)
+                output_sha[rel] = {"sha256": res.output_sha256, "size": res.size, "rewritten": True}
+                for e, h in zip(rewritten[rel], res.slice_hashes):
+                    slice_hashes[id(e)] = h
+            else:
+                link_or_copy(src, dst)
+                size = dst.stat().st_size
+                digest = sha256_file(src)
+                if rel in ctx.plan.weight_files:
+                    source_sha[rel] = {"sha256": digest, "size": size}
+                output_sha[rel] = {"sha256": digest, "size": size, "rewritten": False}
+        prov = _provenance(ctx, source_sha, output_sha, slice_hashes)
+        _write_json(tmp / PROVENANCE_FILE, prov)
+        for rel, meta in output_sha.items():
+            if meta["rewritten"]:
+                remember_sha256(tmp / rel, meta["sha256"])
+        _publish_dir(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ApplyResult(out_dir=out, plan=ctx.plan, provenance=prov)
+
+
+def _publish_dir(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished temp dir into place (replacing an existing `out` only with --force)."""
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    if not force:
+        raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
+    trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.patchkit-old-"))
+    os.rename(out, trash / "old")
+    os.rename(tmp, out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _check_in_place(source_dir: Path, plan: Plan) -> None:
+    for f in plan.weight_files:
+        if os.path.islink(source_dir / f):
+            raise ApplyError(
+                f"--in-place refused: {source_dir / f} is a symlink (Hugging Face cache?); the cache is never "
+                "modified — write a new directory with -o OUT"
+            )
+    non_invert = sorted({e.op for e in plan.edits if e.op != "invert"})
+    if non_invert:
+        raise ApplyError(
+            f"--in-place refused: op {', '.join(non_invert)} cannot be undone exactly; only invert-only recipes "
+            "are applied in place — write a new directory with -o OUT"
+        )
+
+
+def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) -> ApplyResult:
+    """Patch a plain local directory: new shard files are built beside the old ones, then renamed over them."""
+    rewritten = ctx.plan.files_to_rewrite
+    temps: dict[str, Path] = {}
+    source_sha: dict[str, dict] = {}
+    output_sha: dict[str, dict] = {}
+    slice_hashes: dict[int, tuple[str, str]] = {}
+    try:
+        for rel, edits in rewritten.items():
+            src = source_dir / rel
+            tmp = src.with_name(f".{src.name}{_TMP_MARK}{os.getpid()}")
+            if tmp.exists():
+                tmp.unlink()
+            known = known_sha256(src)
+            res = write_patched(src, tmp, edits, progress=progress, hash_source=known is None)
+            temps[rel] = tmp
+            source_sha[rel] = {"sha256": known or res.source_sha256, "size": res.size}
+            output_sha[rel] = {"sha256": res.output_sha256, "size": res.size, "rewritten": True}
+            for e, h in zip(edits, res.slice_hashes):
+                slice_hashes[id(e)] = h
+        undo_path = source_dir / UNDO_RECIPE
+        _write_text(undo_path, _undo_recipe_text(ctx.text, ctx.recipe.name))
+        for rel in _source_files(source_dir):
+            if rel in rewritten:
+                continue
+            digest = sha256_file(source_dir / rel)
+            size = (source_dir / rel).stat().st_size
+            if rel in ctx.plan.weight_files:
+                source_sha[rel] = {"sha256": digest, "size": size}
+            output_sha[rel] = {"sha256": digest, "size": size, "rewritten": False}
+        prov = _provenance(ctx, source_sha, output_sha, slice_hashes)
+        prov["in_place"] = True
+        prov["undo_recipe"] = UNDO_RECIPE
+        for rel, tmp in temps.items():
+            os.replace(tmp, source_dir / rel)
+            remember_sha256(source_dir / rel, output_sha[rel]["sha256"])
+        temps.clear()
+        _write_json(source_dir / PROVENANCE_FILE, prov)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return ApplyResult(out_dir=source_dir, plan=ctx.plan, provenance=prov, in_place=True, undo_recipe=undo_path)
+
+
+def _undo_recipe_text(text: str, name: str) -> str:
+    """The recipe that undoes an invert-only recipe: the same edits under a new name (invert is its own inverse)."""
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = yaml.load(text)
+    data["name"] = f"{name}-undo"
+    data["description"] = f"Undo of recipe {name} applied in place (invert is its own inverse)."
+    data["source"] = {"kind": "manual", "reference": f"undo of {name}"}
+    for key in ("publish", "checks"):
+        data.pop(key, None)
+    buf = StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+def _provenance(ctx: _Context, source_sha: dict, output_sha: dict, slice_hashes: dict) -> dict[str, Any]:
+    spec = getattr(ctx.recipe, "model", None)
+    ref = ctx.ref
+    prov: dict[str, Any] = {
+        "patchkit_version": __version__,
+        "created": utc_now(),
+        "recipe": {
+            "path": ctx.recipe_path,
+            "sha256": hashlib.sha256(ctx.text.encode("utf-8")).hexdigest(),
+            "text": ctx.text,
+            "normalized": _normalized(ctx.recipe),
+        },
+        "base": {
+            "ref": getattr(ref, "ref", None),
+            "repo": getattr(ref, "repo_id", None),
+            "revision": getattr(ref, "revision", None),
+            "architecture": getattr(spec, "architecture", None),
+        },
+        "source_files": dict(sorted(source_sha.items())),
+        "output_files": dict(sorted(output_sha.items())),
+        "edits": [
+            {
+                "layer": e.layer, "kind": e.kind, "index": e.index, "op": e.op, "factor": e.factor,
+                "tensor": e.tensor, "file": e.file,
+                "before_sha256": slice_hashes[id(e)][0], "after_sha256": slice_hashes[id(e)][1],
+            }
+            for e in ctx.plan.edits
+        ],
+    }
+    if ctx.parent is not None:
+        prov["parent"] = {
+            "recipe": (ctx.parent.get("recipe") or {}).get("normalized", {}).get("name"),
+            "recipe_sha256": (ctx.parent.get("recipe") or {}).get("sha256"),
+            "created": ctx.parent.get("created"),
+        }
+    return prov
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    _write_text(path, json.dumps(payload, indent=2) + "\n")
+

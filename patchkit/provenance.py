@@ -1,0 +1,113 @@
+"""SHA-256 of checkpoint files without re-reading multi-gigabyte shards on every run, and `patchkit.json`.
+
+Provenance records the sha256 of every source and output shard. Hashing 60 GB on each apply would dwarf the
+copy it accompanies, so digests are reused when they are already known for certain:
+- an HF cache blob is named by its sha256 (LFS files: 64 hex characters), so the name is the digest;
+- otherwise a small cache (`$PATCHKIT_CACHE_DIR` or `~/.cache/patchkit/sha256.json`) maps a file's
+  (device, inode, size, mtime_ns) to its digest; any change to the file changes that key. Hard links share
+  an inode, so a linked output shard is a cache hit too. `PATCHKIT_NO_HASH_CACHE=1` disables it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from patchkit.safetensors_io import CHUNK
+
+PROVENANCE_FILE = "patchkit.json"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _cache_path() -> Path:
+    base = os.environ.get("PATCHKIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "patchkit"
+    )
+    return Path(base) / "sha256.json"
+
+
+def _cache_enabled() -> bool:
+    return os.environ.get("PATCHKIT_NO_HASH_CACHE", "") in ("", "0")
+
+
+def _key(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _load_cache() -> dict[str, str]:
+    try:
+        data = json.loads(_cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record a digest computed elsewhere (e.g. while writing a patched shard)."""
+    if not _cache_enabled():
+        return
+    try:
+        st = os.stat(path)
+        cache = _load_cache()
+        cache[_key(st)] = digest
+        if len(cache) > 50_000:  # keep the file small; old entries are just recomputed
+            cache = dict(list(cache.items())[-25_000:])
+        target = _cache_path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".sha256-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cache, fh)
+        os.replace(tmp, target)
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+
+
+def known_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The digest of `path` if known without reading it (HF blob name or cache), else None."""
+    real = os.path.realpath(path)
+    name = os.path.basename(real)
+    if os.path.basename(os.path.dirname(real)) == "blobs" and _HEX64.match(name):
+        return name
+    if not _cache_enabled():
+        return None
+    try:
+        return _load_cache().get(_key(os.stat(real)))
+    except OSError:
+        return None
+
+
+def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
+    """sha256 of a file, streamed in chunks (memory stays at one chunk)."""
+    if use_cache:
+        hit = known_sha256(path)
+        if hit:
+            return hit
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    digest = h.hexdigest()
+    if use_cache and os.path.getsize(path) >= (1 << 20):
+        remember_sha256(path, digest)
+    return digest
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_provenance(directory: str | os.PathLike[str]) -> dict | None:
+    """The `patchkit.json` of a directory, or None if it has none (or it is unreadable JSON)."""
+    p = Path(directory) / PROVENANCE_FILE
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

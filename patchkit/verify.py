@@ -1,0 +1,152 @@
+"""Check that a patched checkpoint is exactly what its recipe produces from the base model.
+
+Nothing is written: the expected bytes of every edited shard are regenerated in memory chunk by chunk
+(the same `PatchStream` apply writes from) and compared with the patched file; every other file must be
+byte-identical to the base. `patchkit.json` is ignored (it holds a timestamp), any other extra or missing
+file is a mismatch. The first difference is reported by file, byte offset and tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from patchkit.apply import UNDO_RECIPE, PatchStream, _load, _resolve, _source_files
+from patchkit.errors import PatchkitError
+from patchkit.provenance import PROVENANCE_FILE, known_sha256
+from patchkit.safetensors_io import CHUNK, read_header
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    model_dir: Path
+    patched_dir: Path
+    files_checked: int = 0
+    bytes_compared: int = 0
+    first_difference: dict[str, Any] | None = None
+    edits: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        if self.ok:
+            return f"{self.patched_dir} matches the recipe applied to {self.model_dir} byte for byte ({self.files_checked} files)"
+        d = self.first_difference or {}
+        where = d.get("file", "?")
+        if d.get("tensor"):
+            where += f" tensor {d['tensor']}"
+        if d.get("offset") is not None:
+            where += f" at byte {d['offset']}"
+        return f"{self.patched_dir} differs from the recipe applied to {self.model_dir}: {where} ({d.get('reason', '')})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "model": str(self.model_dir), "patched": str(self.patched_dir), "edits": self.edits,
+            "files_checked": self.files_checked, "bytes_compared": self.bytes_compared,
+            "first_difference": self.first_difference, "message": self.message,
+        }
+
+
+def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike[str], progress: Progress | None = None) -> VerifyResult:
+    """True iff `patched` == apply(recipe, model) byte for byte (patchkit.json aside)."""
+    from patchkit.plan import plan_recipe
+
+    recipe_obj, _, _ = _load(recipe)
+    ref, source_dir = _resolve(recipe_obj, model)
+    patched_dir = Path(patched)
+    if not patched_dir.is_dir():
+        raise PatchkitError(f"{patched_dir}: not a directory (give the patched checkpoint directory with --patched)")
+    plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
+    result = VerifyResult(ok=True, model_dir=source_dir, patched_dir=patched_dir, edits=len(plan.edits))
+    expected = _source_files(source_dir)
+    actual = set(_source_files(patched_dir)) | {f for f in (UNDO_RECIPE,) if (patched_dir / f).exists()}
+    extra = sorted(actual - set(expected))
+    missing = [f for f in expected if f not in actual]
+    if missing:
+        return _fail(result, missing[0], None, None, "missing from the patched checkpoint")
+    if extra:
+        return _fail(result, extra[0], None, None, "not in the base checkpoint (apply would not write it)")
+    rewritten = plan.files_to_rewrite
+    for rel in expected:
+        src, dst = source_dir / rel, patched_dir / rel
+        result.files_checked += 1
+        if rel in rewritten:
+            diff_at = _compare_stream(PatchStream(Path(os.path.realpath(src)), rewritten[rel]), dst, result, progress)
+        else:
+            diff_at = _compare_files(src, dst, result)
+        if diff_at is not None:
+            offset, reason = diff_at
+            return _fail(result, rel, offset, _tensor_at(dst if dst.exists() else src, offset), reason)
+    if (patched_dir / PROVENANCE_FILE).exists():
+        result.notes.append(f"{PROVENANCE_FILE} not compared (it records when the output was made)")
+    return result
+
+
+def _fail(result: VerifyResult, file: str, offset: int | None, tensor: str | None, reason: str) -> VerifyResult:
+    result.ok = False
+    result.first_difference = {"file": file, "offset": offset, "tensor": tensor, "reason": reason}
+    return result
+
+
+def _compare_stream(stream: PatchStream, dst: Path, result: VerifyResult, progress: Progress | None):
+    size = os.path.getsize(dst)
+    if size != stream.size:
+        return min(size, stream.size), f"size {size} != expected {stream.size}"
+    with open(dst, "rb", buffering=0) as fh:
+        fd = fh.fileno()
+        for offset, _, expected in stream:
+            got = os.pread(fd, len(expected), offset)
+            result.bytes_compared += len(expected)
+            if got != expected:
+                first = next(i for i, (x, y) in enumerate(zip(got, expected)) if x != y) if len(got) == len(expected) else 0
+                return offset + first, "bytes differ from the recipe's result"
+            if progress:
+                progress(offset + len(expected), stream.size, dst.name)
+    return None
+
+
+def _compare_files(src: Path, dst: Path, result: VerifyResult):
+    size_a, size_b = os.path.getsize(src), os.path.getsize(dst)
+    if size_a != size_b:
+        return min(size_a, size_b), f"size {size_b} != base size {size_a}"
+    try:
+        if os.path.samefile(src, dst):
+            return None
+    except OSError:
+        pass
+    ka, kb = known_sha256(src), known_sha256(dst)
+    if ka and ka == kb:
+        return None  # otherwise read both to find where they differ
+    with open(src, "rb", buffering=0) as fa, open(dst, "rb", buffering=0) as fb:
+        offset = 0
+        while True:
+            x, y = fa.read(CHUNK), fb.read(CHUNK)
+            result.bytes_compared += len(x)
+            if x != y:
+                first = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+                return offset + first, "bytes differ from the base file (apply leaves this file untouched)"
+            if not x:
+                return None
+            offset += len(x)
+
+
+def _tensor_at(path: Path, offset: int | None) -> str | None:
+    """Name of the tensor holding byte `offset` of a safetensors file (None for headers / other files)."""
+    if offset is None or not str(path).endswith(".safetensors"):
+        return None
+    try:
+        header = read_header(path)
+    except PatchkitError:
+        return None
+    if offset < header.data_start:
+        return "(header)"
+    rel = offset - header.data_start
+    for info in header.tensors.values():
+        if info.begin <= rel < info.end:
+            return info.name
+    return None
