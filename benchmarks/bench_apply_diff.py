@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_apply_diff.py --size-gb 4.2 --workdir /tmp/pk-bench
 
 Synthesizes a sharded bf16 checkpoint with Gemma-4-like names (`model.language_model.layers.{L}...`), then in
-one run measures, each as a separate process (wall time and peak RSS from wait4):
+one run measures, each as a separate process (wall time; peak RSS = the child's own VmHWM):
 - `patchkit apply` of a 1-neuron invert recipe, cold (no sha256 cache: every source shard hashed) and warm;
 - `cp` of the touched shard (the floor apply is compared with);
 - transformers `from_pretrained` + `save_pretrained` on a smaller llama checkpoint, next to `patchkit apply`
@@ -31,20 +31,35 @@ sys.path.insert(0, str(HERE.parent))
 
 from patchkit.edits import from_float32  # noqa: E402
 
-PATCHKIT = [sys.executable, "-c", "from patchkit.cli import main; main()"]
+# Children report their own peak RSS (VmHWM of their own address space) at exit: wait4's ru_maxrss would
+# include the parent's RSS from before the exec. While patchkit.recipe/model/adapters are missing (parallel
+# development), the tests' llama stand-ins fill in; the result says which engine ran.
+_PEAK = (
+    "import atexit, os\n"
+    "def _peak():\n"
+    "    line = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+    "    open(os.environ['PK_RSS_FILE'], 'w').write(line.split()[1])\n"
+    "atexit.register(_peak)\n"
+)
+PATCHKIT = [sys.executable, "-c", _PEAK + (
+    f"import sys; sys.path.insert(0, {str(HERE.parent / 'tests')!r}); import core_standins; core_standins.install()\n"
+    "from patchkit.cli import main; main()"
+)]
 
 
 def run(cmd: list[str], *, env: dict | None = None, stdout=subprocess.DEVNULL) -> tuple[float, float, int]:
-    """(seconds, peak RSS MiB, exit code) of one child process, measured with wait4."""
+    """(seconds, peak RSS MiB or 0 when the child does not report it, exit code) of one child process."""
+    rss_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"pk-rss-{os.getpid()}"
+    rss_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=stdout, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {}), "PK_RSS_FILE": str(rss_file)}, stdout=stdout,
+                          stderr=subprocess.PIPE)
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
-        print(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
-    return seconds, usage.ru_maxrss / 1024, proc.returncode
+        print(f"command failed ({proc.returncode}): {' '.join(cmd)[-300:]}\n{proc.stderr.decode()[-2000:]}", file=sys.stderr)
+    rss = int(rss_file.read_text()) / 1024 if rss_file.exists() else 0.0
+    rss_file.unlink(missing_ok=True)
+    return seconds, rss, proc.returncode
 
 
 # --- synthetic checkpoints ------------------------------------------------------------------------------
@@ -176,7 +191,10 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {"PATCHKIT_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    results: dict = {}
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import core_standins
+
+    results: dict = {"engine": "real" if core_standins.real_modules_present() else "test stand-ins (recipe/model/adapters missing)"}
     try:
         # 1. big gemma-like checkpoint
         tensors, config, layers = gemma_like(args.size_gb)
@@ -224,7 +242,7 @@ def main() -> None:
         small = work / "small"
         small_total = write_checkpoint(small, stensors, 2, sconfig)
         rs = recipe(work / "rs.yaml", "bench/llama-like", "llama", 0, 1)
-        ls = run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_apply_diff as b; "
+        ls = run([sys.executable, "-c", _PEAK + f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_apply_diff as b; "
                   f"from pathlib import Path; b.load_save(Path({str(small)!r}), Path({str(work / 'small-saved')!r}))"], env=env)
         ap_small = run([*PATCHKIT, "apply", str(rs), "--model", str(small), "-o", str(work / "small-out"), "--json"],
                        env={**env, "PATCHKIT_NO_HASH_CACHE": "1"})

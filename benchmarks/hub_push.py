@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=256, help="size of the big shard")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="patchkit-hub-bench-"))
-    os.environ.update(HF_HOME=str(work / "home"), HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_TOKEN="hf_bench")
+    os.environ.update(HF_HOME=str(work / "home"), HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_TOKEN="hf_bench",
+                      PATCHKIT_CACHE_DIR=str(work / "pk-cache"))
     import huggingface_hub.constants as constants
 
     from hubserver.server import Account, HubServer

@@ -26,6 +26,8 @@ from patchkit.errors import PatchkitError
 BASE_MODEL_RELATION = "finetune"
 DEFAULT_PIPELINE_TAG = "text-generation"
 MAX_EDIT_ROWS = 40
+#: loop metrics that go into model-index (the table in the body shows every metric of the report)
+LOOP_HEADLINE_METRICS = ("loop_rate", "completeness", "good_list_rate", "control_accuracy", "control_loop_rate")
 
 
 class CardError(PatchkitError):
@@ -48,6 +50,8 @@ class Row:
     p_value: float | None = None
     unit: str = ""
     kind: str = "paired"
+    base_k: int | None = None
+    patched_k: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,19 +90,41 @@ def _interval(value: Any) -> tuple[float, float] | None:
     return None
 
 
-def _metric(value: Any, siblings: dict, key: str) -> tuple[float | None, int | None, tuple | None]:
-    """A metric given as a number or as {value|rate|mean, n, ci|interval}; its interval may be a sibling key."""
+@dataclass
+class _Value:
+    value: float | None = None
+    n: int | None = None
+    ci: tuple[float, float] | None = None
+    k: int | None = None  # successes, for rates given as k/n
+
+
+def _metric(value: Any, siblings: dict, key: str) -> _Value:
+    """A metric given as a number or as {value|rate|mean, k, n, ci|interval}; its interval may be a sibling key."""
     n = siblings.get("n") if isinstance(siblings.get("n"), int) else None
     ci = _interval(siblings.get(f"{key}_ci")) or _interval(siblings.get(f"{key}_interval"))
     if isinstance(value, dict):
         number = next((_num(value.get(k)) for k in ("value", "rate", "mean", "estimate") if _num(value.get(k)) is not None), None)
         n = value.get("n") if isinstance(value.get("n"), int) else n
         ci = next((_interval(value.get(k)) for k in ("ci", "interval", "ci95", "wilson") if _interval(value.get(k))), ci) or _interval(value)
-        return number, n, ci
-    return _num(value), n, ci
+        k = value.get("k") if isinstance(value.get("k"), int) else None
+        return _Value(number, n, ci, k)
+    return _Value(_num(value), n, ci)
 
 
 _SKIP = re.compile(r"(^n$|^k$|_ci$|_interval$|^count$)")
+_RATE = re.compile(r"(rate|accuracy|completeness|share|agreement)$")
+
+
+def _row(prefix: str, key: str, base: _Value, patched: _Value, **extra: Any) -> Row:
+    delta = None if patched.value is None or base.value is None else patched.value - base.value
+    row = Row(key=f"{prefix}.{key}", label=key.replace("_", " "), n=patched.n or base.n, base=base.value,
+              patched=patched.value, delta=delta, base_ci=base.ci, patched_ci=patched.ci,
+              unit="rate" if _RATE.search(key) or patched.k is not None else "")
+    row.base_k, row.patched_k = base.k, patched.k
+    for name, value in extra.items():
+        if value is not None:
+            setattr(row, name, value)
+    return row
 
 
 def _rows_from_overall(overall: dict, prefix: str) -> list[Row]:
@@ -106,30 +132,25 @@ def _rows_from_overall(overall: dict, prefix: str) -> list[Row]:
     if isinstance(overall.get("base"), dict) and isinstance(overall.get("patched"), dict):
         base, patched = overall["base"], overall["patched"]
         for key in [k for k in patched if not _SKIP.search(k)]:
-            pv, pn, pci = _metric(patched[key], patched, key)
-            bv, bn, bci = _metric(base.get(key), base, key)
-            if pv is None and bv is None:
-                continue
-            rows.append(Row(key=f"{prefix}.{key}", label=key.replace("_", " "), n=pn or bn, base=bv, patched=pv,
-                            delta=None if pv is None or bv is None else pv - bv, base_ci=bci, patched_ci=pci))
+            pv, bv = _metric(patched[key], patched, key), _metric(base.get(key), base, key)
+            if pv.value is not None or bv.value is not None:
+                rows.append(_row(prefix, key, bv, pv))
         return rows
     for key, value in overall.items():
         if _SKIP.search(key):
             continue
         if isinstance(value, dict) and ("base" in value or "patched" in value):
-            bv, bn, bci = _metric(value.get("base"), value, "base")
-            pv, pn, pci = _metric(value.get("patched"), value, "patched")
-            n = value.get("n") if isinstance(value.get("n"), int) else (pn or bn)
-            rows.append(Row(key=f"{prefix}.{key}", label=key.replace("_", " "), n=n, base=bv, patched=pv,
-                            delta=_num(value.get("delta")) if _num(value.get("delta")) is not None else
-                            (None if pv is None or bv is None else pv - bv),
-                            base_ci=bci or _interval(value.get("base_ci")), patched_ci=pci or _interval(value.get("patched_ci")),
-                            delta_ci=_interval(value.get("delta_ci")), p_value=_num(value.get("p_value"))))
+            bv, pv = _metric(value.get("base"), value, "base"), _metric(value.get("patched"), value, "patched")
+            bv.ci = bv.ci or _interval(value.get("base_ci"))
+            pv.ci = pv.ci or _interval(value.get("patched_ci"))
+            if isinstance(value.get("n"), int):
+                pv.n = value["n"]
+            rows.append(_row(prefix, key, bv, pv, delta=_num(value.get("delta")), delta_ci=_interval(value.get("delta_ci")),
+                             p_value=_num(value.get("p_value"))))
         else:
-            pv, pn, pci = _metric(value, overall, key)
-            if pv is not None:
-                rows.append(Row(key=f"{prefix}.{key}", label=key.replace("_", " "), n=pn, patched=pv, patched_ci=pci,
-                                kind="single"))
+            pv = _metric(value, overall, key)
+            if pv.value is not None:
+                rows.append(_row(prefix, key, _Value(), pv, kind="single"))
     return rows
 
 
@@ -222,7 +243,8 @@ def _eval_results(model_name: str, loops: list[Row], bench: list[Row], loops_rep
 
     results = []
     suite = str(_suite(loops_report))
-    for row in loops:
+    headline = [r for r in loops if r.key.split(".", 1)[-1] in LOOP_HEADLINE_METRICS] or loops
+    for row in headline:
         if row.patched is None:
             continue
         results.append(EvalResult(task_type="text-generation", task_name="loop check",
@@ -242,16 +264,18 @@ def _eval_results(model_name: str, loops: list[Row], bench: list[Row], loops_rep
 # ---------------------------------------------------------------------------------------------------------------
 # body
 # ---------------------------------------------------------------------------------------------------------------
-def _fmt(value: float | None, unit: str = "") -> str:
+def _fmt(value: float | None, unit: str = "", k: int | None = None, n: int | None = None) -> str:
     if value is None:
         return "–"
-    if unit in ("rate", "acc") or (0 <= abs(value) <= 1 and unit == "%"):
-        return f"{value:.3f}"
+    if unit in ("rate", "acc"):
+        return f"{value:.3f}" + (f" ({k}/{n})" if k is not None and n else "")
     return f"{value:.4g}"
 
 
-def _ci(ci: tuple[float, float] | None) -> str:
-    return "–" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+def _ci(ci: tuple[float, float] | None, unit: str = "") -> str:
+    if ci is None:
+        return "–"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if unit in ("rate", "acc") else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
 def _cell(text: Any) -> str:
@@ -263,8 +287,9 @@ def _results_table(rows: list[Row]) -> list[str]:
     lines = ["| metric | base | patched | delta | n | 95% interval (base / patched / delta) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        intervals = " / ".join(_ci(c) for c in (r.base_ci, r.patched_ci, r.delta_ci))
-        lines.append(f"| {_cell(r.label)} | {_fmt(r.base, r.unit)} | {_fmt(r.patched, r.unit)} | {_fmt(r.delta, r.unit)} | "
+        intervals = " / ".join(_ci(c, r.unit) for c in (r.base_ci, r.patched_ci, r.delta_ci))
+        lines.append(f"| {_cell(r.label)} | {_fmt(r.base, r.unit, r.base_k, r.n)} | {_fmt(r.patched, r.unit, r.patched_k, r.n)} | "
+                     f"{_fmt(r.delta, r.unit)} | "
                      f"{r.n if r.n is not None else '–'} | {intervals} |")
     return lines
 

@@ -27,6 +27,8 @@ DEFAULT_RECIPE = "smollm2-135m.yaml"
 DEFAULT_SUITE = "smoke"
 FULL_SUITE = "enumeration"
 DEFAULT_MAX_NEW_TOKENS = 256
+#: Items per bench source in the default (non --full) run: the whole bench takes ~4-6 min on 2 cores.
+DEFAULT_BENCH_LIMIT = 10
 DEFAULT_REPO = "your-hf-name/SmolLM2-135M-Instruct-patchkit-demo"
 REPORT_FILES = ("report.json", "loops.json", "transcripts/base.md", "before-after.png")
 
@@ -183,8 +185,9 @@ def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        result = _run(tmp, final, suite_name, tokens, limit, recipe, bench_tasks, keep_model, repo_id, model_dir,
-                      events, messages, timings)
+        bench_limit = limit if limit is not None else (None if full else DEFAULT_BENCH_LIMIT)
+        result = _run(tmp, final, suite_name, tokens, limit, bench_limit, recipe, bench_tasks, keep_model, repo_id,
+                      model_dir, events, messages, timings)
         timings["total"] = time.perf_counter() - start
         result.timings = timings
         result.files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()
@@ -220,7 +223,7 @@ def _timed(key: str, title: str, events: DemoEvents, timings: dict[str, float]):
     return _Stage()
 
 
-def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None, recipe_arg: Any,
+def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None, bench_limit: int | None, recipe_arg: Any,
          bench_tasks: str | None, keep_model: bool, repo_id: str | None, model_dir: Path | None,
          events: DemoEvents, messages: list[str], timings: dict[str, float]) -> DemoResult:
     from patchkit.checks.loops import LoopReport, LoopSettings, run_suite
@@ -299,8 +302,8 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         with _timed("bench", "bench: KL / perplexity / questions, base vs patched", events, timings) as st:
             from patchkit.checks.bench import run_bench
 
-            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), tasks=bench_tasks, limit=limit,
-                                     progress=events.progress)
+            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), tasks=bench_tasks,
+                                     limit=bench_limit, progress=events.progress)
             bench_report.base, bench_report.patched = str(model_dir), str(final / "patched-model")
             _write_json(tmp / "bench.json", bench_report.to_json())
             st.summary = _bench_line(bench_report)

@@ -218,6 +218,7 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, pr
         if fa == fb and _same_file(dir_a / fa, dir_b / fb)
     }
     fds: dict[Path, int] = {}
+    reader = _PairReader()
     try:
         for name in sorted(common, key=lambda n: (own_a[n], heads_a[own_a[n]].tensors[n].begin)):
             ha, hb = heads_a[own_a[name]], heads_b[own_b[name]]
@@ -233,7 +234,7 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, pr
                 continue
             fa = _fd(fds, dir_a / own_a[name])
             fb = _fd(fds, dir_b / own_b[name])
-            change = _compare_tensor(name, own_a[name], own_b[name], ha, hb, fa, fb)
+            change = _compare_tensor(reader, name, own_a[name], own_b[name], ha, hb, fa, fb)
             report.bytes_compared += 2 * ta.nbytes
             done += ta.nbytes
             if progress:
@@ -256,16 +257,29 @@ def _fd(cache: dict[Path, int], path: Path) -> int:
     return cache[path]
 
 
-def _chunks(fd_a: int, fd_b: int, start_a: int, start_b: int, nbytes: int, itemsize: int):
-    step = max(itemsize, CHUNK - CHUNK % max(1, itemsize))
-    off = 0
-    while off < nbytes:
-        n = min(step, nbytes - off)
-        yield off, os.pread(fd_a, n, start_a + off), os.pread(fd_b, n, start_b + off)
-        off += n
+class _PairReader:
+    """Reads the same range of two files into two reused buffers (no per-chunk allocation, no page faults)."""
+
+    def __init__(self) -> None:
+        self.buf_a, self.buf_b = bytearray(CHUNK), bytearray(CHUNK)
+        self.np_a = np.frombuffer(self.buf_a, np.uint8)
+        self.np_b = np.frombuffer(self.buf_b, np.uint8)
+
+    def chunks(self, fd_a: int, fd_b: int, start_a: int, start_b: int, nbytes: int, itemsize: int):
+        """Yield (offset, bytes of A, bytes of B, equal?) for consecutive chunks of [0, nbytes)."""
+        step = CHUNK - CHUNK % max(1, itemsize)
+        view_a, view_b = memoryview(self.buf_a), memoryview(self.buf_b)
+        off = 0
+        while off < nbytes:
+            n = min(step, nbytes - off)
+            if os.preadv(fd_a, [view_a[:n]], start_a + off) != n or os.preadv(fd_b, [view_b[:n]], start_b + off) != n:
+                raise PatchkitError(f"a checkpoint file shrank while it was being compared (offset {off})")
+            equal = self.buf_a == self.buf_b if n == CHUNK else bool(np.array_equal(self.np_a[:n], self.np_b[:n]))
+            yield off, view_a[:n], view_b[:n], equal
+            off += n
 
 
-def _compare_tensor(name, file_a, file_b, ha, hb, fd_a, fd_b) -> TensorChange | None:
+def _compare_tensor(reader: _PairReader, name, file_a, file_b, ha, hb, fd_a, fd_b) -> TensorChange | None:
     ta = ha.tensors[name]
     start_a, _ = ha.absolute(name)
     start_b, _ = hb.absolute(name)
@@ -277,8 +291,8 @@ def _compare_tensor(name, file_a, file_b, ha, hb, fd_a, fd_b) -> TensorChange | 
     change: TensorChange | None = None
     touched: set[int] = set()
     truncated = False
-    for off, da, db in _chunks(fd_a, fd_b, start_a, start_b, ta.nbytes, itemsize):
-        if da == db:
+    for off, da, db, equal in reader.chunks(fd_a, fd_b, start_a, start_b, ta.nbytes, itemsize):
+        if equal:
             continue
         if change is None:
             change = TensorChange(tensor=name, file_a=file_a, file_b=file_b, dtype=ta.dtype, shape=ta.shape,
@@ -299,7 +313,7 @@ def _compare_tensor(name, file_a, file_b, ha, hb, fd_a, fd_b) -> TensorChange | 
     if change is None:
         return None
     if sel_geom is not None and not truncated:
-        change.slices = _classify_slices(ta, sorted(touched), axis, fd_a, fd_b, start_a, start_b)
+        change.slices = _classify_slices(reader, ta, sorted(touched), axis, fd_a, fd_b, start_a, start_b)
     change.slices_truncated = truncated
     return change
 
@@ -375,10 +389,10 @@ def _scale_candidates(ra: np.ndarray, rb: np.ndarray, dtype: str) -> list[float]
     return out
 
 
-def _classify_slices(info, indices: list[int], axis: int, fd_a: int, fd_b: int, start_a: int, start_b: int) -> list[SliceChange]:
+def _classify_slices(reader: _PairReader, info, indices: list[int], axis: int, fd_a: int, fd_b: int, start_a: int, start_b: int) -> list[SliceChange]:
     itemsize = info.itemsize
     states = [(_SliceState(i, info.dtype), Selection.of(info.shape, axis, i)) for i in indices]
-    for off, da, db in _chunks(fd_a, fd_b, start_a, start_b, info.nbytes, itemsize):
+    for off, da, db, _ in reader.chunks(fd_a, fd_b, start_a, start_b, info.nbytes, itemsize):
         ra, rb = raw_view(da, info.dtype), raw_view(db, info.dtype)
         e0 = off // itemsize
         for state, sel in states:

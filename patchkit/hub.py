@@ -384,21 +384,42 @@ def git_blob_sha1_file(path: Path) -> str:
 
 
 def _hash_all(paths: list[Path], *, progress: bool) -> dict[Path, str]:
-    """sha256 of every file, with a byte-level progress bar for large checkpoints."""
-    total = sum(p.stat().st_size for p in paths)
+    """sha256 of every file, with a byte-level progress bar for large checkpoints.
+
+    Digests that patchkit already knows for certain (an HF-cache blob name, or the (inode, size, mtime) cache
+    that `patchkit apply` fills while writing) are reused, so pushing right after apply does not re-read
+    tens of gigabytes; any change to a file changes its mtime and forces a fresh hash.
+    """
+    try:
+        from patchkit.provenance import known_sha256, remember_sha256
+    except ImportError:  # pragma: no cover - the core engine is part of the same package
+        known_sha256 = remember_sha256 = None  # type: ignore[assignment]
+    out: dict[Path, str] = {}
+    todo = []
+    for path in paths:
+        digest = known_sha256(path) if known_sha256 else None
+        if digest:
+            out[path] = digest
+        else:
+            todo.append(path)
+    total = sum(p.stat().st_size for p in todo)
     if not progress or total < 64 * 1024 * 1024:
-        return {p: sha256_file(p) for p in paths}
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        out.update({p: sha256_file(p) for p in todo})
+    else:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from patchkit.cli._common import err_console
+        from patchkit.cli._common import err_console
 
-    out = {}
-    with Progress(TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err_console, transient=True) as bar:
-        task = bar.add_task("files", total=total)
-        for path in paths:
-            bar.update(task, description=path.name)
-            out[path] = sha256_file(path, lambda n: bar.advance(task, n))
+        with Progress(TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("files", total=total)
+            for path in todo:
+                bar.update(task, description=path.name)
+                out[path] = sha256_file(path, lambda n: bar.advance(task, n))
+    if remember_sha256:
+        for path in todo:
+            if path.stat().st_size >= 1 << 20:
+                remember_sha256(path, out[path])
     return out
 
 

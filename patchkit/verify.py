@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from patchkit.apply import UNDO_RECIPE, PatchStream, _load, _resolve, _source_files
 from patchkit.errors import PatchkitError
 from patchkit.provenance import PROVENANCE_FILE, known_sha256
@@ -97,14 +99,18 @@ def _compare_stream(stream: PatchStream, dst: Path, result: VerifyResult, progre
     size = os.path.getsize(dst)
     if size != stream.size:
         return min(size, stream.size), f"size {size} != expected {stream.size}"
+    buf = bytearray(CHUNK)
     with open(dst, "rb", buffering=0) as fh:
         fd = fh.fileno()
-        for offset, _, expected in stream:
-            got = os.pread(fd, len(expected), offset)
-            result.bytes_compared += len(expected)
-            if got != expected:
-                first = next(i for i, (x, y) in enumerate(zip(got, expected)) if x != y) if len(got) == len(expected) else 0
-                return offset + first, "bytes differ from the recipe's result"
+        for offset, expected in stream:
+            n = len(expected)
+            got = np.frombuffer(buf, np.uint8)[:n]
+            if os.preadv(fd, [memoryview(buf)[:n]], offset) != n:
+                return offset, "file shrank while reading"
+            want = np.frombuffer(expected, np.uint8)
+            result.bytes_compared += n
+            if not np.array_equal(got, want):
+                return offset + int(np.flatnonzero(got != want)[0]), "bytes differ from the recipe's result"
             if progress:
                 progress(offset + len(expected), stream.size, dst.name)
     return None

@@ -83,7 +83,8 @@ class _Llama:
 
     def targets(self, edit, names):
         axis = 1 if edit.tensor == "down_proj" else 0
-        return [SimpleNamespace(tensor=f"model.layers.{edit.layer}.mlp.{edit.tensor}.weight", axis=axis, index=edit.index)]
+        prefix = "model.language_model" if any(n.startswith("model.language_model.") for n in names) else "model"
+        return [SimpleNamespace(tensor=f"{prefix}.layers.{edit.layer}.mlp.{edit.tensor}.weight", axis=axis, index=edit.index)]
 
 
 def get_adapter(config):

@@ -187,10 +187,10 @@ def test_write_failures_leave_nothing_behind(tmp_path, base, monkeypatch, err):
     recipe = write_recipe(tmp_path / "r.yaml")
     before = snapshot(base)
 
-    def failing_write(fd, data):
+    def failing_write(*args):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr("patchkit.apply._write_all", failing_write)
+    monkeypatch.setattr("patchkit.apply._copy_range", failing_write)
     with pytest.raises(ApplyError, match=os.strerror(err)) as info:
         apply_recipe(recipe, model=str(base), out=tmp_path / "out")
     assert "\n" not in str(info.value) and "nothing was changed" in str(info.value)

@@ -32,7 +32,7 @@ def _edited(model, layer: int, neurons: slice | list[int], factor: float):
 def test_single_neuron_small_whole_layer_large(smollm2):
     model, tok = smollm2
     assert model.config.intermediate_size == 1536
-    kwargs = dict(tasks="kl,ppl", limit=3, control_max_new_tokens=24, max_text_tokens=128)
+    kwargs = dict(tasks="kl,ppl", limit=2, control_max_new_tokens=16, max_text_tokens=96)
     single = run_bench((model, tok), (_edited(model, 29, [11], -1.0), tok), **kwargs)
     layer = run_bench((model, tok), (_edited(model, 11, slice(None), 0.0), tok), **kwargs)
     kl_single, kl_layer = single.figure("kl.mean").delta, layer.figure("kl.mean").delta

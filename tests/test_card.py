@@ -11,11 +11,20 @@ from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, ma
 
 pytest_plugins = ["hubserver.plugin"]
 
+def _rate(k: int, n: int, lo: float, hi: float) -> dict:
+    return {"value": k / n, "k": k, "n": n, "ci": [lo, hi]}
+
+
+#: the shape `patchkit loops --json` writes (LoopReport.to_json), trimmed to what the card reads
 LOOPS = {
+    "kind": "patchkit.loops",
+    "version": 1,
     "suite": "enumeration",
     "overall": {
-        "base": {"n": 24, "loop_rate": 0.625, "loop_rate_ci": [0.427, 0.788], "completeness": 0.71},
-        "patched": {"n": 24, "loop_rate": 0.125, "loop_rate_ci": [0.043, 0.31], "completeness": 0.69},
+        "base": {"loop_rate": _rate(15, 24, 0.427, 0.788), "completeness": {"value": 0.71, "n": 24},
+                 "control_accuracy": _rate(8, 8, 0.676, 1.0), "control_failures": [], "mean_tokens": {"value": 380.0, "n": 32}},
+        "patched": {"loop_rate": _rate(3, 24, 0.043, 0.31), "completeness": {"value": 0.69, "n": 24},
+                    "control_accuracy": _rate(8, 8, 0.676, 1.0), "control_failures": [], "mean_tokens": {"value": 120.5, "n": 32}},
     },
 }
 
@@ -55,7 +64,8 @@ def test_front_matter_round_trips_field_by_field(patched, tmp_path):
     [entry] = meta["model-index"]
     assert entry["name"] == "tiny-fix"
     metrics = {m["type"]: m["value"] for r in entry["results"] for m in r["metrics"]}
-    assert metrics["loop_rate"] == 0.125 and metrics["completeness"] == 0.69
+    assert metrics["loop_rate"] == 0.125 and metrics["completeness"] == 0.69 and metrics["control_accuracy"] == 1.0
+    assert "mean_tokens" not in metrics  # only headline loop metrics go to model-index
     assert metrics["kl.mean"] == 0.0031 and metrics["ppl.ratio"] == 1.008 and metrics["qa.acc"] == 0.775
     datasets = {r["dataset"]["type"] for r in entry["results"]}
     assert datasets == {"patchkit/probes-enumeration", "patchkit/bench"}
@@ -70,8 +80,9 @@ def test_body_explains_the_change_and_carries_numbers_and_provenance(patched):
     assert f"Invert neuron {EDIT_NEURON} of layer {EDIT_LAYER}" in body
     assert f"| 1 | {EDIT_LAYER} | neuron | {EDIT_NEURON} | invert | -1.0 | `model.layers.{EDIT_LAYER}.mlp.down_proj.weight`" in body
     assert "1 of 2 weight files rewritten" in body
-    assert "| loop rate | 0.625 | 0.125 | -0.5 | 24 | [0.427, 0.788] / [0.043, 0.31] / – |" in body
-    assert "| control QA accuracy | 0.800 | 0.775 | -0.025 | 40 | [0.65, 0.9] / [0.62, 0.88] / [-0.1, 0.05] |" in body
+    assert "| loop rate | 0.625 (15/24) | 0.125 (3/24) | -0.500 | 24 | [0.427, 0.788] / [0.043, 0.310] / – |" in body
+    assert "| mean tokens | 380 | 120.5 | -259.5 | 32 |" in body
+    assert "| control QA accuracy | 0.800 | 0.775 | -0.025 | 40 | [0.650, 0.900] / [0.620, 0.880] / [-0.100, 0.050] |" in body
     assert "patchkit apply tiny-llama-loopfix.yaml --model test-org/tiny-llama@" + "a" * 40 in body
     assert provenance["recipe"]["text"].strip() in body
     for shard in SHARDS:
@@ -162,3 +173,31 @@ def test_a_local_base_falls_back_to_the_recipe_repo_and_hides_the_path(patched):
     assert card_metadata(text)["base_model"] == "test-org/tiny-llama"
     assert "/home/someone" not in text
     assert "--model test-org/tiny-llama@" + "a" * 40 in text  # the pinned revision of the recipe
+
+
+def test_a_real_loop_report_renders(patched):
+    """A LoopReport built by patchkit.checks.loops from scored generations, straight into the card."""
+    loops = pytest.importorskip("patchkit.checks.loops")
+    from patchkit.card import card_for_dir, card_metadata
+    from patchkit.checks.probes import load_suite
+    from patchkit.generate.types import Generation
+
+    suite = load_suite("smoke")
+    probes = suite.probes[:4]
+
+    def run(name: str, text: str):
+        pairs = [(p, 0, Generation(id=p.id, text=text if p.kind == "enumeration" else "Paris.", tokens=40,
+                                   stop_reason="eos")) for p in probes]
+        return loops.RunResult(model=name, results=loops.score_generations(pairs))
+
+    looping = "1. red\n2. blue\n" + "3. green\n" * 30
+    report = loops.LoopReport(settings=loops.LoopSettings(suite="smoke"), suite=suite,
+                              base=run("base", looping), patched=run("patched", "1. red\n2. blue\n3. green\n"))
+    data = json.loads(json.dumps(report.to_json()))
+    text = str(card_for_dir(patched, loops_report=data))
+    results = card_metadata(text)["model-index"][0]["results"]
+    metrics = {m["type"]: m["value"] for r in results for m in r["metrics"]}
+    overall = data["overall"]["patched"]
+    assert metrics["loop_rate"] == round(overall["loop_rate"]["value"], 6)
+    n = overall["loop_rate"]["n"]
+    assert f"| {n} |" in text and "loop rate" in text

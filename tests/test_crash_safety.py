@@ -27,6 +27,7 @@ core_standins.install()
 import patchkit.apply as A
 point, nth, recipe, base, out = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 A.CHUNK = 512  # many chunks per shard, so a kill can land in the middle of one
+A.COPY_PIECE = 1024
 calls = 0
 
 def killing(orig, after=False):
@@ -42,7 +43,8 @@ def killing(orig, after=False):
     return wrapped
 
 if point == "write":
-    A._write_all = killing(A._write_all)
+    A._copy_range = killing(A._copy_range)
+    A._pwrite_all = killing(A._pwrite_all)
 elif point == "link":
     A.link_or_copy = killing(A.link_or_copy)
 elif point == "provenance":

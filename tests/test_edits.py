@@ -146,3 +146,14 @@ def test_plan_rejects_out_of_range_index_and_unknown_tensor(tmp_path):
         _plan(ckpt, [_edit(0, 24, "invert")])
     with pytest.raises(ApplyError, match=r"model.layers.9.mlp.down_proj.weight .* is not in any weight file"):
         _plan(ckpt, [_edit(9, 1, "invert")])
+
+
+def test_plan_refuses_fp8_weights_with_a_clear_message(tmp_path):
+    from patchkit.errors import SafetensorsError
+    from safetensors_synth import write_file
+
+    ckpt = tmp_path / "q"
+    ckpt.mkdir()
+    write_file(ckpt / "model.safetensors", {"model.layers.0.mlp.down_proj.weight": ("F8_E4M3", (16, 24), b"\1" * 384)})
+    with pytest.raises(SafetensorsError, match=r"model.layers.0.mlp.down_proj.weight is stored as F8_E4M3 \(quantized/fp8\)"):
+        _plan(ckpt, [_edit(0, 1, "invert")])

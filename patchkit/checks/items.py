@@ -91,7 +91,10 @@ def split_items(text: str, *, skip_code: bool = True) -> list[Item]:
         body, marked = strip_marker(stripped)
         body_at = max(0, line.find(body))
         sep = ";" if body.count(";") >= 2 else ","
-        if body.count(sep) >= 2 and "|" not in body:
+        parts = body.split(sep)
+        short_pair = (len(parts) == 2 and not body.rstrip().endswith((".", ":", "!", "?"))
+                      and all(0 < len(x.split()) <= 3 for x in parts))
+        if (body.count(sep) >= 2 or short_pair) and "|" not in body:
             search = body_at
             for part in body.split(sep):
                 piece = re.sub(r"^\s*(?:and|or)\s+", "", part.strip(), flags=re.IGNORECASE).rstrip(".")
