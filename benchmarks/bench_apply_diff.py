@@ -10,7 +10,8 @@ one run measures, each as a separate process (wall time; peak RSS = the child's 
   on that same checkpoint (the ratio is what scales; the per-GB time is extrapolated to the big one);
 - `patchkit diff A B` against reading both checkpoints once (`cat > /dev/null`), B being a full copy (no
   hard links) so every byte is compared; and the hard-linked apply output (identical shards skipped).
-All runs are page-cache warm (the files were just written); numbers are machine-specific.
+All runs read page-cache-warm files and start after `sync` (no write-back backlog); numbers are
+machine-specific and noisy on a shared machine.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def run(cmd: list[str], *, env: dict | None = None, stdout=subprocess.DEVNULL) -
     """(seconds, peak RSS MiB or 0 when the child does not report it, exit code) of one child process."""
     rss_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"pk-rss-{os.getpid()}"
     rss_file.unlink(missing_ok=True)
+    os.sync()  # start every measurement without a backlog of dirty pages from the previous step
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, **(env or {}), "PK_RSS_FILE": str(rss_file)}, stdout=stdout,
                           stderr=subprocess.PIPE)
@@ -161,7 +163,7 @@ def llama_like(size_mb: float, hidden: int = 1024, inter: int = 4096) -> tuple[l
 def recipe(path: Path, repo: str, arch: str, layer: int, neuron: int) -> Path:
     path.write_text(
         f"patchkit: 1\nname: bench-fix\ndescription: one-neuron benchmark edit\n"
-        f"model: {{repo: {repo}, revision: {'0' * 40}, architecture: {arch}}}\n"
+        f"model: {{repo: {repo}, revision: '{'0' * 40}', architecture: {arch}}}\n"
         f"source: {{kind: manual, reference: benchmark}}\n"
         f"edits:\n  - {{layer: {layer}, neuron: {neuron}, op: invert}}\n"
     )

@@ -426,6 +426,8 @@ def apply_recipe(
     from patchkit.plan import plan_recipe
 
     recipe_obj, text, recipe_path = _load(recipe)
+    if hasattr(recipe_obj, "require_resolved"):
+        recipe_obj.require_resolved()  # RecipeError saying what to run
     resolution = getattr(recipe_obj, "resolution", None)
     if resolution is not None and getattr(resolution, "status", "resolved") == "unresolved":
         raise ApplyError(

@@ -157,7 +157,8 @@ def plan_recipe(recipe: Any, ref: Any, *, source_dir: Path | None = None) -> Pla
     from patchkit.adapters import get_adapter
 
     headers = ref.headers()
-    adapter = get_adapter(ref.config)
+    architecture = getattr(getattr(recipe, "model", None), "architecture", None)
+    adapter = get_adapter(ref.config, architecture) if architecture else get_adapter(ref.config)
     edits = recipe.expanded_edits()
     adapter.validate(edits, headers)
     names = {t for h in headers.values() for t in h.tensors}

@@ -92,14 +92,13 @@ def get_adapter(config):
 
 
 def install(monkeypatch=None) -> bool:
-    """Install the stand-ins for whatever real module is missing; returns True if any was installed."""
-    if real_modules_present():
-        return False
+    """Install the stand-ins for whichever real module is missing; returns True if any was installed."""
     mods = {
         "patchkit.recipe": {"load_recipe": load_recipe},
         "patchkit.model": {"resolve_model": resolve_model, "ensure_local": ensure_local},
         "patchkit.adapters": {"get_adapter": get_adapter},
     }
+    mods = {name: attrs for name, attrs in mods.items() if not all(_real(name, a) for a in attrs)}
     for name, attrs in mods.items():
         mod = types.ModuleType(name)
         for k, v in attrs.items():
@@ -108,4 +107,4 @@ def install(monkeypatch=None) -> bool:
             monkeypatch.setitem(sys.modules, name, mod)
         else:
             sys.modules[name] = mod
-    return True
+    return bool(mods)

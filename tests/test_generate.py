@@ -39,6 +39,13 @@ def test_batched_greedy_matches_model_generate(tiny):
     small_batches = TransformersBackend(model, tok, batch_size=2, early_stop=False).generate(mixed)
     one_batch = TransformersBackend(model, tok, batch_size=8, early_stop=False).generate(mixed)
     assert [g.text for g in small_batches] == [g.text for g in one_batch]
+    # merging waiting prompts into a running batch (refill) changes nothing either
+    many = [GenerationRequest(f"m{i}", p, max_new_tokens=4 + 7 * (i % 5)) for i, p in enumerate(PROMPTS * 3)]
+    refilled = TransformersBackend(model, tok, batch_size=4, early_stop=False).generate(many)
+    static = TransformersBackend(model, tok, batch_size=4, early_stop=False, refill=False).generate(many)
+    single = TransformersBackend(model, tok, batch_size=1, early_stop=False).generate(many)
+    assert [g.text for g in refilled] == [g.text for g in static] == [g.text for g in single]
+    assert [g.tokens for g in refilled] == [g.tokens for g in single]
 
 
 def test_sampling_is_seeded_per_request_and_batch_independent(tiny):

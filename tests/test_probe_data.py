@@ -34,7 +34,7 @@ EXPECTED_SIZES = {
     "nfl-teams": 32, "bible-books": 66, "shakespeare-plays": 38, "greek-alphabet": 24,
 }
 
-# Wordings measured on SmolLM2-135M in /work/shared/research/smollm2-loops.md; kept verbatim for comparability.
+# Wordings measured on SmolLM2-135M in the project's research notes (smollm2-loops.md); kept verbatim.
 RESEARCH_PROMPTS = {
     "iau-constellations": "List all 88 IAU constellations.",
     "pokemon-gen1": "List the 151 original Pokemon.",

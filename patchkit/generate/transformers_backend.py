@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections import deque
+from typing import Any, Iterator, Sequence
 
 from patchkit.checks.detect import split_thinking
 from patchkit.errors import CheckError
@@ -69,12 +70,14 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, early_stop: bool = True,
-                 check_every: int = 8):
+                 check_every: int = 8, refill: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.early_stop = early_stop
         self.check_every = check_every
+        self.refill = refill
+        self._cache_kw = "past_key_values"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = self._eos_ids()
@@ -111,15 +114,13 @@ class TransformersBackend:
         results: list[Generation | None] = [None] * len(requests)
         state = {"done": 0, "tokens": 0}
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                for gen_index, gen in self._run_batch([(i, requests[i], encoded[i]) for i in chunk], params,
-                                                      progress, state, len(requests)):
-                    results[gen_index] = gen
+            items = [(i, requests[i], encoded[i]) for i in order]
+            for index, gen in self._run_stream(items, params, progress, state, len(requests)):
+                results[index] = gen
         return [g for g in results if g is not None]
 
-    def _run_batch(self, batch: list[tuple[int, GenerationRequest, list[int]]], params: SamplingParams,
-                   progress: ProgressFn | None, state: dict[str, int], total: int) -> list[tuple[int, Generation]]:
+    def _prefill(self, batch: list[tuple[int, GenerationRequest, list[int]]]) -> tuple[list[_Row], Any, Any, Any, Any]:
+        """Left-pad and run the prompts of `batch`: (rows, cache, attention mask, next positions, last logits)."""
         import torch
         from transformers import DynamicCache
 
@@ -142,18 +143,29 @@ class TransformersBackend:
         input_ids, attn = input_ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        cache_kw = self._cache_kwarg()
         out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True,
-                         logits_to_keep=1, **{cache_kw: cache})
-        next_pos = positions[:, -1:] + 1
-        active = list(range(len(rows)))  # batch slot -> row
-        finished: list[tuple[int, Generation]] = []
-        while active:
-            logits = out.logits[:, -1, :].float()
-            chosen = self._choose(logits, [rows[r] for r in active], params)
+                         logits_to_keep=1, **{self._cache_kw: cache})
+        return rows, cache, attn, positions[:, -1:] + 1, out.logits[:, -1, :].float()
+
+    def _run_stream(self, items: list[tuple[int, GenerationRequest, list[int]]], params: SamplingParams,
+                    progress: ProgressFn | None, state: dict[str, int], total: int) -> Iterator[tuple[int, Generation]]:
+        """Decode all items with at most `batch_size` rows in flight.
+
+        A row leaves the batch (and its KV cache) as soon as it is done. When a quarter of the slots are free,
+        waiting prompts are prefilled and merged into the running batch (their caches left-padded to a common
+        length), so the batch stays full instead of draining to a few slow rows.
+        """
+        import torch
+
+        self._cache_kw = self._cache_kwarg()
+        pending = deque(items)
+        rows, cache, attn, next_pos, logits = self._prefill([pending.popleft() for _ in range(min(self.batch_size, len(pending)))])
+        refill = self.refill and _mergeable(cache)
+        device = attn.device
+        while rows:
+            chosen = self._choose(logits, rows, params)
             keep: list[int] = []
-            for slot, r in enumerate(active):
-                row = rows[r]
+            for slot, row in enumerate(rows):
                 token = chosen[slot]
                 state["tokens"] += 1
                 if token in self.eos_ids:
@@ -170,23 +182,37 @@ class TransformersBackend:
                 if row.stop is None:
                     keep.append(slot)
                 else:
-                    finished.append((row.index, self._finish(row)))
                     state["done"] += 1
+                    yield row.index, self._finish(row)
             if progress is not None:
                 progress(state["done"], total, state["tokens"])
-            if not keep:
-                break
-            next_tokens = torch.tensor([[chosen[s]] for s in keep], dtype=torch.long, device=device)
-            if len(keep) < len(active):
-                index = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(index)
-                attn, next_pos = attn[index], next_pos[index]
-            active = [active[s] for s in keep]
-            attn = torch.cat([attn, torch.ones((len(active), 1), dtype=attn.dtype, device=device)], dim=1)
-            out = self.model(input_ids=next_tokens, attention_mask=attn, position_ids=next_pos, use_cache=True,
-                             **{cache_kw: cache})
-            next_pos = next_pos + 1
-        return finished
+            if keep:
+                if len(keep) < len(rows):
+                    index = torch.tensor(keep, dtype=torch.long, device=device)
+                    cache.batch_select_indices(index)
+                    attn, next_pos = attn[index], next_pos[index]
+                    if refill:
+                        attn = _trim_left(cache, attn)
+                rows = [rows[s] for s in keep]
+                next_tokens = torch.tensor([[chosen[s]] for s in keep], dtype=torch.long, device=device)
+                attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype, device=device)], dim=1)
+                out = self.model(input_ids=next_tokens, attention_mask=attn, position_ids=next_pos, use_cache=True,
+                                 **{self._cache_kw: cache})
+                next_pos = next_pos + 1
+                logits = out.logits[:, -1, :].float()
+            else:
+                rows = []
+            free = self.batch_size - len(rows)
+            if pending and (not rows or (refill and free >= max(1, self.batch_size // 4))):
+                new = [pending.popleft() for _ in range(min(free, len(pending)))]
+                n_rows, n_cache, n_attn, n_pos, n_logits = self._prefill(new)
+                if not rows:
+                    rows, cache, attn, next_pos, logits = n_rows, n_cache, n_attn, n_pos, n_logits
+                else:
+                    attn = _merge(cache, attn, n_cache, n_attn)
+                    rows = rows + n_rows
+                    next_pos = torch.cat([next_pos, n_pos])
+                    logits = torch.cat([logits, n_logits])
 
     def _cache_kwarg(self) -> str:
         """transformers >= 5.2x names the KV cache argument `cache`; earlier 5.x `past_key_values`."""
@@ -239,3 +265,45 @@ class TransformersBackend:
             if tok:
                 text = text.replace(tok, "")
         return text
+
+
+def _mergeable(cache: Any) -> bool:
+    """Only plain full-attention cache layers can be trimmed and merged (not sliding-window / linear-attention)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _left_pad(t: Any, length: int, dim: int) -> Any:
+    import torch
+
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def _merge(cache: Any, attn: Any, new_cache: Any, new_attn: Any) -> Any:
+    """Append the rows of (new_cache, new_attn) to (cache, attn) in place; returns the merged attention mask."""
+    import torch
+
+    length = max(attn.shape[1], new_attn.shape[1])
+    for layer, new in zip(cache.layers, new_cache.layers):
+        layer.keys = torch.cat([_left_pad(layer.keys, length, 2), _left_pad(new.keys, length, 2)], dim=0)
+        layer.values = torch.cat([_left_pad(layer.values, length, 2), _left_pad(new.values, length, 2)], dim=0)
+    return torch.cat([_left_pad(attn, length, 1), _left_pad(new_attn, length, 1)], dim=0)
+
+
+def _trim_left(cache: Any, attn: Any) -> Any:
+    """Drop leading cache positions that are padding for every remaining row."""
+    used = attn.sum(dim=0).nonzero()
+    start = int(used[0]) if used.numel() else 0
+    if start == 0:
+        return attn
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, start:]
+        layer.values = layer.values[:, :, start:]
+    return attn[:, start:]
