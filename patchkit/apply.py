@@ -67,9 +67,11 @@ class ApplyResult:
     dry_run: bool = False
     in_place: bool = False
     undo_recipe: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "warnings": self.warnings,
             "out_dir": str(self.out_dir) if self.out_dir else None,
             "dry_run": self.dry_run,
             "in_place": self.in_place,
@@ -395,6 +397,16 @@ def _normalized(recipe: Any) -> dict:
     return dump(mode="json", exclude_none=True) if dump else {}
 
 
+def _pin_warnings(recipe: Any, ref: Any) -> list[str]:
+    """ModelError when the recipe pins another revision than the model's; a warning when it pins none."""
+    try:
+        from patchkit.model import check_revision_pin
+    except ImportError:
+        return []
+    warning = check_revision_pin(getattr(recipe, "model", None), ref)
+    return [warning] if warning else []
+
+
 def _resolve(recipe: Any, model: str | None):
     from patchkit.model import ensure_local, resolve_model
 
@@ -406,10 +418,7 @@ def _resolve(recipe: Any, model: str | None):
         ref = resolve_model(repo, revision=getattr(spec, "revision", None))
     else:
         ref = resolve_model(model)
-    local = ref.local_dir if ref.local_dir is not None and not getattr(ref, "is_remote", False) else None
-    if local is None:
-        local = ensure_local(ref)
-    return ref, Path(local)
+    return ref, Path(ensure_local(ref))  # a local dir as it is; a Hub ref: its complete snapshot in the HF cache
 
 
 def apply_recipe(
@@ -435,6 +444,7 @@ def apply_recipe(
             "to resolve it first"
         )
     ref, source_dir = _resolve(recipe_obj, model)
+    warnings = _pin_warnings(recipe_obj, ref)
     plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
     parent = _refuse_reapply(source_dir, recipe_obj.name, plan)
     if in_place and out is not None:
@@ -451,13 +461,14 @@ def apply_recipe(
         if os.path.lexists(out) and not force:
             raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
     if dry_run:
-        return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True, in_place=in_place)
+        return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True,
+                           in_place=in_place, warnings=warnings)
 
     ctx = _Context(recipe_obj, text, recipe_path, ref, plan, parent)
     try:
-        if in_place:
-            return _apply_in_place(ctx, source_dir, progress)
-        return _apply_to_new_dir(ctx, source_dir, out, force, progress)
+        result = _apply_in_place(ctx, source_dir, progress) if in_place else _apply_to_new_dir(ctx, source_dir, out, force, progress)
+        result.warnings = warnings
+        return result
     except OSError as exc:
         where = exc.filename or (source_dir if in_place else out)
         raise ApplyError(

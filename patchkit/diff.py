@@ -504,8 +504,10 @@ def recipe_text(report: DiffReport, *, name: str | None = None, repo: str | None
     # the base's Hub identity: given, else what B's (or A's) provenance recorded, else left out
     for prov in (read_provenance(report.b), read_provenance(report.a)):
         base = (prov or {}).get("base") or {}
-        if repo is None and base.get("repo"):
-            repo, revision = base["repo"], revision or base.get("revision")
+        pinned = ((prov or {}).get("recipe") or {}).get("normalized", {}).get("model") or {}
+        for known in (base, pinned):
+            if repo is None and known.get("repo"):
+                repo, revision = known["repo"], revision or known.get("revision")
     model = {"repo": repo, "revision": revision, "architecture": architecture}
     doc = {
         "patchkit": 1,
@@ -517,6 +519,7 @@ def recipe_text(report: DiffReport, *, name: str | None = None, repo: str | None
     }
     yaml = YAML()
     yaml.default_flow_style = None
+    yaml.width = 4096  # one edit per line, never folded
     buf = StringIO()
     yaml.dump(doc, buf)
     text = buf.getvalue()

@@ -30,3 +30,42 @@ def smollm2_dir() -> Path:
     from patchkit.gguf import embedded_model_dir
 
     return embedded_model_dir()
+
+
+def _tiny(tmp_path_factory, kind: str, **kw) -> Path:
+    from fixtures.tiny_models import build
+
+    return build(kind, tmp_path_factory.mktemp(kind.replace("-", "_")) / "model", **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """Tiny random llama checkpoint (f32, single file)."""
+    return _tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_sharded_bf16(tmp_path_factory) -> Path:
+    """Tiny random llama checkpoint in bf16, sharded (model.safetensors.index.json)."""
+    import torch
+
+    return _tiny(tmp_path_factory, "llama", dtype=torch.bfloat16, shard="20KB")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma4(tmp_path_factory) -> Path:
+    """Tiny Gemma 4 dense: per-layer embeddings, double-wide MLPs on the 2 KV-shared layers (f32)."""
+    return _tiny(tmp_path_factory, "gemma4")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma4_bf16(tmp_path_factory) -> Path:
+    import torch
+
+    return _tiny(tmp_path_factory, "gemma4", dtype=torch.bfloat16, shard="100KB")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma4_moe(tmp_path_factory) -> Path:
+    """Tiny Gemma 4 MoE: 6 experts, top-2, router.per_expert_scale (f32)."""
+    return _tiny(tmp_path_factory, "gemma4-moe")

@@ -95,3 +95,15 @@ def cycle(text: str) -> dict[str, str]:
     """Mapping for a bigram model that repeats `text` forever (its characters must be distinct)."""
     assert len(set(text)) == len(text), "cycle characters must be distinct"
     return {c: text[(i + 1) % len(text)] for i, c in enumerate(text)}
+
+
+def one_thread():
+    """Generator for a module fixture: tiny models run fastest on one torch thread (and do not fight other jobs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -126,3 +126,29 @@ def test_recipe_text_is_yaml_with_the_edits(tmp_path):
     assert doc["edits"] == [{"layer": 0, "neuron": [1, 2], "op": "invert"}]
     assert doc["model"] == {"repo": "org/x", "revision": "a" * 40, "architecture": "llama"}
     assert doc["source"]["kind"] == "diff"
+
+
+def test_expert_suppression_is_found_and_expressed(tmp_path):
+    """Zeroed experts.down_proj slabs and router.per_expert_scale elements become `suppress` edits."""
+    from safetensors_synth import encode
+
+    a = tmp_path / "a"
+    a.mkdir()
+    rng = np.random.default_rng(3)
+    p = "model.language_model.layers.1"
+    write_file(a / "model.safetensors", {
+        f"{p}.router.per_expert_scale": ("BF16", (8,), encode(rng.standard_normal(8) + 2, "BF16")),
+        f"{p}.experts.down_proj": ("BF16", (8, 6, 4), encode(rng.standard_normal((8, 6, 4)), "BF16")),
+    })
+    ex = lambda i: SimpleNamespace(layer=1, kind="expert", index=i, op="suppress", factor=0.0, tensor=None)  # noqa: E731
+    b = _patched_copy(a, tmp_path / "b", [
+        (ex(5), SimpleNamespace(tensor=f"{p}.router.per_expert_scale", axis=0, index=5)),
+        (ex(2), SimpleNamespace(tensor=f"{p}.experts.down_proj", axis=0, index=2)),
+    ])
+    report = diff_checkpoints(a, b)
+    got = {(c.role, s.index, s.classification, s.changed_elements) for c in report.changed for s in c.slices}
+    assert got == {("router.per_expert_scale", 5, "zeroed", 1), ("experts.down_proj", 2, "zeroed", 24)}
+    assert sorted(recipe_edits(report), key=lambda e: e["expert"]) == [
+        {"layer": 1, "expert": 2, "op": "suppress", "tensor": "down_proj"},
+        {"layer": 1, "expert": 5, "op": "suppress"},
+    ]

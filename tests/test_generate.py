@@ -6,11 +6,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from loops_tiny import bigram_model, cycle, tiny_model  # noqa: E402
+from loops_tiny import bigram_model, cycle, one_thread, tiny_model  # noqa: E402
 
 from patchkit.checks.detect import detect  # noqa: E402
 from patchkit.generate.transformers_backend import TransformersBackend, render_prompt  # noqa: E402
 from patchkit.generate.types import GenerationRequest, SamplingParams  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
 
 PROMPTS = ["List all states.", "Hi", "What is the capital of France? Tell me more please.", "x", "Name every moon."]
 

@@ -13,11 +13,17 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from loops_tiny import bigram_model, cycle  # noqa: E402
+from loops_tiny import bigram_model, cycle, one_thread  # noqa: E402
 
 from patchkit.errors import CheckError  # noqa: E402
 from patchkit.generate.openai_backend import OpenAIBackend  # noqa: E402
 from patchkit.generate.types import GenerationRequest, SamplingParams  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
 
 LOOP_MAP = {**cycle("Vega\n"), ":": "V", ".": "O", "O": "K", "K": "<eos>"}
 

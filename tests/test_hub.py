@@ -60,6 +60,21 @@ def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeyp
     card = (path / "README.md").read_text()
     assert "base_model: test-org/tiny-llama" in card and "base_model_relation: finetune" in card
 
+    if engine_available():  # `patchkit verify` the pulled copy against the recipe and the base
+        from patchkit.verify import verify_patched
+
+        # The Hub copy differs from the apply output in two files by design: README.md is the card push wrote,
+        # .gitattributes is the Hub's. Everything else must match the recipe applied to the base, byte for byte.
+        view = tmp_path / "pulled-view"
+        view.mkdir()
+        for item in path.iterdir():
+            if item.name not in ("README.md", ".gitattributes"):
+                (view / item.name).symlink_to(item.resolve())
+        (view / "README.md").symlink_to((patched / "README.md").resolve())
+        verdict = verify_patched(tmp_path / "tiny-llama-loopfix.yaml", model=str(base), patched=view)
+        assert verdict.ok, verdict.message
+        assert verdict.files_checked == len([p for p in base.iterdir()])
+
     # the pulled checkpoint loads in transformers and carries the edit
     import torch
     from transformers import AutoModelForCausalLM
@@ -405,3 +420,39 @@ def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
         f"model.layers.{EDIT_LAYER}.mlp.down_proj.weight"]
     shard0 = hashlib.sha256((base / SHARDS[0]).read_bytes()).hexdigest()
     assert not any(shard0 in r.path for r in hub.requests("GET", r"^/cdn/lfs/"))
+
+
+@pytest.mark.xfail(reason="patchkit.model._remote_headers derives header_len from re-serialised JSON instead of the "
+                          "file's 8-byte prefix; fix: patchkit.hub.read_safetensors_header gives the real length",
+                   strict=False)
+def test_remote_headers_carry_the_real_header_length(hub, dirs):
+    model = pytest.importorskip("patchkit.model")
+    from patchkit import hub as pkhub
+
+    _, patched = dirs
+    pkhub.push(patched, "alice/tiny-fix", progress=False)
+    headers = model.resolve_model("alice/tiny-fix").headers()
+    for shard in SHARDS:  # absolute offsets (data_start + begin) of remote tensors must match the file
+        real_len = int.from_bytes((patched / shard).read_bytes()[:8], "little")
+        assert headers[shard].header_len == real_len
+
+
+def test_validate_and_apply_accept_a_hub_model_ref(hub, dirs, tmp_path):
+    """`patchkit validate --model ORG/NAME` and `apply --model ORG/NAME` resolve through the same server."""
+    pytest.importorskip("patchkit.recipe")
+    from hubserver.checkpoints import RECIPE_TEXT
+
+    from patchkit import hub as pkhub
+
+    base, patched = dirs
+    pushed = pkhub.push(base, "patchkit-org/tiny-llama", allow_unpatched=True, progress=False)
+    recipe = tmp_path / "hub-recipe.yaml"
+    recipe.write_text(RECIPE_TEXT.replace("test-org/tiny-llama", "patchkit-org/tiny-llama").replace("a" * 40, pushed.commit_oid))
+    validated = run_cli("validate", str(recipe), "--model", "patchkit-org/tiny-llama")
+    assert validated.exit_code == 0, validated.output
+    assert hub.requests("GET", r"^/cdn/lfs/") and all(r.status == 206 for r in hub.requests("GET", r"^/cdn/lfs/"))
+    out = tmp_path / "from-hub"
+    applied = run_cli("apply", str(recipe), "--model", f"patchkit-org/tiny-llama@{pushed.commit_oid}", "-o", str(out))
+    assert applied.exit_code == 0, applied.output
+    for shard in SHARDS:
+        assert (out / shard).read_bytes() == (patched / shard).read_bytes()

@@ -9,11 +9,17 @@ import pytest
 pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
-from loops_tiny import bigram_model, cycle  # noqa: E402
+from loops_tiny import bigram_model, cycle, one_thread  # noqa: E402
 
 from patchkit.checks.loops import LoopSettings, run_loops, run_suite  # noqa: E402
 from patchkit.checks.probes import load_suite  # noqa: E402
 from patchkit.gates import LoopGates  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
 
 # Looping model: every chat answer is "Vega\nVega\n..." (the chat template ends in "\n" -> "V").
 LOOPING = {**cycle("Vega\n"), ".": "O", "O": "K", "K": "<eos>"}

@@ -53,6 +53,8 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
 
     with _progress(as_json, "apply") as progress:
         result = apply_recipe(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, progress=progress)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         emit_json(result.to_json())
         return
@@ -62,7 +64,7 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
 
     table = Table(title="dry run: planned edits" if dry_run else "edits applied", show_lines=False)
     for col in ("layer", "kind", "index", "op", "tensor", "file", "bytes"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for e in plan.edits:
         op = e.op if e.op != "scale" else f"scale x{e.factor:g}"
         table.add_row(str(e.layer), e.kind, str(e.index), op, e.tensor, e.file, str(e.nbytes))

@@ -1,0 +1,76 @@
+"""`patchkit validate`, `patchkit schema`, `patchkit new`: recipe authoring commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.errors import PatchkitError
+
+
+@click.command("validate")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "model", default=None, help="Local dir, org/name or org/name@rev to check the edits against.")
+@json_option
+@handle_errors
+def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
+    """Check RECIPE's schema and, against the model, every layer, index, tensor and dtype (headers only)."""
+    from patchkit.validate import validate_recipe
+
+    report = validate_recipe(recipe, model=model)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    con = ui_console(False)
+    target = {"model": f"against {report.model}", "profile": f"against the offline profile of {report.model}",
+              "schema-only": "schema only"}[report.against]
+    con.print(f"[green]ok[/green] {recipe}: {report.name} — {report.edits} edit(s), {report.slices} slice(s) "
+              f"in layers {report.layers} ({target})")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@click.command("schema")
+@handle_errors
+def schema_cmd() -> None:
+    """Print the recipe JSON Schema (for editor completion)."""
+    from patchkit.recipe import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@click.command("new")
+@click.option("--model", "model", default=None, help="Fill in geometry and revision pin from this model.")
+@click.option("--arch", type=click.Choice(["gemma4", "llama"]), default=None, help="Architecture when no model is given.")
+@click.option("--name", default=None, help="Recipe name.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (refuses to overwrite); default stdout.")
+@json_option
+@handle_errors
+def new_cmd(model: str | None, arch: str | None, name: str | None, output: Path | None, as_json: bool) -> None:
+    """Write a commented starter recipe for a model."""
+    from patchkit.fsutil import atomic_write_text
+    from patchkit.recipe import parse_recipe
+    from patchkit.validate import starter_recipe
+
+    if model is None and arch is None:
+        raise PatchkitError("say which model the recipe is for", hint="pass --model REF or --arch gemma4|llama")
+    text = starter_recipe(model=model, arch=arch, name=name)
+    parse_recipe(text, "<starter>")  # the starter must itself be a valid recipe
+    if output is None:
+        if as_json:
+            emit_json({"recipe": text})
+        else:
+            sys.stdout.write(text)
+        return
+    if output.exists():
+        raise PatchkitError(f"{output}: already exists; refusing to overwrite", hint="choose another -o path or delete it")
+    atomic_write_text(output, text)
+    if as_json:
+        emit_json({"written": str(output)})
+    else:
+        click.echo(f"wrote {output}")

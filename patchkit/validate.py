@@ -1,0 +1,131 @@
+"""Validate a recipe against a model (or an offline size profile) without reading any weights."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchkit.errors import ModelError
+from patchkit.recipe import Recipe, load_recipe
+
+
+@dataclass
+class ValidationReport:
+    recipe: str
+    name: str
+    resolved: bool
+    against: str  # "model", "profile", "schema-only"
+    model: str | None
+    architecture: str | None
+    edits: int
+    slices: int
+    layers: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": True, **self.__dict__}
+
+
+def _profile_config(repo: str | None) -> dict[str, Any] | None:
+    if not repo or importlib.util.find_spec("patchkit.profiles") is None:
+        return None
+    from patchkit import profiles
+
+    return profiles.get_profile(repo)
+
+
+def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) -> ValidationReport:
+    """Schema + model checks. With `model`, read its config and safetensors headers; else use a profile or cache."""
+    from patchkit.adapters import get_adapter
+    from patchkit.model import check_revision_pin, resolve_model
+
+    rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
+    edits = rec.expanded_edits()
+    warnings: list[str] = []
+    config = headers = None
+    against, model_name = "schema-only", None
+    if model is not None:
+        ref = resolve_model(model)
+        config, headers, against, model_name = ref.config, ref.headers(), "model", ref.ref
+        pin_warning = check_revision_pin(rec.model, ref) if ref.repo_id else None
+        if pin_warning:
+            warnings.append(pin_warning)
+    else:
+        config = _profile_config(rec.model.repo)
+        if config is not None:
+            against, model_name = "profile", rec.model.repo
+        elif rec.model.repo:
+            try:
+                ref = resolve_model(rec.model.repo, revision=rec.model.revision)
+                if not ref.is_remote:
+                    config, headers, against, model_name = ref.config, ref.headers(), "model", ref.ref
+            except ModelError:
+                pass
+        if config is None:
+            warnings.append("no model given and none found offline: checked the recipe schema only (pass --model)")
+    architecture = rec.model.architecture
+    if config is not None:
+        adapter = get_adapter(config, rec.model.architecture)
+        architecture = adapter.architecture
+        adapter.validate(edits, headers)
+    if rec.model.repo and not rec.model.pinned:
+        warnings.append("model.revision is not a pinned 40-hex commit sha")
+    if not rec.is_resolved:
+        warnings.append("the recipe is unresolved: it has no edits yet and `patchkit apply` will refuse it")
+    return ValidationReport(
+        recipe=str(rec.path), name=rec.name, resolved=rec.is_resolved, against=against, model=model_name,
+        architecture=architecture, edits=len(rec.edits), slices=len(edits),
+        layers=sorted({e.layer for e in edits}), warnings=warnings,
+    )
+
+
+STARTER = """\
+# patchkit recipe (schema v1). Reference: docs/recipes.md; JSON Schema: `patchkit schema`.
+patchkit: 1
+name: {name}
+description: >-
+  What this edit fixes and why (e.g. repetition loops on long enumerations).
+model:
+  repo: {repo}            # the base model on the Hub (org/name)
+  revision: {revision}    # pin the exact commit sha the edits were found on
+  architecture: {arch}
+source:
+  kind: manual            # paper | diff | locate | manual
+  reference: ""           # arXiv id, repo@rev, locate report, ...
+edits:
+  # {geometry}
+  # Neuron n of layer L = column n of mlp.down_proj (its output). Ops: invert | zero | scale (with factor).
+  - {{layer: 0, neuron: 0, op: invert}}
+  # - {{layer: 0, neuron: [1, 2], op: scale, factor: 0.5}}
+  # - {{layer: 0, neuron: 3, op: zero, tensor: up_proj}}      # row n of up_proj instead
+{expert_hint}checks:
+  loops: {{suite: enumeration, max_loop_rate: 0.10}}
+  bench: {{max_kl: 0.02, max_ppl_ratio: 1.02}}
+# publish: {{repo: your-org/{name}, license: apache-2.0}}
+"""
+
+
+def starter_recipe(*, model: str | None = None, arch: str | None = None, name: str | None = None) -> str:
+    """Commented starter recipe text; with `model`, geometry and pin are filled in from its config."""
+    from patchkit.adapters import get_adapter
+    from patchkit.model import resolve_model
+
+    repo, revision, geometry, expert_hint = "org/name", "<40-hex commit sha>", "layers and widths: see config.json", ""
+    if model is not None:
+        ref = resolve_model(model)
+        adapter = get_adapter(ref.config)
+        arch = adapter.architecture
+        repo = ref.repo_id or repo
+        revision = ref.revision or revision
+        widths = sorted({adapter.layer_info(i).intermediate_size for i in range(adapter.num_layers)})
+        geometry = f"this model: {adapter.num_layers} layers (0–{adapter.num_layers - 1}), MLP widths {widths}"
+        if adapter.is_moe:
+            info = adapter.layer_info(0)
+            expert_hint = (f"  # MoE: {info.num_experts} experts per layer; suppress one with\n"
+                           "  # - {layer: 0, expert: 0, op: suppress}\n")
+    if arch not in ("gemma4", "llama"):
+        raise ModelError(f"unknown architecture {arch!r}", hint="pass --model REF or --arch gemma4|llama")
+    return STARTER.format(name=name or "my-loop-fix", repo=repo, revision=revision, arch=arch, geometry=geometry,
+                          expert_hint=expert_hint)

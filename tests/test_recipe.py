@@ -1,0 +1,121 @@
+"""Recipe schema: valid recipes expand correctly; each malformed recipe gives one clear file:line error."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from patchkit.cli import main
+from patchkit.errors import RecipeError
+from patchkit.recipe import json_schema, load_recipe, parse_recipe
+
+HEAD = "patchkit: 1\nname: t\nsource: {kind: manual}\n"
+
+
+def test_valid_recipe_expands_lists_and_defaults(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(HEAD + "edits:\n  - {layer: [1, 2], neuron: [3, 4], op: invert}\n"
+                    "  - {layer: 0, neuron: 5, op: scale, factor: 0.5, tensor: up_proj}\n"
+                    "  - {layer: 2, expert: 1, op: suppress}\n")
+    recipe = load_recipe(path)
+    edits = recipe.expanded_edits()
+    assert [(e.layer, e.index, e.factor) for e in edits[:4]] == [(1, 3, -1.0), (1, 4, -1.0), (2, 3, -1.0), (2, 4, -1.0)]
+    assert (edits[4].tensor, edits[4].factor, edits[4].op) == ("up_proj", 0.5, "scale")
+    assert (edits[5].kind, edits[5].factor, edits[5].tensor) == ("expert", 0.0, None)
+    assert edits[0].where.startswith(f"{path}:5:5")
+    assert recipe.source_text == path.read_text()
+
+
+def test_checks_and_publish_are_preserved():
+    recipe = parse_recipe(HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\n"
+                          "checks: {loops: {max_loop_rate: 0.1}, bench: {max_kl: 0.02}}\npublish: {repo: a/b, license: mit}\n")
+    assert recipe.checks.loops.max_loop_rate == 0.1 and recipe.checks.bench.max_kl == 0.02
+    assert recipe.publish.repo == "a/b"
+
+
+def test_unresolved_recipe_loads_but_refuses_to_apply():
+    recipe = parse_recipe(HEAD + "resolution: {status: unresolved, constraints: {expert_slots: 3}}\n", "u.yaml")
+    assert not recipe.is_resolved and recipe.expanded_edits() == []
+    with pytest.raises(RecipeError, match=r"u.yaml:4:1: .*unresolved.*patchkit"):
+        recipe.require_resolved()
+
+
+def test_json_schema_lists_fields():
+    schema = json_schema()
+    assert {"patchkit", "name", "model", "source", "edits", "checks", "publish", "resolution"} <= set(schema["properties"])
+    json.dumps(schema)
+
+
+MALFORMED = {
+    "yaml-syntax": ("patchkit: 1\nname: [t\n", r":3:1: YAML syntax error"),
+    "yaml-tab-indent": ("patchkit: 1\nname: t\n\tsource: x\n", r"YAML syntax error"),
+    "empty-file": ("", r":1:1: the recipe is empty"),
+    "not-a-mapping": ("- a\n- b\n", r"must be a mapping"),
+    "missing-version": ("name: t\nsource: {kind: manual}\n", r"patchkit: missing schema version"),
+    "wrong-version": ("patchkit: 2\nname: t\nsource: {kind: manual}\n", r":1:1: patchkit: schema version 2 is not supported"),
+    "missing-name": ("patchkit: 1\nsource: {kind: manual}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r"name: required field is missing"),
+    "missing-source": ("patchkit: 1\nname: t\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r"source: required field is missing"),
+    "bad-source-kind": (HEAD.replace("manual", "blog") + "edits: [{layer: 0, neuron: 1, op: zero}]\n", r":3:10: source.kind: 'blog' is not allowed"),
+    "unknown-top-key": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nedit: []\n", r":5:1: edit: unknown key"),
+    "unknown-edit-key": (HEAD + "edits:\n  - {layer: 0, neuron: 1, op: zero, sign: -1}\n", r":5:.*edits\[0\]\.sign: unknown key"),
+    "unknown-model-key": (HEAD + "model: {repo: a/b, rev: x}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r"model\.rev: unknown key"),
+    "bad-repo": (HEAD + "model: {repo: justaname}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r"model\.repo: .*org/name"),
+    "bad-architecture": (HEAD + "model: {architecture: gpt2}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r"model\.architecture: 'gpt2' is not allowed"),
+    "edits-not-list": (HEAD + "edits: {layer: 0}\n", r"edits: must be a list"),
+    "edit-not-mapping": (HEAD + "edits: [3]\n", r"edits\[0\]: an edit must be a mapping"),
+    "no-neuron-or-expert": (HEAD + "edits: [{layer: 0, op: zero}]\n", r"missing `neuron` or `expert`"),
+    "neuron-and-expert": (HEAD + "edits: [{layer: 0, neuron: 1, expert: 2, op: zero}]\n", r"either `neuron` or `expert`"),
+    "missing-layer": (HEAD + "edits: [{neuron: 1, op: zero}]\n", r"edits\[0\]\.layer: required field is missing"),
+    "missing-op": (HEAD + "edits: [{layer: 0, neuron: 1}]\n", r"edits\[0\]\.op: required field is missing"),
+    "bad-op": (HEAD + "edits: [{layer: 0, neuron: 1, op: flip}]\n", r"edits\[0\]\.op: 'flip' is not allowed"),
+    "expert-bad-op": (HEAD + "edits: [{layer: 0, expert: 1, op: invert}]\n", r"experts support only `suppress`"),
+    "layer-string": (HEAD + "edits: [{layer: x, neuron: 1, op: zero}]\n", r"edits\[0\]\.layer: .*integer"),
+    "layer-float": (HEAD + "edits: [{layer: 1.5, neuron: 1, op: zero}]\n", r"edits\[0\]\.layer"),
+    "negative-neuron": (HEAD + "edits: [{layer: 0, neuron: -1, op: zero}]\n", r"edits\[0\]\.neuron: indices must be >= 0"),
+    "negative-layer": (HEAD + "edits: [{layer: -2, neuron: 1, op: zero}]\n", r"edits\[0\]\.layer: indices must be >= 0"),
+    "empty-neuron-list": (HEAD + "edits: [{layer: 0, neuron: [], op: zero}]\n", r"edits\[0\]\.neuron: the list is empty"),
+    "repeated-index": (HEAD + "edits: [{layer: 0, neuron: [1, 1], op: zero}]\n", r"1 is listed twice"),
+    "scale-no-factor": (HEAD + "edits: [{layer: 0, neuron: 1, op: scale}]\n", r"op scale needs a factor"),
+    "factor-on-invert": (HEAD + "edits: [{layer: 0, neuron: 1, op: invert, factor: 2}]\n", r"op invert takes no factor"),
+    "factor-one": (HEAD + "edits: [{layer: 0, neuron: 1, op: scale, factor: 1}]\n", r"scaling by 1 changes nothing"),
+    "factor-nan": (HEAD + "edits: [{layer: 0, neuron: 1, op: scale, factor: .nan}]\n", r"not a finite number"),
+    "factor-string": (HEAD + "edits: [{layer: 0, neuron: 1, op: scale, factor: half}]\n", r"edits\[0\]\.factor"),
+    "bad-tensor": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero, tensor: gate_proj}]\n", r"edits\[0\]\.tensor: 'gate_proj' is not allowed"),
+    "duplicate-edit": (HEAD + "edits:\n  - {layer: 1, neuron: 3, op: invert}\n  - {layer: 1, neuron: [2, 3], op: zero}\n",
+                       r":6:5: edits\[1\]: layer 1 neuron 3 \(down_proj\) is already edited by edits\[0\]"),
+    "duplicate-expert": (HEAD + "edits:\n  - {layer: [1, 2], expert: 3, op: suppress}\n  - {layer: 2, expert: 3, op: suppress}\n",
+                         r"layer 2 expert 3 is already edited"),
+    "duplicate-key": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nname: again\n", r"YAML"),
+    "python-tag": ("patchkit: 1\nname: !!python/object/apply:os.system [ls]\nsource: {kind: manual}\n", r"YAML tag .* is not allowed"),
+    "no-edits": (HEAD, r"the recipe has no edits"),
+    "unresolved-with-edits": (HEAD + "resolution: {status: unresolved}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
+                              r"unresolved recipe must not carry edits"),
+    "bad-gate": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nchecks: {loops: {max_loop_rate: 2}}\n", r"checks\.loops\.max_loop_rate"),
+    "unknown-gate": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nchecks: {bench: {max_kld: 1}}\n", r"checks\.bench\.max_kld: unknown key"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_recipe_gives_one_line_error_and_nonzero_exit(tmp_path, case):
+    text, pattern = MALFORMED[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {path}:"), lines[0]
+    assert re.search(r":\d+:\d+: ", lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_at_least_30_malformed_cases():
+    assert len(MALFORMED) >= 30
+
+
+def test_missing_recipe_file(tmp_path):
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "recipe file not found" in result.output
