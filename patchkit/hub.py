@@ -507,8 +507,12 @@ def _operations(plan: PushPlan):
 
 
 def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | None = None,
-                 retry: RetryPolicy | None = None, progress: bool = True) -> PushResult:
-    """Create the repo if needed, upload the plan in one commit (or one PR), verify the remote copy."""
+                 retry: RetryPolicy | None = None) -> PushResult:
+    """Create the repo if needed, upload the plan in one commit (or one PR), verify the remote copy.
+
+    Returns the result whatever the verification found; `fail_on_mismatch(result.check, ...)` turns a
+    mismatch into the exit-1 error (the CLI prints the report first).
+    """
     policy = retry or RetryPolicy()
     token = resolve_token(token)
     if not token:
@@ -543,11 +547,11 @@ def push(directory: str | Path, repo_id: str, *, revision: str | None = None, cr
          private: bool = False, message: str | None = None, allow_unpatched: bool = False,
          loops_report=None, bench_report=None, endpoint: str | None = None, token: str | None = None,
          retry: RetryPolicy | None = None, progress: bool = True) -> PushResult:
-    """`plan_push` + `execute_push`; raises VerifyError (exit 1) when the remote copy does not match."""
+    """`plan_push` + `execute_push` (progress: the hashing bar; upload bars follow huggingface_hub's settings)."""
     plan = plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
                      allow_unpatched=allow_unpatched, loops_report=loops_report, bench_report=bench_report,
                      progress=progress)
-    return execute_push(plan, endpoint=endpoint, token=token, retry=retry, progress=progress)
+    return execute_push(plan, endpoint=endpoint, token=token, retry=retry)
 
 
 def verify_remote(repo_id: str, revision: str, expected: list[UploadFile], *, endpoint: str | None = None,

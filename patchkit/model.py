@@ -126,13 +126,9 @@ def ensure_local(ref: str | ModelRef) -> Path:
     model = ref if isinstance(ref, ModelRef) else resolve_model(ref)
     if model.local_dir is not None and not model.is_remote and (model.repo_id is None or _snapshot_complete(model)):
         return model.local_dir
-    from huggingface_hub import snapshot_download
+    from patchkit.hub import download_snapshot
 
-    try:
-        return Path(snapshot_download(model.repo_id, revision=model.revision,
-                                      allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.md"]))
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types
-        raise _hub_error(model.repo_id, exc) from None
+    return Path(download_snapshot(model.repo_id, model.revision))
 
 
 def check_revision_pin(recipe_spec: Any, model: ModelRef) -> str | None:
@@ -197,23 +193,14 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
 
 
 def _remote_headers(model: ModelRef) -> dict[str, Any]:
-    from huggingface_hub import HfApi
-
+    """Headers of every remote shard, read with HTTP Range requests (the real 8-byte length prefix included)."""
+    from patchkit.hub import read_safetensors_header
     from patchkit.safetensors_io import header_from_dict
 
-    try:
-        meta = HfApi().get_safetensors_metadata(model.repo_id, revision=model.revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _hub_error(model.repo_id, exc) from None
     out = {}
-    for name, file_meta in meta.files_metadata.items():
-        tensors = {}
-        for tname, info in file_meta.tensors.items():
-            tensors[tname] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": list(info.data_offsets)}
-        if file_meta.metadata:
-            tensors["__metadata__"] = dict(file_meta.metadata)
-        raw_len = len(json.dumps(tensors).encode())
-        out[name] = header_from_dict(tensors, path=f"{model.repo_id}/{name}", header_len=raw_len)
+    for name in model.weight_files():
+        length, obj = read_safetensors_header(model.repo_id, name, revision=model.revision)
+        out[name] = header_from_dict(obj, path=f"{model.repo_id}/{name}", header_len=length)
     return out
 
 

@@ -156,7 +156,13 @@ def plan_recipe(recipe: Any, ref: Any, *, source_dir: Path | None = None) -> Pla
     """Resolve a recipe against a model (adapter targets + header geometry) into a byte-level plan."""
     from patchkit.adapters import get_adapter
 
-    headers = ref.headers()
+    if source_dir is not None:
+        # the bytes we patch are the local files: take offsets from their own headers, never from remote copies
+        from patchkit.safetensors_io import read_header
+
+        headers = {f: read_header(Path(source_dir) / f) for f in ref.weight_files()}
+    else:
+        headers = ref.headers()
     architecture = getattr(getattr(recipe, "model", None), "architecture", None)
     adapter = get_adapter(ref.config, architecture) if architecture else get_adapter(ref.config)
     edits = recipe.expanded_edits()

@@ -70,7 +70,8 @@ def write_recipe(path: Path, *, layer: int, neurons: list[int], op: str = "zero"
     doc = {
         "patchkit": 1,
         "name": "tiny-zero",
-        "model": {"architecture": "llama"},
+        "description": "zero MLP neurons of a tiny random llama (bench tests)",
+        "model": {"repo": "patchkit-tests/tiny-llama", "architecture": "llama"},
         "source": {"kind": "manual"},
         "edits": [{"layer": layer, "neuron": neurons, "op": op}],
     }

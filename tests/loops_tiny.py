@@ -15,19 +15,19 @@ TEMPLATE = (
 )
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(extra_specials: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {ch: i for i, ch in enumerate(alphabet)}
-    for tok in SPECIALS:
+    for tok in (*SPECIALS, *extra_specials):
         vocab[tok] = len(vocab)
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:])
+                                  bos_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:] + list(extra_specials))
     tok.chat_template = TEMPLATE
     tok.padding_side = "left"
     return tok

@@ -24,14 +24,14 @@ def _real(name: str) -> bool:
     try:
         importlib.import_module(name)
         return True
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a missing or half-written module counts as absent
         return False
 
 
 @pytest.fixture
 def recipe_api(monkeypatch):
     """Real recipe/apply modules when present, else stand-ins with the contract's signatures."""
-    if _real("patchkit.recipe") and _real("patchkit.apply"):
+    if all(_real(m) for m in ("patchkit.recipe", "patchkit.apply", "patchkit.model", "patchkit.adapters")):
         return "real"
 
     class StandInRecipe:

@@ -422,9 +422,6 @@ def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
     assert not any(shard0 in r.path for r in hub.requests("GET", r"^/cdn/lfs/"))
 
 
-@pytest.mark.xfail(reason="patchkit.model._remote_headers derives header_len from re-serialised JSON instead of the "
-                          "file's 8-byte prefix; fix: patchkit.hub.read_safetensors_header gives the real length",
-                   strict=False)
 def test_remote_headers_carry_the_real_header_length(hub, dirs):
     model = pytest.importorskip("patchkit.model")
     from patchkit import hub as pkhub

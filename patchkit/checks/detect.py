@@ -109,7 +109,7 @@ class Verdict:
 # ----------------------------------------------------------------------------------------------------------
 #: (open, close) markers of thinking blocks: Gemma 4 channels, <think> (Qwen, DeepSeek, SmolLM3 ...).
 THINKING_MARKERS: tuple[tuple[str, str], ...] = (("<|channel>thought\n", "<channel|>"), ("<|channel>thought", "<channel|>"),
-                                                  ("<think>", "</think>"))
+                                                  ("<|channel>", "<channel|>"), ("<think>", "</think>"))
 
 
 def split_thinking(text: str) -> tuple[str | None, str, bool]:
