@@ -252,7 +252,7 @@ def detect(text: str, *, truth: Sequence[str] | None = None, aliases: Mapping[st
     """
     completeness = score_completeness(text, truth, aliases) if truth else None
     if thinking is not None and not text.strip():
-        looped = _loop_in(thinking, thresholds, finished=False)
+        looped = _loop_in(thinking, thresholds, finished=False) or certain_loop(thinking)
         if looped is not None:
             label, ev = looped
             ev.where = "thinking"

@@ -29,11 +29,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        with_suppressed_unlink(tmp)
+        _unlink_quietly(tmp)
         raise
 
 
-def with_suppressed_unlink(path: str) -> None:
+def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
@@ -118,7 +118,7 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
-            with_suppressed_unlink(tmp)
+            _unlink_quietly(tmp)
     return path
 
 

@@ -14,7 +14,6 @@ Two levels of API:
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,11 +476,6 @@ def _load_recipe(recipe: Any) -> Any:
     return load_recipe(recipe)
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """Wilson 95% interval (re-exported for report code)."""
-    return wilson_interval(k, n)
-
-
 def fmt_rate(k: int, n: int) -> str:
     """"0.42 [0.30, 0.55] (20/48)" - the form tables and docs use."""
     if not n:
@@ -489,6 +483,3 @@ def fmt_rate(k: int, n: int) -> str:
     lo, hi = wilson_interval(k, n)
     return f"{k / n:.2f} [{lo:.2f}, {hi:.2f}] ({k}/{n})"
 
-
-def _finite(x: float | None) -> bool:
-    return x is not None and not math.isnan(x)
