@@ -22,6 +22,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +39,7 @@ from patchkit.provenance import (
     sha256_file,
     utc_now,
 )
-from patchkit.safetensors_io import CHUNK
+from patchkit.safetensors_io import CHUNK, SCAN_CHUNK
 
 #: progress(done_bytes, total_bytes, what)
 Progress = Callable[[int, int, str], None]
@@ -179,7 +180,7 @@ class _BackgroundHasher:
 
     def _ranges(self, fd: int, a: int, b: int, buf: bytearray):
         while a < b:
-            n = min(CHUNK, b - a)
+            n = min(SCAN_CHUNK, b - a)
             view = memoryview(buf)[:n]
             if os.preadv(fd, [view], a) != n:
                 raise ApplyError(f"{self.src}: file shrank while hashing (offset {a})")
@@ -188,7 +189,7 @@ class _BackgroundHasher:
 
     def _run(self) -> None:
         diverged = not self.hash_source
-        buf = bytearray(CHUNK)
+        buf = bytearray(SCAN_CHUNK)
         try:
             with open(self.src, "rb", buffering=0) as fin, open(self.dst, "rb", buffering=0) as fout:
                 while (item := self.items.get()) is not None:
@@ -497,26 +498,37 @@ def _apply_to_new_dir(ctx: _Context, source_dir: Path, out: Path, force: bool, p
         source_sha: dict[str, dict] = {}
         output_sha: dict[str, dict] = {}
         slice_hashes: dict[int, tuple[str, str]] = {}
-        for rel in _source_files(source_dir):
-            src = Path(os.path.realpath(source_dir / rel))
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if rel in rewritten:
+        files = _source_files(source_dir)
+        # untouched files first: linked at once, their digests computed in the background meanwhile
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            digests = {}
+            for rel in files:
+                if rel in rewritten:
+                    continue
+                src = Path(os.path.realpath(source_dir / rel))
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(src, tmp / rel)
+                digests[rel] = pool.submit(sha256_file, src)
+            for rel in files:
+                if rel not in rewritten:
+                    continue
+                src = Path(os.path.realpath(source_dir / rel))
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 known = known_sha256(src)
-                res = write_patched(src, dst, rewritten[rel], progress=progress, hash_source=known is None)
+                res = write_patched(src, tmp / rel, rewritten[rel], progress=progress, hash_source=known is None)
                 source_sha[rel] = {"sha256": known or res.source_sha256, "size": res.size}
                 if not known:
                     remember_sha256(src, res.source_sha256)
                 output_sha[rel] = {"sha256": res.output_sha256, "size": res.size, "rewritten": True}
                 for e, h in zip(rewritten[rel], res.slice_hashes):
                     slice_hashes[id(e)] = h
-            else:
-                link_or_copy(src, dst)
-                size = dst.stat().st_size
-                digest = sha256_file(src)
+            for rel, future in digests.items():
+                digest, size = future.result(), (tmp / rel).stat().st_size
                 if rel in ctx.plan.weight_files:
                     source_sha[rel] = {"sha256": digest, "size": size}
                 output_sha[rel] = {"sha256": digest, "size": size, "rewritten": False}
+        source_sha = dict(sorted(source_sha.items()))
+        output_sha = dict(sorted(output_sha.items()))
         prov = _provenance(ctx, source_sha, output_sha, slice_hashes)
         _write_json(tmp / PROVENANCE_FILE, prov)
         for rel, meta in output_sha.items():

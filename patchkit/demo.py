@@ -49,6 +49,9 @@ class DemoEvents:
     def note(self, text: str) -> None:
         """A plain-language message the user must see (missing recipe, pipeline stopped, ...)."""
 
+    def info(self, text: str) -> None:
+        """A detail of the running stage (e.g. the GGUF import's sub-steps)."""
+
     def progress(self, stage: str, advance: int, total: int) -> None:
         """Per-item progress inside a stage (loops/bench callback shape)."""
 
@@ -235,7 +238,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         if model_dir is None:
             from patchkit.gguf import embedded_model_dir
 
-            model_dir = embedded_model_dir(progress=lambda msg: events.note(msg))
+            model_dir = embedded_model_dir(progress=events.info)
         model_dir = Path(model_dir)
         st.summary = f"checkpoint {model_dir}"
     result = DemoResult(report_dir=final, model_dir=model_dir, suite=suite_name, messages=messages)

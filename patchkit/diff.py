@@ -23,7 +23,10 @@ import numpy as np
 from patchkit.edits import RAW_DTYPES, SIGN_BITS, Selection, apply_op, raw_view, to_float32
 from patchkit.errors import PatchkitError
 from patchkit.provenance import PROVENANCE_FILE, known_sha256, read_provenance
-from patchkit.safetensors_io import CHUNK, SafetensorsHeader, read_header
+from patchkit.safetensors_io import CHUNK, SCAN_CHUNK, SafetensorsHeader, read_header
+
+#: Compare in cache-sized pieces: both buffers stay in L2/L3 between the read and the compare.
+DIFF_CHUNK = SCAN_CHUNK
 
 #: Beyond this many changed slices in one tensor, report counts only (a fine-tune, not a patch).
 MAX_CLASSIFIED_SLICES = 512
@@ -261,20 +264,20 @@ class _PairReader:
     """Reads the same range of two files into two reused buffers (no per-chunk allocation, no page faults)."""
 
     def __init__(self) -> None:
-        self.buf_a, self.buf_b = bytearray(CHUNK), bytearray(CHUNK)
+        self.buf_a, self.buf_b = bytearray(DIFF_CHUNK), bytearray(DIFF_CHUNK)
         self.np_a = np.frombuffer(self.buf_a, np.uint8)
         self.np_b = np.frombuffer(self.buf_b, np.uint8)
 
     def chunks(self, fd_a: int, fd_b: int, start_a: int, start_b: int, nbytes: int, itemsize: int):
         """Yield (offset, bytes of A, bytes of B, equal?) for consecutive chunks of [0, nbytes)."""
-        step = CHUNK - CHUNK % max(1, itemsize)
+        step = DIFF_CHUNK - DIFF_CHUNK % max(1, itemsize)
         view_a, view_b = memoryview(self.buf_a), memoryview(self.buf_b)
         off = 0
         while off < nbytes:
             n = min(step, nbytes - off)
             if os.preadv(fd_a, [view_a[:n]], start_a + off) != n or os.preadv(fd_b, [view_b[:n]], start_b + off) != n:
                 raise PatchkitError(f"a checkpoint file shrank while it was being compared (offset {off})")
-            equal = self.buf_a == self.buf_b if n == CHUNK else bool(np.array_equal(self.np_a[:n], self.np_b[:n]))
+            equal = self.buf_a == self.buf_b if n == DIFF_CHUNK else bool(np.array_equal(self.np_a[:n], self.np_b[:n]))
             yield off, view_a[:n], view_b[:n], equal
             off += n
 

@@ -14,13 +14,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from patchkit.errors import ModelError
+from patchkit.errors import ModelError, PatchkitError
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ModelRef:
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ModelError(f"{self.ref}: {INDEX_FILE} has no weight_map")
             return sorted(set(weight_map.values()))
-        if self.local_dir is not None and not self.is_remote:
+        if self.local_dir is not None and not self.is_remote and self.repo_id is None:
             if (self.local_dir / SINGLE_FILE).is_file():
                 return [SINGLE_FILE]
             if any(self.local_dir.glob("*.bin")) or any(self.local_dir.glob("*.pt")):
@@ -62,14 +63,25 @@ class ModelRef:
         return [SINGLE_FILE]
 
     def headers(self) -> dict[str, Any]:
-        """file -> SafetensorsHeader, read from local files or with range requests (never the weights)."""
-        if self._headers is None:
-            if self.is_remote:
-                self._headers = _remote_headers(self)
-            else:
-                from patchkit.safetensors_io import read_header
+        """file -> SafetensorsHeader, read from local files or with range requests (never the weights).
 
-                self._headers = {name: read_header(self.local_dir / name) for name in self.weight_files()}
+        A Hub model whose config is cached but whose shards are not (validate downloads only the small files)
+        gets the missing headers through range requests too.
+        """
+        if self._headers is None:
+            from patchkit.safetensors_io import read_header
+
+            out: dict[str, Any] = {}
+            for name in self.weight_files():
+                local = None if self.is_remote else self.local_dir / name
+                if local is not None and local.is_file():
+                    out[name] = read_header(local)
+                elif self.repo_id is not None:
+                    out[name] = _remote_header(self, name)
+                else:
+                    raise ModelError(f"{self.local_dir}: {name} is listed in {INDEX_FILE} but missing",
+                                     hint="re-download or re-save the checkpoint")
+            self._headers = out
         return self._headers
 
     def tensor_names(self) -> set[str]:
@@ -85,14 +97,15 @@ class ModelRef:
             raise ModelError(f"{self.ref}: {name} is not valid JSON ({exc})") from None
 
     def _file(self, name: str, *, required: bool) -> Path | None:
-        if not self.is_remote:
+        if self.local_dir is not None and not self.is_remote:
             path = self.local_dir / name
             if path.is_file():
                 return path
-            if required:
-                raise ModelError(f"{self.local_dir}: no {name}", hint="pass a Hugging Face checkpoint directory")
-            return None
-        return _hub_file(self, name, required=required)
+            if self.repo_id is None or (name == INDEX_FILE and (self.local_dir / SINGLE_FILE).is_file()):
+                if required:
+                    raise ModelError(f"{self.local_dir}: no {name}", hint="pass a Hugging Face checkpoint directory")
+                return None
+        return _hub_file(self, name, required=required)  # small file of a Hub model: cache, else one download
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
@@ -110,15 +123,27 @@ def resolve_model(ref: str | Path, *, revision: str | None = None) -> ModelRef:
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{path}: not a directory", hint="pass the checkpoint directory, not a file")
-        return ModelRef(ref=text, local_dir=path.resolve())
+        local = path.resolve()
+        repo, rev = _cache_snapshot_identity(path.absolute())
+        return ModelRef(ref=text, local_dir=local, repo_id=repo, revision=rev) if repo else ModelRef(ref=text, local_dir=local)
     repo, rev = split_ref(text)
-    if not _REPO_RE.match(repo):
+    if not _REPO_RE.match(repo) or ".." in repo:
         raise ModelError(f"{text}: no such directory, and not a Hub repo id (org/name[@revision])")
     rev = rev or revision
     cached = _cached_snapshot(repo, rev)
     if cached is not None:
         return ModelRef(ref=text, local_dir=cached, repo_id=repo, revision=cached.name)
     return ModelRef(ref=text, repo_id=repo, revision=_remote_sha(repo, rev), is_remote=True)
+
+
+def _cache_snapshot_identity(path: Path) -> tuple[str | None, str | None]:
+    """(repo, commit) for a directory inside the HF cache (`models--org--name/snapshots/<sha>`), else (None, None)."""
+    parent = path.parent
+    if parent.name == "snapshots" and parent.parent.name.startswith("models--") and _SHA_RE.match(path.name):
+        parts = parent.parent.name[len("models--"):].split("--")
+        if len(parts) == 2 and all(parts):
+            return "/".join(parts), path.name
+    return None, None
 
 
 def ensure_local(ref: str | ModelRef) -> Path:
@@ -132,13 +157,19 @@ def ensure_local(ref: str | ModelRef) -> Path:
 
 
 def check_revision_pin(recipe_spec: Any, model: ModelRef) -> str | None:
-    """None when the recipe's pin matches; a warning string when unpinned; ModelError on a mismatch."""
-    pinned = getattr(recipe_spec, "revision", None)
+    """None when the recipe's pin matches; a warning string when unpinned; ModelError on a mismatch.
+
+    Only commit shas (7-40 hex digits) can be compared; a branch or tag name is reported as "not pinned".
+    """
+    pinned = str(getattr(recipe_spec, "revision", None) or "").lower()
     if not pinned:
         return "the recipe does not pin model.revision: results may differ on another revision of the base model"
-    if model.revision and not (model.revision.startswith(pinned) or pinned.startswith(model.revision)):
+    if not _SHA_RE.match(pinned):
+        return f"the recipe's model.revision {pinned!r} is a branch or tag, not a commit sha: it can move"
+    have = (model.revision or "").lower()
+    if have and _SHA_RE.match(have) and not (have.startswith(pinned) or pinned.startswith(have)):
         raise ModelError(
-            f"the recipe pins revision {pinned} but {model.ref} is at {model.revision}",
+            f"the recipe pins revision {pinned} but {model.ref} is at {have}",
             hint="use the pinned revision (org/name@sha) or update the recipe's model.revision",
         )
     return None
@@ -167,12 +198,16 @@ def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
 
 
 def _remote_sha(repo: str, revision: str | None) -> str | None:
+    """The commit a revision points at (one model_info call at HF_ENDPOINT, read now)."""
     from huggingface_hub import HfApi
 
+    from patchkit.hub import hub_endpoint, resolve_token
+
     try:
-        info = HfApi().model_info(repo, revision=revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _hub_error(repo, exc) from None
+        info = HfApi(endpoint=hub_endpoint(), token=resolve_token(), library_name="patchkit").model_info(
+            repo, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - becomes one line
+        raise _hub_error(repo, exc, revision=revision) from None
     return info.sha
 
 
@@ -180,39 +215,52 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    from patchkit.hub import hub_endpoint, resolve_token
+
     try:
-        return Path(hf_hub_download(model.repo_id, name, revision=model.revision))
+        return Path(hf_hub_download(model.repo_id, name, revision=model.revision, endpoint=hub_endpoint(),
+                                    token=resolve_token()))
     except EntryNotFoundError:
         if required:
             raise ModelError(f"{model.repo_id}: the repo has no {name}") from None
         return None
     except Exception as exc:  # noqa: BLE001
-        if not required and "404" in str(exc):
-            return None
-        raise _hub_error(model.repo_id, exc) from None
+        offline = any(type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError") for e in _causes(exc))
+        if not required and (_status_of(exc) == 404 or (offline and model.local_dir is not None)):
+            return None  # an optional file (the shard index) that the offline cache does not have
+        raise _hub_error(model.repo_id, exc, revision=model.revision) from None
 
 
-def _remote_headers(model: ModelRef) -> dict[str, Any]:
-    """Headers of every remote shard, read with HTTP Range requests (the real 8-byte length prefix included)."""
+def _remote_header(model: ModelRef, name: str) -> Any:
+    """One remote shard's header via HTTP Range requests (the real 8-byte length prefix included)."""
     from patchkit.hub import read_safetensors_header
     from patchkit.safetensors_io import header_from_dict
 
-    out = {}
-    for name in model.weight_files():
-        length, obj = read_safetensors_header(model.repo_id, name, revision=model.revision)
-        out[name] = header_from_dict(obj, path=f"{model.repo_id}/{name}", header_len=length)
-    return out
+    length, obj = read_safetensors_header(model.repo_id, name, revision=model.revision)
+    return header_from_dict(obj, path=f"{model.repo_id}@{model.revision or 'main'}/{name}", header_len=length)
 
 
-def _hub_error(repo: str | None, exc: Exception) -> ModelError:
-    text = " ".join(str(exc).split())
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status == 401 or "401" in text:
-        return ModelError(f"{repo}: the Hub refused the token (401)", hint="log in with `hf auth login` or set HF_TOKEN")
-    if status == 404 or "RepositoryNotFound" in type(exc).__name__ or "404" in text:
-        return ModelError(f"{repo}: not found on the Hub and not in the local cache",
-                          hint="check the repo id / revision, or pass a local directory")
-    if "offline" in text.lower() or "LocalEntryNotFound" in type(exc).__name__:
-        return ModelError(f"{repo}: not in the local Hugging Face cache and the Hub is unreachable (offline)",
-                          hint="download it first with `patchkit pull` on a machine with Hub access")
-    return ModelError(f"{repo}: Hub request failed: {text[:200]}")
+def _status_of(exc: BaseException) -> int | None:
+    try:
+        from patchkit.hub import _status
+    except ImportError:  # pragma: no cover
+        return None
+    return _status(exc)
+
+
+def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = None) -> PatchkitError:
+    names = {type(e).__name__ for e in _causes(exc)}
+    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
+        return ModelError(f"{repo}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
+                          hint="download it once with `patchkit pull` where the Hub is reachable, or pass a local dir")
+    from patchkit.hub import map_hub_error
+
+    return map_hub_error(exc, action="resolving", repo_id=repo, revision=revision)
+
+
+def _causes(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

@@ -15,10 +15,11 @@ import json
 import os
 import re
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from patchkit.safetensors_io import CHUNK
+from patchkit.safetensors_io import SCAN_CHUNK
 
 PROVENANCE_FILE = "patchkit.json"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -47,10 +48,18 @@ def _load_cache() -> dict[str, str]:
         return {}
 
 
+_CACHE_LOCK = threading.Lock()
+
+
 def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
     """Record a digest computed elsewhere (e.g. while writing a patched shard)."""
     if not _cache_enabled():
         return
+    with _CACHE_LOCK:
+        _remember(path, digest)
+
+
+def _remember(path: str | os.PathLike[str], digest: str) -> None:
     try:
         st = os.stat(path)
         cache = _load_cache()
@@ -88,7 +97,7 @@ def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
         if hit:
             return hit
     h = hashlib.sha256()
-    buf = bytearray(CHUNK)
+    buf = bytearray(SCAN_CHUNK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):

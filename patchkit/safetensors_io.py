@@ -242,7 +242,10 @@ def _check_layout(path: str, tensors: dict[str, TensorInfo], header_len: int, fi
 
 # --- reading data ---------------------------------------------------------------------------------------
 
+#: Streaming unit for patched tensors and copies.
 CHUNK = 8 << 20
+#: Unit for reading to hash or compare: small enough to stay in CPU cache between the read and its use.
+SCAN_CHUNK = 1 << 20
 
 
 def iter_range(fh: BinaryIO, start: int, end: int, chunk: int = CHUNK) -> Iterator[bytes]:

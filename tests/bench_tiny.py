@@ -79,3 +79,14 @@ def write_recipe(path: Path, *, layer: int, neurons: list[int], op: str = "zero"
         doc["checks"] = {"bench": bench}
     path.write_text(json.dumps(doc))
     return path
+
+
+def one_thread():
+    """Generator for an autouse fixture: tiny models gain nothing from threads, and on a shared, busy
+    2-core box two OpenMP threads spin-wait on each other (measured: up to 20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

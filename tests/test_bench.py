@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench_tiny import make_tiny_llama, zero_neurons_copy
+from bench_tiny import one_thread, make_tiny_llama, zero_neurons_copy
 from patchkit.checks.bench import check_same_tokenizer, parse_tasks, run_bench
 from patchkit.checks.teacher_forcing import ScoredSequence, compare_teacher_forced, pack_batches
 from patchkit.cli import main
@@ -17,6 +17,11 @@ from patchkit.errors import CheckError, ModelError
 from patchkit.gates import BenchGates
 
 LIMIT = 6  # items per source: keeps every run well under a second on the tiny model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +170,13 @@ def test_cli_json_and_report_files(tiny, tmp_path):
         assert fig["n"] > 0
         if fig["p_value"] is not None:
             assert 0 <= fig["p_value"] <= 1 and not math.isnan(fig["p_value"])
+
+
+def test_special_token_mismatch_is_refused():
+    from bench_tiny import byte_tokenizer
+
+    a, b = byte_tokenizer(), byte_tokenizer()
+    check_same_tokenizer(a, b)  # identical: no error
+    b.eos_token = "<|im_end|>"
+    with pytest.raises(CheckError, match=r"eos_token_id 256 vs 258"):
+        check_same_tokenizer(a, b)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench_tiny import make_tiny_llama, write_recipe, zero_neurons_copy
+from bench_tiny import one_thread, make_tiny_llama, write_recipe, zero_neurons_copy
 from patchkit.cli import main
 from patchkit.gates import BenchGates, Checks
 
@@ -26,6 +26,11 @@ def _real(name: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - a missing or half-written module counts as absent
         return False
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bench_tiny import make_tiny_llama, zero_neurons_copy
+from bench_tiny import one_thread, make_tiny_llama, zero_neurons_copy
 
 ITEMS = """\
 version: 1
@@ -22,6 +22,11 @@ items:
   - {id: r1, kind: reading, passage: shop, question: "Where is the shop?", options: [Hill Road, Mill Lane], answer: Hill Road}
   - {id: r2, kind: reading, passage: shop, question: "When does it open?", options: [nine, five, ten], answer: nine}
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

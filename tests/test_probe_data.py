@@ -31,7 +31,10 @@ EXPECTED_SIZES = {
     "japan-prefectures": 47, "eu-member-states": 27, "eu-capitals": 27, "canada-provinces-territories": 13,
     "mexico-states": 32, "india-states": 28, "germany-states": 16, "nato-members": 32, "us-state-capitals": 50,
     "roman-emperors-principate": 27, "us-presidents": 45, "english-monarchs": 42, "nba-teams": 30,
-    "nfl-teams": 32, "bible-books": 66, "shakespeare-plays": 38, "greek-alphabet": 24,
+    "nfl-teams": 32, "bible-books": 66, "shakespeare-plays": 38, "greek-alphabet": 24, "lanthanides": 15,
+    "cranial-nerves": 12, "james-bond-films": 25, "pixar-films": 28, "western-zodiac": 12, "chinese-zodiac": 12,
+    "italy-regions": 20, "brazil-states": 27, "oceania-countries": 14, "spain-autonomous-communities": 17,
+    "uk-prime-ministers": 18, "summer-olympics-hosts": 23,
 }
 
 # Wordings measured on SmolLM2-135M in the project's research notes (smollm2-loops.md); kept verbatim.
@@ -230,6 +233,11 @@ def test_spot_facts_in_ordered_lists(suites):
     eu = dict(zip(_truth(suites, "eu-member-states"), _truth(suites, "eu-capitals")))
     assert (eu["Austria"], eu["Czechia"], eu["Malta"], eu["Netherlands"], eu["Sweden"]) == (
         "Vienna", "Prague", "Valletta", "Amsterdam", "Stockholm")
+    assert _truth(suites, "lanthanides") == elements[56:71]  # La (57) .. Lu (71)
+    bond = _truth(suites, "james-bond-films")
+    assert (bond[0], bond[16], bond[20], bond[-1]) == ("Dr. No", "GoldenEye", "Casino Royale", "No Time to Die")
+    pixar = _truth(suites, "pixar-films")
+    assert (pixar[0], pixar[9], pixar[-1]) == ("Toy Story", "Up", "Inside Out 2")
     prefectures = _truth(suites, "japan-prefectures")
     assert prefectures[0] == "Hokkaido" and prefectures[12] == "Tokyo" and prefectures[-1] == "Okinawa"
 

@@ -208,9 +208,9 @@ def check_same_tokenizer(base_tok: Any, patched_tok: Any, base_model: Any = None
         raise CheckError(f"tokenizers differ between base and patched: vocab sizes {len(vb)} vs {len(vp)} "
                          f"({only_b} tokens only in base, {only_p} only in patched, {moved} with other ids)",
                          hint="compare a patched checkpoint with the exact base it was made from")
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+    for attr in ("bos_token_id", "eos_token_id", "unk_token_id"):  # pad may be set at load time (= eos)
         a, b = getattr(base_tok, attr, None), getattr(patched_tok, attr, None)
-        if a != b and attr != "pad_token_id":
+        if a != b:
             raise CheckError(f"tokenizers differ between base and patched: {attr} {a} vs {b}",
                              hint="compare a patched checkpoint with the exact base it was made from")
     if base_model is not None and patched_model is not None:
@@ -442,7 +442,7 @@ def run_bench(
         tasks = gates.tasks
     task_list = parse_tasks(tasks)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     # validate cheap inputs before loading anything heavy
     task_set = None
     if "qa" in task_list:
@@ -467,7 +467,7 @@ def run_bench(
         tf, groups, answers = _teacher_forced(base_model, base_tok, patched_model, limit=limit,
                                               control_max_new_tokens=control_max_new_tokens, corpus_code=corpus_code,
                                               corpus_prose=corpus_prose, max_text_tokens=max_text_tokens,
-                                              token_budget=token_budget, tick=tick)
+                                              token_budget=token_budget, tick=tick, timings=timings)
         if "kl" in task_list:
             figs, det = _kl_figures(tf, groups)
             det["control_answers"] = answers
@@ -485,7 +485,7 @@ def run_bench(
         total = sum(len(it.options) for it in task_set.items)
         cb = tick("qa", total + 2 * len(task_set.items))
         scores = score_tasks([(base_model, base_tok), (patched_model, patched_tok)], task_set, token_budget=token_budget,
-                             progress=(lambda stage, n: cb(n)) if cb else None)
+                             progress=(lambda stage, n: cb(n)) if cb else None, timings=timings)
         figs, det = _qa_figures(scores)
         det["source"] = task_set.source
         report.figures += figs
@@ -506,6 +506,7 @@ def run_bench(
                 report.skipped[f"lmeval:{name}"] = f"lm-eval is not installed ({exc}); pip install 'patchkit[eval]'"
         timings["lmeval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    timings["cpu_total"] = time.process_time() - c0
     report.timings = timings
     report.gates = gates
     report.failures = report.gate(gates)
@@ -514,14 +515,17 @@ def run_bench(
 
 def _teacher_forced(base_model: Any, tok: Any, patched_model: Any, *, limit: int | None, control_max_new_tokens: int,
                     corpus_code: int, corpus_prose: int, max_text_tokens: int, token_budget: int,
-                    tick: Callable[[str, int], Callable[[int], None] | None]) -> tuple[Any, dict[str, list[int]], list]:
+                    tick: Callable[[str, int], Callable[[int], None] | None],
+                    timings: dict[str, float]) -> tuple[Any, dict[str, list[int]], list]:
     """Build the teacher-forced texts (base greedy control answers + corpus) and compare both models on them."""
     from patchkit.checks.corpus import load_corpus
     from patchkit.checks.teacher_forcing import ScoredSequence, compare_teacher_forced
 
     prompts, ctrl_source = load_control_prompts(limit)
     cb = tick("controls", len(prompts))
+    t0 = time.perf_counter()
     pairs = greedy_answers(base_model, tok, prompts, control_max_new_tokens)
+    timings["controls_generate"] = time.perf_counter() - t0
     if cb:
         cb(len(prompts))
     seqs: list[ScoredSequence] = []
@@ -544,7 +548,9 @@ def _teacher_forced(base_model: Any, tok: Any, patched_model: Any, *, limit: int
         seqs.append(ScoredSequence(text.source, tuple(ids), 1))
     cb = tick("teacher-forced", len(seqs))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    t0 = time.perf_counter()
     tf = compare_teacher_forced(base_model, patched_model, seqs, pad_id=pad, token_budget=token_budget, progress=cb)
+    timings["teacher_forced_passes"] = time.perf_counter() - t0
     return tf, groups, answers
 
 

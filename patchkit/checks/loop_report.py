@@ -89,7 +89,7 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
     width = 0.8 / len(runs)
     colours = {"base": "#8c8c8c", "patched": "#2b7bba"}
     for j, name in enumerate(runs):
-        xs, ys, lo, hi = [], [], [], []
+        xs, ys, lo, hi, counts = [], [], [], [], []
         for i, (key, _) in enumerate(metrics):
             m = overall[name][key]
             value = m["value"] if m["value"] is not None else 0.0
@@ -97,15 +97,19 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
             ys.append(value)
             lo.append(max(0.0, value - m["ci"][0]))
             hi.append(max(0.0, m["ci"][1] - value))
+            counts.append(f"{m['k']}/{m['n']}")
         n = overall[name]["loop_rate"]["n"]
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=colours.get(name, "#444"),
                label=f"{name} (n={n} enumeration, {overall[name]['control_accuracy']['n']} controls)")
+        for x, y, h, text in zip(xs, ys, hi, counts):
+            ax.text(x, min(1.02, y + h + 0.01), text, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("rate (Wilson 95% interval)")
     ax.set_title(f"patchkit loops - suite {report.suite.name}, T={report.settings.temperature}, "
                  f"max {report.settings.max_new_tokens} tokens")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", fontsize=8, ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)

@@ -344,18 +344,27 @@ def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_n
 
 def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_match: bool = True, max_new_tokens: int = 8,
                 token_budget: int = 2048, batch_size: int = 32,
-                progress: Callable[[str, int], None] | None = None) -> list[TaskScores]:
-    """Score every (model, tokenizer) on the same items; option log-likelihoods come from identical batches."""
+                progress: Callable[[str, int], None] | None = None,
+                timings: dict[str, float] | None = None) -> list[TaskScores]:
+    """Score every (model, tokenizer) on the same items; option log-likelihoods come from identical batches.
+
+    `timings`, when given, receives the seconds spent in "qa_loglik" and "qa_generate"."""
+    import time
+
+    timings = timings if timings is not None else {}
     if not tasks.items:
         raise CheckError(f"{tasks.source}: task file has no items", hint="add at least one entry under `items:`")
     tok = models[0][1]
     requests = _option_requests(tok, tasks.items)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     cb = (lambda n: progress("qa-loglik", n)) if progress else None
+    t0 = time.perf_counter()
     try:
         logliks = _loglik_shared([m for m, _ in models], requests, pad_id, token_budget, cb)
     except (AttributeError, NotImplementedError, TypeError):  # a model/cache without KV reuse: score plainly
         logliks = _loglik_batches([m for m, _ in models], requests, pad_id, token_budget, cb)
+    timings["qa_loglik"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     results = []
     for (model, tokenizer), ll in zip(models, logliks):
         n = len(tasks.items)
@@ -375,4 +384,5 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
                                    (lambda c: progress("qa-generate", c)) if progress else None)
             em = np.array([is_exact_match(g, it) for g, it in zip(gens, tasks.items)], dtype=bool)
         results.append(TaskScores(list(tasks.items), acc, acc_norm, em, gold_lp, gens))
+    timings["qa_generate"] = time.perf_counter() - t0
     return results

@@ -52,7 +52,8 @@ def _bench_options(func: Any) -> Any:
 @click.argument("model")
 @click.option("--patched", "patched", default=None, metavar="DIR", help="Patched checkpoint to compare with MODEL.")
 @click.option("--recipe", "recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Apply this recipe to MODEL in a temp dir and compare (its checks.bench thresholds gate the exit).")
+              help="Its checks.bench thresholds gate the exit code; without --patched it is first applied to MODEL "
+                   "in a temporary directory.")
 @_bench_options
 @click.option("--task-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Question set YAML instead of the bundled one (format: docs/bench.md).")

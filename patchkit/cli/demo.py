@@ -26,12 +26,15 @@ class RichEvents:
                             TimeElapsedColumn(), console=console, transient=True)
         self.tasks: dict[str, Any] = {}
 
+        self.running = False
+
     def step(self, key: str, title: str) -> None:
-        self.console.print(f"[bold]>[/bold] {title}")
-        self.bar.start()
+        self.console.print(f"[bold]>[/bold] {title}", highlight=False)
 
     def done(self, key: str, summary: str, seconds: float) -> None:
-        self.bar.stop()
+        if self.running:
+            self.bar.stop()
+            self.running = False
         for task_id in self.tasks.values():
             self.bar.remove_task(task_id)
         self.tasks.clear()
@@ -40,7 +43,13 @@ class RichEvents:
     def note(self, text: str) -> None:
         self.console.print(f"  [yellow]note:[/yellow] {text}", highlight=False)
 
+    def info(self, text: str) -> None:
+        self.console.print(f"  [dim]{text}[/dim]", highlight=False)
+
     def progress(self, stage: str, advance: int, total: int) -> None:
+        if not self.running:
+            self.bar.start()
+            self.running = True
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(_STAGE_LABELS.get(stage, stage), total=total)
         self.bar.update(self.tasks[stage], advance=advance, total=total)
@@ -51,6 +60,17 @@ class RichEvents:
         self.console.rule("model card a real push would upload (README.md)")
         self.console.print(text, markup=False, highlight=False)
         self.console.rule()
+
+
+def quiet_library_progress() -> None:
+    """transformers/hub draw their own tqdm bars ("Loading weights"); the demo shows its own progress instead."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def summary_table(result: Any) -> Any:
@@ -100,6 +120,7 @@ def demo_cmd(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card
     from patchkit.demo import run_demo
 
     console = ui_console(as_json)
+    quiet_library_progress()
     events = RichEvents(console, show_card=not no_card)
     result = run_demo(full=full, recipe=recipe, out=out, max_new_tokens=max_new_tokens, limit=limit,
                       model_dir=model_dir, suite=suite, events=events)

@@ -51,6 +51,9 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
         shard_bytes = _parse_size(max_shard_size)
     except ValueError:
         raise ModelError(f"--max-shard-size {max_shard_size!r} is not a size", hint="e.g. 500MB or 2GB") from None
+    from patchkit.cli.demo import quiet_library_progress
+
+    quiet_library_progress()
     console = ui_console(as_json)
     with console.status("importing GGUF") as status:
         path = import_gguf(file, out=out, dtype=dtype, from_package=from_package, force=force,
