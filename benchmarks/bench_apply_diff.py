@@ -33,8 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 from patchkit.edits import from_float32  # noqa: E402
 
 # Children report their own peak RSS (VmHWM of their own address space) at exit: wait4's ru_maxrss would
-# include the parent's RSS from before the exec. While patchkit.recipe/model/adapters are missing (parallel
-# development), the tests' llama stand-ins fill in; the result says which engine ran.
+# include the parent's RSS from before the exec.
 _PEAK = (
     "import atexit, os\n"
     "def _peak():\n"
@@ -42,10 +41,7 @@ _PEAK = (
     "    open(os.environ['PK_RSS_FILE'], 'w').write(line.split()[1])\n"
     "atexit.register(_peak)\n"
 )
-PATCHKIT = [sys.executable, "-c", _PEAK + (
-    f"import sys; sys.path.insert(0, {str(HERE.parent / 'tests')!r}); import core_standins; core_standins.install()\n"
-    "from patchkit.cli import main; main()"
-)]
+PATCHKIT = [sys.executable, "-c", _PEAK + "from patchkit.cli import main; main()"]
 
 
 def run(cmd: list[str], *, env: dict | None = None, stdout=subprocess.DEVNULL) -> tuple[float, float, int]:
@@ -194,11 +190,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {"PATCHKIT_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    import core_standins
-
-    results: dict = {"engine": "real" if core_standins.real_modules_present() else "test stand-ins (recipe/model/adapters missing)",
-                     "repeat": args.repeat}
+    results: dict = {"repeat": args.repeat}
     try:
         # 1. big gemma-like checkpoint
         tensors, config, layers = gemma_like(args.size_gb)

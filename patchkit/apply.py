@@ -45,6 +45,7 @@ from patchkit.safetensors_io import CHUNK, SCAN_CHUNK
 Progress = Callable[[int, int, str], None]
 
 UNDO_RECIPE = "patchkit-undo.yaml"
+IN_PLACE_JOURNAL = ".patchkit-in-place.json"
 _TMP_MARK = ".patchkit-tmp-"
 _SKIP_DIRS = {".cache", ".git", ".huggingface"}
 _FICLONE = 0x40049409
@@ -297,9 +298,17 @@ def write_patched(
             hasher.thread.join()
 
 
+#: Files below this size are always copied: people edit configs and cards in place, and a hard link would
+#: carry that edit into the base model (or the HF cache).
+LINK_MIN_BYTES = 16 << 20
+
+
 def link_or_copy(src: Path, dst: Path) -> str:
-    """Put a byte-identical `src` at `dst`: reflink, else hard link, else copy. Returns which one."""
+    """Put a byte-identical `src` at `dst`: reflink, else hard link (large files only), else copy."""
     src = Path(os.path.realpath(src))
+    if os.path.getsize(src) < LINK_MIN_BYTES:
+        shutil.copyfile(src, dst)
+        return "copy"
     try:
         with open(src, "rb") as fin, open(dst, "xb") as fout:
             fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
@@ -328,7 +337,7 @@ def _source_files(source_dir: Path) -> list[str]:
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and _TMP_MARK not in d)
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), source_dir)
-            if rel in (PROVENANCE_FILE, UNDO_RECIPE) or _TMP_MARK in name:
+            if rel in (PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL) or _TMP_MARK in name:
                 continue
             out.append(rel)
     return out
@@ -445,6 +454,7 @@ def apply_recipe(
             "to resolve it first"
         )
     ref, source_dir = _resolve(recipe_obj, model)
+    _refuse_interrupted_in_place(source_dir)
     warnings = _pin_warnings(recipe_obj, ref)
     plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
     parent = _refuse_reapply(source_dir, recipe_obj.name, plan)
@@ -472,6 +482,11 @@ def apply_recipe(
         return result
     except OSError as exc:
         where = exc.filename or (source_dir if in_place else out)
+        if in_place and (source_dir / IN_PLACE_JOURNAL).exists():
+            raise ApplyError(
+                f"{where}: {exc.strerror or exc} while replacing shards in place; some may be replaced already "
+                f"(see {source_dir / IN_PLACE_JOURNAL})"
+            ) from exc
         raise ApplyError(
             f"{where}: {exc.strerror or exc} while writing the output; nothing was changed "
             "(free some space, fix permissions, or choose another -o)"
@@ -576,6 +591,10 @@ def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) 
     source_sha: dict[str, dict] = {}
     output_sha: dict[str, dict] = {}
     slice_hashes: dict[int, tuple[str, str]] = {}
+    for stale in source_dir.glob(f".*{_TMP_MARK}*"):  # shard temps of a killed in-place run
+        pid = stale.name.rsplit(_TMP_MARK, 1)[1]
+        if stale.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     try:
         for rel, edits in rewritten.items():
             src = source_dir / rel
@@ -589,8 +608,6 @@ def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) 
             output_sha[rel] = {"sha256": res.output_sha256, "size": res.size, "rewritten": True}
             for e, h in zip(edits, res.slice_hashes):
                 slice_hashes[id(e)] = h
-        undo_path = source_dir / UNDO_RECIPE
-        _write_text(undo_path, _undo_recipe_text(ctx.text, ctx.recipe.name))
         for rel in _source_files(source_dir):
             if rel in rewritten:
                 continue
@@ -602,15 +619,42 @@ def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) 
         prov = _provenance(ctx, source_sha, output_sha, slice_hashes)
         prov["in_place"] = True
         prov["undo_recipe"] = UNDO_RECIPE
-        for rel, tmp in temps.items():
-            os.replace(tmp, source_dir / rel)
+        # Shards are replaced one by one; a journal says which ones were due until the last rename is done.
+        journal = {"recipe": ctx.recipe.name, "files": {rel: {"before_sha256": source_sha[rel]["sha256"],
+                                                              "after_sha256": output_sha[rel]["sha256"]}
+                                                        for rel in temps}}
+        _write_json(source_dir / IN_PLACE_JOURNAL, journal)
+        undo_path = source_dir / UNDO_RECIPE  # after the journal: never an undo recipe for an unpatched dir
+        _write_text(undo_path, _undo_recipe_text(ctx.text, ctx.recipe.name))
+        for rel, tmp in list(temps.items()):
+            _swap_in(tmp, source_dir / rel)
+            del temps[rel]
             remember_sha256(source_dir / rel, output_sha[rel]["sha256"])
-        temps.clear()
         _write_json(source_dir / PROVENANCE_FILE, prov)
+        (source_dir / IN_PLACE_JOURNAL).unlink()
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return ApplyResult(out_dir=source_dir, plan=ctx.plan, provenance=prov, in_place=True, undo_recipe=undo_path)
+
+
+def _swap_in(tmp: Path, dst: Path) -> None:
+    """Atomically replace one shard with its patched version."""
+    os.replace(tmp, dst)
+
+
+def _refuse_interrupted_in_place(source_dir: Path) -> None:
+    journal = source_dir / IN_PLACE_JOURNAL
+    if journal.exists():
+        try:
+            files = sorted(json.loads(journal.read_text()).get("files", {}))
+        except (OSError, ValueError, AttributeError):
+            files = []
+        raise ApplyError(
+            f"{source_dir} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}): {', '.join(files) or 'its shards'} "
+            f"may be partly replaced; compare their sha256 with the before/after values in {journal}, restore the "
+            "originals, then delete that file"
+        )
 
 
 def _undo_recipe_text(text: str, name: str) -> str:

@@ -172,13 +172,15 @@ def _prepare_out(out: Path | None) -> tuple[Path, Path]:
 
 def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path | None = None,
              max_new_tokens: int | None = None, limit: int | None = None, suite: str | None = None,
-             bench_tasks: str | None = None, keep_model: bool = True, repo_id: str | None = None,
-             model_dir: Path | None = None, events: DemoEvents | None = None) -> DemoResult:
+             bench_tasks: str | None = None, bench_options: dict[str, Any] | None = None, keep_model: bool = True,
+             repo_id: str | None = None, model_dir: Path | None = None,
+             events: DemoEvents | None = None) -> DemoResult:
     """Run the whole pipeline on the embedded model and write a report directory; returns its summary.
 
     `full` runs the whole enumeration suite instead of the small smoke suite; `limit` caps probes per kind
     (and bench items); `recipe` overrides recipes/smollm2-135m.yaml; `model_dir` skips the GGUF import
-    (any llama checkpoint directory). Without a usable recipe the run stops after the base loop check.
+    (any llama checkpoint directory); `bench_options` are extra keyword arguments for `run_bench` (e.g.
+    `control_max_new_tokens`, `max_text_tokens`). Without a usable recipe the run stops after the base loop check.
     """
     events = events or DemoEvents()
     suite_name = suite or (FULL_SUITE if full else DEFAULT_SUITE)
@@ -189,8 +191,9 @@ def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path 
     start = time.perf_counter()
     try:
         bench_limit = limit if limit is not None else (None if full else DEFAULT_BENCH_LIMIT)
-        result = _run(tmp, final, suite_name, tokens, limit, bench_limit, recipe, bench_tasks, keep_model, repo_id,
-                      model_dir, events, messages, timings)
+        bench = {"tasks": bench_tasks, "limit": bench_limit, **(bench_options or {})}
+        result = _run(tmp, final, suite_name, tokens, limit, bench, recipe, keep_model, repo_id, model_dir, events,
+                      messages, timings)
         timings["total"] = time.perf_counter() - start
         result.timings = timings
         result.files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()
@@ -226,8 +229,8 @@ def _timed(key: str, title: str, events: DemoEvents, timings: dict[str, float]):
     return _Stage()
 
 
-def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None, bench_limit: int | None, recipe_arg: Any,
-         bench_tasks: str | None, keep_model: bool, repo_id: str | None, model_dir: Path | None,
+def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None, bench: dict[str, Any],
+         recipe_arg: Any, keep_model: bool, repo_id: str | None, model_dir: Path | None,
          events: DemoEvents, messages: list[str], timings: dict[str, float]) -> DemoResult:
     from patchkit.checks.loops import LoopReport, LoopSettings, run_suite
     from patchkit.checks.probes import load_suite
@@ -305,8 +308,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         with _timed("bench", "bench: KL / perplexity / questions, base vs patched", events, timings) as st:
             from patchkit.checks.bench import run_bench
 
-            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), tasks=bench_tasks,
-                                     limit=bench_limit, progress=events.progress)
+            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), progress=events.progress, **bench)
             bench_report.base, bench_report.patched = str(model_dir), str(final / "patched-model")
             _write_json(tmp / "bench.json", bench_report.to_json())
             st.summary = _bench_line(bench_report)

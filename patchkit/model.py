@@ -84,6 +84,18 @@ class ModelRef:
             self._headers = out
         return self._headers
 
+    def has_local_weights(self) -> bool:
+        """True when every weight file is on disk (so headers and loading need no network)."""
+        if self.local_dir is None or self.is_remote:
+            return False
+        index = self.local_dir / INDEX_FILE
+        if not index.is_file():
+            return (self.local_dir / SINGLE_FILE).is_file()
+        try:
+            return all((self.local_dir / f).is_file() for f in self.weight_files())
+        except ModelError:
+            return False
+
     def tensor_names(self) -> set[str]:
         return {t for h in self.headers().values() for t in h.tensors}
 
@@ -136,6 +148,14 @@ def resolve_model(ref: str | Path, *, revision: str | None = None) -> ModelRef:
     return ModelRef(ref=text, repo_id=repo, revision=_remote_sha(repo, rev), is_remote=True)
 
 
+def cached_model(repo: str, revision: str | None = None) -> ModelRef | None:
+    """The HF-cache copy of `repo` (needs its config.json cached), without any network access; else None."""
+    cached = _cached_snapshot(repo, revision)
+    if cached is None:
+        return None
+    return ModelRef(ref=f"{repo}@{revision}" if revision else repo, local_dir=cached, repo_id=repo, revision=cached.name)
+
+
 def _cache_snapshot_identity(path: Path) -> tuple[str | None, str | None]:
     """(repo, commit) for a directory inside the HF cache (`models--org--name/snapshots/<sha>`), else (None, None)."""
     parent = path.parent
@@ -179,10 +199,7 @@ def check_revision_pin(recipe_spec: Any, model: ModelRef) -> str | None:
 
 
 def _snapshot_complete(model: ModelRef) -> bool:
-    try:
-        return all((model.local_dir / f).is_file() for f in model.weight_files())
-    except ModelError:
-        return False
+    return model.has_local_weights()
 
 
 def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
@@ -191,7 +208,10 @@ def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
         return None
-    hit = try_to_load_from_cache(repo, "config.json", revision=revision)
+    try:
+        hit = try_to_load_from_cache(repo, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a malformed cache entry is simply "not cached"
+        return None
     if isinstance(hit, str):
         return Path(hit).parent
     return None

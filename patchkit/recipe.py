@@ -5,6 +5,7 @@ A recipe is the unit users review, so every error names where in the file it is 
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from dataclasses import dataclass, field
 from io import StringIO
@@ -61,7 +62,7 @@ class Resolution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["resolved", "unresolved"] = "resolved"
-    method: Literal["paper-citation", "diff", "locate", "manual"] | None = None
+    method: str | None = Field(None, description="how the edits are (to be) found: paper-citation | diff | locate | manual")
     reference: str | None = None
     resolved_by: str | None = Field(None, description="command and patchkit version that wrote the edits")
     constraints: dict[str, Any] = Field(default_factory=dict)
@@ -182,7 +183,8 @@ class ResolvedEdit:
 
     @property
     def key(self) -> tuple:
-        return (self.layer, self.kind, self.index, self.tensor)
+        """Identity of the edited unit: one neuron or expert of one layer, whichever tensor carries the edit."""
+        return (self.layer, self.kind, self.index)
 
 
 # --- YAML loading with positions -------------------------------------------------------------------------
@@ -339,8 +341,16 @@ def _edit_model(raw: Any, i: int, positions: dict, filename: str) -> NeuronEdit 
 
 
 def _validation_error(exc: ValidationError, positions: dict, filename: str, prefix: tuple) -> RecipeError:
-    err = exc.errors()[0]
-    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("int", "list[int]", "NeuronEdit", "ExpertEdit")))
+    def strip(raw: tuple) -> tuple:  # drop pydantic's union-branch labels from an error location
+        return tuple(p for p in raw if not (isinstance(p, str) and p in ("int", "list[int]", "NeuronEdit", "ExpertEdit")))
+
+    errors = exc.errors()
+    err = errors[0]
+    first = strip(err["loc"])
+    for other in errors[1:]:  # `int | list[int]`: the list branch's error names the bad item, so prefer it
+        if len(strip(other["loc"])) > len(first) and strip(other["loc"])[: len(first)] == first:
+            err, first = other, strip(other["loc"])
+    loc = prefix + first
     path = _dotted(loc) or "recipe"
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
@@ -351,12 +361,20 @@ def _validation_error(exc: ValidationError, positions: dict, filename: str, pref
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return RecipeError(f"{_where(filename, positions, loc)}: {path}: {err.get('input')!r} is not allowed; expected {expected}")
-    return RecipeError(f"{_where(filename, positions, loc)}: {path}: {msg} (got {err.get('input')!r})")
+    value = err.get("input")
+    if kind == "string_type" and isinstance(value, (int, float, _dt.date)) and not isinstance(value, bool):
+        return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be text, but YAML read {value} as a "
+                           f"{'date' if isinstance(value, _dt.date) else 'number'}", hint="put the value in quotes so YAML keeps it as written")
+    if kind in ("int_type", "int_parsing", "int_from_float") and loc and loc[-1] in ("layer", "neuron", "expert"):
+        return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be an index or a list of indices, got {value!r}",
+                           hint=f"e.g. `{loc[-1]}: 3` or `{loc[-1]}: [3, 7]`")
+    return RecipeError(f"{_where(filename, positions, loc)}: {path}: {msg} (got {value!r})")
+
 
 
 def _check_semantics(recipe: Recipe) -> None:
     """Cross-field rules pydantic field types cannot express: factors, indices, duplicates, resolution."""
-    seen: dict[tuple, int] = {}
+    seen: dict[tuple, tuple[ResolvedEdit, int]] = {}
     for i, edit in enumerate(recipe.edits):
         base = ("edits", i)
         for name in ("layer", "neuron" if isinstance(edit, NeuronEdit) else "expert"):
@@ -386,12 +404,18 @@ def _check_semantics(recipe: Recipe) -> None:
         key = resolved.key
         i = int(resolved.where.rsplit("edits[", 1)[1].rstrip("]"))
         if key in seen:
-            what = f"layer {resolved.layer} {resolved.kind} {resolved.index}" + (f" ({resolved.tensor})" if resolved.tensor else "")
-            raise RecipeError(
-                f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{seen[key]}]",
-                hint="each slice may be edited once; merge the two edits",
-            )
-        seen[key] = i
+            first, j = seen[key]
+            what = f"layer {resolved.layer} {resolved.kind} {resolved.index}"
+            if first.tensor != resolved.tensor and resolved.kind == "neuron":
+                raise RecipeError(
+                    f"{recipe.where('edits', i)}: edits[{i}]: {what} is edited on both up_proj and down_proj "
+                    f"(edits[{j}]); the two factors would multiply",
+                    hint="edit each neuron once, on one tensor",
+                )
+            hint = "each slice may be edited once; merge the two edits" if first.op == resolved.op else (
+                f"it cannot be both {first.op} and {resolved.op}; keep one")
+            raise RecipeError(f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint)
+        seen[key] = (resolved, i)
     if recipe.is_resolved and not recipe.edits:
         raise RecipeError(f"{recipe.where('edits')}: edits: the recipe has no edits", hint="add edits, or mark it `resolution: {status: unresolved}`")
     if not recipe.is_resolved and recipe.edits:

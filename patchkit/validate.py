@@ -39,7 +39,7 @@ def _profile_config(repo: str | None) -> dict[str, Any] | None:
 def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) -> ValidationReport:
     """Schema + model checks. With `model`, read its config and safetensors headers; else use a profile or cache."""
     from patchkit.adapters import get_adapter
-    from patchkit.model import check_revision_pin, resolve_model
+    from patchkit.model import cached_model, check_revision_pin, resolve_model
 
     rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
     edits = rec.expanded_edits()
@@ -53,16 +53,17 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
         if pin_warning:
             warnings.append(pin_warning)
     else:
-        config = _profile_config(rec.model.repo)
-        if config is not None:
-            against, model_name = "profile", rec.model.repo
-        elif rec.model.repo:
-            try:
-                ref = resolve_model(rec.model.repo, revision=rec.model.revision)
-                if not ref.is_remote:
-                    config, headers, against, model_name = ref.config, ref.headers(), "model", ref.ref
-            except ModelError:
-                pass
+        cached = cached_model(rec.model.repo, rec.model.revision) if rec.model.repo else None
+        if cached is not None:  # the HF cache: no network; headers only when the shards are there too
+            config, against, model_name = cached.config, "model", cached.ref
+            headers = cached.headers() if cached.has_local_weights() else None
+            pin_warning = check_revision_pin(rec.model, cached)
+            if pin_warning:
+                warnings.append(pin_warning)
+        else:
+            config = _profile_config(rec.model.repo)
+            if config is not None:
+                against, model_name = "profile", rec.model.repo
         if config is None:
             warnings.append("no model given and none found offline: checked the recipe schema only (pass --model)")
     architecture = rec.model.architecture
@@ -70,7 +71,7 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
         adapter = get_adapter(config, rec.model.architecture)
         architecture = adapter.architecture
         adapter.validate(edits, headers)
-    if rec.model.repo and not rec.model.pinned:
+    if rec.model.repo and not rec.model.pinned and not any("revision" in w for w in warnings):
         warnings.append("model.revision is not a pinned 40-hex commit sha")
     if not rec.is_resolved:
         warnings.append("the recipe is unresolved: it has no edits yet and `patchkit apply` will refuse it")

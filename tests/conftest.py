@@ -49,7 +49,7 @@ def tiny_llama_sharded_bf16(tmp_path_factory) -> Path:
     """Tiny random llama checkpoint in bf16, sharded (model.safetensors.index.json)."""
     import torch
 
-    return _tiny(tmp_path_factory, "llama", dtype=torch.bfloat16, shard="20KB")
+    return _tiny(tmp_path_factory, "llama", dtype=torch.bfloat16, shard="48KB")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +69,9 @@ def tiny_gemma4_bf16(tmp_path_factory) -> Path:
 def tiny_gemma4_moe(tmp_path_factory) -> Path:
     """Tiny Gemma 4 MoE: 6 experts, top-2, router.per_expert_scale (f32)."""
     return _tiny(tmp_path_factory, "gemma4-moe")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma4_multimodal(tmp_path_factory) -> Path:
+    """Tiny Gemma4ForConditionalGeneration (text weights under model.language_model.layers, a 1-layer vision tower)."""
+    return _tiny(tmp_path_factory, "gemma4-mm")

@@ -29,7 +29,7 @@ def test_gemma4_double_wide_kv_shared_layers(tiny_gemma4):
     # the geometry agrees with the real tensors in the file
     headers = ref.headers()
     shapes = {n: t.shape for h in headers.values() for n, t in h.tensors.items()}
-    assert shapes["model.layers.3.mlp.down_proj.weight"] == (32, 96)
+    assert shapes["model.layers.3.mlp.down_proj.weight"] == (64, 96)
     adapter.validate(_edits("edits: [{layer: 3, neuron: 95, op: invert}]\n"), headers)
     with pytest.raises(RecipeError, match=r"neuron 48 is out of range for layer 1: its MLP has 48 neurons \(0–47\)"):
         adapter.validate(_edits("edits: [{layer: 1, neuron: 48, op: invert}]\n"), headers)
@@ -116,3 +116,70 @@ def test_schema_command_prints_json():
 
     result = CliRunner().invoke(main, ["schema"])
     assert result.exit_code == 0 and json.loads(result.output)["title"] == "patchkit recipe v1"
+
+
+def test_gemma4_multimodal_checkpoint_names(tiny_gemma4_multimodal):
+    """A checkpoint saved by Gemma4ForConditionalGeneration: text weights under model.language_model.layers."""
+    ref = resolve_model(tiny_gemma4_multimodal)
+    adapter = get_adapter(ref.config)
+    names = ref.tensor_names()
+    assert adapter.prefix == "model.language_model" and adapter.num_layers == 4
+    assert [adapter.layer_info(i).intermediate_size for i in range(4)] == [48, 48, 96, 96]
+    (edit,) = _edits("edits: [{layer: 2, neuron: 95, op: invert}]\n")
+    adapter.validate([edit], ref.headers())
+    assert adapter.targets(edit, names) == [("model.language_model.layers.2.mlp.down_proj.weight", 1, 95)]
+    roles = {n: adapter.classify_tensor(n) for n in names}
+    mlp = {n for n, r in roles.items() if r is not None}
+    assert mlp == {f"model.language_model.layers.{i}.mlp.{p}.weight" for i in range(4) for p in ("gate_proj", "up_proj", "down_proj")}
+    assert any(n.startswith("model.vision_tower.") and ".mlp." in n for n in names)  # vision MLPs are not ours
+
+
+def test_gemma4_moe_geometry_matches_the_saved_tensors(tiny_gemma4_moe):
+    ref = resolve_model(tiny_gemma4_moe)
+    adapter = get_adapter(ref.config)
+    shapes = {n: t.shape for h in ref.headers().values() for n, t in h.tensors.items()}
+    for layer in range(adapter.num_layers):
+        info = adapter.layer_info(layer)
+        assert info.is_moe and info.num_experts == 6 and info.expert_intermediate_size == 16
+        base = f"model.layers.{layer}"
+        assert shapes[f"{base}.experts.down_proj"] == (6, 64, 16)          # [E, H, I]
+        assert shapes[f"{base}.experts.gate_up_proj"] == (6, 32, 64)       # [E, 2I, H]
+        assert shapes[f"{base}.router.per_expert_scale"] == (6,)
+        assert shapes[f"{base}.mlp.down_proj.weight"] == (64, info.intermediate_size)  # the dense MLP stays
+        assert adapter.classify_tensor(f"{base}.experts.gate_up_proj").role == "experts.gate_up_proj"
+        assert adapter.classify_tensor(f"{base}.router.per_expert_scale").role == "router.per_expert_scale"
+    assert adapter.classify_tensor("model.layers.0.router.proj.weight") is None
+
+
+def test_missing_tensor_is_named(tiny_llama):
+    ref = resolve_model(tiny_llama)
+    adapter = get_adapter(ref.config)
+    names = ref.tensor_names() - {"model.layers.1.mlp.up_proj.weight"}
+    (edit,) = _edits("edits: [{layer: 1, neuron: 2, op: zero, tensor: up_proj}]\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml:4:9: edits\[0\]: tensor model\.layers\.1\.mlp\.up_proj\.weight is not in the checkpoint"):
+        adapter.targets(edit, names)
+
+
+@pytest.mark.parametrize("dtype, quant, pattern", [
+    ("F8_E4M3", None, r"stored as F8_E4M3; patchkit edits only BF16, F16 and F32"),
+    ("BF16", {"quant_method": "gptq"}, r"config\.json: the model is quantized \(quant_method: gptq\)"),
+])
+def test_fp8_and_quantized_models_are_refused(tmp_path, dtype, quant, pattern):
+    import json
+
+    from patchkit.safetensors_io import header_from_dict
+
+    config = {"model_type": "llama", "num_hidden_layers": 1, "intermediate_size": 4}
+    if quant:
+        config["quantization_config"] = quant
+    name = "model.layers.0.mlp.down_proj.weight" if not quant else "model.layers.0.mlp.down_proj.qweight"
+    size = 8 * (1 if dtype == "F8_E4M3" else 2)
+    header = header_from_dict({name: {"dtype": dtype, "shape": [2, 4], "data_offsets": [0, size]}},
+                              path="model.safetensors", header_len=128)
+    adapter = get_adapter(json.loads(json.dumps(config)))
+    (edit,) = _edits("edits: [{layer: 0, neuron: 1, op: invert}]\n")
+    with pytest.raises(RecipeError, match=pattern):
+        adapter.validate([edit], {"model.safetensors": header})
+    if quant:  # without headers (profile / config only) the config alone is enough to refuse
+        with pytest.raises(RecipeError, match=pattern):
+            adapter.validate([edit], None)

@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pytest
 
-import core_standins
 from patchkit.apply import apply_recipe
 from patchkit.errors import ApplyError
 from patchkit.provenance import PROVENANCE_FILE
@@ -30,7 +29,6 @@ edits:
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    core_standins.install(monkeypatch)
     monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
 
 
@@ -53,7 +51,8 @@ def base(tmp_path):
     return llama_checkpoint(tmp_path / "base", "BF16", shards=3)
 
 
-def test_apply_rewrites_only_the_edited_shard(tmp_path, base):
+def test_apply_rewrites_only_the_edited_shard(tmp_path, base, monkeypatch):
+    monkeypatch.setattr("patchkit.apply.LINK_MIN_BYTES", 4096)  # the tiny shards count as large here
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 1, neuron: [5, 6], op: scale, factor: 0.5}",
                                                 "{layer: 1, neuron: 2, op: invert, tensor: up_proj}"])
     before = snapshot(base)
@@ -79,6 +78,8 @@ def test_apply_rewrites_only_the_edited_shard(tmp_path, base):
     assert any(down0 <= c < down0 + 16 * 24 * 2 for c in changed)
     # untouched big files are linked, not copied, when the filesystem allows it
     assert os.stat(out / "model-00001-of-00003.safetensors").st_ino == os.stat(base / "model-00001-of-00003.safetensors").st_ino
+    # small files (configs, cards) are copied: editing them in the output must not touch the base
+    assert os.stat(out / "config.json").st_ino != os.stat(base / "config.json").st_ino
 
 
 def test_provenance_follows_the_contract(tmp_path, base):
@@ -210,3 +211,26 @@ def test_read_only_parent_is_reported(tmp_path, base):
     finally:
         ro.chmod(0o755)
     assert list(ro.iterdir()) == []
+
+
+def test_interrupted_in_place_is_detected(tmp_path, base, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 2, neuron: 1, op: invert}"])
+    calls = []
+
+    def swap_once(tmp, dst):
+        if calls:
+            raise OSError(errno.EIO, "simulated crash between two shard renames")
+        calls.append(dst)
+        os.replace(tmp, dst)
+
+    import patchkit.apply
+
+    real_swap = patchkit.apply._swap_in
+    monkeypatch.setattr("patchkit.apply._swap_in", swap_once)
+    with pytest.raises(ApplyError, match="some may be replaced already"):
+        apply_recipe(recipe, model=str(base), in_place=True)
+    assert (base / ".patchkit-in-place.json").exists() and not (base / PROVENANCE_FILE).exists()
+    assert not [p for p in base.iterdir() if ".patchkit-tmp-" in p.name]
+    monkeypatch.setattr("patchkit.apply._swap_in", real_swap)
+    with pytest.raises(ApplyError, match=r"interrupted --in-place apply .*model-00001-of-00003.safetensors, model-00003-of-00003"):
+        apply_recipe(recipe, model=str(base), out=tmp_path / "out")

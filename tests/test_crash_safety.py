@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import core_standins
 from patchkit.apply import apply_recipe
 from patchkit.verify import verify_patched
 from safetensors_synth import llama_checkpoint
@@ -22,8 +21,6 @@ TESTS = Path(__file__).parent
 CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import core_standins
-core_standins.install()
 import patchkit.apply as A
 point, nth, recipe, base, out = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 A.CHUNK = 512  # many chunks per shard, so a kill can land in the middle of one
@@ -60,7 +57,6 @@ POINTS = [("write", 1), ("write", 7), ("link", 1), ("link", 3), ("provenance", 1
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    core_standins.install(monkeypatch)
     monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
 
 

@@ -193,14 +193,19 @@ def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
     recipe = tmp_path / "invert.yaml"
     recipe.write_text(RECIPE.format(layer=28, neuron=1095))  # a high-activation neuron: visibly changes outputs
     out = tmp_path / "real"
-    result = pd.run_demo(model_dir=smollm2_dir, suite=str(suite_file), recipe=recipe, max_new_tokens=32, limit=2,
-                         out=out, bench_tasks="kl,ppl")
+    result = pd.run_demo(model_dir=smollm2_dir, suite=str(suite_file), recipe=recipe, max_new_tokens=24, limit=1,
+                         out=out, bench_tasks="kl,ppl",
+                         bench_options={"control_max_new_tokens": 12, "max_text_tokens": 64})
     assert result.complete
-    report = _assert_common_report(out, n_enum=2)
+    report = _assert_common_report(out, n_enum=1)
     loops = json.loads((out / "loops.json").read_text())
     assert loops["overall"]["base"]["control_accuracy"]["value"] == 1.0   # "Paris"
     assert {r["probe"] for r in loops["patched"]["results"]} == {r["probe"] for r in loops["base"]["results"]}
+    texts = {name: [r["text"] for r in loops[name]["results"]] for name in ("base", "patched")}
+    assert texts["base"] != texts["patched"]  # inverting this neuron visibly changes greedy outputs
     bench = json.loads((out / "bench.json").read_text())
     kl = next(f for f in bench["figures"] if f["key"] == "kl.mean")
     assert 0 < kl["delta"] < 10
-    assert report["timings_s"]["total"] > 0 and (out / "card.md").stat().st_size > 200
+    diff = json.loads((out / "diff.json").read_text())
+    assert [c["tensor"] for c in diff["changed"]] == ["model.layers.28.mlp.down_proj.weight"]
+    assert report["timings_s"]["total"] > 0 and "demo-test-invert-one-neuron" in (out / "card.md").read_text()

@@ -72,7 +72,7 @@ MALFORMED = {
     "missing-op": (HEAD + "edits: [{layer: 0, neuron: 1}]\n", r"edits\[0\]\.op: required field is missing"),
     "bad-op": (HEAD + "edits: [{layer: 0, neuron: 1, op: flip}]\n", r"edits\[0\]\.op: 'flip' is not allowed"),
     "expert-bad-op": (HEAD + "edits: [{layer: 0, expert: 1, op: invert}]\n", r"experts support only `suppress`"),
-    "layer-string": (HEAD + "edits: [{layer: x, neuron: 1, op: zero}]\n", r"edits\[0\]\.layer: .*integer"),
+    "layer-string": (HEAD + "edits: [{layer: x, neuron: 1, op: zero}]\n", r":4:10: edits\[0\]\.layer: must be an index or a list of indices, got 'x'"),
     "layer-float": (HEAD + "edits: [{layer: 1.5, neuron: 1, op: zero}]\n", r"edits\[0\]\.layer"),
     "negative-neuron": (HEAD + "edits: [{layer: 0, neuron: -1, op: zero}]\n", r"edits\[0\]\.neuron: indices must be >= 0"),
     "negative-layer": (HEAD + "edits: [{layer: -2, neuron: 1, op: zero}]\n", r"edits\[0\]\.layer: indices must be >= 0"),
@@ -85,7 +85,7 @@ MALFORMED = {
     "factor-string": (HEAD + "edits: [{layer: 0, neuron: 1, op: scale, factor: half}]\n", r"edits\[0\]\.factor"),
     "bad-tensor": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero, tensor: gate_proj}]\n", r"edits\[0\]\.tensor: 'gate_proj' is not allowed"),
     "duplicate-edit": (HEAD + "edits:\n  - {layer: 1, neuron: 3, op: invert}\n  - {layer: 1, neuron: [2, 3], op: zero}\n",
-                       r":6:5: edits\[1\]: layer 1 neuron 3 \(down_proj\) is already edited by edits\[0\]"),
+                       r":6:5: edits\[1\]: layer 1 neuron 3 is already edited by edits\[0\] \(it cannot be both invert and zero"),
     "duplicate-expert": (HEAD + "edits:\n  - {layer: [1, 2], expert: 3, op: suppress}\n  - {layer: 2, expert: 3, op: suppress}\n",
                          r"layer 2 expert 3 is already edited"),
     "duplicate-key": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nname: again\n", r"YAML"),
@@ -94,6 +94,23 @@ MALFORMED = {
     "unresolved-with-edits": (HEAD + "resolution: {status: unresolved}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
                               r"unresolved recipe must not carry edits"),
     "bad-gate": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nchecks: {loops: {max_loop_rate: 2}}\n", r"checks\.loops\.max_loop_rate"),
+    "revision-read-as-number": (HEAD + "model: {repo: a/b, revision: 1234567}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
+                                r":4:20: model\.revision: must be text, but YAML read 1234567 as a number \(put the value in quotes"),
+    "name-read-as-date": ("patchkit: 1\nname: 2026-11-24\nsource: {kind: manual}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
+                          r":2:1: name: must be text, but YAML read 2026-11-24 as a date"),
+    "up-and-down-same-neuron": (HEAD + "edits:\n  - {layer: 1, neuron: 3, op: invert}\n  - {layer: 1, neuron: 3, op: invert, tensor: up_proj}\n",
+                                r":6:5: edits\[1\]: layer 1 neuron 3 is edited on both up_proj and down_proj \(edits\[0\]\)"),
+    "expert-twice-other-tensor": (HEAD + "edits:\n  - {layer: 1, expert: 3, op: suppress}\n  - {layer: 1, expert: 3, op: suppress, tensor: down_proj}\n",
+                                  r"edits\[1\]: layer 1 expert 3 is already edited by edits\[0\]"),
+    "conflicting-ops": (HEAD + "edits:\n  - {layer: 2, neuron: [4, 5], op: zero}\n  - {layer: [1, 2], neuron: 5, op: scale, factor: 2}\n",
+                        r"layer 2 neuron 5 is already edited by edits\[0\] \(it cannot be both zero and scale; keep one\)"),
+    "layer-list-of-strings": (HEAD + "edits: [{layer: [1, a], neuron: 1, op: zero}]\n", r":4:21: edits\[0\]\.layer\[1\]: .*valid integer.*got 'a'"),
+    "expert-tensor-up": (HEAD + "edits: [{layer: 0, expert: 1, op: suppress, tensor: up_proj}]\n", r"edits\[0\]\.tensor: 'up_proj' is not allowed"),
+    "bad-resolution-status": (HEAD + "resolution: {status: maybe}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
+                              r":4:14: resolution\.status: 'maybe' is not allowed"),
+    "unknown-resolution-key": (HEAD + "resolution: {status: unresolved, todo: x}\n", r"resolution\.todo: unknown key"),
+    "publish-private-not-bool": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\npublish: {repo: a/b, private: perhaps}\n",
+                                 r"publish\.private"),
     "unknown-gate": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nchecks: {bench: {max_kld: 1}}\n", r"checks\.bench\.max_kld: unknown key"),
 }
 
@@ -114,6 +131,24 @@ def test_malformed_recipe_gives_one_line_error_and_nonzero_exit(tmp_path, case):
 
 def test_at_least_30_malformed_cases():
     assert len(MALFORMED) >= 30
+
+
+def test_wrong_architecture_for_the_model(tmp_path, tiny_llama):
+    path = tmp_path / "r.yaml"
+    path.write_text(HEAD + "model: {architecture: gemma4}\nedits: [{layer: 0, neuron: 1, op: zero}]\n")
+    result = CliRunner().invoke(main, ["validate", str(path), "--model", str(tiny_llama)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "recipe is for architecture 'gemma4' but the model is 'llama'" in result.output
+
+
+def test_validate_json_and_warnings(tmp_path, tiny_llama):
+    path = tmp_path / "r.yaml"
+    path.write_text(HEAD + "model: {repo: org/not-cached, architecture: llama}\nedits: [{layer: [0, 2], neuron: [1, 2], op: zero}]\n")
+    result = CliRunner().invoke(main, ["validate", str(path), "--model", str(tiny_llama), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["against"], report["edits"], report["slices"], report["layers"]) == (True, "model", 1, 4, [0, 2])
+    assert any("not a pinned" in w for w in report["warnings"])
 
 
 def test_missing_recipe_file(tmp_path):

@@ -8,7 +8,6 @@ import os
 import pytest
 from click.testing import CliRunner
 
-import core_standins
 from patchkit.apply import apply_recipe
 from patchkit.cli import main
 from patchkit.diff import diff_checkpoints, recipe_text
@@ -20,7 +19,6 @@ from test_apply import snapshot, write_recipe
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    core_standins.install(monkeypatch)
     monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
 
 

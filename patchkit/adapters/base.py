@@ -119,6 +119,9 @@ class Adapter:
         tensors: dict[str, Any] = {}
         for header in (headers or {}).values():
             tensors.update(header.tensors)
+        quant = self.quantization()
+        if quant and not tensors:
+            raise self._quantized_error(quant)
         for edit in edits:
             where = edit.where or "recipe"
             if not 0 <= edit.layer <= last:
@@ -142,8 +145,29 @@ class Adapter:
                         f"{info.num_experts} experts (0–{info.num_experts - 1})"
                     )
             if tensors:
-                for target in self.targets(edit, set(tensors)):
+                try:
+                    targets = self.targets(edit, set(tensors))
+                except RecipeError:
+                    if quant:  # e.g. GPTQ stores `qweight` instead of `weight`: say why the tensor is missing
+                        raise self._quantized_error(quant) from None
+                    raise
+                for target in targets:
                     self._check_tensor(where, target, tensors[target.tensor])
+
+    def quantization(self) -> str | None:
+        """The quantization method config.json declares (None for plain BF16/F16/F32 checkpoints)."""
+        for cfg in (self.config, self.text_config):
+            quant = cfg.get("quantization_config")
+            if quant:
+                return str(quant.get("quant_method") or "unknown") if isinstance(quant, dict) else "unknown"
+        return None
+
+    @staticmethod
+    def _quantized_error(method: str) -> RecipeError:
+        return RecipeError(
+            f"config.json: the model is quantized (quant_method: {method}); patchkit edits only BF16, F16 and F32 weights",
+            hint="apply the recipe to the unquantized checkpoint, then quantize",
+        )
 
     @staticmethod
     def _check_tensor(where: str, target: TensorTarget, info: Any) -> None:

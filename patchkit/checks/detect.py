@@ -55,13 +55,18 @@ class Thresholds:
     top_min: int = 5
     few_window: int = 12             # decay: the last `few_window` items with <= few_distinct values
     few_distinct: int = 3
+    diverse_window: int = 20         # decay: the last `diverse_window` items with <= diverse_max values
+    diverse_max: int = 7
+    shape_copies: float = 4.0        # decay, cut-off generations only: a cycle of items that differ only in
+    shape_span: int = 8              # their numbers ("Atomic number 18 (Ga)", "Episode 19: The Pilot")
     corrections: int = 3             # doom: self-corrections in a budget-exhausted thinking trace
 
 
 STANDARD = Thresholds()
 #: Early stop: a loop this clear never recovers (4+ copies over 200+ chars, or 12+ items in a cycle).
 CERTAIN = Thresholds(min_copies=4.0, min_span_chars=200, long_block_chars=10**9, item_copies=4.0, item_span=12,
-                     top_share=10 / 12, top_min=10, few_window=16, few_distinct=2)
+                     top_share=10 / 12, top_min=10, few_window=16, few_distinct=2, diverse_window=30,
+                     diverse_max=6, shape_copies=6.0, shape_span=12)
 
 
 @dataclass
@@ -166,8 +171,11 @@ def _char_loop(text: str, th: Thresholds, *, finished: bool, max_period: int = 6
     return None
 
 
-def _item_cycle(items: list[Item], th: Thresholds) -> Evidence | None:
-    keys = [i.key for i in items]
+def _item_cycle(items: list[Item], th: Thresholds, *, keys: list[str] | None = None, min_copies: float | None = None,
+                min_span: int | None = None, kind: str = "item-cycle") -> Evidence | None:
+    keys = keys if keys is not None else [i.key for i in items]
+    min_copies = th.item_copies if min_copies is None else min_copies
+    min_span = th.item_span if min_span is None else min_span
     n = len(keys)
     for p in range(1, min(th.max_item_period, n // 2) + 1):
         run = 0
@@ -177,20 +185,27 @@ def _item_cycle(items: list[Item], th: Thresholds) -> Evidence | None:
             run += 1
         span = run + p
         copies = span / p
-        if copies >= th.item_copies and span >= th.item_span:
+        if copies >= min_copies and span >= min_span:
             first = items[n - span]
             block = " | ".join(i.text for i in items[n - span:n - span + p])
-            return Evidence("item-cycle", block, first.start, p, "items", copies,
-                            detail={"items": span})
+            return Evidence(kind, block, first.start, p, "items", copies, detail={"items": span})
     return None
+
+
+_DIGITS = re.compile(r"\d+")
+_ROMAN = re.compile(r"\b[ivx]{2,}\b")
+
+
+def _shape(key: str) -> str:
+    """An item key with its numbers (digits, roman numerals) blanked: the template of a counting list."""
+    return _ROMAN.sub("#", _DIGITS.sub("#", key))
 
 
 def _item_frequency(items: list[Item], th: Thresholds) -> Evidence | None:
     n = len(items)
     if n < th.top_min:
         return None
-    windows = {max(10, math.ceil(0.4 * n)), 12}
-    for w in sorted(windows):
+    for w in sorted({max(6, math.ceil(0.4 * n)), 12}):
         if w > n:
             continue
         window = items[n - w:]
@@ -200,13 +215,14 @@ def _item_frequency(items: list[Item], th: Thresholds) -> Evidence | None:
             first = next(i for i in window if i.key == key)
             return Evidence("item-frequency", first.text, first.start, 1, "items", float(count),
                             detail={"window": w, "count": count, "top": _top(counts)})
-    if n >= th.few_window:
-        window = items[n - th.few_window:]
+    for w, most in ((th.few_window, th.few_distinct), (th.diverse_window, th.diverse_max)):
+        if n < w:
+            continue
+        window = items[n - w:]
         counts = Counter(i.key for i in window)
-        if len(counts) <= th.few_distinct:
+        if len(counts) <= most:
             return Evidence("few-items", " | ".join(dict.fromkeys(i.text for i in window)), window[0].start,
-                            len(counts), "items", th.few_window / len(counts),
-                            detail={"window": th.few_window, "top": _top(counts)})
+                            len(counts), "items", w / len(counts), detail={"window": w, "top": _top(counts)})
     return None
 
 
@@ -220,9 +236,15 @@ def _loop_in(text: str, th: Thresholds, *, finished: bool) -> tuple[str, Evidenc
     if chars is not None:
         return "verbatim", chars
     items = split_items(text)
-    ev = _item_cycle(items, th) or _item_frequency(items, th)
-    if ev is not None:
-        return "decay", ev
+    # a cut-off generation usually ends inside an item: judge the complete items too
+    candidates = [items, items[:-1]] if not finished and len(items) > 1 else [items]
+    for its in candidates:
+        ev = _item_cycle(its, th) or _item_frequency(its, th)
+        if ev is None and not finished:
+            ev = _item_cycle(its, th, keys=[_shape(i.key) for i in its], min_copies=th.shape_copies,
+                             min_span=th.shape_span, kind="item-template")
+        if ev is not None:
+            return "decay", ev
     return None
 
 
@@ -261,7 +283,7 @@ def detect(text: str, *, truth: Sequence[str] | None = None, aliases: Mapping[st
         if ev is not None:
             return Verdict("doom", ev, completeness, finished)
         return Verdict("truncated", _progress(thinking, "thinking"), completeness, finished)
-    looped = _loop_in(text, thresholds, finished=finished) or certain_loop(text)
+    looped = _loop_in(text, thresholds, finished=finished) or (None if finished else certain_loop(text))
     if looped is not None:
         label, ev = looped
         return Verdict(label, ev, completeness, finished)

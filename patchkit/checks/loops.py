@@ -390,7 +390,11 @@ def _model_backend(ref: str, *, backend: str, base_url: str | None, dtype: str, 
 
         if not base_url:
             raise CheckError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        yield OpenAIBackend(base_url, model=ref, concurrency=concurrency, timeout=timeout)
+        client = OpenAIBackend(base_url, model=ref, concurrency=concurrency, timeout=timeout)
+        try:
+            yield client
+        finally:
+            client.close()
         return
     if backend != "transformers":
         raise CheckError(f"unknown backend {backend!r}", hint="use transformers or openai")
@@ -428,6 +432,9 @@ def run_loops(base_ref: str | Path | None = None, *, patched_ref: str | Path | N
         raise CheckError("run_loops needs the base model (a checkpoint dir, org/name[@rev], or a .gguf file)")
     if patched_ref is not None and recipe is not None:
         raise CheckError("give either a patched model or a recipe, not both")
+    if recipe is not None and backend != "transformers":
+        raise CheckError("--recipe needs the transformers backend",
+                         hint="apply the recipe, serve the output, and pass its model name with --patched")
     recipe_obj = _load_recipe(recipe) if recipe is not None else None
     if gates is None and recipe_obj is not None:
         checks = getattr(recipe_obj, "checks", None)
@@ -449,9 +456,6 @@ def run_loops(base_ref: str | Path | None = None, *, patched_ref: str | Path | N
     patched_run = None
     extra: dict[str, Any] = {}
     if recipe_obj is not None:
-        if backend != "transformers":
-            raise CheckError("--recipe needs the transformers backend",
-                             hint="apply the recipe, serve the output, and pass its model name with --patched")
         from patchkit.generate.loading import patched_checkpoint
 
         with patched_checkpoint(recipe_obj, base_ref) as patched_dir:
