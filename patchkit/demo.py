@@ -29,6 +29,7 @@ FULL_SUITE = "enumeration"
 DEFAULT_MAX_NEW_TOKENS = 256
 #: Items per bench source in the default (non --full) run: the whole bench takes ~4-6 min on 2 cores.
 DEFAULT_BENCH_LIMIT = 10
+DEFAULT_BENCH_TASKS = "kl,ppl,qa"
 DEFAULT_REPO = "your-hf-name/SmolLM2-135M-Instruct-patchkit-demo"
 REPORT_FILES = ("report.json", "loops.json", "transcripts/base.md", "before-after.png")
 
@@ -251,6 +252,10 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     if recipe_path is not None:
         result.recipe, result.recipe_origin = str(recipe_path), origin
         shutil.copyfile(recipe_path, tmp / "recipe.yaml")
+        from patchkit.apply import apply_recipe
+
+        # plan only (headers, no weights): a recipe that does not fit this model fails now, not after minutes
+        apply_recipe(recipe_path, model=str(model_dir), out=tmp / "patched-model", dry_run=True)
 
     # 2. loop check on the base model
     from patchkit.checks.probes import packaged_suites
@@ -284,7 +289,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         with _timed("apply", f"applying {recipe_path.name}", events, timings) as st:
             from patchkit.apply import apply_recipe
 
-            applied = apply_recipe(recipe, model=str(model_dir), out=patched_dir)
+            applied = apply_recipe(recipe_path, model=str(model_dir), out=patched_dir)  # path: verbatim provenance
             st.summary = f"{len(applied.provenance.get('edits', []))} slice edit(s) written to patched-model/"
         # 4. diff
         with _timed("diff", "diff base vs patched (every tensor)", events, timings) as st:
@@ -308,7 +313,9 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         with _timed("bench", "bench: KL / perplexity / questions, base vs patched", events, timings) as st:
             from patchkit.checks.bench import run_bench
 
-            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), progress=events.progress, **bench)
+            opts = {"gates": getattr(getattr(recipe, "checks", None), "bench", None), **bench}
+            opts["tasks"] = opts.get("tasks") or DEFAULT_BENCH_TASKS  # not the recipe's (it may name lm-eval tasks)
+            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), progress=events.progress, **opts)
             bench_report.base, bench_report.patched = str(model_dir), str(final / "patched-model")
             _write_json(tmp / "bench.json", bench_report.to_json())
             st.summary = _bench_line(bench_report)
@@ -321,6 +328,13 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
                        gates=getattr(getattr(recipe, "checks", None), "loops", None),
                        extra={"recipe": result.recipe} if result.recipe else {})
     loops_json = loops.to_json(transcripts=True)
+    gate_failures = list(loops.failures) + (list(bench_report.failures) if bench_report is not None else [])
+    if gate_failures:
+        note = (f"the recipe's own checks fail on the demo's probe set ({len(gate_failures)}): "
+                + "; ".join(gate_failures))
+        messages.append(note)
+        events.note(note)
+    result.numbers["gate_failures"] = gate_failures
     _write_json(tmp / "loops.json", loops_json)
     _write_transcripts(tmp / "transcripts", base_run, patched_run)
 
@@ -343,7 +357,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     with _timed("report", "writing the report (JSON, transcripts, plot)", events, timings) as st:
         _plot(tmp / "before-after.png", base_run, patched_run, bench_report)
         result.summary = summary_rows(base_run, patched_run, diff_report, bench_report)
-        result.numbers = _numbers(base_run, patched_run, diff_report, bench_report)
+        result.numbers.update(_numbers(base_run, patched_run, diff_report, bench_report))
         st.summary = f"{final}"
     return result
 
@@ -529,6 +543,9 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
         hi.append(0.0)
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(labels))]
         ax1.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=name, color=color)
+        texts = [f"{k}/{n}" for k, n in ks] + ["n/a" if m.completeness is None else f"{m.completeness:.2f}"]
+        for x, v, text in zip(xs, vals, texts):
+            ax1.text(x, v + 0.02, text, ha="center", va="bottom", fontsize=7)
     ax1.set_xticks(range(len(labels)), labels)
     ax1.set_ylim(0, 1.05)
     ax1.set_title("loop check (bars: Wilson 95% CI)")

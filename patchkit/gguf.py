@@ -173,9 +173,11 @@ def _unique_state_dict(model: Any, dtype: Any) -> dict[str, Any]:
         if name in tied:
             continue
         t = tensor.detach().to(dtype).contiguous()
-        if t.data_ptr() in seen:
+        storage = t.untyped_storage().data_ptr()  # views of one buffer (e.g. a split fused qkv) count as shared
+        if storage in seen:
             t = t.clone()
-        seen.add(t.data_ptr())
+            storage = t.untyped_storage().data_ptr()
+        seen.add(storage)
         out[name] = t
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -145,10 +146,18 @@ class Recipe(BaseModel):
         if self.is_resolved:
             return
         res = self.resolution
-        how = (res.how_to_resolve if res else None) or (
-            f"run `patchkit recipe extract BASE FIXED` or `patchkit locate MODEL --from-recipe {self._path or 'RECIPE'}`"
-        )
+        how = (res.how_to_resolve if res else None) or self._default_how_to_resolve()
         raise RecipeError(f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet); {how}")
+
+    def _default_how_to_resolve(self) -> str:
+        res = self.resolution
+        base = self.model.repo or "BASE"
+        if res is not None and res.method == "diff":
+            fixed = res.reference or "FIXED"
+            return f"recover the edits with `patchkit diff {base} {fixed} --as-recipe -o {self._path or 'RECIPE'}`"
+        if res is not None and res.method == "locate":
+            return f"find the edits with `patchkit locate {base}`, then fill in `edits:`"
+        return "fill in `edits:` and delete the `resolution:` section (or find them with `patchkit locate`)"
 
     def expanded_edits(self) -> list[ResolvedEdit]:
         """One ResolvedEdit per (layer, neuron|expert), lists expanded, in file order."""
@@ -200,9 +209,19 @@ def _yaml():
     return yaml
 
 
-def _plain(node: Any, loc: tuple, positions: dict, filename: str) -> Any:
+MAX_RECIPE_BYTES = 1 << 20
+MAX_NODES = 100_000  # YAML aliases can expand exponentially ("billion laughs"); a real recipe has a few hundred
+
+
+def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[int] | None = None) -> Any:
     """Convert ruamel containers to plain Python, recording the line/column of every key and item."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+
+    budget = budget if budget is not None else [MAX_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise RecipeError(f"{filename}:1:1: the recipe expands to more than {MAX_NODES} values",
+                          hint="recipes are small; remove the YAML aliases (*name) that multiply the data")
 
     tag = getattr(getattr(node, "tag", None), "value", None)
     if isinstance(node, TaggedScalar) or (tag and tag not in _STANDARD_TAGS and tag != "!"):
@@ -220,7 +239,7 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str) -> Any:
                 pass
             if not isinstance(key, str):
                 raise RecipeError(f"{_where(filename, positions, loc + (key,))}: {_dotted(loc) or 'document'}: key {key!r} must be a string")
-            out[key] = _plain(node[key], loc + (key,), positions, filename)
+            out[key] = _plain(node[key], loc + (key,), positions, filename, budget)
         return out
     if isinstance(node, CommentedSeq):
         out_list = []
@@ -230,8 +249,10 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str) -> Any:
                 positions[loc + (i,)] = (line + 1, col + 1)
             except (KeyError, TypeError, AttributeError):
                 pass
-            out_list.append(_plain(item, loc + (i,), positions, filename))
+            out_list.append(_plain(item, loc + (i,), positions, filename, budget))
         return out_list
+    if isinstance(node, AbstractSet):  # !!set
+        return {_plain(item, loc, positions, filename, budget) for item in node}
     if isinstance(node, str):
         return str(node)
     if isinstance(node, bool) or node is None:
@@ -269,6 +290,9 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: recipe is not UTF-8 text") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {len(text)} characters is too large for a recipe (limit {MAX_RECIPE_BYTES})",
+                          hint="is this really a recipe file?")
     return parse_recipe(text, str(path))
 
 
@@ -365,6 +389,10 @@ def _validation_error(exc: ValidationError, positions: dict, filename: str, pref
     if kind == "string_type" and isinstance(value, (int, float, _dt.date)) and not isinstance(value, bool):
         return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be text, but YAML read {value} as a "
                            f"{'date' if isinstance(value, _dt.date) else 'number'}", hint="put the value in quotes so YAML keeps it as written")
+    if kind == "string_type" and isinstance(value, (dict, list, set)):
+        shape = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "a set"
+        return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be text, got {shape}",
+                           hint="quote it, or use a block scalar (|) for multi-line text")
     if kind in ("int_type", "int_parsing", "int_from_float") and loc and loc[-1] in ("layer", "neuron", "expert"):
         return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be an index or a list of indices, got {value!r}",
                            hint=f"e.g. `{loc[-1]}: 3` or `{loc[-1]}: [3, 7]`")

@@ -90,17 +90,22 @@ description: >-
   What this edit fixes and why (e.g. repetition loops on long enumerations).
 model:
   repo: {repo}            # the base model on the Hub (org/name)
-  revision: {revision}    # pin the exact commit sha the edits were found on
+  revision: "{revision}"    # pin the exact commit sha the edits were found on
   architecture: {arch}
 source:
   kind: manual            # paper | diff | locate | manual
   reference: ""           # arXiv id, repo@rev, locate report, ...
+# Until it has edits the recipe is unresolved: `patchkit apply` refuses it. Delete this section when done.
+resolution:
+  status: unresolved
+  method: manual
+  how_to_resolve: fill in `edits:` and delete the `resolution:` section of this recipe
 edits:
   # {geometry}
   # Neuron n of layer L = column n of mlp.down_proj (its output). Ops: invert | zero | scale (with factor).
-  - {{layer: 0, neuron: 0, op: invert}}
-  # - {{layer: 0, neuron: [1, 2], op: scale, factor: 0.5}}
-  # - {{layer: 0, neuron: 3, op: zero, tensor: up_proj}}      # row n of up_proj instead
+  # - {{layer: 0, neuron: 0, op: invert}}
+  # - {{layer: [0, 1], neuron: [1, 2], op: scale, factor: 0.5}}  # lists expand to every (layer, neuron) pair
+  # - {{layer: 0, neuron: 3, op: zero, tensor: up_proj}}         # row n of up_proj instead
 {expert_hint}checks:
   loops: {{suite: enumeration, max_loop_rate: 0.10}}
   bench: {{max_kl: 0.02, max_ppl_ratio: 1.02}}

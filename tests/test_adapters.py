@@ -30,6 +30,10 @@ def test_gemma4_double_wide_kv_shared_layers(tiny_gemma4):
     headers = ref.headers()
     shapes = {n: t.shape for h in headers.values() for n, t in h.tensors.items()}
     assert shapes["model.layers.3.mlp.down_proj.weight"] == (64, 96)
+    assert shapes["model.layers.1.mlp.up_proj.weight"] == (48, 64)
+    # E2B-style per-layer embeddings are present (and never classified as MLP tensors)
+    assert "model.embed_tokens_per_layer.weight" in shapes and "model.layers.0.per_layer_input_gate.weight" in shapes
+    assert adapter.classify_tensor("model.layers.0.per_layer_projection.weight") is None
     adapter.validate(_edits("edits: [{layer: 3, neuron: 95, op: invert}]\n"), headers)
     with pytest.raises(RecipeError, match=r"neuron 48 is out of range for layer 1: its MLP has 48 neurons \(0–47\)"):
         adapter.validate(_edits("edits: [{layer: 1, neuron: 48, op: invert}]\n"), headers)
@@ -105,7 +109,19 @@ def test_new_writes_a_valid_starter_and_refuses_overwrite(tmp_path, tiny_gemma4_
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert "4 layers (0–3)" in text and "6 experts per layer" in text
-    assert runner.invoke(main, ["validate", str(out), "--model", str(tiny_gemma4_moe)]).exit_code == 0
+    checked = runner.invoke(main, ["validate", str(out), "--model", str(tiny_gemma4_moe)])
+    assert checked.exit_code == 0 and "unresolved" in checked.output
+    starter = parse_recipe(text, "new.yaml")
+    with pytest.raises(RecipeError, match=r"new\.yaml:\d+:1: recipe 'my-loop-fix' is unresolved.*fill in `edits:`"):
+        starter.require_resolved()  # a starter never edits anything by accident
+    # filled in: drop the resolution section, uncomment an example edit -> a valid recipe for this model
+    lines = text.splitlines()
+    start = lines.index("resolution:")
+    filled = "\n".join(lines[:start] + lines[start + 4:]).replace("  # - {layer: 0, neuron: 0, op: invert}", "  - {layer: 0, neuron: 0, op: invert}")
+    out2 = tmp_path / "filled.yaml"
+    out2.write_text(filled + "\n")
+    assert runner.invoke(main, ["validate", str(out2), "--model", str(tiny_gemma4_moe)]).exit_code == 0
+    assert parse_recipe(filled, "f.yaml").is_resolved
     again = runner.invoke(main, ["new", "--arch", "llama", "-o", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
     assert out.read_text() == text
@@ -183,3 +199,39 @@ def test_fp8_and_quantized_models_are_refused(tmp_path, dtype, quant, pattern):
     if quant:  # without headers (profile / config only) the config alone is enough to refuse
         with pytest.raises(RecipeError, match=pattern):
             adapter.validate([edit], None)
+
+
+def test_gemma4_geometry_from_config_variants():
+    """E2B-like config (int width, doubled on the KV-shared tail) vs explicit per-layer widths (taken as given)."""
+    e2b = {"model_type": "gemma4_text", "num_hidden_layers": 35, "intermediate_size": 6144,
+           "num_kv_shared_layers": 20, "use_double_wide_mlp": True}
+    adapter = get_adapter(e2b)
+    widths = [adapter.layer_info(i).intermediate_size for i in range(35)]
+    assert widths == [6144] * 15 + [12288] * 20 and not adapter.is_moe
+    listed = get_adapter({**e2b, "intermediate_size": [8] * 30 + [16] * 5})
+    assert [listed.layer_info(i).intermediate_size for i in (0, 29, 30, 34)] == [8, 8, 16, 16]
+    moe = get_adapter({"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
+                       "text_config": {"model_type": "gemma4_text", "num_hidden_layers": 30, "intermediate_size": 2112,
+                                       "enable_moe_block": True, "num_experts": 128, "moe_intermediate_size": 704}})
+    info = moe.layer_info(29)
+    assert (moe.prefix, info.is_moe, info.num_experts, info.expert_intermediate_size) == ("model.language_model", True, 128, 704)
+    (edit,) = _edits("edits: [{layer: 29, expert: 128, op: suppress}]\n")
+    with pytest.raises(RecipeError, match=r"expert 128 is out of range for layer 29: it has 128 experts \(0–127\)"):
+        moe.validate([edit])
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"model_type": "qwen2_moe", "architectures": ["Qwen2MoeForCausalLM"]}, None),
+    ({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}, None),
+    ({"architectures": ["MistralForCausalLM"]}, "llama"),
+    ({"architectures": ["Gemma4ForConditionalGeneration"]}, "gemma4"),
+    ({"model_type": "gemma4_text"}, "gemma4"),
+])
+def test_detection_is_exact(config, expected):
+    from patchkit.adapters import detect_architecture
+
+    if expected is None:
+        with pytest.raises(ModelError, match="unsupported architecture .*supported: gemma4 .*llama"):
+            detect_architecture(config)
+    else:
+        assert detect_architecture(config) == expected

@@ -209,3 +209,13 @@ def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
     diff = json.loads((out / "diff.json").read_text())
     assert [c["tensor"] for c in diff["changed"]] == ["model.layers.28.mlp.down_proj.weight"]
     assert report["timings_s"]["total"] > 0 and "demo-test-invert-one-neuron" in (out / "card.md").read_text()
+
+
+def test_a_recipe_that_does_not_fit_fails_before_generation(tmp_path, tiny_dir):
+    _needs_core()
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(RECIPE.format(layer=7, neuron=3))  # the tiny model has 2 layers
+    events = Recorder()
+    with pytest.raises(Exception, match="layer"):
+        pd.run_demo(model_dir=tiny_dir, recipe=recipe, out=tmp_path / "r", events=events)
+    assert "base-loops" not in events.steps and not (tmp_path / "r").exists()

@@ -257,3 +257,20 @@ def test_real_roundtrip_matches_the_gguf_model(smollm2_dir):
         b = imp.generate(ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(a, b)
     assert "Paris" in tok.decode(b[0, ids.shape[1]:])
+
+
+def test_tensors_sharing_one_buffer_are_saved_separately(tmp_path):
+    import torch
+
+    from safetensors.torch import load_file
+
+    model = _tiny_llama(tie=False)
+    with torch.no_grad():  # make two weights views of one buffer, as a de-quantized fused tensor would be
+        fused = torch.cat([model.lm_head.weight, model.model.embed_tokens.weight])
+        n = model.lm_head.weight.shape[0]
+        model.lm_head.weight = torch.nn.Parameter(fused[:n])
+        model.model.embed_tokens.weight = torch.nn.Parameter(fused[n:])
+    state = pg._unique_state_dict(model, torch.float32)
+    pg.write_safetensors_shards(state, tmp_path)
+    loaded = load_file(str(tmp_path / "model.safetensors"))
+    assert torch.equal(loaded["lm_head.weight"], fused[:n]) and torch.equal(loaded["model.embed_tokens.weight"], fused[n:])

@@ -111,6 +111,13 @@ MALFORMED = {
     "unknown-resolution-key": (HEAD + "resolution: {status: unresolved, todo: x}\n", r"resolution\.todo: unknown key"),
     "publish-private-not-bool": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\npublish: {repo: a/b, private: perhaps}\n",
                                  r"publish\.private"),
+    "alias-bomb": ("patchkit: 1\nname: t\nsource: {kind: manual}\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")),
+                   r":1:1: the recipe expands to more than 100000 values"),
+    "set-as-text": (HEAD + "description: !!set {a, b}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r":4:1: description: must be text, got a set"),
+    "custom-tag": (HEAD + "publish: !foo {repo: a/b}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r":4:1: publish: YAML tag !foo is not allowed"),
+    "two-documents": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\n---\npatchkit: 1\n", r"YAML syntax error: but found another document"),
+    "non-string-key": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\n1: x\n", r"key 1 must be a string"),
     "unknown-gate": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nchecks: {bench: {max_kld: 1}}\n", r"checks\.bench\.max_kld: unknown key"),
 }
 
@@ -154,3 +161,30 @@ def test_validate_json_and_warnings(tmp_path, tiny_llama):
 def test_missing_recipe_file(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "recipe file not found" in result.output
+
+
+@pytest.mark.parametrize("resolution, says", [
+    ("{status: unresolved, method: diff, reference: org/fixed}", "patchkit diff org/base org/fixed --as-recipe -o u.yaml"),
+    ("{status: unresolved, method: locate}", "patchkit locate org/base"),
+    ("{status: unresolved, how_to_resolve: ask the author}", "ask the author"),
+])
+def test_unresolved_recipe_says_what_to_run(resolution, says):
+    recipe = parse_recipe(HEAD + f"model: {{repo: org/base}}\nresolution: {resolution}\n", "u.yaml")
+    with pytest.raises(RecipeError) as info:
+        recipe.require_resolved()
+    assert str(info.value).startswith("u.yaml:5:1: recipe 't' is unresolved") and says in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_round_trip_preserves_the_recipe():
+    from patchkit.recipe import recipe_to_yaml
+
+    text = (HEAD.replace("{kind: manual}", "{kind: locate, reference: run-7, score: 0.93, probes: [a, b]}")
+            + "model: {repo: org/m, revision: '" + "a" * 40 + "', architecture: gemma4}\n"
+            + "edits:\n  - {layer: [1, 2], neuron: [3, 4], op: scale, factor: 0.5, note: why}\n  - {layer: 0, expert: 2, op: suppress}\n"
+            + "checks: {loops: {max_loop_rate: 0.1}}\npublish: {repo: org/m-fix, license: mit}\n")
+    recipe = parse_recipe(text, "a.yaml")
+    again = parse_recipe(recipe_to_yaml(recipe), "b.yaml")
+    assert again.model_dump() == recipe.model_dump()
+    assert again.expanded_edits() == recipe.expanded_edits()
+    assert again.source.model_extra == {"score": 0.93, "probes": ["a", "b"]} and again.model.pinned

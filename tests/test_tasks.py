@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from patchkit.checks.corpus import STDLIB_FILES, load_corpus, prose_chunks, stdlib_chunks
-from patchkit.checks.tasks import TaskItem, is_exact_match, item_prompt, load_tasks, normalize_answer
+from patchkit.checks.tasks import FEW_SHOT, TaskItem, is_exact_match, item_prompt, load_tasks, normalize_answer
 from patchkit.errors import CheckError
 
 
@@ -38,7 +38,8 @@ def test_prompt_contains_passage_for_reading():
     tasks = load_tasks()
     reading = next(it for it in tasks.items if it.kind == "reading")
     prompt = item_prompt(reading)
-    assert prompt.startswith("Passage: ") and prompt.endswith("Answer:") and reading.question in prompt
+    assert prompt.startswith(FEW_SHOT + "Passage: " + reading.passage)
+    assert prompt.endswith(f"Question: {reading.question}\nAnswer:")
 
 
 @pytest.mark.parametrize(

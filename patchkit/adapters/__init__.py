@@ -15,14 +15,17 @@ __all__ = ["ADAPTERS", "Adapter", "LayerInfo", "TensorRole", "TensorTarget", "ge
 
 
 def detect_architecture(config: dict[str, Any]) -> str:
-    """Adapter name for a config.json (model_type, then `architectures`)."""
+    """Adapter name for a config.json: by `model_type` when present, else by the exact `architectures` class name.
+
+    Exact matches only, so look-alike MoE variants (qwen2_moe, mixtral, ...) are refused instead of mis-mapped.
+    """
     model_type = str(config.get("model_type") or "").lower()
-    archs = " ".join(config.get("architectures") or []).lower()
+    archs = [str(a) for a in config.get("architectures") or []]
     for name, cls in ADAPTERS.items():
-        if model_type in cls.model_types or any(t.replace("_", "") in archs for t in cls.model_types):
+        if model_type in cls.model_types if model_type else any(a in cls.class_names for a in archs):
             return name
     supported = ", ".join(f"{n} ({'/'.join(c.model_types)})" for n, c in ADAPTERS.items())
-    shown = model_type or archs or "unknown"
+    shown = model_type or "/".join(archs) or "unknown"
     raise ModelError(f"unsupported architecture {shown!r} in config.json", hint=f"supported: {supported}")
 
 

@@ -43,6 +43,9 @@ class Adapter:
     """Base adapter for gated-MLP decoders stored as `{prefix}.layers.{L}.mlp.{gate,up,down}_proj.weight`."""
 
     architecture = "base"
+    #: config.json `model_type` values and `architectures` class names this adapter handles.
+    model_types: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
     #: Prefixes tried in order; the first one present in the checkpoint wins.
     prefixes: tuple[str, ...] = ("model",)
 

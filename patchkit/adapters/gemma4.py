@@ -20,6 +20,7 @@ class Gemma4Adapter(Adapter):
     architecture = "gemma4"
     prefixes = ("model.language_model", "model")
     model_types = ("gemma4", "gemma4_text")
+    class_names = ("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
@@ -33,10 +34,13 @@ class Gemma4Adapter(Adapter):
     def layer_info(self, layer: int) -> LayerInfo:
         tc = self.text_config
         size = tc["intermediate_size"]
-        size = int(size[layer] if isinstance(size, list) else size)
-        shared = int(tc.get("num_kv_shared_layers") or 0)
-        if tc.get("use_double_wide_mlp") and shared and layer >= self.num_layers - shared:
-            size *= 2
+        if isinstance(size, list):  # explicit per-layer widths (Gemma 3n style) are taken as they are
+            size = int(size[layer])
+        else:  # transformers 5.x Gemma4TextMLP: doubled on the KV-shared ("reuse") layers when use_double_wide_mlp
+            size = int(size)
+            shared = int(tc.get("num_kv_shared_layers") or 0)
+            if tc.get("use_double_wide_mlp") and shared and layer >= self.num_layers - shared:
+                size *= 2
         if tc.get("enable_moe_block"):
             return LayerInfo(size, True, int(tc.get("num_experts") or 0), tc.get("moe_intermediate_size"))
         return LayerInfo(size)

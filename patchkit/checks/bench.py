@@ -72,9 +72,18 @@ class Figure:
         return None if self.p_value is None else self.p_value < alpha
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: _finite(v) for k, v in asdict(self).items()}
         d["significant"] = self.significant()
         return d
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON: report them as null (e.g. an interval over zero texts)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (tuple, list)):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass

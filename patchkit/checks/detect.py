@@ -63,10 +63,11 @@ class Thresholds:
 
 
 STANDARD = Thresholds()
-#: Early stop: a loop this clear never recovers (4+ copies over 200+ chars, or 12+ items in a cycle).
+#: Early stop: a loop this clear never recovers (4+ copies over 200+ chars, or 12+ items in a cycle). Items that
+#: differ only in their numbers are never a reason to stop early: a counting list ("1. 1", "2. 2", ...) may end.
 CERTAIN = Thresholds(min_copies=4.0, min_span_chars=200, long_block_chars=10**9, item_copies=4.0, item_span=12,
                      top_share=10 / 12, top_min=10, few_window=16, few_distinct=2, diverse_window=30,
-                     diverse_max=6, shape_copies=6.0, shape_span=12)
+                     diverse_max=6, shape_copies=float("inf"), shape_span=10**9)  # a counting list may still end
 
 
 @dataclass

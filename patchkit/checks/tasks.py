@@ -127,20 +127,16 @@ def load_tasks(path: str | Path | None = None) -> TaskSet:
     return _parse(data, source)
 
 
-def item_prompt(item: TaskItem) -> str:
-    """Plain completion prompt (no chat template: scores are log-likelihoods of the bare continuation)."""
-    head = f"Passage: {item.passage}\n\n" if item.passage else ""
-    return f"{head}Question: {item.question}\nAnswer:"
-
-
 #: One worked example before the question, so base and instruct models alike answer tersely on one line
 #: (zero-shot, SmolLM2-135M-Instruct mostly answered with an empty line or a sentence).
 FEW_SHOT = "Question: What is the capital of Peru?\nAnswer: Lima\n\n"
 
 
-def generation_prompt(item: TaskItem) -> str:
-    """Prompt for the greedy exact-match answer: the few-shot examples, then the item's own prompt."""
-    return FEW_SHOT + item_prompt(item)
+def item_prompt(item: TaskItem) -> str:
+    """Plain completion prompt (no chat template), the same for option scoring and the greedy answer:
+    one worked example, the passage if any, the question, `Answer:`."""
+    head = f"Passage: {item.passage}\n\n" if item.passage else ""
+    return f"{FEW_SHOT}{head}Question: {item.question}\nAnswer:"
 
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -256,10 +252,47 @@ def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
+def _greedy_from_cache(model: Any, cache: Any, first_logits: Any, mask: Any, max_new_tokens: int,
+                       stop_ids: Sequence[int]) -> list[list[int]]:
+    """Greedy continuation of a left-padded batch whose context is already in `cache` (modified in place)."""
+    import torch
+
+    device = first_logits.device
+    next_tok = first_logits.argmax(-1)
+    rows = next_tok.shape[0]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    cur_mask = mask.to(device)
+    cur_pos = cur_mask.sum(-1)
+    stops = set(int(t) for t in stop_ids)
+    for step in range(max_new_tokens):
+        for r, t in enumerate(next_tok.tolist()):
+            if not done[r]:
+                if t in stops:
+                    done[r] = True
+                else:
+                    out[r].append(t)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        cur_mask = torch.cat([cur_mask, torch.ones((rows, 1), dtype=cur_mask.dtype, device=device)], dim=1)
+        with torch.inference_mode():
+            step_out = model(input_ids=next_tok[:, None], attention_mask=cur_mask, position_ids=cur_pos[:, None],
+                             use_cache=True, **_cache_kwarg(model, cache))
+        cur_pos = cur_pos + 1
+        next_tok = step_out.logits[:, -1].argmax(-1)
+    return out
+
+
 def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
-                   token_budget: int, progress: Callable[[int], None] | None) -> list[np.ndarray]:
+                   token_budget: int, progress: Callable[[int], None] | None, *, generate: int = 0,
+                   stop_ids: Sequence[Sequence[int]] = (),
+                   gen_progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[dict[int, list[int]]]]:
     """Same numbers as `_loglik_batches`, but each item's context runs once: its KV cache is copied to every
-    option (the context is most of the tokens, so this is ~options-times cheaper)."""
+    option (the context is most of the tokens, so this is ~options-times cheaper). With `generate > 0` the
+    same context pass also seeds each model's greedy answer (up to `generate` tokens, stopping at that
+    model's `stop_ids`), returned as {item index: token ids} per model."""
+    import copy
+
     import torch
 
     from patchkit.checks.teacher_forcing import pack_batches
@@ -272,6 +305,7 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
     ctx = {i: requests[items[i][0]][2][: len(requests[items[i][0]][2]) - requests[items[i][0]][3]] for i in item_ids}
     cont = {k: requests[k][2][len(requests[k][2]) - requests[k][3]:] for k in range(len(requests))}
     out = [np.zeros(len(requests)) for _ in models]
+    generated: list[dict[int, list[int]]] = [{} for _ in models]
     for batch_pos in pack_batches([len(ctx[i]) for i in item_ids], token_budget):
         batch = [item_ids[b] for b in batch_pos]
         width = max(len(ctx[i]) for i in batch)
@@ -297,9 +331,16 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
                 first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                               use_cache=True, logits_to_keep=1)
                 first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+                cache = getattr(first, "cache", None) or first.past_key_values
+                if generate > 0:
+                    answers = _greedy_from_cache(model, copy.deepcopy(cache), first.logits[:, -1], mask, generate,
+                                                 stop_ids[m] if m < len(stop_ids) else ())
+                    for row, i in enumerate(batch):
+                        generated[m][i] = answers[row]
+                    if gen_progress is not None:
+                        gen_progress(len(batch))
                 rest_logp = None
                 if tail > 0:
-                    cache = getattr(first, "cache", None) or first.past_key_values
                     cache.reorder_cache(select.to(device))
                     full_mask = torch.cat([mask[select], opt_mask], dim=1)
                     opt_pos = mask[select].sum(-1, keepdim=True) + torch.arange(opt_ids.shape[1])[None, :]
@@ -315,14 +356,14 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
                 out[m][k] = total
         if progress is not None:
             progress(len(rows))
-    return out
+    return out, generated
 
 
 def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_new_tokens: int, batch_size: int,
                     progress: Callable[[int], None] | None) -> list[str]:
     import torch
 
-    prompts = [generation_prompt(item) for item in items]
+    prompts = [item_prompt(item) for item in items]
     answers: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     device = next(model.parameters()).device
@@ -358,12 +399,17 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
     requests = _option_requests(tok, tasks.items)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     cb = (lambda n: progress("qa-loglik", n)) if progress else None
+    gen_cb = (lambda n: progress("qa-generate", n)) if progress else None
     t0 = time.perf_counter()
+    generated: list[dict[int, list[int]]] | None = None
     try:
-        logliks = _loglik_shared([m for m, _ in models], requests, pad_id, token_budget, cb)
+        logliks, generated = _loglik_shared([m for m, _ in models], requests, pad_id, token_budget, cb,
+                                            generate=max_new_tokens if exact_match else 0,
+                                            stop_ids=[_stop_ids(m, t) for m, t in models], gen_progress=gen_cb)
     except (AttributeError, NotImplementedError, TypeError):  # a model/cache without KV reuse: score plainly
         logliks = _loglik_batches([m for m, _ in models], requests, pad_id, token_budget, cb)
-    timings["qa_loglik"] = time.perf_counter() - t0
+        generated = None
+    timings["qa_loglik"] = time.perf_counter() - t0  # includes the greedy answers when they share the pass
     t0 = time.perf_counter()
     results = []
     for (model, tokenizer), ll in zip(models, logliks):
@@ -380,8 +426,10 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
         gens: list[str] = []
         em = None
         if exact_match:
-            gens = _greedy_answers(model, tokenizer, tasks.items, max_new_tokens, batch_size,
-                                   (lambda c: progress("qa-generate", c)) if progress else None)
+            if generated is not None:
+                gens = [tokenizer.decode(generated[len(results)][i], skip_special_tokens=True) for i in range(n)]
+            else:
+                gens = _greedy_answers(model, tokenizer, tasks.items, max_new_tokens, batch_size, gen_cb)
             em = np.array([is_exact_match(g, it) for g, it in zip(gens, tasks.items)], dtype=bool)
         results.append(TaskScores(list(tasks.items), acc, acc_norm, em, gold_lp, gens))
     timings["qa_generate"] = time.perf_counter() - t0

@@ -76,7 +76,12 @@ def quiet_library_progress() -> None:
 def summary_table(result: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title="patchkit demo: SmolLM2-135M-Instruct" + (f" + {Path(result.recipe).name}" if result.recipe else ""))
+    from patchkit.gguf import EMBEDDED_MODEL_NAME
+
+    model = Path(result.model_dir).name
+    model = "SmolLM2-135M-Instruct" if model == EMBEDDED_MODEL_NAME else model
+    table = Table(title=f"patchkit demo: {model}" + (f" + {Path(result.recipe).name}" if result.recipe else "")
+                  + f" ({result.suite} probes)")
     table.add_column("metric")
     table.add_column("base", justify="right")
     if not result.stopped:
@@ -119,6 +124,9 @@ def demo_cmd(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card
     """
     from patchkit.demo import run_demo
 
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the Hub; make sure it never tries
     console = ui_console(as_json)
     quiet_library_progress()
     events = RichEvents(console, show_card=not no_card)

@@ -28,8 +28,9 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     con = ui_console(False)
     target = {"model": f"against {report.model}", "profile": f"against the offline profile of {report.model}",
               "schema-only": "schema only"}[report.against]
-    con.print(f"[green]ok[/green] {recipe}: {report.name} — {report.edits} edit(s), {report.slices} slice(s) "
-              f"in layers {report.layers} ({target})")
+    what = (f"{report.edits} edit(s), {report.slices} slice(s) in layers {report.layers}" if report.resolved
+            else "unresolved, no edits yet")
+    con.print(f"[green]ok[/green] {recipe}: {report.name} — {what} ({target})", highlight=False)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
 
