@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from io import StringIO
@@ -19,6 +20,7 @@ from patchkit.errors import RecipeError
 from patchkit.gates import Checks
 
 SCHEMA_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 NeuronOp = Literal["invert", "scale", "zero"]
 SourceKind = Literal["paper", "diff", "locate", "manual"]
 
@@ -112,7 +114,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patchkit: Literal[1] = Field(1, description="recipe schema version")
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=96, description="slug (letters, digits, . _ -); names the apply output dir")
     description: str | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     source: Source
@@ -120,6 +122,14 @@ class Recipe(BaseModel):
     edits: list[NeuronEdit | ExpertEdit] = Field(default_factory=list)
     checks: Checks | None = None
     publish: Publish | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_slug(cls, value: str) -> str:
+        if not _NAME_RE.match(value) or value in (".", ".."):
+            raise ValueError(f"{value!r} is not a usable name: use letters, digits, '.', '_' and '-' only "
+                             "(it becomes the output directory and repo name)")
+        return value
 
     _path: str | None = PrivateAttr(None)
     _text: str | None = PrivateAttr(None)
@@ -396,6 +406,8 @@ def _validation_error(exc: ValidationError, positions: dict, filename: str, pref
     if kind in ("int_type", "int_parsing", "int_from_float") and loc and loc[-1] in ("layer", "neuron", "expert"):
         return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be an index or a list of indices, got {value!r}",
                            hint=f"e.g. `{loc[-1]}: 3` or `{loc[-1]}: [3, 7]`")
+    if kind == "value_error":  # our own validators: the message already says what is wrong
+        return RecipeError(f"{_where(filename, positions, loc)}: {path}: {msg.removeprefix('Value error, ')}")
     return RecipeError(f"{_where(filename, positions, loc)}: {path}: {msg} (got {value!r})")
 
 

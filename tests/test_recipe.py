@@ -118,6 +118,10 @@ MALFORMED = {
     "custom-tag": (HEAD + "publish: !foo {repo: a/b}\nedits: [{layer: 0, neuron: 1, op: zero}]\n", r":4:1: publish: YAML tag !foo is not allowed"),
     "two-documents": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\n---\npatchkit: 1\n", r"YAML syntax error: but found another document"),
     "non-string-key": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\n1: x\n", r"key 1 must be a string"),
+    "name-escapes-directory": ("patchkit: 1\nname: ../../etc/x\nsource: {kind: manual}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
+                               r":2:1: name: '\.\./\.\./etc/x' is not a usable name: use letters"),
+    "name-with-spaces": ("patchkit: 1\nname: my fix\nsource: {kind: manual}\nedits: [{layer: 0, neuron: 1, op: zero}]\n",
+                         r"name: .*'my fix' is not a usable name"),
     "unknown-gate": (HEAD + "edits: [{layer: 0, neuron: 1, op: zero}]\nchecks: {bench: {max_kld: 1}}\n", r"checks\.bench\.max_kld: unknown key"),
 }
 
