@@ -544,10 +544,10 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(labels))]
         ax1.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=name, color=color)
         texts = [f"{k}/{n}" for k, n in ks] + ["n/a" if m.completeness is None else f"{m.completeness:.2f}"]
-        for x, v, text in zip(xs, vals, texts):
-            ax1.text(x, v + 0.02, text, ha="center", va="bottom", fontsize=7)
+        for x, v, up, text in zip(xs, vals, hi, texts):
+            ax1.text(x, min(v + up, 1.0) + 0.015, text, ha="center", va="bottom", fontsize=7)
     ax1.set_xticks(range(len(labels)), labels)
-    ax1.set_ylim(0, 1.05)
+    ax1.set_ylim(0, 1.1)
     ax1.set_title("loop check (bars: Wilson 95% CI)")
     ax1.legend()
     probes = [r.probe.id for r in base.results if r.probe.kind == "enumeration"]
@@ -557,7 +557,7 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(probes))]
         ax2.bar(xs, [toks.get(p, 0) for p in probes], width, color=color, label=name,
                 hatch=None, edgecolor=["red" if loops.get(p) else color for p in probes], linewidth=1.5)
-    ax2.set_xticks(range(len(probes)), [p.split("#")[0][:14] for p in probes], rotation=60, ha="right", fontsize=7)
+    ax2.set_xticks(range(len(probes)), [p.split("#")[0][:18] for p in probes], rotation=60, ha="right", fontsize=7)
     ax2.set_ylabel("generated tokens (red edge = loop)")
     title = "per enumeration probe"
     kl = _figure(bench_report, "kl.mean")

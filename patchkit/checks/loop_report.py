@@ -132,13 +132,14 @@ def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -
 
     names = [name for name, _ in report.runs()]
     if per_probe:
-        table = Table(title=f"Per probe ({report.suite.name})", show_lines=False)
-        table.add_column("probe")
+        table = Table(title=f"Per probe ({report.suite.name}); compl. = share of true items, ok = controls passed",
+                      show_lines=False)
+        table.add_column("probe", min_width=16, overflow="fold")
         table.add_column("split")
         for name in names:
-            table.add_column(f"{name}: verdict")
-            table.add_column(f"{name}: compl./ok", justify="right")
-            table.add_column(f"{name}: tokens", justify="right")
+            table.add_column(f"{name}", overflow="fold")
+            table.add_column("compl./ok", justify="right")
+            table.add_column("tok", justify="right")
         for row in report.per_probe():
             cells = [row["probe"], row["split"]]
             for name in names:
