@@ -1,99 +1,141 @@
-"""Stage 2: per-layer ablation. Which layers' MLPs (and MoE experts) carry the loop continuation?
+"""Per-layer ablation: how much does removing a layer's MLP (or its MoE experts) lower loop continuation?
 
-Zero- and mean-ablate each layer's MLP output and measure the mean log-prob of the actual token at positions
-inside loops, before loops (novel list items) and in control answers. A loop-selective layer lowers the loop
-log-prob more than it lowers the others.
+Every layer is first estimated with attribution patching (one forward + two backward passes give the
+first-order effect of zero- and mean-ablating every layer at once); the most promising layers are then
+ablated exactly (a forward pass each). A layer ranks high when the loop score drops much more than the
+control score (loop-selective), not when it simply breaks the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from patchkit.locate.scoring import ForcedBatch, delta, logprobs, summarize
-from patchkit.runtime import _layers
+from patchkit.locate.hooks import ModelView
+from patchkit.locate.teacher import ScoreBatch, forward_logits, masked_means, token_logprobs
+
+__all__ = ["LayerScore", "rank_layers"]
 
 
-def _mlp_modules(layer: Any) -> dict[str, Any]:
-    mods = {"mlp": layer.mlp}
-    if getattr(layer, "experts", None) is not None:
-        mods["experts"] = layer.experts
-    return mods
+@dataclass
+class LayerScore:
+    layer: int
+    unit: str                      # "mlp" | "experts"
+    est: dict[str, dict[str, float]] = field(default_factory=dict)    # op -> {loop, novel, control} deltas
+    exact: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def delta(self, op: str) -> dict[str, float]:
+        return self.exact.get(op) or self.est.get(op) or {"loop": 0.0, "novel": 0.0, "control": 0.0}
+
+    def selectivity(self, op: str) -> float:
+        """How much more the ablation lowers loop log-prob than control log-prob (nats; > 0 = loop-selective)."""
+        d = self.delta(op)
+        return d["control"] - d["loop"]
+
+    @property
+    def score(self) -> float:
+        return max(self.selectivity("zero"), self.selectivity("mean"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.layer, "unit": self.unit, "score": self.score, "estimate": self.est, "exact": self.exact}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "LayerScore":
+        return cls(int(d["layer"]), d["unit"], d.get("estimate") or {}, d.get("exact") or {})
+
+
+def _units(view: ModelView, layers: list[int]) -> list[tuple[int, str, Any]]:
+    out = []
+    for layer in layers:
+        out.append((layer, "mlp", view.mlp(layer)))
+        if view.is_moe(layer):
+            out.append((layer, "experts", view.experts(layer)))
+    return out
 
 
 @contextlib.contextmanager
-def _replace_output(module: Any, value: Any) -> Iterator[None]:
-    """Replace a module's output by `value` (a tensor broadcast to its shape), e.g. zeros or the mean output."""
-    def hook(mod, args, output):
-        out = output[0] if isinstance(output, tuple) else output
-        new = value.to(out.dtype).expand_as(out) if value.dim() else out * 0
-        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _mean_outputs(model: Any, fb: ForcedBatch) -> dict[tuple[int, str], Any]:
-    """Mean output vector of every MLP/experts module over the real (unpadded) positions of the batch."""
-    import torch
-
-    means: dict[tuple[int, str], Any] = {}
+def _capture(units: list[tuple[int, str, Any]], store: dict) -> Iterator[None]:
     handles = []
-    weights = fb.mask.unsqueeze(-1).float()
-    for i, layer in enumerate(_layers(model)):
-        for name, mod in _mlp_modules(layer).items():
-            def hook(m, a, out, key=(i, name)):
-                o = out[0] if isinstance(out, tuple) else out
-                if o.dim() == 2:  # MoE experts work on flattened tokens
-                    o = o.view(*fb.mask.shape, -1)
-                means[key] = ((o.float() * weights).sum((0, 1)) / weights.sum()).detach()
-            handles.append(mod.register_forward_hook(hook))
+
+    def make(key: tuple[int, str]) -> Callable:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            out.retain_grad()
+            store[key] = out
+        return hook
+
     try:
-        with torch.inference_mode():
-            model(input_ids=fb.ids, attention_mask=fb.mask, use_cache=False)
+        for layer, unit, module in units:
+            handles.append(module.register_forward_hook(make((layer, unit))))
+        yield
     finally:
         for h in handles:
             h.remove()
-    return means
 
 
-def layer_ablation(model: Any, fb: ForcedBatch, *, layers: list[int] | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """One row per (layer, module, mode) with the change in mean log-prob per position kind, ranked."""
+@contextlib.contextmanager
+def _replace(module: Any, value: Any) -> Iterator[None]:
+    """Replace the module's output by `value` (0 or a [H] mean vector) broadcast over every position."""
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        out = output[0] if isinstance(output, tuple) else output
+        new = out * 0 if value is None else value.to(out.dtype).expand_as(out)
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+    h = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None = None, exact_top: int = 4,
+                progress: Callable[[int, int], None] | None = None) -> list[LayerScore]:
+    """Score every layer (attribution patching), re-measure the top `exact_top` exactly; best first."""
     import torch
 
-    clean = summarize(logprobs(model, fb), fb)
-    means = _mean_outputs(model, fb)
-    rows = []
-    all_layers = _layers(model)
-    for i in layers if layers is not None else range(len(all_layers)):
-        for name, mod in _mlp_modules(all_layers[i]).items():
-            for mode in ("zero", "mean"):
-                value = torch.zeros(()) if mode == "zero" else means[(i, name)]
-                with _replace_output(mod, value):
-                    after = summarize(logprobs(model, fb), fb)
-                row = {"layer": i, "module": name, "mode": mode, **delta(after, clean)}
-                row["selectivity"] = selectivity(row)
-                rows.append(row)
-        if progress:
-            progress(1)
-    rows.sort(key=lambda r: -r["selectivity"])
-    return rows
-
-
-def selectivity(row: dict[str, float]) -> float:
-    """How much more the ablation lowers loop tokens than the worse of novel-item and control tokens."""
-    loop_drop = -row.get("d_logp_loop", 0.0)
-    other_drop = max(-row.get("d_logp_novel", 0.0), -row.get("d_logp_control", 0.0), 0.0)
-    return loop_drop - other_drop
-
-
-def rank_layers(rows: list[dict[str, Any]], top: int) -> list[int]:
-    """The `top` layers with the most loop-selective ablation (either mode)."""
-    best: dict[int, float] = {}
-    for r in rows:
-        best[r["layer"]] = max(best.get(r["layer"], float("-inf")), r["selectivity"])
-    return [layer for layer, _ in sorted(best.items(), key=lambda kv: -kv[1])[:top]]
+    model = view.model
+    layers = list(range(view.num_layers)) if layers is None else layers
+    units = _units(view, layers)
+    store: dict[tuple[int, str], Any] = {}
+    valid = batch.attn[:, 1:].bool()
+    with torch.enable_grad(), _capture(units, store):
+        logits = forward_logits(model, batch)
+        lp = token_logprobs(logits, batch)
+        means = masked_means(lp, batch)
+        grads: dict[str, dict] = {}
+        for name in ("loop", "novel", "control"):
+            for t in store.values():
+                t.grad = None
+            means[name].sum().backward(retain_graph=name != "control")
+            grads[name] = {k: (t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)) for k, t in store.items()}
+    clean = {k: float(v) for k, v in means.items()}
+    scores: dict[tuple[int, str], LayerScore] = {}
+    mean_vec: dict[tuple[int, str], Any] = {}
+    pos = batch.attn.bool()
+    for key, out in store.items():
+        out = out.detach()
+        mu = out[pos].mean(dim=0)
+        mean_vec[key] = mu
+        s = LayerScore(key[0], key[1])
+        for op, delta_act in (("zero", -out), ("mean", mu - out)):
+            s.est[op] = {name: float((grads[name][key] * delta_act).sum()) for name in grads}
+        scores[key] = s
+    del store, grads, logits, lp
+    ranked = sorted(scores.values(), key=lambda s: -s.score)
+    top = ranked[:max(0, exact_top)]
+    total = 2 * len(top)
+    done = 0
+    module_of = {(l, u): m for l, u, m in units}
+    with torch.inference_mode():
+        for s in top:
+            key = (s.layer, s.unit)
+            for op, value in (("zero", None), ("mean", mean_vec[key])):
+                with _replace(module_of[key], value):
+                    m = masked_means(token_logprobs(forward_logits(model, batch), batch), batch)
+                s.exact[op] = {k: float(v) - clean[k] for k, v in m.items()}
+                done += 1
+                if progress:
+                    progress(done, total)
+    _ = valid
+    return sorted(scores.values(), key=lambda s: -s.score)

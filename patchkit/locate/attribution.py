@@ -1,90 +1,227 @@
-"""Stage 3: per-neuron attribution in the top layers, then the exact effect of the strongest candidates.
+"""Per-neuron (and per-expert) attribution in the top layers, then an exact screen of the best candidates.
 
-Attribution = activation x gradient of the mean loop-token log-prob at the down_proj input: the first-order
-change in that score if the neuron were zeroed is -a*g. It is contrasted with the same on control answers and
-novel list items, and normalised per layer by the spread of scores, because a few massive-activation neurons
-otherwise dominate raw a*g. Candidates are then measured exactly (runtime hooks, teacher-forced): change in
-log-prob per position kind, KL on control answers, and how often the greedy token flips inside loops (a greedy
-loop can only break where the argmax flips).
+Attribution: activation x gradient at the input of `down_proj` (the neuron's output coefficient), summed over
+positions, for the loop score and for the control score. Raw act x grad is dominated by massive-activation
+neurons (a few neurons with ~100x the layer's typical activation move *every* token, loop or not), so neurons
+are ranked by loop-selectivity: loop attribution minus the magnitude of control attribution, each divided by
+the layer's typical attribution scale; massive-activation neurons are flagged and only a few of them are kept.
+MoE experts are attributed through their routing weights (weight x gradient).
+
+Screen: the exact effect of each candidate edit on the teacher-forced batch, many candidates per forward
+pass (one candidate per group of rows): loop/control log-prob change, the share of positions whose greedy
+argmax flips (a greedy loop can only break where the argmax changes), and KL on control positions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
-from patchkit.locate.scoring import ForcedBatch, delta, logprobs, summarize, token_logprob
-from patchkit.recipe import ResolvedEdit
-from patchkit.runtime import _layers, runtime_edits
+from patchkit.locate.candidates import Candidate, Edit
+from patchkit.locate.hooks import ModelView, row_edits
+from patchkit.locate.teacher import ScoreBatch, forward_logits, masked_means, token_logprobs
+
+__all__ = ["UnitAttribution", "attribute", "screen", "ScreenResult", "MASSIVE_FACTOR"]
+
+#: A neuron whose mean |activation| exceeds this multiple of its layer's median is a massive-activation outlier.
+MASSIVE_FACTOR = 20.0
 
 
-def neuron_attribution(model: Any, fb: ForcedBatch, layers: list[int]) -> dict[int, dict[str, Any]]:
-    """Per layer: act*grad sums for loop, novel and control scores (tensors of width = MLP neurons)."""
-    import torch
+@dataclass
+class UnitAttribution:
+    layer: int
+    kind: str            # "neuron" | "expert"
+    index: int
+    loop: float          # sum act x grad of the loop score (first-order effect of zeroing = -loop)
+    control: float
+    novel: float
+    mean_abs_act: float
+    massive: bool
+    selectivity: float   # normalised ranking score
 
-    acts: dict[int, Any] = {}
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "UnitAttribution":
+        return cls(**d)
+
+
+@contextlib.contextmanager
+def _grab(view: ModelView, layers: Sequence[int], acts: dict) -> Iterator[None]:
     handles = []
-    all_layers = _layers(model)
-    for i in layers:
-        def pre(mod, args, i=i):
-            a = args[0]
-            a.retain_grad()
-            acts[i] = a
-        handles.append(all_layers[i].mlp.down_proj.register_forward_pre_hook(pre))
-    out: dict[int, dict[str, Any]] = {i: {} for i in layers}
     try:
-        for kind in ("loop", "novel", "control"):
-            if not fb.n(kind):
-                continue
-            model.zero_grad(set_to_none=True)
-            lp = logprobs(model, fb, grad=True)
-            score = token_logprob(lp, fb, kind).mean()
-            score.backward()
-            for i in layers:
-                a = acts[i]
-                out[i][kind] = (a * a.grad).detach().float().sum((0, 1))
-                out[i].setdefault("act_rms", a.detach().float().pow(2).mean((0, 1)).sqrt())
+        for layer in layers:
+            def pre(module: Any, args: Any, layer: int = layer) -> Any:
+                x = args[0]
+                if not x.requires_grad:
+                    x = x.detach().requires_grad_(True)
+                x.retain_grad()
+                acts[("neuron", layer)] = x
+                return (x,) + tuple(args[1:])
+
+            handles.append(view.down_proj(layer).register_forward_pre_hook(pre))
+            if view.is_moe(layer):
+                def route(module: Any, args: Any, output: Any, layer: int = layer) -> Any:
+                    probs, weights, index = output
+                    weights.retain_grad()
+                    acts[("expert", layer)] = (weights, index)
+                    return output
+
+                handles.append(view.router(layer).register_forward_hook(route))
+        yield
     finally:
         for h in handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
+
+
+def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, massive_factor: float = MASSIVE_FACTOR,
+              ) -> list[UnitAttribution]:
+    """Attribution of every neuron (and expert) of `layers`; best loop-selective first."""
+    import torch
+
+    acts: dict = {}
+    grads: dict[str, dict] = {}
+    with torch.enable_grad(), _grab(view, layers, acts):
+        means = masked_means(token_logprobs(forward_logits(view.model, batch), batch), batch)
+        for name in ("loop", "novel", "control"):
+            for v in acts.values():
+                t = v[0] if isinstance(v, tuple) else v
+                t.grad = None
+            means[name].sum().backward(retain_graph=name != "control")
+            grads[name] = {}
+            for key, v in acts.items():
+                t = v[0] if isinstance(v, tuple) else v
+                grads[name][key] = t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)
+    pos = batch.attn.bool()
+    out: list[UnitAttribution] = []
+    for key, v in acts.items():
+        kind, layer = key
+        if kind == "neuron":
+            a = v.detach()
+            per = {name: (a * grads[name][key])[pos].sum(dim=0) for name in grads}
+            mean_abs = a[pos].abs().mean(dim=0)
+            n_units = a.shape[-1]
+        else:
+            weights, index = v
+            n_units = view.num_experts(layer)
+            w = weights.detach()
+            per = {}
+            for name in grads:
+                contrib = (w * grads[name][key]).float()
+                per[name] = torch.zeros(n_units).index_add_(0, index.reshape(-1).cpu(), contrib.reshape(-1).cpu())
+            mean_abs = torch.zeros(n_units).index_add_(0, index.reshape(-1).cpu(), w.reshape(-1).abs().float().cpu())
+            mean_abs = mean_abs / max(1, w.shape[0])
+        med = float(mean_abs.median()) or 1e-9
+        massive = mean_abs > massive_factor * med
+        loop, ctrl, novel = per["loop"].cpu(), per["control"].cpu(), per["novel"].cpu()
+        scale_l = float(loop.abs().median()) or 1e-9
+        scale_c = float(ctrl.abs().median()) or 1e-9
+        sel = loop / scale_l - ctrl.abs() / scale_c
+        for j in range(n_units):
+            out.append(UnitAttribution(layer, kind, j, float(loop[j]), float(ctrl[j]), float(novel[j]),
+                                       float(mean_abs[j]), bool(massive[j]), float(sel[j])))
+    out.sort(key=lambda u: -u.selectivity)
     return out
 
 
-def rank_neurons(attr: dict[int, dict[str, Any]], top: int) -> list[dict[str, Any]]:
-    """Candidates whose zeroing would lower loop tokens most relative to novel/control tokens (normalised)."""
+def pick_candidates(units: Sequence[UnitAttribution], *, top: int, max_massive: int = 2) -> list[UnitAttribution]:
+    """The `top` most loop-selective units, with at most `max_massive` massive-activation outliers among them,
+    plus the units with the largest raw loop attribution (so an effective outlier is still tried)."""
+    chosen: list[UnitAttribution] = []
+    massive = 0
+    for u in units:
+        if len(chosen) >= top:
+            break
+        if u.massive:
+            if massive >= max_massive:
+                continue
+            massive += 1
+        chosen.append(u)
+    by_raw = sorted(units, key=lambda u: -u.loop)[:max(1, top // 10)]
+    for u in by_raw:
+        if u not in chosen:
+            chosen.append(u)
+    return chosen
+
+
+@dataclass
+class ScreenResult:
+    candidate: Candidate
+    d_loop: float
+    d_novel: float
+    d_control: float
+    flips_loop: float      # share of loop positions whose argmax changes
+    flips_control: float
+    kl_control: float      # mean KL(base || edited) over control positions
+
+    @property
+    def score(self) -> float:
+        """Greedy loops break where the argmax flips: reward loop flips, penalise control flips and KL."""
+        return (self.flips_loop - self.flips_control) + 0.1 * (self.d_control - self.d_loop) - self.kl_control
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidate": self.candidate.to_json(), "d_loop": self.d_loop, "d_novel": self.d_novel,
+                "d_control": self.d_control, "flips_loop": self.flips_loop, "flips_control": self.flips_control,
+                "kl_control": self.kl_control, "score": self.score}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ScreenResult":
+        return cls(Candidate.from_json(d["candidate"]), d["d_loop"], d["d_novel"], d["d_control"], d["flips_loop"],
+                   d["flips_control"], d["kl_control"])
+
+
+def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], *, group: int = 4,
+           progress: Callable[[int, int], None] | None = None, deadline: float | None = None) -> list[ScreenResult]:
+    """Exact teacher-forced effect of each candidate; `group` candidates share one forward pass."""
+    import time
+
     import torch
 
-    cands = []
-    for layer, parts in attr.items():
-        loop = parts.get("loop")
-        if loop is None:
-            continue
-        other = torch.maximum(parts.get("novel", torch.zeros_like(loop)), parts.get("control", torch.zeros_like(loop)))
-        raw = loop - other.clamp(min=0)
-        scale = raw.std() + 1e-12
-        z = raw / scale
-        for n in torch.topk(z, min(top, z.numel())).indices.tolist():
-            cands.append({"layer": layer, "neuron": n, "score": float(z[n]), "a_loop": float(loop[n]),
-                          "a_other": float(other[n]), "act_rms": float(parts["act_rms"][n])})
-    cands.sort(key=lambda c: -c["score"])
-    return cands[:top]
-
-
-def exact_effects(model: Any, fb: ForcedBatch, candidates: list[dict[str, Any]], ops: list[tuple[str, float]],
-                  *, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Measure each (candidate, op) with hooks: d log-prob per kind, KL on controls, argmax flips in loops."""
-    base_lp = logprobs(model, fb)
-    base = summarize(base_lp, fb)
-    rows = []
-    for c in candidates:
-        for op, factor in ops:
-            edit = ResolvedEdit(c["layer"], "neuron", c["neuron"], op, factor, "down_proj")
-            with runtime_edits(model, [edit]):
-                after = summarize(logprobs(model, fb), fb, reference=base_lp)
-            row = {**c, "op": op, "factor": factor, **delta(after, base),
-                   **{k: v for k, v in after.items() if k.startswith(("kl_", "flips_"))}}
-            rows.append(row)
+    model = view.model
+    results: list[ScreenResult] = []
+    with torch.inference_mode():
+        base_logits = forward_logits(model, batch)
+        base_lp = base_logits.log_softmax(-1)
+        base_arg = base_logits.argmax(-1)
+        base_means = masked_means(token_logprobs(base_logits, batch), batch)
+        for start in range(0, len(candidates), group):
+            if deadline is not None and time.monotonic() > deadline and results:
+                break
+            chunk = list(candidates[start:start + group])
+            k = len(chunk)
+            tiled = batch.repeat(k)
+            with row_edits(view, [c for c in chunk for _ in range(batch.size)]):
+                logits = forward_logits(model, tiled)
+            lp = logits.log_softmax(-1)
+            means = masked_means(lp.gather(-1, tiled.targets.unsqueeze(-1)).squeeze(-1), tiled, groups=k)
+            flips = (logits.argmax(-1) != base_arg.repeat(k, 1))
+            kl = (base_lp.exp().repeat(k, 1, 1) * (base_lp.repeat(k, 1, 1) - lp)).sum(-1)
+            for g, cand in enumerate(chunk):
+                rows = slice(g * batch.size, (g + 1) * batch.size)
+                fl = flips[rows]
+                n_loop = max(1, int(batch.loop.sum()))
+                n_ctrl = max(1, int(batch.control.sum()))
+                results.append(ScreenResult(
+                    cand,
+                    float(means["loop"][g] - base_means["loop"][0]),
+                    float(means["novel"][g] - base_means["novel"][0]),
+                    float(means["control"][g] - base_means["control"][0]),
+                    float((fl & batch.loop).sum()) / n_loop,
+                    float((fl & batch.control).sum()) / n_ctrl,
+                    float((kl[rows] * batch.control).sum()) / n_ctrl))
             if progress:
-                progress(1)
-    rows.sort(key=lambda r: -(r.get("flips_loop", 0.0) - r.get("flips_control", 0.0)))
-    return rows
+                progress(len(results), len(candidates))
+    return results
+
+
+def single_edits(units: Sequence[UnitAttribution], factors: Sequence[float]) -> list[Candidate]:
+    """Every op for every unit: neurons get each factor, experts get suppression."""
+    out = []
+    for u in units:
+        if u.kind == "expert":
+            out.append(Candidate((Edit(u.layer, "expert", u.index, 0.0),)))
+        else:
+            out.extend(Candidate((Edit(u.layer, "neuron", u.index, f),)) for f in factors)
+    return out
