@@ -26,9 +26,9 @@ from patchkit.errors import PatchkitError
 DEFAULT_RECIPE = "smollm2-135m.yaml"
 DEFAULT_SUITE = "smoke"
 FULL_SUITE = "enumeration"
-DEFAULT_MAX_NEW_TOKENS = 256
-#: Items per bench source in the default (non --full) run: the whole bench takes ~4-6 min on 2 cores.
-DEFAULT_BENCH_LIMIT = 10
+DEFAULT_MAX_NEW_TOKENS = 400
+#: Items per bench source (None = the whole bench: ~2 min on 2 idle cores for SmolLM2).
+DEFAULT_BENCH_LIMIT: int | None = None
 DEFAULT_BENCH_TASKS = "kl,ppl,qa"
 DEFAULT_REPO = "your-hf-name/SmolLM2-135M-Instruct-patchkit-demo"
 REPORT_FILES = ("report.json", "loops.json", "transcripts/base.md", "before-after.png")
@@ -191,7 +191,7 @@ def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        bench_limit = limit if limit is not None else (None if full else DEFAULT_BENCH_LIMIT)
+        bench_limit = limit if limit is not None else DEFAULT_BENCH_LIMIT
         bench = {"tasks": bench_tasks, "limit": bench_limit, **(bench_options or {})}
         result = _run(tmp, final, suite_name, tokens, limit, bench, recipe, keep_model, repo_id, model_dir, events,
                       messages, timings)

@@ -100,7 +100,7 @@ def summary_table(result: Any) -> Any:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (default: patchkit-demo/run-<timestamp>).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Token budget per generation (default: 256).")
+              help="Token budget per generation (default: 400).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most N probes per kind (enumeration / control) and N items per bench source.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
@@ -122,11 +122,22 @@ def demo_cmd(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card
       patchkit demo
       patchkit demo --recipe my-edit.yaml --limit 4 --max-new-tokens 128
     """
-    from patchkit.demo import run_demo
-
     import os
+    import signal
+    import sys
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the Hub; make sure it never tries
+    # SIGTERM -> SystemExit, so run_demo's cleanup removes the half-built report directory
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card, as_json)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card, as_json) -> None:
+    from patchkit.demo import run_demo
+
     console = ui_console(as_json)
     quiet_library_progress()
     events = RichEvents(console, show_card=not no_card)

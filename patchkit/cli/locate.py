@@ -1,8 +1,8 @@
-"""`patchkit locate`: find loop-driving neurons in a model and write a recipe."""
+"""`patchkit locate`: find loop-driving neurons / experts in a model and write a recipe (thin shell over
+`patchkit.locate.run_locate`)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
@@ -10,61 +10,89 @@ import click
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
 
 
-def _ops(text: str) -> list[tuple[str, float]]:
-    out = []
+def _layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out: list[int] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
-        if part == "invert":
-            out.append(("invert", -1.0))
-        elif part == "zero":
-            out.append(("zero", 0.0))
-        elif part.startswith("scale:"):
-            out.append(("scale", float(part.split(":", 1)[1])))
-        else:
-            raise click.BadParameter(f"{part!r}: use invert, zero or scale:F", param_hint="--ops")
+        lo, _, hi = part.partition("-")
+        try:
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not a layer number or range like 20-25", param_hint="--layers") from None
     return out
+
+
+def _rate(d: dict) -> str:
+    return f"{d['k']}/{d['n']} (95% CI {d['ci95'][0]:.2f}-{d['ci95'][1]:.2f})"
 
 
 @click.command("locate")
 @click.argument("model")
-@click.option("--suite", default="enumeration", show_default=True, help="Probe suite (train split chooses, held-out judges).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"), show_default=True)
-@click.option("--resume", "workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Work directory: stage results are cached here and reused on a re-run.")
-@click.option("--budget-minutes", type=float, default=None, help="Stop starting new sweep runs after this long.")
-@click.option("--layers", default=None, help="Comma-separated layers to search (default: ranked by ablation).")
-@click.option("--max-edits", type=int, default=1, show_default=True, help="Also try combining the best singles.")
-@click.option("--ops", "ops", default="zero,invert", show_default=True, help="Ops to try: invert, zero, scale:F.")
-@click.option("--limit", type=int, default=None, help="Probes per kind and split (quick runs).")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
-@click.option("--top-layers", type=int, default=3, show_default=True)
-@click.option("--candidates", type=int, default=24, show_default=True, help="Neurons measured exactly after attribution.")
-@click.option("--sweep", "sweep_top", type=int, default=6, show_default=True, help="Candidates confirmed by full generation.")
+@click.option("--suite", default="enumeration", show_default=True,
+              help="Probe suite: its train split chooses the edit, its held-out split judges it.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"),
+              show_default=True, help="Recipe to write (the report goes next to it, in <name>.locate/).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write locate-report.json, layers.png and sweep.png.")
+@click.option("--budget-minutes", type=float, default=15.0, show_default=True,
+              help="Time budget; the screen and the sweep stop starting new work when their share is used.")
+@click.option("--layers", default=None, help="Layers to search neuron by neuron, e.g. 20,22 or 20-25 (default: the top-ranked).")
+@click.option("--max-edits", type=int, default=2, show_default=True, help="Largest combination of edits tried.")
+@click.option("--ops", default="invert,zero,scale:0.5", show_default=True,
+              help="Neuron ops to try (invert, zero, scale:F); MoE experts are always tried with suppress.")
+@click.option("--backend", type=click.Choice(["transformers"]), default="transformers", show_default=True,
+              help="Locate needs gradients and hooks, so it runs the model in-process.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Stage cache directory: finished stages are stored here and reused on a re-run.")
+@click.option("--limit", type=int, default=None, help="Train probes per kind (quick runs).")
+@click.option("--heldout-limit", type=int, default=None, help="Held-out probes per kind.")
+@click.option("--max-new-tokens", type=int, default=400, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (cuda when available).")
 @click.option("--dtype", default="float32", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
 @json_option
 @handle_errors
-def locate_cmd(model, suite, output, workdir, budget_minutes, layers, max_edits, ops, limit, max_new_tokens,
-               top_layers, candidates, sweep_top, dtype, device, as_json):
-    """Localise loop-driving MLP neurons in MODEL (ablation -> attribution -> sweeps) and write a recipe."""
-    from patchkit.locate import LocateSettings, run_locate
+def locate_cmd(model, suite, output, report_dir, budget_minutes, layers, max_edits, ops, backend, resume, limit,
+               heldout_limit, max_new_tokens, device, dtype, as_json):
+    """Find the MLP neurons / MoE experts of MODEL that drive repetition loops and write a recipe."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from patchkit.locate import LocateSettings, parse_ops, run_locate
 
     con = ui_console(as_json)
-    settings = LocateSettings(suite=suite, limit=limit, max_new_tokens=max_new_tokens, top_layers=top_layers,
-                              attribution_top=candidates, sweep_top=sweep_top, ops=_ops(ops), max_edits=max_edits,
-                              layers=[int(x) for x in layers.split(",")] if layers else None,
-                              budget_minutes=budget_minutes)
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="patchkit-locate-"))
-    result = run_locate(model, out=output, workdir=workdir, settings=settings, dtype=dtype, device=device,
-                        log=lambda msg: con.print(f"[dim]{msg}[/dim]"))
+    settings = LocateSettings(suite=suite, budget_minutes=budget_minutes, layers=_layers(layers), max_edits=max_edits,
+                              ops=tuple(parse_ops(ops)), max_new_tokens=max_new_tokens, train_limit=limit,
+                              heldout_limit=heldout_limit, backend=backend, dtype=dtype, device=device)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=con, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = run_locate(model, out=output, settings=settings, report_dir=report_dir, resume=resume,
+                            progress=progress, log=lambda msg: con.print(f"[dim]{msg}[/dim]"))
     if as_json:
         emit_json(result.to_json())
         return
-    con.print(f"chosen: [bold]{result.chosen['label']}[/bold] (train score {result.chosen['score']:.3f})")
-    for side in ("base", "patched"):
-        m = result.heldout.get(side, {})
-        if m:
-            lr = m["loop_rate"]
-            con.print(f"held-out {side}: loops {lr['k']}/{lr['n']} (95% CI {lr['ci'][0]:.2f}–{lr['ci'][1]:.2f}), "
-                      f"good lists {m['good_list_rate']['k']}/{m['good_list_rate']['n']}, "
-                      f"controls {m['control_accuracy']['k']}/{m['control_accuracy']['n']}")
-    con.print(f"wrote {result.recipe_path}; report in {result.report_dir}")
+    base = result.report["base_train"]
+    con.print(f"train: base loops {base['loops']}/{base['n']}, good lists {base['good_lists']}/{base['n']}, "
+              f"controls {base['control_correct']}/{base['n_controls']}")
+    if result.heldout:
+        from patchkit.locate.report import rate
+
+        for side in ("base", "edited"):
+            m = result.heldout[side]
+            con.print(f"held-out {side}: loops {_rate(rate(m['loops'], m['n']))}, good lists "
+                      f"{_rate(rate(m['good_lists'], m['n']))}, controls "
+                      f"{_rate(rate(m['control_correct'], m['n_controls']))}")
+        con.print(f"KL on prose: {result.heldout['kl_prose']:.4f} nats/token")
+    if result.found:
+        con.print(f"[green]found[/green] {result.winner['candidate']['label']}; wrote {result.recipe_path}")
+    else:
+        con.print(f"[yellow]no confirmed edit[/yellow]: {result.report.get('reason') or 'held-out did not confirm'}; "
+                  f"wrote an unresolved recipe to {result.recipe_path}")
+    con.print(f"report: {result.report_dir} ({result.seconds:.0f} s)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from patchkit.locate.hooks import ModelView
-from patchkit.locate.teacher import ScoreBatch, forward_logits, masked_means, token_logprobs
+from patchkit.locate.teacher import GROUPS, ScoreBatch, score
 
 __all__ = ["LayerScore", "rank_layers"]
 
@@ -22,8 +22,8 @@ __all__ = ["LayerScore", "rank_layers"]
 class LayerScore:
     layer: int
     unit: str                      # "mlp" | "experts"
-    est: dict[str, dict[str, float]] = field(default_factory=dict)    # op -> {loop, novel, control} deltas
-    exact: dict[str, dict[str, float]] = field(default_factory=dict)
+    est: dict[str, dict[str, float]] = field(default_factory=dict)    # op -> first-order {loop, novel, control} log-odds deltas
+    exact: dict[str, dict[str, float]] = field(default_factory=dict)  # op -> measured log-prob deltas
 
     def delta(self, op: str) -> dict[str, float]:
         return self.exact.get(op) or self.est.get(op) or {"loop": 0.0, "novel": 0.0, "control": 0.0}
@@ -98,18 +98,16 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
     layers = list(range(view.num_layers)) if layers is None else layers
     units = _units(view, layers)
     store: dict[tuple[int, str], Any] = {}
-    valid = batch.attn[:, 1:].bool()
     with torch.enable_grad(), _capture(units, store):
-        logits = forward_logits(model, batch)
-        lp = token_logprobs(logits, batch)
-        means = masked_means(lp, batch)
+        scored = score(model, batch)
+        means, odds = scored["mean"], scored["odds"]
         grads: dict[str, dict] = {}
-        for name in ("loop", "novel", "control"):
+        for name in GROUPS:
             for t in store.values():
                 t.grad = None
-            means[name].sum().backward(retain_graph=name != "control")
+            odds[name].sum().backward(retain_graph=name != "control")
             grads[name] = {k: (t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)) for k, t in store.items()}
-    clean = {k: float(v) for k, v in means.items()}
+    clean = {k: float(v.detach()) for k, v in means.items()}
     scores: dict[tuple[int, str], LayerScore] = {}
     mean_vec: dict[tuple[int, str], Any] = {}
     pos = batch.attn.bool()
@@ -121,7 +119,7 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
         for op, delta_act in (("zero", -out), ("mean", mu - out)):
             s.est[op] = {name: float((grads[name][key] * delta_act).sum()) for name in grads}
         scores[key] = s
-    del store, grads, logits, lp
+    del store, grads
     ranked = sorted(scores.values(), key=lambda s: -s.score)
     top = ranked[:max(0, exact_top)]
     total = 2 * len(top)
@@ -132,10 +130,9 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
             key = (s.layer, s.unit)
             for op, value in (("zero", None), ("mean", mean_vec[key])):
                 with _replace(module_of[key], value):
-                    m = masked_means(token_logprobs(forward_logits(model, batch), batch), batch)
+                    m = score(model, batch)["mean"]
                 s.exact[op] = {k: float(v) - clean[k] for k, v in m.items()}
                 done += 1
                 if progress:
                     progress(done, total)
-    _ = valid
     return sorted(scores.values(), key=lambda s: -s.score)

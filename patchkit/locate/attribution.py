@@ -1,10 +1,11 @@
 """Per-neuron (and per-expert) attribution in the top layers, then an exact screen of the best candidates.
 
 Attribution: activation x gradient at the input of `down_proj` (the neuron's output coefficient), summed over
-positions, for the loop score and for the control score. Raw act x grad is dominated by massive-activation
-neurons (a few neurons with ~100x the layer's typical activation move *every* token, loop or not), so neurons
-are ranked by loop-selectivity: loop attribution minus the magnitude of control attribution, each divided by
-the layer's typical attribution scale; massive-activation neurons are flagged and only a few of them are kept.
+positions, of the mean log-odds of the generated token at loop positions and at control positions (log-odds,
+not log-prob: inside a loop p ~ 1 and log-prob gradients vanish). Raw act x grad is dominated by
+massive-activation neurons (a few neurons with ~100x the layer's typical activation move *every* token, loop or
+not), so units are ranked by loop-selectivity, loop attribution minus the magnitude of control attribution;
+massive-activation neurons are flagged and at most two of them are kept among the screened candidates.
 MoE experts are attributed through their routing weights (weight x gradient).
 
 Screen: the exact effect of each candidate edit on the teacher-forced batch, many candidates per forward
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from patchkit.locate.candidates import Candidate, Edit
 from patchkit.locate.hooks import ModelView, row_edits
-from patchkit.locate.teacher import ScoreBatch, forward_logits, masked_means, token_logprobs
+from patchkit.locate.teacher import GROUPS, ScoreBatch, score
 
 __all__ = ["UnitAttribution", "attribute", "screen", "ScreenResult", "MASSIVE_FACTOR"]
 
@@ -84,8 +85,8 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
     acts: dict = {}
     grads: dict[str, dict] = {}
     with torch.enable_grad(), _grab(view, layers, acts):
-        means = masked_means(token_logprobs(forward_logits(view.model, batch), batch), batch)
-        for name in ("loop", "novel", "control"):
+        means = score(view.model, batch)["odds"]
+        for name in GROUPS:
             for v in acts.values():
                 t = v[0] if isinstance(v, tuple) else v
                 t.grad = None
@@ -116,9 +117,9 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
         med = float(mean_abs.median()) or 1e-9
         massive = mean_abs > massive_factor * med
         loop, ctrl, novel = per["loop"].cpu(), per["control"].cpu(), per["novel"].cpu()
-        scale_l = float(loop.abs().median()) or 1e-9
-        scale_c = float(ctrl.abs().median()) or 1e-9
-        sel = loop / scale_l - ctrl.abs() / scale_c
+        # same units (mean log-odds) for both scores: a unit that moves control text as much as loops (a
+        # massive-activation outlier, a generic confidence neuron) scores <= 0 however large it is
+        sel = loop - ctrl.abs()
         for j in range(n_units):
             out.append(UnitAttribution(layer, kind, j, float(loop[j]), float(ctrl[j]), float(novel[j]),
                                        float(mean_abs[j]), bool(massive[j]), float(sel[j])))
@@ -172,7 +173,7 @@ class ScreenResult:
                    d["flips_control"], d["kl_control"])
 
 
-def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], *, group: int = 4,
+def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], *, group: int | None = None,
            progress: Callable[[int, int], None] | None = None, deadline: float | None = None) -> list[ScreenResult]:
     """Exact teacher-forced effect of each candidate; `group` candidates share one forward pass."""
     import time
@@ -181,36 +182,36 @@ def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], 
 
     model = view.model
     results: list[ScreenResult] = []
+    ctrl = (batch.group == 2).nonzero().squeeze(-1)
+    is_loop = batch.group == 0
+    n_loop = max(1, int(is_loop.sum()))
+    n_ctrl = max(1, int(ctrl.numel()))
     with torch.inference_mode():
-        base_logits = forward_logits(model, batch)
-        base_lp = base_logits.log_softmax(-1)
-        base_arg = base_logits.argmax(-1)
-        base_means = masked_means(token_logprobs(base_logits, batch), batch)
+        base = score(model, batch, want=("argmax", "logprobs"))
+        base_ctrl = base["logprobs"][0, ctrl]          # [C, V]
+        vocab = base_ctrl.shape[-1]
+        if group is None:
+            group = max(1, min(8, int(3e8 // max(1, batch.n * vocab * 4))))
         for start in range(0, len(candidates), group):
             if deadline is not None and time.monotonic() > deadline and results:
                 break
             chunk = list(candidates[start:start + group])
             k = len(chunk)
-            tiled = batch.repeat(k)
             with row_edits(view, [c for c in chunk for _ in range(batch.size)]):
-                logits = forward_logits(model, tiled)
-            lp = logits.log_softmax(-1)
-            means = masked_means(lp.gather(-1, tiled.targets.unsqueeze(-1)).squeeze(-1), tiled, groups=k)
-            flips = (logits.argmax(-1) != base_arg.repeat(k, 1))
-            kl = (base_lp.exp().repeat(k, 1, 1) * (base_lp.repeat(k, 1, 1) - lp)).sum(-1)
+                got = score(model, batch, k=k, want=("argmax", "logprobs"))
             for g, cand in enumerate(chunk):
-                rows = slice(g * batch.size, (g + 1) * batch.size)
-                fl = flips[rows]
-                n_loop = max(1, int(batch.loop.sum()))
-                n_ctrl = max(1, int(batch.control.sum()))
+                flips = got["argmax"][g] != base["argmax"][0]
+                lp_c = got["logprobs"][g, ctrl]
+                kl = float((base_ctrl.exp() * (base_ctrl - lp_c)).sum(-1).mean()) if ctrl.numel() else 0.0
                 results.append(ScreenResult(
                     cand,
-                    float(means["loop"][g] - base_means["loop"][0]),
-                    float(means["novel"][g] - base_means["novel"][0]),
-                    float(means["control"][g] - base_means["control"][0]),
-                    float((fl & batch.loop).sum()) / n_loop,
-                    float((fl & batch.control).sum()) / n_ctrl,
-                    float((kl[rows] * batch.control).sum()) / n_ctrl))
+                    float(got["mean"]["loop"][g] - base["mean"]["loop"][0]),
+                    float(got["mean"]["novel"][g] - base["mean"]["novel"][0]),
+                    float(got["mean"]["control"][g] - base["mean"]["control"][0]),
+                    float((flips & is_loop).sum()) / n_loop,
+                    float((flips & (batch.group == 2)).sum()) / n_ctrl,
+                    kl))
+            del got
             if progress:
                 progress(len(results), len(candidates))
     return results

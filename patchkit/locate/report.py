@@ -1,40 +1,152 @@
-"""PNG plots of a locate run: layer ranking by loop selectivity, and the sweep's loop rate vs control cost."""
+"""Locate's outputs: the recipe (with its evidence in `source`), a JSON report and two PNG plots."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
+__all__ = ["write_outputs", "recipe_text", "rate"]
 
-def plot_report(report: dict[str, Any], path: Path) -> Path:
+METHOD = ("per-layer MLP/expert ablation (attribution patching + exact) on teacher-forced looping transcripts; "
+          "per-neuron activation x gradient (outlier-normalised, contrasted with control text) and exact "
+          "teacher-forced screen; greedy generation sweep on train probes scored by loop-rate reduction minus "
+          "penalties on KL, control accuracy/loops, good lists and completeness; held-out confirmation")
+
+
+def rate(k: int, n: int) -> dict[str, Any]:
+    """k/n with its 95% Wilson interval."""
+    from patchkit.checks.stats import wilson_interval
+
+    lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
+    return {"k": k, "n": n, "value": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def _scores(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"loop_rate": rate(summary["loops"], summary["n"]),
+            "good_list_rate": rate(summary["good_lists"], summary["n"]),
+            "control_accuracy": rate(summary["control_correct"], summary["n_controls"]),
+            "control_loop_rate": rate(summary["control_loops"], summary["n_controls"]),
+            "completeness": round(summary["completeness"], 4),
+            "mean_tokens": round(summary["mean_tokens"], 1)}
+
+
+def _slug(ref: str) -> str:
+    name = Path(ref.rstrip("/")).name or "model"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name.split("@")[0]).strip("-.") or "model"
+    return f"{name}-locate"[:96]
+
+
+def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | None, settings: Any, *, ref: str,
+                spec: dict[str, Any]) -> str:
+    """Recipe YAML: resolved with the winner's edits when held-out confirms it, otherwise unresolved."""
+    from patchkit import __version__
+    from patchkit.recipe import parse_recipe, recipe_to_yaml, Recipe
+
+    confirmed = bool(report.get("confirmed"))
+    source: dict[str, Any] = {
+        "kind": "locate", "reference": f"patchkit locate {ref} --suite {settings.suite}", "method": METHOD,
+        "patchkit_version": __version__,
+        "probes": {"suite": settings.suite, "selection": "train split", "confirmation": "heldout split",
+                   "n_train": report["base_train"]["n"], "n_train_controls": report["base_train"]["n_controls"],
+                   "n_heldout": heldout["base"]["n"] if heldout else 0,
+                   "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}"},
+        "scores": {"train": {"base": _scores(report["base_train"])}},
+        "confirmed_on_heldout": confirmed,
+    }
+    if best is not None:
+        source["scores"]["train"]["edited"] = _scores(best.summary)
+        source["scores"]["train"]["score"] = round(best.score, 4)
+        source["scores"]["train"]["kl_control"] = round(best.kl, 5)
+        source["candidate"] = best.candidate.label
+    if heldout is not None:
+        source["scores"]["heldout"] = {"base": _scores(heldout["base"]), "edited": _scores(heldout["edited"]),
+                                       "kl_prose_nats_per_token": round(heldout["kl_prose"], 5),
+                                       "score": round(heldout["score"], 4)}
+    data: dict[str, Any] = {"patchkit": 1, "name": _slug(ref), "model": spec, "source": source}
+    if confirmed and best is not None:
+        data["description"] = (f"Found by patchkit locate: {best.candidate.label}; held-out loop rate "
+                               f"{heldout['base']['loops']}/{heldout['base']['n']} -> "
+                               f"{heldout['edited']['loops']}/{heldout['edited']['n']}.")
+        data["edits"] = best.candidate.recipe_edits()
+    else:
+        why = report.get("reason") or "the best train candidate did not hold up on the held-out probes"
+        data["description"] = f"patchkit locate found no edit that holds up: {why}."
+        data["resolution"] = {"status": "unresolved", "method": "locate",
+                              "how_to_resolve": "no edit was confirmed; rerun `patchkit locate` with other --layers/--ops "
+                                                "or a larger --budget-minutes, or write edits by hand",
+                              "constraints": {"best_candidate": best.candidate.label if best else None}}
+    text = recipe_to_yaml(Recipe.model_validate(data))
+    parse_recipe(text, "<locate recipe>")   # the written file must load
+    return text
+
+
+def _plot_layers(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    best: dict[int, float] = {}
-    for row in report.get("ablation", []):
-        best[row["layer"]] = max(best.get(row["layer"], float("-inf")), row["selectivity"])
-    layers = sorted(best)
-    ax1.bar(layers, [best[layer] for layer in layers], color=["tab:red" if layer in report.get("top_layers", []) else "tab:gray" for layer in layers])
-    ax1.set_xlabel("layer")
-    ax1.set_ylabel("loop-selective log-prob drop (nats)")
-    ax1.set_title("per-layer MLP ablation")
-    base = report.get("base_train", {})
-    sweep = report.get("sweep", [])
-    if sweep:
-        ax2.scatter([r["control_failures"] for r in sweep], [r["loop_rate"] for r in sweep], c=[r["good_rate"] for r in sweep], cmap="viridis")
-        for r in sweep[:6]:
-            ax2.annotate(r["label"], (r["control_failures"], r["loop_rate"]), fontsize=7)
-    if base:
-        ax2.scatter([base["control_failures"]], [base["loop_rate"]], marker="x", color="red", label="base")
-        ax2.legend()
-    ax2.set_xlabel("control failures (train)")
-    ax2.set_ylabel("loop rate (train)")
-    ax2.set_title("generation sweep (colour: good-list rate)")
+    layers = sorted(report["layers"], key=lambda d: (d["layer"], d["unit"]))
+    if not layers:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layers)), 3.5))
+    xs = range(len(layers))
+    ax.bar(xs, [d["score"] for d in layers], color=["tab:red" if d["exact"] else "tab:gray" for d in layers])
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{d['layer']}{'e' if d['unit'] == 'experts' else ''}" for d in layers], fontsize=7)
+    ax.set_xlabel("layer (e = MoE experts)")
+    ax.set_ylabel("loop-selective drop (nats)")
+    ax.set_title("Layer ablation: control drop minus loop drop (red = measured exactly)")
+    ax.axhline(0, color="black", linewidth=0.5)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return path
+
+
+def _plot_sweep(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report["sweep"]
+    if not sweep:
+        return
+    base = report.get("sweep_base") or report["base_train"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for d in sweep:
+        s = d["summary"]
+        ax.scatter(s["loop_rate"], s["good_list_rate"], c="tab:blue" if d["score"] > 0 else "tab:gray",
+                   s=20 + 200 * max(0.0, s["control_accuracy"]))
+        ax.annotate(d["candidate"]["label"][:28], (s["loop_rate"], s["good_list_rate"]), fontsize=6)
+    ax.scatter([base["loop_rate"]], [base["good_list_rate"]], marker="*", s=200, c="tab:red", label="base")
+    ax.set_xlabel("train loop rate (lower is better)")
+    ax.set_ylabel("train good-list rate (higher is better)")
+    ax.set_title("Sweep (marker size = control accuracy; blue = positive score)")
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], best: Any, heldout: dict[str, Any] | None, settings: Any, *, ref: str,
+                  spec: dict[str, Any], out: Path | None, report_dir: Path | None) -> tuple[Path | None, Path | None]:
+    """Write recipe (atomically), report JSON and plots; returns (recipe path, report directory)."""
+    from patchkit.fsutil import atomic_write_text
+
+    recipe_path = None
+    if out is not None:
+        text = recipe_text(report, best, heldout, settings, ref=ref, spec=spec)
+        header = "# Written by `patchkit locate`; the evidence is under `source:` (train = selection, heldout = judge).\n"
+        recipe_path = atomic_write_text(out, header + text)
+        report["recipe"] = str(recipe_path)
+        if report_dir is None:
+            report_dir = out.parent / f"{out.stem}.locate"
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(report_dir / "locate-report.json", json.dumps(report, indent=1, default=str))
+        _plot_layers(report, report_dir / "layers.png")
+        _plot_sweep(report, report_dir / "sweep.png")
+    return recipe_path, report_dir

@@ -1,9 +1,10 @@
 """Teacher-forced scoring: log-prob of the tokens actually generated, at loop and at control positions.
 
-`ScoreBatch` packs transcripts (right-padded) with three masks over *target* positions: loop (continuing the
-loop), novel (new content inside looping answers) and control (every generated token of non-looping control
-answers, plus ordinary prose). The loop score is the mean log-prob at loop positions; an edit that is
-loop-selective lowers it while the control score stays put.
+`ScoreBatch` packs transcripts (right-padded) and lists the scored *target* positions in three groups: loop
+(continuing the loop), novel (new content inside looping answers) and control (generated tokens of control
+answers, plus ordinary prose). Only scored positions go through the LM head, so a 50k-token vocabulary does
+not cost a [batch, length, vocab] tensor. The loop score is the mean log-prob at loop positions; a
+loop-selective edit lowers it while the control score stays put.
 """
 
 from __future__ import annotations
@@ -13,89 +14,147 @@ from typing import Any, Sequence
 
 from patchkit.locate.transcripts import Transcript, repeat_positions
 
-__all__ = ["ScoreBatch", "build_batch", "token_logprobs", "masked_means"]
+__all__ = ["ScoreBatch", "build_batch", "GROUPS", "hidden_states", "head", "score"]
+
+GROUPS = ("loop", "novel", "control")
 
 
 @dataclass
 class ScoreBatch:
     ids: Any          # [B, T] long (right-padded)
     attn: Any         # [B, T]
-    targets: Any      # [B, T-1] next-token ids
-    loop: Any         # [B, T-1] bool masks over target positions
-    novel: Any
-    control: Any
+    rows: Any         # [N] row of each scored position
+    pos: Any          # [N] position whose logits predict the target
+    target: Any       # [N] the token actually generated next
+    group: Any        # [N] 0 loop, 1 novel, 2 control
     names: list[str]
 
     @property
     def size(self) -> int:
         return int(self.ids.shape[0])
 
-    def counts(self) -> dict[str, int]:
-        return {"loop": int(self.loop.sum()), "novel": int(self.novel.sum()), "control": int(self.control.sum())}
+    @property
+    def n(self) -> int:
+        return int(self.rows.shape[0])
 
-    def repeat(self, k: int) -> "ScoreBatch":
-        """The batch tiled k times (row r*B + b = candidate r on sequence b)."""
-        rep = lambda t: t.repeat(k, 1)  # noqa: E731
-        return ScoreBatch(rep(self.ids), rep(self.attn), rep(self.targets), rep(self.loop), rep(self.novel),
-                          rep(self.control), self.names * k)
+    def counts(self) -> dict[str, int]:
+        return {g: int((self.group == i).sum()) for i, g in enumerate(GROUPS)}
+
+    def tiled(self, k: int) -> tuple[Any, Any, Any, Any]:
+        """(ids, attn, rows, pos) of the batch repeated k times; scored positions of copy c come c-th."""
+        import torch
+
+        ids = self.ids.repeat(k, 1)
+        attn = self.attn.repeat(k, 1)
+        offs = torch.arange(k, device=self.rows.device).repeat_interleave(self.n) * self.size
+        return ids, attn, self.rows.repeat(k) + offs, self.pos.repeat(k)
 
 
 def build_batch(loops: Sequence[Transcript], controls: Sequence[Transcript], prose: Sequence[list[int]], *,
-                pad_id: int, max_tokens: int = 384, device: Any = "cpu") -> ScoreBatch:
-    """Loop transcripts give loop + novel positions; control transcripts and prose give control positions."""
+                pad_id: int, max_tokens: int = 320, max_positions: int = 256, device: Any = "cpu") -> ScoreBatch:
+    """Loop transcripts give loop + novel positions; control transcripts and prose give control positions.
+
+    Each group keeps at most `max_positions` positions (evenly spaced) to bound memory and time."""
     import torch
 
-    seqs: list[tuple[list[int], list[int], list[int], list[int], str]] = []  # ids, loop, novel, control (target idx)
+    seqs: list[list[int]] = []
+    names: list[str] = []
+    picked: list[list[tuple[int, int, int]]] = [[], [], []]   # per group: (row, pos, target)
     for t in loops:
         ids = t.ids[:max_tokens]
+        r = len(seqs)
         p = len(t.prompt_ids)
         rep = repeat_positions(t.generated)
         start = t.loop_start if t.loop_start is not None else len(t.generated)
-        loop_idx, novel_idx = [], []
         for g in range(len(t.generated)):
-            pos = p + g
-            if pos >= len(ids) or pos == 0:
+            at = p + g
+            if at >= len(ids) or at == 0:
                 continue
-            (loop_idx if (rep[g] and g >= start) else novel_idx if not rep[g] else []).append(pos - 1)
-        seqs.append((ids, loop_idx, novel_idx, [], t.probe_id))
+            if rep[g] and g >= start:
+                picked[0].append((r, at - 1, ids[at]))
+            elif not rep[g]:
+                picked[1].append((r, at - 1, ids[at]))
+        seqs.append(ids)
+        names.append(t.probe_id)
     for t in controls:
         ids = t.ids[:max_tokens]
+        r = len(seqs)
         p = len(t.prompt_ids)
-        seqs.append((ids, [], [], [p + g - 1 for g in range(len(t.generated)) if 0 < p + g < len(ids)], t.probe_id))
+        picked[2].extend((r, at - 1, ids[at]) for at in range(max(1, p), len(ids)))
+        seqs.append(ids)
+        names.append(t.probe_id)
     for i, ids in enumerate(prose):
         ids = ids[:max_tokens]
-        seqs.append((ids, [], [], list(range(len(ids) - 1)), f"prose#{i}"))
-    width = max(len(s[0]) for s in seqs)
-    b = len(seqs)
-    ids_t = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    masks = [torch.zeros((b, width - 1), dtype=torch.bool) for _ in range(3)]
-    for r, (ids, loop_idx, novel_idx, ctrl_idx, _name) in enumerate(seqs):
+        r = len(seqs)
+        picked[2].extend((r, at - 1, ids[at]) for at in range(1, len(ids)))
+        seqs.append(ids)
+        names.append(f"prose#{i}")
+    width = max(len(s) for s in seqs)
+    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, ids in enumerate(seqs):
         ids_t[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         attn[r, :len(ids)] = 1
-        for m, idx in zip(masks, (loop_idx, novel_idx, ctrl_idx)):
-            if idx:
-                m[r, torch.tensor(idx, dtype=torch.long)] = True
-    return ScoreBatch(ids_t.to(device), attn.to(device), ids_t[:, 1:].to(device), masks[0].to(device),
-                      masks[1].to(device), masks[2].to(device), [s[4] for s in seqs])
+    flat: list[tuple[int, int, int, int]] = []
+    for gi, items in enumerate(picked):
+        if len(items) > max_positions:
+            step = len(items) / max_positions
+            items = [items[int(i * step)] for i in range(max_positions)]
+        flat.extend((r, p, t, gi) for r, p, t in items)
+    cols = list(zip(*flat)) if flat else [(), (), (), ()]
+    as_t = lambda xs: torch.tensor(list(xs), dtype=torch.long, device=device)  # noqa: E731
+    return ScoreBatch(ids_t.to(device), attn.to(device), as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(cols[3]), names)
 
 
-def forward_logits(model: Any, batch: ScoreBatch) -> Any:
-    out = model(input_ids=batch.ids, attention_mask=batch.attn, use_cache=False)
-    return out.logits[:, :-1, :].float()
+def _text_config(model: Any) -> Any:
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
-def token_logprobs(logits: Any, batch: ScoreBatch) -> Any:
-    """log p(actual next token) at every target position: [B, T-1]."""
-    return logits.log_softmax(-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+def hidden_states(model: Any, ids: Any, attn: Any) -> Any:
+    """Final hidden states of the decoder body (before the LM head)."""
+    out = model.model(input_ids=ids, attention_mask=attn, use_cache=False)
+    return out.last_hidden_state
 
 
-def masked_means(values: Any, batch: ScoreBatch, groups: int = 1) -> dict[str, Any]:
-    """Per-group mean of `values` [groups*B, T-1] over loop / novel / control positions -> tensors [groups]."""
-    out = {}
-    for name in ("loop", "novel", "control"):
-        m = getattr(batch, name).to(values.dtype)
-        v = (values * m).view(groups, -1, values.shape[-1]).sum(dim=(1, 2))
-        n = m.view(groups, -1, m.shape[-1]).sum(dim=(1, 2)).clamp(min=1)
-        out[name] = v / n
+def head(model: Any, hidden: Any) -> Any:
+    """Logits (float32) for hidden vectors [N, H], with the model's final soft-capping if it has one."""
+    import torch
+
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(_text_config(model), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("mean",)) -> dict[str, Any]:
+    """Forward the batch (tiled k times, e.g. one copy per candidate) and score the selected positions.
+
+    Returns "mean": {group: [k] mean target log-prob}, and on request "logp" ([k, N] target log-probs),
+    "argmax" ([k, N]) and "logprobs" ([k, N, V] full log-softmax, only for small N)."""
+    import torch
+
+    ids, attn, rows, pos = batch.tiled(k) if k > 1 else (batch.ids, batch.attn, batch.rows, batch.pos)
+    hid = hidden_states(model, ids, attn)
+    logits = head(model, hid[rows, pos])
+    lsm = logits.log_softmax(-1)
+    target = batch.target.repeat(k)
+    lp = lsm.gather(-1, target.unsqueeze(-1)).squeeze(-1).view(k, -1)
+    # log-odds log(p / (1 - p)) does not saturate when the model is already sure (p ~ 1 inside a loop), so its
+    # gradient still sees the units that make the loop certain; attribution uses it, reports use log-probs.
+    tgt = target.unsqueeze(-1)
+    others = logits.scatter(-1, tgt, float("-inf")).logsumexp(-1)
+    odds = (logits.gather(-1, tgt).squeeze(-1) - others).view(k, -1)
+    out: dict[str, Any] = {"mean": {}, "odds": {}}
+    for gi, g in enumerate(GROUPS):
+        m = (batch.group == gi).to(lp.dtype)
+        out["mean"][g] = (lp * m).sum(-1) / m.sum().clamp(min=1)
+        out["odds"][g] = (odds * m).sum(-1) / m.sum().clamp(min=1)
+    if "logp" in want:
+        out["logp"] = lp
+    if "argmax" in want:
+        out["argmax"] = logits.argmax(-1).view(k, -1)
+    if "logprobs" in want:
+        out["logprobs"] = lsm.view(k, batch.n, -1)
     return out

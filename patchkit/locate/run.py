@@ -1,0 +1,392 @@
+"""`run_locate`: the five stages end to end, each cached for --resume, within a time budget.
+
+collect (train probes only) -> layer ablation -> neuron/expert attribution + exact screen -> generation sweep
+(train probes) -> held-out confirmation (held-out probes only) -> recipe + report. Candidates are chosen on
+train probes only; held-out probes are generated exactly twice (base and the winner) and never feed a choice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from patchkit.errors import PatchkitError
+from patchkit.locate.cache import StageCache, fingerprint
+from patchkit.locate.candidates import Candidate, Edit
+from patchkit.locate.sweep import SweepResult, Weights
+
+__all__ = ["LocateSettings", "LocateResult", "run_locate", "Progress"]
+
+#: progress(stage, done, total) - the callback shape other patchkit commands use.
+Progress = Callable[[str, int, int], None]
+
+STAGES = ("collect", "layers", "attribution", "sweep", "heldout")
+
+
+@dataclass
+class LocateSettings:
+    """Everything that changes what locate finds (all of it goes into the stage-cache keys)."""
+
+    suite: str = "enumeration"
+    budget_minutes: float = 15.0
+    layers: list[int] | None = None          # restrict attribution to these layers (default: top-ranked)
+    max_edits: int = 2                       # largest combination tried in the sweep
+    ops: tuple[float, ...] = (-1.0, 0.0, 0.5)
+    max_new_tokens: int = 400
+    train_limit: int | None = None           # per kind (enumeration / control)
+    heldout_limit: int | None = None
+    top_layers: int = 3                      # layers searched neuron by neuron
+    exact_layers: int = 2                    # layers ablated exactly (the rest: attribution-patching estimate)
+    attribution_top: int = 200               # units screened exactly (budget permitting)
+    sweep_singles: int = 8                   # single edits generated in the sweep
+    sweep_limit: int | None = None           # train probes per kind used by the sweep (default: all)
+    sweep_chunk: int = 4                     # candidates generated together
+    tf_sequences: int = 6                    # looping transcripts teacher-forced
+    tf_tokens: int = 256
+    batch_size: int = 32
+    min_score: float = 0.05                  # a winner must beat the base by this much on train
+    weights: Weights = field(default_factory=Weights)
+    backend: str = "transformers"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def key(self, *names: str) -> dict[str, Any]:
+        d = asdict(self)
+        return {n: d[n] for n in names}
+
+
+@dataclass
+class LocateResult:
+    recipe_path: Path | None
+    report_dir: Path | None
+    found: bool
+    winner: dict[str, Any] | None
+    base_train: dict[str, Any]
+    heldout: dict[str, Any] | None
+    seconds: float
+    stage_seconds: dict[str, float]
+    cached_stages: list[str]
+    report: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recipe": str(self.recipe_path) if self.recipe_path else None,
+                "report_dir": str(self.report_dir) if self.report_dir else None, "found": self.found,
+                "winner": self.winner, "base_train": self.base_train, "heldout": self.heldout,
+                "seconds": round(self.seconds, 1), "stage_seconds": self.stage_seconds,
+                "cached_stages": self.cached_stages}
+
+
+def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
+    if isinstance(model_ref, tuple):
+        model, tok = model_ref
+        return model, tok, getattr(model.config, "_name_or_path", "") or "model"
+    if settings.backend != "transformers":
+        raise PatchkitError(f"--backend {settings.backend}: locate needs gradients and hooks; only 'transformers' works")
+    from patchkit.generate.loading import load_model
+
+    device = settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = load_model(model_ref, dtype=settings.dtype, device=device)
+    return model, tok, str(model_ref)
+
+
+def _model_spec(model: Any, ref: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    try:
+        from patchkit.adapters import get_adapter
+
+        spec["architecture"] = get_adapter(model.config.to_dict()).architecture
+    except Exception:  # noqa: BLE001 - an unknown architecture still gets a recipe, without this field
+        pass
+    p = Path(ref)
+    if not p.exists() and ref.count("/") == 1:
+        repo, _, rev = ref.partition("@")
+        spec["repo"] = repo
+        if rev:
+            spec["revision"] = rev
+    return spec
+
+
+def _model_fingerprint(model: Any) -> str:
+    import torch
+
+    cfg = model.config.to_dict()
+    cfg.pop("_name_or_path", None)
+    with torch.no_grad():
+        probe = [float(p.detach().float().flatten()[:64].sum()) for p in list(model.parameters())[:: max(1, len(list(model.parameters())) // 8)]]
+    return fingerprint({"config": cfg, "weights": probe})
+
+
+def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettings | None = None,
+               report_dir: Path | str | None = None, resume: Path | str | None = None,
+               progress: Progress | None = None, log: Callable[[str], None] | None = None) -> LocateResult:
+    """Find loop-driving neurons/experts of `model_ref` (path, org/name, .gguf, or a (model, tokenizer) tuple),
+    confirm the best edit on held-out probes and write the recipe to `out` and a report to `report_dir`."""
+    import torch
+
+    from patchkit.checks.probes import load_suite
+    from patchkit.locate import attribution as attr
+    from patchkit.locate.ablation import LayerScore, rank_layers
+    from patchkit.locate.generation import Runner
+    from patchkit.locate.greedy import Row
+    from patchkit.locate.hooks import ModelView
+    from patchkit.locate.report import write_outputs
+    from patchkit.locate.sweep import summarize, sweep
+    from patchkit.locate.teacher import build_batch
+    from patchkit.locate.transcripts import Transcript, load_prose
+
+    settings = settings or LocateSettings()
+    say = log or (lambda _m: None)
+    tick = progress or (lambda *_a: None)
+    t0 = time.monotonic()
+    budget = settings.budget_minutes * 60.0
+    deadline = lambda frac: t0 + frac * budget  # noqa: E731
+    stage_seconds: dict[str, float] = {}
+    cache = StageCache(resume)
+
+    suite = load_suite(settings.suite)
+    train = suite.select(split="train", limit=settings.train_limit).probes
+    held = suite.select(split="heldout", limit=settings.heldout_limit).probes
+    if not [p for p in train if p.kind == "enumeration"]:
+        raise PatchkitError(f"suite {settings.suite!r} has no train-split enumeration probes; locate needs them")
+    model, tok, ref = _load(model_ref, settings)
+    view = ModelView(model)
+    runner = Runner(view, tok, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
+    model_fp = _model_fingerprint(model)
+    torch.manual_seed(0)
+
+    # ---- 1. collect ----------------------------------------------------------------------------------------
+    s0 = time.monotonic()
+    k_collect = fingerprint([model_fp, settings.key("suite", "max_new_tokens", "train_limit"), [p.id for p in train]])
+    cached = cache.get("collect", k_collect)
+    if cached is not None:
+        transcripts = [Transcript.from_json(d) for d in cached]
+        rows = [Row(0, t.prompt_ids, list(t.generated), 0, t.stop, t.extra.get("loop_label")) for t in transcripts]
+        base_train = runner.results(train, rows)
+    else:
+        done = [0]
+
+        def on_done(_row: Any) -> None:
+            done[0] += 1
+            tick("collect", done[0], len(train))
+
+        rows, base_train = runner.run_base(train, on_done=on_done)
+        transcripts = runner.transcripts(train, rows, base_train)
+        for t, r in zip(transcripts, rows):
+            if r.loop_label:
+                t.extra["loop_label"] = r.loop_label
+        cache.put("collect", k_collect, [t.to_json() for t in transcripts])
+    base_summary = summarize(base_train)
+    stage_seconds["collect"] = round(time.monotonic() - s0, 1)
+    looping = [t for t in transcripts if t.kind == "enumeration" and t.is_loop and t.loop_start is not None]
+    say(f"collect: {base_summary['loops']}/{base_summary['n']} train probes loop "
+        f"({len(looping)} with a token-level loop start) [{stage_seconds['collect']} s]")
+
+    report: dict[str, Any] = {"model": ref, "settings": _settings_json(settings), "base_train": _plain(base_summary),
+                              "stage_seconds": stage_seconds, "layers": [], "units": [], "screen": [], "sweep": []}
+    if not looping:
+        return _finish(None, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
+                       None, reason="the base model does not loop on the train probes: nothing to locate")
+
+    controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
+    prose = load_prose(tok, limit=4)
+    batch = build_batch(looping[:settings.tf_sequences], controls, prose, pad_id=runner.pad_id,
+                        max_tokens=settings.tf_tokens, device=view.device)
+    report["tf_positions"] = batch.counts()
+
+    # ---- 2. layer ablation -------------------------------------------------------------------------------------
+    s0 = time.monotonic()
+    k_layers = fingerprint([k_collect, settings.key("tf_sequences", "tf_tokens", "exact_layers")])
+    cached = cache.get("layers", k_layers)
+    if cached is not None:
+        layer_scores = [LayerScore.from_json(d) for d in cached]
+    else:
+        layer_scores = rank_layers(view, batch, exact_top=settings.exact_layers,
+                                   progress=lambda d, n: tick("layers", d, n))
+        cache.put("layers", k_layers, [s.to_json() for s in layer_scores])
+    stage_seconds["layers"] = round(time.monotonic() - s0, 1)
+    report["layers"] = [s.to_json() for s in layer_scores]
+    if settings.layers:
+        bad = [l for l in settings.layers if not 0 <= l < view.num_layers]
+        if bad:
+            raise PatchkitError(f"--layers: layer {bad[0]} is out of range (the model has {view.num_layers} layers, 0..{view.num_layers - 1})")
+        chosen_layers = list(settings.layers)
+    else:
+        chosen_layers = []
+        for s in layer_scores:
+            if s.layer not in chosen_layers:
+                chosen_layers.append(s.layer)
+            if len(chosen_layers) >= settings.top_layers:
+                break
+    say(f"layers: searching {chosen_layers} (best: " +
+        ", ".join(f"L{s.layer} {s.unit} {s.score:+.3f}" for s in layer_scores[:4]) + f") [{stage_seconds['layers']} s]")
+
+    # ---- 3. attribution + exact screen ---------------------------------------------------------------------------
+    s0 = time.monotonic()
+    k_attr = fingerprint([k_layers, chosen_layers, settings.key("attribution_top", "ops", "budget_minutes")])
+    cached = cache.get("attribution", k_attr)
+    if cached is not None:
+        units = [attr.UnitAttribution.from_json(d) for d in cached["units"]]
+        screened = [attr.ScreenResult.from_json(d) for d in cached["screen"]]
+    else:
+        all_units = attr.attribute(view, batch, chosen_layers)
+        units = attr.pick_candidates(all_units, top=settings.attribution_top)
+        singles = attr.single_edits(units, settings.ops)
+        screened = attr.screen(view, batch, singles, deadline=deadline(0.35),
+                               progress=lambda d, n: tick("screen", d, n))
+        cache.put("attribution", k_attr, {"units": [u.to_json() for u in units],
+                                          "screen": [r.to_json() for r in screened]})
+    screened.sort(key=lambda r: -r.score)
+    stage_seconds["attribution"] = round(time.monotonic() - s0, 1)
+    report["units"] = [u.to_json() for u in units[:50]]
+    report["screen"] = [r.to_json() for r in screened[:100]]
+    say(f"attribution: {len(units)} units, {len(screened)} edits screened; best " +
+        ", ".join(f"{r.candidate.label} ({r.score:+.3f})" for r in screened[:3]) + f" [{stage_seconds['attribution']} s]")
+
+    # ---- 4. generation sweep on train probes ---------------------------------------------------------------------------
+    s0 = time.monotonic()
+    candidates = _sweep_candidates(screened, settings)
+    kls = {r.candidate.label: r.kl_control for r in screened}
+    missing = [c for c in candidates if c.label not in kls]
+    if missing:
+        kls.update({r.candidate.label: r.kl_control for r in attr.screen(view, batch, missing)})
+    keep = _per_kind(train, settings.sweep_limit)
+    sw_probes = [train[i] for i in keep]
+    sw_transcripts = [transcripts[i] for i in keep]
+    sw_base = [base_train[i] for i in keep]
+    k_sweep = fingerprint([k_attr, [c.label for c in candidates], asdict(settings.weights), [p.id for p in sw_probes]])
+    cached = cache.get("sweep", k_sweep)
+    if cached is not None:
+        swept = [SweepResult.from_json(d) for d in cached]
+    else:
+        swept = sweep(runner, candidates, sw_probes, sw_transcripts, sw_base, kls, weights=settings.weights,
+                      chunk=settings.sweep_chunk, deadline=deadline(0.7), progress=lambda d, n: tick("sweep", d, n))
+        cache.put("sweep", k_sweep, [r.to_json() for r in swept])
+    stage_seconds["sweep"] = round(time.monotonic() - s0, 1)
+    report["sweep"] = [r.to_json() for r in swept]
+    report["sweep_base"] = {k: v for k, v in summarize(sw_base).items() if k != "metrics"}
+    best = swept[0] if swept else None
+    say(f"sweep: {len(swept)} configs; best {best.candidate.label if best else '-'} "
+        f"score {best.score:+.3f} [{stage_seconds['sweep']} s]" if best else "sweep: nothing evaluated")
+    if best is None or best.score < settings.min_score:
+        return _finish(None, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
+                       None, reason=f"no candidate beat the base by {settings.min_score} on the train probes "
+                                    f"(best: {best.candidate.label if best else '-'} {best.score if best else 0:+.3f})")
+
+    # ---- 5. held-out confirmation (held-out probes only) -------------------------------------------------------
+    s0 = time.monotonic()
+    k_held = fingerprint([model_fp, best.candidate.label, [p.id for p in held], settings.max_new_tokens])
+    cached = cache.get("heldout", k_held)
+    if cached is None:
+        cached = _heldout(runner, view, tok, best.candidate, held, settings, tick)
+        cache.put("heldout", k_held, cached)
+    stage_seconds["heldout"] = round(time.monotonic() - s0, 1)
+    report["heldout"] = cached
+    say(f"held-out: loops {cached['base']['loops']}/{cached['base']['n']} -> "
+        f"{cached['edited']['loops']}/{cached['edited']['n']}, score {cached['score']:+.3f} [{stage_seconds['heldout']} s]")
+    return _finish(best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary, cached)
+
+
+def _per_kind(probes: list[Any], limit: int | None) -> list[int]:
+    """Indices of the first `limit` probes of each kind (all when limit is None)."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, p in enumerate(probes):
+        seen[p.kind] = seen.get(p.kind, 0) + 1
+        if limit is None or seen[p.kind] <= limit:
+            out.append(i)
+    return out
+
+
+def _sweep_candidates(screened: list[Any], settings: LocateSettings) -> list[Candidate]:
+    """Top singles by screen score, the best single of every op, and small combinations of the best units."""
+    out: list[Candidate] = []
+    for r in screened[:settings.sweep_singles]:
+        out.append(r.candidate)
+    ops_seen: set[tuple[str, float]] = set()
+    for r in screened:
+        e = r.candidate.edits[0]
+        key = (e.kind, e.factor)
+        if key not in ops_seen:
+            ops_seen.add(key)
+            if r.candidate not in out:
+                out.append(r.candidate)
+    best_per_unit: list[Edit] = []
+    for r in screened:
+        e = r.candidate.edits[0]
+        if r.score > 0 and all((b.layer, b.kind, b.index) != (e.layer, e.kind, e.index) for b in best_per_unit):
+            best_per_unit.append(e)
+    for size in range(2, max(1, settings.max_edits) + 1):
+        for i in range(min(2, max(0, len(best_per_unit) - size + 1))):
+            combo = Candidate(tuple(best_per_unit[i:i + size]))
+            if len(combo.edits) == size and combo not in out:
+                out.append(combo)
+    return out
+
+
+def _heldout(runner: Any, view: Any, tok: Any, winner: Candidate, probes: list[Any], settings: LocateSettings,
+             tick: Progress) -> dict[str, Any]:
+    """Base and winner on the held-out probes in one batched run, plus KL on ordinary prose."""
+    from patchkit.locate import attribution as attr
+    from patchkit.locate.generation import prompt_ids
+    from patchkit.locate.greedy import Row
+    from patchkit.locate.sweep import score_summary, summarize
+    from patchkit.locate.teacher import build_batch
+    from patchkit.locate.transcripts import load_prose
+
+    rows = [Row(c, prompt_ids(tok, p), [], runner.budget(p)) for c in (0, 1) for p in probes]
+    done = [0]
+
+    def on_done(_row: Any) -> None:
+        done[0] += 1
+        tick("heldout", done[0], len(rows))
+
+    runner.generate([Candidate(), winner], rows, on_done=on_done)
+    n = len(probes)
+    base = runner.results(probes, rows[:n])
+    edited = runner.results(probes, rows[n:])
+    prose = build_batch([], [], load_prose(tok, limit=6), pad_id=runner.pad_id, device=view.device)
+    kl = attr.screen(view, prose, [winner])[0]
+    bs, es = summarize(base), summarize(edited)
+    score, parts = score_summary(bs, es, kl.kl_control, settings.weights)
+    per_probe = [{"probe": b.probe.id, "kind": b.probe.kind, "base": b.verdict.label, "edited": e.verdict.label,
+                  "base_good": b.good_list, "edited_good": e.good_list, "base_correct": b.correct,
+                  "edited_correct": e.correct, "base_tokens": b.generation.tokens, "edited_tokens": e.generation.tokens,
+                  "edited_text": e.generation.text[:400]} for b, e in zip(base, edited)]
+    return {"n_probes": n, "base": _plain(bs), "edited": _plain(es), "kl_prose": kl.kl_control,
+            "score": score, "parts": parts, "per_probe": per_probe}
+
+
+def _plain(summary: dict[str, Any]) -> dict[str, Any]:
+    return dict(summary)
+
+
+def _settings_json(settings: LocateSettings) -> dict[str, Any]:
+    d = asdict(settings)
+    d["ops"] = list(settings.ops)
+    return d
+
+
+def _finish(best: SweepResult | None, report: dict[str, Any], out: Any, report_dir: Any, settings: LocateSettings,
+            ref: str, model: Any, t0: float, cache: StageCache, stage_seconds: dict[str, float],
+            base_summary: dict[str, Any], heldout: dict[str, Any] | None, reason: str | None = None) -> LocateResult:
+    from patchkit.locate.report import write_outputs
+
+    seconds = time.monotonic() - t0
+    report["seconds"] = round(seconds, 1)
+    report["reason"] = reason
+    confirmed = heldout is not None and heldout["score"] > 0
+    report["confirmed"] = confirmed
+    recipe_path, rdir = write_outputs(report, best, heldout, settings, ref=ref, spec=_model_spec(model, ref),
+                                      out=Path(out) if out else None,
+                                      report_dir=Path(report_dir) if report_dir else None)
+    winner = best.to_json() if best else None
+    if winner:
+        winner.pop("per_probe", None)
+    return LocateResult(recipe_path, rdir, best is not None and confirmed, winner, _plain(base_summary), heldout,
+                        seconds, stage_seconds, list(cache.hits), report)

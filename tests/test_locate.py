@@ -1,0 +1,205 @@
+"""`patchkit locate` on a tiny llama with a planted loop neuron and a massive-activation decoy (tests/locate_planted.py).
+
+The planted model counts (w30 -> w31 -> ...); layer 1 neuron 7 fires inside the list region and makes greedy
+output repeat "w40"; layer 0 neuron 3 has a huge activation on every token but writes almost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from locate_planted import DECOY, PLANTED, build_planted, write_suite  # noqa: E402
+
+from patchkit.locate import Candidate, Edit, LocateSettings, run_locate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("planted")
+    return build_planted(root / "model"), write_suite(root / "suite.yaml")
+
+
+@pytest.fixture(scope="module")
+def located(planted, tmp_path_factory):
+    model_dir, suite = planted
+    out = tmp_path_factory.mktemp("out")
+    settings = LocateSettings(suite=str(suite), max_new_tokens=48, budget_minutes=10, device="cpu")
+    result = run_locate(str(model_dir), out=out / "recipe.yaml", settings=settings, resume=out / "cache")
+    return result, out, settings
+
+
+def _loops(model_dir: Path, suite: Path, split: str) -> tuple[int, int]:
+    from patchkit.checks.loops import LoopSettings, run_suite
+    from patchkit.checks.probes import load_suite
+    from patchkit.generate.loading import load_model
+
+    model, tok = load_model(model_dir)
+    settings = LoopSettings(max_new_tokens=48, split=split)
+    run = run_suite(load_suite(suite).select(split=split), model=model, tokenizer=tok, settings=settings)
+    m = run.metrics()
+    return m.loops, m.n
+
+
+def test_finds_the_planted_neuron_not_the_decoy(located):
+    result, _out, _settings = located
+    assert result.found
+    edits = result.winner["candidate"]["edits"]
+    assert [(e["layer"], e["index"]) for e in edits] == [PLANTED]
+    assert result.report["layers"][0]["layer"] == PLANTED[0]          # the ablation ranks the planted layer first
+    decoy = [u for u in result.report["units"] if (u["layer"], u["index"]) == DECOY]
+    # the decoy is the layer's massive-activation outlier and is flagged as such
+    if decoy:
+        assert decoy[0]["massive"]
+    screen = {r["candidate"]["label"]: r["score"] for r in result.report["screen"]}
+    best_decoy = max((s for label, s in screen.items() if label.startswith(f"L{DECOY[0]} n{DECOY[1]} ")), default=-1.0)
+    assert best_decoy < 0.1 < screen[f"L{PLANTED[0]} n{PLANTED[1]} x0"]
+
+
+def test_heldout_confirms_and_recipe_removes_the_loop(located, planted, tmp_path):
+    from patchkit.apply import apply_recipe
+    from patchkit.recipe import load_recipe
+
+    result, out, _settings = located
+    model_dir, suite = planted
+    held = result.heldout
+    assert held["base"]["loops"] == held["base"]["n"] > 0 and held["edited"]["loops"] == 0
+    assert held["edited"]["good_lists"] > held["base"]["good_lists"]
+    recipe = load_recipe(out / "recipe.yaml")
+    assert recipe.source.kind == "locate" and recipe.source.confirmed_on_heldout is True
+    assert recipe.source.scores["heldout"]["base"]["loop_rate"]["ci95"][1] <= 1.0
+    assert recipe.source.probes["confirmation"] == "heldout split"
+    assert [(e.layer, e.index) for e in recipe.expanded_edits()] == [PLANTED]
+    # the written recipe, applied to the checkpoint's bytes, removes the planted loop on every split
+    patched = apply_recipe(out / "recipe.yaml", model=str(model_dir), out=tmp_path / "patched").out_dir
+    assert _loops(model_dir, suite, "heldout")[0] > 0
+    for split in ("train", "heldout"):
+        assert _loops(patched, suite, split)[0] == 0
+    report = json.loads((out / "recipe.locate" / "locate-report.json").read_text())
+    assert report["confirmed"] and (out / "recipe.locate" / "layers.png").stat().st_size > 1000
+    assert (out / "recipe.locate" / "sweep.png").stat().st_size > 1000
+
+
+def test_selection_never_sees_heldout_probes(located):
+    result, _out, _settings = located
+    swept = {p["probe"] for r in result.report["sweep"] for p in r["per_probe"]}
+    assert swept and all(not p.startswith(("count-b", "ctrl-b")) for p in swept)
+
+
+def test_resume_reuses_every_stage(located, planted):
+    _result, out, settings = located
+    model_dir, _suite = planted
+    again = run_locate(str(model_dir), out=out / "again.yaml", settings=settings, resume=out / "cache")
+    assert set(again.cached_stages) >= {"collect", "layers", "attribution", "sweep", "heldout"}
+    assert again.winner["candidate"] == _result.winner["candidate"]
+
+
+def test_no_loops_gives_an_unresolved_recipe(planted, tmp_path):
+    from patchkit.generate.loading import load_model
+    from patchkit.recipe import load_recipe
+
+    model_dir, suite = planted
+    model, tok = load_model(model_dir)
+    with torch.no_grad():
+        model.model.layers[PLANTED[0]].mlp.down_proj.weight[:, PLANTED[1]] = 0.0
+    result = run_locate((model, tok), out=tmp_path / "r.yaml",
+                        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))
+    assert not result.found and "does not loop" in result.report["reason"]
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert not recipe.is_resolved and recipe.edits == []
+
+
+def test_row_edits_match_runtime_edits(planted):
+    """A batch row with its own edit computes exactly what the whole-model runtime edit computes."""
+    from patchkit.generate.loading import load_model
+    from patchkit.locate.hooks import ModelView, row_edits
+    from patchkit.recipe import ResolvedEdit
+    from patchkit.runtime import runtime_edits
+
+    model_dir, _ = planted
+    model, _tok = load_model(model_dir)
+    ids = torch.tensor([[30, 31, 32, 33, 36, 37]] * 3)
+    cands = [Candidate(), Candidate((Edit(1, "neuron", 7, 0.0),)), Candidate((Edit(0, "neuron", 3, -1.0), Edit(1, "neuron", 5, 0.5)))]
+    with torch.no_grad(), row_edits(ModelView(model), cands):
+        rows = model(input_ids=ids).logits
+    for r, cand in enumerate(cands):
+        edits = [ResolvedEdit(e.layer, "neuron", e.index, "scale", e.factor) for e in cand.edits]
+        with torch.no_grad(), runtime_edits(model, edits):
+            ref = model(input_ids=ids[:1]).logits[0]
+        torch.testing.assert_close(rows[r], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_expert_row_edits_and_attribution_on_moe(tmp_path):
+    """Gemma 4 MoE: per-row expert suppression equals the runtime edit; experts get routing attribution."""
+    from fixtures.tiny_models import build
+    from patchkit.generate.loading import load_model
+    from patchkit.locate.attribution import attribute
+    from patchkit.locate.hooks import ModelView, row_edits
+    from patchkit.locate.teacher import build_batch
+    from patchkit.locate.transcripts import Transcript
+    from patchkit.recipe import ResolvedEdit
+    from patchkit.runtime import runtime_edits
+
+    model, _tok = load_model(build("gemma4-moe", tmp_path / "moe"))
+    view = ModelView(model)
+    moe = [l for l in range(view.num_layers) if view.is_moe(l)]
+    assert moe
+    layer = moe[0]
+    ids = torch.tensor([[5, 9, 17, 33, 41, 7, 9, 17]] * 2)
+    cands = [Candidate(), Candidate((Edit(layer, "expert", 2, 0.0),))]
+    with torch.no_grad(), row_edits(view, cands):
+        rows = model(input_ids=ids).logits
+    with torch.no_grad(), runtime_edits(model, [ResolvedEdit(layer, "expert", 2, "suppress", 0.0)]):
+        ref = model(input_ids=ids[:1]).logits[0]
+    torch.testing.assert_close(rows[1], ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(rows[0], rows[1])
+    gen = [9, 17, 33, 9, 17, 33, 9, 17, 33, 9, 17, 33, 9, 17, 33, 9, 17, 33]
+    loop = Transcript("x", "enumeration", [5, 6], gen, "loop", True, loop_start=3)
+    ctrl = Transcript("c", "control", [7, 8], [11, 12, 13, 14], "eos", False)
+    batch = build_batch([loop], [ctrl], [], pad_id=0)
+    units = attribute(view, batch, [layer])
+    experts = [u for u in units if u.kind == "expert"]
+    assert len(experts) == view.num_experts(layer) and any(u.loop != 0 for u in experts)
+
+
+def test_loop_positions():
+    from patchkit.locate.transcripts import loop_start, repeat_positions
+
+    toks = [1, 2, 3, 4, 5, 6] + [7, 8, 9] * 6
+    rep = repeat_positions(toks)
+    assert not any(rep[:9]) and all(rep[12:])
+    assert loop_start(toks) is not None and 6 <= loop_start(toks) <= 12
+    assert loop_start(list(range(40))) is None
+
+
+def test_parse_ops():
+    from patchkit.errors import PatchkitError
+    from patchkit.locate import parse_ops
+
+    assert parse_ops("invert,zero,scale:0.5") == [-1.0, 0.0, 0.5]
+    for bad in ("flip", "scale:x", "scale:1", ""):
+        with pytest.raises(PatchkitError):
+            parse_ops(bad)
+
+
+def test_cli_json(planted, located, tmp_path):
+    """The command is a thin shell over run_locate (it reuses the fixture's stage cache via --resume)."""
+    from click.testing import CliRunner
+
+    from patchkit.cli import main
+
+    model_dir, suite = planted
+    _result, out, _settings = located
+    res = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "-o", str(tmp_path / "r.yaml"),
+                                    "--max-new-tokens", "48", "--budget-minutes", "10", "--device", "cpu",
+                                    "--resume", str(out / "cache"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["found"] and data["winner"]["candidate"]["edits"][0]["layer"] == PLANTED[0]
+    assert "collect" in data["cached_stages"] and (tmp_path / "r.yaml").is_file()
+    bad = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "--ops", "flip"])
+    assert bad.exit_code == 2 and "error:" in bad.output and "flip" in bad.output
