@@ -445,14 +445,14 @@ def apply_recipe(
     from patchkit.plan import plan_recipe
 
     recipe_obj, text, recipe_path = _load(recipe)
-    if hasattr(recipe_obj, "require_resolved"):
-        recipe_obj.require_resolved()  # RecipeError saying what to run
-    resolution = getattr(recipe_obj, "resolution", None)
-    if resolution is not None and getattr(resolution, "status", "resolved") == "unresolved":
-        raise ApplyError(
-            f"recipe {recipe_obj.name} is unresolved (no concrete neuron indices yet); run `patchkit locate` "
-            "to resolve it first"
-        )
+    resolved_note = None
+    if not getattr(recipe_obj, "is_resolved", True):
+        # diff-resolvable with Hub access: resolve now from the reference; otherwise one line saying what to run
+        from patchkit.extract import resolve_unresolved
+
+        resolved = resolve_unresolved(recipe_obj, model=model)
+        recipe_obj, text = resolved.recipe, resolved.text
+        resolved_note = f"resolved {recipe_path or recipe_obj.name} from {resolved.reference} (patchkit recipe extract)"
     ref, source_dir = _resolve(recipe_obj, model)
     _refuse_interrupted_in_place(source_dir)
     warnings = _pin_warnings(recipe_obj, ref)
@@ -473,12 +473,12 @@ def apply_recipe(
             raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
     if dry_run:
         return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True,
-                           in_place=in_place, warnings=warnings)
+                           in_place=in_place, warnings=warnings + ([resolved_note] if resolved_note else []))
 
     ctx = _Context(recipe_obj, text, recipe_path, ref, plan, parent)
     try:
         result = _apply_in_place(ctx, source_dir, progress) if in_place else _apply_to_new_dir(ctx, source_dir, out, force, progress)
-        result.warnings = warnings
+        result.warnings = warnings + ([resolved_note] if resolved_note else [])
         return result
     except OSError as exc:
         where = exc.filename or (source_dir if in_place else out)

@@ -68,7 +68,10 @@ class Resolution(BaseModel):
     method: str | None = Field(None, description="how the edits are (to be) found: paper-citation | diff | locate | manual")
     reference: str | None = None
     resolved_by: str | None = Field(None, description="command and patchkit version that wrote the edits")
-    constraints: dict[str, Any] = Field(default_factory=dict)
+    constraints: dict[str, Any] = Field(
+        default_factory=dict,
+        description="search space of an unresolved recipe: kind, layers, max_edits, exact_edits, ops, factors, "
+                    "partial_edits, units_total, evidence (see patchkit.resolution.Constraints); other keys are kept")
     how_to_resolve: str | None = None
 
 
@@ -157,17 +160,12 @@ class Recipe(BaseModel):
             return
         res = self.resolution
         how = (res.how_to_resolve if res else None) or self._default_how_to_resolve()
-        raise RecipeError(f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet); {how}")
+        raise RecipeError(f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet): {how}")
 
     def _default_how_to_resolve(self) -> str:
-        res = self.resolution
-        base = self.model.repo or "BASE"
-        if res is not None and res.method == "diff":
-            fixed = res.reference or "FIXED"
-            return f"recover the edits with `patchkit diff {base} {fixed} --as-recipe -o {self._path or 'RECIPE'}`"
-        if res is not None and res.method == "locate":
-            return f"find the edits with `patchkit locate {base}`, then fill in `edits:`"
-        return "fill in `edits:` and delete the `resolution:` section (or find them with `patchkit locate`)"
+        from patchkit.resolution import how_to_resolve
+
+        return how_to_resolve(self)
 
     def expanded_edits(self) -> list[ResolvedEdit]:
         """One ResolvedEdit per (layer, neuron|expert), lists expanded, in file order."""
@@ -456,6 +454,11 @@ def _check_semantics(recipe: Recipe) -> None:
                 f"it cannot be both {first.op} and {resolved.op}; keep one")
             raise RecipeError(f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint)
         seen[key] = (resolved, i)
+    if recipe.resolution is not None and recipe.resolution.constraints:
+        from patchkit.resolution import parse_constraints
+
+        parse_constraints(recipe.resolution.constraints, where=f"{recipe.where('resolution', 'constraints')}: "
+                          "resolution.constraints", positions=recipe._positions, filename=recipe._path or "<recipe>")
     if recipe.is_resolved and not recipe.edits:
         raise RecipeError(f"{recipe.where('edits')}: edits: the recipe has no edits", hint="add edits, or mark it `resolution: {status: unresolved}`")
     if not recipe.is_resolved and recipe.edits:

@@ -23,6 +23,7 @@ class ValidationReport:
     slices: int
     layers: list[int]
     warnings: list[str] = field(default_factory=list)
+    search_space: dict[str, Any] | None = None  # unresolved recipes: what locate / extract would search
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **self.__dict__}
@@ -71,15 +72,37 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
         adapter = get_adapter(config, rec.model.architecture)
         architecture = adapter.architecture
         adapter.validate(edits, headers)
+        if against == "model":
+            warnings.extend(_profile_mismatch(rec.model.repo, config))
+    space = None
+    if not rec.is_resolved:
+        from patchkit.resolution import search_space
+
+        space = search_space(rec, config=config).to_json()
     if rec.model.repo and not rec.model.pinned and not any("revision" in w for w in warnings):
         warnings.append("model.revision is not a pinned 40-hex commit sha")
     if not rec.is_resolved:
-        warnings.append("the recipe is unresolved: it has no edits yet and `patchkit apply` will refuse it")
+        from patchkit.resolution import how_to_resolve
+
+        warnings.append(f"the recipe is unresolved (no edits yet): {how_to_resolve(rec)}")
     return ValidationReport(
         recipe=str(rec.path), name=rec.name, resolved=rec.is_resolved, against=against, model=model_name,
         architecture=architecture, edits=len(rec.edits), slices=len(edits),
-        layers=sorted({e.layer for e in edits}), warnings=warnings,
+        layers=sorted({e.layer for e in edits}), warnings=warnings, search_space=space,
     )
+
+
+def _profile_mismatch(repo: str | None, config: dict[str, Any]) -> list[str]:
+    """Warnings when a real model's config.json disagrees with the built-in size profile of its repo."""
+    if not repo:
+        return []
+    from patchkit.profiles import compare_config, find_profile
+
+    profile = find_profile(repo)
+    if profile is None:
+        return []
+    return [f"the model's geometry differs from patchkit's {profile.key} profile ({d}); please report it"
+            for d in compare_config(profile, config)]
 
 
 STARTER = """\

@@ -168,8 +168,8 @@ def test_missing_recipe_file(tmp_path):
 
 
 @pytest.mark.parametrize("resolution, says", [
-    ("{status: unresolved, method: diff, reference: org/fixed}", "patchkit diff org/base org/fixed --as-recipe -o u.yaml"),
-    ("{status: unresolved, method: locate}", "patchkit locate org/base"),
+    ("{status: unresolved, method: diff, reference: org/fixed}", "patchkit recipe extract org/base org/fixed --into u.yaml"),
+    ("{status: unresolved, method: locate}", "patchkit locate org/base --from-recipe u.yaml"),
     ("{status: unresolved, how_to_resolve: ask the author}", "ask the author"),
 ])
 def test_unresolved_recipe_says_what_to_run(resolution, says):

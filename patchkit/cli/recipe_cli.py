@@ -31,8 +31,29 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     what = (f"{report.edits} edit(s), {report.slices} slice(s) in layers {report.layers}" if report.resolved
             else "unresolved, no edits yet")
     con.print(f"[green]ok[/green] {recipe}: {report.name} — {what} ({target})", highlight=False)
+    if report.search_space:
+        con.print(f"search space: {describe_space(report.search_space)}", highlight=False)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+def describe_space(space: dict) -> str:
+    """One line: what an unresolved recipe leaves to search."""
+    layers = space["layers"] if space["layers"] is not None else "all layers"
+    parts = [f"{space['kind']}s in layers {layers}" if space["layers"] is not None else f"{space['kind']}s in all layers"]
+    if space.get("units_in_scope") is not None:
+        parts.append(f"{space['units_in_scope']:,} candidates")
+    if space.get("exact_edits"):
+        parts.append(f"exactly {space['exact_edits']} edit(s)")
+    elif space.get("max_edits"):
+        parts.append(f"at most {space['max_edits']} edit(s)")
+    if space.get("ops"):
+        parts.append("ops " + "/".join(space["ops"]))
+    if space.get("partial_edits"):
+        known = ", ".join(f"L{p['layer']} {p['op']}" + (f" x{p['factor']:g}" if p.get("factor") is not None else "")
+                          for p in space["partial_edits"])
+        parts.append(f"known except the index: {known}")
+    return "; ".join(parts)
 
 
 @click.command("schema")

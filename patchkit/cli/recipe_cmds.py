@@ -1,0 +1,94 @@
+"""`patchkit recipe ...`: resolve recipes from published fixed checkpoints and inspect their search space.
+
+`patchkit recipe extract BASE FIXED -o recipe.yaml` (diff + Hub: only differing shards are downloaded),
+`patchkit recipe space RECIPE` (what an unresolved recipe leaves to search); `validate`, `new` and `schema`
+are also reachable here (the top-level commands stay as they are).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli.recipe_cli import describe_space, new_cmd, schema_cmd, validate_cmd
+from patchkit.errors import PatchkitError
+
+
+@click.group("recipe")
+def recipe_group() -> None:
+    """Create, resolve and inspect recipes."""
+
+
+@recipe_group.command("extract")
+@click.argument("base")
+@click.argument("fixed")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the recipe here (default: stdout; with --into: the --into file).")
+@click.option("--into", "into", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="An (unresolved) recipe to resolve: keeps its name, description, checks, publish and constraints.")
+@click.option("--name", default=None, help="Recipe name (default: --into's, else <FIXED>-from-diff).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file (other than --into).")
+@json_option
+@handle_errors
+def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name: str | None, force: bool,
+                as_json: bool) -> None:
+    """Recipe ops that turn BASE into FIXED (local dirs or org/name[@rev]; refused if a change is not expressible)."""
+    from patchkit.cli.core import _progress
+    from patchkit.extract import extract_recipe
+    from patchkit.fsutil import atomic_write_text
+    from patchkit.recipe import load_recipe
+
+    template = load_recipe(into) if into is not None else None
+    target = out or into
+    if target is not None and target.exists() and target != into and not force:
+        raise PatchkitError(f"{target}: already exists; refusing to overwrite", hint="pass --force or choose another -o")
+    with _progress(as_json, "extract") as progress:
+        result = extract_recipe(base, fixed, template=template, name=name, progress=progress)
+    if target is not None:
+        atomic_write_text(Path(target), result.text)
+    if as_json:
+        payload = result.to_json()
+        payload["written"] = str(target) if target else None
+        emit_json(payload)
+        return
+    if target is None:
+        click.echo(result.text, nl=False)
+    con = ui_console(target is None)
+    units = len(result.recipe.expanded_edits())
+    con.print(f"{units} edited unit(s) in {len(result.edits)} edit(s) from {result.reference} against {result.base}; "
+              f"downloaded {len(result.downloaded_files)} shard(s), skipped {len(result.identical_files)} identical",
+              highlight=False)
+    for note in result.notes:
+        click.echo(f"warning: {note} (the reference is authoritative; check the recipe's constraints)", err=True)
+    if target is not None:
+        con.print(f"wrote {target}", highlight=False)
+
+
+@recipe_group.command("space")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Check the space against this model's geometry (default: its size profile).")
+@json_option
+@handle_errors
+def space_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
+    """The search space an unresolved RECIPE leaves to `patchkit locate --from-recipe`."""
+    from patchkit.recipe import load_recipe
+    from patchkit.resolution import search_space
+
+    rec = load_recipe(recipe)
+    config = None
+    if model is not None:
+        from patchkit.model import resolve_model
+
+        config = resolve_model(model).config
+    space = search_space(rec, config=config).to_json()
+    if as_json:
+        emit_json(space)
+        return
+    ui_console(False).print(f"{recipe}: {describe_space(space)}", highlight=False)
+
+
+recipe_group.add_command(validate_cmd)
+recipe_group.add_command(new_cmd)
+recipe_group.add_command(schema_cmd)

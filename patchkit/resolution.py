@@ -1,0 +1,245 @@
+"""Unresolved recipes: the machine-readable search space in `resolution.constraints`, and how to resolve them.
+
+An unresolved recipe carries no edits, only what is known about them (from a paper, a summary, a published
+fixed checkpoint). `constraints` is validated here with file:line errors; unknown keys are kept (tools may
+record their own notes), known keys are typed:
+
+```yaml
+resolution:
+  status: unresolved
+  method: locate                  # locate | diff | paper-citation | manual
+  reference: "arXiv:2606.13705"
+  constraints:
+    kind: neuron                  # neuron | expert: what an edit targets
+    layers: [10, 12]              # where to search (omitted: every layer)
+    max_edits: 2                  # at most this many (layer, neuron|expert) units
+    exact_edits: 2                # the source states exactly this many (optional)
+    ops: [scale, invert]          # ops the source reports
+    factors: [-0.8, 3.0]          # scale factors the source reports
+    partial_edits:                # edits known except for their index
+      - {layer: 10, op: scale, factor: -0.8}
+    units_total: 337920           # the source's count of candidate units (cross-checked with the model geometry)
+    evidence: "secondary summary of the paper, not verified against its text"
+```
+
+`search_space(recipe, config=...)` turns that into a `SearchSpace` (layers expanded and range-checked against
+the model's geometry when a config or size profile is available); `patchkit locate --from-recipe` searches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from patchkit.errors import RecipeError
+
+Op = Literal["invert", "scale", "zero", "suppress"]
+
+
+class PartialEdit(BaseModel):
+    """An edit known except for its neuron/expert index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int = Field(ge=0)
+    op: Op
+    factor: float | None = None
+    note: str | None = None
+
+
+class Constraints(BaseModel):
+    """Typed view of `resolution.constraints` (extra keys are allowed and kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["neuron", "expert"] | None = None
+    layers: list[int] | None = None
+    max_edits: int | None = Field(None, ge=1)
+    exact_edits: int | None = Field(None, ge=1)
+    ops: list[Op] | None = None
+    factors: list[float] | None = None
+    partial_edits: list[PartialEdit] = Field(default_factory=list)
+    units_total: int | None = Field(None, ge=1)
+    evidence: str | None = None
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("the list is empty; omit `layers` to search every layer")
+        if any(v < 0 for v in value):
+            raise ValueError(f"layer indices must be >= 0, got {min(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a layer is listed twice")
+        return value
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What `patchkit locate --from-recipe` searches, from an unresolved recipe (and the model geometry)."""
+
+    recipe: str
+    model_repo: str | None
+    revision: str | None
+    method: str | None
+    reference: str | None
+    kind: Literal["neuron", "expert"]
+    layers: tuple[int, ...] | None  # None: every layer (geometry unknown)
+    max_edits: int | None
+    exact_edits: int | None
+    ops: tuple[str, ...]
+    factors: tuple[float, ...]
+    partial_edits: tuple[PartialEdit, ...]
+    units_in_scope: int | None  # candidate (layer, index) units in `layers`, when the geometry is known
+    units_total: int | None  # the source's stated total
+    units_in_model: int | None  # the geometry's total (all layers)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe, "model": self.model_repo, "revision": self.revision, "method": self.method,
+            "reference": self.reference, "kind": self.kind, "layers": list(self.layers) if self.layers is not None else None,
+            "max_edits": self.max_edits, "exact_edits": self.exact_edits, "ops": list(self.ops),
+            "factors": list(self.factors), "partial_edits": [p.model_dump(exclude_none=True) for p in self.partial_edits],
+            "units_in_scope": self.units_in_scope, "units_total": self.units_total,
+            "units_in_model": self.units_in_model, "extra": self.extra,
+        }
+
+
+def parse_constraints(raw: Any, *, where: str = "resolution.constraints", positions: dict | None = None,
+                      filename: str | None = None) -> Constraints:
+    """Validate a constraints mapping (RecipeError naming file:line when positions are given)."""
+    if raw is None:
+        return Constraints()
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: must be a mapping like {{kind: neuron, layers: [10, 12], max_edits: 2}}")
+    try:
+        cons = Constraints.model_validate(raw)
+    except ValidationError as exc:
+        if positions is not None and filename is not None:
+            from patchkit.recipe import _validation_error
+
+            raise _validation_error(exc, positions, filename, ("resolution", "constraints")) from None
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise RecipeError(f"{where}.{loc}: {err['msg']}") from None
+    if cons.max_edits is not None and cons.exact_edits is not None and cons.exact_edits > cons.max_edits:
+        raise RecipeError(f"{where}: exact_edits ({cons.exact_edits}) exceeds max_edits ({cons.max_edits})")
+    if cons.layers is not None:
+        stray = [p.layer for p in cons.partial_edits if p.layer not in cons.layers]
+        if stray:
+            raise RecipeError(f"{where}.partial_edits: layer {stray[0]} is not in `layers` {cons.layers}")
+    for i, p in enumerate(cons.partial_edits):
+        if p.op == "scale" and p.factor is None:
+            raise RecipeError(f"{where}.partial_edits[{i}]: op scale needs a factor")
+        if cons.kind == "expert" and p.op != "suppress" or cons.kind == "neuron" and p.op == "suppress":
+            raise RecipeError(f"{where}.partial_edits[{i}]: op {p.op} does not fit kind {cons.kind}")
+    if cons.kind == "expert" and cons.ops and set(cons.ops) - {"suppress"}:
+        raise RecipeError(f"{where}.ops: experts support only `suppress`")
+    return cons
+
+
+def constraints_of(recipe: Any) -> Constraints:
+    res = getattr(recipe, "resolution", None)
+    raw = getattr(res, "constraints", None) if res is not None else None
+    return parse_constraints(raw or {})
+
+
+def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> SearchSpace:
+    """The search space of an unresolved recipe; with `config` (or a size profile of the recipe's repo) the
+    layers are expanded and every constraint is checked against the geometry (RecipeError otherwise)."""
+    from patchkit.adapters import get_adapter
+
+    res = getattr(recipe, "resolution", None)
+    cons = constraints_of(recipe)
+    spec = getattr(recipe, "model", None)
+    repo = getattr(spec, "repo", None)
+    if config is None and repo:
+        from patchkit.profiles import get_profile
+
+        config = get_profile(repo)
+    ops = tuple(cons.ops or ())
+    kind = cons.kind or ("expert" if "suppress" in ops else "neuron")
+    layers = tuple(cons.layers) if cons.layers is not None else None
+    in_scope = in_model = None
+    where = f"{recipe.where('resolution')}: resolution.constraints" if hasattr(recipe, "where") else "resolution.constraints"
+    if config is not None:
+        adapter = get_adapter(config, getattr(spec, "architecture", None))
+        n = adapter.num_layers
+        bad = [layer for layer in (layers or ()) if layer >= n]
+        if bad:
+            raise RecipeError(f"{where}.layers: layer {bad[0]} is out of range: this model has {n} layers (0–{n - 1})")
+        all_layers = tuple(range(n))
+
+        def units(layer: int) -> int:
+            info = adapter.layer_info(layer)
+            return (info.num_experts if info.is_moe else 0) if kind == "expert" else info.intermediate_size
+
+        if kind == "expert" and not adapter.is_moe:
+            raise RecipeError(f"{where}.kind: expert, but {repo or 'the model'} is dense (no experts)",
+                              hint="use kind: neuron")
+        scope = layers if layers is not None else all_layers
+        dense = [layer for layer in scope if units(layer) == 0]
+        if dense:
+            raise RecipeError(f"{where}.layers: layer {dense[0]} has no experts")
+        in_scope = sum(units(layer) for layer in scope)
+        in_model = sum(units(layer) for layer in all_layers)
+        if cons.units_total is not None and cons.units_total != in_model:
+            raise RecipeError(
+                f"{where}.units_total: the source counts {cons.units_total} {kind} units but this model has {in_model}",
+                hint="is the recipe for this model size?")
+        if cons.max_edits is not None and cons.max_edits > in_scope:
+            raise RecipeError(f"{where}.max_edits: {cons.max_edits} exceeds the {in_scope} candidate units in scope")
+    extra = {k: v for k, v in (cons.model_extra or {}).items()}
+    return SearchSpace(
+        recipe=getattr(recipe, "name", "?"), model_repo=repo, revision=getattr(spec, "revision", None),
+        method=getattr(res, "method", None), reference=getattr(res, "reference", None), kind=kind, layers=layers,
+        max_edits=cons.max_edits, exact_edits=cons.exact_edits, ops=ops, factors=tuple(cons.factors or ()),
+        partial_edits=tuple(cons.partial_edits), units_in_scope=in_scope, units_total=cons.units_total,
+        units_in_model=in_model, extra=extra,
+    )
+
+
+def check_edits_against(recipe_constraints: Constraints, edits: list[Any]) -> list[str]:
+    """Where resolved edits (ResolvedEdit list) depart from the constraints: a list of one-line notes."""
+    notes = []
+    c = recipe_constraints
+    if c.kind and any(e.kind != c.kind for e in edits):
+        notes.append(f"constraints say kind {c.kind}, the edits include other kinds")
+    if c.layers is not None:
+        outside = sorted({e.layer for e in edits if e.layer not in c.layers})
+        if outside:
+            notes.append(f"edits in layers {outside} outside the constrained layers {c.layers}")
+    if c.max_edits is not None and len(edits) > c.max_edits:
+        notes.append(f"{len(edits)} edited units, more than max_edits {c.max_edits}")
+    if c.exact_edits is not None and len(edits) != c.exact_edits:
+        notes.append(f"{len(edits)} edited units, the source states exactly {c.exact_edits}")
+    if c.ops and any(e.op not in c.ops for e in edits):
+        notes.append(f"ops {sorted({e.op for e in edits} - set(c.ops))} not among the constrained ops {c.ops}")
+    return notes
+
+
+# --- what to run ------------------------------------------------------------------------------------------
+
+
+def how_to_resolve(recipe: Any) -> str:
+    """The command that resolves an unresolved recipe (one clause, for one-line errors)."""
+    res = getattr(recipe, "resolution", None)
+    if res is not None and res.how_to_resolve:
+        return res.how_to_resolve
+    path = getattr(recipe, "path", None) or "RECIPE"
+    spec = getattr(recipe, "model", None)
+    base = getattr(spec, "repo", None) or "BASE"
+    if getattr(spec, "revision", None):
+        base = f"{base}@{spec.revision}"
+    method = getattr(res, "method", None)
+    if method == "diff":
+        fixed = getattr(res, "reference", None) or "FIXED"
+        return f"run `patchkit recipe extract {base} {fixed} --into {path}` where the Hub is reachable"
+    if method == "locate":
+        return f"run `patchkit locate {base} --from-recipe {path}` on a machine with the model and a GPU"
+    return "fill in `edits:` and delete the `resolution:` section (or find them with `patchkit locate`)"
