@@ -151,12 +151,31 @@ def _print_report(report) -> None:
 @click.command("verify")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model", help="Base model (default: the recipe's model).")
-@click.option("--patched", required=True, type=click.Path(path_type=Path), help="The patched checkpoint directory to check.")
+@click.option("--patched", type=click.Path(path_type=Path),
+              help="The patched checkpoint directory to check. Without it, a recipe resolved by diff is re-checked "
+                   "against its reference (edits and slice checksums re-extracted).")
 @json_option
 @handle_errors
-def verify_cmd(recipe: Path, model: str | None, patched: Path, as_json: bool) -> None:
-    """Exit 0 iff PATCHED equals RECIPE applied to MODEL byte for byte; else name the first difference."""
+def verify_cmd(recipe: Path, model: str | None, patched: Path | None, as_json: bool) -> None:
+    """Exit 0 iff PATCHED equals RECIPE applied to MODEL byte for byte (or, without --patched, iff a
+    diff-resolved RECIPE still matches its reference); else name the first difference."""
     from patchkit.errors import VerifyError
+
+    if patched is None:
+        from patchkit.extract import verify_against_reference
+
+        with _progress(as_json, "verify") as progress:
+            check = verify_against_reference(recipe, model=model, progress=progress)
+        if as_json:
+            emit_json(check.to_json())
+            if not check.ok:
+                raise SystemExit(VerifyError.exit_code)
+            return
+        if not check.ok:
+            raise VerifyError(check.message)
+        ui_console(False).print(f"ok: {check.message}", highlight=False)
+        return
+
     from patchkit.verify import verify_patched
 
     with _progress(as_json, "verify") as progress:
