@@ -81,6 +81,7 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
         space = search_space(rec, config=config).to_json()
     if rec.model.repo and not rec.model.pinned and not any("revision" in w for w in warnings):
         warnings.append("model.revision is not a pinned 40-hex commit sha")
+    warnings.extend(_unrecorded_diff_edits(rec, edits))
     if not rec.is_resolved:
         from patchkit.resolution import how_to_resolve
 
@@ -90,6 +91,21 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
         architecture=architecture, edits=len(rec.edits), slices=len(edits),
         layers=sorted({e.layer for e in edits}), warnings=warnings, search_space=space,
     )
+
+
+def _unrecorded_diff_edits(rec: Recipe, edits: list) -> list[str]:
+    """A diff-resolved recipe records a checksum per edited unit; an edit without one was typed in by hand."""
+    res = rec.resolution
+    if res is None or res.status != "resolved" or res.method != "diff":
+        return []
+    sums = (rec.source.model_extra or {}).get("checksums") or []
+    recorded = {(c.get("layer"), c.get("kind"), c.get("index")) for c in sums if isinstance(c, dict)}
+    missing = [e for e in edits if (e.layer, e.kind, e.index) not in recorded]
+    if not missing:
+        return []
+    e = missing[0]
+    return [f"resolution.method is diff but layer {e.layer} {e.kind} {e.index} has no checksum in source.checksums "
+            f"(edited by hand?); `patchkit verify {rec.path or 'RECIPE'}` re-checks the recipe against its reference"]
 
 
 def _profile_mismatch(repo: str | None, config: dict[str, Any]) -> list[str]:

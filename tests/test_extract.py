@@ -16,11 +16,15 @@ from click.testing import CliRunner
 from patchkit.cli import main
 from patchkit.errors import RecipeError
 from patchkit.extract import extract_recipe
-from patchkit.recipe import load_recipe
+from patchkit.recipe import load_recipe, parse_recipe
 from patchkit.safetensors_io import read_header
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+def load_recipe_text(text: str):
+    return parse_recipe(text, "<test>")
+
 
 RAW = {"BF16": np.uint16, "F16": np.uint16, "F32": np.uint32}
 
@@ -176,6 +180,11 @@ def test_extract_dense_scale_and_invert_from_local_dirs(tiny_gemma4_bf16, tmp_pa
         (f"{PREFIX}.1.mlp.down_proj.weight", 1, 2, "invert", None),
     ])
     result = extract_recipe(tiny_gemma4_bf16, fixed, name="dense-fix")
+    from patchkit.validate import validate_recipe
+
+    assert validate_recipe(result.recipe).warnings == ["no model given and none found offline: checked the recipe schema only (pass --model)"]
+    tampered = load_recipe_text(result.text.replace("{layer: 1, neuron: 2, op: invert}", "{layer: 1, neuron: 3, op: invert}"))
+    assert any("no checksum in source.checksums" in w for w in validate_recipe(tampered).warnings)
     assert result.edits == [{"layer": 1, "neuron": 2, "op": "invert"},
                             {"layer": 3, "neuron": 90, "op": "scale", "factor": -0.8}]
     assert result.downloaded_files == [] and result.recipe.source.reference == str(fixed)
