@@ -7,7 +7,8 @@ adapter, not this module, derives per-layer widths: E2B's KV-shared layers are d
 
 Where the numbers come from (the published `config.json` of each repo,
 https://huggingface.co/google/gemma-4-{E2B,E4B,26B-A4B,31B}-it/blob/main/config.json). This machine has no Hub
-access, so the values were read from public copies of those files and cross-checked between at least two:
+access, so each value was taken from public copies or excerpts of those files and corroborated by at least two
+independent sources (the full files themselves were not fetched here):
 - E2B: the verbatim copy in https://huggingface.co/EvilScript/taboo-cloud-gemma-4-E2B-it/commit/eda739bfd428b988f34f8919cda472b467a3f99b
   ("Copy config.json from google/gemma-4-E2B-it"); google/gemma.cpp PR #919 (35 layers, model_dim 1536,
   "mixed FFN (6144/12288)"); hidden_size_per_layer_input 256, num_kv_shared_layers 20, use_double_wide_mlp true.
@@ -23,7 +24,9 @@ access, so the values were read from public copies of those files and cross-chec
   card (60 layers, hidden 5376, 32 heads, num_global_key_value_heads 4, attention_k_eq_v); text_config copies
   with intermediate_size 21504, num_key_value_heads 16.
 Independent check: the paper's neuron/slot totals are the products of these numbers (E4B 42 x 10240 = 430,080
-MLP neurons; 31B 60 x 21504 = 1,290,240; 26B-A4B 30 x 128 = 3,840 expert slots); tests assert it. When the real
+MLP neurons; 31B 60 x 21504 = 1,290,240; 26B-A4B 30 x 128 = 3,840 expert slots); tests assert it. The text
+decoders transformers builds from these profiles have 4.6B / 7.5B / 25.2B / 30.7B parameters, in line with the
+published model sizes (E2B 5.1B and E4B 8B with their towers, 26B-A4B 25.2B, 31B 30.7B). When the real
 model is at hand, `patchkit validate --model` compares its config.json with the profile (`compare_config`).
 """
 
