@@ -203,3 +203,65 @@ def test_cli_json(planted, located, tmp_path):
     assert "collect" in data["cached_stages"] and (tmp_path / "r.yaml").is_file()
     bad = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "--ops", "flip"])
     assert bad.exit_code == 2 and "error:" in bad.output and "flip" in bad.output
+
+
+def _unresolved(path: Path, layers: list[int], model: str = "planted/model") -> Path:
+    path.write_text(f"""patchkit: 1
+name: planted-loopfix
+description: Loop fix for the planted model.
+model: {{repo: {model}, architecture: llama}}
+source: {{kind: paper, reference: "planted-model notes"}}
+resolution:
+  status: unresolved
+  method: locate
+  constraints: {{kind: neuron, layers: {layers}, max_edits: 1, ops: [zero]}}
+checks:
+  loops: {{max_loop_rate: 0.2}}
+publish: {{license: apache-2.0}}
+""")
+    return path
+
+
+def test_from_recipe_searches_the_constraints_and_writes_the_indices_back(planted, tmp_path):
+    from click.testing import CliRunner
+
+    from patchkit.cli import main
+    from patchkit.recipe import load_recipe
+
+    model_dir, suite = planted
+    recipe = _unresolved(tmp_path / "fix.yaml", [PLANTED[0]])
+    res = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "--from-recipe", str(recipe),
+                                    "--max-new-tokens", "48", "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["recipe"] == str(recipe) and out["found"]
+    written = load_recipe(recipe)                       # written back in place
+    assert written.is_resolved and written.resolution.method == "locate"
+    assert [(e.layer, e.index, e.op) for e in written.expanded_edits()] == [(*PLANTED, "zero")]
+    assert written.name == "planted-loopfix" and written.publish.license == "apache-2.0"
+    assert written.checks.loops.max_loop_rate == 0.2
+    assert written.source.kind == "locate" and written.source.constraints_from["reference"] == "planted-model notes"
+    assert written.resolution.constraints["layers"] == [PLANTED[0]]
+    # only the constrained layer and op were searched
+    report = json.loads((tmp_path / "fix.locate" / "locate-report.json").read_text())
+    assert report["settings"]["layers"] == [PLANTED[0]] and report["settings"]["ops"] == [0.0]
+    assert {r["candidate"]["edits"][0]["layer"] for r in report["screen"]} == {PLANTED[0]}
+    # a resolved recipe is refused as --from-recipe
+    again = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "--from-recipe", str(recipe)])
+    assert again.exit_code == 2 and "already resolved" in again.output
+
+
+def test_from_recipe_outside_the_loop_layer_stays_unresolved(planted, tmp_path):
+    from patchkit.recipe import load_recipe
+
+    model_dir, suite = planted
+    recipe = load_recipe(_unresolved(tmp_path / "fix.yaml", [DECOY[0]]))
+    result = run_locate(str(model_dir), out=tmp_path / "out.yaml", from_recipe=recipe,
+                        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))
+    assert not result.found
+    written = load_recipe(tmp_path / "out.yaml")
+    assert not written.is_resolved and written.edits == []
+    assert written.resolution.constraints["layers"] == [DECOY[0]] and "last_locate" in written.resolution.constraints
+    with pytest.raises(Exception, match="layer 5 is out of range"):
+        run_locate(str(model_dir), out=tmp_path / "bad.yaml", from_recipe=load_recipe(_unresolved(tmp_path / "b.yaml", [5])),
+                   settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))

@@ -31,8 +31,12 @@ def _rate(d: dict) -> str:
 @click.argument("model")
 @click.option("--suite", default="enumeration", show_default=True,
               help="Probe suite: its train split chooses the edit, its held-out split judges it.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.yaml"),
-              show_default=True, help="Recipe to write (the report goes next to it, in <name>.locate/).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Recipe to write (default: recipe.yaml, or the --from-recipe file itself); the report goes next "
+                   "to it, in <name>.locate/.")
+@click.option("--from-recipe", "from_recipe", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Unresolved recipe whose resolution.constraints (layers, ops, factors, max edits, kind) bound the "
+                   "search; the indices are written back into it (or into -o).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write locate-report.json, layers.png and sweep.png.")
 @click.option("--budget-minutes", type=float, default=15.0, show_default=True,
@@ -52,7 +56,7 @@ def _rate(d: dict) -> str:
 @click.option("--dtype", default="float32", show_default=True)
 @json_option
 @handle_errors
-def locate_cmd(model, suite, output, report_dir, budget_minutes, layers, max_edits, ops, backend, resume, limit,
+def locate_cmd(model, suite, output, from_recipe, report_dir, budget_minutes, layers, max_edits, ops, backend, resume, limit,
                heldout_limit, max_new_tokens, device, dtype, as_json):
     """Find the MLP neurons / MoE experts of MODEL that drive repetition loops and write a recipe."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -60,6 +64,16 @@ def locate_cmd(model, suite, output, report_dir, budget_minutes, layers, max_edi
     from patchkit.locate import LocateSettings, parse_ops, run_locate
 
     con = ui_console(as_json)
+    base_recipe = None
+    if from_recipe is not None:
+        from patchkit.errors import RecipeError
+        from patchkit.recipe import load_recipe
+
+        base_recipe = load_recipe(from_recipe)
+        if base_recipe.resolution is None or base_recipe.resolution.status != "unresolved":
+            raise RecipeError(f"{from_recipe}: the recipe is already resolved (it has its edits)",
+                              hint="--from-recipe takes an unresolved recipe (resolution.status: unresolved)")
+    output = output or from_recipe or Path("recipe.yaml")
     settings = LocateSettings(suite=suite, budget_minutes=budget_minutes, layers=_layers(layers), max_edits=max_edits,
                               ops=tuple(parse_ops(ops)), max_new_tokens=max_new_tokens, train_limit=limit,
                               heldout_limit=heldout_limit, backend=backend, dtype=dtype, device=device)
@@ -74,7 +88,8 @@ def locate_cmd(model, suite, output, report_dir, budget_minutes, layers, max_edi
             bar.update(tasks[stage], completed=done, total=total)
 
         result = run_locate(model, out=output, settings=settings, report_dir=report_dir, resume=resume,
-                            progress=progress, log=lambda msg: con.print(f"[dim]{msg}[/dim]"))
+                            progress=progress, log=lambda msg: con.print(f"[dim]{msg}[/dim]"),
+                            from_recipe=base_recipe)
     if as_json:
         emit_json(result.to_json())
         return

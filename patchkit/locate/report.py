@@ -39,8 +39,9 @@ def _slug(ref: str) -> str:
 
 
 def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | None, settings: Any, *, ref: str,
-                spec: dict[str, Any]) -> str:
-    """Recipe YAML: resolved with the winner's edits when held-out confirms it, otherwise unresolved."""
+                spec: dict[str, Any], base_recipe: Any = None) -> str:
+    """Recipe YAML: resolved with the winner's edits when held-out confirms it, otherwise unresolved.
+    With `base_recipe` (--from-recipe) that recipe is written back with the findings."""
     from patchkit import __version__
     from patchkit.recipe import parse_recipe, recipe_to_yaml, Recipe
 
@@ -77,6 +78,10 @@ def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | Non
                               "how_to_resolve": "no edit was confirmed; rerun `patchkit locate` with other --layers/--ops "
                                                 "or a larger --budget-minutes, or write edits by hand",
                               "constraints": {"best_candidate": best.candidate.label if best else None}}
+    if base_recipe is not None:
+        from patchkit.locate.from_recipe import resolved_recipe_data
+
+        data = resolved_recipe_data(base_recipe, data, confirmed=confirmed and best is not None)
     text = recipe_to_yaml(Recipe.model_validate(data))
     parse_recipe(text, "<locate recipe>")   # the written file must load
     return text
@@ -132,13 +137,14 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
 
 
 def write_outputs(report: dict[str, Any], best: Any, heldout: dict[str, Any] | None, settings: Any, *, ref: str,
-                  spec: dict[str, Any], out: Path | None, report_dir: Path | None) -> tuple[Path | None, Path | None]:
+                  spec: dict[str, Any], out: Path | None, report_dir: Path | None,
+                  base_recipe: Any = None) -> tuple[Path | None, Path | None]:
     """Write recipe (atomically), report JSON and plots; returns (recipe path, report directory)."""
     from patchkit.fsutil import atomic_write_text
 
     recipe_path = None
     if out is not None:
-        text = recipe_text(report, best, heldout, settings, ref=ref, spec=spec)
+        text = recipe_text(report, best, heldout, settings, ref=ref, spec=spec, base_recipe=base_recipe)
         header = "# Written by `patchkit locate`; the evidence is under `source:` (train = selection, heldout = judge).\n"
         recipe_path = atomic_write_text(out, header + text)
         report["recipe"] = str(recipe_path)

@@ -48,6 +48,7 @@ class LocateSettings:
     batch_size: int = 32
     min_score: float = 0.05                  # a winner must beat the base by this much on train
     weights: Weights = field(default_factory=Weights)
+    kinds: tuple[str, ...] = ("neuron", "expert")   # candidate units (--from-recipe narrows this)
     backend: str = "transformers"
     dtype: str = "float32"
     device: str = "cpu"
@@ -124,9 +125,11 @@ def _model_fingerprint(model: Any) -> str:
 
 def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettings | None = None,
                report_dir: Path | str | None = None, resume: Path | str | None = None,
-               progress: Progress | None = None, log: Callable[[str], None] | None = None) -> LocateResult:
+               progress: Progress | None = None, log: Callable[[str], None] | None = None,
+               from_recipe: Any = None) -> LocateResult:
     """Find loop-driving neurons/experts of `model_ref` (path, org/name, .gguf, or a (model, tokenizer) tuple),
-    confirm the best edit on held-out probes and write the recipe to `out` and a report to `report_dir`."""
+    confirm the best edit on held-out probes and write the recipe to `out` and a report to `report_dir`.
+    `from_recipe` (an unresolved Recipe) narrows the search to its constraints and is what gets written back."""
     import torch
 
     from patchkit.checks.probes import load_suite
@@ -155,6 +158,14 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     if not [p for p in train if p.kind == "enumeration"]:
         raise PatchkitError(f"suite {settings.suite!r} has no train-split enumeration probes; locate needs them")
     model, tok, ref = _load(model_ref, settings)
+    if from_recipe is not None:
+        from patchkit.locate.from_recipe import settings_for
+        from patchkit.resolution import search_space
+
+        space = search_space(from_recipe, config=model.config.to_dict())
+        settings = settings_for(settings, space)
+        say(f"search space from {from_recipe.name}: {space.kind}s in layers {settings.layers or 'all'}, "
+            f"factors {list(settings.ops)}, up to {settings.max_edits} edit(s)")
     view = ModelView(model)
     runner = Runner(view, tok, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     model_fp = _model_fingerprint(model)
@@ -191,7 +202,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
                               "stage_seconds": stage_seconds, "layers": [], "units": [], "screen": [], "sweep": []}
     if not looping:
         return _finish(None, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
-                       None, reason="the base model does not loop on the train probes: nothing to locate")
+                       None, from_recipe, reason="the base model does not loop on the train probes: nothing to locate")
 
     controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
     prose = load_prose(tok, limit=4)
@@ -228,13 +239,13 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
 
     # ---- 3. attribution + exact screen ---------------------------------------------------------------------------
     s0 = time.monotonic()
-    k_attr = fingerprint([k_layers, chosen_layers, settings.key("attribution_top", "ops", "budget_minutes")])
+    k_attr = fingerprint([k_layers, chosen_layers, settings.key("attribution_top", "ops", "budget_minutes", "kinds")])
     cached = cache.get("attribution", k_attr)
     if cached is not None:
         units = [attr.UnitAttribution.from_json(d) for d in cached["units"]]
         screened = [attr.ScreenResult.from_json(d) for d in cached["screen"]]
     else:
-        all_units = attr.attribute(view, batch, chosen_layers)
+        all_units = [u for u in attr.attribute(view, batch, chosen_layers) if u.kind in settings.kinds]
         units = attr.pick_candidates(all_units, top=settings.attribution_top)
         singles = attr.single_edits(units, settings.ops)
         screened = attr.screen(view, batch, singles, deadline=deadline(0.35),
@@ -275,7 +286,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
         f"score {best.score:+.3f} [{stage_seconds['sweep']} s]" if best else "sweep: nothing evaluated")
     if best is None or best.score < settings.min_score:
         return _finish(None, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
-                       None, reason=f"no candidate beat the base by {settings.min_score} on the train probes "
+                       None, from_recipe, reason=f"no candidate beat the base by {settings.min_score} on the train probes "
                                     f"(best: {best.candidate.label if best else '-'} {best.score if best else 0:+.3f})")
 
     # ---- 5. held-out confirmation (held-out probes only) -------------------------------------------------------
@@ -289,7 +300,8 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     report["heldout"] = cached
     say(f"held-out: loops {cached['base']['loops']}/{cached['base']['n']} -> "
         f"{cached['edited']['loops']}/{cached['edited']['n']}, score {cached['score']:+.3f} [{stage_seconds['heldout']} s]")
-    return _finish(best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary, cached)
+    return _finish(best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary, cached,
+                   from_recipe)
 
 
 def _per_kind(probes: list[Any], limit: int | None) -> list[int]:
@@ -374,7 +386,8 @@ def _settings_json(settings: LocateSettings) -> dict[str, Any]:
 
 def _finish(best: SweepResult | None, report: dict[str, Any], out: Any, report_dir: Any, settings: LocateSettings,
             ref: str, model: Any, t0: float, cache: StageCache, stage_seconds: dict[str, float],
-            base_summary: dict[str, Any], heldout: dict[str, Any] | None, reason: str | None = None) -> LocateResult:
+            base_summary: dict[str, Any], heldout: dict[str, Any] | None, from_recipe: Any = None,
+            reason: str | None = None) -> LocateResult:
     from patchkit.locate.report import write_outputs
 
     seconds = time.monotonic() - t0
@@ -384,7 +397,7 @@ def _finish(best: SweepResult | None, report: dict[str, Any], out: Any, report_d
     report["confirmed"] = confirmed
     recipe_path, rdir = write_outputs(report, best, heldout, settings, ref=ref, spec=_model_spec(model, ref),
                                       out=Path(out) if out else None,
-                                      report_dir=Path(report_dir) if report_dir else None)
+                                      report_dir=Path(report_dir) if report_dir else None, base_recipe=from_recipe)
     winner = best.to_json() if best else None
     if winner:
         winner.pop("per_probe", None)

@@ -1,0 +1,72 @@
+"""`patchkit locate --from-recipe`: search only where an unresolved recipe says the edits are, and write the
+indices back into that recipe (its name, checks, publish section and constraints are kept).
+
+The recipe's `resolution.constraints` (see `patchkit.resolution`) narrow the search: `layers` become the
+layers searched neuron by neuron, `ops`/`factors`/`partial_edits` the ops tried, `max_edits` (or
+`exact_edits`) the largest combination, `kind` whether neurons or experts are candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from patchkit.errors import PatchkitError
+
+__all__ = ["settings_for", "resolved_recipe_data"]
+
+_FIXED_FACTORS = {"invert": -1.0, "zero": 0.0}
+
+
+def settings_for(settings: Any, space: Any) -> Any:
+    """`settings` narrowed to the search space `space` (a `patchkit.resolution.SearchSpace`)."""
+    factors: list[float] = []
+    for op in space.ops:
+        if op in _FIXED_FACTORS:
+            factors.append(_FIXED_FACTORS[op])
+        elif op == "scale":
+            factors.extend(space.factors or [f for f in settings.ops if f not in (-1.0, 0.0)])
+    factors.extend(p.factor if p.factor is not None else _FIXED_FACTORS.get(p.op, 0.0)
+                   for p in space.partial_edits if p.op != "suppress")
+    ops = tuple(sorted(set(factors))) if factors else tuple(settings.ops)
+    layers = sorted(set(space.layers)) if space.layers is not None else settings.layers
+    if settings.layers is not None and space.layers is not None:
+        outside = sorted(set(settings.layers) - set(space.layers))
+        if outside:
+            raise PatchkitError(f"--layers {outside} lies outside the recipe's constrained layers {sorted(space.layers)}",
+                                hint="drop --layers or widen resolution.constraints.layers")
+        layers = sorted(settings.layers)
+    max_edits = space.exact_edits or space.max_edits or settings.max_edits
+    return replace(settings, layers=layers, ops=ops, max_edits=max_edits,
+                   top_layers=len(layers) if layers else settings.top_layers,
+                   kinds=(space.kind,))
+
+
+def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: bool) -> dict[str, Any]:
+    """The unresolved recipe `base` with locate's findings (`generated`: the data of locate's own recipe)."""
+    from patchkit import __version__
+    from patchkit.resolution import check_edits_against, constraints_of
+
+    data = base.model_dump(mode="json", exclude_none=True)
+    data.pop("edits", None)
+    source = dict(generated["source"])
+    source["constraints_from"] = {k: v for k, v in (data.get("source") or {}).items()}
+    data["source"] = source
+    res = dict(data.get("resolution") or {})
+    if confirmed:
+        data["edits"] = generated["edits"]
+        data["description"] = (data.get("description", "").rstrip() + "\n" + generated["description"]).strip()
+        res.update(status="resolved", method="locate", resolved_by=f"patchkit locate (patchkit {__version__})")
+        res.pop("how_to_resolve", None)
+        from patchkit.recipe import Recipe
+
+        notes = check_edits_against(constraints_of(base), Recipe.model_validate(data).expanded_edits())
+        if notes:
+            res.setdefault("constraints", {})["departures"] = notes
+    else:
+        constraints = dict(res.get("constraints") or {})
+        constraints["last_locate"] = {"best_candidate": (generated.get("resolution") or {}).get("constraints", {})
+                                      .get("best_candidate"), "patchkit_version": __version__}
+        res["constraints"] = constraints
+    data["resolution"] = res
+    return data
