@@ -79,7 +79,7 @@ class DemoResult:
     model_dir: Path
     suite: str
     recipe: str | None = None
-    recipe_origin: str | None = None          # "default" | "argument" | None
+    recipe_origin: str | None = None          # "default" | "argument" | "unconfirmed-candidate" | None
     stopped: str | None = None                # why the pipeline ended before the patched model (None = full run)
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -129,7 +129,8 @@ def _is_unresolved(recipe: Any) -> bool:
     return status == "unresolved" or not getattr(recipe, "edits", None)
 
 
-def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list[str]) -> tuple[Any, Path | None, str | None]:
+def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list[str],
+                   workdir: Path) -> tuple[Any, Path | None, str | None]:
     """(Recipe, path, origin) or (None, None, None) with a plain message saying why the demo stops early."""
 
     def say(text: str) -> None:
@@ -152,11 +153,47 @@ def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list
         return None, None, None
     loaded = _load_recipe(path)
     if _is_unresolved(loaded):
+        candidate = _candidate_recipe(loaded, workdir)
+        if candidate is not None:
+            cand_path, label, held = candidate
+            say(f"{path.name} is unresolved: patchkit locate found no SmolLM2-135M edit that holds up on the held-out "
+                f"probes{f' ({held})' if held else ''}. To show every step, the demo runs its best train-split "
+                f"candidate ({label}): an UNCONFIRMED candidate, not a fix. Pass --recipe R to run your own.")
+            return _load_recipe(cand_path), cand_path, "unconfirmed-candidate"
         reason = " ".join(str(getattr(getattr(loaded, "resolution", None), "reference", "") or "").split())
         say(f"{path} is marked unresolved: no useful edit is known for SmolLM2-135M{f' ({reason})' if reason else ''}. "
             "Pass your own with --recipe R to run the rest of the pipeline; stopping after the base loop check.")
         return None, None, None
     return loaded, path, "default"
+
+
+def _candidate_recipe(recipe: Any, workdir: Path) -> tuple[Path, str, str] | None:
+    """An unresolved locate recipe's best train candidate as a recipe file (path, label, held-out summary), or None.
+
+    Locate records the candidate it could not confirm (`resolution.constraints.candidate_edits`); the demo runs it
+    so that a newcomer sees apply / diff / checks / card on a real edit, labelled for what it is."""
+    constraints = dict(getattr(recipe.resolution, "constraints", None) or {})
+    edits = constraints.get("candidate_edits") or (constraints.get("last_locate") or {}).get("candidate_edits")
+    if not edits:
+        return None
+    label = str(constraints.get("best_candidate") or (constraints.get("last_locate") or {}).get("best_candidate"))
+    held = ""
+    scores = getattr(recipe.source, "scores", None) or {}
+    if isinstance(scores, dict) and "heldout" in scores:
+        b, e = scores["heldout"]["base"]["loop_rate"], scores["heldout"]["edited"]["loop_rate"]
+        held = f"held-out loops {b['k']}/{b['n']} -> {e['k']}/{e['n']}"
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    data.pop("resolution", None)
+    data["name"] = f"{recipe.name}-unconfirmed-candidate"
+    data["description"] = (f"UNCONFIRMED candidate {label} from `patchkit locate` (chosen on the train split; the "
+                           f"held-out probes did not confirm it{f': {held}' if held else ''}). Not a fix: "
+                           "`patchkit demo` runs it to show what the checks report.")
+    data["edits"] = edits
+    from patchkit.recipe import Recipe, recipe_to_yaml
+
+    path = workdir / "candidate-recipe.yaml"
+    path.write_text(recipe_to_yaml(Recipe.model_validate(data)))
+    return path, label, held
 
 
 def _prepare_out(out: Path | None) -> tuple[Path, Path]:
@@ -248,7 +285,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     result = DemoResult(report_dir=final, model_dir=model_dir, suite=suite_name, messages=messages)
 
     # recipe first (cheap): a bad --recipe should fail before minutes of generation
-    recipe, recipe_path, origin = _choose_recipe(recipe_arg, events, messages)
+    recipe, recipe_path, origin = _choose_recipe(recipe_arg, events, messages, tmp)
     if recipe_path is not None:
         result.recipe, result.recipe_origin = str(recipe_path), origin
         shutil.copyfile(recipe_path, tmp / "recipe.yaml")

@@ -129,6 +129,28 @@ def test_an_unresolved_default_recipe_is_reported_plainly(tmp_path, suite_file, 
     assert result.stopped == "no recipe" and any("unresolved" in n for n in events.notes)
 
 
+def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(tmp_path, suite_file, tiny_dir,
+                                                                             monkeypatch):
+    _needs_core()
+    recipe = tmp_path / "smollm2-135m.yaml"
+    recipe.write_text(
+        "patchkit: 1\nname: smollm2-locate\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, architecture: llama}\n"
+        "source:\n  kind: locate\n  reference: patchkit locate\n  scores:\n    heldout:\n"
+        "      base: {loop_rate: {k: 33, n: 45}}\n      edited: {loop_rate: {k: 34, n: 45}}\n"
+        "resolution:\n  status: unresolved\n  method: locate\n  constraints:\n    best_candidate: L1 n3 x0.5\n"
+        "    candidate_edits: [{layer: 1, neuron: 3, op: scale, factor: 0.5}]\nedits: []\n")
+    monkeypatch.setattr(pd, "default_recipe_path", lambda: recipe)
+    events = Recorder()
+    out = tmp_path / "r"
+    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, limit=1, out=out,
+                         events=events, bench_tasks="kl")
+    assert result.complete and result.recipe_origin == "unconfirmed-candidate"
+    assert any("UNCONFIRMED candidate, not a fix" in n and "held-out loops 33/45 -> 34/45" in n for n in events.notes)
+    diff = json.loads((out / "diff.json").read_text())
+    assert diff["as_recipe_edits"] == [{"layer": 1, "neuron": 3, "op": "scale", "factor": 0.5}]
+    assert "UNCONFIRMED" in (out / "recipe.yaml").read_text() and "unconfirmed" in (out / "card.md").read_text()
+
+
 def test_bad_inputs_fail_before_any_generation(tmp_path, tiny_dir):
     busy = tmp_path / "busy"
     busy.mkdir()

@@ -18,6 +18,10 @@ from patchkit.locate.teacher import GROUPS, ScoreBatch, score
 __all__ = ["LayerScore", "rank_layers"]
 
 
+#: nats added to the purity denominator so that layers whose ablation does nearly nothing rank near 0
+PURITY_EPS = 0.05
+
+
 @dataclass
 class LayerScore:
     layer: int
@@ -33,9 +37,16 @@ class LayerScore:
         d = self.delta(op)
         return d["control"] - d["loop"]
 
+    def purity(self, op: str) -> float:
+        """Share of the ablation's effect that is loop-selective (0..1): near 0 for a layer that breaks everything."""
+        d = self.delta(op)
+        return abs(d["control"] - d["loop"]) / (abs(d["control"]) + abs(d["loop"]) + PURITY_EPS)
+
     @property
     def score(self) -> float:
-        return max(self.selectivity("zero"), self.selectivity("mean"))
+        """Loop-selective drop weighted by its purity: zeroing layer 0 lowers loop log-prob by 10 nats and control
+        log-prob by 9.8 (measured on SmolLM2) - a large difference, but a layer that breaks everything."""
+        return max(self.selectivity(op) * self.purity(op) for op in ("zero", "mean"))
 
     def to_json(self) -> dict[str, Any]:
         return {"layer": self.layer, "unit": self.unit, "score": self.score, "estimate": self.est, "exact": self.exact}

@@ -65,8 +65,10 @@ def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: boo
             res.setdefault("constraints", {})["departures"] = notes
     else:
         constraints = dict(res.get("constraints") or {})
-        constraints["last_locate"] = {"best_candidate": (generated.get("resolution") or {}).get("constraints", {})
-                                      .get("best_candidate"), "patchkit_version": __version__}
+        found = (generated.get("resolution") or {}).get("constraints", {})
+        constraints["last_locate"] = {"best_candidate": found.get("best_candidate"),
+                                      "candidate_edits": found.get("candidate_edits", []),
+                                      "patchkit_version": __version__}
         res["constraints"] = constraints
     data["resolution"] = res
     return data

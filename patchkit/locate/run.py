@@ -215,7 +215,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     k_layers = fingerprint([k_collect, settings.key("tf_sequences", "tf_tokens", "exact_layers")])
     cached = cache.get("layers", k_layers)
     if cached is not None:
-        layer_scores = [LayerScore.from_json(d) for d in cached]
+        layer_scores = sorted((LayerScore.from_json(d) for d in cached), key=lambda s: -s.score)
     else:
         layer_scores = rank_layers(view, batch, exact_top=settings.exact_layers,
                                    progress=lambda d, n: tick("layers", d, n))
