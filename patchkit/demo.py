@@ -156,8 +156,8 @@ def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list
         candidate = _candidate_recipe(loaded, workdir)
         if candidate is not None:
             cand_path, label, held = candidate
-            say(f"{path.name} is unresolved: patchkit locate found no SmolLM2-135M edit that holds up on the held-out "
-                f"probes{f' ({held})' if held else ''}. To show every step, the demo runs its best train-split "
+            say(f"{path.name} is unresolved: patchkit locate found no SmolLM2-135M edit that holds up"
+                f"{f' ({label}: {held})' if held else ''}. To show every step, the demo runs its best train-split "
                 f"candidate ({label}): an UNCONFIRMED candidate, not a fix. Pass --recipe R to run your own.")
             return _load_recipe(cand_path), cand_path, "unconfirmed-candidate"
         reason = " ".join(str(getattr(getattr(loaded, "resolution", None), "reference", "") or "").split())
@@ -179,9 +179,12 @@ def _candidate_recipe(recipe: Any, workdir: Path) -> tuple[Path, str, str] | Non
     label = str(constraints.get("best_candidate") or (constraints.get("last_locate") or {}).get("best_candidate"))
     held = ""
     scores = getattr(recipe.source, "scores", None) or {}
-    if isinstance(scores, dict) and "heldout" in scores:
-        b, e = scores["heldout"]["base"]["loop_rate"], scores["heldout"]["edited"]["loop_rate"]
-        held = f"held-out loops {b['k']}/{b['n']} -> {e['k']}/{e['n']}"
+    for split, name in (("heldout", "held-out"), ("train", "train")):  # the judging split when it was measured
+        side = scores.get(split) if isinstance(scores, dict) else None
+        if side and "edited" in side:
+            b, e = side["base"]["loop_rate"], side["edited"]["loop_rate"]
+            held = f"{name} loops {b['k']}/{b['n']} -> {e['k']}/{e['n']}"
+            break
     data = recipe.model_dump(mode="json", exclude_none=True)
     data.pop("resolution", None)
     data["name"] = f"{recipe.name}-unconfirmed-candidate"

@@ -63,7 +63,7 @@ class LocateResult:
     recipe_path: Path | None
     report_dir: Path | None
     found: bool
-    winner: dict[str, Any] | None
+    winner: dict[str, Any] | None          # the best train-split candidate (a confirmed fix only when `found`)
     base_train: dict[str, Any]
     heldout: dict[str, Any] | None
     seconds: float
@@ -285,7 +285,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     say(f"sweep: {len(swept)} configs; best {best.candidate.label if best else '-'} "
         f"score {best.score:+.3f} [{stage_seconds['sweep']} s]" if best else "sweep: nothing evaluated")
     if best is None or best.score < settings.min_score:
-        return _finish(None, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
+        return _finish(best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
                        None, from_recipe, reason=f"no candidate beat the base by {settings.min_score} on the train probes "
                                     f"(best: {best.candidate.label if best else '-'} {best.score if best else 0:+.3f})")
 
