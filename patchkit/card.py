@@ -371,7 +371,7 @@ def _reproduce(provenance: dict, repo_id: str | None) -> list[str]:
     recipe_name = Path(str(recipe.get("path") or "recipe.yaml")).name
     lines = ["```bash", "pip install patchkit",
              f"patchkit apply {recipe_name} --model {model} --out patched/",
-             f"patchkit verify patched/ {recipe_name}"]
+             f"patchkit verify {recipe_name} --model {model} --patched patched/"]
     if repo_id:
         lines += [f"patchkit pull {repo_id} --local-dir pulled/   # or compare with this repo",
                   f"patchkit diff {model} {repo_id}"]

@@ -188,8 +188,8 @@ def _candidate_recipe(recipe: Any, workdir: Path) -> tuple[Path, str, str] | Non
     data = recipe.model_dump(mode="json", exclude_none=True)
     data.pop("resolution", None)
     data["name"] = f"{recipe.name}-unconfirmed-candidate"
-    data["description"] = (f"UNCONFIRMED candidate {label} from `patchkit locate` (chosen on the train split; the "
-                           f"held-out probes did not confirm it{f': {held}' if held else ''}). Not a fix: "
+    data["description"] = (f"UNCONFIRMED candidate {label}: the best edit `patchkit locate` found on the train split"
+                           f"{f' ({held})' if held else ''}, which did not pass its confirmation. Not a fix: "
                            "`patchkit demo` runs it to show what the checks report.")
     data["edits"] = edits
     from patchkit.recipe import Recipe, recipe_to_yaml

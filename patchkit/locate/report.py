@@ -32,6 +32,33 @@ def _scores(summary: dict[str, Any]) -> dict[str, Any]:
             "mean_tokens": round(summary["mean_tokens"], 1)}
 
 
+def _shown_ref(ref: str) -> str:
+    """A local directory by its name (an absolute path of the machine that ran locate means nothing elsewhere)."""
+    p = Path(ref)
+    return p.name if p.is_absolute() and p.exists() else ref
+
+
+def checkpoint_identity(ref: str) -> dict[str, Any]:
+    """What the searched weights were: a Hub ref as given; a local directory by its import or apply provenance
+    (a GGUF import is de-quantized, so its weights are not the original release's)."""
+    p = Path(ref)
+    if not p.is_dir():
+        return {"ref": ref}
+    for name, key in (("gguf-import.json", "gguf_import"), ("patchkit.json", "patchkit_apply")):
+        f = p / name
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            src = data.get("source") or data.get("base") or {}
+            keep = {k: src[k] for k in ("sha256", "size", "package", "ref", "repo", "revision") if k in src}
+            if "path" in src:
+                keep["file"] = Path(str(src["path"])).name
+            return {"dir": p.name, key: {**keep, "dtype": data.get("dtype")} if "dtype" in data else keep}
+    return {"dir": p.name}
+
+
 def _slug(ref: str) -> str:
     name = Path(ref.rstrip("/")).name or "model"
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name.split("@")[0]).strip("-.") or "model"
@@ -47,7 +74,8 @@ def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | Non
 
     confirmed = bool(report.get("confirmed"))
     source: dict[str, Any] = {
-        "kind": "locate", "reference": f"patchkit locate {ref} --suite {settings.suite}", "method": METHOD,
+        "kind": "locate", "reference": f"patchkit locate {_shown_ref(ref)} --suite {settings.suite}",
+        "checkpoint": checkpoint_identity(ref), "method": METHOD,
         "patchkit_version": __version__,
         "probes": {"suite": settings.suite, "selection": "train split", "confirmation": "heldout split",
                    "n_train": report["base_train"]["n"], "n_train_controls": report["base_train"]["n_controls"],
