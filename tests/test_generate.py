@@ -119,3 +119,18 @@ def test_load_from_directory_and_dtype(tmp_path):
         load_model(tmp_path / "missing.gguf")
     with pytest.raises(ModelError):
         load_model(path, dtype="int3")
+
+
+def test_auto_device_spreads_over_several_gpus(monkeypatch):
+    import torch
+
+    from patchkit.generate.loading import resolve_device
+
+    assert resolve_device("cpu") == ("cpu", False) and resolve_device("cuda:1") == ("cuda:1", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == ("cpu", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == ("cuda", False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("auto") == ("cuda", True)      # load_model then passes device_map="auto"

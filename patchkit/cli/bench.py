@@ -40,7 +40,7 @@ def _bench_options(func: Any) -> Any:
         click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Cap items per source (control prompts, corpus texts, questions per kind, lm-eval docs)."),
         click.option("--dtype", default="float32", show_default=True, help="Load dtype: f32, bf16, f16."),
-        click.option("--device", default="cpu", show_default=True, help="torch device."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model layer by layer)."),
         click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Write bench.json and bench.png into this directory."),
     ]):

@@ -52,7 +52,7 @@ def _rate(d: dict) -> str:
 @click.option("--limit", type=int, default=None, help="Train probes per kind (quick runs).")
 @click.option("--heldout-limit", type=int, default=None, help="Held-out probes per kind.")
 @click.option("--max-new-tokens", type=int, default=400, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (cuda when available).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (the GPU when there is one; several GPUs share the model via device_map=auto).")
 @click.option("--dtype", default="float32", show_default=True)
 @json_option
 @handle_errors

@@ -153,7 +153,7 @@ def _progress(console: Any) -> Iterator[_RichLoopProgress]:
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="openai backend: parallel requests.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="openai backend: seconds per request.")
 @click.option("--dtype", default="float32", show_default=True, help="f32 | bf16 | f16 (transformers backend).")
-@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:1 ... (transformers backend).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model layer by layer) (transformers backend).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--no-early-stop", is_flag=True, help="Generate the full budget even after a loop is certain.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -22,13 +22,28 @@ def _torch_dtype(name: str) -> Any:
         raise ModelError(f"unknown dtype {name!r}", hint="use one of f32, bf16, f16") from None
 
 
+def resolve_device(device: str) -> tuple[str, bool]:
+    """(device, spread): "auto" is cuda when there is a GPU, else cpu; `spread` when several GPUs share the model."""
+    if device != "auto":
+        return device, False
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ("cuda" if n else "cpu"), n > 1
+
+
 def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """Return (model, tokenizer) in eval mode. `ref` is a directory, `org/name[@rev]`, or a `.gguf` file."""
+    """Return (model, tokenizer) in eval mode. `ref` is a directory, `org/name[@rev]`, or a `.gguf` file.
+    `device="auto"`: the GPU when there is one; with several, layers are spread over all (`device_map="auto"`),
+    which is how a 31B model fits, and inputs go to the first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _torch_dtype(dtype)
     path = Path(str(ref))
+    device, spread = resolve_device(device)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if spread:
+        kwargs["device_map"] = "auto"
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"{path}: GGUF file not found")
@@ -49,7 +64,8 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
             raise ModelError(f"{local}: no config.json", hint="pass a checkpoint directory, org/name[@rev] or a .gguf file")
         tok = AutoTokenizer.from_pretrained(str(local))
         model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **kwargs)
-    model.to(device)
+    if not spread:
+        model.to(device)
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -124,7 +124,7 @@ class TransformersBackend:
         import torch
         from transformers import DynamicCache
 
-        device = next(self.model.parameters()).device
+        device = self.model.get_input_embeddings().weight.device  # the first GPU when layers span several
         pad = int(self.tokenizer.pad_token_id)
         width = max(len(ids) for _, _, ids in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -188,7 +188,7 @@ class TransformersBackend:
                 progress(state["done"], total, state["tokens"])
             if keep:
                 if len(keep) < len(rows):
-                    index = torch.tensor(keep, dtype=torch.long, device=device)
+                    index = torch.tensor(keep, dtype=torch.long)  # CPU: indexes caches on any GPU
                     cache.batch_select_indices(index)
                     attn, next_pos = attn[index], next_pos[index]
                     if refill:

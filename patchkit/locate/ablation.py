@@ -124,7 +124,7 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
     pos = batch.attn.bool()
     for key, out in store.items():
         out = out.detach()
-        mu = out[pos].mean(dim=0)
+        mu = out[pos.to(out.device)].mean(dim=0)
         mean_vec[key] = mu
         s = LayerScore(key[0], key[1])
         for op, delta_act in (("zero", -out), ("mean", mu - out)):

@@ -101,8 +101,9 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
         kind, layer = key
         if kind == "neuron":
             a = v.detach()
-            per = {name: (a * grads[name][key])[pos].sum(dim=0) for name in grads}
-            mean_abs = a[pos].abs().mean(dim=0)
+            here = pos.to(a.device)
+            per = {name: (a * grads[name][key])[here].sum(dim=0) for name in grads}
+            mean_abs = a[here].abs().mean(dim=0)
             n_units = a.shape[-1]
         else:
             weights, index = v

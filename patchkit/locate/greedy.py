@@ -89,7 +89,7 @@ def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eo
                 if not keep:
                     break
                 if len(keep) < len(live):
-                    index = torch.tensor(keep, dtype=torch.long, device=device)
+                    index = torch.tensor(keep, dtype=torch.long)  # CPU: indexes caches on any GPU
                     cache.batch_select_indices(index)
                     attn, next_pos = attn[index], next_pos[index]
                 live = [live[s] for s in keep]

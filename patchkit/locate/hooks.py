@@ -61,7 +61,8 @@ class ModelView:
 
     @property
     def device(self) -> Any:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embeddings' device (the first GPU when layers span several)."""
+        return self.model.get_input_embeddings().weight.device
 
 
 class RowEdits:
@@ -105,7 +106,7 @@ class RowEdits:
         self.active = rows
 
     def _rows(self, table: Any) -> Any:
-        return table if self.active is None else table[self.active]
+        return table if self.active is None else table[self.active.to(table.device)]
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["RowEdits"]:
@@ -114,7 +115,7 @@ class RowEdits:
             for layer, table in self.neuron.items():
                 def pre(module: Any, args: Any, table: Any = table) -> Any:
                     x = args[0]
-                    f = self._rows(table).to(x.dtype)
+                    f = self._rows(table).to(x.device, x.dtype)  # layers may sit on another GPU
                     shape = (f.shape[0],) + (1,) * (x.dim() - 2) + (f.shape[1],)
                     return (x * f.view(shape),) + tuple(args[1:])
 
@@ -122,7 +123,7 @@ class RowEdits:
             for layer, table in self.expert.items():
                 def route(module: Any, args: Any, output: Any, table: Any = table) -> Any:
                     probs, weights, index = output
-                    m = self._rows(table)
+                    m = self._rows(table).to(index.device)
                     rows = m.shape[0]
                     per_row = weights.shape[0] // rows
                     keep = m.repeat_interleave(per_row, dim=0).gather(1, index).to(weights.dtype)

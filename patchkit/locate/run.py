@@ -87,12 +87,7 @@ def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
         raise PatchkitError(f"--backend {settings.backend}: locate needs gradients and hooks; only 'transformers' works")
     from patchkit.generate.loading import load_model
 
-    device = settings.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = load_model(model_ref, dtype=settings.dtype, device=device)
+    model, tok = load_model(model_ref, dtype=settings.dtype, device=settings.device)
     return model, tok, str(model_ref)
 
 

@@ -137,9 +137,9 @@ def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("
 
     ids, attn, rows, pos = batch.tiled(k) if k > 1 else (batch.ids, batch.attn, batch.rows, batch.pos)
     hid = hidden_states(model, ids, attn)
-    logits = head(model, hid[rows, pos])
+    logits = head(model, hid[rows.to(hid.device), pos.to(hid.device)])  # the last layers may be on another GPU
     lsm = logits.log_softmax(-1)
-    target = batch.target.repeat(k)
+    target = batch.target.repeat(k).to(logits.device)
     lp = lsm.gather(-1, target.unsqueeze(-1)).squeeze(-1).view(k, -1)
     # log-odds log(p / (1 - p)) does not saturate when the model is already sure (p ~ 1 inside a loop), so its
     # gradient still sees the units that make the loop certain; attribution uses it, reports use log-probs.
@@ -148,7 +148,7 @@ def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("
     odds = (logits.gather(-1, tgt).squeeze(-1) - others).view(k, -1)
     out: dict[str, Any] = {"mean": {}, "odds": {}}
     for gi, g in enumerate(GROUPS):
-        m = (batch.group == gi).to(lp.dtype)
+        m = (batch.group == gi).to(lp.device, lp.dtype)
         out["mean"][g] = (lp * m).sum(-1) / m.sum().clamp(min=1)
         out["odds"][g] = (odds * m).sum(-1) / m.sum().clamp(min=1)
     if "logp" in want:
