@@ -164,6 +164,49 @@ def test_expert_row_edits_and_attribution_on_moe(tmp_path):
     units = attribute(view, batch, [layer])
     experts = [u for u in units if u.kind == "expert"]
     assert len(experts) == view.num_experts(layer) and any(u.loop != 0 for u in experts)
+    # one sequence per backward pass gives the same sums as the whole batch at once
+    _assert_same_units(units, attribute(view, batch, [layer], max_rows=1))
+
+
+def _assert_same_units(a, b):
+    key = lambda u: (u.layer, u.kind, u.index)  # noqa: E731
+    a, b = sorted(a, key=key), sorted(b, key=key)
+    assert [key(u) for u in a] == [key(u) for u in b]
+    for name in ("loop", "control", "novel", "mean_abs_act"):
+        torch.testing.assert_close(torch.tensor([getattr(u, name) for u in a]),
+                                   torch.tensor([getattr(u, name) for u in b]), rtol=1e-4, atol=1e-6)
+
+
+def test_pieces_give_the_same_attribution_and_layer_ranking(planted, monkeypatch):
+    """Attribution and layer ranking run the batch in pieces (bounded memory); the numbers must not change."""
+    from patchkit.generate.loading import load_model
+    from patchkit.locate import ablation, teacher
+    from patchkit.locate.attribution import attribute
+    from patchkit.locate.hooks import ModelView
+    from patchkit.locate.teacher import build_batch
+    from patchkit.locate.transcripts import Transcript
+
+    model_dir, _suite = planted
+    model, _tok = load_model(model_dir)
+    view = ModelView(model)
+    loops = [Transcript(f"l{i}", "enumeration", [2, 30 + i], list(range(31 + i, 37)) + [40] * (12 + i), "loop", True,
+                        loop_start=7) for i in range(3)]
+    ctrl = [Transcript(f"c{i}", "control", [2, 90], list(range(91, 95 + i)), "eos", False) for i in range(2)]
+    batch = build_batch(loops, ctrl, [[2, 50, 51, 52, 53, 54, 55]], pad_id=0)
+    assert len(batch.chunks(2)) == 3 and sum(p.n for p in batch.chunks(2)) == batch.n
+    _assert_same_units(attribute(view, batch, [0, 1], max_rows=100), attribute(view, batch, [0, 1], max_rows=2))
+    monkeypatch.setattr(ablation, "GRAD_ROWS", 100)
+    monkeypatch.setattr(teacher.mean_scores, "__defaults__", (100,))
+    whole = {s.layer: s for s in ablation.rank_layers(view, batch, exact_top=2)}
+    monkeypatch.setattr(ablation, "GRAD_ROWS", 1)
+    monkeypatch.setattr(teacher.mean_scores, "__defaults__", (1,))
+    pieces = {s.layer: s for s in ablation.rank_layers(view, batch, exact_top=2)}
+    assert whole.keys() == pieces.keys()
+    for layer in whole:
+        for side in ("est", "exact"):
+            for op, d in getattr(whole[layer], side).items():
+                for g, v in d.items():
+                    assert getattr(pieces[layer], side)[op][g] == pytest.approx(v, rel=1e-4, abs=1e-5), (layer, side, op, g)
 
 
 def test_loop_positions():

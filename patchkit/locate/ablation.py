@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from patchkit.locate.hooks import ModelView
-from patchkit.locate.teacher import GROUPS, ScoreBatch, score
+from patchkit.locate.teacher import GRAD_ROWS, GROUPS, ScoreBatch, mean_scores, score
 
 __all__ = ["LayerScore", "rank_layers"]
 
@@ -102,48 +102,65 @@ def _replace(module: Any, value: Any) -> Iterator[None]:
 
 def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None = None, exact_top: int = 4,
                 progress: Callable[[int, int], None] | None = None) -> list[LayerScore]:
-    """Score every layer (attribution patching), re-measure the top `exact_top` exactly; best first."""
+    """Score every layer (attribution patching), re-measure the top `exact_top` exactly; best first.
+
+    First-order effect of replacing a unit's output `o` by `o'` on a score: sum(grad * (o' - o)). For zeroing
+    that is -sum(grad * o); for mean ablation mu . sum(grad) - sum(grad * o). Both are sums over positions, so
+    the batch goes through in pieces (`GRAD_ROWS` sequences per backward pass) and only the sums are kept."""
     import torch
 
     model = view.model
     layers = list(range(view.num_layers)) if layers is None else layers
     units = _units(view, layers)
-    store: dict[tuple[int, str], Any] = {}
-    with torch.enable_grad(), _capture(units, store):
-        scored = score(model, batch)
-        means, odds = scored["mean"], scored["odds"]
-        grads: dict[str, dict] = {}
-        for name in GROUPS:
-            for t in store.values():
-                t.grad = None
-            odds[name].sum().backward(retain_graph=name != "control")
-            grads[name] = {k: (t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)) for k, t in store.items()}
-    clean = {k: float(v.detach()) for k, v in means.items()}
+    counts = batch.counts()
+    grad_out: dict[tuple[int, str], dict[str, float]] = {}   # sum(grad * o) per unit and score
+    grad_sum: dict[tuple[int, str], dict[str, Any]] = {}     # sum(grad) per unit and score ([H])
+    out_sum: dict[tuple[int, str], Any] = {}                  # sum of o over real positions ([H])
+    n_pos = 0
+    for piece in batch.chunks(GRAD_ROWS):
+        store: dict[tuple[int, str], Any] = {}
+        with torch.enable_grad(), _capture(units, store):
+            odds = score(model, piece, denom=counts)["odds"]
+            for name in GROUPS:
+                for v in store.values():
+                    v.grad = None
+                odds[name].sum().backward(retain_graph=name != "control")
+                for key, v in store.items():
+                    g = v.grad if v.grad is not None else torch.zeros_like(v)
+                    o = v.detach()
+                    grad_out.setdefault(key, dict.fromkeys(GROUPS, 0.0))[name] += float((g * o).sum())
+                    gs = g.reshape(-1, g.shape[-1]).sum(0)
+                    per = grad_sum.setdefault(key, {})
+                    per[name] = per[name] + gs if name in per else gs
+        pos = piece.attn.bool()
+        for key, v in store.items():
+            o = v.detach()
+            s = o[pos.to(o.device)].sum(dim=0)
+            out_sum[key] = out_sum[key] + s if key in out_sum else s
+        n_pos += int(pos.sum())
+        del store
+    clean = mean_scores(model, batch)
     scores: dict[tuple[int, str], LayerScore] = {}
     mean_vec: dict[tuple[int, str], Any] = {}
-    pos = batch.attn.bool()
-    for key, out in store.items():
-        out = out.detach()
-        mu = out[pos.to(out.device)].mean(dim=0)
+    for key in out_sum:
+        mu = out_sum[key] / max(1, n_pos)
         mean_vec[key] = mu
         s = LayerScore(key[0], key[1])
-        for op, delta_act in (("zero", -out), ("mean", mu - out)):
-            s.est[op] = {name: float((grads[name][key] * delta_act).sum()) for name in grads}
+        s.est["zero"] = {name: -grad_out[key][name] for name in GROUPS}
+        s.est["mean"] = {name: float((mu * grad_sum[key][name]).sum()) - grad_out[key][name] for name in GROUPS}
         scores[key] = s
-    del store, grads
     ranked = sorted(scores.values(), key=lambda s: -s.score)
     top = ranked[:max(0, exact_top)]
     total = 2 * len(top)
     done = 0
     module_of = {(l, u): m for l, u, m in units}
-    with torch.inference_mode():
-        for s in top:
-            key = (s.layer, s.unit)
-            for op, value in (("zero", None), ("mean", mean_vec[key])):
-                with _replace(module_of[key], value):
-                    m = score(model, batch)["mean"]
-                s.exact[op] = {k: float(v) - clean[k] for k, v in m.items()}
-                done += 1
-                if progress:
-                    progress(done, total)
+    for s in top:
+        key = (s.layer, s.unit)
+        for op, value in (("zero", None), ("mean", mean_vec[key])):
+            with _replace(module_of[key], value):
+                m = mean_scores(model, batch)
+            s.exact[op] = {k: v - clean[k] for k, v in m.items()}
+            done += 1
+            if progress:
+                progress(done, total)
     return sorted(scores.values(), key=lambda s: -s.score)

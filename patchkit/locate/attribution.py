@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from patchkit.locate.candidates import Candidate, Edit
 from patchkit.locate.hooks import ModelView, row_edits
-from patchkit.locate.teacher import GROUPS, ScoreBatch, score
+from patchkit.locate.teacher import GRAD_ROWS, GROUPS, ScoreBatch, score
 
 __all__ = ["UnitAttribution", "attribute", "screen", "ScreenResult", "MASSIVE_FACTOR"]
 
@@ -78,50 +78,67 @@ def _grab(view: ModelView, layers: Sequence[int], acts: dict) -> Iterator[None]:
 
 
 def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, massive_factor: float = MASSIVE_FACTOR,
-              ) -> list[UnitAttribution]:
-    """Attribution of every neuron (and expert) of `layers`; best loop-selective first."""
+              max_rows: int = GRAD_ROWS) -> list[UnitAttribution]:
+    """Attribution of every neuron (and expert) of `layers`; best loop-selective first.
+
+    act x grad summed over positions is a sum, so the batch goes through `max_rows` sequences at a time (one
+    backward graph alive at once) with each piece's score divided by the whole batch's position counts."""
     import torch
 
-    acts: dict = {}
-    grads: dict[str, dict] = {}
-    with torch.enable_grad(), _grab(view, layers, acts):
-        means = score(view.model, batch)["odds"]
-        for name in GROUPS:
-            for v in acts.values():
-                t = v[0] if isinstance(v, tuple) else v
-                t.grad = None
-            means[name].sum().backward(retain_graph=name != "control")
-            grads[name] = {}
-            for key, v in acts.items():
-                t = v[0] if isinstance(v, tuple) else v
-                grads[name][key] = t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)
-    pos = batch.attn.bool()
+    counts = batch.counts()
+    per: dict[tuple[str, int], dict[str, Any]] = {}     # unit kind, layer -> score -> [units] summed act x grad
+    abs_sum: dict[tuple[str, int], Any] = {}            # summed |activation| (neurons) / |routing weight| (experts)
+    n_pos = 0
+    for piece in batch.chunks(max_rows):
+        acts: dict = {}
+        grads: dict[str, dict] = {}
+        with torch.enable_grad(), _grab(view, layers, acts):
+            odds = score(view.model, piece, denom=counts)["odds"]
+            for name in GROUPS:
+                for v in acts.values():
+                    t = v[0] if isinstance(v, tuple) else v
+                    t.grad = None
+                odds[name].sum().backward(retain_graph=name != "control")
+                grads[name] = {}
+                for key, v in acts.items():
+                    t = v[0] if isinstance(v, tuple) else v
+                    grads[name][key] = t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)
+        pos = piece.attn.bool()
+        n_pos += int(pos.sum())
+        for key, v in acts.items():
+            kind, layer = key
+            if kind == "neuron":
+                a = v.detach()
+                here = pos.to(a.device)
+                got = {name: (a * grads[name][key])[here].sum(dim=0).float().cpu() for name in grads}
+                size = a[here].abs().sum(dim=0).float().cpu()
+            else:
+                weights, index = v
+                n_units = view.num_experts(layer)
+                w = weights.detach()
+                real = pos.reshape(-1).to(w.device)
+                if w.shape[0] != real.numel():  # routing rows are not one per token: keep them all
+                    real = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+                idx = index[real].reshape(-1).cpu()
+                got = {name: torch.zeros(n_units).index_add_(0, idx, (w * grads[name][key])[real].float().reshape(-1).cpu())
+                       for name in grads}
+                size = torch.zeros(n_units).index_add_(0, idx, w[real].abs().float().reshape(-1).cpu())
+            acc = per.setdefault(key, {})
+            for name, value in got.items():
+                acc[name] = acc[name] + value if name in acc else value
+            abs_sum[key] = abs_sum[key] + size if key in abs_sum else size
+        del acts, grads
     out: list[UnitAttribution] = []
-    for key, v in acts.items():
+    for key, scores in per.items():
         kind, layer = key
-        if kind == "neuron":
-            a = v.detach()
-            here = pos.to(a.device)
-            per = {name: (a * grads[name][key])[here].sum(dim=0) for name in grads}
-            mean_abs = a[here].abs().mean(dim=0)
-            n_units = a.shape[-1]
-        else:
-            weights, index = v
-            n_units = view.num_experts(layer)
-            w = weights.detach()
-            per = {}
-            for name in grads:
-                contrib = (w * grads[name][key]).float()
-                per[name] = torch.zeros(n_units).index_add_(0, index.reshape(-1).cpu(), contrib.reshape(-1).cpu())
-            mean_abs = torch.zeros(n_units).index_add_(0, index.reshape(-1).cpu(), w.reshape(-1).abs().float().cpu())
-            mean_abs = mean_abs / max(1, w.shape[0])
+        mean_abs = abs_sum[key] / max(1, n_pos)
         med = float(mean_abs.median()) or 1e-9
         massive = mean_abs > massive_factor * med
-        loop, ctrl, novel = per["loop"].cpu(), per["control"].cpu(), per["novel"].cpu()
+        loop, ctrl, novel = scores["loop"], scores["control"], scores["novel"]
         # same units (mean log-odds) for both scores: a unit that moves control text as much as loops (a
         # massive-activation outlier, a generic confidence neuron) scores <= 0 however large it is
         sel = loop - ctrl.abs()
-        for j in range(n_units):
+        for j in range(len(loop)):
             out.append(UnitAttribution(layer, kind, j, float(loop[j]), float(ctrl[j]), float(novel[j]),
                                        float(mean_abs[j]), bool(massive[j]), float(sel[j])))
     out.sort(key=lambda u: -u.selectivity)

@@ -14,7 +14,11 @@ from typing import Any, Sequence
 
 from patchkit.locate.transcripts import Transcript, repeat_positions
 
-__all__ = ["ScoreBatch", "build_batch", "GROUPS", "hidden_states", "head", "score"]
+__all__ = ["ScoreBatch", "build_batch", "GROUPS", "hidden_states", "head", "score", "mean_scores", "GRAD_ROWS"]
+
+#: Sequences per backward pass in attribution and layer ranking: the activations of every layer are kept for
+#: the gradient, so peak memory grows with this (exact sums over pieces, any value gives the same numbers).
+GRAD_ROWS = 4
 
 GROUPS = ("loop", "novel", "control")
 
@@ -39,6 +43,21 @@ class ScoreBatch:
 
     def counts(self) -> dict[str, int]:
         return {g: int((self.group == i).sum()) for i, g in enumerate(GROUPS)}
+
+    def chunks(self, max_rows: int) -> list["ScoreBatch"]:
+        """The batch cut into pieces of at most `max_rows` sequences (scored positions follow their rows), so a
+        backward pass keeps only one piece's activations: sums over pieces equal sums over the batch."""
+        if self.size <= max_rows:
+            return [self]
+        out = []
+        lengths = self.attn.sum(-1)
+        for r0 in range(0, self.size, max_rows):
+            r1 = min(r0 + max_rows, self.size)
+            keep = (self.rows >= r0) & (self.rows < r1)
+            width = int(lengths[r0:r1].max())
+            out.append(ScoreBatch(self.ids[r0:r1, :width], self.attn[r0:r1, :width], self.rows[keep] - r0,
+                                  self.pos[keep], self.target[keep], self.group[keep], self.names[r0:r1]))
+        return out
 
     def tiled(self, k: int) -> tuple[Any, Any, Any, Any]:
         """(ids, attn, rows, pos) of the batch repeated k times; scored positions of copy c come c-th."""
@@ -128,11 +147,13 @@ def head(model: Any, hidden: Any) -> Any:
     return logits
 
 
-def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("mean",)) -> dict[str, Any]:
+def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("mean",),
+          denom: dict[str, int] | None = None) -> dict[str, Any]:
     """Forward the batch (tiled k times, e.g. one copy per candidate) and score the selected positions.
 
-    Returns "mean": {group: [k] mean target log-prob}, and on request "logp" ([k, N] target log-probs),
-    "argmax" ([k, N]) and "logprobs" ([k, N, V] full log-softmax, only for small N)."""
+    Returns "mean" / "odds": {group: [k] mean target log-prob / log-odds}, and on request "logp" ([k, N] target
+    log-probs), "argmax" ([k, N]) and "logprobs" ([k, N, V] full log-softmax, only for small N). With `denom`
+    (a whole batch's `counts()`) the means divide by those counts: a chunk's share of the whole batch's mean."""
     import torch
 
     ids, attn, rows, pos = batch.tiled(k) if k > 1 else (batch.ids, batch.attn, batch.rows, batch.pos)
@@ -149,8 +170,9 @@ def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("
     out: dict[str, Any] = {"mean": {}, "odds": {}}
     for gi, g in enumerate(GROUPS):
         m = (batch.group == gi).to(lp.device, lp.dtype)
-        out["mean"][g] = (lp * m).sum(-1) / m.sum().clamp(min=1)
-        out["odds"][g] = (odds * m).sum(-1) / m.sum().clamp(min=1)
+        n = max(1, denom[g]) if denom is not None else m.sum().clamp(min=1)
+        out["mean"][g] = (lp * m).sum(-1) / n
+        out["odds"][g] = (odds * m).sum(-1) / n
     if "logp" in want:
         out["logp"] = lp
     if "argmax" in want:
@@ -158,3 +180,16 @@ def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("
     if "logprobs" in want:
         out["logprobs"] = lsm.view(k, batch.n, -1)
     return out
+
+
+def mean_scores(model: Any, batch: ScoreBatch, max_rows: int = GRAD_ROWS) -> dict[str, float]:
+    """{group: mean target log-prob} over the whole batch, forwarded piece by piece (no gradient)."""
+    import torch
+
+    counts = batch.counts()
+    total = {g: 0.0 for g in GROUPS}
+    with torch.inference_mode():
+        for piece in batch.chunks(max_rows):
+            for g, v in score(model, piece, denom=counts)["mean"].items():
+                total[g] += float(v)
+    return total
