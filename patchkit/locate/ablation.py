@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from patchkit.locate.hooks import ModelView
-from patchkit.locate.teacher import GRAD_ROWS, GROUPS, ScoreBatch, mean_scores, score
+from patchkit.locate.teacher import GRAD_ROWS, GROUPS, ScoreBatch, group_grads, mean_scores, score
 
 __all__ = ["LayerScore", "rank_layers"]
 
@@ -121,13 +121,9 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
         store: dict[tuple[int, str], Any] = {}
         with torch.enable_grad(), _capture(units, store):
             odds = score(model, piece, denom=counts)["odds"]
-            for name in GROUPS:
-                for v in store.values():
-                    v.grad = None
-                odds[name].sum().backward(retain_graph=name != "control")
-                for key, v in store.items():
-                    g = v.grad if v.grad is not None else torch.zeros_like(v)
-                    o = v.detach()
+            for name, grads in group_grads(odds, store):
+                for key, g in grads.items():
+                    o = store[key].detach()
                     grad_out.setdefault(key, dict.fromkeys(GROUPS, 0.0))[name] += float((g * o).sum())
                     gs = g.reshape(-1, g.shape[-1]).sum(0)
                     per = grad_sum.setdefault(key, {})

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from patchkit.locate.candidates import Candidate, Edit
 from patchkit.locate.hooks import ModelView, row_edits
-from patchkit.locate.teacher import GRAD_ROWS, GROUPS, ScoreBatch, score
+from patchkit.locate.teacher import GRAD_ROWS, ScoreBatch, group_grads, score
 
 __all__ = ["UnitAttribution", "attribute", "screen", "ScreenResult", "MASSIVE_FACTOR"]
 
@@ -91,18 +91,10 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
     n_pos = 0
     for piece in batch.chunks(max_rows):
         acts: dict = {}
-        grads: dict[str, dict] = {}
         with torch.enable_grad(), _grab(view, layers, acts):
             odds = score(view.model, piece, denom=counts)["odds"]
-            for name in GROUPS:
-                for v in acts.values():
-                    t = v[0] if isinstance(v, tuple) else v
-                    t.grad = None
-                odds[name].sum().backward(retain_graph=name != "control")
-                grads[name] = {}
-                for key, v in acts.items():
-                    t = v[0] if isinstance(v, tuple) else v
-                    grads[name][key] = t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)
+            leaves = {key: v[0] if isinstance(v, tuple) else v for key, v in acts.items()}  # experts: routing weights
+            grads = dict(group_grads(odds, leaves))
         pos = piece.attn.bool()
         n_pos += int(pos.sum())
         for key, v in acts.items():

@@ -10,11 +10,11 @@ loop-selective edit lowers it while the control score stays put.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from patchkit.locate.transcripts import Transcript, repeat_positions
 
-__all__ = ["ScoreBatch", "build_batch", "GROUPS", "hidden_states", "head", "score", "mean_scores", "GRAD_ROWS"]
+__all__ = ["ScoreBatch", "build_batch", "GROUPS", "hidden_states", "head", "score", "mean_scores", "group_grads", "GRAD_ROWS"]
 
 #: Sequences per backward pass in attribution and layer ranking: the activations of every layer are kept for
 #: the gradient, so peak memory grows with this (exact sums over pieces, any value gives the same numbers).
@@ -193,3 +193,15 @@ def mean_scores(model: Any, batch: ScoreBatch, max_rows: int = GRAD_ROWS) -> dic
             for g, v in score(model, piece, denom=counts)["mean"].items():
                 total[g] += float(v)
     return total
+
+
+def group_grads(scores: dict[str, Any], tensors: dict[Any, Any]) -> Iterator[tuple[str, dict[Any, Any]]]:
+    """For each score group in turn: (group, {key: d score / d tensor}) - zeros where the score does not reach
+    the tensor. One backward pass per group over a shared graph (freed after the last)."""
+    import torch
+
+    for name in GROUPS:
+        for t in tensors.values():
+            t.grad = None
+        scores[name].sum().backward(retain_graph=name != GROUPS[-1])
+        yield name, {k: (t.grad.detach() if t.grad is not None else torch.zeros_like(t)) for k, t in tensors.items()}
