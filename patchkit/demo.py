@@ -170,13 +170,14 @@ def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list
 def _candidate_recipe(recipe: Any, workdir: Path) -> tuple[Path, str, str] | None:
     """An unresolved locate recipe's best train candidate as a recipe file (path, label, held-out summary), or None.
 
-    Locate records the candidate it could not confirm (`resolution.constraints.candidate_edits`); the demo runs it
+    Locate records the candidate it could not confirm (`resolution.constraints.last_locate`); the demo runs it
     so that a newcomer sees apply / diff / checks / card on a real edit, labelled for what it is."""
     constraints = dict(getattr(recipe.resolution, "constraints", None) or {})
-    edits = constraints.get("candidate_edits") or (constraints.get("last_locate") or {}).get("candidate_edits")
+    attempt = constraints.get("last_locate") or {}
+    edits = attempt.get("candidate_edits")
     if not edits:
         return None
-    label = str(constraints.get("best_candidate") or (constraints.get("last_locate") or {}).get("best_candidate"))
+    label = str(attempt.get("best_candidate"))
     held = ""
     scores = getattr(recipe.source, "scores", None) or {}
     for split, name in (("heldout", "held-out"), ("train", "train")):  # the judging split when it was measured

@@ -137,8 +137,9 @@ def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(tmp
         "patchkit: 1\nname: smollm2-locate\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, architecture: llama}\n"
         "source:\n  kind: locate\n  reference: patchkit locate\n  scores:\n    heldout:\n"
         "      base: {loop_rate: {k: 33, n: 45}}\n      edited: {loop_rate: {k: 34, n: 45}}\n"
-        "resolution:\n  status: unresolved\n  method: locate\n  constraints:\n    best_candidate: L1 n3 x0.5\n"
-        "    candidate_edits: [{layer: 1, neuron: 3, op: scale, factor: 0.5}]\nedits: []\n")
+        "resolution:\n  status: unresolved\n  method: locate\n  constraints:\n    last_locate:\n"
+        "      best_candidate: L1 n3 x0.5\n      candidate_edits: [{layer: 1, neuron: 3, op: scale, factor: 0.5}]\n"
+        "edits: []\n")
     monkeypatch.setattr(pd, "default_recipe_path", lambda: recipe)
     events = Recorder()
     out = tmp_path / "r"

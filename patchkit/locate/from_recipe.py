@@ -50,7 +50,7 @@ def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: boo
     data = base.model_dump(mode="json", exclude_none=True)
     data.pop("edits", None)
     source = dict(generated["source"])
-    source["constraints_from"] = {k: v for k, v in (data.get("source") or {}).items()}
+    source["constraints_from"] = dict(data.get("source") or {})
     data["source"] = source
     res = dict(data.get("resolution") or {})
     if confirmed:
@@ -65,10 +65,7 @@ def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: boo
             res.setdefault("constraints", {})["departures"] = notes
     else:
         constraints = dict(res.get("constraints") or {})
-        found = (generated.get("resolution") or {}).get("constraints", {})
-        constraints["last_locate"] = {"best_candidate": found.get("best_candidate"),
-                                      "candidate_edits": found.get("candidate_edits", []),
-                                      "patchkit_version": __version__}
+        constraints["last_locate"] = generated["resolution"]["constraints"]["last_locate"]
         res["constraints"] = constraints
     data["resolution"] = res
     return data

@@ -105,8 +105,10 @@ def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | Non
         data["resolution"] = {"status": "unresolved", "method": "locate",
                               "how_to_resolve": "no edit was confirmed; rerun `patchkit locate` with other --layers/--ops "
                                                 "or a larger --budget-minutes, or write edits by hand",
-                              "constraints": {"best_candidate": best.candidate.label if best else None,
-                                              "candidate_edits": best.candidate.recipe_edits() if best else []}}
+                              "constraints": {"last_locate": {
+                                  "best_candidate": best.candidate.label if best else None,
+                                  "candidate_edits": best.candidate.recipe_edits() if best else [],
+                                  "patchkit_version": __version__}}}
     if base_recipe is not None:
         from patchkit.locate.from_recipe import resolved_recipe_data
 
