@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from patchkit.edits import from_float32  # noqa: E402
+from patchkit.edit.bytes import from_float32  # noqa: E402
 
 # Children report their own peak RSS (VmHWM of their own address space) at exit: wait4's ru_maxrss would
 # include the parent's RSS from before the exec.

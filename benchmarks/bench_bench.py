@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def _default_model() -> Path:
-    from patchkit.gguf import embedded_model_dir
+    from patchkit.workflows.gguf_import import embedded_model_dir
 
     return embedded_model_dir()
 

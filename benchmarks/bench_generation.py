@@ -22,7 +22,7 @@ from pathlib import Path
 
 def _model_ref() -> Path:
     try:
-        from patchkit.gguf import embedded_model_dir
+        from patchkit.workflows.gguf_import import embedded_model_dir
 
         return embedded_model_dir()
     except (ImportError, AttributeError):

@@ -30,7 +30,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    from patchkit.gguf import embedded_model_dir
+    from patchkit.workflows.gguf_import import embedded_model_dir
     from patchkit.locate import LocateSettings, run_locate
 
     args.out.mkdir(parents=True, exist_ok=True)

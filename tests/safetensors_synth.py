@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchkit.edits import from_float32
+from patchkit.edit.bytes import from_float32
 
 HIDDEN, INTER, LAYERS, VOCAB = 16, 24, 3, 32
 ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}

@@ -7,10 +7,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from patchkit.adapters import get_adapter
+from patchkit.model.adapters import get_adapter
 from patchkit.cli import main
 from patchkit.errors import ModelError, RecipeError
-from patchkit.model import resolve_model
+from patchkit.model.refs import resolve_model
 from patchkit.recipe import parse_recipe
 
 HEAD = "patchkit: 1\nname: t\nsource: {kind: manual}\n"
@@ -183,7 +183,7 @@ def test_missing_tensor_is_named(tiny_llama):
 def test_fp8_and_quantized_models_are_refused(tmp_path, dtype, quant, pattern):
     import json
 
-    from patchkit.safetensors_io import header_from_dict
+    from patchkit.model.safetensors_io import header_from_dict
 
     config = {"model_type": "llama", "num_hidden_layers": 1, "intermediate_size": 4}
     if quant:
@@ -228,7 +228,7 @@ def test_gemma4_geometry_from_config_variants():
     ({"model_type": "gemma4_text"}, "gemma4"),
 ])
 def test_detection_is_exact(config, expected):
-    from patchkit.adapters import detect_architecture
+    from patchkit.model.adapters import detect_architecture
 
     if expected is None:
         with pytest.raises(ModelError, match="unsupported architecture .*supported: gemma4 .*llama"):

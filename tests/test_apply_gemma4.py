@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from patchkit.apply import apply_recipe
-from patchkit.diff import diff_checkpoints, recipe_text
+from patchkit.edit.apply import apply_recipe
+from patchkit.edit.diff import diff_checkpoints, recipe_text
 from patchkit.recipe import parse_recipe
-from patchkit.verify import verify_patched
+from patchkit.edit.verify import verify_patched
 
 HEAD = "patchkit: 1\nname: g4\nsource: {kind: manual}\nmodel: {architecture: gemma4}\n"
 CASES = {

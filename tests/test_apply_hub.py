@@ -9,7 +9,7 @@ import json
 import pytest
 
 from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base
-from patchkit.apply import apply_recipe
+from patchkit.edit.apply import apply_recipe
 from patchkit.errors import PatchkitError
 
 pytest_plugins = ["hubserver.plugin"]

@@ -14,7 +14,7 @@ from patchkit.checks.bench import check_same_tokenizer, parse_tasks, run_bench
 from patchkit.checks.teacher_forcing import ScoredSequence, compare_teacher_forced, pack_batches
 from patchkit.cli import main
 from patchkit.errors import CheckError, ModelError
-from patchkit.gates import BenchGates
+from patchkit.recipe.gates import BenchGates
 
 LIMIT = 6  # items per source: keeps every run well under a second on the tiny model
 

@@ -49,7 +49,7 @@ def patched(tmp_path):
 
 
 def test_front_matter_round_trips_field_by_field(patched, tmp_path):
-    from patchkit.card import card_for_dir, card_metadata
+    from patchkit.publish.card import card_for_dir, card_metadata
 
     (tmp_path / "bench.json").write_text(json.dumps(bench_report()))
     card = card_for_dir(patched, loops_report=LOOPS, bench_report=tmp_path / "bench.json", repo_id="alice/tiny-fix")
@@ -72,7 +72,7 @@ def test_front_matter_round_trips_field_by_field(patched, tmp_path):
 
 
 def test_body_explains_the_change_and_carries_numbers_and_provenance(patched):
-    from patchkit.card import card_for_dir
+    from patchkit.publish.card import card_for_dir
 
     provenance = json.loads((patched / "patchkit.json").read_text())
     text = str(card_for_dir(patched, loops_report=LOOPS, bench_report=bench_report(), repo_id="alice/tiny-fix"))
@@ -92,7 +92,7 @@ def test_body_explains_the_change_and_carries_numbers_and_provenance(patched):
 
 
 def test_license_falls_back_to_the_base_card_and_is_omitted_when_unknown(patched):
-    from patchkit.card import build_card, card_metadata
+    from patchkit.publish.card import build_card, card_metadata
 
     provenance = json.loads((patched / "patchkit.json").read_text())
     del provenance["recipe"]["normalized"]["publish"]
@@ -106,7 +106,7 @@ def test_license_falls_back_to_the_base_card_and_is_omitted_when_unknown(patched
 def test_card_validates_with_the_client_and_the_server(hub, patched):
     from huggingface_hub import ModelCard
 
-    from patchkit.card import card_for_dir
+    from patchkit.publish.card import card_for_dir
 
     card = card_for_dir(patched, loops_report=LOOPS, bench_report=bench_report(), repo_id="alice/tiny-fix")
     ModelCard(str(card)).validate()  # POST /api/validate-yaml on the test server
@@ -140,7 +140,7 @@ def test_bad_report_is_a_one_line_error(patched, tmp_path):
 
 
 def test_a_check_report_feeds_both_tables(patched):
-    from patchkit.card import card_for_dir, card_metadata
+    from patchkit.publish.card import card_for_dir, card_metadata
 
     check = {"verdict": "PASS", "steps": [], "loops": LOOPS, "bench": bench_report()}
     meta = card_metadata(str(card_for_dir(patched, loops_report=check, bench_report=check, repo_id="alice/x")))
@@ -150,7 +150,7 @@ def test_a_check_report_feeds_both_tables(patched):
 
 @pytest.mark.parametrize("shape", ["per_model", "per_metric", "flat"])
 def test_loop_report_shapes_are_all_read(shape):
-    from patchkit.card import report_rows
+    from patchkit.publish.card import report_rows
 
     if shape == "per_model":
         report = {"models": {"base": {"overall": {"n": 10, "loop_rate": 0.5}},
@@ -165,7 +165,7 @@ def test_loop_report_shapes_are_all_read(shape):
 
 
 def test_a_local_base_falls_back_to_the_recipe_repo_and_hides_the_path(patched):
-    from patchkit.card import build_card, card_metadata
+    from patchkit.publish.card import build_card, card_metadata
 
     provenance = json.loads((patched / "patchkit.json").read_text())
     provenance["base"].update(repo=None, revision=None, ref="/home/someone/models/tiny-llama")
@@ -178,7 +178,7 @@ def test_a_local_base_falls_back_to_the_recipe_repo_and_hides_the_path(patched):
 def test_a_real_loop_report_renders(patched):
     """A LoopReport built by patchkit.checks.loops from scored generations, straight into the card."""
     loops = pytest.importorskip("patchkit.checks.loops")
-    from patchkit.card import card_for_dir, card_metadata
+    from patchkit.publish.card import card_for_dir, card_metadata
     from patchkit.checks.probes import load_suite
     from patchkit.generate.types import Generation
 

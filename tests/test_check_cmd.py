@@ -1,6 +1,6 @@
 """`patchkit check` and `patchkit bench --recipe`: a zeroing recipe is caught by its own checks.bench gate.
 
-Uses the real patchkit.recipe / patchkit.apply when they are importable; otherwise a minimal local stand-in
+Uses the real patchkit.recipe / patchkit.edit.apply when they are importable; otherwise a minimal local stand-in
 (JSON recipe -> zeroed down_proj columns) so the composition logic is still tested.
 """
 
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from bench_tiny import one_thread, make_tiny_llama, write_recipe, zero_neurons_copy
 from patchkit.cli import main
-from patchkit.gates import BenchGates, Checks
+from patchkit.recipe.gates import BenchGates, Checks
 
 
 def _real(name: str) -> bool:
@@ -36,7 +36,7 @@ def _one_thread():
 @pytest.fixture
 def recipe_api(monkeypatch):
     """Real recipe/apply modules when present, else stand-ins with the contract's signatures."""
-    if all(_real(m) for m in ("patchkit.recipe", "patchkit.apply", "patchkit.model", "patchkit.adapters")):
+    if all(_real(m) for m in ("patchkit.recipe", "patchkit.edit.apply", "patchkit.model.refs", "patchkit.model.adapters")):
         return "real"
 
     class StandInRecipe:
@@ -59,7 +59,7 @@ def recipe_api(monkeypatch):
         return types.SimpleNamespace(out_dir=Path(out))
 
     monkeypatch.setitem(sys.modules, "patchkit.recipe", types.SimpleNamespace(load_recipe=load_recipe))
-    monkeypatch.setitem(sys.modules, "patchkit.apply", types.SimpleNamespace(apply_recipe=apply_recipe))
+    monkeypatch.setitem(sys.modules, "patchkit.edit.apply", types.SimpleNamespace(apply_recipe=apply_recipe))
     return "stand-in"
 
 
@@ -94,7 +94,7 @@ def test_check_passes_with_generous_gate_and_reports_steps(base, tmp_path, recip
 
 def test_check_composes_loop_check(base, tmp_path, recipe_api, monkeypatch):
     recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=[0], bench={"max_kl": 50.0})
-    from patchkit.checks.check import run_check
+    from patchkit.workflows.check import run_check
 
     monkeypatch.setitem(sys.modules, "patchkit.checks.loops", None)
     report = run_check(recipe, str(base), tasks="kl", limit=2)

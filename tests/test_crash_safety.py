@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from patchkit.apply import apply_recipe
-from patchkit.verify import verify_patched
+from patchkit.edit.apply import apply_recipe
+from patchkit.edit.verify import verify_patched
 from safetensors_synth import llama_checkpoint
 from test_apply import snapshot, write_recipe
 
@@ -21,7 +21,7 @@ TESTS = Path(__file__).parent
 CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import patchkit.apply as A
+import patchkit.edit.apply as A
 point, nth, recipe, base, out = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 A.CHUNK = 512  # many chunks per shard, so a kill can land in the middle of one
 A.COPY_PIECE = 1024

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from patchkit import demo as pd
+from patchkit.workflows import demo as pd
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -48,9 +48,9 @@ edits:
 
 
 def _needs_core():
-    for mod in ("patchkit.recipe", "patchkit.model", "patchkit.apply", "patchkit.diff", "patchkit.adapters"):
+    for mod in ("patchkit.recipe", "patchkit.model.refs", "patchkit.edit.apply", "patchkit.edit.diff", "patchkit.model.adapters"):
         pytest.importorskip(mod)
-    from patchkit.adapters import get_adapter
+    from patchkit.model.adapters import get_adapter
 
     try:
         get_adapter({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2,

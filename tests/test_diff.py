@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from patchkit.apply import write_patched
-from patchkit.diff import DiffError, diff_checkpoints, recipe_edits, recipe_text
-from patchkit.plan import plan_edits
-from patchkit.safetensors_io import read_header
+from patchkit.edit.apply import write_patched
+from patchkit.edit.diff import DiffError, diff_checkpoints, recipe_edits, recipe_text
+from patchkit.edit.plan import plan_edits
+from patchkit.model.safetensors_io import read_header
 from safetensors_synth import encode, llama_checkpoint, write_file
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
-from patchkit.diff import diff_checkpoints
+from patchkit.edit.diff import diff_checkpoints
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

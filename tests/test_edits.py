@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from patchkit.apply import write_patched
-from patchkit.edits import Selection, apply_op, from_float32, to_float32
-from patchkit.plan import plan_edits
-from patchkit.safetensors_io import read_header
+from patchkit.edit.apply import write_patched
+from patchkit.edit.bytes import Selection, apply_op, from_float32, to_float32
+from patchkit.edit.plan import plan_edits
+from patchkit.model.safetensors_io import read_header
 from safetensors_synth import llama_checkpoint
 
 DTYPES = ["BF16", "F16", "F32"]
@@ -96,8 +96,8 @@ def _plan(ckpt, pairs):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_streamed_patch_touches_only_the_selected_bytes(tmp_path, dtype, monkeypatch):
-    monkeypatch.setattr("patchkit.apply.CHUNK", 64, raising=False)
-    monkeypatch.setattr("patchkit.safetensors_io.CHUNK", 64)
+    monkeypatch.setattr("patchkit.edit.apply.CHUNK", 64, raising=False)
+    monkeypatch.setattr("patchkit.model.safetensors_io.CHUNK", 64)
     ckpt = llama_checkpoint(tmp_path / "m", dtype, shards=1)
     plan, headers = _plan(ckpt, [_edit(1, 5, "invert"), _edit(1, 7, "scale", 0.5), _edit(2, 3, "zero", tensor="up_proj")])
     src = ckpt / "model.safetensors"

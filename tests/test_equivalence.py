@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchkit.apply import apply_recipe
+from patchkit.edit.apply import apply_recipe
 from patchkit.recipe import parse_recipe
-from patchkit.runtime import runtime_edits
+from patchkit.edit.runtime import runtime_edits
 
 HEAD = "patchkit: 1\nname: eq\nsource: {kind: manual}\n"
 

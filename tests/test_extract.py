@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from patchkit.cli import main
 from patchkit.errors import RecipeError
-from patchkit.extract import extract_recipe
+from patchkit.edit.extract import extract_recipe
 from patchkit.recipe import load_recipe, parse_recipe
-from patchkit.safetensors_io import read_header
+from patchkit.model.safetensors_io import read_header
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -62,7 +62,7 @@ def patched_copy(base: Path, out: Path, edits: list[tuple[str, int, int, str, fl
             view ^= np.array(0x8000 if info.dtype != "F32" else 0x80000000, dtype=view.dtype)
         elif op == "zero":
             view[...] = 0
-        elif op in ("scale", "noise"):  # torch's own bf16 rounding, independent of patchkit.edits
+        elif op in ("scale", "noise"):  # torch's own bf16 rounding, independent of patchkit.edit.bytes
             t = torch.from_numpy(np.ascontiguousarray(view).astype(np.int32).astype(np.int16)).view(torch.bfloat16)
             t = t.float()
             t = t * factor if op == "scale" else t + torch.linspace(0.01, 0.02, t.numel()).reshape(t.shape)
@@ -105,8 +105,8 @@ def _moe_fixed(moe_base: Path, out: Path) -> Path:
 
 
 def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, monkeypatch):
-    from patchkit.apply import apply_recipe
-    from patchkit.verify import verify_patched
+    from patchkit.edit.apply import apply_recipe
+    from patchkit.edit.verify import verify_patched
 
     monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
     fixed = _moe_fixed(moe_base, tmp_path / "fixed")
@@ -131,7 +131,7 @@ def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, mo
     assert recipe.is_resolved and recipe.name == "tiny-moe-loopfix" and recipe.checks.loops.max_loop_rate == 0.1
     assert recipe.model.revision == base_commit
     assert recipe.source.kind == "diff" and recipe.source.reference == f"alice/g4-moe-noloop@{fixed_commit}"
-    assert recipe.resolution.method == "diff" and recipe.resolution.constraints["exact_edits"] == 3
+    assert recipe.resolution.method == "diff" and recipe.resolution.constraints.exact_edits == 3
     sums = recipe.source.model_extra["checksums"]
     assert [(c["layer"], c["index"]) for c in sums] == [(1, 2), (1, 4), (3, 0)]
 
@@ -152,7 +152,7 @@ def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, mo
 
 
 def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base, tmp_path, monkeypatch):
-    from patchkit.apply import apply_recipe
+    from patchkit.edit.apply import apply_recipe
 
     monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
     _upload(hub, "alice/g4-moe", moe_base)
@@ -180,7 +180,7 @@ def test_extract_dense_scale_and_invert_from_local_dirs(tiny_gemma4_bf16, tmp_pa
         (f"{PREFIX}.1.mlp.down_proj.weight", 1, 2, "invert", None),
     ])
     result = extract_recipe(tiny_gemma4_bf16, fixed, name="dense-fix")
-    from patchkit.validate import validate_recipe
+    from patchkit.recipe.validate import validate_recipe
 
     assert validate_recipe(result.recipe).warnings == ["no model given and none found offline: checked the recipe schema only (pass --model)"]
     tampered = load_recipe_text(result.text.replace("{layer: 1, neuron: 2, op: invert}", "{layer: 1, neuron: 3, op: invert}"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from patchkit import gguf as pg
+from patchkit.workflows import gguf_import as pg
 from patchkit.errors import ModelError
 
 

@@ -7,6 +7,8 @@ import json
 import logging
 
 import pytest
+
+from patchkit.model import hub_client
 from click.testing import CliRunner
 
 from patchkit.errors import PatchkitError
@@ -61,7 +63,7 @@ def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeyp
     assert "base_model: test-org/tiny-llama" in card and "base_model_relation: finetune" in card
 
     if engine_available():  # `patchkit verify` the pulled copy against the recipe and the base
-        from patchkit.verify import verify_patched
+        from patchkit.edit.verify import verify_patched
 
         # The Hub copy differs from the apply output in two files by design: README.md is the card push wrote,
         # .gitattributes is the Hub's. Everything else must match the recipe applied to the base, byte for byte.
@@ -90,7 +92,7 @@ def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeyp
 
 
 def test_pull_revision_into_local_dir(hub, dirs, tmp_path):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     first = pkhub.push(patched, "alice/tiny-fix", progress=False)
@@ -104,7 +106,7 @@ def test_pull_revision_into_local_dir(hub, dirs, tmp_path):
 def test_pr_mode_opens_a_pull_request_and_leaves_main_alone(hub, dirs, tmp_path):
     from huggingface_hub import HfApi
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     base, patched = dirs
     pkhub.push(base, "alice/tiny-fix", allow_unpatched=True, progress=False)
@@ -132,7 +134,7 @@ def test_pr_mode_opens_a_pull_request_and_leaves_main_alone(hub, dirs, tmp_path)
 def test_revision_pushes_to_a_new_branch(hub, dirs):
     from huggingface_hub import HfApi
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     result = pkhub.push(patched, "patchkit-org/tiny-fix", revision="loopfix", progress=False)
@@ -219,7 +221,7 @@ def test_errors_are_one_line_with_a_fix(hub, dirs, monkeypatch, setup, expected)
 
 
 def test_pull_missing_repo_and_revision(hub, dirs):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     missing = run_cli("pull", "alice/nope")
     assert missing.exit_code == 2 and "alice/nope not found (404)" in missing.output
@@ -232,7 +234,7 @@ def test_pull_missing_repo_and_revision(hub, dirs):
 
 
 def test_token_never_appears_in_output_logs_or_files(hub, dirs, caplog, capfd, monkeypatch):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     caplog.set_level(logging.DEBUG)
     _, patched = dirs
@@ -257,13 +259,13 @@ def test_token_never_appears_in_output_logs_or_files(hub, dirs, caplog, capfd, m
 
 
 def test_fetch_differing_shards_downloads_only_changed_lfs_files(hub, dirs):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     base, patched = dirs
     pkhub.push(base, "alice/tiny", allow_unpatched=True, progress=False)
     pkhub.push(patched, "alice/tiny-fix", progress=False)
     hub.server.reset()
-    dir_a, dir_b, identical = pkhub.fetch_differing_shards("alice/tiny", "alice/tiny-fix")
+    dir_a, dir_b, identical = hub_client.fetch_differing_shards("alice/tiny", "alice/tiny-fix")
     assert identical == [SHARDS[0]]
     assert not (dir_a / SHARDS[0]).exists() and not (dir_b / SHARDS[0]).exists()
     assert (dir_a / SHARDS[1]).read_bytes() == (base / SHARDS[1]).read_bytes()
@@ -275,7 +277,7 @@ def test_fetch_differing_shards_downloads_only_changed_lfs_files(hub, dirs):
 
 
 def test_pr_with_nothing_new_opens_no_pull_request(hub, dirs):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
@@ -289,7 +291,7 @@ def test_client_features_work_against_the_server(hub, dirs):
     """get_safetensors_metadata (HTTP Range), hf_hub_download (cross-host redirect, auth dropped at the CDN)."""
     from huggingface_hub import HfApi, hf_hub_download
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
@@ -315,28 +317,28 @@ def test_client_features_work_against_the_server(hub, dirs):
 def test_remote_safetensors_header_uses_range_requests(hub, dirs):
     from safetensors import safe_open
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pushed = pkhub.push(patched, "alice/tiny-fix", progress=False)
     hub.server.reset()
-    length, header = pkhub.read_safetensors_header("alice/tiny-fix", SHARDS[1], revision=pushed.commit_oid)
+    length, header = hub_client.read_safetensors_header("alice/tiny-fix", SHARDS[1], revision=pushed.commit_oid)
     local = (patched / SHARDS[1]).read_bytes()
     assert length == int.from_bytes(local[:8], "little")
     with safe_open(patched / SHARDS[1], "np") as handle:
         assert set(header) - {"__metadata__"} == set(handle.keys())
     assert all(r.status == 206 for r in hub.requests("GET", r"^/cdn/lfs/"))  # no full download
-    with pkhub.open_remote("alice/tiny-fix", SHARDS[1]) as remote:
+    with hub_client.open_remote("alice/tiny-fix", SHARDS[1]) as remote:
         remote.seek(len(local) - 16)
         assert remote.read() == local[-16:]
     with pytest.raises(PatchkitError, match="no file 'nope.safetensors'"):
-        pkhub.read_safetensors_header("alice/tiny-fix", "nope.safetensors")
+        hub_client.read_safetensors_header("alice/tiny-fix", "nope.safetensors")
 
 
 def test_remote_model_refs_resolve_through_the_server(hub, dirs):
-    """patchkit.model (owned by the core engine) resolves Hub refs through the same client and server."""
-    model = pytest.importorskip("patchkit.model")
-    from patchkit import hub as pkhub
+    """patchkit.model.refs (owned by the core engine) resolves Hub refs through the same client and server."""
+    model = pytest.importorskip("patchkit.model.refs")
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
@@ -351,7 +353,7 @@ def test_remote_model_refs_resolve_through_the_server(hub, dirs):
 
 def test_token_from_the_login_store_and_a_pulled_dir_can_be_pushed_again(hub, dirs, tmp_path, monkeypatch):
     """`hf auth login` writes HF_HOME/token: used when HF_TOKEN is unset. A `--local-dir` pull re-pushes cleanly."""
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     monkeypatch.delenv("HF_TOKEN")
@@ -365,10 +367,10 @@ def test_token_from_the_login_store_and_a_pulled_dir_can_be_pushed_again(hub, di
 
 
 def test_a_card_the_hub_rejects_stops_the_push_before_any_upload(hub, dirs, monkeypatch):
-    import patchkit.card
+    import patchkit.publish.card
 
     _, patched = dirs
-    monkeypatch.setattr(patchkit.card, "BASE_MODEL_RELATION", "tweak")  # not one the Hub accepts
+    monkeypatch.setattr(patchkit.publish.card, "BASE_MODEL_RELATION", "tweak")  # not one the Hub accepts
     result = run_cli("push", str(patched), "--repo", "alice/tiny-fix")
     assert result.exit_code == 2 and "the Hub refused the model card" in result.output
     assert hub.requests("PUT") == [] and hub.requests("POST", r"/commit/") == []
@@ -377,7 +379,7 @@ def test_a_card_the_hub_rejects_stops_the_push_before_any_upload(hub, dirs, monk
 def test_pull_flags_a_repo_whose_files_no_longer_match_its_provenance(hub, dirs, tmp_path):
     from huggingface_hub import HfApi
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     base, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
@@ -392,7 +394,7 @@ def test_pull_flags_a_repo_whose_files_no_longer_match_its_provenance(hub, dirs,
 def test_pushing_to_an_open_pull_request_updates_it(hub, dirs, tmp_path):
     from huggingface_hub import HfApi
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     base, patched = dirs
     pkhub.push(base, "alice/tiny-fix", allow_unpatched=True, progress=False)
@@ -407,8 +409,8 @@ def test_pushing_to_an_open_pull_request_updates_it(hub, dirs, tmp_path):
 
 def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
     """`patchkit diff` (core engine) on two Hub refs goes through fetch_differing_shards."""
-    diff = pytest.importorskip("patchkit.diff")
-    from patchkit import hub as pkhub
+    diff = pytest.importorskip("patchkit.edit.diff")
+    from patchkit.publish import hub as pkhub
 
     base, patched = dirs
     pkhub.push(base, "alice/tiny", allow_unpatched=True, progress=False)
@@ -423,8 +425,8 @@ def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
 
 
 def test_remote_headers_carry_the_real_header_length(hub, dirs):
-    model = pytest.importorskip("patchkit.model")
-    from patchkit import hub as pkhub
+    model = pytest.importorskip("patchkit.model.refs")
+    from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
@@ -439,7 +441,7 @@ def test_validate_and_apply_accept_a_hub_model_ref(hub, dirs, tmp_path):
     pytest.importorskip("patchkit.recipe")
     from hubserver.checkpoints import RECIPE_TEXT
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     base, patched = dirs
     pushed = pkhub.push(base, "patchkit-org/tiny-llama", allow_unpatched=True, progress=False)

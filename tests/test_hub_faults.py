@@ -21,7 +21,7 @@ def patched(tmp_path):
 
 @pytest.fixture
 def fast():
-    from patchkit.hub import RetryPolicy
+    from patchkit.publish.hub import RetryPolicy
 
     return RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 
@@ -31,7 +31,7 @@ def sha(path) -> str:
 
 
 def test_lfs_upload_500_is_retried(hub, patched, fast):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     hub.inject("500", method="PUT", path=r"^/lfs-upload/", nth=2)  # the second upload fails once
     result = pkhub.push(patched, "alice/tiny-fix", retry=fast, progress=False)
@@ -44,7 +44,7 @@ def test_lfs_upload_500_is_retried(hub, patched, fast):
 
 
 def test_connection_dropped_mid_upload_is_retried(hub, patched, fast):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     hub.inject("drop", method="PUT", path=r"^/lfs-upload/")
     result = pkhub.push(patched, "alice/tiny-fix", retry=fast, progress=False)
@@ -57,7 +57,7 @@ def test_connection_dropped_mid_upload_is_retried(hub, patched, fast):
 
 @pytest.mark.parametrize("action", ["500", "drop"])
 def test_commit_failure_is_retried_once_and_commits_once(hub, patched, fast, action, caplog):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     hub.inject(action, method="POST", path=r"/commit/main$")
     result = pkhub.push(patched, "alice/tiny-fix", retry=fast, progress=False)
@@ -72,7 +72,7 @@ def test_commit_failure_is_retried_once_and_commits_once(hub, patched, fast, act
 
 
 def test_persistent_5xx_gives_up_with_a_clear_message(hub, patched, fast):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
 
     hub.inject("503", method="GET", path=r"/api/whoami-v2", times=99)
@@ -84,7 +84,7 @@ def test_persistent_5xx_gives_up_with_a_clear_message(hub, patched, fast):
 
 
 def test_interrupted_push_resumes_with_only_the_missing_objects(hub, patched, fast):
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
 
     missing = sha(patched / SHARDS[1])
@@ -127,7 +127,7 @@ def test_wrong_token_is_401_on_every_call(hub):
 def test_download_cut_mid_file_resumes_with_a_range_request(hub, patched, fast, tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
 
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1024)  # so the client keeps the bytes it got (10 MB default)
     pkhub.push(patched, "alice/tiny-fix", retry=fast, progress=False)
@@ -147,7 +147,7 @@ def test_download_cut_mid_file_resumes_with_a_range_request(hub, patched, fast, 
 def test_unreachable_hub_is_retried_then_reported(hub, patched, fast):
     import socket
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
 
     with socket.socket() as sock:  # a port nobody listens on
@@ -161,7 +161,7 @@ def test_unreachable_hub_is_retried_then_reported(hub, patched, fast):
 def test_offline_mode_is_reported_not_retried(hub, patched, fast, monkeypatch):
     import huggingface_hub.constants as constants
 
-    from patchkit import hub as pkhub
+    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -61,7 +61,7 @@ def test_finds_the_planted_neuron_not_the_decoy(located):
 
 
 def test_heldout_confirms_and_recipe_removes_the_loop(located, planted, tmp_path):
-    from patchkit.apply import apply_recipe
+    from patchkit.edit.apply import apply_recipe
     from patchkit.recipe import load_recipe
 
     result, out, _settings = located
@@ -118,7 +118,7 @@ def test_row_edits_match_runtime_edits(planted):
     from patchkit.generate.loading import load_model
     from patchkit.locate.hooks import ModelView, row_edits
     from patchkit.recipe import ResolvedEdit
-    from patchkit.runtime import runtime_edits
+    from patchkit.edit.runtime import runtime_edits
 
     model_dir, _ = planted
     model, _tok = load_model(model_dir)
@@ -142,7 +142,7 @@ def test_expert_row_edits_and_attribution_on_moe(tmp_path):
     from patchkit.locate.teacher import build_batch
     from patchkit.locate.transcripts import Transcript
     from patchkit.recipe import ResolvedEdit
-    from patchkit.runtime import runtime_edits
+    from patchkit.edit.runtime import runtime_edits
 
     model, _tok = load_model(build("gemma4-moe", tmp_path / "moe"))
     view = ModelView(model)
@@ -284,7 +284,7 @@ def test_from_recipe_searches_the_constraints_and_writes_the_indices_back(plante
     assert written.name == "planted-loopfix" and written.publish.license == "apache-2.0"
     assert written.checks.loops.max_loop_rate == 0.2
     assert written.source.kind == "locate" and written.source.constraints_from["reference"] == "planted-model notes"
-    assert written.resolution.constraints["layers"] == [PLANTED[0]]
+    assert written.resolution.constraints.layers == [PLANTED[0]]
     # only the constrained layer and op were searched
     report = json.loads((tmp_path / "fix.locate" / "locate-report.json").read_text())
     assert report["settings"]["layers"] == [PLANTED[0]] and report["settings"]["ops"] == [0.0]
@@ -304,7 +304,7 @@ def test_from_recipe_outside_the_loop_layer_stays_unresolved(planted, tmp_path):
     assert not result.found
     written = load_recipe(tmp_path / "out.yaml")
     assert not written.is_resolved and written.edits == []
-    assert written.resolution.constraints["layers"] == [DECOY[0]] and "last_locate" in written.resolution.constraints
+    assert written.resolution.constraints.layers == [DECOY[0]] and written.resolution.constraints.get("last_locate")
     with pytest.raises(Exception, match="layer 5 is out of range"):
         run_locate(str(model_dir), out=tmp_path / "bad.yaml", from_recipe=load_recipe(_unresolved(tmp_path / "b.yaml", [5])),
                    settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))

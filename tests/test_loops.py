@@ -13,7 +13,7 @@ from loops_tiny import bigram_model, cycle, one_thread  # noqa: E402
 
 from patchkit.checks.loops import LoopSettings, run_loops, run_suite  # noqa: E402
 from patchkit.checks.probes import load_suite  # noqa: E402
-from patchkit.gates import LoopGates  # noqa: E402
+from patchkit.recipe.gates import LoopGates  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -140,7 +140,7 @@ def test_run_loops_base_vs_patched_report_and_gates(suite_file, model_dirs, tmp_
 
 
 def test_report_rows_feed_the_model_card(suite_file, model_dirs):
-    card = pytest.importorskip("patchkit.card")
+    card = pytest.importorskip("patchkit.publish.card")
     report = run_loops(model_dirs["looping"], patched_ref=model_dirs["listing"], suite=str(suite_file),
                        max_new_tokens=60, controls=False)
     rows = {r.key: r for r in card.report_rows(report.to_json(transcripts=False), "loops")}

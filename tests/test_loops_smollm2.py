@@ -47,7 +47,7 @@ def _gguf_path() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2(request):
-    """(model, tokenizer): from the imported checkpoint when patchkit.gguf provides it, else the GGUF directly."""
+    """(model, tokenizer): from the imported checkpoint when patchkit.workflows.gguf_import provides it, else the GGUF directly."""
     torch = pytest.importorskip("torch")
     from patchkit.generate.loading import load_model
 

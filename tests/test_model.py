@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from patchkit.errors import ModelError, PatchkitError
-from patchkit.model import cached_model, check_revision_pin, ensure_local, resolve_model
-from patchkit.safetensors_io import read_header
+from patchkit.model.refs import cached_model, check_revision_pin, ensure_local, resolve_model
+from patchkit.model.safetensors_io import read_header
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -107,7 +107,7 @@ def test_validate_without_model_uses_the_cache(tmp_path, monkeypatch, tiny_gemma
     import huggingface_hub.constants as constants
 
     from patchkit.errors import RecipeError
-    from patchkit.validate import validate_recipe
+    from patchkit.recipe.validate import validate_recipe
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

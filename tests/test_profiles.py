@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from patchkit.cli import main
 from patchkit.errors import RecipeError
-from patchkit.profiles import PROFILES, compare_config, find_profile, get_profile
+from patchkit.model.profiles import PROFILES, compare_config, find_profile, get_profile
 from patchkit.recipe import load_recipe, parse_recipe
-from patchkit.validate import validate_recipe
+from patchkit.recipe.validate import validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -35,7 +35,7 @@ def test_profiles_agree_with_the_papers_unit_counts():
 
 @pytest.mark.parametrize("key", sorted(PROFILES))
 def test_adapter_reads_the_profile_like_a_config_json(key):
-    from patchkit.adapters import get_adapter
+    from patchkit.model.adapters import get_adapter
 
     profile = PROFILES[key]
     adapter = get_adapter(get_profile(profile.repo))
@@ -94,7 +94,7 @@ def test_shipped_recipe_validates_against_its_profile(path):
 
 
 def test_recipe_search_spaces_are_what_the_sources_say():
-    from patchkit.resolution import search_space
+    from patchkit.recipe.resolution import search_space
 
     e2b = search_space(load_recipe(ROOT / "recipes/e2b.yaml"))
     assert (e2b.kind, e2b.layers, e2b.max_edits, e2b.units_in_scope) == ("neuron", (10, 12), 2, 2 * 6144)
@@ -225,7 +225,7 @@ def test_full_scale_validate_and_dry_run_plan(sparse_models, key, tmp_path, monk
 
 
 def test_sparse_checkpoint_is_what_the_adapter_expects(sparse_models):
-    from patchkit.model import resolve_model
+    from patchkit.model.refs import resolve_model
 
     ref = resolve_model(str(sparse_models["26b-a4b"]))
     names = ref.tensor_names()

@@ -7,7 +7,7 @@ import torch
 
 from patchkit.errors import PatchkitError
 from patchkit.recipe import parse_recipe
-from patchkit.runtime import runtime_edits
+from patchkit.edit.runtime import runtime_edits
 
 HEAD = "patchkit: 1\nname: rt\nsource: {kind: manual}\nedits:\n"
 

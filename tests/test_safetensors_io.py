@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from patchkit.errors import SafetensorsError
-from patchkit.safetensors_io import check_editable, read_header, read_tensor_bytes
+from patchkit.model.safetensors_io import check_editable, read_header, read_tensor_bytes
 from safetensors_synth import header_bytes, write_file
 
 

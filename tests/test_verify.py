@@ -8,11 +8,11 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from patchkit.apply import apply_recipe
+from patchkit.edit.apply import apply_recipe
 from patchkit.cli import main
-from patchkit.diff import diff_checkpoints, recipe_text
-from patchkit.safetensors_io import read_header
-from patchkit.verify import verify_patched
+from patchkit.edit.diff import diff_checkpoints, recipe_text
+from patchkit.model.safetensors_io import read_header
+from patchkit.edit.verify import verify_patched
 from safetensors_synth import llama_checkpoint
 from test_apply import snapshot, write_recipe
 

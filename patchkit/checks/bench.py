@@ -23,7 +23,7 @@ import numpy as np
 
 from patchkit.checks import stats
 from patchkit.errors import CheckError, ModelError
-from patchkit.gates import BenchGates
+from patchkit.recipe.gates import BenchGates
 
 __all__ = ["DEFAULT_TASKS", "Figure", "BenchReport", "run_bench", "check_same_tokenizer", "parse_tasks",
            "LOGIT_MEASURES"]

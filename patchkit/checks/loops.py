@@ -24,7 +24,7 @@ from patchkit.checks.detect import LOOP_LABELS, Verdict, detect
 from patchkit.checks.probes import Probe, Suite, load_suite
 from patchkit.checks.stats import wilson_interval
 from patchkit.errors import CheckError
-from patchkit.gates import LoopGates
+from patchkit.recipe.gates import LoopGates
 from patchkit.generate.types import Generation, GenerationRequest, SamplingParams
 
 __all__ = ["GOOD_LIST_MIN_ITEMS", "LoopSettings", "ProbeResult", "RunResult", "Metrics", "LoopReport",

@@ -1,4 +1,4 @@
-"""`patchkit bench` and `patchkit check`: thin click shells over patchkit.checks.bench / patchkit.checks.check."""
+"""`patchkit bench` and `patchkit check`: thin click shells over patchkit.checks.bench / patchkit.workflows.check."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def check_cmd(recipe: Path, model: str, out: Path | None, tasks: str | None, lim
     from rich.table import Table
 
     from patchkit.checks.bench_report import bench_table, write_report
-    from patchkit.checks.check import run_check
+    from patchkit.workflows.check import run_check
 
     console = ui_console(as_json)
     with _rich_progress(console) as progress:

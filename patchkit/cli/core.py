@@ -1,4 +1,4 @@
-"""`patchkit apply`, `patchkit diff`, `patchkit verify`: thin shells over patchkit.apply / diff / verify."""
+"""`patchkit apply`, `patchkit diff`, `patchkit verify`: thin shells over patchkit.edit.apply / diff / verify."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _progress(as_json: bool, label: str) -> Iterator:
 @handle_errors
 def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, in_place: bool, force: bool, as_json: bool) -> None:
     """Apply RECIPE to a model: a new checkpoint where only the edited slices differ, plus patchkit.json."""
-    from patchkit.apply import apply_recipe
+    from patchkit.edit.apply import apply_recipe
 
     with _progress(as_json, "apply") as progress:
         result = apply_recipe(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, progress=progress)
@@ -90,13 +90,13 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
 @handle_errors
 def diff_cmd(a: str, b: str, as_recipe: bool, out: Path | None, name: str | None, repo: str | None, revision: str | None, as_json: bool) -> None:
     """Compare checkpoints A and B tensor by tensor; explain changed MLP neurons/experts."""
-    from patchkit.diff import diff_checkpoints, recipe_text
+    from patchkit.edit.diff import diff_checkpoints, recipe_text
 
     with _progress(as_json, "diff") as progress:
         report = diff_checkpoints(a, b, progress=progress)
     text = recipe_text(report, name=name, repo=repo, revision=revision) if as_recipe else None
     if text is not None and out is not None:
-        from patchkit.apply import _write_text
+        from patchkit.edit.apply import _write_text
 
         _write_text(Path(out).absolute(), text)
     if as_json:
@@ -162,7 +162,7 @@ def verify_cmd(recipe: Path, model: str | None, patched: Path | None, as_json: b
     from patchkit.errors import VerifyError
 
     if patched is None:
-        from patchkit.extract import verify_against_reference
+        from patchkit.edit.extract import verify_against_reference
 
         with _progress(as_json, "verify") as progress:
             check = verify_against_reference(recipe, model=model, progress=progress)
@@ -176,7 +176,7 @@ def verify_cmd(recipe: Path, model: str | None, patched: Path | None, as_json: b
         ui_console(False).print(f"ok: {check.message}", highlight=False)
         return
 
-    from patchkit.verify import verify_patched
+    from patchkit.edit.verify import verify_patched
 
     with _progress(as_json, "verify") as progress:
         result = verify_patched(recipe, model=model, patched=patched, progress=progress)

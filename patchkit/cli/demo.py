@@ -1,4 +1,4 @@
-"""`patchkit demo`: a thin click shell over patchkit.demo.run_demo, rendering its events with rich."""
+"""`patchkit demo`: a thin click shell over patchkit.workflows.demo.run_demo, rendering its events with rich."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def quiet_library_progress() -> None:
 def summary_table(result: Any) -> Any:
     from rich.table import Table
 
-    from patchkit.gguf import EMBEDDED_MODEL_NAME
+    from patchkit.workflows.gguf_import import EMBEDDED_MODEL_NAME
 
     model = Path(result.model_dir).name
     model = "SmolLM2-135M-Instruct" if model == EMBEDDED_MODEL_NAME else model
@@ -136,7 +136,7 @@ def demo_cmd(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card
 
 
 def _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card, as_json) -> None:
-    from patchkit.demo import run_demo
+    from patchkit.workflows.demo import run_demo
 
     console = ui_console(as_json)
     quiet_library_progress()

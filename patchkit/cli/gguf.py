@@ -1,4 +1,4 @@
-"""`patchkit import-gguf`: a thin click shell over patchkit.gguf.import_gguf."""
+"""`patchkit import-gguf`: a thin click shell over patchkit.workflows.gguf_import.import_gguf."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
       patchkit import-gguf model.Q4_K_M.gguf -o model-bf16 --dtype bf16
     """
     from patchkit.errors import ModelError
-    from patchkit.gguf import import_gguf, read_provenance
+    from patchkit.workflows.gguf_import import import_gguf, read_provenance
 
     if (file is None) == (from_package is None):
         raise ModelError("give a GGUF FILE or --from-package DIST (exactly one)")

@@ -1,4 +1,4 @@
-"""`patchkit push`, `patchkit pull`, `patchkit card`: thin shells over patchkit.hub and patchkit.card."""
+"""`patchkit push`, `patchkit pull`, `patchkit card`: thin shells over patchkit.publish.hub and patchkit.publish.card."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
     The token comes from HF_TOKEN or `hf auth login`. Re-running after an interruption uploads only what is
     missing. Exit 1 if the remote copy does not match the local provenance.
     """
-    from patchkit import hub
+    from patchkit.publish import hub
 
     console = ui_console(as_json)
     plan = hub.plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
@@ -90,7 +90,7 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
 @handle_errors
 def pull_cmd(ref, local_dir, as_json):
     """Download a Hub repo (into the HF cache, or --local-dir) and check it against its patchkit.json."""
-    from patchkit import hub
+    from patchkit.publish import hub
     from patchkit.errors import VerifyError
 
     result = hub.pull(ref, local_dir=local_dir)
@@ -122,7 +122,7 @@ def card_cmd(directory, loops_report, bench_report, repo_id, output, as_json):
     import os
     import tempfile
 
-    from patchkit.card import card_for_dir, card_metadata
+    from patchkit.publish.card import card_for_dir, card_metadata
 
     text = str(card_for_dir(directory, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id))
     if output is not None:

@@ -19,7 +19,7 @@ from patchkit.errors import PatchkitError
 @handle_errors
 def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     """Check RECIPE's schema and, against the model, every layer, index, tensor and dtype (headers only)."""
-    from patchkit.validate import validate_recipe
+    from patchkit.recipe.validate import validate_recipe
 
     report = validate_recipe(recipe, model=model)
     if as_json:
@@ -75,9 +75,9 @@ def schema_cmd() -> None:
 @handle_errors
 def new_cmd(model: str | None, arch: str | None, name: str | None, output: Path | None, as_json: bool) -> None:
     """Write a commented starter recipe for a model."""
-    from patchkit.fsutil import atomic_write_text
+    from patchkit._io.atomic import atomic_write_text
     from patchkit.recipe import parse_recipe
-    from patchkit.validate import starter_recipe
+    from patchkit.recipe.validate import starter_recipe
 
     if model is None and arch is None:
         raise PatchkitError("say which model the recipe is for", hint="pass --model REF or --arch gemma4|llama")

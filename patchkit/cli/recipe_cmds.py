@@ -36,8 +36,8 @@ def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name
                 as_json: bool) -> None:
     """Recipe ops that turn BASE into FIXED (local dirs or org/name[@rev]; refused if a change is not expressible)."""
     from patchkit.cli.core import _progress
-    from patchkit.extract import extract_recipe
-    from patchkit.fsutil import atomic_write_text
+    from patchkit.edit.extract import extract_recipe
+    from patchkit._io.atomic import atomic_write_text
     from patchkit.recipe import load_recipe
 
     template = load_recipe(into) if into is not None else None
@@ -74,12 +74,12 @@ def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name
 def space_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     """The search space an unresolved RECIPE leaves to `patchkit locate --from-recipe`."""
     from patchkit.recipe import load_recipe
-    from patchkit.resolution import search_space
+    from patchkit.recipe.resolution import search_space
 
     rec = load_recipe(recipe)
     config = None
     if model is not None:
-        from patchkit.model import resolve_model
+        from patchkit.model.refs import resolve_model
 
         config = resolve_model(model).config
     space = search_space(rec, config=config).to_json()

@@ -57,7 +57,7 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
         if path.is_dir():
             local = path
         else:
-            from patchkit.model import ensure_local
+            from patchkit.model.refs import ensure_local
 
             local = ensure_local(str(ref))
         if not (local / "config.json").is_file():
@@ -76,7 +76,7 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
 @contextlib.contextmanager
 def patched_checkpoint(recipe: Any, base_ref: str | Path) -> Iterator[Path]:
     """Apply `recipe` to `base_ref` into a temporary directory and yield it (removed afterwards)."""
-    from patchkit.apply import apply_recipe
+    from patchkit.edit.apply import apply_recipe
 
     with tempfile.TemporaryDirectory(prefix="patchkit-") as tmp:
         out = Path(tmp) / "patched"

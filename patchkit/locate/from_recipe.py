@@ -1,7 +1,7 @@
 """`patchkit locate --from-recipe`: search only where an unresolved recipe says the edits are, and write the
 indices back into that recipe (its name, checks, publish section and constraints are kept).
 
-The recipe's `resolution.constraints` (see `patchkit.resolution`) narrow the search: `layers` become the
+The recipe's `resolution.constraints` (see `patchkit.recipe.resolution`) narrow the search: `layers` become the
 layers searched neuron by neuron, `ops`/`factors`/`partial_edits` the ops tried, `max_edits` (or
 `exact_edits`) the largest combination, `kind` whether neurons or experts are candidates.
 """
@@ -19,7 +19,7 @@ _FIXED_FACTORS = {"invert": -1.0, "zero": 0.0}
 
 
 def settings_for(settings: Any, space: Any) -> Any:
-    """`settings` narrowed to the search space `space` (a `patchkit.resolution.SearchSpace`)."""
+    """`settings` narrowed to the search space `space` (a `patchkit.recipe.resolution.SearchSpace`)."""
     factors: list[float] = []
     for op in space.ops:
         if op in _FIXED_FACTORS:
@@ -45,7 +45,7 @@ def settings_for(settings: Any, space: Any) -> Any:
 def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: bool) -> dict[str, Any]:
     """The unresolved recipe `base` with locate's findings (`generated`: the data of locate's own recipe)."""
     from patchkit import __version__
-    from patchkit.resolution import check_edits_against, constraints_of
+    from patchkit.recipe.resolution import check_edits_against, constraints_of
 
     data = base.model_dump(mode="json", exclude_none=True)
     data.pop("edits", None)

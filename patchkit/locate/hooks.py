@@ -26,7 +26,7 @@ class ModelView:
 
     @property
     def layers(self) -> Any:
-        from patchkit.runtime import _layers
+        from patchkit.edit.runtime import _layers
 
         return _layers(self.model)
 

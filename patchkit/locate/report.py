@@ -171,7 +171,7 @@ def write_outputs(report: dict[str, Any], best: Any, heldout: dict[str, Any] | N
                   spec: dict[str, Any], out: Path | None, report_dir: Path | None,
                   base_recipe: Any = None) -> tuple[Path | None, Path | None]:
     """Write recipe (atomically), report JSON and plots; returns (recipe path, report directory)."""
-    from patchkit.fsutil import atomic_write_text
+    from patchkit._io.atomic import atomic_write_text
 
     recipe_path = None
     if out is not None:

@@ -94,7 +94,7 @@ def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
 def _model_spec(model: Any, ref: str) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     try:
-        from patchkit.adapters import get_adapter
+        from patchkit.model.adapters import get_adapter
 
         spec["architecture"] = get_adapter(model.config.to_dict()).architecture
     except Exception:  # noqa: BLE001 - an unknown architecture still gets a recipe, without this field
@@ -155,7 +155,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     model, tok, ref = _load(model_ref, settings)
     if from_recipe is not None:
         from patchkit.locate.from_recipe import settings_for
-        from patchkit.resolution import search_space
+        from patchkit.recipe.resolution import search_space
 
         space = search_space(from_recipe, config=model.config.to_dict())
         settings = settings_for(settings, space)

@@ -1,6 +1,6 @@
 """Tiny Llama checkpoints for the Hub tests: a 2-shard base model and a patched copy with patchkit.json.
 
-`make_patched` uses `patchkit.apply.apply_recipe` when the core engine is installed and otherwise writes the
+`make_patched` uses `patchkit.edit.apply.apply_recipe` when the core engine is installed and otherwise writes the
 same layout itself, following the provenance format in docs/ARCHITECTURE.md exactly.
 """
 
@@ -109,19 +109,19 @@ def engine_available() -> bool:
     """Whether the core engine (recipe + model + apply + a llama adapter) is installed."""
     import importlib.util
 
-    return all(importlib.util.find_spec(m) for m in ("patchkit.apply", "patchkit.recipe", "patchkit.model"))
+    return all(importlib.util.find_spec(m) for m in ("patchkit.edit.apply", "patchkit.recipe", "patchkit.model.refs"))
 
 
 def make_patched(base: Path, out: Path, *, use_engine: bool = False) -> Path:
     """A patched copy of `base` (neuron EDIT_NEURON of layer EDIT_LAYER inverted) with patchkit.json.
 
-    use_engine: run the real `patchkit.apply.apply_recipe` (must be installed); otherwise write the same
+    use_engine: run the real `patchkit.edit.apply.apply_recipe` (must be installed); otherwise write the same
     layout here, so the Hub tests do not depend on the engine's state.
     """
     recipe_path = out.parent / "tiny-llama-loopfix.yaml"
     recipe_path.write_text(RECIPE_TEXT)
     if use_engine:
-        from patchkit.apply import apply_recipe
+        from patchkit.edit.apply import apply_recipe
 
         apply_recipe(recipe_path, model=str(base), out=out)
         return out

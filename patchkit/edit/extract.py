@@ -50,7 +50,7 @@ class ExtractResult:
 
 def _identity(directory: Path, given: str) -> str:
     """`repo@sha` for an HF-cache snapshot directory, else what the user gave (a local path)."""
-    from patchkit.model import _cache_snapshot_identity
+    from patchkit.model.refs import _cache_snapshot_identity
 
     repo, sha = _cache_snapshot_identity(Path(directory).absolute())
     return f"{repo}@{sha}" if repo and sha else str(given)
@@ -58,8 +58,8 @@ def _identity(directory: Path, given: str) -> str:
 
 def _slice_sha(directory: Path, file: str, tensor: str, axis: int, index: int) -> str:
     """sha256 of one slice's raw bytes in element order (the form apply records as before/after_sha256)."""
-    from patchkit.edits import RAW_DTYPES
-    from patchkit.safetensors_io import read_header
+    from patchkit.edit.bytes import RAW_DTYPES
+    from patchkit.model.safetensors_io import read_header
 
     header = read_header(directory / file)
     info = header.tensors[tensor]
@@ -95,9 +95,9 @@ def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], 
 
     from ruamel.yaml import YAML
 
-    from patchkit.diff import DiffError, _architecture, _read_config, diff_checkpoints, recipe_edits
+    from patchkit.edit.diff import DiffError, _architecture, _read_config, diff_checkpoints, recipe_edits
     from patchkit.recipe import parse_recipe
-    from patchkit.resolution import check_edits_against, parse_constraints
+    from patchkit.recipe.resolution import check_edits_against, parse_constraints
 
     report = diff_checkpoints(base, fixed, progress=progress)
     edits = recipe_edits(report)  # DiffError naming the first inexpressible change
@@ -126,8 +126,8 @@ def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], 
     resolution: dict[str, Any] = {"status": "resolved", "method": "diff", "reference": fixed_id,
                                   "resolved_by": f"patchkit {__version__} recipe extract {base_id} {fixed_id}"}
     t_res = getattr(template, "resolution", None)
-    if t_res is not None and t_res.constraints:
-        resolution["constraints"] = t_res.constraints
+    if t_res is not None and t_res.constraints.to_yaml_data():
+        resolution["constraints"] = t_res.constraints.to_yaml_data()
     rec_name = name or getattr(template, "name", None) or _slug(f"{Path(str(fixed)).name}-from-diff")
     doc: dict[str, Any] = {"patchkit": 1, "name": rec_name}
     description = getattr(template, "description", None) or f"Reproduces {fixed_id} from {base_id}."
@@ -153,7 +153,7 @@ def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], 
     except PatchkitError as exc:
         raise DiffError(f"the recipe derived from the diff does not validate: {exc}") from None
     notes: list[str] = []
-    if t_res is not None and t_res.constraints:
+    if t_res is not None:
         notes = check_edits_against(parse_constraints(t_res.constraints), recipe.expanded_edits())
     from_hub = "@" in fixed_id and not Path(str(fixed)).exists()
     downloaded = sorted(f for f in _weight_files(report.b)
@@ -164,7 +164,7 @@ def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], 
 
 
 def _weight_files(directory: Path) -> list[str]:
-    from patchkit.diff import weight_files
+    from patchkit.edit.diff import weight_files
 
     try:
         return weight_files(Path(directory))
@@ -202,7 +202,7 @@ def _base_ref(recipe: Any, model: str | None) -> str:
 
 def resolve_unresolved(recipe: Any, *, model: str | None = None, progress: Progress | None = None) -> ExtractResult:
     """Resolve an unresolved diff recipe from its reference (needs the Hub), else RecipeError saying what to run."""
-    from patchkit.resolution import how_to_resolve
+    from patchkit.recipe.resolution import how_to_resolve
 
     res = recipe.resolution
     where = recipe.where("resolution")

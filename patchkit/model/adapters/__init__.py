@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from patchkit.adapters.base import Adapter, LayerInfo, TensorRole, TensorTarget
-from patchkit.adapters.gemma4 import Gemma4Adapter
-from patchkit.adapters.llama import LlamaAdapter
+from patchkit.model.adapters.base import Adapter, LayerInfo, TensorRole, TensorTarget
+from patchkit.model.adapters.gemma4 import Gemma4Adapter
+from patchkit.model.adapters.llama import LlamaAdapter
 from patchkit.errors import ModelError
 
 ADAPTERS: dict[str, type[Adapter]] = {"gemma4": Gemma4Adapter, "llama": LlamaAdapter}

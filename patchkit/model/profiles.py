@@ -212,7 +212,7 @@ def find_profile(repo_or_key: str | None) -> SizeProfile | None:
 
 
 def get_profile(repo: str | None) -> dict[str, Any] | None:
-    """config.json-shaped geometry for a released repo, or None (the contract `patchkit.validate` uses)."""
+    """config.json-shaped geometry for a released repo, or None (the contract `patchkit.recipe.validate` uses)."""
     profile = find_profile(repo)
     return profile.config() if profile is not None else None
 

@@ -34,48 +34,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from patchkit.errors import RecipeError
+from patchkit.recipe.schema import Constraints, PartialEdit
 
 Op = Literal["invert", "scale", "zero", "suppress"]
-
-
-class PartialEdit(BaseModel):
-    """An edit known except for its neuron/expert index."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    layer: int = Field(ge=0)
-    op: Op
-    factor: float | None = None
-    note: str | None = None
-
-
-class Constraints(BaseModel):
-    """Typed view of `resolution.constraints` (extra keys are allowed and kept)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    kind: Literal["neuron", "expert"] | None = None
-    layers: list[int] | None = None
-    max_edits: int | None = Field(None, ge=1)
-    exact_edits: int | None = Field(None, ge=1)
-    ops: list[Op] | None = None
-    factors: list[float] | None = None
-    partial_edits: list[PartialEdit] = Field(default_factory=list)
-    units_total: int | None = Field(None, ge=1)
-    evidence: str | None = None
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, value: list[int] | None) -> list[int] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("the list is empty; omit `layers` to search every layer")
-        if any(v < 0 for v in value):
-            raise ValueError(f"layer indices must be >= 0, got {min(value)}")
-        if len(set(value)) != len(value):
-            raise ValueError("a layer is listed twice")
-        return value
 
 
 @dataclass(frozen=True)
@@ -115,31 +76,20 @@ def parse_constraints(raw: Any, *, where: str = "resolution.constraints", positi
     """Validate a constraints mapping (RecipeError naming file:line when positions are given)."""
     if raw is None:
         return Constraints()
+    if isinstance(raw, Constraints):
+        return raw
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: must be a mapping like {{kind: neuron, layers: [10, 12], max_edits: 2}}")
     try:
         cons = Constraints.model_validate(raw)
     except ValidationError as exc:
         if positions is not None and filename is not None:
-            from patchkit.recipe import _validation_error
+            from patchkit.recipe.loader import validation_error
 
-            raise _validation_error(exc, positions, filename, ("resolution", "constraints")) from None
+            raise validation_error(exc, positions, filename, ("resolution", "constraints")) from None
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise RecipeError(f"{where}.{loc}: {err['msg']}") from None
-    if cons.max_edits is not None and cons.exact_edits is not None and cons.exact_edits > cons.max_edits:
-        raise RecipeError(f"{where}: exact_edits ({cons.exact_edits}) exceeds max_edits ({cons.max_edits})")
-    if cons.layers is not None:
-        stray = [p.layer for p in cons.partial_edits if p.layer not in cons.layers]
-        if stray:
-            raise RecipeError(f"{where}.partial_edits: layer {stray[0]} is not in `layers` {cons.layers}")
-    for i, p in enumerate(cons.partial_edits):
-        if p.op == "scale" and p.factor is None:
-            raise RecipeError(f"{where}.partial_edits[{i}]: op scale needs a factor")
-        if cons.kind == "expert" and p.op != "suppress" or cons.kind == "neuron" and p.op == "suppress":
-            raise RecipeError(f"{where}.partial_edits[{i}]: op {p.op} does not fit kind {cons.kind}")
-    if cons.kind == "expert" and cons.ops and set(cons.ops) - {"suppress"}:
-        raise RecipeError(f"{where}.ops: experts support only `suppress`")
+        loc = "".join(f".{p}" for p in err["loc"])
+        raise RecipeError(f"{where}{loc}: {err['msg'].removeprefix('Value error, ')}") from None
     return cons
 
 
@@ -152,14 +102,14 @@ def constraints_of(recipe: Any) -> Constraints:
 def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> SearchSpace:
     """The search space of an unresolved recipe; with `config` (or a size profile of the recipe's repo) the
     layers are expanded and every constraint is checked against the geometry (RecipeError otherwise)."""
-    from patchkit.adapters import get_adapter
+    from patchkit.model.adapters import get_adapter
 
     res = getattr(recipe, "resolution", None)
     cons = constraints_of(recipe)
     spec = getattr(recipe, "model", None)
     repo = getattr(spec, "repo", None)
     if config is None and repo:
-        from patchkit.profiles import get_profile
+        from patchkit.model.profiles import get_profile
 
         config = get_profile(repo)
     ops = tuple(cons.ops or ())
@@ -228,18 +178,4 @@ def check_edits_against(recipe_constraints: Constraints, edits: list[Any]) -> li
 
 def how_to_resolve(recipe: Any) -> str:
     """The command that resolves an unresolved recipe (one clause, for one-line errors)."""
-    res = getattr(recipe, "resolution", None)
-    if res is not None and res.how_to_resolve:
-        return res.how_to_resolve
-    path = getattr(recipe, "path", None) or "RECIPE"
-    spec = getattr(recipe, "model", None)
-    base = getattr(spec, "repo", None) or "BASE"
-    if getattr(spec, "revision", None):
-        base = f"{base}@{spec.revision}"
-    method = getattr(res, "method", None)
-    if method == "diff":
-        fixed = getattr(res, "reference", None) or "FIXED"
-        return f"run `patchkit recipe extract {base} {fixed} --into {path}` where the Hub is reachable"
-    if method == "locate":
-        return f"run `patchkit locate {base} --from-recipe {path}` on a machine with the model and a GPU"
-    return "fill in `edits:` and delete the `resolution:` section (or find them with `patchkit locate`)"
+    return recipe._default_how_to_resolve()

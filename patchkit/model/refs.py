@@ -41,7 +41,7 @@ class ModelRef:
 
     @property
     def architecture(self) -> str:
-        from patchkit.adapters import detect_architecture
+        from patchkit.model.adapters import detect_architecture
 
         return detect_architecture(self.config)
 
@@ -69,7 +69,7 @@ class ModelRef:
         gets the missing headers through range requests too.
         """
         if self._headers is None:
-            from patchkit.safetensors_io import read_header
+            from patchkit.model.safetensors_io import read_header
 
             out: dict[str, Any] = {}
             for name in self.weight_files():
@@ -171,7 +171,7 @@ def ensure_local(ref: str | ModelRef) -> Path:
     model = ref if isinstance(ref, ModelRef) else resolve_model(ref)
     if model.local_dir is not None and not model.is_remote and (model.repo_id is None or _snapshot_complete(model)):
         return model.local_dir
-    from patchkit.hub import download_snapshot
+    from patchkit.model.hub_client import download_snapshot
 
     return Path(download_snapshot(model.repo_id, model.revision))
 
@@ -221,7 +221,7 @@ def _remote_sha(repo: str, revision: str | None) -> str | None:
     """The commit a revision points at (one model_info call at HF_ENDPOINT, read now)."""
     from huggingface_hub import HfApi
 
-    from patchkit.hub import hub_endpoint, resolve_token
+    from patchkit.model.hub_client import hub_endpoint, resolve_token
 
     try:
         info = HfApi(endpoint=hub_endpoint(), token=resolve_token(), library_name="patchkit").model_info(
@@ -235,7 +235,7 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    from patchkit.hub import hub_endpoint, resolve_token
+    from patchkit.model.hub_client import hub_endpoint, resolve_token
 
     try:
         return Path(hf_hub_download(model.repo_id, name, revision=model.revision, endpoint=hub_endpoint(),
@@ -253,8 +253,8 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
 
 def _remote_header(model: ModelRef, name: str) -> Any:
     """One remote shard's header via HTTP Range requests (the real 8-byte length prefix included)."""
-    from patchkit.hub import read_safetensors_header
-    from patchkit.safetensors_io import header_from_dict
+    from patchkit.model.hub_client import read_safetensors_header
+    from patchkit.model.safetensors_io import header_from_dict
 
     length, obj = read_safetensors_header(model.repo_id, name, revision=model.revision)
     return header_from_dict(obj, path=f"{model.repo_id}@{model.revision or 'main'}/{name}", header_len=length)
@@ -262,7 +262,7 @@ def _remote_header(model: ModelRef, name: str) -> Any:
 
 def _status_of(exc: BaseException) -> int | None:
     try:
-        from patchkit.hub import _status
+        from patchkit.model.hub_client import http_status as _status
     except ImportError:  # pragma: no cover
         return None
     return _status(exc)
@@ -273,7 +273,7 @@ def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = N
     if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
         return ModelError(f"{repo}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
                           hint="download it once with `patchkit pull` where the Hub is reachable, or pass a local dir")
-    from patchkit.hub import map_hub_error
+    from patchkit.model.hub_client import map_hub_error
 
     return map_hub_error(exc, action="resolving", repo_id=repo, revision=revision)
 

@@ -30,17 +30,17 @@ class ValidationReport:
 
 
 def _profile_config(repo: str | None) -> dict[str, Any] | None:
-    if not repo or importlib.util.find_spec("patchkit.profiles") is None:
+    if not repo or importlib.util.find_spec("patchkit.model.profiles") is None:
         return None
-    from patchkit import profiles
+    from patchkit.model import profiles
 
     return profiles.get_profile(repo)
 
 
 def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) -> ValidationReport:
     """Schema + model checks. With `model`, read its config and safetensors headers; else use a profile or cache."""
-    from patchkit.adapters import get_adapter
-    from patchkit.model import cached_model, check_revision_pin, resolve_model
+    from patchkit.model.adapters import get_adapter
+    from patchkit.model.refs import cached_model, check_revision_pin, resolve_model
 
     rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
     edits = rec.expanded_edits()
@@ -76,14 +76,14 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
             warnings.extend(_profile_mismatch(rec.model.repo, config))
     space = None
     if not rec.is_resolved:
-        from patchkit.resolution import search_space
+        from patchkit.recipe.resolution import search_space
 
         space = search_space(rec, config=config).to_json()
     if rec.model.repo and not rec.model.pinned and not any("revision" in w for w in warnings):
         warnings.append("model.revision is not a pinned 40-hex commit sha")
     warnings.extend(_unrecorded_diff_edits(rec, edits))
     if not rec.is_resolved:
-        from patchkit.resolution import how_to_resolve
+        from patchkit.recipe.resolution import how_to_resolve
 
         warnings.append(f"the recipe is unresolved (no edits yet): {how_to_resolve(rec)}")
     return ValidationReport(
@@ -112,7 +112,7 @@ def _profile_mismatch(repo: str | None, config: dict[str, Any]) -> list[str]:
     """Warnings when a real model's config.json disagrees with the built-in size profile of its repo."""
     if not repo:
         return []
-    from patchkit.profiles import compare_config, find_profile
+    from patchkit.model.profiles import compare_config, find_profile
 
     profile = find_profile(repo)
     if profile is None:
@@ -154,8 +154,8 @@ edits:
 
 def starter_recipe(*, model: str | None = None, arch: str | None = None, name: str | None = None) -> str:
     """Commented starter recipe text; with `model`, geometry and pin are filled in from its config."""
-    from patchkit.adapters import get_adapter
-    from patchkit.model import resolve_model
+    from patchkit.model.adapters import get_adapter
+    from patchkit.model.refs import resolve_model
 
     repo, revision, geometry, expert_hint = "org/name", "<40-hex commit sha>", "layers and widths: see config.json", ""
     if model is not None:

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from patchkit.edits import RAW_DTYPES, SIGN_BITS, Selection, apply_op, raw_view, to_float32
+from patchkit.edit.bytes import RAW_DTYPES, SIGN_BITS, Selection, apply_op, raw_view, to_float32
 from patchkit.errors import PatchkitError
-from patchkit.provenance import PROVENANCE_FILE, known_sha256, read_provenance
-from patchkit.safetensors_io import CHUNK, SCAN_CHUNK, SafetensorsHeader, read_header
+from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256, read_provenance
+from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK, SafetensorsHeader, read_header
 
 #: Compare in cache-sized pieces: both buffers stay in L2/L3 between the read and the compare.
 DIFF_CHUNK = SCAN_CHUNK
@@ -141,11 +141,11 @@ def _is_hub_ref(ref: str | os.PathLike[str]) -> bool:
 
 
 def resolve_dir(ref: str | os.PathLike[str]) -> Path:
-    """A local checkpoint directory for `ref` (a directory, or a model reference resolved by patchkit.model)."""
+    """A local checkpoint directory for `ref` (a directory, or a model reference resolved by patchkit.model.refs)."""
     p = Path(ref)
     if p.is_dir():
         return p
-    from patchkit.model import ensure_local, resolve_model
+    from patchkit.model.refs import ensure_local, resolve_model
 
     model = resolve_model(str(ref))
     return Path(model.local_dir) if model.local_dir is not None else Path(ensure_local(model))
@@ -200,7 +200,7 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, pr
     skip: frozenset[str] = frozenset()
     if _is_hub_ref(a) and _is_hub_ref(b):
         # two Hub revisions: shards whose LFS sha256 match are not even downloaded
-        from patchkit.hub import fetch_differing_shards
+        from patchkit.model.hub_client import fetch_differing_shards
 
         dir_a, dir_b, identical = fetch_differing_shards(str(a), str(b))
         skip = frozenset(identical)
@@ -550,7 +550,7 @@ def _read_config(directory: Path) -> dict:
 
 def _architecture(config: dict) -> str | None:
     try:
-        from patchkit.adapters import get_adapter
+        from patchkit.model.adapters import get_adapter
 
         return get_adapter(config).architecture
     except Exception:  # noqa: BLE001 - best effort: the recipe loader validates it anyway

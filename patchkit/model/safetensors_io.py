@@ -168,7 +168,7 @@ def _no_duplicates(path: str):
 def header_from_dict(
     obj: Any, *, path: str, header_len: int, file_size: int | None = None
 ) -> SafetensorsHeader:
-    """Validate an already-decoded header (e.g. one read over HTTP Range by `patchkit.hub`)."""
+    """Validate an already-decoded header (e.g. one read over HTTP Range by `patchkit.publish.hub`)."""
     if not isinstance(obj, dict):
         raise SafetensorsError(f"{path}: header is a JSON {type(obj).__name__}, expected an object")
     metadata = obj.get("__metadata__")

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from patchkit.edits import Selection
+from patchkit.edit.bytes import Selection
 from patchkit.errors import ApplyError
-from patchkit.safetensors_io import SafetensorsHeader, check_editable
+from patchkit.model.safetensors_io import SafetensorsHeader, check_editable
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,11 @@ def plan_edits(
 
 def plan_recipe(recipe: Any, ref: Any, *, source_dir: Path | None = None) -> Plan:
     """Resolve a recipe against a model (adapter targets + header geometry) into a byte-level plan."""
-    from patchkit.adapters import get_adapter
+    from patchkit.model.adapters import get_adapter
 
     if source_dir is not None:
         # the bytes we patch are the local files: take offsets from their own headers, never from remote copies
-        from patchkit.safetensors_io import read_header
+        from patchkit.model.safetensors_io import read_header
 
         headers = {f: read_header(Path(source_dir) / f) for f in ref.weight_files()}
     else:

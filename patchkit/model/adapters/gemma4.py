@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from patchkit.adapters.base import Adapter, LayerInfo, TensorTarget
+from patchkit.model.adapters.base import Adapter, LayerInfo, TensorTarget
 
 
 class Gemma4Adapter(Adapter):

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from patchkit.apply import UNDO_RECIPE, PatchStream, _load, _resolve, _source_files
+from patchkit.edit.apply import UNDO_RECIPE, PatchStream, _load, _resolve, _source_files
 from patchkit.errors import PatchkitError
-from patchkit.provenance import PROVENANCE_FILE, known_sha256
-from patchkit.safetensors_io import CHUNK, read_header
+from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256
+from patchkit.model.safetensors_io import CHUNK, read_header
 
 Progress = Callable[[int, int, str], None]
 
@@ -56,7 +56,7 @@ class VerifyResult:
 
 def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike[str], progress: Progress | None = None) -> VerifyResult:
     """True iff `patched` == apply(recipe, model) byte for byte (patchkit.json aside)."""
-    from patchkit.plan import plan_recipe
+    from patchkit.edit.plan import plan_recipe
 
     recipe_obj, _, _ = _load(recipe)
     ref, source_dir = _resolve(recipe_obj, model)

@@ -127,9 +127,9 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
         # 2. apply
         t = time.perf_counter()
         try:
-            from patchkit.apply import apply_recipe
+            from patchkit.edit.apply import apply_recipe
         except ImportError as exc:
-            record(StepResult("apply", "skipped", f"patchkit.apply unavailable ({exc})"))
+            record(StepResult("apply", "skipped", f"patchkit.edit.apply unavailable ({exc})"))
             for step in ("loops", "bench"):
                 record(StepResult(step, "skipped", "nothing to check: apply did not run"))
             return report

@@ -92,7 +92,7 @@ class DemoResult:
         return self.stopped is None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "patchkit.demo", "version": 1, "report_dir": str(self.report_dir),
+        return {"kind": "patchkit.workflows.demo", "version": 1, "report_dir": str(self.report_dir),
                 "model_dir": str(self.model_dir), "suite": self.suite, "recipe": self.recipe,
                 "recipe_origin": self.recipe_origin, "complete": self.complete, "stopped": self.stopped,
                 "messages": self.messages, "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
@@ -172,8 +172,7 @@ def _candidate_recipe(recipe: Any, workdir: Path) -> tuple[Path, str, str] | Non
 
     Locate records the candidate it could not confirm (`resolution.constraints.last_locate`); the demo runs it
     so that a newcomer sees apply / diff / checks / card on a real edit, labelled for what it is."""
-    constraints = dict(getattr(recipe.resolution, "constraints", None) or {})
-    attempt = constraints.get("last_locate") or {}
+    attempt = recipe.resolution.constraints.get("last_locate", {}) if recipe.resolution is not None else {}
     edits = attempt.get("candidate_edits")
     if not edits:
         return None
@@ -281,7 +280,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     # 1. import (cached)
     with _timed("import", "importing the embedded model (cached after the first run)", events, timings) as st:
         if model_dir is None:
-            from patchkit.gguf import embedded_model_dir
+            from patchkit.workflows.gguf_import import embedded_model_dir
 
             model_dir = embedded_model_dir(progress=events.info)
         model_dir = Path(model_dir)
@@ -293,7 +292,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     if recipe_path is not None:
         result.recipe, result.recipe_origin = str(recipe_path), origin
         shutil.copyfile(recipe_path, tmp / "recipe.yaml")
-        from patchkit.apply import apply_recipe
+        from patchkit.edit.apply import apply_recipe
 
         # plan only (headers, no weights): a recipe that does not fit this model fails now, not after minutes
         apply_recipe(recipe_path, model=str(model_dir), out=tmp / "patched-model", dry_run=True)
@@ -328,13 +327,13 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         # 3. apply
         patched_dir = tmp / "patched-model"
         with _timed("apply", f"applying {recipe_path.name}", events, timings) as st:
-            from patchkit.apply import apply_recipe
+            from patchkit.edit.apply import apply_recipe
 
             applied = apply_recipe(recipe_path, model=str(model_dir), out=patched_dir)  # path: verbatim provenance
             st.summary = f"{len(applied.provenance.get('edits', []))} slice edit(s) written to patched-model/"
         # 4. diff
         with _timed("diff", "diff base vs patched (every tensor)", events, timings) as st:
-            from patchkit.diff import diff_checkpoints, recipe_edits
+            from patchkit.edit.diff import diff_checkpoints, recipe_edits
 
             diff_report = diff_checkpoints(model_dir, patched_dir)
             diff_json = diff_report.to_json()
@@ -382,7 +381,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     if recipe is not None:
         # 6. dry-run push: what would be uploaded, and the card
         with _timed("push", "dry-run push (nothing is sent)", events, timings) as st:
-            from patchkit import hub
+            from patchkit.publish import hub
 
             target = repo_id or _publish_repo(recipe) or DEFAULT_REPO
             plan = hub.plan_push(tmp / "patched-model", target, loops_report=loops_json,

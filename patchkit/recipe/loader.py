@@ -1,208 +1,30 @@
-"""Recipe format v1: YAML loaded safely, validated by pydantic, errors pointing at file:line:column.
+"""Recipe YAML in and out: safe round-trip parsing, file:line:column errors, semantic checks, atomic dumps.
 
-A recipe is the unit users review, so every error names where in the file it is and how to fix it.
+ruamel's round-trip loader keeps each key's line and column; the data is converted to plain Python (no tags,
+no custom types, no alias explosions) and validated by the pydantic models in `patchkit.recipe.schema`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-import re
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import ValidationError
 
 from patchkit.errors import RecipeError
-from patchkit.gates import Checks
-
-SCHEMA_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-NeuronOp = Literal["invert", "scale", "zero"]
-SourceKind = Literal["paper", "diff", "locate", "manual"]
-
-
-# --- schema ----------------------------------------------------------------------------------------------
-
-
-class ModelSpec(BaseModel):
-    """Which checkpoint the recipe edits. `revision` should be a 40-hex commit sha (a pin)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    repo: str | None = Field(None, description="Hub repo id (org/name) of the base model")
-    revision: str | None = Field(None, description="pinned commit sha of the base model")
-    architecture: Literal["gemma4", "llama"] | None = Field(None, description="adapter name")
-
-    @field_validator("repo")
-    @classmethod
-    def _repo_shape(cls, value: str | None) -> str | None:
-        if value is not None and (value.count("/") != 1 or value.startswith("/") or value.endswith("/")):
-            raise ValueError(f"{value!r} is not a Hub repo id; write it as org/name")
-        return value
-
-    @property
-    def pinned(self) -> bool:
-        rev = self.revision or ""
-        return len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
-
-
-class Source(BaseModel):
-    """Where the edits come from; evidence fields (scores, probes, method) are kept as given."""
-
-    model_config = ConfigDict(extra="allow")
-
-    kind: SourceKind
-    reference: str | None = None
-
-
-class Resolution(BaseModel):
-    """Whether the edits are known. Unresolved recipes carry constraints and say how to resolve them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    status: Literal["resolved", "unresolved"] = "resolved"
-    method: str | None = Field(None, description="how the edits are (to be) found: paper-citation | diff | locate | manual")
-    reference: str | None = None
-    resolved_by: str | None = Field(None, description="command and patchkit version that wrote the edits")
-    constraints: dict[str, Any] = Field(
-        default_factory=dict,
-        description="search space of an unresolved recipe: kind, layers, max_edits, exact_edits, ops, factors, "
-                    "partial_edits, units_total, evidence (see patchkit.resolution.Constraints); other keys are kept")
-    how_to_resolve: str | None = None
-
-
-class Publish(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    repo: str | None = None
-    license: str | None = None
-    private: bool = False
-
-
-IntOrList = int | list[int]
-
-
-class NeuronEdit(BaseModel):
-    """Scale MLP neuron(s): column n of down_proj (default) or row n of up_proj."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    layer: IntOrList
-    neuron: IntOrList
-    op: NeuronOp
-    factor: float | None = None
-    tensor: Literal["down_proj", "up_proj"] = "down_proj"
-    note: str | None = None
-
-
-class ExpertEdit(BaseModel):
-    """Suppress routed expert(s) of an MoE layer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    layer: IntOrList
-    expert: IntOrList
-    op: Literal["suppress"]
-    tensor: Literal["down_proj"] | None = None
-    note: str | None = None
-
-
-class Recipe(BaseModel):
-    """A patchkit recipe (schema v1)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    patchkit: Literal[1] = Field(1, description="recipe schema version")
-    name: str = Field(min_length=1, max_length=96, description="slug (letters, digits, . _ -); names the apply output dir")
-    description: str | None = None
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    source: Source
-    resolution: Resolution | None = None
-    edits: list[NeuronEdit | ExpertEdit] = Field(default_factory=list)
-    checks: Checks | None = None
-    publish: Publish | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_slug(cls, value: str) -> str:
-        if not _NAME_RE.match(value) or value in (".", ".."):
-            raise ValueError(f"{value!r} is not a usable name: use letters, digits, '.', '_' and '-' only "
-                             "(it becomes the output directory and repo name)")
-        return value
-
-    _path: str | None = PrivateAttr(None)
-    _text: str | None = PrivateAttr(None)
-    _positions: dict[tuple, tuple[int, int]] = PrivateAttr(default_factory=dict)
-
-    @property
-    def path(self) -> str | None:
-        return self._path
-
-    @property
-    def source_text(self) -> str | None:
-        return self._text
-
-    @property
-    def is_resolved(self) -> bool:
-        return self.resolution is None or self.resolution.status == "resolved"
-
-    def where(self, *loc: Any) -> str:
-        """`file:line:column` of a field path (best effort), for error messages."""
-        return _where(self._path or "<recipe>", self._positions, tuple(loc))
-
-    def require_resolved(self) -> None:
-        """Refuse to apply an unresolved recipe, saying what to run instead."""
-        if self.is_resolved:
-            return
-        res = self.resolution
-        how = (res.how_to_resolve if res else None) or self._default_how_to_resolve()
-        raise RecipeError(f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet): {how}")
-
-    def _default_how_to_resolve(self) -> str:
-        from patchkit.resolution import how_to_resolve
-
-        return how_to_resolve(self)
-
-    def expanded_edits(self) -> list[ResolvedEdit]:
-        """One ResolvedEdit per (layer, neuron|expert), lists expanded, in file order."""
-        out: list[ResolvedEdit] = []
-        for i, edit in enumerate(self.edits):
-            layers = edit.layer if isinstance(edit.layer, list) else [edit.layer]
-            if isinstance(edit, NeuronEdit):
-                kind, indices = "neuron", edit.neuron
-                factor = {"invert": -1.0, "zero": 0.0}.get(edit.op, edit.factor)
-                tensor: str | None = edit.tensor
-            else:
-                kind, indices, factor, tensor = "expert", edit.expert, 0.0, edit.tensor
-            indices = indices if isinstance(indices, list) else [indices]
-            where = self.where("edits", i)
-            for layer in layers:
-                for index in indices:
-                    out.append(ResolvedEdit(layer, kind, index, edit.op, float(factor), tensor, where=f"{where}: edits[{i}]"))
-        return out
-
-
-@dataclass(frozen=True)
-class ResolvedEdit:
-    """One edited slice: neuron `index` (or expert `index`) of `layer`, multiplied by `factor`."""
-
-    layer: int
-    kind: Literal["neuron", "expert"]
-    index: int
-    op: str
-    factor: float
-    tensor: str | None = "down_proj"
-    where: str = field(default="", compare=False)
-
-    @property
-    def key(self) -> tuple:
-        """Identity of the edited unit: one neuron or expert of one layer, whichever tensor carries the edit."""
-        return (self.layer, self.kind, self.index)
-
+from patchkit.recipe.schema import (
+    SCHEMA_VERSION,
+    ExpertEdit,
+    NeuronEdit,
+    Recipe,
+    ResolvedEdit,
+)
+from patchkit.recipe.schema import dotted as _dotted
+from patchkit.recipe.schema import where_in as _where
 
 # --- YAML loading with positions -------------------------------------------------------------------------
 
@@ -272,21 +94,6 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[i
     return node
 
 
-def _dotted(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _where(filename: str, positions: dict, loc: tuple) -> str:
-    loc = tuple(loc)
-    while loc and loc not in positions:
-        loc = loc[:-1]
-    line, col = positions.get(loc, (1, 1))
-    return f"{filename}:{line}:{col}"
-
-
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (RecipeError with file:line:column on any problem)."""
     path = Path(path)
@@ -334,7 +141,7 @@ def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, positions, filename, ()) from None
+        raise validation_error(exc, positions, filename, ()) from None
     recipe._path, recipe._text, recipe._positions = filename, text, positions
     _check_semantics(recipe)
     return recipe
@@ -369,10 +176,11 @@ def _edit_model(raw: Any, i: int, positions: dict, filename: str) -> NeuronEdit 
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise _validation_error(exc, positions, filename, loc) from None
+        raise validation_error(exc, positions, filename, loc) from None
 
 
-def _validation_error(exc: ValidationError, positions: dict, filename: str, prefix: tuple) -> RecipeError:
+def validation_error(exc: ValidationError, positions: dict, filename: str, prefix: tuple) -> RecipeError:
+    """The first pydantic error as one RecipeError line: file:line:column, the dotted field, what to do."""
     def strip(raw: tuple) -> tuple:  # drop pydantic's union-branch labels from an error location
         return tuple(p for p in raw if not (isinstance(p, str) and p in ("int", "list[int]", "NeuronEdit", "ExpertEdit")))
 
@@ -454,11 +262,6 @@ def _check_semantics(recipe: Recipe) -> None:
                 f"it cannot be both {first.op} and {resolved.op}; keep one")
             raise RecipeError(f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint)
         seen[key] = (resolved, i)
-    if recipe.resolution is not None and recipe.resolution.constraints:
-        from patchkit.resolution import parse_constraints
-
-        parse_constraints(recipe.resolution.constraints, where=f"{recipe.where('resolution', 'constraints')}: "
-                          "resolution.constraints", positions=recipe._positions, filename=recipe._path or "<recipe>")
     if recipe.is_resolved and not recipe.edits:
         raise RecipeError(f"{recipe.where('edits')}: edits: the recipe has no edits", hint="add edits, or mark it `resolution: {status: unresolved}`")
     if not recipe.is_resolved and recipe.edits:
@@ -486,7 +289,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write a recipe atomically (temp file + rename)."""
-    from patchkit.fsutil import atomic_write_text
+    from patchkit._io.atomic import atomic_write_text
 
     return atomic_write_text(Path(path), recipe.source_text or recipe_to_yaml(recipe))
 

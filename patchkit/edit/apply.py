@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from patchkit import __version__
-from patchkit.edits import edit_chunk, raw_view
+from patchkit.edit.bytes import edit_chunk, raw_view
 from patchkit.errors import ApplyError
-from patchkit.plan import Plan, PlannedEdit
-from patchkit.provenance import (
+from patchkit.edit.plan import Plan, PlannedEdit
+from patchkit.edit.provenance import (
     PROVENANCE_FILE,
     known_sha256,
     read_provenance,
@@ -39,7 +39,7 @@ from patchkit.provenance import (
     sha256_file,
     utc_now,
 )
-from patchkit.safetensors_io import CHUNK, SCAN_CHUNK
+from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK
 
 #: progress(done_bytes, total_bytes, what)
 Progress = Callable[[int, int, str], None]
@@ -410,7 +410,7 @@ def _normalized(recipe: Any) -> dict:
 def _pin_warnings(recipe: Any, ref: Any) -> list[str]:
     """ModelError when the recipe pins another revision than the model's; a warning when it pins none."""
     try:
-        from patchkit.model import check_revision_pin
+        from patchkit.model.refs import check_revision_pin
     except ImportError:
         return []
     warning = check_revision_pin(getattr(recipe, "model", None), ref)
@@ -418,7 +418,7 @@ def _pin_warnings(recipe: Any, ref: Any) -> list[str]:
 
 
 def _resolve(recipe: Any, model: str | None):
-    from patchkit.model import ensure_local, resolve_model
+    from patchkit.model.refs import ensure_local, resolve_model
 
     if model is None:
         spec = getattr(recipe, "model", None)
@@ -442,13 +442,13 @@ def apply_recipe(
     progress: Progress | None = None,
 ) -> ApplyResult:
     """Apply `recipe` (a Recipe or a recipe path) to `model` (default: the recipe's pinned repo)."""
-    from patchkit.plan import plan_recipe
+    from patchkit.edit.plan import plan_recipe
 
     recipe_obj, text, recipe_path = _load(recipe)
     resolved_note = None
     if not getattr(recipe_obj, "is_resolved", True):
         # diff-resolvable with Hub access: resolve now from the reference; otherwise one line saying what to run
-        from patchkit.extract import resolve_unresolved
+        from patchkit.edit.extract import resolve_unresolved
 
         resolved = resolve_unresolved(recipe_obj, model=model)
         recipe_obj, text = resolved.recipe, resolved.text

@@ -1,7 +1,7 @@
-"""SHA-256 of checkpoint files without re-reading multi-gigabyte shards on every run, and `patchkit.json`.
+"""The one SHA-256 helper: streamed file hashing with a cache, so multi-gigabyte shards are not re-read.
 
-Provenance records the sha256 of every source and output shard. Hashing 60 GB on each apply would dwarf the
-copy it accompanies, so digests are reused when they are already known for certain:
+Provenance records the sha256 of every source and output shard, and `push` checks them again. Hashing 60 GB on
+each run would dwarf the copy it accompanies, so digests are reused when they are already known for certain:
 - an HF cache blob is named by its sha256 (LFS files: 64 hex characters), so the name is the digest;
 - otherwise a small cache (`$PATCHKIT_CACHE_DIR` or `~/.cache/patchkit/sha256.json`) maps a file's
   (device, inode, size, mtime_ns) to its digest; any change to the file changes that key. Hard links share
@@ -14,14 +14,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
-from patchkit.safetensors_io import SCAN_CHUNK
+from patchkit._io.atomic import atomic_write_bytes
 
-PROVENANCE_FILE = "patchkit.json"
+#: read size for streamed hashing and scans: large enough for full disk bandwidth, small enough for flat memory
+HASH_CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -68,10 +68,7 @@ def _remember(path: str | os.PathLike[str], digest: str) -> None:
             cache = dict(list(cache.items())[-25_000:])
         target = _cache_path()
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".sha256-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(cache, fh)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, json.dumps(cache).encode("utf-8"), fsync=False)
     except OSError:
         pass  # a cache that cannot be written only costs time
 
@@ -90,33 +87,35 @@ def known_sha256(path: str | os.PathLike[str]) -> str | None:
         return None
 
 
-def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
-    """sha256 of a file, streamed in chunks (memory stays at one chunk)."""
+def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True,
+                progress: Callable[[int], None] | None = None) -> str:
+    """sha256 of a file, streamed in chunks (memory stays at one chunk).
+
+    Args:
+        path: the file to hash.
+        use_cache: reuse a digest known for certain (HF blob name, stat-keyed cache) and remember a new one.
+        progress: called with the number of bytes hashed after each chunk (for a byte-level progress bar).
+    """
     if use_cache:
         hit = known_sha256(path)
         if hit:
             return hit
     h = hashlib.sha256()
-    buf = bytearray(SCAN_CHUNK)
+    buf = bytearray(HASH_CHUNK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             h.update(view[:n])
+            if progress is not None:
+                progress(n)
     digest = h.hexdigest()
     if use_cache and os.path.getsize(path) >= (1 << 20):
         remember_sha256(path, digest)
     return digest
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_provenance(directory: str | os.PathLike[str]) -> dict | None:
-    """The `patchkit.json` of a directory, or None if it has none (or it is unreadable JSON)."""
-    p = Path(directory) / PROVENANCE_FILE
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def sha256_bytes(data: bytes) -> str:
+    """sha256 hex digest of an in-memory buffer (recipe text, model card)."""
+    return hashlib.sha256(data).hexdigest()

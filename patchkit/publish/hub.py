@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from patchkit.errors import HubError, PatchkitError, VerifyError
+from patchkit.errors import HubError, VerifyError
+from patchkit.model.hub_client import (
+    RetryPolicy,
+    check_repo_id,
+    guarded,
+    hub_api,
+    http_status,
+    parse_repo_ref,
+    resolve_token,
+    download_snapshot,
+)
 
 PROVENANCE_FILE = "patchkit.json"
 CARD_FILE = "README.md"
@@ -28,31 +38,17 @@ CARD_FILE = "README.md"
 #: the server decides for real in its preupload answer.
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".msgpack", ".npy", ".model")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _HASH_CHUNK = 8 * 1024 * 1024
 _SKIP_PARTS = {".cache", ".git", ".huggingface"}
 #: never published: the Hub manages .gitattributes; the undo recipe of an in-place apply is a local convenience
 _SKIP_FILES = {".gitattributes", "patchkit-undo.yaml"}
 _TMP_MARK = ".patchkit-tmp-"
-_log = logging.getLogger("patchkit.hub")
+_log = logging.getLogger("patchkit.publish.hub")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # value objects
 # ---------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for transient failures (5xx, 429, connection resets) around whole Hub operations."""
-
-    attempts: int = 4
-    base_delay: float = 1.0
-    max_delay: float = 16.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (0.75 + random.random() / 2)
-
-
 @dataclass(frozen=True)
 class UploadFile:
     """One file of a push: where it is, what it must hash to, and whether the Hub will store it through LFS."""
@@ -157,184 +153,6 @@ class PullResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# references, tokens, endpoints
-# ---------------------------------------------------------------------------------------------------------------
-def parse_repo_ref(ref: str) -> tuple[str, str | None]:
-    """`org/name[@rev]` -> (repo_id, revision or None); HubError on anything else."""
-    repo_id, _, revision = ref.strip().partition("@")
-    if not _REPO_ID.match(repo_id) or ".." in repo_id:
-        raise HubError(f"{ref!r} is not a Hub repo reference", hint="write it as ORG/NAME or ORG/NAME@REVISION")
-    return repo_id, (revision or None)
-
-
-def _check_repo_id(repo_id: str) -> str:
-    parsed, revision = parse_repo_ref(repo_id)
-    if revision is not None:
-        raise HubError(f"--repo {repo_id!r} must not carry @revision", hint="use --revision BRANCH for a branch")
-    return parsed
-
-
-def hub_endpoint(endpoint: str | None = None) -> str:
-    """Explicit endpoint, else HF_ENDPOINT read now (not at import), else the public Hub."""
-    if endpoint:
-        return endpoint.rstrip("/")
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def resolve_token(token: str | None = None) -> str | None:
-    """The token huggingface_hub would use: explicit, HF_TOKEN, or the `hf auth login` store."""
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def _api(endpoint: str | None, token: str | None):
-    from huggingface_hub import HfApi
-
-    return HfApi(endpoint=hub_endpoint(endpoint), token=token, library_name="patchkit")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# errors and retries
-# ---------------------------------------------------------------------------------------------------------------
-def _chain(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _status(exc: BaseException) -> int | None:
-    for item in _chain(exc):
-        try:
-            response = getattr(item, "response", None)
-        except RuntimeError:  # httpx raises when a request error has no response attached
-            response = None
-        code = getattr(response, "status_code", None)
-        if isinstance(code, int):
-            return code
-    return None
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    for item in _chain(exc):
-        name = type(item).__name__
-        module = type(item).__module__ or ""
-        if isinstance(item, (ConnectionError, TimeoutError)):
-            return True
-        if module.startswith(("httpx", "httpcore", "h11")) and name.endswith(
-            ("TransportError", "NetworkError", "RemoteProtocolError", "ConnectError", "ReadError", "WriteError",
-             "Timeout", "TimeoutException", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "PoolTimeout",
-             "LocalProtocolError", "ProtocolError")
-        ):
-            return True
-    return False
-
-
-def _offline(exc: BaseException) -> bool:
-    return any(type(item).__name__ == "OfflineModeIsEnabled" for item in _chain(exc))
-
-
-def is_transient(exc: BaseException) -> bool:
-    """5xx, 429, 408 and dropped/reset connections are worth retrying; everything else is final."""
-    if _offline(exc):
-        return False
-    status = _status(exc)
-    if status is not None:
-        return status in _TRANSIENT_STATUS
-    return _is_connection_error(exc)
-
-
-def with_retries(fn: Callable[[], Any], *, policy: RetryPolicy, on_retry: Callable[[int, BaseException], None] | None = None):
-    """Call `fn`, retrying transient failures with exponential backoff (jittered)."""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return fn()
-        except PatchkitError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified just below
-            if attempt >= policy.attempts or not is_transient(exc):
-                raise
-            if on_retry is not None:
-                on_retry(attempt, exc)
-            time.sleep(policy.delay(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def map_hub_error(exc: BaseException, *, action: str, repo_id: str | None = None, revision: str | None = None,
-                  endpoint: str | None = None, attempts: int | None = None) -> HubError:
-    """Turn a huggingface_hub/httpx failure into a one-line HubError that says what to do (never the token)."""
-    from huggingface_hub.errors import RevisionNotFoundError
-
-    where = f" {repo_id}" if repo_id else ""
-    if _offline(exc):
-        return HubError(f"offline mode is on (HF_HUB_OFFLINE) while {action}{where}",
-                        hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to reach the Hub")
-    status = _status(exc)
-    retried = f" after {attempts} attempts" if attempts and attempts > 1 else ""
-    if status == 401:
-        return HubError(
-            f"the Hub rejected the token (401) while {action}{where}",
-            hint="set a valid token in HF_TOKEN or run `hf auth login` (HF_TOKEN wins over the stored login)",
-        )
-    if status == 403:
-        namespace = repo_id.split("/")[0] if repo_id else "that"
-        return HubError(
-            f"no permission (403) while {action}{where}",
-            hint=f"use a token with write access to the {namespace!r} namespace, or push to a repo you own",
-        )
-    if status == 404:
-        if any(isinstance(item, RevisionNotFoundError) for item in _chain(exc)):
-            return HubError(f"revision {revision!r} not found in{where} (404)",
-                            hint="check the branch / commit name; `--revision` creates a branch when pushing")
-        return HubError(f"repository{where} not found (404) while {action}",
-                        hint="check ORG/NAME, and that your token can see it if it is private")
-    if status == 409:
-        return HubError(f"conflict (409) while {action}{where}: another operation on the repo is in progress",
-                        hint="wait a moment and re-run the same command; pushes resume where they stopped")
-    if status == 412:
-        return HubError(f"the branch moved while {action}{where} (412)", hint="re-run the same command")
-    if status == 400 and "README.md" in str(exc):
-        return HubError(f"the Hub refused the model card while {action}{where}", hint="run `patchkit card` and fix its metadata")
-    if status is not None and status >= 500 or status in (408, 429):
-        return HubError(f"the Hub answered {status}{retried} while {action}{where}",
-                        hint="try again later; re-running resumes and uploads only what is missing")
-    if status is not None:
-        return HubError(f"the Hub answered {status} while {action}{where}", hint="see `patchkit push --help`")
-    if _is_connection_error(exc):
-        return HubError(f"lost the connection to {hub_endpoint(endpoint)}{retried} while {action}{where}",
-                        hint="check your network or HF_ENDPOINT, then re-run; uploads resume")
-    return HubError(f"{action}{where} failed: {type(exc).__name__}: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
-
-
-def _guard(action: str, fn: Callable[[], Any], *, policy: RetryPolicy, repo_id: str | None = None,
-           revision: str | None = None, endpoint: str | None = None):
-    def say(attempt: int, exc: BaseException) -> None:
-        status = _status(exc)
-        why = f"HTTP {status}" if status else "connection lost"
-        _log.warning("%s while %s %s; retrying (attempt %d of %d)", why, action, repo_id or "", attempt + 1,
-                     policy.attempts)
-
-    try:
-        return with_retries(fn, policy=policy, on_retry=say)
-    except PatchkitError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
-        raise map_hub_error(exc, action=action, repo_id=repo_id, revision=revision, endpoint=endpoint,
-                            attempts=policy.attempts if is_transient(exc) else None) from exc
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # local files
 # ---------------------------------------------------------------------------------------------------------------
 def load_provenance(directory: Path) -> dict[str, Any] | None:
@@ -391,7 +209,7 @@ def _hash_all(paths: list[Path], *, progress: bool) -> dict[Path, str]:
     tens of gigabytes; any change to a file changes its mtime and forces a fresh hash.
     """
     try:
-        from patchkit.provenance import known_sha256, remember_sha256
+        from patchkit.edit.provenance import known_sha256, remember_sha256
     except ImportError:  # pragma: no cover - the core engine is part of the same package
         known_sha256 = remember_sha256 = None  # type: ignore[assignment]
     out: dict[Path, str] = {}
@@ -436,10 +254,10 @@ def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = Non
     Refuses a directory without patchkit.json (unless `allow_unpatched`) and one whose files changed since
     `patchkit apply` wrote it: the card and the post-push verification both rely on those hashes.
     """
-    from patchkit.card import card_for_dir
+    from patchkit.publish.card import card_for_dir
 
     directory = Path(directory)
-    repo_id = _check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
     if not directory.is_dir():
         raise HubError(f"{directory}: not a directory", hint="pass the output directory of `patchkit apply`")
     provenance = load_provenance(directory)
@@ -518,14 +336,14 @@ def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | No
     if not token:
         raise HubError("no Hugging Face token found",
                        hint="set HF_TOKEN or run `hf auth login` with a token that has write access")
-    api = _api(endpoint, token)
+    api = hub_api(endpoint, token)
     repo_id = plan.repo_id
 
-    _guard("checking the token", lambda: api.whoami(cache=True), policy=policy, endpoint=endpoint)
-    repo_url = _guard("creating", lambda: api.create_repo(repo_id, private=plan.private, exist_ok=True),
+    guarded("checking the token", lambda: api.whoami(cache=True), policy=policy, endpoint=endpoint)
+    repo_url = guarded("creating", lambda: api.create_repo(repo_id, private=plan.private, exist_ok=True),
                       policy=policy, repo_id=repo_id, endpoint=endpoint)
     if plan.revision != "main" and not plan.create_pr and not plan.revision.startswith("refs/pr/"):
-        _guard(f"creating branch {plan.revision!r} in", lambda: api.create_branch(repo_id, branch=plan.revision,
+        guarded(f"creating branch {plan.revision!r} in", lambda: api.create_branch(repo_id, branch=plan.revision,
                                                                                  exist_ok=True),
                policy=policy, repo_id=repo_id, endpoint=endpoint)
 
@@ -537,7 +355,7 @@ def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | No
                                  commit_description=description, revision=plan.revision, create_pr=plan.create_pr)
 
     # Per-file upload bars come from huggingface_hub (tqdm on stderr; HF_HUB_DISABLE_PROGRESS_BARS=1 hides them).
-    info = _guard("uploading to", commit, policy=policy, repo_id=repo_id, revision=plan.revision, endpoint=endpoint)
+    info = guarded("uploading to", commit, policy=policy, repo_id=repo_id, revision=plan.revision, endpoint=endpoint)
     check = verify_remote(repo_id, info.oid, plan.files, endpoint=endpoint, token=token, retry=policy, api=api)
     return PushResult(plan=plan, repo_url=str(repo_url), commit_url=info.commit_url, commit_oid=info.oid,
                       pr_url=info.pr_url, check=check)
@@ -564,8 +382,8 @@ def verify_remote(repo_id: str, revision: str, expected: list[UploadFile], *, en
     from huggingface_hub.hf_api import RepoFile
 
     policy = retry or RetryPolicy()
-    api = api or _api(endpoint, resolve_token(token))
-    tree = _guard("listing files of", lambda: [f for f in api.list_repo_tree(repo_id, revision=revision,
+    api = api or hub_api(endpoint, resolve_token(token))
+    tree = guarded("listing files of", lambda: [f for f in api.list_repo_tree(repo_id, revision=revision,
                                                                                recursive=True)
                                                if isinstance(f, RepoFile)],
                   policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint)
@@ -609,8 +427,8 @@ def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None 
     """
     repo_id, revision = parse_repo_ref(ref)
     policy = retry or RetryPolicy()
-    api = _api(endpoint, resolve_token(token))
-    commit = _guard("reading", lambda: api.model_info(repo_id, revision=revision).sha, policy=policy,
+    api = hub_api(endpoint, resolve_token(token))
+    commit = guarded("reading", lambda: api.model_info(repo_id, revision=revision).sha, policy=policy,
                     repo_id=repo_id, revision=revision, endpoint=endpoint)
     path = download_snapshot(repo_id, commit, local_dir=local_dir, endpoint=endpoint, token=token, retry=policy,
                              allow_patterns=allow_patterns)
@@ -628,108 +446,6 @@ def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None 
         elif local.stat().st_size != info.get("size") or sha256_file(local) != info.get("sha256"):
             mismatches.append(f"{name}: differs from {PROVENANCE_FILE}")
     return PullResult(repo_id, revision, commit, path, files, provenance_ok=not mismatches, mismatches=mismatches)
-
-
-def download_snapshot(repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None,
-                      endpoint: str | None = None, token: str | None = None, retry: RetryPolicy | None = None,
-                      allow_patterns: list[str] | None = None) -> Path:
-    """`snapshot_download` with patchkit's retries and error messages; the one entry point for remote models."""
-    from huggingface_hub import snapshot_download
-
-    policy = retry or RetryPolicy()
-    result = _guard(
-        "downloading",
-        lambda: snapshot_download(repo_id, revision=revision, local_dir=str(local_dir) if local_dir else None,
-                                  endpoint=hub_endpoint(endpoint), token=resolve_token(token),
-                                  allow_patterns=allow_patterns),
-        policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint,
-    )
-    return Path(result)
-
-
-def remote_files(repo_id: str, revision: str | None = None, *, endpoint: str | None = None,
-                 token: str | None = None, retry: RetryPolicy | None = None) -> tuple[str, dict[str, Any]]:
-    """(commit oid, {path: RepoFile}) of a remote revision, resolved once so later reads are consistent."""
-    from huggingface_hub.hf_api import RepoFile
-
-    policy = retry or RetryPolicy()
-    api = _api(endpoint, resolve_token(token))
-    info = _guard("reading", lambda: api.model_info(repo_id, revision=revision), policy=policy, repo_id=repo_id,
-                  revision=revision, endpoint=endpoint)
-    tree = _guard("listing files of", lambda: [f for f in api.list_repo_tree(repo_id, revision=info.sha,
-                                                                               recursive=True)
-                                               if isinstance(f, RepoFile)],
-                  policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint)
-    return info.sha, {f.path: f for f in tree}
-
-
-def open_remote(repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None,
-                token: str | None = None, block_size: int = 1 << 20):
-    """A seekable read-only file over HTTP Range requests (huggingface_hub's HfFileSystem): read a safetensors
-    header or a byte range of a remote shard without downloading it."""
-    from huggingface_hub import HfFileSystem
-
-    fs = HfFileSystem(endpoint=hub_endpoint(endpoint), token=resolve_token(token))
-    try:
-        return fs.open(f"{repo_id}/{filename}", "rb", revision=revision, block_size=block_size)
-    except Exception as exc:  # noqa: BLE001 - one line for the user
-        if isinstance(exc, FileNotFoundError) and _status(exc) is None:
-            raise HubError(f"{repo_id}: no file {filename!r} at revision {revision or 'main'}",
-                           hint="check the file name with `patchkit pull --json`") from exc
-        raise map_hub_error(exc, action=f"opening {filename} in", repo_id=repo_id, revision=revision,
-                            endpoint=endpoint) from exc
-
-
-def read_safetensors_header(repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None,
-                            token: str | None = None) -> tuple[int, dict[str, Any]]:
-    """(header length in bytes, parsed JSON header) of a remote safetensors file, fetched with Range requests.
-
-    Tensor data starts at byte 8 + header length; `data_offsets` in the header are relative to it.
-    """
-    import struct
-
-    with open_remote(repo_id, filename, revision=revision, endpoint=endpoint, token=token) as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise HubError(f"{repo_id}/{filename}: shorter than a safetensors header", hint="is it a safetensors file?")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > 100 * 1024 * 1024:
-            raise HubError(f"{repo_id}/{filename}: header of {length} bytes is not plausible", hint="corrupt file?")
-        raw = handle.read(length)
-    try:
-        return length, json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise HubError(f"{repo_id}/{filename}: safetensors header is not JSON", hint="corrupt upload?") from exc
-
-
-def _pattern(name: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", name)  # fnmatch-escape an exact file name
-
-
-def fetch_differing_shards(ref_a: str, ref_b: str, *, endpoint: str | None = None, token: str | None = None,
-                           retry: RetryPolicy | None = None) -> tuple[Path, Path, list[str]]:
-    """Download two Hub revisions for `patchkit diff`, skipping LFS files whose sha256 is the same on both sides.
-
-    Small (non-LFS) files such as config.json and the shard index are always fetched. Returns the two snapshot
-    directories (which lack the identical LFS files) and the sorted names of those identical files.
-    """
-    repo_a, rev_a = parse_repo_ref(ref_a)
-    repo_b, rev_b = parse_repo_ref(ref_b)
-    sha_a, files_a = remote_files(repo_a, rev_a, endpoint=endpoint, token=token, retry=retry)
-    sha_b, files_b = remote_files(repo_b, rev_b, endpoint=endpoint, token=token, retry=retry)
-    identical = sorted(
-        name for name, entry in files_a.items()
-        if entry.lfs is not None and name in files_b and files_b[name].lfs is not None
-        and files_b[name].lfs.sha256 == entry.lfs.sha256
-    )
-    skip = set(identical)
-
-    def wanted(files: dict[str, Any]) -> list[str]:
-        return [_pattern(name) for name in files if name not in skip and name != ".gitattributes"]
-
-    dir_a = download_snapshot(repo_a, sha_a, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_a))
-    dir_b = download_snapshot(repo_b, sha_b, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_b))
-    return dir_a, dir_b, identical
 
 
 def fail_on_mismatch(check: RemoteCheck, commit_url: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from patchkit.adapters.base import Adapter
+from patchkit.model.adapters.base import Adapter
 
 
 class LlamaAdapter(Adapter):

@@ -1,0 +1,67 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a half-written one.
+
+Every file patchkit writes (recipes, provenance, reports, plots, caches, cards) goes through here: a temp file
+beside the target (same filesystem, so the rename is atomic), fsync, then `os.replace`. A crash leaves at most a
+dot-prefixed temp file, which the next write of the same target ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+#: marks patchkit's temp files and directories so that listings (push, diff) can skip them
+TMP_MARK = ".patchkit-tmp-"
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temp file beside `path`; on a clean exit fsync it and rename it over `path`, else remove it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = target.suffix or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", suffix=suffix, dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`."""
+    with atomic_open(path, "wb", fsync=fsync) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """UTF-8 text, atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2) -> Path:
+    """JSON (non-JSON values rendered with `str`), newline-terminated, atomically."""
+    return atomic_write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Let `write(tmp_path)` produce the file (e.g. matplotlib's savefig), then rename it over `path`."""
+    target = Path(path)
+    with atomic_open(target, "wb") as fh:
+        tmp = Path(fh.name)
+        write(tmp)
+    return target

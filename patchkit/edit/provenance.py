@@ -1,0 +1,35 @@
+"""`patchkit.json`: the provenance file every apply output carries (recipe bytes, source and output hashes).
+
+Hashing itself lives in `patchkit._io.hashing` (one cached helper for the whole package); this module names the
+file and reads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
+
+PROVENANCE_FILE = "patchkit.json"
+__all__ = ["PROVENANCE_FILE", "known_sha256", "read_provenance", "remember_sha256", "sha256_file", "utc_now"]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_provenance(directory: str | os.PathLike[str]) -> dict | None:
+    """The `patchkit.json` of a directory, or None if it has none (or it is unreadable JSON)."""
+    p = Path(directory) / PROVENANCE_FILE
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
