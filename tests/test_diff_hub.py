@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
-from patchkit.edit.diff import diff_checkpoints
+from patchkit.workflows.resolve import diff_refs
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -20,7 +20,7 @@ def test_diff_of_two_hub_repos_skips_identical_shards(hub, tmp_path):
     for repo, folder in (("alice/tiny-base", base), ("alice/tiny-patched", patched)):
         api.create_repo(repo)
         api.upload_folder(repo_id=repo, folder_path=str(folder))
-    report = diff_checkpoints("alice/tiny-base", "alice/tiny-patched")
+    report = diff_refs("alice/tiny-base", "alice/tiny-patched")
     assert report.identical_files == [SHARDS[0]]
     assert not (report.b / SHARDS[0]).exists()  # never downloaded
     (change,) = report.changed

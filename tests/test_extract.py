@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from patchkit.cli import main
 from patchkit.errors import RecipeError
-from patchkit.edit.extract import extract_recipe
+from patchkit.workflows.resolve import extract_recipe
 from patchkit.recipe import load_recipe, parse_recipe
 from patchkit.model.safetensors_io import read_header
 
@@ -153,6 +153,7 @@ def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, mo
 
 def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base, tmp_path, monkeypatch):
     from patchkit.edit.apply import apply_recipe
+    from patchkit.workflows.resolve import resolve_then_apply
 
     monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
     _upload(hub, "alice/g4-moe", moe_base)
@@ -160,7 +161,10 @@ def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base,
     template = tmp_path / "moe.yaml"
     template.write_text(TEMPLATE.format(reference="alice/g4-moe-noloop"))
     before = template.read_text()
-    result = apply_recipe(template, out=tmp_path / "out")
+    # the byte engine never resolves (no network in patchkit.edit): it names what to run
+    with pytest.raises(RecipeError, match="unresolved"):
+        apply_recipe(template, out=tmp_path / "out")
+    result = resolve_then_apply(template, out=tmp_path / "out")
     assert len(result.plan.edits) == 3 and any("resolved" in w for w in result.warnings)
     prov = result.provenance
     assert "status: resolved" in prov["recipe"]["text"] and prov["recipe"]["normalized"]["source"]["kind"] == "diff"
@@ -169,7 +173,7 @@ def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base,
     missing = tmp_path / "missing.yaml"
     missing.write_text(TEMPLATE.format(reference="alice/no-such-fix"))
     with pytest.raises(RecipeError) as info:
-        apply_recipe(missing, out=tmp_path / "out2", dry_run=True)
+        resolve_then_apply(missing, out=tmp_path / "out2", dry_run=True)
     text = str(info.value)
     assert "resolving it from alice/no-such-fix failed" in text and "patchkit recipe extract" in text and "\n" not in text
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from patchkit.checks.detect import loop_stop_test
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -35,21 +37,21 @@ def _reference(model, tok, request):
 def test_batched_greedy_matches_model_generate(tiny):
     model, tok = tiny
     requests = [GenerationRequest(f"r{i}", p, max_new_tokens=40) for i, p in enumerate(PROMPTS)]
-    gens = TransformersBackend(model, tok, batch_size=8, early_stop=False).generate(requests)
+    gens = TransformersBackend(model, tok, batch_size=8, early_stop=None).generate(requests)
     assert [g.id for g in gens] == [r.id for r in requests]     # request order, though batches are length-sorted
     for gen, req in zip(gens, requests):
         assert gen.text == _reference(model, tok, req), req.prompt
         assert gen.stop_reason in ("eos", "length") and 1 <= gen.tokens <= 40
     # rows leaving the batch early (different budgets) do not disturb the others
     mixed = [GenerationRequest(r.id, r.prompt, max_new_tokens=5 + 10 * i) for i, r in enumerate(requests)]
-    small_batches = TransformersBackend(model, tok, batch_size=2, early_stop=False).generate(mixed)
-    one_batch = TransformersBackend(model, tok, batch_size=8, early_stop=False).generate(mixed)
+    small_batches = TransformersBackend(model, tok, batch_size=2, early_stop=None).generate(mixed)
+    one_batch = TransformersBackend(model, tok, batch_size=8, early_stop=None).generate(mixed)
     assert [g.text for g in small_batches] == [g.text for g in one_batch]
     # merging waiting prompts into a running batch (refill) changes nothing either
     many = [GenerationRequest(f"m{i}", p, max_new_tokens=4 + 7 * (i % 5)) for i, p in enumerate(PROMPTS * 3)]
-    refilled = TransformersBackend(model, tok, batch_size=4, early_stop=False).generate(many)
-    static = TransformersBackend(model, tok, batch_size=4, early_stop=False, refill=False).generate(many)
-    single = TransformersBackend(model, tok, batch_size=1, early_stop=False).generate(many)
+    refilled = TransformersBackend(model, tok, batch_size=4, early_stop=None).generate(many)
+    static = TransformersBackend(model, tok, batch_size=4, early_stop=None, refill=False).generate(many)
+    single = TransformersBackend(model, tok, batch_size=1, early_stop=None).generate(many)
     assert [g.text for g in refilled] == [g.text for g in static] == [g.text for g in single]
     assert [g.tokens for g in refilled] == [g.tokens for g in single]
 
@@ -58,7 +60,7 @@ def test_sampling_is_seeded_per_request_and_batch_independent(tiny):
     model, tok = tiny
     params = SamplingParams(temperature=1.0, top_p=0.9)
     requests = [GenerationRequest(f"r{i}", p, max_new_tokens=25, seed=3) for i, p in enumerate(PROMPTS)]
-    backend = TransformersBackend(model, tok, early_stop=False)
+    backend = TransformersBackend(model, tok, early_stop=None)
     first = [g.text for g in backend.generate(requests, params)]
     again = [g.text for g in backend.generate(requests, params)]
     alone = [backend.generate([r], params)[0].text for r in requests[:2]]
@@ -77,8 +79,8 @@ def test_early_stop_cuts_a_certain_loop_and_detect_agrees():
     model, tok = bigram_model(LOOP_MAP)
     requests = [GenerationRequest("loop", "List stars:", max_new_tokens=300, chat=False),
                 GenerationRequest("stop", "Say it.", max_new_tokens=300, chat=False)]
-    full = TransformersBackend(model, tok, early_stop=False).generate(requests)
-    early = TransformersBackend(model, tok, early_stop=True).generate(requests)
+    full = TransformersBackend(model, tok, early_stop=None).generate(requests)
+    early = TransformersBackend(model, tok, early_stop=loop_stop_test).generate(requests)
     assert full[0].stop_reason == "length" and full[0].tokens == 300
     assert early[0].stop_reason == "loop" and early[0].tokens < 100 and early[0].loop_label in ("decay", "verbatim")
     assert full[0].text.startswith(early[0].text)                 # same trajectory, just cut
@@ -92,14 +94,14 @@ def test_thinking_budget_stops_inside_thinking():
     params = SamplingParams(enable_thinking=True, thinking_budget=20)
     text = render_prompt(tok, GenerationRequest("a", "Why?"), enable_thinking=True)
     assert text.endswith("<think>\n")
-    gen = TransformersBackend(model, tok, early_stop=False).generate(
+    gen = TransformersBackend(model, tok, early_stop=None).generate(
         [GenerationRequest("a", "Why?", max_new_tokens=200)], params)[0]
     assert gen.stop_reason == "budget" and gen.text == "" and gen.thinking.startswith("Hmwait")
     assert gen.tokens == 20
     verdict = detect(gen.text, thinking=gen.thinking, finished=gen.finished)
     assert verdict.label in ("doom", "verbatim", "decay", "truncated")
     # without thinking the same prompt is answered normally (no thinking trace)
-    plain = TransformersBackend(model, tok, early_stop=False).generate(
+    plain = TransformersBackend(model, tok, early_stop=None).generate(
         [GenerationRequest("b", "Why?", max_new_tokens=10)], SamplingParams(enable_thinking=False))[0]
     assert plain.thinking is None
 

@@ -41,7 +41,7 @@ def test_tiny_gemma4_batched_matches_generate():
     model = Gemma4ForCausalLM(cfg).eval()
     requests = [GenerationRequest(f"r{i}", p, max_new_tokens=20 + 6 * i) for i, p in
                 enumerate(["List all states.", "Hi", "What is the capital of France? Tell me more please.", "x"])]
-    backend = TransformersBackend(model, tok, batch_size=2, early_stop=False)
+    backend = TransformersBackend(model, tok, batch_size=2, early_stop=None)
     gens = backend.generate(requests)
     for gen, req in zip(gens, requests):
         ids = tok(render_prompt(tok, req), add_special_tokens=False, return_tensors="pt")
@@ -75,7 +75,7 @@ def test_gemma4_thinking_channel_and_budget():
         for src, dst in zip(chain, chain[1:]):
             head[tid(dst)] += 6.0 * emb[tid(src)] / emb[tid(src)].norm()
         model.lm_head.weight.copy_(head)
-    backend = TransformersBackend(model, tok, early_stop=False)
+    backend = TransformersBackend(model, tok, early_stop=None)
     done = backend.generate([GenerationRequest("a", "Why?", max_new_tokens=50)], SamplingParams(thinking_budget=50))[0]
     assert done.stop_reason == "eos" and done.text == "Prs" and done.thinking == "thougT\tOK"
     stuck = backend.generate([GenerationRequest("b", "Why?", max_new_tokens=50)], SamplingParams(thinking_budget=4))[0]

@@ -53,11 +53,11 @@ def serve(app):
 
 @pytest.fixture(scope="module")
 def tiny_server():
-    from patchkit.generate.serve import create_app
+    from patchkit.workflows.serve import create_app
     from patchkit.generate.transformers_backend import TransformersBackend
 
     model, tok = bigram_model(LOOP_MAP)
-    with serve(create_app(TransformersBackend(model, tok, early_stop=False), "tiny-bigram")) as url:
+    with serve(create_app(TransformersBackend(model, tok, early_stop=None), "tiny-bigram")) as url:
         yield url
 
 

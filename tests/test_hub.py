@@ -409,16 +409,16 @@ def test_pushing_to_an_open_pull_request_updates_it(hub, dirs, tmp_path):
 
 def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
     """`patchkit diff` (core engine) on two Hub refs goes through fetch_differing_shards."""
-    diff = pytest.importorskip("patchkit.edit.diff")
     from patchkit.publish import hub as pkhub
+    from patchkit.workflows.resolve import diff_refs
 
     base, patched = dirs
     pkhub.push(base, "alice/tiny", allow_unpatched=True, progress=False)
     pkhub.push(patched, "alice/tiny-fix", progress=False)
     hub.server.reset()
-    report = diff.diff_checkpoints("alice/tiny", "alice/tiny-fix")
+    report = diff_refs("alice/tiny", "alice/tiny-fix")
     assert report.identical_files == [SHARDS[0]]
-    assert [c.tensor if hasattr(c, "tensor") else c.name for c in report.changed] == [
+    assert [c.tensor for c in report.changed] == [
         f"model.layers.{EDIT_LAYER}.mlp.down_proj.weight"]
     shard0 = hashlib.sha256((base / SHARDS[0]).read_bytes()).hexdigest()
     assert not any(shard0 in r.path for r in hub.requests("GET", r"^/cdn/lfs/"))

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from patchkit.checks.completeness import Completeness, score_completeness
+from patchkit.generate.thinking import THINKING_MARKERS, split_thinking
 from patchkit.checks.items import Item, split_items
 
 __all__ = ["Evidence", "Verdict", "Thresholds", "STANDARD", "CERTAIN", "detect", "certain_loop", "split_thinking",
@@ -114,27 +115,6 @@ class Verdict:
 # thinking traces
 # ----------------------------------------------------------------------------------------------------------
 #: (open, close) markers of thinking blocks: Gemma 4 channels, <think> (Qwen, DeepSeek, SmolLM3 ...).
-THINKING_MARKERS: tuple[tuple[str, str], ...] = (("<|channel>thought\n", "<channel|>"), ("<|channel>thought", "<channel|>"),
-                                                  ("<|channel>", "<channel|>"), ("<think>", "</think>"))
-
-
-def split_thinking(text: str) -> tuple[str | None, str, bool]:
-    """Split a raw generation into (thinking or None, answer, thinking_closed).
-
-    An unclosed thinking block means the whole text is thinking and there is no answer yet.
-    """
-    for open_, close in THINKING_MARKERS:
-        at = text.find(open_)
-        if at < 0:
-            continue
-        body = text[at + len(open_):]
-        end = body.find(close)
-        if end < 0:
-            return body, "", False
-        return body[:end], text[:at] + body[end + len(close):], True
-    return None, text, True
-
-
 _CORRECTION = re.compile(
     r"\b(?:wait|actually|hmm+|hold on|no,|let me (?:re-?check|double[- ]check|reconsider|recount|re-?think|verify again)"
     r"|on second thought|i made a mistake|correction|that'?s (?:not right|wrong|incorrect)|scratch that|i was wrong)",
@@ -301,3 +281,9 @@ def _progress(text: str, where: str) -> Evidence:
     tail = text.rstrip()[-120:]
     return Evidence("progress", tail, max(0, len(text.rstrip()) - len(tail)), 0, "items", 0.0, where=where,
                     detail={"recent_items": len(recent), "recent_distinct": distinct})
+
+
+def loop_stop_test(text: str) -> str | None:
+    """The early-stop test generation backends take (`early_stop=`): the loop label once a loop is certain."""
+    found = certain_loop(text)
+    return found[0] if found else None

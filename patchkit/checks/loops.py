@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from patchkit.checks.answers import score_answer
-from patchkit.checks.detect import LOOP_LABELS, Verdict, detect
+from patchkit.checks.detect import LOOP_LABELS, Verdict, detect, loop_stop_test
 from patchkit.checks.probes import Probe, Suite, load_suite
 from patchkit.checks.stats import wilson_interval
 from patchkit.errors import CheckError
@@ -348,7 +348,8 @@ def run_suite(suite: Suite | str, *, model: Any = None, tokenizer: Any = None, b
             raise CheckError("run_suite needs a backend, or a model and its tokenizer")
         from patchkit.generate.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(model, tokenizer, batch_size=batch_size, early_stop=early_stop)
+        backend = TransformersBackend(model, tokenizer, batch_size=batch_size,
+                                      early_stop=loop_stop_test if early_stop else None)
     planned = build_requests(suite, settings)
     requests = [req for _, _, req in planned]
     callback = _progress_adapter(progress, stage, len(requests))
@@ -400,7 +401,8 @@ def _model_backend(ref: str, *, backend: str, base_url: str | None, dtype: str, 
         raise CheckError(f"unknown backend {backend!r}", hint="use transformers or openai")
     from patchkit.generate.transformers_backend import TransformersBackend
 
-    be = TransformersBackend.load(ref, dtype=dtype, device=device, batch_size=batch_size, early_stop=early_stop)
+    be = TransformersBackend.load(ref, dtype=dtype, device=device, batch_size=batch_size,
+                                 early_stop=loop_stop_test if early_stop else None)
     try:
         yield be
     finally:

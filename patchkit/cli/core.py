@@ -49,10 +49,10 @@ def _progress(as_json: bool, label: str) -> Iterator:
 @handle_errors
 def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, in_place: bool, force: bool, as_json: bool) -> None:
     """Apply RECIPE to a model: a new checkpoint where only the edited slices differ, plus patchkit.json."""
-    from patchkit.edit.apply import apply_recipe
+    from patchkit.workflows.resolve import resolve_then_apply
 
     with _progress(as_json, "apply") as progress:
-        result = apply_recipe(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, progress=progress)
+        result = resolve_then_apply(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, progress=progress)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -90,10 +90,11 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
 @handle_errors
 def diff_cmd(a: str, b: str, as_recipe: bool, out: Path | None, name: str | None, repo: str | None, revision: str | None, as_json: bool) -> None:
     """Compare checkpoints A and B tensor by tensor; explain changed MLP neurons/experts."""
-    from patchkit.edit.diff import diff_checkpoints, recipe_text
+    from patchkit.edit.diff import recipe_text
+    from patchkit.workflows.resolve import diff_refs
 
     with _progress(as_json, "diff") as progress:
-        report = diff_checkpoints(a, b, progress=progress)
+        report = diff_refs(a, b, progress=progress)
     text = recipe_text(report, name=name, repo=repo, revision=revision) if as_recipe else None
     if text is not None and out is not None:
         from patchkit.edit.apply import _write_text
@@ -162,7 +163,7 @@ def verify_cmd(recipe: Path, model: str | None, patched: Path | None, as_json: b
     from patchkit.errors import VerifyError
 
     if patched is None:
-        from patchkit.edit.extract import verify_against_reference
+        from patchkit.workflows.resolve import verify_against_reference
 
         with _progress(as_json, "verify") as progress:
             check = verify_against_reference(recipe, model=model, progress=progress)

@@ -36,7 +36,7 @@ def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name
                 as_json: bool) -> None:
     """Recipe ops that turn BASE into FIXED (local dirs or org/name[@rev]; refused if a change is not expressible)."""
     from patchkit.cli.core import _progress
-    from patchkit.edit.extract import extract_recipe
+    from patchkit.workflows.resolve import extract_recipe
     from patchkit._io.atomic import atomic_write_text
     from patchkit.recipe import load_recipe
 

@@ -387,8 +387,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _load(recipe: Any) -> tuple[Any, str, str | None]:
-    """(Recipe, verbatim text, path or None)."""
+def read_recipe(recipe: Any) -> tuple[Any, str, str | None]:
+    """(Recipe, verbatim text, path or None) of a Recipe or a recipe path."""
     from patchkit import recipe as recipe_mod
 
     if isinstance(recipe, (str, Path)):
@@ -444,15 +444,8 @@ def apply_recipe(
     """Apply `recipe` (a Recipe or a recipe path) to `model` (default: the recipe's pinned repo)."""
     from patchkit.edit.plan import plan_recipe
 
-    recipe_obj, text, recipe_path = _load(recipe)
-    resolved_note = None
-    if not getattr(recipe_obj, "is_resolved", True):
-        # diff-resolvable with Hub access: resolve now from the reference; otherwise one line saying what to run
-        from patchkit.edit.extract import resolve_unresolved
-
-        resolved = resolve_unresolved(recipe_obj, model=model)
-        recipe_obj, text = resolved.recipe, resolved.text
-        resolved_note = f"resolved {recipe_path or recipe_obj.name} from {resolved.reference} (patchkit recipe extract)"
+    recipe_obj, text, recipe_path = read_recipe(recipe)
+    recipe_obj.require_resolved()  # an unresolved recipe: one line saying what to run (workflows.resolve resolves)
     ref, source_dir = _resolve(recipe_obj, model)
     _refuse_interrupted_in_place(source_dir)
     warnings = _pin_warnings(recipe_obj, ref)
@@ -473,12 +466,12 @@ def apply_recipe(
             raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
     if dry_run:
         return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True,
-                           in_place=in_place, warnings=warnings + ([resolved_note] if resolved_note else []))
+                           in_place=in_place, warnings=warnings)
 
     ctx = _Context(recipe_obj, text, recipe_path, ref, plan, parent)
     try:
         result = _apply_in_place(ctx, source_dir, progress) if in_place else _apply_to_new_dir(ctx, source_dir, out, force, progress)
-        result.warnings = warnings + ([resolved_note] if resolved_note else [])
+        result.warnings = warnings
         return result
     except OSError as exc:
         where = exc.filename or (source_dir if in_place else out)

@@ -135,11 +135,6 @@ class DiffReport:
 # --- inputs ----------------------------------------------------------------------------------------------
 
 
-def _is_hub_ref(ref: str | os.PathLike[str]) -> bool:
-    text = str(ref)
-    return not Path(text).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text) is not None
-
-
 def resolve_dir(ref: str | os.PathLike[str]) -> Path:
     """A local checkpoint directory for `ref` (a directory, or a model reference resolved by patchkit.model.refs)."""
     p = Path(ref)
@@ -194,18 +189,21 @@ def _same_file(pa: Path, pb: Path) -> bool:
     return bool(ka) and ka == kb and os.path.getsize(pa) == os.path.getsize(pb)
 
 
-def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, progress: Progress | None = None) -> DiffReport:
-    """Compare checkpoint A with checkpoint B (B is the patched one)."""
-    t0 = time.perf_counter()
-    skip: frozenset[str] = frozenset()
-    if _is_hub_ref(a) and _is_hub_ref(b):
-        # two Hub revisions: shards whose LFS sha256 match are not even downloaded
-        from patchkit.model.hub_client import fetch_differing_shards
+def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, skip: frozenset[str] = frozenset(),
+                     progress: Progress | None = None) -> DiffReport:
+    """Compare checkpoint A with checkpoint B (B is the patched one), tensor by tensor, byte-exact.
 
-        dir_a, dir_b, identical = fetch_differing_shards(str(a), str(b))
-        skip = frozenset(identical)
-    else:
-        dir_a, dir_b = resolve_dir(a), resolve_dir(b)
+    Args:
+        a, b: local checkpoint directories (or refs `patchkit.model.refs` resolves to local copies).
+        skip: weight files known to be identical on both sides (e.g. equal LFS sha256 on the Hub): not read.
+        progress: `progress(stage, done_bytes, total_bytes)`.
+
+    Returns:
+        DiffReport: changed tensors with their slices classified (inverted / zeroed / scaled), added, removed,
+        reshaped tensors and other changed files.
+    """
+    t0 = time.perf_counter()
+    dir_a, dir_b = resolve_dir(a), resolve_dir(b)
     report = DiffReport(a=dir_a, b=dir_b)
     report.identical_files = sorted(skip)
     heads_a, own_a = _headers(dir_a, skip)

@@ -1,7 +1,7 @@
-"""Resolve a recipe from a published fixed checkpoint: what did FIXED change relative to BASE, as recipe ops?
+"""A recipe from a diff: what did FIXED change relative to BASE, as recipe ops? (No network: the workflow
+`patchkit.workflows.resolve.extract_recipe` fetches Hub revisions and hands the DiffReport here.)
 
-`extract_recipe(base, fixed)` is `patchkit diff` plus provenance: between two Hub repos only the shards whose
-LFS sha256 differ are downloaded (`hub.fetch_differing_shards`); every changed tensor slice is classified
+`recipe_from_diff(report, base, fixed)` is `patchkit diff` plus provenance: every changed tensor slice is classified
 (inverted / zeroed / scaled by c, exact under apply's rounding) and turned into recipe edits, or the whole
 extraction is refused with a one-line DiffError naming the first change a recipe cannot express (an attention
 weight, an arbitrary change, an added tensor, a changed config). The recipe records
@@ -23,7 +23,6 @@ import numpy as np
 from patchkit import __version__
 from patchkit.errors import PatchkitError, RecipeError, VerifyError
 
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -85,9 +84,10 @@ def _checksums(report: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda c: (c["layer"], c["kind"], c["index"], c["tensor"]))
 
 
-def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], *, template: Any = None,
-                   name: str | None = None, progress: Progress | None = None) -> ExtractResult:
-    """A resolved recipe reproducing FIXED from BASE (DiffError if any change is not expressible as recipe ops).
+def recipe_from_diff(report: Any, base: str | os.PathLike[str], fixed: str | os.PathLike[str], *,
+                     template: Any = None, name: str | None = None) -> ExtractResult:
+    """A resolved recipe reproducing FIXED from BASE, given their DiffReport (DiffError if any change is not
+    expressible as recipe ops). `base`/`fixed` are what the user named (recorded when they are local paths).
 
     `template`: an (unresolved) Recipe whose name, description, model, checks, publish and constraints are kept.
     """
@@ -95,11 +95,10 @@ def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], 
 
     from ruamel.yaml import YAML
 
-    from patchkit.edit.diff import DiffError, _architecture, _read_config, diff_checkpoints, recipe_edits
+    from patchkit.edit.diff import DiffError, _architecture, _read_config, recipe_edits
     from patchkit.recipe import parse_recipe
     from patchkit.recipe.resolution import check_edits_against, parse_constraints
 
-    report = diff_checkpoints(base, fixed, progress=progress)
     edits = recipe_edits(report)  # DiffError naming the first inexpressible change
     base_id, fixed_id = _identity(report.a, str(base)), _identity(report.b, str(fixed))
     checksums = _checksums(report)
@@ -178,48 +177,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "recipe-from-diff"
 
 
-# --- unresolved recipes at apply time ---------------------------------------------------------------------
-
-
-def hub_offline() -> bool:
-    try:
-        import huggingface_hub.constants as constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _base_ref(recipe: Any, model: str | None) -> str:
-    if model:
-        return str(model)
-    spec = recipe.model
-    if not spec.repo:
-        raise RecipeError(f"{recipe.where('model')}: model.repo is missing; cannot tell which base to diff against",
-                          hint="add model.repo or pass --model")
-    return f"{spec.repo}@{spec.revision}" if spec.revision else spec.repo
-
-
-def resolve_unresolved(recipe: Any, *, model: str | None = None, progress: Progress | None = None) -> ExtractResult:
-    """Resolve an unresolved diff recipe from its reference (needs the Hub), else RecipeError saying what to run."""
-    from patchkit.recipe.resolution import how_to_resolve
-
-    res = recipe.resolution
-    where = recipe.where("resolution")
-    head = f"{where}: recipe {recipe.name!r} is unresolved (it carries no edits yet)"
-    if res is None or res.method != "diff" or not res.reference:
-        raise RecipeError(f"{head}: {how_to_resolve(recipe)}")
-    if hub_offline():
-        raise RecipeError(f"{head} and resolving it from {res.reference} needs the Hub (HF_HUB_OFFLINE is set): "
-                          f"{how_to_resolve(recipe)}")
-    try:
-        return extract_recipe(_base_ref(recipe, model), res.reference, template=recipe, progress=progress)
-    except RecipeError:
-        raise
-    except PatchkitError as exc:
-        raise RecipeError(f"{head}; resolving it from {res.reference} failed ({exc}); {how_to_resolve(recipe)}") from None
-
-
 # --- re-checking a diff-resolved recipe -------------------------------------------------------------------
 
 
@@ -254,19 +211,8 @@ def _edit_keys(recipe: Any) -> dict[tuple, str]:
             for e in recipe.expanded_edits()}
 
 
-def verify_against_reference(recipe: Any, *, model: str | None = None, progress: Progress | None = None) -> ReferenceCheck:
-    """Re-extract a diff-resolved recipe from its base and reference and compare edits and slice checksums."""
-    from patchkit.recipe import load_recipe
-
-    rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
-    res = rec.resolution
-    reference = (res.reference if res is not None and res.method == "diff" else None) or \
-                (rec.source.reference if rec.source.kind == "diff" else None)
-    if not reference or (res is not None and res.status == "unresolved"):
-        raise VerifyError(f"{rec.path or rec.name}: not a recipe resolved by diff (no reference to re-check it against)",
-                          hint="pass --patched DIR to verify a patched checkpoint instead")
-    base = model or (rec.source.model_extra or {}).get("base") or _base_ref(rec, None)
-    fresh = extract_recipe(base, reference, progress=progress)
+def compare_with_reference(rec: Any, fresh: ExtractResult) -> ReferenceCheck:
+    """Compare a diff-resolved recipe with a fresh extraction from its reference: edits and slice checksums."""
     mine, theirs = _edit_keys(rec), _edit_keys(fresh.recipe)
     check = ReferenceCheck(ok=True, recipe=str(rec.path or rec.name), reference=fresh.reference, base=fresh.base)
     check.missing = [theirs[k] for k in sorted(set(theirs) - set(mine), key=str)]

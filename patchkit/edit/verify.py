@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from patchkit.edit.apply import UNDO_RECIPE, PatchStream, _load, _resolve, _source_files
+from patchkit.edit.apply import UNDO_RECIPE, PatchStream, _resolve, _source_files, read_recipe
 from patchkit.errors import PatchkitError
 from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256
 from patchkit.model.safetensors_io import CHUNK, read_header
@@ -58,7 +58,7 @@ def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike
     """True iff `patched` == apply(recipe, model) byte for byte (patchkit.json aside)."""
     from patchkit.edit.plan import plan_recipe
 
-    recipe_obj, _, _ = _load(recipe)
+    recipe_obj, _, _ = read_recipe(recipe)
     ref, source_dir = _resolve(recipe_obj, model)
     patched_dir = Path(patched)
     if not patched_dir.is_dir():

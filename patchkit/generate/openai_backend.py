@@ -16,8 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
-from patchkit.checks.detect import split_thinking
 from patchkit.errors import CheckError
+from patchkit.generate.thinking import split_thinking
 from patchkit.generate.types import Generation, GenerationRequest, ProgressFn, SamplingParams
 
 __all__ = ["OpenAIBackend"]
@@ -69,7 +69,7 @@ class OpenAIBackend:
         except httpx.HTTPError as exc:
             raise CheckError(f"cannot reach the OpenAI-compatible server at {self.base_url} ({_why(exc)})",
                              hint="start the server (vLLM, llama.cpp, transformers serve, python -m "
-                                  "patchkit.generate.serve) or fix --base-url") from None
+                                  "patchkit.workflows.serve) or fix --base-url") from None
         if resp.status_code in (401, 403):
             raise CheckError(f"{self.base_url}/models: HTTP {resp.status_code} (the server wants an API key)",
                              hint="set OPENAI_API_KEY")

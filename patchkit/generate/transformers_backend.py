@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from collections import deque
 from typing import Any, Iterator, Sequence
 
-from patchkit.checks.detect import split_thinking
 from patchkit.errors import CheckError
-from patchkit.generate.early_stop import LoopWatch
+from patchkit.generate.early_stop import LoopWatch, StopTest
+from patchkit.generate.thinking import split_thinking
 from patchkit.generate.types import Generation, GenerationRequest, ProgressFn, SamplingParams
 
 __all__ = ["TransformersBackend", "render_prompt"]
@@ -58,7 +58,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     in_thinking: bool = False
     thinking_tokens: int = 0
-    watch: LoopWatch = field(default_factory=LoopWatch)
+    watch: LoopWatch | None = None
     stop: str | None = None
     loop_label: str | None = None
     started: float = 0.0
@@ -69,7 +69,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, early_stop: bool = True,
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, early_stop: StopTest | None = None,
                  check_every: int = 8, refill: bool = True):
         self.model = model
         self.tokenizer = tokenizer
@@ -139,7 +139,7 @@ class TransformersBackend:
             last_open = max((ids.index(t) for t in self.think_open if t in ids), default=-1)
             last_close = max((ids.index(t) for t in self.think_close if t in ids), default=-1)
             rows.append(_Row(index, request, gen, in_thinking=last_open > last_close,
-                             watch=LoopWatch(every=self.check_every), started=time.perf_counter()))
+                             watch=LoopWatch(self.early_stop, every=self.check_every) if self.early_stop else None, started=time.perf_counter()))
         input_ids, attn = input_ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -175,7 +175,7 @@ class TransformersBackend:
                     self._track_thinking(row, token, params)
                     if row.stop is None and len(row.tokens) >= row.request.max_new_tokens:
                         row.stop = "length"
-                    if row.stop is None and self.early_stop:
+                    if row.stop is None and row.watch is not None:
                         label = row.watch.check(len(row.tokens), lambda row=row: self._decode(row.tokens))
                         if label is not None:
                             row.stop, row.loop_label = "loop", label

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from patchkit.checks.detect import loop_stop_test
 from patchkit.locate.candidates import Candidate
 from patchkit.locate.greedy import Row, greedy_generate
 from patchkit.locate.hooks import ModelView, row_edits
@@ -48,7 +49,8 @@ class Runner:
                  on_done: Callable[[Row], None] | None = None) -> list[Row]:
         with row_edits(self.view, candidates) as edits:
             return greedy_generate(self.view, edits, rows, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                   decode=self.decode, batch_size=self.batch_size, on_done=on_done)
+                                   decode=self.decode, batch_size=self.batch_size, on_done=on_done,
+                                   early_stop=loop_stop_test)
 
     def results(self, probes: Sequence[Any], rows: Sequence[Row]) -> list[Any]:
         """Classify finished rows (one per probe, same order) with the loop checks -> ProbeResult list."""

@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from patchkit.generate.early_stop import StopTest
 from patchkit.locate.hooks import ModelView, RowEdits
 
 __all__ = ["Row", "greedy_generate"]
@@ -33,7 +34,7 @@ def _cache_kw(model: Any) -> str:
 
 
 def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eos_ids: set[int], pad_id: int,
-                    decode: Callable[[list[int]], str], batch_size: int = 32, early_stop: bool = True,
+                    decode: Callable[[list[int]], str], batch_size: int = 32, early_stop: StopTest | None = None,
                     on_done: Callable[[Row], None] | None = None) -> list[Row]:
     """Continue every row greedily (in place) until EOS, budget, or a certain loop."""
     import torch
@@ -60,7 +61,7 @@ def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eo
                 attn[b, width - len(r.prefix):] = 1
             ids, attn = ids.to(device), attn.to(device)
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            watches = [LoopWatch() for _ in batch]
+            watches = [LoopWatch(early_stop) if early_stop else None for _ in batch]
             edits.select(torch.tensor([r.cand for r in batch], dtype=torch.long, device=device))
             cache = DynamicCache(config=model.config)
             out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
@@ -78,8 +79,8 @@ def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eo
                         r.generated.append(tok)
                         if len(r.generated) >= r.max_new_tokens:
                             r.stop = "length"
-                        elif early_stop:
-                            label = watches[b].check(len(r.generated), lambda r=r: decode(r.generated))
+                        elif (watch := watches[b]) is not None:
+                            label = watch.check(len(r.generated), lambda r=r: decode(r.generated))
                             if label is not None:
                                 r.stop, r.loop_label = "loop", label
                     if r.stop is None:

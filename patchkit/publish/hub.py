@@ -224,12 +224,11 @@ def _hash_all(paths: list[Path], *, progress: bool) -> dict[Path, str]:
     if not progress or total < 64 * 1024 * 1024:
         out.update({p: sha256_file(p) for p in todo})
     else:
+        from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-        from patchkit.cli._common import err_console
-
         with Progress(TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=err_console, transient=True) as bar:
+                      console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("files", total=total)
             for path in todo:
                 bar.update(task, description=path.name)

@@ -5,7 +5,7 @@ be served to tools that speak the OpenAI API. Endpoints: GET /v1/models, POST /v
 POST /v1/completions (no streaming). Concurrent requests are micro-batched: those that arrive while a batch
 is running are generated together in the next one.
 
-    python -m patchkit.generate.serve ./patched --port 8000 [--name my-model] [--dtype bf16] [--device cuda]
+    python -m patchkit.workflows.serve ./patched --port 8000 [--name my-model] [--dtype bf16] [--device cuda]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def create_app(backend: Any, model_name: str, *, max_batch: int = 32) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m patchkit.generate.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m patchkit.workflows.serve", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="checkpoint dir, org/name[@rev], or a .gguf file")
     parser.add_argument("--name", default=None, help="served model name (default: MODEL as given)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -159,10 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import uvicorn
 
+    from patchkit.checks.detect import loop_stop_test
     from patchkit.generate.transformers_backend import TransformersBackend
 
     backend = TransformersBackend.load(args.model, dtype=args.dtype, device=args.device, batch_size=args.max_batch,
-                                       early_stop=args.early_stop)
+                                       early_stop=loop_stop_test if args.early_stop else None)
     app = create_app(backend, args.name or args.model, max_batch=args.max_batch)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
