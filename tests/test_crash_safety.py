@@ -45,7 +45,7 @@ if point == "write":
 elif point == "link":
     A.link_or_copy = killing(A.link_or_copy)
 elif point == "provenance":
-    A._write_json = killing(A._write_json)
+    A.atomic_write_json = killing(A.atomic_write_json)
 elif point in ("rename", "after-rename"):
     A.os.rename = killing(os.rename, after=point == "after-rename")
 A.apply_recipe(recipe, model=base, out=out)

@@ -32,6 +32,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool =
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared and published
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -8,7 +8,9 @@ from typing import Iterator
 
 import click
 
+from patchkit._io.progress import Progress
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._progress import progress_bars
 
 
 def _human_bytes(n: int) -> str:
@@ -19,23 +21,9 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
-@contextlib.contextmanager
-def _progress(as_json: bool, label: str) -> Iterator:
-    """A rich progress bar (stderr under --json) fed by the library's (done, total, what) callbacks."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    console = ui_console(as_json)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(done: int, total: int, what: str) -> None:
-            key = what if label == "apply" else label
-            if key not in tasks:
-                tasks[key] = bar.add_task(f"{label} {what}" if label == "apply" else label, total=total)
-            bar.update(tasks[key], completed=done, total=total)
-
-        yield update
+def _progress(as_json: bool, label: str) -> contextlib.AbstractContextManager[Progress]:
+    """Byte-level progress bars (stderr under --json), one per stage, named `<label> <stage>`."""
+    return progress_bars(ui_console(as_json), unit="bytes", prefix=f"{label} ")
 
 
 @click.command("apply")
@@ -97,9 +85,9 @@ def diff_cmd(a: str, b: str, as_recipe: bool, out: Path | None, name: str | None
         report = diff_refs(a, b, progress=progress)
     text = recipe_text(report, name=name, repo=repo, revision=revision) if as_recipe else None
     if text is not None and out is not None:
-        from patchkit.edit.apply import _write_text
+        from patchkit._io.atomic import atomic_write_text
 
-        _write_text(Path(out).absolute(), text)
+        atomic_write_text(Path(out).absolute(), text)
     if as_json:
         payload = report.to_json()
         if text is not None:

@@ -64,13 +64,10 @@ class RichEvents:
 
 def quiet_library_progress() -> None:
     """transformers/hub draw their own tqdm bars ("Loading weights"); the demo shows its own progress instead."""
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def summary_table(result: Any) -> Any:

@@ -57,7 +57,7 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
     console = ui_console(as_json)
     with console.status("importing GGUF") as status:
         path = import_gguf(file, out=out, dtype=dtype, from_package=from_package, force=force,
-                           max_shard_bytes=shard_bytes, progress=lambda msg: status.update(msg))
+                           max_shard_bytes=shard_bytes, log=lambda msg: status.update(msg))
     prov = read_provenance(path) or {}
     if as_json:
         emit_json({"out_dir": str(path), **prov})

@@ -119,18 +119,12 @@ def pull_cmd(ref, local_dir, as_json):
 @handle_errors
 def card_cmd(directory, loops_report, bench_report, repo_id, output, as_json):
     """Render the model card (README.md) for an `apply` output DIRECTORY."""
-    import os
-    import tempfile
-
+    from patchkit._io.atomic import atomic_write_text
     from patchkit.publish.card import card_for_dir, card_metadata
 
     text = str(card_for_dir(directory, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id))
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".card-", dir=output.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, output)
+        atomic_write_text(output, text)
     if as_json:
         emit_json({"path": str(output) if output else None, "metadata": card_metadata(text), "card": text})
     elif output is None:

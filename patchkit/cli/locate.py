@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._progress import progress_bars
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -59,8 +60,6 @@ def _rate(d: dict) -> str:
 def locate_cmd(model, suite, output, from_recipe, report_dir, budget_minutes, layers, max_edits, ops, backend, resume, limit,
                heldout_limit, max_new_tokens, device, dtype, as_json):
     """Find the MLP neurons / MoE experts of MODEL that drive repetition loops and write a recipe."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from patchkit.locate import LocateSettings, parse_ops, run_locate
 
     con = ui_console(as_json)
@@ -77,16 +76,7 @@ def locate_cmd(model, suite, output, from_recipe, report_dir, budget_minutes, la
     settings = LocateSettings(suite=suite, budget_minutes=budget_minutes, layers=_layers(layers), max_edits=max_edits,
                               ops=tuple(parse_ops(ops)), max_new_tokens=max_new_tokens, train_limit=limit,
                               heldout_limit=heldout_limit, backend=backend, dtype=dtype, device=device)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=con, transient=True) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with progress_bars(con) as progress:
         result = run_locate(model, out=output, settings=settings, report_dir=report_dir, resume=resume,
                             progress=progress, log=lambda msg: con.print(f"[dim]{msg}[/dim]"),
                             from_recipe=base_recipe)

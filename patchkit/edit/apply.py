@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from patchkit import __version__
+from patchkit._io.atomic import TMP_MARK, atomic_write_json, atomic_write_text
+from patchkit._io.progress import Progress
 from patchkit.edit.bytes import edit_chunk, raw_view
 from patchkit.errors import ApplyError
 from patchkit.edit.plan import Plan, PlannedEdit
@@ -41,12 +43,9 @@ from patchkit.edit.provenance import (
 )
 from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK
 
-#: progress(done_bytes, total_bytes, what)
-Progress = Callable[[int, int, str], None]
 
 UNDO_RECIPE = "patchkit-undo.yaml"
 IN_PLACE_JOURNAL = ".patchkit-in-place.json"
-_TMP_MARK = ".patchkit-tmp-"
 _SKIP_DIRS = {".cache", ".git", ".huggingface"}
 _FICLONE = 0x40049409
 
@@ -277,7 +276,7 @@ def write_patched(
                             _copy_range(fin.fileno(), fout, a, b)
                             hasher.put(("copy", a, b))
                             if progress:
-                                progress(b, stream.size, dst.name)
+                                progress(dst.name, b, stream.size)
                     else:
                         _, offset, chunk = seg
                         # copy first, then overwrite: rewriting cached pages is cheaper than extending the file
@@ -285,7 +284,7 @@ def write_patched(
                         _pwrite_all(fout, chunk, offset)
                         hasher.put(("edited", offset, offset + len(chunk)))
                         if progress:
-                            progress(offset + len(chunk), stream.size, dst.name)
+                            progress(dst.name, offset + len(chunk), stream.size)
         finally:
             os.close(fout)
         src_sha, out_sha = hasher.finish()
@@ -334,10 +333,10 @@ def _source_files(source_dir: Path) -> list[str]:
     """Every file of a checkpoint directory (relative paths), minus caches and our own temp/provenance files."""
     out = []
     for root, dirs, files in os.walk(source_dir, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and _TMP_MARK not in d)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and TMP_MARK not in d)
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), source_dir)
-            if rel in (PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL) or _TMP_MARK in name:
+            if rel in (PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL) or TMP_MARK in name:
                 continue
             out.append(rel)
     return out
@@ -364,7 +363,7 @@ def _refuse_reapply(source_dir: Path, recipe_name: str, plan: Plan) -> dict | No
 
 def _clean_stale_temps(parent: Path, name: str) -> None:
     """Remove temp dirs left by an apply that was killed (their pid no longer runs)."""
-    prefix = f".{name}{_TMP_MARK}"
+    prefix = f".{name}{TMP_MARK}"
     try:
         entries = list(parent.iterdir())
     except OSError:
@@ -409,10 +408,8 @@ def _normalized(recipe: Any) -> dict:
 
 def _pin_warnings(recipe: Any, ref: Any) -> list[str]:
     """ModelError when the recipe pins another revision than the model's; a warning when it pins none."""
-    try:
-        from patchkit.model.refs import check_revision_pin
-    except ImportError:
-        return []
+    from patchkit.model.refs import check_revision_pin
+
     warning = check_revision_pin(getattr(recipe, "model", None), ref)
     return [warning] if warning else []
 
@@ -499,7 +496,7 @@ class _Context:
 def _apply_to_new_dir(ctx: _Context, source_dir: Path, out: Path, force: bool, progress: Progress | None) -> ApplyResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out.parent, out.name)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{_TMP_MARK}{os.getpid()}-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}{os.getpid()}-"))
     try:
         os.chmod(tmp, 0o755)
         rewritten = ctx.plan.files_to_rewrite
@@ -538,7 +535,7 @@ def _apply_to_new_dir(ctx: _Context, source_dir: Path, out: Path, force: bool, p
         source_sha = dict(sorted(source_sha.items()))
         output_sha = dict(sorted(output_sha.items()))
         prov = _provenance(ctx, source_sha, output_sha, slice_hashes)
-        _write_json(tmp / PROVENANCE_FILE, prov)
+        atomic_write_json(tmp / PROVENANCE_FILE, prov)
         for rel, meta in output_sha.items():
             if meta["rewritten"]:
                 remember_sha256(tmp / rel, meta["sha256"])
@@ -584,14 +581,14 @@ def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) 
     source_sha: dict[str, dict] = {}
     output_sha: dict[str, dict] = {}
     slice_hashes: dict[int, tuple[str, str]] = {}
-    for stale in source_dir.glob(f".*{_TMP_MARK}*"):  # shard temps of a killed in-place run
-        pid = stale.name.rsplit(_TMP_MARK, 1)[1]
+    for stale in source_dir.glob(f".*{TMP_MARK}*"):  # shard temps of a killed in-place run
+        pid = stale.name.rsplit(TMP_MARK, 1)[1]
         if stale.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     try:
         for rel, edits in rewritten.items():
             src = source_dir / rel
-            tmp = src.with_name(f".{src.name}{_TMP_MARK}{os.getpid()}")
+            tmp = src.with_name(f".{src.name}{TMP_MARK}{os.getpid()}")
             if tmp.exists():
                 tmp.unlink()
             known = known_sha256(src)
@@ -616,14 +613,14 @@ def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) 
         journal = {"recipe": ctx.recipe.name, "files": {rel: {"before_sha256": source_sha[rel]["sha256"],
                                                               "after_sha256": output_sha[rel]["sha256"]}
                                                         for rel in temps}}
-        _write_json(source_dir / IN_PLACE_JOURNAL, journal)
+        atomic_write_json(source_dir / IN_PLACE_JOURNAL, journal)
         undo_path = source_dir / UNDO_RECIPE  # after the journal: never an undo recipe for an unpatched dir
-        _write_text(undo_path, _undo_recipe_text(ctx.text, ctx.recipe.name))
+        atomic_write_text(undo_path, _undo_recipe_text(ctx.text, ctx.recipe.name))
         for rel, tmp in list(temps.items()):
             _swap_in(tmp, source_dir / rel)
             del temps[rel]
             remember_sha256(source_dir / rel, output_sha[rel]["sha256"])
-        _write_json(source_dir / PROVENANCE_FILE, prov)
+        atomic_write_json(source_dir / PROVENANCE_FILE, prov)
         (source_dir / IN_PLACE_JOURNAL).unlink()
     finally:
         for tmp in temps.values():
@@ -704,22 +701,3 @@ def _provenance(ctx: _Context, source_sha: dict, output_sha: dict, slice_hashes:
             "created": ctx.parent.get("created"),
         }
     return prov
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    _write_text(path, json.dumps(payload, indent=2) + "\n")
-

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from patchkit._io.progress import Progress
 from patchkit.edit.bytes import RAW_DTYPES, SIGN_BITS, Selection, apply_op, raw_view, to_float32
 from patchkit.errors import PatchkitError
 from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256, read_provenance
@@ -43,7 +44,6 @@ ROLE_AXIS = {
 #: Files whose differences never block --as-recipe (apply writes or leaves them as they are).
 _IGNORED_FILES = {PROVENANCE_FILE, "patchkit-undo.yaml", "README.md", ".gitattributes"}
 
-Progress = Callable[[int, int, str], None]
 
 
 class DiffError(PatchkitError):
@@ -239,7 +239,7 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, sk
             report.bytes_compared += 2 * ta.nbytes
             done += ta.nbytes
             if progress:
-                progress(done, total, name)
+                progress("diff", done, total)
             if change is None:
                 report.identical_tensors += 1
             else:
@@ -524,10 +524,8 @@ def recipe_text(report: DiffReport, *, name: str | None = None, repo: str | None
     buf = StringIO()
     yaml.dump(doc, buf)
     text = buf.getvalue()
-    try:
-        from patchkit.recipe import parse_recipe
-    except ImportError:  # pragma: no cover - the recipe module is part of the core engine
-        return text
+    from patchkit.recipe import parse_recipe
+
     try:
         parse_recipe(text, "<diff --as-recipe>")
     except PatchkitError as exc:

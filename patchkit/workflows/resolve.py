@@ -80,12 +80,9 @@ def resolve_then_apply(recipe: Any, *, model: str | None = None, **apply_kwargs:
 
 def hub_offline() -> bool:
     """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE), read the way the client reads it."""
-    try:
-        import huggingface_hub.constants as constants
+    import huggingface_hub.constants as constants
 
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _base_ref(recipe: Any, model: str | None) -> str:
