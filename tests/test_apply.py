@@ -15,7 +15,7 @@ from patchkit.edit.apply import apply_recipe
 from patchkit.errors import ApplyError
 from patchkit.edit.provenance import PROVENANCE_FILE
 from patchkit.model.safetensors_io import read_header
-from safetensors_synth import llama_checkpoint
+from fixtures.tiny_models import raw_llama_checkpoint
 
 RECIPE = """patchkit: 1
 name: tiny-fix
@@ -48,7 +48,7 @@ def snapshot(directory):
 
 @pytest.fixture
 def base(tmp_path):
-    return llama_checkpoint(tmp_path / "base", "BF16", shards=3)
+    return raw_llama_checkpoint(tmp_path / "base", "BF16", shards=3)
 
 
 def test_apply_rewrites_only_the_edited_shard(tmp_path, base, monkeypatch):
@@ -118,7 +118,7 @@ def test_existing_output_is_refused_unless_forced(tmp_path, base):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ApplyError, match=r"out already exists; pass --force"):
+    with pytest.raises(ApplyError, match=r"out already exists .set force=True to replace it; or choose another output directory."):
         apply_recipe(recipe, model=str(base), out=out)
     assert (out / "keep.txt").read_text() == "mine"
     apply_recipe(recipe, model=str(base), out=out, force=True)

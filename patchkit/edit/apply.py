@@ -31,7 +31,7 @@ from patchkit import __version__
 from patchkit._io.atomic import TMP_MARK, atomic_write_json, atomic_write_text
 from patchkit._io.progress import Progress
 from patchkit.edit.bytes import edit_chunk, raw_view
-from patchkit.errors import ApplyError
+from patchkit.errors import Fix, ApplyError
 from patchkit.edit.plan import Plan, PlannedEdit
 from patchkit.edit.provenance import (
     PROVENANCE_FILE,
@@ -421,7 +421,7 @@ def _resolve(recipe: Any, model: str | None):
         spec = getattr(recipe, "model", None)
         repo = getattr(spec, "repo", None)
         if not repo:
-            raise ApplyError("the recipe names no model.repo; pass --model")
+            raise ApplyError("the recipe names no model.repo", fix=Fix("model", "REF", "(the base checkpoint)"))
         ref = resolve_model(repo, revision=getattr(spec, "revision", None))
     else:
         ref = resolve_model(model)
@@ -449,7 +449,7 @@ def apply_recipe(
     plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
     parent = _refuse_reapply(source_dir, recipe_obj.name, plan)
     if in_place and out is not None:
-        raise ApplyError("--in-place and -o/--out exclude each other; pick one")
+        raise ApplyError("patching in place and writing an output directory exclude each other; pick one")
     if in_place:
         _check_in_place(source_dir, plan)
     elif out is None:
@@ -458,9 +458,11 @@ def apply_recipe(
         out = Path(os.path.abspath(out))
         real_out, real_src = os.path.realpath(out), os.path.realpath(source_dir)
         if real_out == real_src or real_out.startswith(real_src + os.sep) or real_src.startswith(real_out + os.sep):
-            raise ApplyError(f"output {out} overlaps the source model {source_dir}; choose another -o or use --in-place")
+            raise ApplyError(f"output {out} overlaps the source model {source_dir}", hint="choose another output directory, or patch in place",
+                             data={"out": str(out), "source": str(source_dir)})
         if os.path.lexists(out) and not force:
-            raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
+            raise ApplyError(f"output directory {out} already exists", hint="or choose another output directory",
+                             fix=Fix("force", why="to replace it"), data={"out": str(out)})
     if dry_run:
         return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True,
                            in_place=in_place, warnings=warnings)
@@ -552,7 +554,8 @@ def _publish_dir(tmp: Path, out: Path, force: bool) -> None:
         os.rename(tmp, out)
         return
     if not force:
-        raise ApplyError(f"output directory {out} already exists; pass --force to replace it or choose another -o")
+        raise ApplyError(f"output directory {out} already exists", hint="or choose another output directory",
+                             fix=Fix("force", why="to replace it"), data={"out": str(out)})
     trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.patchkit-old-"))
     os.rename(out, trash / "old")
     os.rename(tmp, out)

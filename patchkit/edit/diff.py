@@ -448,12 +448,12 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
     """Recipe edits reproducing B from A, or DiffError naming the first change a recipe cannot express."""
     for what, items in (("added", report.added), ("removed", report.removed)):
         if items:
-            raise DiffError(f"tensor {items[0]} was {what}; a recipe only edits existing tensors, so --as-recipe is refused")
+            raise DiffError(f"tensor {items[0]} was {what}; a recipe only edits existing tensors; no recipe can express that")
     if report.reshaped:
-        raise DiffError(f"tensor {report.reshaped[0]['tensor']} changed dtype/shape; --as-recipe is refused")
+        raise DiffError(f"tensor {report.reshaped[0]['tensor']} changed dtype/shape; no recipe can express that")
     blocking = [f for f in report.other_files_changed if f not in _IGNORED_FILES]
     if blocking:
-        raise DiffError(f"file {blocking[0]} differs; a recipe only edits weights, so --as-recipe is refused")
+        raise DiffError(f"file {blocking[0]} differs; a recipe only edits weights; no recipe can express that")
     groups: dict[tuple, list[int]] = {}
     for change in report.changed:
         role = change.role
@@ -463,12 +463,12 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
                 "--as-recipe is refused"
             )
         if change.slices_truncated:
-            raise DiffError(f"tensor {change.tensor}: more than {MAX_CLASSIFIED_SLICES} slices changed; --as-recipe is refused")
+            raise DiffError(f"tensor {change.tensor}: more than {MAX_CLASSIFIED_SLICES} slices changed; no recipe can express that")
         for s in change.slices:
             if s.classification == "arbitrary":
                 raise DiffError(
                     f"tensor {change.tensor} index {s.index}: change is not an inversion, zeroing or exact scaling "
-                    f"(max abs change {s.max_abs:.3g}); --as-recipe is refused"
+                    f"(max abs change {s.max_abs:.3g}); no recipe can express that"
                 )
             if role in ("experts.down_proj", "router.per_expert_scale"):
                 if s.classification != "zeroed":

@@ -17,7 +17,7 @@ import numpy as np
 
 from patchkit._io.progress import Progress
 from patchkit.edit.apply import UNDO_RECIPE, PatchStream, _resolve, _source_files, read_recipe
-from patchkit.errors import PatchkitError
+from patchkit.errors import Fix, PatchkitError
 from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256
 from patchkit.model.safetensors_io import CHUNK, read_header
 
@@ -62,7 +62,7 @@ def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike
     ref, source_dir = _resolve(recipe_obj, model)
     patched_dir = Path(patched)
     if not patched_dir.is_dir():
-        raise PatchkitError(f"{patched_dir}: not a directory (give the patched checkpoint directory with --patched)")
+        raise PatchkitError(f"{patched_dir}: not a directory", fix=Fix("patched", "DIR", "(the patched checkpoint directory)"))
     plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
     result = VerifyResult(ok=True, model_dir=source_dir, patched_dir=patched_dir, edits=len(plan.edits))
     expected = _source_files(source_dir)

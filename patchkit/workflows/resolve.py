@@ -16,7 +16,7 @@ from patchkit._io.progress import Progress
 from patchkit.edit.apply import ApplyResult, apply_recipe
 from patchkit.edit.diff import DiffReport, diff_checkpoints, resolve_dir
 from patchkit.edit.extract import ExtractResult, ReferenceCheck, compare_with_reference, recipe_from_diff
-from patchkit.errors import PatchkitError, RecipeError, VerifyError
+from patchkit.errors import Fix, PatchkitError, RecipeError, VerifyError
 
 __all__ = ["diff_refs", "extract_recipe", "hub_offline", "resolve_then_apply", "resolve_unresolved",
            "verify_against_reference"]
@@ -91,7 +91,7 @@ def _base_ref(recipe: Any, model: str | None) -> str:
     spec = recipe.model
     if not spec.repo:
         raise RecipeError(f"{recipe.where('model')}: model.repo is missing; cannot tell which base to diff against",
-                          hint="add model.repo or pass --model")
+                          hint="add model.repo", fix=Fix("model", "REF"))
     return f"{spec.repo}@{spec.revision}" if spec.revision else spec.repo
 
 
@@ -126,7 +126,7 @@ def verify_against_reference(recipe: Any, *, model: str | None = None, progress:
                 (rec.source.reference if rec.source.kind == "diff" else None)
     if not reference or (res is not None and res.status == "unresolved"):
         raise VerifyError(f"{rec.path or rec.name}: not a recipe resolved by diff (no reference to re-check it against)",
-                          hint="pass --patched DIR to verify a patched checkpoint instead")
+                          fix=Fix("patched", "DIR", "to verify a patched checkpoint instead"))
     base = model or (rec.source.model_extra or {}).get("base") or _base_ref(rec, None)
     fresh = extract_recipe(base, reference, progress=progress)
     return compare_with_reference(rec, fresh)
