@@ -438,7 +438,32 @@ def apply_recipe(
     force: bool = False,
     progress: Progress | None = None,
 ) -> ApplyResult:
-    """Apply `recipe` (a Recipe or a recipe path) to `model` (default: the recipe's pinned repo)."""
+    """Write a patched copy of a checkpoint in which only the recipe's slices differ, plus `patchkit.json`.
+
+    The source is never modified (except with `in_place`, for invert-only recipes, which also writes an undo
+    recipe). Edits are exact in the checkpoint's own dtype; shards without edits are hard-linked or copied; the
+    output directory appears atomically, complete or not at all.
+
+    Args:
+        recipe: a Recipe or a recipe path (its exact bytes are recorded in provenance).
+        model: the base checkpoint: a local dir or a Hub ref (default: the recipe's `model.repo@revision`).
+        out: output directory (default: `./<recipe name>`).
+        dry_run: plan only; write nothing.
+        in_place: patch a plain local directory itself.
+        force: replace an existing output directory.
+        progress: `progress(stage, done_bytes, total_bytes)` per written shard.
+
+    Returns:
+        ApplyResult: the output dir, the plan (tensors, byte ranges) and the provenance written.
+
+    Raises:
+        RecipeError: the recipe is invalid or unresolved (the message says what to run to resolve it).
+        ApplyError: output problems (exists without `force`, overlaps the source, disk errors).
+        ModelError: the base model cannot be found or does not fit the recipe.
+
+    Example:
+        >>> apply_recipe("recipes/e2b.yaml", model="./gemma-4-E2B-it", out="./e2b-fixed")  # doctest: +SKIP
+    """
     from patchkit.edit.plan import plan_recipe
 
     recipe_obj, text, recipe_path = read_recipe(recipe)

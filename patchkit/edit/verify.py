@@ -55,7 +55,24 @@ class VerifyResult:
 
 
 def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike[str], progress: Progress | None = None) -> VerifyResult:
-    """True iff `patched` == apply(recipe, model) byte for byte (patchkit.json aside)."""
+    """Check that a patched checkpoint is exactly `apply(recipe, model)`, byte for byte (patchkit.json aside).
+
+    Args:
+        recipe: a Recipe or a recipe path.
+        model: the base checkpoint (default: the recipe's model).
+        patched: the directory to check.
+        progress: `progress(stage, done_bytes, total_bytes)`.
+
+    Returns:
+        VerifyResult: `.ok`, and `.message` naming the first differing file or tensor slice.
+
+    Raises:
+        RecipeError / ModelError: the recipe or either checkpoint cannot be read.
+
+    Example:
+        >>> verify_patched("recipes/e2b.yaml", model="./gemma-4-E2B-it", patched="./e2b-fixed").ok  # doctest: +SKIP
+        True
+    """
     from patchkit.edit.plan import plan_recipe
 
     recipe_obj, _, _ = read_recipe(recipe)

@@ -121,9 +121,28 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
                report_dir: Path | str | None = None, resume: Path | str | None = None,
                progress: Progress | None = None, log: Callable[[str], None] | None = None,
                from_recipe: Any = None) -> LocateResult:
-    """Find loop-driving neurons/experts of `model_ref` (path, org/name, .gguf, or a (model, tokenizer) tuple),
-    confirm the best edit on held-out probes and write the recipe to `out` and a report to `report_dir`.
-    `from_recipe` (an unresolved Recipe) narrows the search to its constraints and is what gets written back."""
+    """Find the MLP neurons / MoE experts that drive repetition loops, and write a recipe for the best edit.
+
+    Candidates are chosen on the suite's train split only (layer ranking, attribution, teacher-forced screen,
+    batched generation sweep); the chosen edit is judged once on the held-out split.
+
+    Args:
+        model_ref: a checkpoint dir, `org/name`, a .gguf file, or a loaded `(model, tokenizer)` tuple.
+        out: where to write the recipe (unresolved with the best unconfirmed attempt if nothing is confirmed).
+        settings: LocateSettings (suite, layers, ops, budget, device, ...).
+        report_dir: where to write locate-report.json and plots. resume: a stage-cache directory to reuse.
+        progress: `progress(stage, done, total)`. log: one-line notes as stages finish.
+        from_recipe: an unresolved Recipe whose constraints bound the search; the result is written back into it.
+
+    Returns:
+        LocateResult: `.found`, the recipe path, the held-out confirmation and the full report.
+
+    Raises:
+        PatchkitError: bad settings, a model locate cannot hook, or constraints outside the model.
+
+    Example:
+        >>> run_locate("./smollm2", out="fix.yaml", settings=LocateSettings(budget_minutes=15)).found  # doctest: +SKIP
+    """
     import torch
 
     from patchkit.checks.probes import load_suite

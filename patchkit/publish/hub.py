@@ -351,7 +351,31 @@ def push(directory: str | Path, repo_id: str, *, revision: str | None = None, cr
          private: bool = False, message: str | None = None, allow_unpatched: bool = False,
          loops_report=None, bench_report=None, endpoint: str | None = None, token: str | None = None,
          retry: RetryPolicy | None = None, progress: bool = True) -> PushResult:
-    """`plan_push` + `execute_push` (progress: the hashing bar; upload bars follow huggingface_hub's settings)."""
+    """Publish an `apply` output directory to the Hub in one commit (or one pull request), then verify it.
+
+    The directory must match its `patchkit.json` (a changed file is refused); the model card is generated from
+    the provenance and the optional loop/bench reports. After the commit, the remote tree is listed and every
+    file's size and sha256 compared with the local copy.
+
+    Args:
+        directory: an output of `apply_recipe`.
+        repo_id: `org/name` (created if missing).
+        revision: push to this branch (created from main if missing). create_pr: open a pull request instead.
+        private: create the repo private. message: commit message.
+        allow_unpatched: push a directory without provenance.
+        loops_report, bench_report: JSON reports (paths or dicts) whose results go into the card.
+        endpoint, token: Hub endpoint and token (default: HF_ENDPOINT / HF_TOKEN / `hf auth login`).
+        retry: backoff for transient failures. progress: show a hashing bar for large checkpoints.
+
+    Returns:
+        PushResult: commit URL and oid, the uploaded files, and the remote check.
+
+    Raises:
+        HubError: the Hub refused or could not be reached (one line saying what to do; never the token).
+
+    Example:
+        >>> push("./e2b-fixed", "my-org/gemma-4-E2B-it-noloop", create_pr=True).commit_url  # doctest: +SKIP
+    """
     plan = plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
                      allow_unpatched=allow_unpatched, loops_report=loops_report, bench_report=bench_report,
                      progress=progress)
@@ -410,6 +434,22 @@ def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None 
     """Download ORG/NAME[@REV] into the HF cache (or `local_dir`) and check it against its patchkit.json.
 
     The revision is resolved to a commit first, so a branch that moves during the download cannot mix versions.
+
+    Args:
+        ref: `org/name` or `org/name@revision`.
+        local_dir: download here instead of the HF cache.
+        endpoint, token, retry: as for `push`. allow_patterns: download only matching files.
+
+    Returns:
+        PullResult: the local path, the commit, and whether every file matches the provenance (None if the
+        repo has no patchkit.json).
+
+    Raises:
+        HubError: the repo or revision does not exist, or the Hub could not be reached.
+
+    Example:
+        >>> pull("my-org/gemma-4-E2B-it-noloop").provenance_ok  # doctest: +SKIP
+        True
     """
     repo_id, revision = parse_repo_ref(ref)
     policy = retry or RetryPolicy()

@@ -95,7 +95,21 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[i
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (RecipeError with file:line:column on any problem)."""
+    """Read and validate a recipe file.
+
+    Args:
+        path: a recipe YAML file (at most 1 MiB, UTF-8).
+
+    Returns:
+        Recipe: the validated recipe; `source_text` holds the exact text that was read.
+
+    Raises:
+        RecipeError: anything wrong, as one line with file:line:column, the field, and the fix.
+
+    Example:
+        >>> recipe = load_recipe("recipes/e2b.yaml")  # doctest: +SKIP
+        >>> [(e.layer, e.index, e.op) for e in recipe.expanded_edits()]  # doctest: +SKIP
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

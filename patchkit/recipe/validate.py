@@ -38,7 +38,24 @@ def _profile_config(repo: str | None) -> dict[str, Any] | None:
 
 
 def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) -> ValidationReport:
-    """Schema + model checks. With `model`, read its config and safetensors headers; else use a profile or cache."""
+    """Check a recipe against its schema and, where possible, against the model it edits.
+
+    Args:
+        recipe: a Recipe or a recipe path.
+        model: a local dir, HF-cache snapshot or Hub ref whose config and safetensors headers are read (headers
+            only, by HTTP Range for a Hub ref). Without it, a size profile or a cached copy is used if there is one.
+
+    Returns:
+        ValidationReport: what it was checked against, per-edit tensor targets, and warnings.
+
+    Raises:
+        RecipeError: a schema or model-fit problem (layer or index out of range, expert on a dense layer, ...).
+        ModelError: the model cannot be read.
+
+    Example:
+        >>> validate_recipe("recipes/e2b.yaml", model="google/gemma-4-E2B-it").ok  # doctest: +SKIP
+        True
+    """
     from patchkit.model.adapters import get_adapter
     from patchkit.model.refs import cached_model, check_revision_pin, resolve_model
 

@@ -32,6 +32,21 @@ def diff_refs(a: str | os.PathLike[str], b: str | os.PathLike[str], *, progress:
 
     Between two Hub revisions, shards whose LFS sha256 match are not even downloaded; the report lists them as
     identical files.
+
+    Args:
+        a: the base checkpoint (directory, HF-cache snapshot, or `org/name[@revision]`).
+        b: the patched checkpoint, same forms.
+        progress: `progress(stage, done_bytes, total_bytes)`.
+
+    Returns:
+        DiffReport: changed tensors with each changed slice classified (inverted / zeroed / scaled by c).
+
+    Raises:
+        ModelError / HubError: a checkpoint cannot be found or downloaded.
+
+    Example:
+        >>> report = diff_refs("./gemma-4-E2B-it", "./e2b-fixed")  # doctest: +SKIP
+        >>> [(c.tensor, len(c.slices)) for c in report.changed]  # doctest: +SKIP
     """
     if _is_hub_ref(a) and _is_hub_ref(b):
         from patchkit.model.hub_client import fetch_differing_shards
@@ -57,6 +72,9 @@ def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], 
 
     Raises:
         DiffError: a change no recipe op expresses (names the first one). HubError: the Hub could not be read.
+
+    Example:
+        >>> extract_recipe("google/gemma-4-26B-A4B-it", "some-org/gemma-4-26B-A4B-it-noloop").edits  # doctest: +SKIP
     """
     report = diff_refs(base, fixed, progress=progress)
     return recipe_from_diff(report, base, fixed, template=template, name=name)
