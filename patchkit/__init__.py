@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from patchkit._version import __version__
 
 #: public name -> "module:attribute" (the stage package that owns it)
 _API: dict[str, str] = {

@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from patchkit import __version__
+from patchkit._version import __version__
 
 COMMANDS: dict[str, str] = {
     # core engine: recipes (cli/recipe_cli.py) and checkpoints (cli/core.py)

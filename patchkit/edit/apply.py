@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from patchkit import __version__
+from patchkit._version import __version__
 from patchkit._io.atomic import TMP_MARK, atomic_write_json, atomic_write_text
 from patchkit._io.progress import Progress
 from patchkit.edit.bytes import edit_chunk, raw_view

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from patchkit import __version__
+from patchkit._version import __version__
 from patchkit.errors import PatchkitError, RecipeError, VerifyError
 
 

@@ -44,7 +44,7 @@ def settings_for(settings: Any, space: Any) -> Any:
 
 def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: bool) -> dict[str, Any]:
     """The unresolved recipe `base` with locate's findings (`generated`: the data of locate's own recipe)."""
-    from patchkit import __version__
+    from patchkit._version import __version__
     from patchkit.recipe.resolution import check_edits_against, constraints_of
 
     data = base.model_dump(mode="json", exclude_none=True)

@@ -69,7 +69,7 @@ def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | Non
                 spec: dict[str, Any], base_recipe: Any = None) -> str:
     """Recipe YAML: resolved with the winner's edits when held-out confirms it, otherwise unresolved.
     With `base_recipe` (--from-recipe) that recipe is written back with the findings."""
-    from patchkit import __version__
+    from patchkit._version import __version__
     from patchkit.recipe import parse_recipe, recipe_to_yaml, Recipe
 
     confirmed = bool(report.get("confirmed"))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from patchkit import __version__
+from patchkit._version import __version__
 from patchkit._io.hashing import sha256_file
 from patchkit.errors import Fix, ModelError
 
