@@ -1,4 +1,4 @@
-"""Tiny random llama checkpoints for the bench tests (byte-level tokenizer, built in-process, no downloads)."""
+"""Tiny random llama checkpoints for the bench tests (byte-level tokenizer; built by fixtures.tiny_models)."""
 
 from __future__ import annotations
 
@@ -6,51 +6,28 @@ import json
 import shutil
 from pathlib import Path
 
+from fixtures.tiny_models import byte_level_tokenizer, save_checkpoint, tiny_llama
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def byte_tokenizer(extra_tokens: tuple[str, ...] = ()):
     """A byte-level BPE tokenizer with no merges: 256 byte tokens + specials (covers any text)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    for tok in (*SPECIALS, *extra_tokens):
-        vocab[tok] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:] + list(extra_tokens))
-    tok.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    return tok
+    return byte_level_tokenizer((*SPECIALS, *extra_tokens), chat_template=TEMPLATE)
 
 
 def make_tiny_llama(path: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, inter: int = 64,
                     extra_tokens: tuple[str, ...] = ()) -> Path:
     """Save a random tiny LlamaForCausalLM + tokenizer to `path` (safetensors) and return it."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = byte_tokenizer(extra_tokens)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    # larger weights than the default init so the random model has peaked, input-dependent distributions
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.15)
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
+    model = tiny_llama(seed=seed, vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter,
+                       num_hidden_layers=layers, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return save_checkpoint(model, path, tok)
 
 
 def zero_neurons_copy(src: Path, dst: Path, layer: int, neurons: list[int]) -> Path:

@@ -15,12 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     """Two cores in CI: keep torch from oversubscribing them."""
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    except ImportError:  # pragma: no cover
-        pass
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
 
 
@@ -33,6 +30,7 @@ def smollm2_dir() -> Path:
 
 
 def _tiny(tmp_path_factory, kind: str, **kw) -> Path:
+    """A session-wide checkpoint from `fixtures.tiny_models.build` (the one home of every tiny test model)."""
     from fixtures.tiny_models import build
 
     return build(kind, tmp_path_factory.mktemp(kind.replace("-", "_")) / "model", **kw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from fixtures.tiny_models import save_checkpoint, tiny_llama, word_tokenizer
 
 V, H, INTER = 128, 64, 32
 PLANTED = (1, 7)
@@ -19,18 +20,8 @@ LOOP_TOKEN = 40
 
 
 def build_planted(out: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fixtures.tiny_models import _tokenizer_files
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=INTER, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0,
-                         eos_token_id=1, bos_token_id=2)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(std=None, vocab_size=V, hidden_size=H, intermediate_size=INTER, num_hidden_layers=2,
+                       max_position_embeddings=256)
     gen = torch.Generator().manual_seed(0)
     emb = torch.randn(V, H, generator=gen)
     u, v = torch.zeros(H), torch.zeros(H)
@@ -59,8 +50,7 @@ def build_planted(out: Path) -> Path:
         mlp.gate_proj.weight[n] = 6.0 * v
         mlp.up_proj.weight[n] = 6.0 * v
         mlp.down_proj.weight[:, n] = 1e-4 * torch.randn(H, generator=gen)
-    model.save_pretrained(out, safe_serialization=True)
-    _tokenizer_files(out)
+    save_checkpoint(model, out, word_tokenizer())
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)

@@ -1,4 +1,4 @@
-"""A tiny random Llama + byte-level tokenizer for the generation/loop tests (built in-process, no downloads).
+"""A tiny random Llama + byte-level tokenizer for the generation/loop tests (from fixtures.tiny_models).
 
 The chat template honours `enable_thinking` the way Gemma 4 / Qwen 3 templates do: it pre-opens a
 thinking block (`<think>`) in the assistant turn.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fixtures.tiny_models import byte_level_tokenizer, save_checkpoint, tiny_llama
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -16,48 +18,23 @@ TEMPLATE = (
 
 
 def tiny_tokenizer(extra_specials: tuple[str, ...] = ()):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    for tok in (*SPECIALS, *extra_specials):
-        vocab[tok] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:] + list(extra_specials))
-    tok.chat_template = TEMPLATE
-    tok.padding_side = "left"
-    return tok
+    """Byte-level tokenizer with SPECIALS (+ extra_specials), the thinking-aware chat template, left padding."""
+    return byte_level_tokenizer((*SPECIALS, *extra_specials), chat_template=TEMPLATE, padding_side="left")
 
 
 def tiny_model(seed: int = 0, *, scale: float = 0.15):
     """(model, tokenizer): 2 layers, hidden 32 - random but with peaked, input-dependent distributions."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, scale)
+    model = tiny_llama(seed=seed, std=scale, vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id)
     model.eval()
     return model, tok
 
 
 def save_tiny_model(path: Path, seed: int = 0) -> Path:
     model, tok = tiny_model(seed)
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
+    return save_checkpoint(model, path, tok)
 
 
 def bigram_model(mapping: dict[str, str], *, seed: int = 0):

@@ -7,9 +7,9 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from patchkit.model.adapters import get_adapter
 from patchkit.cli import main
 from patchkit.errors import ModelError, RecipeError
+from patchkit.model.adapters import get_adapter
 from patchkit.model.refs import resolve_model
 from patchkit.recipe import parse_recipe
 
@@ -89,13 +89,12 @@ def test_validate_against_model_cli(tmp_path, tiny_gemma4, edit, pattern):
 
 
 def test_validate_refuses_quantized_dtype(tmp_path):
-    import torch
-    from safetensors.torch import save_file
+    from fixtures.tiny_models import write_file
 
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 1, "intermediate_size": 4}')
-    save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(2, 4, dtype=torch.int8)}, model / "model.safetensors")
+    write_file(model / "model.safetensors", {"model.layers.0.mlp.down_proj.weight": ("I8", (2, 4), bytes(8))})
     path = tmp_path / "r.yaml"
     path.write_text(HEAD + "edits: [{layer: 0, neuron: 1, op: invert}]\n")
     result = CliRunner().invoke(main, ["validate", str(path), "--model", str(model)])

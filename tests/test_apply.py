@@ -10,12 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
+from fixtures.tiny_models import raw_llama_checkpoint
 
 from patchkit.edit.apply import apply_recipe
-from patchkit.errors import ApplyError
 from patchkit.edit.provenance import PROVENANCE_FILE
+from patchkit.errors import ApplyError
 from patchkit.model.safetensors_io import read_header
-from fixtures.tiny_models import raw_llama_checkpoint
 
 RECIPE = """patchkit: 1
 name: tiny-fix

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.tiny_models import raw_llama_checkpoint
+from test_apply import snapshot, write_recipe
 
 from patchkit.edit.apply import apply_recipe
 from patchkit.edit.verify import verify_patched
-from safetensors_synth import llama_checkpoint
-from test_apply import snapshot, write_recipe
 
 TESTS = Path(__file__).parent
 
@@ -61,7 +61,7 @@ def _engine(monkeypatch, tmp_path):
 
 
 def test_sigkill_at_each_point_leaves_source_intact_and_output_absent_or_complete(tmp_path):
-    base = llama_checkpoint(tmp_path / "base", "BF16", shards=3)
+    base = raw_llama_checkpoint(tmp_path / "base", "BF16", shards=3)
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 1, neuron: 5, op: invert}", "{layer: 2, neuron: 1, op: scale, factor: 0.5}"])
     before = snapshot(base)
     outcomes = {}

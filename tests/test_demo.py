@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from loops_tiny import save_tiny_model
 
 from patchkit.workflows import demo as pd
 
@@ -47,18 +48,6 @@ edits:
 """
 
 
-def _needs_core():
-    for mod in ("patchkit.recipe", "patchkit.model.refs", "patchkit.edit.apply", "patchkit.edit.diff", "patchkit.model.adapters"):
-        pytest.importorskip(mod)
-    from patchkit.model.adapters import get_adapter
-
-    try:
-        get_adapter({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2,
-                     "intermediate_size": 64, "hidden_size": 32})
-    except Exception as exc:  # adapter registry not there yet
-        pytest.skip(f"no llama adapter yet: {exc}")
-
-
 @pytest.fixture
 def suite_file(tmp_path) -> Path:
     path = tmp_path / "suite.yaml"
@@ -68,8 +57,7 @@ def suite_file(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_dir(tmp_path) -> Path:
-    tiny = pytest.importorskip("loops_tiny")
-    return tiny.save_tiny_model(tmp_path / "tiny")
+    return save_tiny_model(tmp_path / "tiny")
 
 
 class Recorder(pd.DemoEvents):
@@ -117,7 +105,6 @@ def test_without_a_recipe_the_demo_stops_after_the_base_check(tmp_path, suite_fi
 
 
 def test_an_unresolved_default_recipe_is_reported_plainly(tmp_path, suite_file, tiny_dir, monkeypatch):
-    pytest.importorskip("patchkit.recipe")
     recipe = tmp_path / "smollm2-135m.yaml"
     recipe.write_text("patchkit: 1\nname: smollm2-none\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, "
                       "architecture: llama}\nsource: {kind: locate, reference: docs/locate.md}\nedits: []\n"
@@ -131,7 +118,6 @@ def test_an_unresolved_default_recipe_is_reported_plainly(tmp_path, suite_file, 
 
 def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(tmp_path, suite_file, tiny_dir,
                                                                              monkeypatch):
-    _needs_core()
     recipe = tmp_path / "smollm2-135m.yaml"
     recipe.write_text(
         "patchkit: 1\nname: smollm2-locate\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, architecture: llama}\n"
@@ -166,7 +152,6 @@ def test_bad_inputs_fail_before_any_generation(tmp_path, tiny_dir):
 
 
 def test_full_pipeline_on_a_tiny_model(tmp_path, suite_file, tiny_dir):
-    _needs_core()
     recipe = tmp_path / "invert.yaml"
     recipe.write_text(RECIPE.format(layer=1, neuron=3))
     events = Recorder()
@@ -212,7 +197,6 @@ def test_cli_json(tmp_path, suite_file, tiny_dir, monkeypatch):
 @pytest.mark.slow
 def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
     """The real pipeline on SmolLM2 with few probes and tokens: every report file holds measured numbers."""
-    _needs_core()
     recipe = tmp_path / "invert.yaml"
     recipe.write_text(RECIPE.format(layer=28, neuron=1095))  # a high-activation neuron: visibly changes outputs
     out = tmp_path / "real"
@@ -235,7 +219,6 @@ def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
 
 
 def test_a_recipe_that_does_not_fit_fails_before_generation(tmp_path, tiny_dir):
-    _needs_core()
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(RECIPE.format(layer=7, neuron=3))  # the tiny model has 2 layers
     events = Recorder()

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fixtures.tiny_models import encode, raw_llama_checkpoint, write_file
 
 from patchkit.edit.apply import write_patched
 from patchkit.edit.diff import DiffError, diff_checkpoints, recipe_edits, recipe_text
 from patchkit.edit.plan import plan_edits
 from patchkit.model.safetensors_io import read_header
-from safetensors_synth import encode, llama_checkpoint, write_file
 
 
 def _pair(layer, index, op, factor=None, tensor="down_proj"):
@@ -37,7 +37,7 @@ def _patched_copy(src_dir, dst_dir, pairs):
 
 @pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
 def test_diff_classifies_each_changed_neuron(tmp_path, dtype):
-    a = llama_checkpoint(tmp_path / "a", dtype, shards=2)
+    a = raw_llama_checkpoint(tmp_path / "a", dtype, shards=2)
     b = _patched_copy(a, tmp_path / "b", [
         _pair(0, 3, "invert"), _pair(1, 4, "scale", 0.5), _pair(1, 9, "scale", 0.3),
         _pair(2, 7, "zero"), _pair(2, 11, "invert", tensor="up_proj"),
@@ -61,7 +61,7 @@ def test_diff_classifies_each_changed_neuron(tmp_path, dtype):
 
 
 def test_identical_and_hardlinked_checkpoints(tmp_path):
-    a = llama_checkpoint(tmp_path / "a", "BF16", shards=2)
+    a = raw_llama_checkpoint(tmp_path / "a", "BF16", shards=2)
     b = tmp_path / "b"
     shutil.copytree(a, b, copy_function=os.link)
     report = diff_checkpoints(a, b)
@@ -71,8 +71,8 @@ def test_identical_and_hardlinked_checkpoints(tmp_path):
 
 
 def test_arbitrary_change_refuses_recipe_naming_the_tensor(tmp_path):
-    a = llama_checkpoint(tmp_path / "a", "F32", shards=1)
-    b = llama_checkpoint(tmp_path / "b", "F32", shards=1)
+    a = raw_llama_checkpoint(tmp_path / "a", "F32", shards=1)
+    b = raw_llama_checkpoint(tmp_path / "b", "F32", shards=1)
     tensors = {}
     header = read_header(a / "model.safetensors")
     for name, info in sorted(header.tensors.items(), key=lambda kv: kv[1].begin):
@@ -107,7 +107,7 @@ def test_added_removed_reshaped_and_other_files(tmp_path):
 
 
 def test_gate_proj_change_is_refused(tmp_path):
-    a = llama_checkpoint(tmp_path / "a", "BF16", shards=1)
+    a = raw_llama_checkpoint(tmp_path / "a", "BF16", shards=1)
     b = _patched_copy(a, tmp_path / "b", [(SimpleNamespace(layer=0, kind="neuron", index=1, op="invert", factor=-1.0),
                                            SimpleNamespace(tensor="model.layers.0.mlp.gate_proj.weight", axis=0, index=1))])
     report = diff_checkpoints(a, b)
@@ -117,7 +117,7 @@ def test_gate_proj_change_is_refused(tmp_path):
 
 
 def test_recipe_text_is_yaml_with_the_edits(tmp_path):
-    a = llama_checkpoint(tmp_path / "a", "BF16", shards=1)
+    a = raw_llama_checkpoint(tmp_path / "a", "BF16", shards=1)
     b = _patched_copy(a, tmp_path / "b", [_pair(0, 1, "invert"), _pair(0, 2, "invert")])
     text = recipe_text(diff_checkpoints(a, b), name="x-fix", repo="org/x", revision="a" * 40, architecture="llama")
     from ruamel.yaml import YAML
@@ -130,7 +130,7 @@ def test_recipe_text_is_yaml_with_the_edits(tmp_path):
 
 def test_expert_suppression_is_found_and_expressed(tmp_path):
     """Zeroed experts.down_proj slabs and router.per_expert_scale elements become `suppress` edits."""
-    from safetensors_synth import encode
+    from fixtures.tiny_models import encode
 
     a = tmp_path / "a"
     a.mkdir()

@@ -8,18 +8,19 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fixtures.tiny_models import raw_llama_checkpoint
 
 from patchkit.edit.apply import write_patched
 from patchkit.edit.bytes import Selection, apply_op, from_float32, to_float32
 from patchkit.edit.plan import plan_edits
 from patchkit.model.safetensors_io import read_header
-from safetensors_synth import llama_checkpoint
 
 DTYPES = ["BF16", "F16", "F32"]
 
 
 def _torch_reference(values: np.ndarray, dtype: str, factor: float):
-    torch = pytest.importorskip("torch")
+    import torch
+
     tdt = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype]
     t = torch.from_numpy(values).to(tdt)
     raw_t = torch.int16 if dtype != "F32" else torch.int32
@@ -98,7 +99,7 @@ def _plan(ckpt, pairs):
 def test_streamed_patch_touches_only_the_selected_bytes(tmp_path, dtype, monkeypatch):
     monkeypatch.setattr("patchkit.edit.apply.CHUNK", 64, raising=False)
     monkeypatch.setattr("patchkit.model.safetensors_io.CHUNK", 64)
-    ckpt = llama_checkpoint(tmp_path / "m", dtype, shards=1)
+    ckpt = raw_llama_checkpoint(tmp_path / "m", dtype, shards=1)
     plan, headers = _plan(ckpt, [_edit(1, 5, "invert"), _edit(1, 7, "scale", 0.5), _edit(2, 3, "zero", tensor="up_proj")])
     src = ckpt / "model.safetensors"
     out = tmp_path / "out.safetensors"
@@ -129,7 +130,7 @@ def test_streamed_patch_touches_only_the_selected_bytes(tmp_path, dtype, monkeyp
 
 
 def test_invert_twice_restores_the_file(tmp_path):
-    ckpt = llama_checkpoint(tmp_path / "m", "BF16", shards=1)
+    ckpt = raw_llama_checkpoint(tmp_path / "m", "BF16", shards=1)
     plan, _ = _plan(ckpt, [_edit(0, 2, "invert"), _edit(2, 23, "invert", tensor="up_proj")])
     once, twice = tmp_path / "once.safetensors", tmp_path / "twice.safetensors"
     write_patched(ckpt / "model.safetensors", once, plan.edits)
@@ -141,7 +142,7 @@ def test_invert_twice_restores_the_file(tmp_path):
 def test_plan_rejects_out_of_range_index_and_unknown_tensor(tmp_path):
     from patchkit.errors import ApplyError
 
-    ckpt = llama_checkpoint(tmp_path / "m", "F32", shards=1)
+    ckpt = raw_llama_checkpoint(tmp_path / "m", "F32", shards=1)
     with pytest.raises(ApplyError, match=r"has 24 entries on axis 1; index 24 is out of range"):
         _plan(ckpt, [_edit(0, 24, "invert")])
     with pytest.raises(ApplyError, match=r"model.layers.9.mlp.down_proj.weight .* is not in any weight file"):
@@ -149,8 +150,9 @@ def test_plan_rejects_out_of_range_index_and_unknown_tensor(tmp_path):
 
 
 def test_plan_refuses_fp8_weights_with_a_clear_message(tmp_path):
+    from fixtures.tiny_models import write_file
+
     from patchkit.errors import SafetensorsError
-    from safetensors_synth import write_file
 
     ckpt = tmp_path / "q"
     ckpt.mkdir()

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from patchkit.checks.detect import loop_stop_test
-
 import pytest
+import torch
+from loops_tiny import bigram_model, cycle, one_thread, tiny_model
 
-torch = pytest.importorskip("torch")
-
-from loops_tiny import bigram_model, cycle, one_thread, tiny_model  # noqa: E402
-
-from patchkit.checks.detect import detect  # noqa: E402
-from patchkit.generate.transformers_backend import TransformersBackend, render_prompt  # noqa: E402
-from patchkit.generate.types import GenerationRequest, SamplingParams  # noqa: E402
+from patchkit.checks.detect import detect, loop_stop_test
+from patchkit.generate.transformers_backend import TransformersBackend, render_prompt
+from patchkit.generate.types import GenerationRequest, SamplingParams
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -4,17 +4,13 @@ Gemma 4's thinking channel markers (<|channel>thought ... <channel|>) with a thi
 from __future__ import annotations
 
 import pytest
+import torch
+from fixtures.tiny_models import gemma4_causal_lm
+from loops_tiny import one_thread, tiny_model
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-if not hasattr(transformers, "Gemma4ForCausalLM"):
-    pytest.skip("this transformers has no Gemma 4", allow_module_level=True)
-
-from loops_tiny import one_thread, tiny_model  # noqa: E402
-
-from patchkit.checks.detect import detect  # noqa: E402
-from patchkit.generate.transformers_backend import TransformersBackend, _mergeable, render_prompt  # noqa: E402
-from patchkit.generate.types import GenerationRequest, SamplingParams  # noqa: E402
+from patchkit.checks.detect import detect
+from patchkit.generate.transformers_backend import TransformersBackend, _mergeable, render_prompt
+from patchkit.generate.types import GenerationRequest, SamplingParams
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,16 +25,8 @@ def _tokenizer_with(extra: list[str]):
 
 
 def test_tiny_gemma4_batched_matches_generate():
-    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
-
     tok = _tokenizer_with([])
-    cfg = Gemma4TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
-                           vocab_size_per_layer_input=len(tok), hidden_size_per_layer_input=16,
-                           max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                           eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
-    torch.manual_seed(0)
-    model = Gemma4ForCausalLM(cfg).eval()
+    model = gemma4_causal_lm(tok, seed=0)
     requests = [GenerationRequest(f"r{i}", p, max_new_tokens=20 + 6 * i) for i, p in
                 enumerate(["List all states.", "Hi", "What is the capital of France? Tell me more please.", "x"])]
     backend = TransformersBackend(model, tok, batch_size=2, early_stop=None)
@@ -50,7 +38,7 @@ def test_tiny_gemma4_batched_matches_generate():
         assert gen.text == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     from transformers import DynamicCache
 
-    assert not _mergeable(DynamicCache(config=cfg))   # sliding layers: static batches, no cache merging
+    assert not _mergeable(DynamicCache(config=model.config))   # sliding layers: static batches, no cache merging
 
 
 def test_gemma4_thinking_channel_and_budget():

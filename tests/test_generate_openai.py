@@ -9,15 +9,13 @@ import threading
 import time
 
 import pytest
+import uvicorn
+from fixtures.tiny_models import save_checkpoint
+from loops_tiny import bigram_model, cycle, one_thread
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-
-from loops_tiny import bigram_model, cycle, one_thread  # noqa: E402
-
-from patchkit.errors import CheckError  # noqa: E402
-from patchkit.generate.openai_backend import OpenAIBackend  # noqa: E402
-from patchkit.generate.types import GenerationRequest, SamplingParams  # noqa: E402
+from patchkit.errors import CheckError
+from patchkit.generate.openai_backend import OpenAIBackend
+from patchkit.generate.types import GenerationRequest, SamplingParams
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,8 +51,8 @@ def serve(app):
 
 @pytest.fixture(scope="module")
 def tiny_server():
-    from patchkit.workflows.serve import create_app
     from patchkit.generate.transformers_backend import TransformersBackend
+    from patchkit.workflows.serve import create_app
 
     model, tok = bigram_model(LOOP_MAP)
     with serve(create_app(TransformersBackend(model, tok, early_stop=None), "tiny-bigram")) as url:
@@ -179,14 +177,14 @@ def transformers_serve(tmp_path_factory):
     import subprocess
     import sys
 
-    pytest.importorskip("openai")   # transformers serve needs it
+    import openai  # noqa: F401  (transformers serve needs it)
+
     exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or shutil.which("transformers")
     if exe is None:
         pytest.skip("the transformers CLI is not installed")
     path = tmp_path_factory.mktemp("served") / "tiny"
     model, tok = bigram_model(LOOP_MAP)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    save_checkpoint(model, path, tok)
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([exe, "serve", str(path), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",

@@ -10,10 +10,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-
 from fixtures.tiny_models import tiny_llama
-from patchkit.workflows import gguf_import as pg
+
 from patchkit.errors import ModelError
+from patchkit.workflows import gguf_import as pg
 
 
 def _write_gguf(path: Path, arch: str) -> Path:
@@ -260,7 +260,6 @@ def test_real_roundtrip_matches_the_gguf_model(smollm2_dir):
 
 def test_tensors_sharing_one_buffer_are_saved_separately(tmp_path):
     import torch
-
     from safetensors.torch import load_file
 
     model = _tiny_llama(tie=False)

@@ -7,12 +7,11 @@ import json
 import logging
 
 import pytest
-
-from patchkit.model import hub_client
 from click.testing import CliRunner
+from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
 
 from patchkit.errors import PatchkitError
-from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, engine_available, make_base, make_patched
+from patchkit.model import hub_client
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -31,9 +30,9 @@ def run_cli(*args: str):
 
 
 def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeypatch):
-    """apply (the real engine when installed) -> push -> pull into a fresh cache -> byte-identical -> loads."""
+    """apply -> push -> pull into a fresh cache -> byte-identical -> verifies against the recipe -> loads."""
     base = make_base(tmp_path / "base")
-    patched = make_patched(base, tmp_path / "patched", use_engine=engine_available())
+    patched = make_patched(base, tmp_path / "patched")
     pushed = run_cli("push", str(patched), "--repo", "alice/tiny-fix", "--json")
     assert pushed.exit_code == 0, pushed.output
     report = json.loads(pushed.stdout)
@@ -62,20 +61,20 @@ def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeyp
     card = (path / "README.md").read_text()
     assert "base_model: test-org/tiny-llama" in card and "base_model_relation: finetune" in card
 
-    if engine_available():  # `patchkit verify` the pulled copy against the recipe and the base
-        from patchkit.edit.verify import verify_patched
+    # `patchkit verify` the pulled copy against the recipe and the base
+    from patchkit.edit.verify import verify_patched
 
-        # The Hub copy differs from the apply output in two files by design: README.md is the card push wrote,
-        # .gitattributes is the Hub's. Everything else must match the recipe applied to the base, byte for byte.
-        view = tmp_path / "pulled-view"
-        view.mkdir()
-        for item in path.iterdir():
-            if item.name not in ("README.md", ".gitattributes"):
-                (view / item.name).symlink_to(item.resolve())
-        (view / "README.md").symlink_to((patched / "README.md").resolve())
-        verdict = verify_patched(tmp_path / "tiny-llama-loopfix.yaml", model=str(base), patched=view)
-        assert verdict.ok, verdict.message
-        assert verdict.files_checked == len([p for p in base.iterdir()])
+    # The Hub copy differs from the apply output in two files by design: README.md is the card push wrote,
+    # .gitattributes is the Hub's. Everything else must match the recipe applied to the base, byte for byte.
+    view = tmp_path / "pulled-view"
+    view.mkdir()
+    for item in path.iterdir():
+        if item.name not in ("README.md", ".gitattributes"):
+            (view / item.name).symlink_to(item.resolve())
+    (view / "README.md").symlink_to((patched / "README.md").resolve())
+    verdict = verify_patched(tmp_path / "tiny-llama-loopfix.yaml", model=str(base), patched=view)
+    assert verdict.ok, verdict.message
+    assert verdict.files_checked == len([p for p in base.iterdir()])
 
     # the pulled checkpoint loads in transformers and carries the edit
     import torch
@@ -337,17 +336,17 @@ def test_remote_safetensors_header_uses_range_requests(hub, dirs):
 
 def test_remote_model_refs_resolve_through_the_server(hub, dirs):
     """patchkit.model.refs (owned by the core engine) resolves Hub refs through the same client and server."""
-    model = pytest.importorskip("patchkit.model.refs")
+    from patchkit.model.refs import ensure_local, resolve_model
     from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
-    ref = model.resolve_model("alice/tiny-fix")
+    ref = resolve_model("alice/tiny-fix")
     assert ref.is_remote and ref.repo_id == "alice/tiny-fix"
     assert sorted(ref.weight_files()) == list(SHARDS)
     headers = ref.headers()
     assert set(headers) == set(SHARDS)
-    local = model.ensure_local(ref)
+    local = ensure_local(ref)
     assert (local / SHARDS[1]).read_bytes() == (patched / SHARDS[1]).read_bytes()
 
 
@@ -425,12 +424,12 @@ def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
 
 
 def test_remote_headers_carry_the_real_header_length(hub, dirs):
-    model = pytest.importorskip("patchkit.model.refs")
+    from patchkit.model.refs import resolve_model
     from patchkit.publish import hub as pkhub
 
     _, patched = dirs
     pkhub.push(patched, "alice/tiny-fix", progress=False)
-    headers = model.resolve_model("alice/tiny-fix").headers()
+    headers = resolve_model("alice/tiny-fix").headers()
     for shard in SHARDS:  # absolute offsets (data_start + begin) of remote tensors must match the file
         real_len = int.from_bytes((patched / shard).read_bytes()[:8], "little")
         assert headers[shard].header_len == real_len
@@ -438,7 +437,6 @@ def test_remote_headers_carry_the_real_header_length(hub, dirs):
 
 def test_validate_and_apply_accept_a_hub_model_ref(hub, dirs, tmp_path):
     """`patchkit validate --model ORG/NAME` and `apply --model ORG/NAME` resolve through the same server."""
-    pytest.importorskip("patchkit.recipe")
     from hubserver.checkpoints import RECIPE_TEXT
 
     from patchkit.publish import hub as pkhub

@@ -10,12 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from locate_planted import DECOY, PLANTED, build_planted, write_suite
 
-torch = pytest.importorskip("torch")
-
-from locate_planted import DECOY, PLANTED, build_planted, write_suite  # noqa: E402
-
-from patchkit.locate import Candidate, Edit, LocateSettings, run_locate  # noqa: E402
+from patchkit.locate import Candidate, Edit, LocateSettings, run_locate
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +113,10 @@ def test_no_loops_gives_an_unresolved_recipe(planted, tmp_path):
 
 def test_row_edits_match_runtime_edits(planted):
     """A batch row with its own edit computes exactly what the whole-model runtime edit computes."""
+    from patchkit.edit.runtime import runtime_edits
     from patchkit.generate.loading import load_model
     from patchkit.locate.hooks import ModelView, row_edits
     from patchkit.recipe import ResolvedEdit
-    from patchkit.edit.runtime import runtime_edits
 
     model_dir, _ = planted
     model, _tok = load_model(model_dir)
@@ -136,13 +134,14 @@ def test_row_edits_match_runtime_edits(planted):
 def test_expert_row_edits_and_attribution_on_moe(tmp_path):
     """Gemma 4 MoE: per-row expert suppression equals the runtime edit; experts get routing attribution."""
     from fixtures.tiny_models import build
+
+    from patchkit.edit.runtime import runtime_edits
     from patchkit.generate.loading import load_model
     from patchkit.locate.attribution import attribute
     from patchkit.locate.hooks import ModelView, row_edits
     from patchkit.locate.teacher import build_batch
     from patchkit.locate.transcripts import Transcript
     from patchkit.recipe import ResolvedEdit
-    from patchkit.edit.runtime import runtime_edits
 
     model, _tok = load_model(build("gemma4-moe", tmp_path / "moe"))
     view = ModelView(model)

@@ -95,7 +95,6 @@ def test_user_suite_file_and_selection(tmp_path):
 PACKAGED = packaged_suites()
 
 
-@pytest.mark.skipif("enumeration" not in PACKAGED or "controls" not in PACKAGED, reason="suite data not installed yet")
 def test_packaged_enumeration_suite_pulls_in_controls():
     suite = load_suite("enumeration")
     kinds = {p.kind for p in suite.probes}

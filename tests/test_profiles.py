@@ -49,10 +49,10 @@ def test_adapter_reads_the_profile_like_a_config_json(key):
 
 @pytest.mark.parametrize("key", sorted(PROFILES))
 def test_transformers_builds_the_same_mlp_shapes_from_the_profile(key):
-    from fixtures.sparse_checkpoints import text_tensors
+    from fixtures.tiny_models import gemma4_release_tensors
 
     profile = PROFILES[key]
-    shapes = dict(text_tensors(profile))
+    shapes = dict(gemma4_release_tensors(profile))
     p = "model.language_model.layers"
     for layer in range(profile.num_hidden_layers):
         width = profile.mlp_width(layer)
@@ -179,10 +179,10 @@ FULL_SCALE = {
 
 @pytest.fixture(scope="module")
 def sparse_models(tmp_path_factory):
-    from fixtures.sparse_checkpoints import write_sparse_checkpoint
+    from fixtures.tiny_models import sparse_gemma4_checkpoint
 
     root = tmp_path_factory.mktemp("sparse")
-    return {key: write_sparse_checkpoint(PROFILES[key], root / key) for key in FULL_SCALE}
+    return {key: sparse_gemma4_checkpoint(PROFILES[key], root / key) for key in FULL_SCALE}
 
 
 @pytest.mark.parametrize("key", sorted(FULL_SCALE))

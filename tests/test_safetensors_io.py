@@ -7,11 +7,11 @@ import struct
 
 import numpy as np
 import pytest
+from fixtures.tiny_models import header_bytes, write_file
 from safetensors.numpy import save_file
 
 from patchkit.errors import SafetensorsError
 from patchkit.model.safetensors_io import check_editable, read_header, read_tensor_bytes
-from safetensors_synth import header_bytes, write_file
 
 
 def test_matches_reference_library(tmp_path):

@@ -7,14 +7,14 @@ import os
 
 import pytest
 from click.testing import CliRunner
-
-from patchkit.edit.apply import apply_recipe
-from patchkit.cli import main
-from patchkit.edit.diff import diff_checkpoints, recipe_text
-from patchkit.model.safetensors_io import read_header
-from patchkit.edit.verify import verify_patched
-from safetensors_synth import llama_checkpoint
+from fixtures.tiny_models import raw_llama_checkpoint
 from test_apply import snapshot, write_recipe
+
+from patchkit.cli import main
+from patchkit.edit.apply import apply_recipe
+from patchkit.edit.diff import diff_checkpoints, recipe_text
+from patchkit.edit.verify import verify_patched
+from patchkit.model.safetensors_io import read_header
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _engine(monkeypatch, tmp_path):
 
 @pytest.fixture
 def applied(tmp_path):
-    base = llama_checkpoint(tmp_path / "base", "F32", shards=3)
+    base = raw_llama_checkpoint(tmp_path / "base", "F32", shards=3)
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 1, neuron: [4, 9], op: scale, factor: 0.25}"])
     apply_recipe(recipe, model=str(base), out=tmp_path / "out")
     return base, recipe, tmp_path / "out"
@@ -92,7 +92,7 @@ def test_diff_as_recipe_round_trips(applied, tmp_path):
 
 
 def test_cli_apply_diff_verify(tmp_path):
-    base = llama_checkpoint(tmp_path / "base", "BF16", shards=2)
+    base = raw_llama_checkpoint(tmp_path / "base", "BF16", shards=2)
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 2, neuron: 7, op: invert}"])
     runner = CliRunner()
     res = runner.invoke(main, ["apply", str(recipe), "--model", str(base), "-o", str(tmp_path / "out"), "--dry-run", "--json"])
