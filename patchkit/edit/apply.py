@@ -391,12 +391,8 @@ def read_recipe(recipe: Any) -> tuple[Any, str, str | None]:
     from patchkit import recipe as recipe_mod
 
     if isinstance(recipe, (str, Path)):
-        path = Path(recipe)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ApplyError(f"{path}: cannot read recipe ({exc.strerror})") from None
-        return recipe_mod.load_recipe(path), text, str(path)
+        loaded = recipe_mod.load_recipe(recipe)  # read once: provenance records exactly the text that was parsed
+        return loaded, loaded.source_text or recipe_mod.recipe_to_yaml(loaded), str(recipe)
     text = getattr(recipe, "source_text", None) or recipe_mod.recipe_to_yaml(recipe)
     return recipe, text, getattr(recipe, "path", None)
 
