@@ -52,7 +52,7 @@ def base(tmp_path):
 
 
 def test_apply_rewrites_only_the_edited_shard(tmp_path, base, monkeypatch):
-    monkeypatch.setattr("patchkit.edit.apply.LINK_MIN_BYTES", 4096)  # the tiny shards count as large here
+    monkeypatch.setattr("patchkit.edit.stream.LINK_MIN_BYTES", 4096)  # the tiny shards count as large here
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 1, neuron: [5, 6], op: scale, factor: 0.5}",
                                                 "{layer: 1, neuron: 2, op: invert, tensor: up_proj}"])
     before = snapshot(base)
@@ -191,7 +191,7 @@ def test_write_failures_leave_nothing_behind(tmp_path, base, monkeypatch, err):
     def failing_write(*args):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr("patchkit.edit.apply._copy_range", failing_write)
+    monkeypatch.setattr("patchkit.edit.stream._copy_range", failing_write)
     with pytest.raises(ApplyError, match=os.strerror(err)) as info:
         apply_recipe(recipe, model=str(base), out=tmp_path / "out")
     assert "\n" not in str(info.value) and "nothing was changed" in str(info.value)
@@ -223,14 +223,14 @@ def test_interrupted_in_place_is_detected(tmp_path, base, monkeypatch):
         calls.append(dst)
         os.replace(tmp, dst)
 
-    import patchkit.edit.apply
+    import patchkit.edit.in_place
 
-    real_swap = patchkit.edit.apply._swap_in
-    monkeypatch.setattr("patchkit.edit.apply._swap_in", swap_once)
+    real_swap = patchkit.edit.in_place._swap_in
+    monkeypatch.setattr("patchkit.edit.in_place._swap_in", swap_once)
     with pytest.raises(ApplyError, match="some may be replaced already"):
         apply_recipe(recipe, model=str(base), in_place=True)
     assert (base / ".patchkit-in-place.json").exists() and not (base / PROVENANCE_FILE).exists()
     assert not [p for p in base.iterdir() if ".patchkit-tmp-" in p.name]
-    monkeypatch.setattr("patchkit.edit.apply._swap_in", real_swap)
+    monkeypatch.setattr("patchkit.edit.in_place._swap_in", real_swap)
     with pytest.raises(ApplyError, match=r"interrupted --in-place apply .*model-00001-of-00003.safetensors, model-00003-of-00003"):
         apply_recipe(recipe, model=str(base), out=tmp_path / "out")

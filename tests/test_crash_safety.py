@@ -22,9 +22,10 @@ CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import patchkit.edit.apply as A
+import patchkit.edit.stream as S
 point, nth, recipe, base, out = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-A.CHUNK = 512  # many chunks per shard, so a kill can land in the middle of one
-A.COPY_PIECE = 1024
+S.CHUNK = 512  # many chunks per shard, so a kill can land in the middle of one
+S.COPY_PIECE = 1024
 calls = 0
 
 def killing(orig, after=False):
@@ -40,8 +41,8 @@ def killing(orig, after=False):
     return wrapped
 
 if point == "write":
-    A._copy_range = killing(A._copy_range)
-    A._pwrite_all = killing(A._pwrite_all)
+    S._copy_range = killing(S._copy_range)
+    S._pwrite_all = killing(S._pwrite_all)
 elif point == "link":
     A.link_or_copy = killing(A.link_or_copy)
 elif point == "provenance":

@@ -13,25 +13,15 @@ interrupted apply leaves either no output or a complete one; the source is only 
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
-import json
 import os
-import queue
 import shutil
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from patchkit._version import __version__
-from patchkit._io.atomic import TMP_MARK, atomic_write_json, atomic_write_text
+from patchkit._io.atomic import TMP_MARK, atomic_write_json
 from patchkit._io.progress import Progress
-from patchkit.edit.bytes import edit_chunk, raw_view
-from patchkit.errors import Fix, ApplyError
 from patchkit.edit.plan import Plan, PlannedEdit
 from patchkit.edit.provenance import (
     PROVENANCE_FILE,
@@ -39,307 +29,21 @@ from patchkit.edit.provenance import (
     read_provenance,
     remember_sha256,
     sha256_file,
-    utc_now,
 )
-from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK
+from patchkit.errors import ApplyError, Fix
+from patchkit.edit.in_place import _apply_in_place, _check_in_place, _refuse_interrupted_in_place
+from patchkit.edit.output import (
+    IN_PLACE_JOURNAL,
+    UNDO_RECIPE,
+    ApplyContext,
+    ApplyResult,
+    _pid_alive,
+    _provenance,
+    _source_files,
+)
+from patchkit.edit.stream import PatchStream, link_or_copy, write_patched
 
-
-UNDO_RECIPE = "patchkit-undo.yaml"
-IN_PLACE_JOURNAL = ".patchkit-in-place.json"
-_SKIP_DIRS = {".cache", ".git", ".huggingface"}
-_FICLONE = 0x40049409
-
-
-@dataclass
-class PatchedFile:
-    """What streaming one edited shard produced."""
-
-    source_sha256: str
-    output_sha256: str
-    size: int
-    slice_hashes: list[tuple[str, str]] = field(default_factory=list)  # per edit: (before, after)
-
-
-@dataclass
-class ApplyResult:
-    out_dir: Path | None
-    plan: Plan
-    provenance: dict[str, Any] | None
-    dry_run: bool = False
-    in_place: bool = False
-    undo_recipe: Path | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "warnings": self.warnings,
-            "out_dir": str(self.out_dir) if self.out_dir else None,
-            "dry_run": self.dry_run,
-            "in_place": self.in_place,
-            "undo_recipe": str(self.undo_recipe) if self.undo_recipe else None,
-            "plan": self.plan.to_json(),
-            "provenance": self.provenance,
-        }
-
-
-# --- byte level ------------------------------------------------------------------------------------------
-
-
-class PatchStream:
-    """The bytes of `src` with `edits` applied, in file order.
-
-    `segments()` yields ("copy", start, end) for stretches that stay as they are and ("edited", offset,
-    chunk) for chunks of edited tensors, already patched; iterating yields (offset, chunk) for the whole
-    file (verify compares those). Chunks are views of reused buffers (fresh 8 MiB allocations cost more in
-    page faults than the copy itself): use each one before asking for the next.
-    After a full pass, `slice_hashes[i]` holds sha256 (before, after) of edit i's slice.
-    """
-
-    def __init__(self, src: Path, edits: list[PlannedEdit]):
-        self.src = Path(src)
-        self.edits = edits
-        self.size = os.path.getsize(src)
-        self._before = [hashlib.sha256() for _ in edits]
-        self._after = [hashlib.sha256() for _ in edits]
-        self._buf = bytearray(CHUNK)
-
-    @property
-    def slice_hashes(self) -> list[tuple[str, str]]:
-        return [(b.hexdigest(), a.hexdigest()) for b, a in zip(self._before, self._after)]
-
-    def segments(self):
-        regions: dict[str, list[int]] = {}
-        for i, e in enumerate(self.edits):
-            regions.setdefault(e.tensor, []).append(i)
-        order = sorted(regions.values(), key=lambda idx: self.edits[idx[0]].tensor_start)
-        with open(self.src, "rb", buffering=0) as fin:
-            pos = 0
-            for idx in order:
-                first = self.edits[idx[0]]
-                if pos < first.tensor_start:
-                    yield "copy", pos, first.tensor_start
-                yield from self._tensor(fin.fileno(), first, [(i, self.edits[i].selection) for i in idx])
-                pos = first.tensor_end
-            if pos < self.size:
-                yield "copy", pos, self.size
-
-    def __iter__(self):
-        with open(self.src, "rb", buffering=0) as fin:
-            for seg in self.segments():
-                if seg[0] == "edited":
-                    yield seg[1], seg[2]
-                    continue
-                _, a, b = seg
-                while a < b:
-                    n = min(CHUNK, b - a)
-                    yield a, self._read(fin.fileno(), a, n)
-                    a += n
-
-    def _read(self, fd: int, a: int, n: int) -> memoryview:
-        if len(self._buf) < n:
-            self._buf = bytearray(n)
-        view = memoryview(self._buf)[:n]
-        if os.preadv(fd, [view], a) != n:
-            raise ApplyError(f"{self.src}: file shrank while reading (offset {a})")
-        return view
-
-    def _tensor(self, fd: int, first: PlannedEdit, selections):
-        itemsize = first.itemsize
-        step = CHUNK - CHUNK % itemsize
-        a = first.tensor_start
-        while a < first.tensor_end:
-            n = min(step, first.tensor_end - a)
-            chunk = self._read(fd, a, n)
-            raw = raw_view(chunk, first.dtype)
-            e0 = (a - first.tensor_start) // itemsize
-            for i, sel in selections:
-                e = self.edits[i]
-                positions = sel.positions_in(e0, e0 + len(raw))
-                edit_chunk(raw, positions, first.dtype, e.op, e.factor, self._before[i], self._after[i])
-            del raw
-            yield "edited", a, chunk
-            a += n
-
-
-class _BackgroundHasher:
-    """sha256 of a shard's source and output, computed in a thread while the main thread copies.
-
-    Work items, in file order, name byte ranges already written to the output: ("copy", a, b) — equal in
-    source and output, read once from the source — or ("edited", a, b) — read from both files (the page
-    cache serves them). Until the first edited range one hash serves both files. No buffers are shared
-    with the main thread.
-    """
-
-    def __init__(self, src: Path, dst: Path, hash_source: bool):
-        self.src, self.dst, self.hash_source = src, dst, hash_source
-        self.src_h, self.out_h = hashlib.sha256(), hashlib.sha256()
-        self.items: queue.Queue = queue.Queue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _ranges(self, fd: int, a: int, b: int, buf: bytearray):
-        while a < b:
-            n = min(SCAN_CHUNK, b - a)
-            view = memoryview(buf)[:n]
-            if os.preadv(fd, [view], a) != n:
-                raise ApplyError(f"{self.src}: file shrank while hashing (offset {a})")
-            yield view
-            a += n
-
-    def _run(self) -> None:
-        diverged = not self.hash_source
-        buf = bytearray(SCAN_CHUNK)
-        try:
-            with open(self.src, "rb", buffering=0) as fin, open(self.dst, "rb", buffering=0) as fout:
-                while (item := self.items.get()) is not None:
-                    kind, a, b = item
-                    if kind == "edited" and not diverged:
-                        self.out_h = self.src_h.copy()
-                        diverged = True
-                    if self.hash_source:
-                        for view in self._ranges(fin.fileno(), a, b, buf):
-                            self.src_h.update(view)
-                            if diverged and kind == "copy":
-                                self.out_h.update(view)
-                    elif kind == "copy":
-                        for view in self._ranges(fin.fileno(), a, b, buf):
-                            self.out_h.update(view)
-                    if kind == "edited":
-                        for view in self._ranges(fout.fileno(), a, b, buf):
-                            self.out_h.update(view)
-            if not diverged:
-                self.out_h = self.src_h.copy()
-        except BaseException as exc:  # re-raised in the main thread by finish()
-            self.error = exc
-            while self.items.get() is not None:
-                pass
-
-    def put(self, item: tuple[str, int, int]) -> None:
-        self.items.put(item)
-
-    def finish(self) -> tuple[str, str]:
-        self.items.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return (self.src_h.hexdigest() if self.hash_source else ""), self.out_h.hexdigest()
-
-
-#: Bytes per copy_file_range call (also the progress granularity).
-COPY_PIECE = 64 << 20
-
-
-def _copy_range(fd_in: int, fd_out: int, a: int, b: int) -> None:
-    """Copy [a, b) of the source to the same offsets of the output, in the kernel when it can."""
-    while a < b:
-        n = min(COPY_PIECE, b - a)
-        try:
-            done = os.copy_file_range(fd_in, fd_out, n, a, a)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            data = os.pread(fd_in, n, a)
-            done = len(data)
-            _pwrite_all(fd_out, data, a)
-        if done <= 0:
-            raise ApplyError(f"source file shrank while copying (offset {a})")
-        a += done
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-def write_patched(
-    src: Path, dst: Path, edits: list[PlannedEdit], *, progress: Progress | None = None, hash_source: bool = True
-) -> PatchedFile:
-    """Write `src` with `edits` applied to the new file `dst`; returns checksums. `dst` must not exist.
-
-    Unedited stretches are copied in the kernel (copy_file_range: no trip through Python, reflinked
-    extents where the filesystem shares them); edited tensors are read, patched and written in chunks.
-    A background thread hashes source and output meanwhile, so the hash overlaps the copy.
-    """
-    stream = PatchStream(src, edits)
-    fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    hasher = _BackgroundHasher(src, dst, hash_source)
-    try:
-        try:
-            with open(src, "rb", buffering=0) as fin:
-                for seg in stream.segments():
-                    if seg[0] == "copy":
-                        for a in range(seg[1], seg[2], COPY_PIECE):
-                            b = min(a + COPY_PIECE, seg[2])
-                            _copy_range(fin.fileno(), fout, a, b)
-                            hasher.put(("copy", a, b))
-                            if progress:
-                                progress(dst.name, b, stream.size)
-                    else:
-                        _, offset, chunk = seg
-                        # copy first, then overwrite: rewriting cached pages is cheaper than extending the file
-                        _copy_range(fin.fileno(), fout, offset, offset + len(chunk))
-                        _pwrite_all(fout, chunk, offset)
-                        hasher.put(("edited", offset, offset + len(chunk)))
-                        if progress:
-                            progress(dst.name, offset + len(chunk), stream.size)
-        finally:
-            os.close(fout)
-        src_sha, out_sha = hasher.finish()
-        if os.path.getsize(dst) != stream.size:
-            raise ApplyError(f"{dst}: wrote {os.path.getsize(dst)} bytes, expected {stream.size}")
-        return PatchedFile(source_sha256=src_sha, output_sha256=out_sha, size=stream.size, slice_hashes=stream.slice_hashes)
-    finally:
-        if hasher.thread.is_alive():  # an error in the main thread: let the hasher stop
-            hasher.items.put(None)
-            hasher.thread.join()
-
-
-#: Files below this size are always copied: people edit configs and cards in place, and a hard link would
-#: carry that edit into the base model (or the HF cache).
-LINK_MIN_BYTES = 16 << 20
-
-
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Put a byte-identical `src` at `dst`: reflink, else hard link (large files only), else copy."""
-    src = Path(os.path.realpath(src))
-    if os.path.getsize(src) < LINK_MIN_BYTES:
-        shutil.copyfile(src, dst)
-        return "copy"
-    try:
-        with open(src, "rb") as fin, open(dst, "xb") as fout:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-        return "reflink"
-    except OSError:
-        try:
-            os.unlink(dst)
-        except FileNotFoundError:
-            pass
-    try:
-        os.link(src, dst)
-        return "hardlink"
-    except OSError:
-        pass
-    shutil.copyfile(src, dst)
-    return "copy"
-
-
-# --- directory level -------------------------------------------------------------------------------------
-
-
-def _source_files(source_dir: Path) -> list[str]:
-    """Every file of a checkpoint directory (relative paths), minus caches and our own temp/provenance files."""
-    out = []
-    for root, dirs, files in os.walk(source_dir, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and TMP_MARK not in d)
-        for name in sorted(files):
-            rel = os.path.relpath(os.path.join(root, name), source_dir)
-            if rel in (PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL) or TMP_MARK in name:
-                continue
-            out.append(rel)
-    return out
+__all__ = ["ApplyResult", "IN_PLACE_JOURNAL", "UNDO_RECIPE", "PatchStream", "apply_recipe", "read_recipe"]
 
 
 def _edit_key(e: dict | PlannedEdit) -> tuple:
@@ -376,16 +80,6 @@ def _clean_stale_temps(parent: Path, name: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_recipe(recipe: Any) -> tuple[Any, str, str | None]:
     """(Recipe, verbatim text, path or None) of a Recipe or a recipe path."""
     from patchkit import recipe as recipe_mod
@@ -395,11 +89,6 @@ def read_recipe(recipe: Any) -> tuple[Any, str, str | None]:
         return loaded, loaded.source_text or recipe_mod.recipe_to_yaml(loaded), str(recipe)
     text = getattr(recipe, "source_text", None) or recipe_mod.recipe_to_yaml(recipe)
     return recipe, text, getattr(recipe, "path", None)
-
-
-def _normalized(recipe: Any) -> dict:
-    dump = getattr(recipe, "model_dump", None)
-    return dump(mode="json", exclude_none=True) if dump else {}
 
 
 def _pin_warnings(recipe: Any, ref: Any) -> list[str]:
@@ -488,7 +177,7 @@ def apply_recipe(
         return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True,
                            in_place=in_place, warnings=warnings)
 
-    ctx = _Context(recipe_obj, text, recipe_path, ref, plan, parent)
+    ctx = ApplyContext(recipe_obj, text, recipe_path, ref, plan, parent)
     try:
         result = _apply_in_place(ctx, source_dir, progress) if in_place else _apply_to_new_dir(ctx, source_dir, out, force, progress)
         result.warnings = warnings
@@ -506,17 +195,7 @@ def apply_recipe(
         ) from exc
 
 
-@dataclass
-class _Context:
-    recipe: Any
-    text: str
-    recipe_path: str | None
-    ref: Any
-    plan: Plan
-    parent: dict | None
-
-
-def _apply_to_new_dir(ctx: _Context, source_dir: Path, out: Path, force: bool, progress: Progress | None) -> ApplyResult:
+def _apply_to_new_dir(ctx: ApplyContext, source_dir: Path, out: Path, force: bool, progress: Progress | None) -> ApplyResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out.parent, out.name)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}{os.getpid()}-"))
@@ -581,147 +260,3 @@ def _publish_dir(tmp: Path, out: Path, force: bool) -> None:
     os.rename(out, trash / "old")
     os.rename(tmp, out)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _check_in_place(source_dir: Path, plan: Plan) -> None:
-    for f in plan.weight_files:
-        if os.path.islink(source_dir / f):
-            raise ApplyError(
-                f"--in-place refused: {source_dir / f} is a symlink (Hugging Face cache?); the cache is never "
-                "modified — write a new directory with -o OUT"
-            )
-    non_invert = sorted({e.op for e in plan.edits if e.op != "invert"})
-    if non_invert:
-        raise ApplyError(
-            f"--in-place refused: op {', '.join(non_invert)} cannot be undone exactly; only invert-only recipes "
-            "are applied in place — write a new directory with -o OUT"
-        )
-
-
-def _apply_in_place(ctx: _Context, source_dir: Path, progress: Progress | None) -> ApplyResult:
-    """Patch a plain local directory: new shard files are built beside the old ones, then renamed over them."""
-    rewritten = ctx.plan.files_to_rewrite
-    temps: dict[str, Path] = {}
-    source_sha: dict[str, dict] = {}
-    output_sha: dict[str, dict] = {}
-    slice_hashes: dict[int, tuple[str, str]] = {}
-    for stale in source_dir.glob(f".*{TMP_MARK}*"):  # shard temps of a killed in-place run
-        pid = stale.name.rsplit(TMP_MARK, 1)[1]
-        if stale.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    try:
-        for rel, edits in rewritten.items():
-            src = source_dir / rel
-            tmp = src.with_name(f".{src.name}{TMP_MARK}{os.getpid()}")
-            if tmp.exists():
-                tmp.unlink()
-            known = known_sha256(src)
-            res = write_patched(src, tmp, edits, progress=progress, hash_source=known is None)
-            temps[rel] = tmp
-            source_sha[rel] = {"sha256": known or res.source_sha256, "size": res.size}
-            output_sha[rel] = {"sha256": res.output_sha256, "size": res.size, "rewritten": True}
-            for e, h in zip(edits, res.slice_hashes):
-                slice_hashes[id(e)] = h
-        for rel in _source_files(source_dir):
-            if rel in rewritten:
-                continue
-            digest = sha256_file(source_dir / rel)
-            size = (source_dir / rel).stat().st_size
-            if rel in ctx.plan.weight_files:
-                source_sha[rel] = {"sha256": digest, "size": size}
-            output_sha[rel] = {"sha256": digest, "size": size, "rewritten": False}
-        prov = _provenance(ctx, source_sha, output_sha, slice_hashes)
-        prov["in_place"] = True
-        prov["undo_recipe"] = UNDO_RECIPE
-        # Shards are replaced one by one; a journal says which ones were due until the last rename is done.
-        journal = {"recipe": ctx.recipe.name, "files": {rel: {"before_sha256": source_sha[rel]["sha256"],
-                                                              "after_sha256": output_sha[rel]["sha256"]}
-                                                        for rel in temps}}
-        atomic_write_json(source_dir / IN_PLACE_JOURNAL, journal)
-        undo_path = source_dir / UNDO_RECIPE  # after the journal: never an undo recipe for an unpatched dir
-        atomic_write_text(undo_path, _undo_recipe_text(ctx.text, ctx.recipe.name))
-        for rel, tmp in list(temps.items()):
-            _swap_in(tmp, source_dir / rel)
-            del temps[rel]
-            remember_sha256(source_dir / rel, output_sha[rel]["sha256"])
-        atomic_write_json(source_dir / PROVENANCE_FILE, prov)
-        (source_dir / IN_PLACE_JOURNAL).unlink()
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
-    return ApplyResult(out_dir=source_dir, plan=ctx.plan, provenance=prov, in_place=True, undo_recipe=undo_path)
-
-
-def _swap_in(tmp: Path, dst: Path) -> None:
-    """Atomically replace one shard with its patched version."""
-    os.replace(tmp, dst)
-
-
-def _refuse_interrupted_in_place(source_dir: Path) -> None:
-    journal = source_dir / IN_PLACE_JOURNAL
-    if journal.exists():
-        try:
-            files = sorted(json.loads(journal.read_text()).get("files", {}))
-        except (OSError, ValueError, AttributeError):
-            files = []
-        raise ApplyError(
-            f"{source_dir} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}): {', '.join(files) or 'its shards'} "
-            f"may be partly replaced; compare their sha256 with the before/after values in {journal}, restore the "
-            "originals, then delete that file"
-        )
-
-
-def _undo_recipe_text(text: str, name: str) -> str:
-    """The recipe that undoes an invert-only recipe: the same edits under a new name (invert is its own inverse)."""
-    from io import StringIO
-
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    data = yaml.load(text)
-    data["name"] = f"{name}-undo"
-    data["description"] = f"Undo of recipe {name} applied in place (invert is its own inverse)."
-    data["source"] = {"kind": "manual", "reference": f"undo of {name}"}
-    for key in ("publish", "checks"):
-        data.pop(key, None)
-    buf = StringIO()
-    yaml.dump(data, buf)
-    return buf.getvalue()
-
-
-def _provenance(ctx: _Context, source_sha: dict, output_sha: dict, slice_hashes: dict) -> dict[str, Any]:
-    spec = getattr(ctx.recipe, "model", None)
-    ref = ctx.ref
-    prov: dict[str, Any] = {
-        "patchkit_version": __version__,
-        "created": utc_now(),
-        "recipe": {
-            "path": ctx.recipe_path,
-            "sha256": hashlib.sha256(ctx.text.encode("utf-8")).hexdigest(),
-            "text": ctx.text,
-            "normalized": _normalized(ctx.recipe),
-        },
-        "base": {
-            "ref": getattr(ref, "ref", None),
-            "repo": getattr(ref, "repo_id", None),
-            "revision": getattr(ref, "revision", None),
-            "architecture": getattr(spec, "architecture", None),
-        },
-        "source_files": dict(sorted(source_sha.items())),
-        "output_files": dict(sorted(output_sha.items())),
-        "edits": [
-            {
-                "layer": e.layer, "kind": e.kind, "index": e.index, "op": e.op, "factor": e.factor,
-                "tensor": e.tensor, "file": e.file,
-                "before_sha256": slice_hashes[id(e)][0], "after_sha256": slice_hashes[id(e)][1],
-            }
-            for e in ctx.plan.edits
-        ],
-    }
-    if ctx.parent is not None:
-        prov["parent"] = {
-            "recipe": (ctx.parent.get("recipe") or {}).get("normalized", {}).get("name"),
-            "recipe_sha256": (ctx.parent.get("recipe") or {}).get("sha256"),
-            "created": ctx.parent.get("created"),
-        }
-    return prov

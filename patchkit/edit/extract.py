@@ -16,12 +16,12 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from patchkit._version import __version__
-from patchkit.errors import PatchkitError, RecipeError, VerifyError
+from patchkit.errors import PatchkitError
 
 
 

@@ -6,12 +6,8 @@ file and reads it back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import tempfile
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from patchkit._io.progress import Progress
-from patchkit.edit.apply import UNDO_RECIPE, PatchStream, _resolve, _source_files, read_recipe
+from patchkit.edit.apply import _resolve, read_recipe
+from patchkit.edit.output import UNDO_RECIPE, _source_files
+from patchkit.edit.stream import PatchStream
 from patchkit.errors import Fix, PatchkitError
 from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256
 from patchkit.model.safetensors_io import CHUNK, read_header
