@@ -53,14 +53,14 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from patchkit.checks.bench import run_bench
+    from patchkit.checks.bench import BenchSettings, run_bench
 
     model = args.model or _default_model()
     with tempfile.TemporaryDirectory(prefix="patchkit-benchbench-") as tmp:
         patched = _zeroed_copy(model, Path(tmp) / "patched", 28, 1095)
         load_before = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), time.process_time()
-        report = run_bench(str(model), str(patched), tasks=args.tasks, limit=args.limit)
+        report = run_bench(str(model), str(patched), settings=BenchSettings(tasks=args.tasks, limit=args.limit))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         load_after = os.getloadavg()[0]
     out = {
@@ -69,8 +69,8 @@ def main() -> int:
         "stages_s": {k: round(v, 1) for k, v in report.timings.items()},
         "tokens_teacher_forced": report.details.get("kl", {}).get("tokens"),
         "qa_items": report.details.get("qa", {}).get("items"),
-        "figures": {f.key: {"base": f.base, "patched": f.patched, "delta": f.delta, "ci": f.delta_ci, "p": f.p_value,
-                            "n": f.n} for f in report.figures},
+        "figures": {f["key"]: {"base": f["base"], "patched": f["patched"], "delta": f["delta"], "ci": f["delta_ci"],
+                               "p": f["p_value"], "n": f["n"]} for f in report.to_json()["figures"]},
         "target_s": 180, "within_target": wall <= 180,
     }
     if args.json:

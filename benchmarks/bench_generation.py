@@ -50,7 +50,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from patchkit.checks.loops import LoopSettings, build_requests, run_suite, score_generations
     from patchkit.checks.probes import load_suite
-    from patchkit.checks.stats import wilson_interval
     from patchkit.generate.loading import load_model
     from patchkit.generate.transformers_backend import TransformersBackend
 
@@ -59,7 +58,7 @@ def main() -> None:
     model, tok = load_model(ref)
     load_s = time.perf_counter() - t0
     suite = load_suite(args.suite)
-    settings = LoopSettings(suite=args.suite, max_new_tokens=args.max_new_tokens)
+    settings = LoopSettings(suite=args.suite, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     enum = suite.by_kind("enumeration")
     step = max(1, len(enum) // args.baseline_probes)
     subset_ids = {p.id for p in enum[::step][:args.baseline_probes]}
@@ -80,22 +79,20 @@ def main() -> None:
 
     # 2. batched + early stop, whole suite
     t0 = time.perf_counter()
-    run = run_suite(suite, model=model, tokenizer=tok, settings=settings, batch_size=args.batch_size, label=str(ref))
+    run = run_suite(suite, model=model, tokenizer=tok, settings=settings, label=str(ref))
     batch_s = time.perf_counter() - t0
     n_all = len(run.results)
     batch_rate = n_all / batch_s * 60
     m = run.metrics()
-    lo, hi = wilson_interval(m.loops, m.n)
     agree = sum(1 for r in one_results for b in run.results
                 if b.probe.id == r.probe.id and b.is_loop == r.is_loop)
     print(f"batched+early stop: {n_all} probes in {batch_s:.1f}s = {batch_rate:.2f} probes/min, "
           f"{run.tokens / batch_s:.1f} tok/s, {run.tokens} tokens", flush=True)
     print(f"speed-up: {batch_rate / one_rate:.1f}x probes/min; loop verdicts agree on {agree}/{len(one_results)} "
           f"shared probes", flush=True)
-    print(f"base loop rate (greedy, {settings.max_new_tokens} tokens): {m.loops}/{m.n} = {m.loop_rate:.3f} "
-          f"[{lo:.3f}, {hi:.3f}]; verbatim {m.label_count('verbatim')}, decay {m.label_count('decay')}, "
+    print(f"base loop rate (greedy, {settings.max_new_tokens} tokens): {m.loop_rate.describe(3)}; verbatim {m.label_count('verbatim')}, decay {m.label_count('decay')}, "
           f"doom {m.label_count('doom')}, truncated {m.label_count('truncated')}; completeness "
-          f"{m.completeness:.3f}; good lists {m.good_lists}/{m.n}; controls "
+          f"{m.completeness.describe()}; good lists {m.good_lists}/{m.n}; controls "
           f"{len(m.controls) - len(m.control_failures)}/{len(m.controls)} (looping {m.control_loops})", flush=True)
     by_split = {s: run.metrics(split=s) for s in ("train", "heldout")}
     for s, ms in by_split.items():

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+from bench_tiny import make_tiny_llama, one_thread, zero_neurons_copy
 from click.testing import CliRunner
 
-from bench_tiny import one_thread, make_tiny_llama, zero_neurons_copy
-from patchkit.checks.bench import check_same_tokenizer, parse_tasks, run_bench
+from patchkit.checks.bench import BenchSettings, check_same_tokenizer, parse_tasks, run_bench
 from patchkit.checks.teacher_forcing import ScoredSequence, compare_teacher_forced, pack_batches
 from patchkit.cli import main
 from patchkit.errors import CheckError, ModelError
@@ -46,41 +46,49 @@ def loaded(tiny):
 
 def test_model_against_itself_is_exactly_identical(loaded):
     model, tok = loaded["base"]
-    report = run_bench((model, tok), (model, tok), limit=LIMIT)
-    kl, top1, ppl = report.figure("kl.mean"), report.figure("kl.top1"), report.figure("ppl.ratio")
+    seen = []
+    report = run_bench((model, tok), (model, tok), settings=BenchSettings(limit=LIMIT),
+                       progress=lambda stage, done, total: seen.append((stage, done, total)))
+    kl, top1, ppl = report.comparison("kl.mean"), report.comparison("kl.top1"), report.comparison("ppl.ratio")
     assert kl.n > 100
-    assert kl.delta == 0.0 and report.figure("kl.max").delta == 0.0
-    assert report.figure("kl.first_token").delta == 0.0
-    assert top1.delta == 1.0
-    assert ppl.delta == 1.0 and ppl.p_value == 1.0
+    assert kl.delta.value == 0.0 and report.comparison("kl.max").delta.value == 0.0
+    assert report.comparison("kl.first_token").delta.value == 0.0
+    assert top1.delta.value == 1.0 and top1.delta.k == top1.n
+    assert ppl.delta.value == 1.0 and ppl.p_value == 1.0 and ppl.base.value == ppl.patched.value
     for key in ("qa.acc", "qa.acc_norm", "qa.exact_match"):
-        fig = report.figure(key)
-        assert fig.delta == 0 and fig.p_value == 1.0
+        row = report.comparison(key)
+        assert row.delta.value == 0 and row.p_value == 1.0 and row.base.k == row.patched.k
+    # progress: done is absolute per stage, never decreasing, and every stage finishes
+    assert [s for s in dict.fromkeys(s for s, _, _ in seen)] == ["controls", "teacher-forced", "qa"]
+    for stage in ("controls", "teacher-forced", "qa"):
+        calls = [(d, t) for s, d, t in seen if s == stage]
+        assert calls[0][0] == 0 and [d for d, _ in calls] == sorted(d for d, _ in calls)
+        assert calls[-1][0] == calls[-1][1] > 0, (stage, calls)
     assert report.passed and report.failures == []
 
 
 def test_zeroed_neurons_shift_distribution_and_fail_gate(loaded):
-    report = run_bench(loaded["base"], loaded["zeroed"], limit=LIMIT,
+    report = run_bench(loaded["base"], loaded["zeroed"], settings=BenchSettings(limit=LIMIT),
                        gates=BenchGates(max_kl=0.001, min_top1_agreement=0.999, max_ppl_ratio=100.0))
-    kl = report.figure("kl.mean")
-    assert kl.delta > 0.001
-    lo, hi = kl.delta_ci
-    assert 0 < lo <= kl.delta <= hi
-    assert report.figure("kl.top1").delta < 1.0
-    assert report.figure("ppl.ratio").delta != 1.0
+    kl = report.comparison("kl.mean")
+    assert kl.delta.value > 0.001
+    lo, hi = kl.delta.ci
+    assert 0 < lo <= kl.delta.value <= hi
+    assert report.comparison("kl.top1").delta.value < 1.0
+    assert report.comparison("ppl.ratio").delta.value != 1.0
     assert any(f.startswith("max_kl:") and "0.001" in f for f in report.failures)
     assert any(f.startswith("min_top1_agreement:") for f in report.failures)
     assert not any(f.startswith("max_ppl_ratio") for f in report.failures)  # generous limit passes
-    # every figure carries n and an uncertainty
-    for fig in report.figures:
-        assert fig.n > 0
-        assert fig.delta_ci is not None or fig.key == "kl.p99"
+    # every measure carries n and an uncertainty
+    for row in report.comparisons:
+        assert row.n > 0
+        assert row.delta.ci is not None or row.key == "kl.p99"
 
 
 def test_gate_reports_unmeasured_thresholds(loaded):
-    report = run_bench(loaded["base"], loaded["zeroed"], tasks="kl", limit=3,
+    report = run_bench(loaded["base"], loaded["zeroed"], settings=BenchSettings(tasks="kl", limit=3),
                        gates=BenchGates(max_accuracy_drop=0.05, max_ppl_ratio=1.1))
-    assert report.figure("qa.acc") is None
+    assert report.comparison("qa.acc") is None
     assert "max_accuracy_drop: no accuracy was measured (run with --tasks qa)" in report.failures
     assert any(f.startswith("max_ppl_ratio:") and "not measured" in f for f in report.failures)
 
@@ -116,6 +124,12 @@ def test_parse_tasks():
         parse_tasks("kl,mmlu")
     with pytest.raises(CheckError, match="no task"):
         parse_tasks(",")
+    # the settings parse and check their tasks the same way, as soon as they are made
+    assert BenchSettings(tasks="kl, lmeval:x").tasks == ("kl", "lmeval:x") and BenchSettings().tasks is None
+    with pytest.raises(CheckError, match="unknown task 'mmlu'"):
+        BenchSettings(tasks=["kl", "mmlu"])
+    assert BenchSettings().with_gate_defaults(BenchGates(tasks=["ppl"])).tasks == ("ppl",)
+    assert BenchSettings(tasks="kl").with_gate_defaults(BenchGates(tasks=["ppl"])).tasks == ("kl",)
 
 
 def test_mismatched_tokenizers_are_refused(tiny, loaded):
@@ -151,7 +165,7 @@ def test_empty_task_file_is_a_clear_error(tiny, tmp_path):
     no_items = tmp_path / "no_items.yaml"
     no_items.write_text("version: 1\nitems: []\n")
     with pytest.raises(CheckError, match="task file has no items"):
-        run_bench(tiny["base"], tiny["base"], tasks="qa", task_file=no_items)
+        run_bench(tiny["base"], tiny["base"], settings=BenchSettings(tasks="qa", task_file=no_items))
 
 
 def test_cli_json_and_report_files(tiny, tmp_path):

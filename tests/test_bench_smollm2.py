@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from patchkit.checks.bench import run_bench
+from patchkit.checks.bench import BenchSettings, run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,12 @@ def _edited(model, layer: int, neurons: slice | list[int], factor: float):
 def test_single_neuron_small_whole_layer_large(smollm2):
     model, tok = smollm2
     assert model.config.intermediate_size == 1536
-    kwargs = dict(tasks="kl,ppl", limit=2, control_max_new_tokens=16, max_text_tokens=96)
-    single = run_bench((model, tok), (_edited(model, 29, [11], -1.0), tok), **kwargs)
-    layer = run_bench((model, tok), (_edited(model, 11, slice(None), 0.0), tok), **kwargs)
-    kl_single, kl_layer = single.figure("kl.mean").delta, layer.figure("kl.mean").delta
+    settings = BenchSettings(tasks="kl,ppl", limit=2, control_max_new_tokens=16, max_text_tokens=96)
+    single = run_bench((model, tok), (_edited(model, 29, [11], -1.0), tok), settings=settings)
+    layer = run_bench((model, tok), (_edited(model, 11, slice(None), 0.0), tok), settings=settings)
+    kl_single, kl_layer = single.comparison("kl.mean").delta.value, layer.comparison("kl.mean").delta.value
     assert 0 < kl_single < 0.05
     assert kl_layer > 0.2
     assert kl_layer > 20 * kl_single
-    assert single.figure("kl.top1").delta > 0.9 > layer.figure("kl.top1").delta
-    assert layer.figure("ppl.ratio").delta > single.figure("ppl.ratio").delta
+    assert single.comparison("kl.top1").delta.value > 0.9 > layer.comparison("kl.top1").delta.value
+    assert layer.comparison("ppl.ratio").delta.value > single.comparison("ppl.ratio").delta.value

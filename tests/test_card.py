@@ -6,7 +6,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
 
 pytest_plugins = ["hubserver.plugin"]
@@ -31,16 +30,19 @@ LOOPS = {
 
 def bench_report() -> dict:
     """A report in the exact shape `patchkit bench --json` writes (BenchReport.to_json)."""
-    from patchkit.checks.bench import BenchReport, Figure
+    from patchkit.checks.bench import BenchReport
+    from patchkit.checks.figure import Comparison, Figure
 
-    figures = [
-        Figure("kl.mean", "mean KL(base||patched)", "comparison", 4096, "nats", delta=0.0031, delta_ci=(0.0027, 0.0036)),
-        Figure("ppl.ratio", "perplexity ratio", "ratio", 4096, "", base=12.4, patched=12.5, delta=1.008,
-               delta_ci=(1.002, 1.013)),
-        Figure("qa.acc", "control QA accuracy", "paired", 40, "acc", base=0.8, patched=0.775, delta=-0.025,
-               base_ci=(0.65, 0.9), patched_ci=(0.62, 0.88), delta_ci=(-0.1, 0.05), p_value=1.0, is_accuracy=True),
+    comparisons = [
+        Comparison(key="kl.mean", label="mean KL(base||patched)", kind="comparison", unit="nats",
+                   delta=Figure(value=0.0031, n=4096, ci=(0.0027, 0.0036))),
+        Comparison(key="ppl.ratio", label="perplexity ratio", kind="ratio", base=Figure(value=12.4, n=4096),
+                   patched=Figure(value=12.5, n=4096), delta=Figure(value=1.008, n=4096, ci=(1.002, 1.013))),
+        Comparison(key="qa.acc", label="control QA accuracy", kind="paired", unit="acc",
+                   base=Figure(value=0.8, n=40, ci=(0.65, 0.9)), patched=Figure(value=0.775, n=40, ci=(0.62, 0.88)),
+                   delta=Figure(value=-0.025, n=40, ci=(-0.1, 0.05)), p_value=1.0, is_accuracy=True),
     ]
-    return BenchReport(base="base", patched="patched", tasks=["kl", "ppl", "qa"], figures=figures).to_json()
+    return BenchReport(base="base", patched="patched", tasks=["kl", "ppl", "qa"], comparisons=comparisons).to_json()
 
 
 @pytest.fixture
@@ -177,10 +179,10 @@ def test_a_local_base_falls_back_to_the_recipe_repo_and_hides_the_path(patched):
 
 def test_a_real_loop_report_renders(patched):
     """A LoopReport built by patchkit.checks.loops from scored generations, straight into the card."""
-    loops = pytest.importorskip("patchkit.checks.loops")
-    from patchkit.publish.card import card_for_dir, card_metadata
+    from patchkit.checks import loops
     from patchkit.checks.probes import load_suite
     from patchkit.generate.types import Generation
+    from patchkit.publish.card import card_for_dir, card_metadata
 
     suite = load_suite("smoke")
     probes = suite.probes[:4]

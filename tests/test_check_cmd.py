@@ -1,31 +1,42 @@
-"""`patchkit check` and `patchkit bench --recipe`: a zeroing recipe is caught by its own checks.bench gate.
+"""`patchkit check` and `patchkit bench --recipe`, on the real recipe loader, apply, loop check and bench.
 
-Uses the real patchkit.recipe / patchkit.edit.apply when they are importable; otherwise a minimal local stand-in
-(JSON recipe -> zeroed down_proj columns) so the composition logic is still tested.
+A zeroing recipe is caught by its own checks.bench gate; a recipe whose checks.loops gate the (looping) patched
+model misses makes the whole check FAIL with the loop gate named.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
+from bench_tiny import make_tiny_llama, one_thread, write_recipe, zero_neurons_copy
 from click.testing import CliRunner
+from loops_tiny import bigram_model, cycle
 
-from bench_tiny import one_thread, make_tiny_llama, write_recipe, zero_neurons_copy
 from patchkit.cli import main
-from patchkit.recipe.gates import BenchGates, Checks
+from patchkit.recipe.gates import BenchGates
+from patchkit.workflows.check import run_check
 
-
-def _real(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-        return True
-    except Exception:  # noqa: BLE001 - a missing or half-written module counts as absent
-        return False
+#: one enumeration item and one control, so the loop step runs 2 short generations per model
+SUITE = """\
+suite: check-mini
+version: 1
+probes:
+  - id: stars
+    kind: enumeration
+    split: train
+    category: astronomy
+    truth: [Vega, Deneb, Altair, Sirius, Rigel]
+    prompts: ["List bright stars"]
+  - id: say-ok
+    kind: control
+    split: heldout
+    category: misc
+    prompts: ["Say OK"]
+    answer: {any: [OK]}
+    max_new_tokens: 12
+"""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,42 +44,42 @@ def _one_thread():
     yield from one_thread()
 
 
-@pytest.fixture
-def recipe_api(monkeypatch):
-    """Real recipe/apply modules when present, else stand-ins with the contract's signatures."""
-    if all(_real(m) for m in ("patchkit.recipe", "patchkit.edit.apply", "patchkit.model.refs", "patchkit.model.adapters")):
-        return "real"
-
-    class StandInRecipe:
-        def __init__(self, path: Path):
-            doc = json.loads(Path(path).read_text())
-            self.name = doc["name"]
-            self.edits = doc["edits"]
-            self.checks = Checks(**doc.get("checks", {}))
-
-        def expanded_edits(self):
-            return [(e["layer"], n) for e in self.edits for n in e["neuron"]]
-
-    def load_recipe(path):
-        return StandInRecipe(path)
-
-    def apply_recipe(recipe, *, model=None, out=None, **_):
-        recipe = recipe if isinstance(recipe, StandInRecipe) else StandInRecipe(recipe)
-        edit = recipe.edits[0]
-        zero_neurons_copy(Path(model), Path(out), edit["layer"], edit["neuron"])
-        return types.SimpleNamespace(out_dir=Path(out))
-
-    monkeypatch.setitem(sys.modules, "patchkit.recipe", types.SimpleNamespace(load_recipe=load_recipe))
-    monkeypatch.setitem(sys.modules, "patchkit.edit.apply", types.SimpleNamespace(apply_recipe=apply_recipe))
-    return "stand-in"
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("check") / "base")
 
 
-def test_check_fails_on_kl_gate_and_names_it(base, tmp_path, recipe_api):
+@pytest.fixture(scope="module")
+def looping(tmp_path_factory) -> Path:
+    """A llama whose greedy answer to anything is "Vega\\nVega\\n..." and whose MLPs are already zero, so a
+    zeroing recipe leaves it unchanged: the patched model loops on every enumeration probe, for sure."""
+    model, tok = bigram_model(cycle("Vega\n"))
+    path = tmp_path_factory.mktemp("check") / "looping"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _json_docs(stdout: str) -> list:
+    """Every JSON document on stdout (a command prints exactly one; this proves it)."""
+    decoder, docs, pos = json.JSONDecoder(), [], 0
+    while pos < len(stdout.rstrip()):
+        doc, end = decoder.raw_decode(stdout, pos)
+        docs.append(doc)
+        pos = end + len(stdout[end:]) - len(stdout[end:].lstrip())
+    return docs
+
+
+def _loop_recipe(path: Path, suite: Path, *, max_loop_rate: float) -> Path:
+    """write_recipe's recipe plus a checks.loops section (suite file, short budget, a loop-rate gate)."""
+    recipe = write_recipe(path, layer=1, neurons=[0], bench={"max_kl": 50.0})
+    doc = json.loads(recipe.read_text())
+    doc["checks"]["loops"] = {"suite": str(suite), "max_new_tokens": 60, "max_loop_rate": max_loop_rate}
+    recipe.write_text(json.dumps(doc))
+    return recipe
+
+
+def test_check_fails_on_kl_gate_and_names_it(base, tmp_path):
     recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=list(range(48)), bench={"max_kl": 0.001})
     out = tmp_path / "patched"
     result = CliRunner().invoke(main, ["check", str(recipe), "--model", str(base), "-o", str(out), "--limit", "3",
@@ -80,7 +91,7 @@ def test_check_fails_on_kl_gate_and_names_it(base, tmp_path, recipe_api):
     assert (out / "config.json").is_file()  # -o keeps the patched checkpoint
 
 
-def test_check_passes_with_generous_gate_and_reports_steps(base, tmp_path, recipe_api):
+def test_check_passes_with_generous_gate_and_reports_steps(base, tmp_path):
     recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=[0], bench={"max_kl": 50.0, "max_ppl_ratio": 10.0})
     result = CliRunner().invoke(main, ["check", str(recipe), "--model", str(base), "--limit", "3", "--json",
                                        "--tasks", "kl,ppl", "--skip-loops"])
@@ -88,33 +99,52 @@ def test_check_passes_with_generous_gate_and_reports_steps(base, tmp_path, recip
     payload = json.loads(result.stdout)
     steps = {s["step"]: s["status"] for s in payload["steps"]}
     assert steps == {"validate": "pass", "apply": "pass", "loops": "skipped", "bench": "pass"}
-    assert payload["verdict"] == "PASS (skipped: loops)"
-    assert 0 < payload["bench"]["figures"][0]["delta"] < 50.0
+    assert payload["verdict"] == "PASS (skipped: loops)" and payload["loops"] is None
+    assert payload["bench"]["tasks"] == ["kl", "ppl"]
+    kl = next(f for f in payload["bench"]["figures"] if f["key"] == "kl.mean")
+    assert 0 < kl["delta"] < 50.0 and kl["n"] > 0 and len(kl["delta_ci"]) == 2
 
 
-def test_check_composes_loop_check(base, tmp_path, recipe_api, monkeypatch):
-    recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=[0], bench={"max_kl": 50.0})
-    from patchkit.workflows.check import run_check
-
-    monkeypatch.setitem(sys.modules, "patchkit.checks.loops", None)
-    report = run_check(recipe, str(base), tasks="kl", limit=2)
-    loops = next(s for s in report.steps if s.step == "loops")
-    assert loops.status == "skipped" and "loop check unavailable" in loops.summary
-
-    calls = {}
-
-    def run_loops(base, patched, gates=None, limit=None):
-        calls.update(base=base, patched=patched)
-        return types.SimpleNamespace(failures=["max_loop_rate: patched loop rate 0.5 > 0.1"], to_json=lambda: {})
-
-    monkeypatch.setitem(sys.modules, "patchkit.checks.loops", types.SimpleNamespace(run_loops=run_loops))
-    report = run_check(recipe, str(base), tasks="kl", limit=2)
-    assert calls["base"] == str(base) and Path(calls["patched"]).name == "patched"
+def test_check_runs_the_loop_check_on_the_applied_model_and_gates_it(looping, tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE)
+    failing = _loop_recipe(tmp_path / "strict.yaml", suite, max_loop_rate=0.0)
+    out = tmp_path / "patched"
+    report = run_check(failing, str(looping), out=out, tasks="kl", limit=2)
+    steps = {s.step: s.status for s in report.steps}
+    assert steps == {"validate": "pass", "apply": "pass", "loops": "fail", "bench": "pass"}
+    # the loop check ran base vs the checkpoint apply wrote, with the recipe's suite and budget
+    assert report.loops.base.model == str(looping) and report.loops.patched.model == str(out)
+    assert report.loops.settings.suite == str(suite) and report.loops.settings.max_new_tokens == 60
+    assert report.loops.settings.limit == 2
     assert not report.passed and report.verdict == "FAIL"
-    assert report.failures == ["loops: max_loop_rate: patched loop rate 0.5 > 0.1"]
+    assert report.failures == ["loops: max_loop_rate: patched loop rate 1.000 (1/1) > 0.0"]
+
+    lenient = _loop_recipe(tmp_path / "lenient.yaml", suite, max_loop_rate=1.0)
+    result = CliRunner().invoke(main, ["check", str(lenient), "--model", str(looping), "--limit", "2", "--tasks", "kl",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [s["status"] for s in payload["steps"]] == ["pass", "pass", "pass", "pass"]
+    assert payload["verdict"] == "PASS"
+    loops = payload["loops"]
+    assert loops["gates"]["max_loop_rate"] == 1.0 and loops["failures"] == []
+    assert loops["overall"]["patched"]["loop_rate"] == {"value": 1.0, "k": 1, "n": 1, "ci": [0.2065, 1.0]}
+
+    result = CliRunner().invoke(main, ["check", str(failing), "--model", str(looping), "--limit", "2", "--tasks", "kl"])
+    assert result.exit_code == 1, result.output
+    assert "error: check failed: loops: max_loop_rate: patched loop rate 1.000 (1/1) > 0.0" in result.output
 
 
-def test_bench_recipe_gates_exit_code(base, tmp_path, recipe_api):
+def test_check_reports_an_apply_error_and_skips_the_checks(base, tmp_path):
+    recipe = write_recipe(tmp_path / "bad.yaml", layer=7, neurons=[0], bench={"max_kl": 1.0})  # the model has 2 layers
+    report = run_check(recipe, str(base), tasks="kl", limit=2)
+    steps = {s.step: s.status for s in report.steps}
+    assert steps == {"validate": "pass", "apply": "error", "loops": "skipped", "bench": "skipped"}
+    assert report.verdict == "FAIL" and report.failures[0].startswith("apply: ")
+
+
+def test_bench_recipe_gates_exit_code(base, tmp_path):
     recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=list(range(48)),
                           bench={"max_kl": 0.001, "tasks": ["kl"]})
     result = CliRunner().invoke(main, ["bench", str(base), "--recipe", str(recipe), "--limit", "3"])
@@ -125,7 +155,7 @@ def test_bench_recipe_gates_exit_code(base, tmp_path, recipe_api):
     result = CliRunner().invoke(main, ["bench", str(base), "--patched", str(patched), "--recipe", str(recipe),
                                        "--limit", "3", "--json"])
     assert result.exit_code == 1
-    payload = json.loads(result.stdout)
+    (payload,) = _json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
     assert payload["tasks"] == ["kl"] and payload["gates"]["max_kl"] == 0.001
     assert payload["failures"][0].startswith("max_kl:")
 

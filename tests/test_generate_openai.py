@@ -74,7 +74,7 @@ def test_chat_and_completions_against_patchkit_server(tiny_server):
 
 
 def test_loop_check_runs_over_http(tiny_server, tmp_path):
-    from patchkit.checks.loops import run_loops
+    from patchkit.checks.loops import LoopSettings, run_loops
 
     suite = tmp_path / "s.yaml"
     suite.write_text("suite: http\nversion: 1\nprobes:\n"
@@ -82,8 +82,9 @@ def test_loop_check_runs_over_http(tiny_server, tmp_path):
                      " prompts: ['List stars']}\n"
                      "  - {id: ok, kind: control, split: heldout, category: x, prompts: ['Say OK'],"
                      " answer: {any: [OK]}, max_new_tokens: 12}\n")
-    report = run_loops("tiny-bigram", patched_ref="tiny-bigram", suite=str(suite), backend="openai",
-                       base_url=tiny_server, max_new_tokens=80, controls=False)
+    report = run_loops("tiny-bigram", patched_ref="tiny-bigram",
+                       settings=LoopSettings(suite=str(suite), backend="openai", base_url=tiny_server,
+                                             max_new_tokens=80, controls=False))
     base = report.base.metrics()
     assert base.n == 1 and base.loops == 1 and report.patched.metrics().loops == 1
     assert report.to_json()["backend"] == "openai"

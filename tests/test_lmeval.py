@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-
-from bench_tiny import one_thread, make_tiny_llama, zero_neurons_copy
+from bench_tiny import make_tiny_llama, one_thread, zero_neurons_copy
 
 ITEMS = """\
 version: 1
@@ -51,7 +50,7 @@ def test_local_task_runs_offline_and_matches_our_scoring(setup, monkeypatch):
     monkeypatch.setattr(lmeval, "write_local_task", lambda d, **kw: original(d, task_file=setup["task_file"]))
     raw = lmeval.run_lmeval(setup["base"], setup["zeroed"], [lmeval.LOCAL_TASK], batch_size=4)
     ours = score_tasks([setup["base"], setup["zeroed"]], load_tasks(setup["task_file"]), exact_match=False)
-    for role, scores in zip(("base", "patched"), ours):
+    for role, scores in zip(("base", "patched"), ours, strict=True):
         metrics = raw[role][lmeval.LOCAL_TASK]
         assert metrics["acc"]["n"] == 8
         assert metrics["acc"]["stderr"] is not None and metrics["acc"]["stderr"] >= 0
@@ -62,7 +61,7 @@ def test_local_task_runs_offline_and_matches_our_scoring(setup, monkeypatch):
     assert {"lmeval.patchkit_qa.acc", "lmeval.patchkit_qa.acc_norm"} <= keys
     acc = next(f for f in figs if f.key == "lmeval.patchkit_qa.acc")
     assert acc.is_accuracy and acc.n == 8 and 0 <= acc.p_value <= 1
-    assert acc.delta == pytest.approx(acc.patched - acc.base)
+    assert acc.delta.value == pytest.approx(acc.patched.value - acc.base.value)
 
 
 def test_write_local_task(tmp_path):
@@ -75,9 +74,10 @@ def test_write_local_task(tmp_path):
 
 
 def test_bench_skips_lmeval_cleanly_without_the_package(setup, monkeypatch):
-    from patchkit.checks.bench import run_bench
+    from patchkit.checks.bench import BenchSettings, run_bench
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError
-    report = run_bench(setup["base"], setup["zeroed"], tasks="kl,lmeval:patchkit_qa", limit=2)
+    report = run_bench(setup["base"], setup["zeroed"], settings=BenchSettings(tasks="kl,lmeval:patchkit_qa", limit=2))
     assert "lm-eval is not installed" in report.skipped["lmeval:patchkit_qa"]
-    assert report.figure("kl.mean") is not None
+    assert "pip install 'patchkit[eval]'" in report.skipped["lmeval:patchkit_qa"]
+    assert report.comparison("kl.mean") is not None

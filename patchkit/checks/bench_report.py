@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from patchkit.checks.bench import BenchReport, Figure
+from patchkit._io.atomic import atomic_open, atomic_write_text
+from patchkit.checks.bench import BenchReport
+from patchkit.checks.figure import Comparison, Figure
 
 __all__ = ["fmt", "bench_table", "write_report", "write_json", "write_chart"]
 
@@ -29,21 +29,26 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f"\n[{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]"
 
 
-def _delta(fig: Figure) -> str:
-    if fig.delta is None:
-        return "—"
-    if fig.kind == "ratio":
-        return f"×{fmt(fig.delta)}{_ci(fig.delta_ci)}"
-    if fig.kind == "paired":
-        return f"{fig.delta:+.4g}{_ci(fig.delta_ci)}"
-    return f"{fmt(fig.delta)}{_ci(fig.delta_ci)}"
+def _value(fig: Figure | None) -> str:
+    return "—" if fig is None or fig.value is None else fmt(fig.value) + _ci(fig.ci)
 
 
-def _p(fig: Figure) -> str:
-    if fig.p_value is None:
+def _delta(row: Comparison) -> str:
+    d = row.delta
+    if d.value is None:
         return "—"
-    mark = " *" if fig.p_value < 0.05 else ""
-    return f"{fig.p_value:.3g}{mark}"
+    if row.kind == "ratio":
+        return f"×{fmt(d.value)}{_ci(d.ci)}"
+    if row.kind == "paired":
+        return f"{d.value:+.4g}{_ci(d.ci)}"
+    return f"{fmt(d.value)}{_ci(d.ci)}"
+
+
+def _p(row: Comparison) -> str:
+    if row.p_value is None:
+        return "—"
+    mark = " *" if row.p_value < 0.05 else ""
+    return f"{row.p_value:.3g}{mark}"
 
 
 def _short_test(test: str) -> str:
@@ -64,31 +69,18 @@ def bench_table(report: BenchReport) -> Any:
     table.add_column("patched\n[95% CI]", justify="right")
     table.add_column("Δ or value\n[95% CI]", justify="right")
     table.add_column("paired p\n(test)", justify="right")
-    for fig in report.figures:
-        unit = f" ({fig.unit})" if fig.unit in ("nats", "ppl") else ""
-        base = "—" if fig.base is None else fmt(fig.base) + _ci(fig.base_ci)
-        patched = "—" if fig.patched is None else fmt(fig.patched) + _ci(fig.patched_ci)
-        table.add_row(fig.label + unit, str(fig.n), base, patched, _delta(fig), _p(fig) + (f"\n{_short_test(fig.test)}" if fig.test and fig.p_value is not None else ""))
+    for row in report.comparisons:
+        unit = f" ({row.unit})" if row.unit in ("nats", "ppl") else ""
+        test = f"\n{_short_test(row.test)}" if row.test and row.p_value is not None else ""
+        table.add_row(row.label + unit, str(row.n), _value(row.base), _value(row.patched), _delta(row), _p(row) + test)
     for name, why in report.skipped.items():
         table.add_row(name, "", "", "", f"skipped: {why}", "")
     return table
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(report: BenchReport, path: Path) -> Path:
-    _atomic_write(path, json.dumps(report.to_json(), indent=2, default=str).encode("utf-8"))
-    return path
+    """`report.to_json()` to `path`, atomically (a reader never sees half a file)."""
+    return atomic_write_text(path, json.dumps(report.to_json(), indent=2, default=str))
 
 
 def _err(value: float, ci: tuple[float, float] | None) -> list[float]:
@@ -104,15 +96,15 @@ def write_chart(report: BenchReport, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    accs = [f for f in report.figures if f.is_accuracy and f.base is not None]
-    kls = [f for f in report.figures if f.key in ("kl.mean", "kl.first_token", "kl.p99")]
-    ppl = report.figure("ppl.ratio")
+    accs = [c for c in report.comparisons if c.is_accuracy and c.base is not None and c.patched is not None]
+    kls = [c for c in report.comparisons if c.key in ("kl.mean", "kl.first_token", "kl.p99")]
+    ppl = report.comparison("ppl.ratio")
     panels = [p for p in (("acc", accs), ("kl", kls), ("ppl", [ppl] if ppl else [])) if p[1]]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
     for ax, (kind, figs) in zip(axes[0], panels):
         if kind == "kl":
-            vals = [f.delta or 0.0 for f in figs]
-            errs = list(zip(*[_err(v, f.delta_ci) for v, f in zip(vals, figs)]))
+            vals = [f.delta.value or 0.0 for f in figs]
+            errs = list(zip(*[_err(v, f.delta.ci) for v, f in zip(vals, figs)]))
             ax.bar(range(len(figs)), vals, yerr=errs, color="#c0504d", capsize=3)
             ax.set_xticks(range(len(figs)), [f.label for f in figs], rotation=20,
                           ha="right", fontsize=8)
@@ -122,10 +114,11 @@ def write_chart(report: BenchReport, path: Path) -> Path:
         width = 0.38
         xs = range(len(figs))
         for off, attr, color, name in ((-width / 2, "base", "#4f81bd", "base"), (width / 2, "patched", "#f79646", "patched")):
-            vals = [getattr(f, attr) for f in figs]
-            errs = list(zip(*[_err(v, getattr(f, f"{attr}_ci")) for v, f in zip(vals, figs)]))
+            sides = [getattr(f, attr) for f in figs]
+            vals = [side.value if side.value is not None else 0.0 for side in sides]
+            errs = list(zip(*[_err(v, side.ci) for v, side in zip(vals, sides)]))
             ax.bar([x + off for x in xs], vals, width, yerr=errs, color=color, capsize=3, label=name)
-        labels = [f.label if kind == "acc" else f"perplexity (×{fmt(f.delta)})" for f in figs]
+        labels = [f.label if kind == "acc" else f"perplexity (×{fmt(f.delta.value)})" for f in figs]
         ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)
         ax.set_title("task accuracy" if kind == "acc" else "perplexity on the same texts", fontsize=9)
         if kind == "acc":
@@ -134,16 +127,12 @@ def write_chart(report: BenchReport, path: Path) -> Path:
     verdict = "no thresholds" if report.gates is None else ("PASS" if report.passed else "FAIL: " + "; ".join(report.failures)[:120])
     fig.suptitle(f"{Path(str(report.patched)).name} vs {Path(str(report.base)).name} — {verdict}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as fh:   # a reader never sees half a PNG
+            fig.savefig(fh, dpi=110, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def write_report(report: BenchReport, directory: str | Path) -> dict[str, Path]:

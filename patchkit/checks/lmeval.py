@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from patchkit.checks import stats
+from patchkit.checks.figure import Comparison, Figure
 from patchkit.errors import CheckError
 
-__all__ = ["LOCAL_TASK", "write_local_task", "run_lmeval", "lmeval_figures"]
+__all__ = ["LOCAL_TASK", "LmEvalMissing", "write_local_task", "run_lmeval", "lmeval_figures"]
+
+
+class LmEvalMissing(CheckError):
+    """lm-evaluation-harness (the optional extra `patchkit[eval]`) is not installed.
+
+    Why a type of its own: bench reports lm-eval tasks as skipped on exactly this, and on nothing else.
+    """
 
 LOCAL_TASK = "patchkit_qa"
 
@@ -107,11 +115,27 @@ def _metrics(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[str, di
 
 def run_lmeval(base: tuple[Any, Any], patched: tuple[Any, Any], tasks: Sequence[str], *,
                include_path: str | Path | None = None, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
-    """Run `tasks` for both models. `patchkit_qa` is written on the fly (offline). Returns raw metrics per model.
+    """Run `tasks` for both models through lm-eval; `patchkit_qa` is written on the fly (offline).
 
-    Raises ImportError when lm-eval is not installed (the caller reports the tasks as skipped).
+    Args:
+        base: the base (model, tokenizer), already loaded.
+        patched: the patched (model, tokenizer).
+        tasks: lm-eval task names.
+        include_path: a directory of extra lm-eval task YAMLs.
+        limit: documents per task (None: all).
+        batch_size: lm-eval's batch size.
+
+    Returns:
+        {"tasks", "limit", "lm_eval_version", "base": {task: {metric: {"value", "stderr", "n"}}}, "patched": ...}.
+
+    Raises:
+        LmEvalMissing: lm-eval is not installed (bench reports the tasks as skipped).
+        CheckError: lm-eval cannot run the tasks (unknown name, dataset not available offline).
     """
-    import lm_eval  # noqa: F401  (ImportError -> skipped)
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as exc:
+        raise LmEvalMissing(f"lm-eval is not installed ({exc})", hint="pip install 'patchkit[eval]'") from None
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="patchkit-lmeval-") as tmp:
@@ -127,13 +151,17 @@ def run_lmeval(base: tuple[Any, Any], patched: tuple[Any, Any], tasks: Sequence[
     return {"tasks": list(tasks), "limit": limit, "lm_eval_version": version, **runs}
 
 
-def lmeval_figures(raw: dict[str, Any]) -> list[Any]:
-    """One Figure per (task, metric): base and patched with stderr-based 95% CIs, z-test p for the difference.
+def lmeval_figures(raw: dict[str, Any]) -> list[Comparison]:
+    """One Comparison per (task, metric): base and patched with stderr-based 95% CIs, z-test p for the difference.
 
     lm-eval reports aggregate metrics only, so the comparison is unpaired (conservative for a paired design).
-    """
-    from patchkit.checks.bench import Figure
 
+    Args:
+        raw: what `run_lmeval` returned.
+
+    Returns:
+        A "paired" Comparison per metric both models report (accuracies flagged for `max_accuracy_drop`).
+    """
     figs = []
     for task, metrics in raw.get("base", {}).items():
         for metric, b in metrics.items():
@@ -144,10 +172,14 @@ def lmeval_figures(raw: dict[str, Any]) -> list[Any]:
             se_d = (se_b**2 + se_p**2) ** 0.5
             delta = p["value"] - b["value"]
             is_acc = metric.split("[")[0] in ("acc", "acc_norm", "exact_match", "em", "f1", "mc1", "mc2")
-            figs.append(Figure(f"lmeval.{task}.{metric}", f"lm-eval {task} {metric}", "paired", b.get("n") or 0,
-                               metric, b["value"], p["value"], delta,
-                               (b["value"] - 1.96 * se_b, b["value"] + 1.96 * se_b),
-                               (p["value"] - 1.96 * se_p, p["value"] + 1.96 * se_p),
-                               (delta - 1.96 * se_d, delta + 1.96 * se_d), stats.normal_two_sided_p(delta, se_d),
-                               "z-test on stderr (unpaired)", True, is_acc))
+            n = b.get("n") or 0
+            figs.append(Comparison(
+                key=f"lmeval.{task}.{metric}", label=f"lm-eval {task} {metric}", kind="paired", unit=metric,
+                base=Figure(value=b["value"], n=n, ci=(b["value"] - 1.96 * se_b, b["value"] + 1.96 * se_b),
+                            unit=metric),
+                patched=Figure(value=p["value"], n=n, ci=(p["value"] - 1.96 * se_p, p["value"] + 1.96 * se_p),
+                               unit=metric),
+                delta=Figure(value=delta, n=n, ci=(delta - 1.96 * se_d, delta + 1.96 * se_d), unit=metric),
+                p_value=stats.normal_two_sided_p(delta, se_d), test="z-test on stderr (unpaired)",
+                higher_is_better=True, is_accuracy=is_acc))
     return figs

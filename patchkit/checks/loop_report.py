@@ -10,34 +10,14 @@ Report directory layout (`patchkit loops ... --report DIR`)::
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from patchkit.checks.loops import LoopReport, fmt_rate
+from patchkit._io.atomic import atomic_open, atomic_write_text
+from patchkit.checks.loops import LoopReport
 
 __all__ = ["write_report", "render_tables", "plot_report"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _safe(name: str) -> str:
@@ -50,7 +30,7 @@ def write_report(report: LoopReport, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     data = report.to_json()
-    _atomic_write(out / "loops.json", json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
+    atomic_write_text(out / "loops.json", json.dumps(data, indent=2, ensure_ascii=False))
     written["json"] = out / "loops.json"
     for name, run in report.runs():
         folder = out / "transcripts" / name
@@ -68,7 +48,7 @@ def write_report(report: LoopReport, out_dir: str | Path) -> dict[str, Path]:
             if r.generation.thinking is not None:
                 body += "[thinking]\n" + r.generation.thinking + "\n[answer]\n"
             body += r.generation.text + "\n"
-            _atomic_write(folder / f"{_safe(r.probe.id)}@{r.sample}.txt", body.encode("utf-8"))
+            atomic_write_text(folder / f"{_safe(r.probe.id)}@{r.sample}.txt", body)
         written[f"transcripts_{name}"] = folder
     written["plot"] = plot_report(report, out / "loops.png")
     return written
@@ -112,18 +92,12 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
     ax.legend(loc="upper center", fontsize=8, ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".loops.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as fh:   # a reader never sees half a PNG
+            fig.savefig(fh, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            _unlink_quietly(tmp)
-    return path
+    return Path(path)
 
 
 def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -> None:
@@ -161,21 +135,13 @@ def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -
     for name in names:
         overall.add_column(name)
     rows: list[tuple[str, list[str]]] = []
+    metrics = [run.metrics() for _, run in report.runs()]
     for label, key in (("loop rate", None), ("  verbatim", "verbatim"), ("  decay", "decay"), ("  doom", "doom"),
                        ("  truncated (not a loop)", "truncated")):
-        cells = []
-        for _, run in report.runs():
-            m = run.metrics()
-            k = m.loops if key is None else m.label_count(key)
-            cells.append(fmt_rate(k, m.n))
-        rows.append((label, cells))
-    rows.append(("completeness (mean share of true items)",
-                 [f"{m.completeness:.3f} (n={m.n})" if m.completeness is not None else "n/a"
-                  for m in (run.metrics() for _, run in report.runs())]))
-    rows.append(("good lists (no loop, >=5 true items)",
-                 [fmt_rate(m.good_lists, m.n) for m in (run.metrics() for _, run in report.runs())]))
-    rows.append(("control accuracy", [fmt_rate(len(m.controls) - len(m.control_failures), len(m.controls))
-                                      for m in (run.metrics() for _, run in report.runs())]))
+        rows.append((label, [(m.loop_rate if key is None else m.label_rate(key)).describe() for m in metrics]))
+    rows.append(("completeness (mean share of true items)", [m.completeness.describe() for m in metrics]))
+    rows.append(("good lists (no loop, >=5 true items)", [m.good_list_rate.describe() for m in metrics]))
+    rows.append(("control accuracy", [m.control_accuracy.describe() for m in metrics]))
     rows.append(("mean tokens generated", [f"{_mean_tokens(run):.1f}" for _, run in report.runs()]))
     rows.append(("tokens/s", [f"{run.tokens / run.seconds:.0f}" if run.seconds else "-" for _, run in report.runs()]))
     for label, cells in rows:

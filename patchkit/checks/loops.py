@@ -1,12 +1,13 @@
 """The loop check: run a probe suite on the base (and patched) model, classify every generation, aggregate.
 
-Every number is reported with its n, and rates with a Wilson 95% interval. A loop rate alone can be gamed
-(an edit that makes the model stop listing "fixes" every loop), so each run also reports completeness
+Every number is reported with its n, and rates with a Wilson 95% interval (a `Figure`). A loop rate alone can be
+gamed (an edit that makes the model stop listing "fixes" every loop), so each run also reports completeness
 (share of the true items listed), the good-list rate (not looping AND >= 5 distinct true items) and control
 accuracy (a control passes when its answer is right and it does not loop).
 
 Two levels of API:
-* `run_loops(base_ref, patched_ref=..., recipe=...)` loads models itself (what `patchkit loops` calls);
+* `run_loops(base_ref, patched_ref=..., recipe=..., settings=LoopSettings(...))` loads models itself (what
+  `patchkit loops` calls);
 * `run_suite(suite, model=..., tokenizer=...)` / `score_generations(...)` work on an already-loaded model or
   on generations produced elsewhere (locate reuses them to score candidate edits).
 """
@@ -14,46 +15,97 @@ Two levels of API:
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchkit._io.progress import Progress
 from patchkit.checks.answers import score_answer
 from patchkit.checks.detect import LOOP_LABELS, Verdict, detect, loop_stop_test
+from patchkit.checks.figure import Figure
 from patchkit.checks.probes import Probe, Suite, load_suite
-from patchkit.checks.stats import wilson_interval
 from patchkit.errors import CheckError
-from patchkit.recipe.gates import LoopGates
 from patchkit.generate.types import Generation, GenerationRequest, SamplingParams
+from patchkit.recipe import Recipe, load_recipe
+from patchkit.recipe.gates import LoopGates
 
 __all__ = ["GOOD_LIST_MIN_ITEMS", "LoopSettings", "ProbeResult", "RunResult", "Metrics", "LoopReport",
-           "run_loops", "run_suite", "score_generations", "build_requests", "LoopProgress"]
+           "run_loops", "run_suite", "score_generations", "build_requests"]
 
 #: A "good list" is a non-looping answer with at least this many distinct true items.
 GOOD_LIST_MIN_ITEMS = 5
 
-#: progress(stage, advance, total): the same callback shape `patchkit bench` uses. If the callable also has
-#: an `add_tokens(n)` attribute it receives generated-token counts (for a tokens/s readout).
-LoopProgress = Callable[[str, int, int], None]
+#: The settings a recipe's `checks.loops` section supplies when the caller did not set them.
+_GATE_DEFAULTS = ("suite", "samples", "temperature", "max_new_tokens")
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """How the suite is run; identical for base and patched so their numbers are comparable."""
+class LoopSettings(BaseModel):
+    """Every option of a loop-check run, in one frozen object (the `patchkit loops` flags are derived from it).
 
-    suite: str = "enumeration"
-    samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 400
-    seed: int = 0
-    split: str | None = None
-    limit: int | None = None
-    enable_thinking: bool | None = None
-    thinking_budget: int | None = None
+    Why one object: the same settings run the base and the patched model, so their numbers are comparable;
+    the report records them; and the CLI cannot grow a flag the API lacks (or the reverse).
+    `suite`, `samples`, `temperature` and `max_new_tokens` that the caller did not set are taken from the
+    recipe's `checks.loops` (see `with_gate_defaults`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    suite: str = Field("enumeration", description="Packaged suite (enumeration, controls, smoke) or a suite YAML "
+                       "file. [default: the recipe's checks.loops.suite, else enumeration]")
+    samples: int = Field(1, ge=1, description="Samples per probe (with --temperature > 0). "
+                         "[default: the recipe's checks.loops.samples, else 1]")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy. [default: the recipe's checks.loops.temperature, "
+                               "else 0]")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this "
+                         "much probability.")
+    seed: int = Field(0, description="Sample s of every probe uses seed+s.")
+    max_new_tokens: int = Field(400, ge=1, description="Token budget per probe (a control may set its own). "
+                                "[default: the recipe's checks.loops.max_new_tokens, else 400]")
+    limit: int | None = Field(None, ge=1, description="At most N probes of each kind.")
+    split: Literal["train", "heldout", "all"] = Field("all", description="Probes of one split: locate chooses "
+                                                      "edits on train; judge on heldout.")
+    controls: bool | None = Field(None, description="Add the packaged control prompts to a suite that has none "
+                                  "(--no-controls: do not). [default: add them when the suite has no controls]")
+    enable_thinking: bool | None = Field(None, description="Chat template enable_thinking (Gemma 4). "
+                                         "[default: the template's default]",
+                                         json_schema_extra={"flag": "--thinking/--no-thinking"})
+    thinking_budget: int | None = Field(None, ge=1, description="Stop a generation after this many thinking "
+                                        "tokens (no answer yet: doom loop or truncated).")
+    backend: Literal["transformers", "openai"] = Field("transformers", description="Generation engine: "
+                                                       "in-process transformers, or an OpenAI-compatible server.")
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    concurrency: int = Field(8, ge=1, description="openai backend: parallel requests.")
+    timeout: float = Field(300.0, ge=1, description="openai backend: seconds per request.")
+    dtype: str = Field("float32", description="f32 | bf16 | f16 (transformers backend).")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model "
+                        "layer by layer) (transformers backend).")
+    batch_size: int = Field(32, ge=1, description="Prompts generated together (transformers backend).")
+    early_stop: bool = Field(True, description="Stop a generation once its loop is certain "
+                             "(--no-early-stop: generate the full budget).")
+
+    def with_gate_defaults(self, gates: LoopGates | None) -> LoopSettings:
+        """These settings, with suite/samples/temperature/max_new_tokens the caller did not set taken from `gates`.
+
+        Why: a recipe's `checks.loops` says how its gates must be measured; an explicit setting still wins.
+
+        Args:
+            gates: the recipe's `checks.loops` (None: nothing to fill in).
+
+        Returns:
+            A new LoopSettings (or this one when there is nothing to fill in).
+        """
+        if gates is None:
+            return self
+        update = {name: getattr(gates, name) for name in _GATE_DEFAULTS if name not in self.model_fields_set}
+        return self.model_validate({**self.model_dump(exclude_unset=True), **update}) if update else self
 
     def sampling(self) -> SamplingParams:
+        """The decoding parameters every backend takes."""
         return SamplingParams(self.temperature, self.top_p, self.enable_thinking, self.thinking_budget)
 
     def effective_samples(self) -> int:
@@ -61,9 +113,10 @@ class LoopSettings:
         return 1 if self.temperature <= 0 else self.samples
 
     def to_json(self) -> dict[str, Any]:
+        """What the report records under "settings" (the options that change the numbers, not where they ran)."""
         return {"suite": self.suite, "samples": self.effective_samples(), "temperature": self.temperature,
                 "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-                "split": self.split or "all", "limit": self.limit, "enable_thinking": self.enable_thinking,
+                "split": self.split, "limit": self.limit, "enable_thinking": self.enable_thinking,
                 "thinking_budget": self.thinking_budget}
 
 
@@ -103,69 +156,101 @@ class ProbeResult:
                 "thinking": g.thinking, "error": g.error}
 
 
-def _rate(k: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(k, n) if n else (0.0, 1.0)
-    return {"value": (k / n) if n else None, "k": k, "n": n, "ci": [round(lo, 4), round(hi, 4)]}
-
-
-def _mean(values: Sequence[float]) -> dict[str, Any]:
-    return {"value": (sum(values) / len(values)) if values else None, "n": len(values)}
-
-
 @dataclass
 class Metrics:
-    """Aggregates over a set of results (one model, optionally one probe)."""
+    """Aggregates over a set of results (one model, optionally one probe or split).
+
+    Counts (`n`, `loops`, `good_lists`, `control_failures`, ...) are plain numbers; every measure a report or a
+    gate reads (`loop_rate`, `completeness`, `good_list_rate`, `control_accuracy`, ...) is a `Figure`, so its n
+    and interval travel with it.
+    """
 
     enumeration: list[ProbeResult]
     controls: list[ProbeResult]
 
     @property
     def n(self) -> int:
+        """Enumeration results (the denominator of every enumeration rate)."""
         return len(self.enumeration)
 
     @property
     def loops(self) -> int:
+        """Enumeration results judged a loop."""
         return sum(r.is_loop for r in self.enumeration)
 
-    @property
-    def loop_rate(self) -> float | None:
-        return self.loops / self.n if self.n else None
-
     def label_count(self, label: str) -> int:
+        """Enumeration results with verdict `label` ("verbatim", "decay", "doom", "truncated", "ok")."""
         return sum(r.verdict.label == label for r in self.enumeration)
 
     @property
-    def completeness(self) -> float | None:
-        shares = [r.verdict.completeness.share for r in self.enumeration if r.verdict.completeness]
-        return sum(shares) / len(shares) if shares else None
-
-    @property
     def good_lists(self) -> int:
+        """Enumeration results that do not loop and list >= GOOD_LIST_MIN_ITEMS distinct true items."""
         return sum(bool(r.good_list) for r in self.enumeration)
 
     @property
     def control_failures(self) -> list[str]:
+        """"probe@sample" of every control that was answered wrongly or looped."""
         return [f"{r.probe.id}@{r.sample}" for r in self.controls if not r.correct]
 
     @property
     def control_loops(self) -> int:
+        """Controls judged a loop."""
         return sum(r.is_loop for r in self.controls)
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def loop_rate(self) -> Figure:
+        """Share of enumeration results that loop (Wilson 95% interval)."""
+        return Figure.rate(self.loops, self.n, name="loop_rate")
+
+    def label_rate(self, label: str) -> Figure:
+        """Share of enumeration results with verdict `label` (Wilson 95% interval)."""
+        return Figure.rate(self.label_count(label), self.n, name=f"{label}_rate")
+
+    @property
+    def completeness(self) -> Figure:
+        """Mean share of the true items listed, over enumeration results that have a ground truth."""
+        shares = [r.verdict.completeness.share for r in self.enumeration if r.verdict.completeness]
+        return Figure.mean(shares, name="completeness", unit="share")
+
+    @property
+    def good_list_rate(self) -> Figure:
+        """Share of enumeration results that are good lists (Wilson 95% interval)."""
+        return Figure.rate(self.good_lists, self.n, name="good_list_rate")
+
+    @property
+    def control_accuracy(self) -> Figure:
+        """Share of controls answered right without looping (Wilson 95% interval)."""
+        return Figure.rate(len(self.controls) - len(self.control_failures), len(self.controls),
+                           name="control_accuracy")
+
+    @property
+    def control_loop_rate(self) -> Figure:
+        """Share of controls that loop (Wilson 95% interval)."""
+        return Figure.rate(self.control_loops, len(self.controls), name="control_loop_rate")
+
+    def figures(self) -> dict[str, Figure]:
+        """Every measure by its report key, in report order."""
         all_results = self.enumeration + self.controls
         return {
-            "loop_rate": _rate(self.loops, self.n),
-            **{f"{label}_rate": _rate(self.label_count(label), self.n) for label in LOOP_LABELS},
-            "truncated_rate": _rate(self.label_count("truncated"), self.n),
-            "completeness": _mean([r.verdict.completeness.share for r in self.enumeration if r.verdict.completeness]),
-            "good_list_rate": _rate(self.good_lists, self.n),
-            "mean_distinct_true": _mean([float(r.distinct_true) for r in self.enumeration]),
-            "control_accuracy": _rate(len(self.controls) - len(self.control_failures), len(self.controls)),
-            "control_loop_rate": _rate(self.control_loops, len(self.controls)),
-            "mean_tokens": _mean([float(r.generation.tokens) for r in all_results]),
-            "enumeration_mean_tokens": _mean([float(r.generation.tokens) for r in self.enumeration]),
-            "control_failures": self.control_failures,
+            "loop_rate": self.loop_rate,
+            **{f"{label}_rate": self.label_rate(label) for label in LOOP_LABELS},
+            "truncated_rate": self.label_rate("truncated"),
+            "completeness": self.completeness,
+            "good_list_rate": self.good_list_rate,
+            "mean_distinct_true": Figure.mean([float(r.distinct_true) for r in self.enumeration],
+                                              name="mean_distinct_true", unit="items"),
+            "control_accuracy": self.control_accuracy,
+            "control_loop_rate": self.control_loop_rate,
+            "mean_tokens": Figure.mean([float(r.generation.tokens) for r in all_results], name="mean_tokens",
+                                       unit="tokens"),
+            "enumeration_mean_tokens": Figure.mean([float(r.generation.tokens) for r in self.enumeration],
+                                                   name="enumeration_mean_tokens", unit="tokens"),
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """Every figure in its report shape, plus the list of failed controls."""
+        return {**{key: fig.to_json() for key, fig in self.figures().items()},
+                "control_failures": self.control_failures}
 
 
 @dataclass
@@ -218,29 +303,30 @@ class LoopReport:
         return list(dict.fromkeys(r.probe.id for r in self.base.results))
 
     def per_probe(self) -> list[dict[str, Any]]:
+        """One row per probe: each model's labels, loops (a rate Figure's JSON), completeness or correct count."""
         rows = []
         for pid in self.probe_ids():
             first = next(r for r in self.base.results if r.probe.id == pid)
             row: dict[str, Any] = {"probe": pid, "kind": first.probe.kind, "split": first.probe.split,
                                    "prompt": first.probe.prompt}
             for name, run in self.runs():
-                mine = [r for r in run.results if r.probe.id == pid]
+                m = run.metrics(probe=pid)
+                mine = m.enumeration + m.controls
                 n = len(mine)
                 entry: dict[str, Any] = {"n": n, "labels": [r.verdict.label for r in mine],
                                          "mean_tokens": sum(r.generation.tokens for r in mine) / n if n else None}
+                entry["loops"] = Figure.rate(sum(r.is_loop for r in mine), n, name="loops").to_json()
                 if first.probe.kind == "enumeration":
-                    entry["loops"] = _rate(sum(r.is_loop for r in mine), n)
-                    shares = [r.verdict.completeness.share for r in mine if r.verdict.completeness]
-                    entry["completeness"] = sum(shares) / len(shares) if shares else None
-                    entry["good_lists"] = sum(bool(r.good_list) for r in mine)
+                    entry["completeness"] = m.completeness.value
+                    entry["good_lists"] = m.good_lists
                 else:
                     entry["correct"] = sum(bool(r.correct) for r in mine)
-                    entry["loops"] = _rate(sum(r.is_loop for r in mine), n)
                 row[name] = entry
             rows.append(row)
         return rows
 
     def overall(self) -> dict[str, Any]:
+        """{model name: every Metrics figure in its JSON shape} over the whole suite."""
         return {name: run.metrics().to_json() for name, run in self.runs()}
 
     def gate(self, gates: LoopGates | None = None) -> list[str]:
@@ -249,27 +335,29 @@ class LoopReport:
         if gates is None:
             return []
         judged = self.judged.metrics()
+        rate = judged.loop_rate.value
+        completeness = judged.completeness.value
         who = "patched" if self.patched else "model"
         fails: list[str] = []
-        if gates.max_loop_rate is not None and judged.loop_rate is not None and judged.loop_rate > gates.max_loop_rate:
-            fails.append(f"max_loop_rate: {who} loop rate {judged.loop_rate:.3f} ({judged.loops}/{judged.n}) "
+        if gates.max_loop_rate is not None and rate is not None and rate > gates.max_loop_rate:
+            fails.append(f"max_loop_rate: {who} loop rate {rate:.3f} ({judged.loops}/{judged.n}) "
                          f"> {gates.max_loop_rate}")
         if gates.min_reduction is not None and self.patched is not None:
             base = self.base.metrics()
-            if not base.loop_rate:
+            base_rate = base.loop_rate.value
+            if not base_rate:
                 fails.append(f"min_reduction: the base model does not loop on this suite (0/{base.n}), "
                              "so no reduction can be measured")
             else:
-                reduction = (base.loop_rate - (judged.loop_rate or 0.0)) / base.loop_rate
+                reduction = (base_rate - (rate or 0.0)) / base_rate
                 if reduction < gates.min_reduction:
-                    fails.append(f"min_reduction: loop rate {base.loop_rate:.3f} -> {judged.loop_rate:.3f} is a "
+                    fails.append(f"min_reduction: loop rate {base_rate:.3f} -> {rate or 0.0:.3f} is a "
                                  f"{reduction:.1%} reduction < {gates.min_reduction:.0%}")
         if gates.max_control_failures is not None and len(judged.control_failures) > gates.max_control_failures:
             fails.append(f"max_control_failures: {who} failed {len(judged.control_failures)} control(s) "
                          f"({', '.join(judged.control_failures[:5])}) > {gates.max_control_failures}")
-        if gates.min_completeness is not None and judged.completeness is not None \
-                and judged.completeness < gates.min_completeness:
-            fails.append(f"min_completeness: {who} mean completeness {judged.completeness:.3f} < {gates.min_completeness}")
+        if gates.min_completeness is not None and completeness is not None and completeness < gates.min_completeness:
+            fails.append(f"min_completeness: {who} mean completeness {completeness:.3f} < {gates.min_completeness}")
         return fails
 
     @property
@@ -277,15 +365,19 @@ class LoopReport:
         return self.gate()
 
     def summary(self) -> str:
+        """One line per model for logs and the `patchkit check` table: loops k/n, completeness, controls."""
         def one(run: RunResult) -> str:
             m = run.metrics()
             rate = f"{m.loops}/{m.n}" if m.n else "n/a"
-            comp = f"{m.completeness:.2f}" if m.completeness is not None else "n/a"
-            return f"loops {rate}, completeness {comp}, controls {len(m.controls) - len(m.control_failures)}/{len(m.controls)}"
+            comp = m.completeness.value
+            comp_text = f"{comp:.2f}" if comp is not None else "n/a"
+            return (f"loops {rate}, completeness {comp_text}, "
+                    f"controls {len(m.controls) - len(m.control_failures)}/{len(m.controls)}")
         text = f"base: {one(self.base)}"
         return text + (f"; patched: {one(self.patched)}" if self.patched else "")
 
     def to_json(self, *, transcripts: bool = True) -> dict[str, Any]:
+        """The `patchkit loops --json` / loops.json document (`transcripts=False` drops every generated text)."""
         data: dict[str, Any] = {
             "kind": "patchkit.loops", "version": 1, "suite": self.suite.name, "suite_files": self.suite.sources,
             "backend": self.backend, "settings": self.settings.to_json(), "good_list_min_items": GOOD_LIST_MIN_ITEMS,
@@ -336,20 +428,46 @@ def score_generations(pairs: Sequence[tuple[Probe, int, Generation]], *, seed: i
     return results
 
 
+def _select(suite: Suite | str | Path, settings: LoopSettings) -> Suite:
+    """The probes `settings` ask for: a suite name/path is loaded (controls per settings), then split/limit."""
+    loaded = suite if isinstance(suite, Suite) else load_suite(suite, controls=settings.controls)
+    return loaded.select(split=settings.split, limit=settings.limit)
+
+
 def run_suite(suite: Suite | str, *, model: Any = None, tokenizer: Any = None, backend: Any = None,
-              settings: LoopSettings | None = None, batch_size: int = 32, early_stop: bool = True,
-              progress: LoopProgress | None = None, stage: str = "model", label: str = "model") -> RunResult:
-    """Run `suite` on an already-loaded (model, tokenizer) or on any backend; returns classified results."""
-    settings = settings or LoopSettings()
-    if isinstance(suite, str):
-        suite = load_suite(suite).select(split=settings.split, limit=settings.limit)
+              settings: LoopSettings | None = None, progress: Progress | None = None, stage: str = "model",
+              label: str = "model") -> RunResult:
+    """Run `suite` on an already-loaded (model, tokenizer) or on any generation backend; classify the results.
+
+    Why: locate, the demo and benchmarks already hold a loaded model; this is the loop check without loading.
+
+    Args:
+        suite: a loaded Suite (used as is), or a suite name / YAML path (loaded, then `settings.split`/`limit`).
+        model: a loaded causal LM (with `tokenizer`) when no `backend` is given.
+        tokenizer: its tokenizer.
+        backend: any `patchkit.generate` backend (overrides model/tokenizer).
+        settings: sampling, budget and (for a model) batch size and early stop (default: LoopSettings()).
+        progress: `progress(stage, done, total)` with done = probes x samples finished; a callable that also
+            has `tokens_done(stage, n)` receives the tokens generated so far (for a tokens/s readout).
+        stage: the stage name passed to `progress`.
+        label: the model name recorded in the result.
+
+    Returns:
+        The classified results and the generation time.
+
+    Raises:
+        CheckError: neither a backend nor a model and tokenizer, or a backend that dropped a request.
+    """
+    settings = settings if settings is not None else LoopSettings()
+    if not isinstance(suite, Suite):
+        suite = _select(suite, settings)
     if backend is None:
         if model is None or tokenizer is None:
             raise CheckError("run_suite needs a backend, or a model and its tokenizer")
         from patchkit.generate.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(model, tokenizer, batch_size=batch_size,
-                                      early_stop=loop_stop_test if early_stop else None)
+        backend = TransformersBackend(model, tokenizer, batch_size=settings.batch_size,
+                                      early_stop=loop_stop_test if settings.early_stop else None)
     planned = build_requests(suite, settings)
     requests = [req for _, _, req in planned]
     callback = _progress_adapter(progress, stage, len(requests))
@@ -364,95 +482,91 @@ def run_suite(suite: Suite | str, *, model: Any = None, tokenizer: Any = None, b
     return RunResult(label, results, seconds)
 
 
-def _progress_adapter(progress: LoopProgress | None, stage: str, total: int) -> Any:
-    """Backend progress (done, total, tokens) -> the caller's (stage, advance, total) [+ add_tokens]."""
+def _progress_adapter(progress: Progress | None, stage: str, total: int) -> Callable[[int, int, int], None] | None:
+    """Backend progress (done, total, tokens) -> the caller's Progress (stage, done, total) [+ tokens_done]."""
     if progress is None:
         return None
-    state = {"done": 0, "tokens": 0}
-    add_tokens = getattr(progress, "add_tokens", None)
+    tokens_done = getattr(progress, "tokens_done", None)
+    last = {"done": 0, "tokens": 0}
     progress(stage, 0, total)
 
     def callback(done: int, _total: int, tokens: int) -> None:
-        if done > state["done"]:
-            progress(stage, done - state["done"], total)
-            state["done"] = done
-        if add_tokens is not None and tokens > state["tokens"]:
-            add_tokens(tokens - state["tokens"])
-        state["tokens"] = tokens
+        if done != last["done"]:
+            last["done"] = done
+            progress(stage, done, total)
+        if tokens_done is not None and tokens != last["tokens"]:
+            last["tokens"] = tokens
+            tokens_done(stage, tokens)
 
     return callback
 
 
 @contextlib.contextmanager
-def _model_backend(ref: str, *, backend: str, base_url: str | None, dtype: str, device: str, batch_size: int,
-                   early_stop: bool, concurrency: int, timeout: float) -> Iterator[Any]:
-    if backend == "openai":
+def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
+    """The generation backend `settings.backend` names, for model `ref`; released on exit."""
+    if settings.backend == "openai":
         from patchkit.generate.openai_backend import OpenAIBackend
 
-        if not base_url:
+        if not settings.base_url:
             raise CheckError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        client = OpenAIBackend(base_url, model=ref, concurrency=concurrency, timeout=timeout)
+        client = OpenAIBackend(settings.base_url, model=ref, concurrency=settings.concurrency,
+                               timeout=settings.timeout)
         try:
             yield client
         finally:
             client.close()
         return
-    if backend != "transformers":
-        raise CheckError(f"unknown backend {backend!r}", hint="use transformers or openai")
     from patchkit.generate.transformers_backend import TransformersBackend
 
-    be = TransformersBackend.load(ref, dtype=dtype, device=device, batch_size=batch_size,
-                                 early_stop=loop_stop_test if early_stop else None)
+    be = TransformersBackend.load(ref, dtype=settings.dtype, device=settings.device, batch_size=settings.batch_size,
+                                  early_stop=loop_stop_test if settings.early_stop else None)
     try:
         yield be
     finally:
         del be.model
-        import gc
-
         gc.collect()
 
 
-def run_loops(base_ref: str | Path | None = None, *, patched_ref: str | Path | None = None, recipe: Any = None,
-              suite: str | Path | None = None, limit: int | None = None, split: str | None = None,
-              samples: int | None = None, temperature: float | None = None, top_p: float = 1.0,
-              max_new_tokens: int | None = None, seed: int = 0, backend: str = "transformers",
-              base_url: str | None = None, dtype: str = "float32", device: str = "cpu", batch_size: int = 32,
-              early_stop: bool = True, enable_thinking: bool | None = None, thinking_budget: int | None = None,
-              concurrency: int = 8, timeout: float = 300.0, gates: LoopGates | None = None, controls: bool | None = None,
-              progress: LoopProgress | None = None, model: str | Path | None = None, base: str | Path | None = None,
-              patched: str | Path | None = None) -> LoopReport:
+def run_loops(base_ref: str | Path, *, patched_ref: str | Path | None = None, recipe: str | Path | Recipe | None = None,
+              settings: LoopSettings | None = None, gates: LoopGates | None = None,
+              progress: Progress | None = None) -> LoopReport:
     """Run the loop suite on `base_ref` and (when given) the patched model, on the same probes and seeds.
 
-    The patched model is `patched_ref` (a checkpoint dir / Hub ref, or a model name on the server for
-    `backend="openai"`), or `recipe` (a Recipe or recipe path) applied to the base into a temporary dir.
-    Suite, samples, temperature and max_new_tokens default to the recipe's `checks.loops` (or `gates`), then
-    to enumeration / 1 / 0.0 / 400. `model`/`base`/`patched` are accepted as aliases (used by `patchkit check`).
+    Why: a fix is judged by comparing the model it was made from with its patched version under identical
+    conditions; this loads each in turn (never both at once) and returns one report the gates can judge.
+
+    Args:
+        base_ref: the base model: a checkpoint dir, org/name[@rev], a .gguf file, or (with the openai backend)
+            its model name on the server.
+        patched_ref: the patched model, in the same forms.
+        recipe: a Recipe or recipe path, applied to the base into a temporary dir as the patched model
+            (transformers backend only). Its `checks.loops` are the default `gates`.
+        settings: how the suite is run (default: LoopSettings()); suite/samples/temperature/max_new_tokens not
+            set explicitly come from the gates (`LoopSettings.with_gate_defaults`).
+        gates: thresholds recorded in the report (and their run settings); default: the recipe's.
+        progress: `progress(stage, done, total)` with stage "base" / "patched" (see `run_suite`).
+
+    Returns:
+        The LoopReport; `report.gate()` lists failed thresholds.
+
+    Raises:
+        CheckError: both a patched model and a recipe, a recipe with the openai backend, an unknown suite,
+            a suite with no probes for the split, or a backend that cannot run.
     """
-    base_ref = base_ref or base or model
-    patched_ref = patched_ref or patched
-    if base_ref is None:
-        raise CheckError("run_loops needs the base model (a checkpoint dir, org/name[@rev], or a .gguf file)")
+    settings = settings if settings is not None else LoopSettings()
     if patched_ref is not None and recipe is not None:
         raise CheckError("give either a patched model or a recipe, not both")
-    if recipe is not None and backend != "transformers":
+    if recipe is not None and settings.backend != "transformers":
         raise CheckError("--recipe needs the transformers backend",
                          hint="apply the recipe, serve the output, and pass its model name with --patched")
     recipe_obj = _load_recipe(recipe) if recipe is not None else None
-    if gates is None and recipe_obj is not None:
-        checks = getattr(recipe_obj, "checks", None)
-        gates = getattr(checks, "loops", None) if checks is not None else None
-    defaults = gates or LoopGates()
-    settings = LoopSettings(
-        suite=str(suite or defaults.suite), samples=samples or defaults.samples,
-        temperature=defaults.temperature if temperature is None else temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens or defaults.max_new_tokens, seed=seed, split=split, limit=limit,
-        enable_thinking=enable_thinking, thinking_budget=thinking_budget)
-    loaded = load_suite(settings.suite, controls=controls).select(split=split, limit=limit)
+    if gates is None and recipe_obj is not None and recipe_obj.checks is not None:
+        gates = recipe_obj.checks.loops
+    settings = settings.with_gate_defaults(gates)
+    loaded = _select(settings.suite, settings)
     if not loaded.probes:
-        raise CheckError(f"suite {settings.suite!r} has no probes for split={split or 'all'}")
-    kw = dict(backend=backend, base_url=base_url, dtype=dtype, device=device, batch_size=batch_size,
-              early_stop=early_stop, concurrency=concurrency, timeout=timeout)
-    with _model_backend(str(base_ref), **kw) as be:
+        raise CheckError(f"suite {settings.suite!r} has no probes for split={settings.split}")
+    with _model_backend(str(base_ref), settings) as be:
         base_run = run_suite(loaded, backend=be, settings=settings, progress=progress, stage="base",
                              label=str(base_ref))
     patched_run = None
@@ -461,31 +575,17 @@ def run_loops(base_ref: str | Path | None = None, *, patched_ref: str | Path | N
         from patchkit.generate.loading import patched_checkpoint
 
         with patched_checkpoint(recipe_obj, base_ref) as patched_dir:
-            with _model_backend(str(patched_dir), **kw) as be:
+            with _model_backend(str(patched_dir), settings) as be:
                 patched_run = run_suite(loaded, backend=be, settings=settings, progress=progress, stage="patched",
                                         label=f"{base_ref} + {getattr(recipe_obj, 'name', 'recipe')}")
         extra["recipe"] = str(recipe) if isinstance(recipe, (str, Path)) else getattr(recipe_obj, "name", None)
     elif patched_ref is not None:
-        with _model_backend(str(patched_ref), **kw) as be:
+        with _model_backend(str(patched_ref), settings) as be:
             patched_run = run_suite(loaded, backend=be, settings=settings, progress=progress, stage="patched",
                                     label=str(patched_ref))
-    return LoopReport(settings, loaded, base_run, patched_run, backend=backend, gates=gates, extra=extra)
+    return LoopReport(settings, loaded, base_run, patched_run, backend=settings.backend, gates=gates, extra=extra)
 
 
-def _load_recipe(recipe: Any) -> Any:
-    if not isinstance(recipe, (str, Path)):
-        return recipe
-    try:
-        from patchkit.recipe import load_recipe
-    except ImportError as exc:  # pragma: no cover - core module missing in a partial install
-        raise CheckError(f"cannot read {recipe}: patchkit.recipe is unavailable ({exc})") from None
-    return load_recipe(recipe)
-
-
-def fmt_rate(k: int, n: int) -> str:
-    """"0.42 [0.30, 0.55] (20/48)" - the form tables and docs use."""
-    if not n:
-        return "n/a"
-    lo, hi = wilson_interval(k, n)
-    return f"{k / n:.2f} [{lo:.2f}, {hi:.2f}] ({k}/{n})"
-
+def _load_recipe(recipe: str | Path | Recipe) -> Recipe:
+    """A recipe path is loaded (RecipeError with file:line on a bad one); a Recipe passes through."""
+    return load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from patchkit._io.progress import Progress
 from patchkit.errors import CheckError
 
 __all__ = ["TaskItem", "TaskSet", "load_tasks", "item_prompt", "normalize_answer", "is_exact_match", "score_tasks", "TaskScores"]
@@ -193,8 +194,10 @@ def _option_requests(tokenizer: Any, items: Sequence[TaskItem]) -> list[tuple[in
 
 
 def _loglik_batches(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
-                    token_budget: int, progress: Callable[[int], None] | None) -> list[np.ndarray]:
-    """Summed continuation log-likelihood per request, for each model, from identical left-padded batches."""
+                    token_budget: int, advance: Callable[[int], None] | None) -> list[np.ndarray]:
+    """Summed continuation log-likelihood per request, for each model, from identical left-padded batches.
+
+    `advance(n)` is told how many requests each finished batch held."""
     import torch
 
     from patchkit.checks.teacher_forcing import pack_batches
@@ -225,8 +228,8 @@ def _loglik_batches(models: Sequence[Any], requests: list[tuple[int, int, list[i
                 # the last n tokens are the continuation; logits[:, t] predicts token t+1 -> rows keep-1-n .. keep-2
                 target = ids[row, width - n:].to(logp.device)
                 out[m][k] = logp[row, keep - 1 - n: keep - 1].gather(-1, target[:, None]).sum().item()
-        if progress is not None:
-            progress(len(batch))
+        if advance is not None:
+            advance(len(batch))
     return out
 
 
@@ -284,13 +287,14 @@ def _greedy_from_cache(model: Any, cache: Any, first_logits: Any, mask: Any, max
 
 
 def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
-                   token_budget: int, progress: Callable[[int], None] | None, *, generate: int = 0,
+                   token_budget: int, advance: Callable[[int], None] | None, *, generate: int = 0,
                    stop_ids: Sequence[Sequence[int]] = (),
-                   gen_progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[dict[int, list[int]]]]:
+                   gen_advance: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[dict[int, list[int]]]]:
     """Same numbers as `_loglik_batches`, but each item's context runs once: its KV cache is copied to every
     option (the context is most of the tokens, so this is ~options-times cheaper). With `generate > 0` the
     same context pass also seeds each model's greedy answer (up to `generate` tokens, stopping at that
-    model's `stop_ids`), returned as {item index: token ids} per model."""
+    model's `stop_ids`), returned as {item index: token ids} per model. `advance(n)` / `gen_advance(n)` are told
+    how many requests / answers each finished batch held."""
     import copy
 
     import torch
@@ -337,8 +341,8 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
                                                  stop_ids[m] if m < len(stop_ids) else ())
                     for row, i in enumerate(batch):
                         generated[m][i] = answers[row]
-                    if gen_progress is not None:
-                        gen_progress(len(batch))
+                    if gen_advance is not None:
+                        gen_advance(len(batch))
                 rest_logp = None
                 if tail > 0:
                     cache.reorder_cache(select.to(device))
@@ -354,13 +358,14 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
                     target = torch.tensor(toks[1:], device=rest_logp.device)
                     total += rest_logp[r, : len(toks) - 1].gather(-1, target[:, None]).sum().item()
                 out[m][k] = total
-        if progress is not None:
-            progress(len(rows))
+        if advance is not None:
+            advance(len(rows))
     return out, generated
 
 
 def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_new_tokens: int, batch_size: int,
-                    progress: Callable[[int], None] | None) -> list[str]:
+                    advance: Callable[[int], None] | None) -> list[str]:
+    """Each item's greedy answer (plain `generate`); `advance(n)` is told how many each finished chunk held."""
     import torch
 
     prompts = [item_prompt(item) for item in items]
@@ -378,18 +383,35 @@ def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_n
         new = out[:, enc["input_ids"].shape[1]:]
         for row, i in enumerate(chunk):
             answers[i] = tokenizer.decode(new[row], skip_special_tokens=True)
-        if progress is not None:
-            progress(len(chunk))
+        if advance is not None:
+            advance(len(chunk))
     return answers
+
+
+def _counter(progress: Progress | None, stage: str, total: int) -> Callable[[int], None] | None:
+    """An `advance(n)` for the batch loops that reports the running (absolute) count to `progress`."""
+    if progress is None:
+        return None
+    done = 0
+    progress(stage, 0, total)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(stage, done, total)
+
+    return advance
 
 
 def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_match: bool = True, max_new_tokens: int = 8,
                 token_budget: int = 2048, batch_size: int = 32,
-                progress: Callable[[str, int], None] | None = None,
+                progress: Progress | None = None,
                 timings: dict[str, float] | None = None) -> list[TaskScores]:
     """Score every (model, tokenizer) on the same items; option log-likelihoods come from identical batches.
 
-    `timings`, when given, receives the seconds spent in "qa_loglik" and "qa_generate"."""
+    `progress(stage, done, total)` reports stage "qa-loglik" (options scored, for all models at once) and, with
+    `exact_match`, "qa-generate" (greedy answers, items x models). `timings`, when given, receives the seconds
+    spent in "qa_loglik" and "qa_generate"."""
     import time
 
     timings = timings if timings is not None else {}
@@ -398,15 +420,18 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
     tok = models[0][1]
     requests = _option_requests(tok, tasks.items)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    cb = (lambda n: progress("qa-loglik", n)) if progress else None
-    gen_cb = (lambda n: progress("qa-generate", n)) if progress else None
+    cb = _counter(progress, "qa-loglik", len(requests))
+    gen_cb = _counter(progress, "qa-generate", len(tasks.items) * len(models)) if exact_match else None
     t0 = time.perf_counter()
     generated: list[dict[int, list[int]]] | None = None
     try:
         logliks, generated = _loglik_shared([m for m, _ in models], requests, pad_id, token_budget, cb,
                                             generate=max_new_tokens if exact_match else 0,
-                                            stop_ids=[_stop_ids(m, t) for m, t in models], gen_progress=gen_cb)
+                                            stop_ids=[_stop_ids(m, t) for m, t in models], gen_advance=gen_cb)
     except (AttributeError, NotImplementedError, TypeError):  # a model/cache without KV reuse: score plainly
+        # the counts start again with the plain passes
+        cb = _counter(progress, "qa-loglik", len(requests))
+        gen_cb = _counter(progress, "qa-generate", len(tasks.items) * len(models)) if exact_match else None
         logliks = _loglik_batches([m for m, _ in models], requests, pad_id, token_budget, cb)
         generated = None
     timings["qa_loglik"] = time.perf_counter() - t0  # includes the greedy answers when they share the pass

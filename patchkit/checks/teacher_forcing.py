@@ -9,9 +9,11 @@ that the logits tensors stay small (vocab x tokens x 4 bytes) on a CPU box.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from patchkit._io.progress import Progress
 
 __all__ = ["ScoredSequence", "SequenceStats", "TeacherForcedResult", "compare_teacher_forced", "pack_batches"]
 
@@ -106,11 +108,11 @@ def compare_teacher_forced(
     *,
     pad_id: int = 0,
     token_budget: int = 2048,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> TeacherForcedResult:
     """Run both models on every sequence (right-padded batches) and collect per-position comparisons.
 
-    `progress(n)` is called with the number of sequences finished after each batch.
+    `progress("teacher-forced", done, total)` is called after each batch with the sequences finished so far.
     """
     import torch
 
@@ -121,6 +123,8 @@ def compare_teacher_forced(
     batches = pack_batches([len(s.ids) for s in sequences], token_budget)
     stats_by_index: dict[int, SequenceStats] = {}
     kl_by_index: dict[int, np.ndarray] = {}
+    if progress is not None:
+        progress("teacher-forced", 0, len(sequences))
     for batch in batches:
         width = max(len(sequences[i].ids) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -157,7 +161,7 @@ def compare_teacher_forced(
             )
         del logits_b, logits_p
         if progress is not None:
-            progress(len(batch))
+            progress("teacher-forced", len(stats_by_index), len(sequences))
     order = range(len(sequences))
     result.sequences = [stats_by_index[i] for i in order]
     result.token_kl = np.concatenate([kl_by_index[i] for i in order]) if order else np.zeros(0)

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from patchkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, Fix, PatchkitError
+from patchkit.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, Fix, PatchkitError
 
 #: Human output (tables, progress) goes to stderr when --json is set, so stdout stays machine-readable.
 console = Console()
@@ -50,7 +50,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     PatchkitError: its own code (1 gate failed, 2 bad input). OSError: 2, naming the file. Anything else is a bug:
     one line and exit 3; `PATCHKIT_DEBUG=1` prints the traceback. Under `--json` the error is also printed on
-    stdout as `{"ok": false, "error": {...}}` so scripts never parse stderr.
+    stdout as `{"ok": false, "error": {...}}` so scripts never parse stderr — except for a failed gate or check
+    (exit 1), whose command has already printed its report as the one JSON document.
     """
 
     @functools.wraps(func)
@@ -61,7 +62,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except PatchkitError as exc:
             ctx = click.get_current_context(silent=True)
             fix_text = flag_for(exc.fix, ctx.command if ctx else None) if exc.fix else None
-            _fail(exc.render(fix_text), exc.exit_code, as_json, exc.to_json(fix_text))
+            # a failed gate or check (exit 1) is a result: the command already printed its report
+            _fail(exc.render(fix_text), exc.exit_code, as_json and exc.exit_code != EXIT_GATE_FAILED,
+                  exc.to_json(fix_text))
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit, BrokenPipeError):
             raise
         except OSError as exc:

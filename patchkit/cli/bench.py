@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
+from patchkit._io.progress import Progress
+from patchkit.checks.bench import BenchSettings
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._options import settings_from_options, settings_options
+from patchkit.cli._progress import progress_bars
 from patchkit.errors import GateFailed
 
 _STAGE_LABELS = {"controls": "base greedy answers to controls", "teacher-forced": "teacher-forced KL / ppl",
@@ -16,36 +21,20 @@ _STAGE_LABELS = {"controls": "base greedy answers to controls", "teacher-forced"
 
 
 @contextlib.contextmanager
-def _rich_progress(console: Any) -> Iterator[Any]:
-    """A progress callback (stage, advance, total) backed by a rich Progress on `console`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _rich_progress(console: Any) -> Iterator[Progress]:
+    """The shared rich bars (`progress_bars`), with bench's stages under readable names."""
+    with progress_bars(console) as bars:
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        ids: dict[str, Any] = {}
+        def labelled(stage: str, done: int, total: int, /) -> None:
+            bars(_STAGE_LABELS.get(stage, stage), done, total)
 
-        def callback(stage: str, advance: int, total: int) -> None:
-            if stage not in ids:
-                ids[stage] = bar.add_task(_STAGE_LABELS.get(stage, stage), total=total)
-            bar.update(ids[stage], advance=advance)
-
-        yield callback
+        yield labelled
 
 
-def _bench_options(func: Any) -> Any:
-    for opt in reversed([
-        click.option("--tasks", "tasks", default=None, metavar="LIST",
-                     help="Comma list of kl, ppl, qa, lmeval:<task> (default: the recipe's checks.bench.tasks, "
-                          "else kl,ppl,qa). lmeval:patchkit_qa runs offline."),
-        click.option("--limit", type=click.IntRange(min=1), default=None,
-                     help="Cap items per source (control prompts, corpus texts, questions per kind, lm-eval docs)."),
-        click.option("--dtype", default="float32", show_default=True, help="Load dtype: f32, bf16, f16."),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model layer by layer)."),
-        click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Write bench.json and bench.png into this directory."),
-    ]):
-        func = opt(func)
-    return func
+_report_option = click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+                              default=None, help="Write bench.json and bench.png into this directory.")
+#: the BenchSettings fields `patchkit check` passes on to its bench (and, for limit/dtype/device, loop) step
+_CHECK_FIELDS = ("tasks", "limit", "dtype", "device")
 
 
 @click.command("bench")
@@ -54,16 +43,12 @@ def _bench_options(func: Any) -> Any:
 @click.option("--recipe", "recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Its checks.bench thresholds gate the exit code; without --patched it is first applied to MODEL "
                    "in a temporary directory.")
-@_bench_options
-@click.option("--task-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Question set YAML instead of the bundled one (format: docs/bench.md).")
-@click.option("--lmeval-include", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory of extra lm-eval task YAMLs.")
+@settings_options(BenchSettings)
+@_report_option
 @json_option
 @handle_errors
-def bench_cmd(model: str, patched: str | None, recipe: Path | None, tasks: str | None, limit: int | None, dtype: str,
-              device: str, report_dir: Path | None, task_file: Path | None, lmeval_include: Path | None,
-              as_json: bool) -> None:
+def bench_cmd(model: str, patched: str | None, recipe: Path | None, report_dir: Path | None, as_json: bool,
+              **options: Any) -> None:
     """Compare a patched model with its base: KL, perplexity, task accuracy, with n, 95% CIs and paired p-values.
 
     Exits 1 when a threshold from the recipe's checks.bench section fails. Needs logits: a local
@@ -72,10 +57,10 @@ def bench_cmd(model: str, patched: str | None, recipe: Path | None, tasks: str |
     from patchkit.checks.bench import run_bench
     from patchkit.checks.bench_report import bench_table, write_report
 
+    settings = settings_from_options(BenchSettings, options)
     console = ui_console(as_json)
     with _rich_progress(console) as progress:
-        report = run_bench(model, patched, recipe=recipe, tasks=tasks, limit=limit, dtype=dtype, device=device,
-                           task_file=task_file, lmeval_include=lmeval_include, progress=progress)
+        report = run_bench(model, patched, recipe=recipe, settings=settings, progress=progress)
     files = write_report(report, report_dir) if report_dir else {}
     if as_json:
         payload = report.to_json()
@@ -83,7 +68,7 @@ def bench_cmd(model: str, patched: str | None, recipe: Path | None, tasks: str |
             payload["report_files"] = {k: str(v) for k, v in files.items()}
         emit_json(payload)
     console.print(bench_table(report))
-    for kind, path in files.items():
+    for path in files.values():
         console.print(f"wrote {path}")
     if report.gates is not None:
         console.print("[red]FAIL[/red]" if report.failures else "[green]PASS[/green]: all checks.bench thresholds met")
@@ -96,22 +81,24 @@ def bench_cmd(model: str, patched: str | None, recipe: Path | None, tasks: str |
 @click.option("--model", "model", required=True, metavar="REF", help="Base checkpoint: directory, org/name[@rev].")
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the patched checkpoint here (default: a temporary directory, removed afterwards).")
-@_bench_options
+@settings_options(BenchSettings, only=_CHECK_FIELDS)
+@_report_option
 @click.option("--skip-loops", is_flag=True, help="Do not run the loop check.")
 @json_option
 @handle_errors
-def check_cmd(recipe: Path, model: str, out: Path | None, tasks: str | None, limit: int | None, dtype: str,
-              device: str, report_dir: Path | None, skip_loops: bool, as_json: bool) -> None:
+def check_cmd(recipe: Path, model: str, out: Path | None, report_dir: Path | None, skip_loops: bool, as_json: bool,
+              **options: Any) -> None:
     """Run validate -> apply -> loops -> bench for RECIPE on MODEL and print one verdict table (exit 1 on FAIL)."""
     from rich.table import Table
 
     from patchkit.checks.bench_report import bench_table, write_report
     from patchkit.workflows.check import run_check
 
+    bench = settings_from_options(BenchSettings, options)
     console = ui_console(as_json)
     with _rich_progress(console) as progress:
-        report = run_check(recipe, model, out=out, tasks=tasks, limit=limit, skip_loops=skip_loops, dtype=dtype,
-                           device=device, progress=progress,
+        report = run_check(recipe, model, out=out, tasks=bench.tasks, limit=bench.limit, skip_loops=skip_loops,
+                           dtype=bench.dtype, device=bench.device, progress=progress,
                            step_callback=lambda s: console.print(f"{s.step}: {s.status} {s.summary}", highlight=False))
     files = write_report(report.bench, report_dir) if (report_dir and report.bench is not None) else {}
     if as_json:

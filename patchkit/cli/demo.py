@@ -46,13 +46,13 @@ class RichEvents:
     def info(self, text: str) -> None:
         self.console.print(f"  [dim]{text}[/dim]", highlight=False)
 
-    def progress(self, stage: str, advance: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int) -> None:
         if not self.running:
             self.bar.start()
             self.running = True
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(_STAGE_LABELS.get(stage, stage), total=total)
-        self.bar.update(self.tasks[stage], advance=advance, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
 
     def card(self, text: str) -> None:
         if not self.show_card:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
+from patchkit.checks.loops import LoopSettings
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._options import settings_from_options, settings_options
 from patchkit.errors import CheckError, GateFailed
 
 
@@ -96,27 +99,23 @@ def detect_cmd(files: tuple[str, ...], unfinished: bool, truth_file: str | None,
 
 
 class _RichLoopProgress:
-    """(stage, advance, total) callback + add_tokens: a rich bar over probes x samples with tokens/s."""
+    """A Progress (stage, done, total) with a `tokens_done(stage, n)` hook: a rich bar per stage, tokens/s."""
 
     def __init__(self, bar: Any):
         self.bar = bar
         self.tasks: dict[str, Any] = {}
-        self.stage: str | None = None
-        self.tokens = 0
-        self.started = time.perf_counter()
+        self.started: dict[str, float] = {}
 
-    def __call__(self, stage: str, advance: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(f"{stage} model", total=total, rate="")
-            self.tokens, self.started = 0, time.perf_counter()
-        self.stage = stage
-        self.bar.update(self.tasks[stage], advance=advance)
+            self.started[stage] = time.perf_counter()
+        self.bar.update(self.tasks[stage], completed=done, total=total)
 
-    def add_tokens(self, n: int) -> None:
-        self.tokens += n
-        if self.stage is not None:
-            rate = self.tokens / max(1e-6, time.perf_counter() - self.started)
-            self.bar.update(self.tasks[self.stage], rate=f"{rate:,.0f} tok/s")
+    def tokens_done(self, stage: str, n: int) -> None:
+        if stage in self.tasks:
+            rate = n / max(1e-6, time.perf_counter() - self.started[stage])
+            self.bar.update(self.tasks[stage], rate=f"{rate:,.0f} tok/s")
 
 
 @contextlib.contextmanager
@@ -124,7 +123,7 @@ def _progress(console: Any) -> Iterator[_RichLoopProgress]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
         yield _RichLoopProgress(bar)
 
 
@@ -134,37 +133,13 @@ def _progress(console: Any) -> Iterator[_RichLoopProgress]:
               help="Patched checkpoint (dir or org/name[@rev]; with --backend openai: its model name on the server).")
 @click.option("--recipe", "recipe", default=None, metavar="RECIPE",
               help="Apply this recipe to MODEL in a temp dir and check the result; its checks.loops are the gates.")
-@click.option("--suite", default=None, help="Packaged suite (enumeration, controls, smoke) or a suite YAML file. "
-                                            "[default: the recipe's checks.loops.suite, else enumeration]")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Samples per probe (with --temperature > 0).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=None, help="0 = greedy. [default: 0]")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Sample s of every probe uses seed+s.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Token budget per probe. [default: 400]")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N probes of each kind.")
-@click.option("--split", type=click.Choice(["train", "heldout", "all"]), default="all", show_default=True)
-@click.option("--no-controls", is_flag=True, help="Do not add the packaged control prompts to a suite without controls.")
-@click.option("--thinking/--no-thinking", "enable_thinking", default=None,
-              help="Chat template enable_thinking (Gemma 4). [default: the template's default]")
-@click.option("--thinking-budget", type=click.IntRange(min=1), default=None,
-              help="Stop a generation after this many thinking tokens (no answer yet: doom loop or truncated).")
-@click.option("--backend", type=click.Choice(["transformers", "openai"]), default="transformers", show_default=True)
-@click.option("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="openai backend: parallel requests.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="openai backend: seconds per request.")
-@click.option("--dtype", default="float32", show_default=True, help="f32 | bf16 | f16 (transformers backend).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model layer by layer) (transformers backend).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--no-early-stop", is_flag=True, help="Generate the full budget even after a loop is certain.")
+@settings_options(LoopSettings)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write loops.json, every transcript and loops.png into this directory.")
 @json_option
 @handle_errors
-def loops_cmd(model: str, patched: str | None, recipe: str | None, suite: str | None, samples: int | None,
-              temperature: float | None, top_p: float, seed: int, max_new_tokens: int | None, limit: int | None,
-              split: str, no_controls: bool, enable_thinking: bool | None, thinking_budget: int | None, backend: str,
-              base_url: str | None, concurrency: int, timeout: float, dtype: str, device: str, batch_size: int,
-              no_early_stop: bool, report_dir: Path | None, as_json: bool) -> None:
+def loops_cmd(model: str, patched: str | None, recipe: str | None, report_dir: Path | None, as_json: bool,
+              **options: Any) -> None:
     """Run the loop suite on MODEL (and the patched model) on the same probes and seeds; compare.
 
     Exits 1 when the recipe's checks.loops gates fail (each failed threshold is named), 2 on bad input.
@@ -174,14 +149,10 @@ def loops_cmd(model: str, patched: str | None, recipe: str | None, suite: str | 
 
     if patched and recipe:
         raise CheckError("give either --patched or --recipe, not both")
+    settings = settings_from_options(LoopSettings, options)
     console = ui_console(as_json)
     with _progress(console) as progress:
-        report = run_loops(model, patched_ref=patched, recipe=recipe, suite=suite, limit=limit,
-                           split=None if split == "all" else split, samples=samples, temperature=temperature,
-                           top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, backend=backend, base_url=base_url,
-                           dtype=dtype, device=device, batch_size=batch_size, early_stop=not no_early_stop,
-                           enable_thinking=enable_thinking, thinking_budget=thinking_budget, concurrency=concurrency,
-                           timeout=timeout, controls=False if no_controls else None, progress=progress)
+        report = run_loops(model, patched_ref=patched, recipe=recipe, settings=settings, progress=progress)
     written = write_report(report, report_dir) if report_dir else None
     failures = report.gate()
     if as_json:

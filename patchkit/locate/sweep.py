@@ -41,8 +41,8 @@ def summarize(results: Sequence[Any]) -> dict[str, Any]:
     m = Metrics([r for r in results if r.probe.kind == "enumeration"], [r for r in results if r.probe.kind == "control"])
     j = m.to_json()
     n_c = len(m.controls)
-    return {"n": m.n, "loops": m.loops, "loop_rate": m.loop_rate or 0.0, "good_lists": m.good_lists,
-            "good_list_rate": (m.good_lists / m.n) if m.n else 0.0, "completeness": m.completeness or 0.0,
+    return {"n": m.n, "loops": m.loops, "loop_rate": m.loop_rate.value or 0.0, "good_lists": m.good_lists,
+            "good_list_rate": m.good_list_rate.value or 0.0, "completeness": m.completeness.value or 0.0,
             "n_controls": n_c, "control_correct": n_c - len(m.control_failures),
             "control_accuracy": ((n_c - len(m.control_failures)) / n_c) if n_c else 1.0,
             "control_loops": m.control_loops, "control_loop_rate": (m.control_loops / n_c) if n_c else 0.0,

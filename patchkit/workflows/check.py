@@ -1,26 +1,33 @@
 """`run_check`: the one command to run before publishing: validate -> apply -> loops -> bench -> one verdict.
 
-It composes whatever checks this installation has: a step whose module is missing (or cannot run here)
-is reported as `skipped: <why>` rather than failing the whole check, and the verdict says so.
+Each step records pass / fail / error / skipped (skipped only when asked to, or when apply did not produce a
+model to check); any failed gate or step error makes the verdict FAIL.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from patchkit.errors import CheckError, PatchkitError
+from patchkit._io.progress import Progress
+from patchkit.checks.bench import BenchReport, BenchSettings, run_bench
+from patchkit.checks.loops import LoopReport, LoopSettings, run_loops
+from patchkit.edit.apply import apply_recipe
+from patchkit.errors import PatchkitError
+from patchkit.recipe import load_recipe
 
 __all__ = ["StepResult", "CheckReport", "run_check"]
 
 
 @dataclass
 class StepResult:
+    """One step of `run_check` (validate, apply, loops, bench): its status, one-line summary and failures."""
+
     step: str
     status: str  # "pass" | "fail" | "skipped" | "error"
     summary: str
@@ -34,12 +41,14 @@ class StepResult:
 
 @dataclass
 class CheckReport:
+    """Everything `run_check` found: the steps, the loop and bench reports, and one verdict (PASS / FAIL)."""
+
     recipe: str
     model: str
     output: str | None
     steps: list[StepResult] = field(default_factory=list)
-    loops: Any = None
-    bench: Any = None
+    loops: LoopReport | None = None
+    bench: BenchReport | None = None
 
     @property
     def failures(self) -> list[str]:
@@ -64,28 +73,9 @@ class CheckReport:
         return {
             "recipe": self.recipe, "model": self.model, "output": self.output, "verdict": self.verdict,
             "passed": self.passed, "failures": self.failures, "steps": [s.to_json() for s in self.steps],
-            "loops": _to_json(self.loops), "bench": _to_json(self.bench),
+            "loops": self.loops.to_json() if self.loops is not None else None,
+            "bench": self.bench.to_json() if self.bench is not None else None,
         }
-
-
-def _to_json(obj: Any) -> Any:
-    if obj is None:
-        return None
-    return obj.to_json() if hasattr(obj, "to_json") else str(obj)
-
-
-def _call_with_supported(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call `fn` with the keyword arguments its signature accepts (the loop API is owned elsewhere)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
-def _loop_failures(report: Any, gates: Any) -> list[str]:
-    if hasattr(report, "gate"):
-        return list(report.gate(gates) or [])
-    return list(getattr(report, "failures", []) or [])
 
 
 @contextlib.contextmanager
@@ -97,11 +87,33 @@ def _output_dir(out: str | Path | None) -> Iterator[Path]:
         yield Path(tmp) / "patched"
 
 
-def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = None, tasks: Any = None,
-              limit: int | None = None, skip_loops: bool = False, skip_bench: bool = False, dtype: str = "float32",
-              device: str = "cpu", progress: Any = None, step_callback: Callable[[StepResult], None] | None = None
-              ) -> CheckReport:
-    """Validate the recipe, apply it to `model` (into `out` or a temp dir), run loops and bench on the result."""
+def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = None,
+              tasks: str | Sequence[str] | None = None, limit: int | None = None, skip_loops: bool = False,
+              skip_bench: bool = False, dtype: str = "float32", device: str = "cpu", progress: Progress | None = None,
+              step_callback: Callable[[StepResult], None] | None = None) -> CheckReport:
+    """Validate the recipe, apply it to `model` (into `out` or a temp dir), run loops and bench on the result.
+
+    Why: one verdict before publishing, judged by the recipe's own `checks` thresholds.
+
+    Args:
+        recipe_path: the recipe file.
+        model: the base checkpoint (directory, org/name[@rev]).
+        out: keep the patched checkpoint here (default: a temporary directory, removed afterwards).
+        tasks: bench tasks (default: the recipe's checks.bench.tasks, else kl, ppl, qa).
+        limit: probes per kind (loops) and items per source (bench).
+        skip_loops: do not run the loop check.
+        skip_bench: do not run the bench.
+        dtype: load dtype for both checks.
+        device: torch device for both checks.
+        progress: `progress(stage, done, total)`, passed to both checks.
+        step_callback: called with each step's result as soon as it is known.
+
+    Returns:
+        The CheckReport: steps, the loop and bench reports, the verdict.
+
+    Raises:
+        RecipeError: the recipe does not validate (one line with file:line:col).
+    """
     report = CheckReport(recipe=str(recipe_path), model=str(model), output=str(out) if out else None)
 
     def record(step: StepResult) -> None:
@@ -111,28 +123,16 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
 
     # 1. validate
     t = time.perf_counter()
-    try:
-        from patchkit.recipe import load_recipe
-    except ImportError as exc:
-        raise CheckError(f"cannot validate {recipe_path}: the recipe module is unavailable ({exc})") from None
-    recipe = load_recipe(recipe_path)  # RecipeError: one line with file:line:col, exit 2
-    n_edits = len(recipe.expanded_edits()) if hasattr(recipe, "expanded_edits") else len(getattr(recipe, "edits", []))
-    record(StepResult("validate", "pass", f"{getattr(recipe, 'name', recipe_path)}: {n_edits} edit(s)",
+    recipe = load_recipe(recipe_path)
+    record(StepResult("validate", "pass", f"{recipe.name}: {len(recipe.expanded_edits())} edit(s)",
                       time.perf_counter() - t))
-    checks = getattr(recipe, "checks", None)
-    loop_gates = getattr(checks, "loops", None) if checks else None
-    bench_gates = getattr(checks, "bench", None) if checks else None
+    loop_gates = recipe.checks.loops if recipe.checks else None
+    bench_gates = recipe.checks.bench if recipe.checks else None
+    common = {k: v for k, v in (("limit", limit), ("dtype", dtype), ("device", device)) if v is not None}
 
     with _output_dir(out) as out_dir:
         # 2. apply
         t = time.perf_counter()
-        try:
-            from patchkit.edit.apply import apply_recipe
-        except ImportError as exc:
-            record(StepResult("apply", "skipped", f"patchkit.edit.apply unavailable ({exc})"))
-            for step in ("loops", "bench"):
-                record(StepResult(step, "skipped", "nothing to check: apply did not run"))
-            return report
         try:
             result = apply_recipe(recipe_path, model=model, out=out_dir)
         except PatchkitError as exc:
@@ -140,7 +140,7 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
             for step in ("loops", "bench"):
                 record(StepResult(step, "skipped", "nothing to check: apply failed"))
             return report
-        patched_dir = Path(getattr(result, "out_dir", out_dir))
+        patched_dir = Path(result.out_dir or out_dir)
         record(StepResult("apply", "pass", f"wrote {patched_dir}" if out else "applied to a temporary directory",
                           time.perf_counter() - t))
 
@@ -150,53 +150,47 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
             record(StepResult("loops", "skipped", "--skip-loops"))
         else:
             try:
-                from patchkit.checks.loops import run_loops
-            except ImportError as exc:
-                record(StepResult("loops", "skipped", f"loop check unavailable ({exc})"))
+                loops = run_loops(str(model), patched_ref=str(patched_dir), settings=LoopSettings(**common),
+                                  gates=loop_gates, progress=progress)
+            except PatchkitError as exc:
+                record(StepResult("loops", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
-                try:
-                    loops = _call_with_supported(run_loops, model=str(model), base=str(model), patched=str(patched_dir),
-                                                 gates=loop_gates, limit=limit, dtype=dtype, device=device,
-                                                 progress=progress)
-                    report.loops = loops
-                    fails = _loop_failures(loops, loop_gates)
-                    summary = getattr(loops, "summary", None)
-                    summary = summary() if callable(summary) else summary
-                    record(StepResult("loops", "fail" if fails else "pass",
-                                      "; ".join(fails) if fails else str(summary or "loop gates met"),
-                                      time.perf_counter() - t, fails))
-                except PatchkitError as exc:
-                    record(StepResult("loops", "error", str(exc), time.perf_counter() - t, [str(exc)]))
-                except TypeError as exc:  # the loop API does not take these arguments
-                    record(StepResult("loops", "skipped", f"loop check API mismatch ({exc})"))
+                report.loops = loops
+                fails = loops.gate()
+                record(StepResult("loops", "fail" if fails else "pass",
+                                  "; ".join(fails) if fails else loops.summary(), time.perf_counter() - t, fails))
 
         # 4. bench
         t = time.perf_counter()
         if skip_bench:
             record(StepResult("bench", "skipped", "--skip-bench"))
         else:
-            from patchkit.checks.bench import run_bench
-
             try:
-                bench = run_bench(str(model), patched_dir, tasks=tasks, limit=limit, gates=bench_gates, dtype=dtype,
-                                  device=device, progress=progress)
+                settings = BenchSettings(**common, **({"tasks": tasks} if tasks is not None else {}))
+                bench = run_bench(str(model), patched_dir, settings=settings, gates=bench_gates, progress=progress)
             except PatchkitError as exc:
                 record(StepResult("bench", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
                 report.bench = bench
-                kl = bench.figure("kl.mean")
-                ppl = bench.figure("ppl.ratio")
-                acc = bench.figure("qa.acc")
-                bits = []
-                if kl is not None:
-                    bits.append(f"KL {kl.delta:.3g}")
-                if ppl is not None:
-                    bits.append(f"ppl ×{ppl.delta:.4g}")
-                if acc is not None:
-                    bits.append(f"QA acc {acc.base:.3f}→{acc.patched:.3f}")
-                summary = "; ".join(bench.failures) if bench.failures else ", ".join(bits)
-                if bench_gates is None:
-                    summary += " (no checks.bench thresholds in the recipe)"
-                record(StepResult("bench", "fail" if bench.failures else "pass", summary, time.perf_counter() - t,
-                                  list(bench.failures)))
+                record(StepResult("bench", "fail" if bench.failures else "pass", _bench_summary(bench, bench_gates),
+                                  time.perf_counter() - t, list(bench.failures)))
     return report
+
+
+def _bench_summary(bench: BenchReport, gates: Any) -> str:
+    """One line: the failures, else KL / perplexity ratio / QA accuracy."""
+    if bench.failures:
+        summary = "; ".join(bench.failures)
+    else:
+        bits = []
+        kl, ppl, acc = bench.comparison("kl.mean"), bench.comparison("ppl.ratio"), bench.comparison("qa.acc")
+        if kl is not None and kl.delta.value is not None:
+            bits.append(f"KL {kl.delta.value:.3g}")
+        if ppl is not None and ppl.delta.value is not None:
+            bits.append(f"ppl ×{ppl.delta.value:.4g}")
+        if acc is not None and acc.base is not None and acc.patched is not None:
+            bits.append(f"QA acc {acc.base.value:.3f}→{acc.patched.value:.3f}")
+        summary = ", ".join(bits)
+    if gates is None:
+        summary += " (no checks.bench thresholds in the recipe)"
+    return summary

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from patchkit.errors import PatchkitError
+from patchkit.errors import Fix, PatchkitError
 
 #: The recipe the locate work writes for the embedded model, looked up next to the package (source checkout).
 DEFAULT_RECIPE = "smollm2-135m.yaml"
@@ -53,8 +53,8 @@ class DemoEvents:
     def info(self, text: str) -> None:
         """A detail of the running stage (e.g. the GGUF import's sub-steps)."""
 
-    def progress(self, stage: str, advance: int, total: int) -> None:
-        """Per-item progress inside a stage (loops/bench callback shape)."""
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Per-item progress inside a stage: `patchkit._io.progress.Progress` (`done` absolute)."""
 
     def card(self, text: str) -> None:
         """The model card a real push would upload."""
@@ -201,7 +201,7 @@ def _prepare_out(out: Path | None) -> tuple[Path, Path]:
     """(final report dir, temporary build dir next to it)."""
     final = Path(out) if out is not None else _default_out()
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise DemoError(f"{final}: report directory exists and is not empty", hint="pass another --out")
+        raise DemoError(f"{final}: report directory exists and is not empty", fix=Fix("out", "DIR", "(a new or empty directory)"))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     return final, tmp
@@ -218,7 +218,7 @@ def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path 
 
     `full` runs the whole enumeration suite instead of the small smoke suite; `limit` caps probes per kind
     (and bench items); `recipe` overrides recipes/smollm2-135m.yaml; `model_dir` skips the GGUF import
-    (any llama checkpoint directory); `bench_options` are extra keyword arguments for `run_bench` (e.g.
+    (any llama checkpoint directory); `bench_options` are extra `BenchSettings` fields for the bench (e.g.
     `control_max_new_tokens`, `max_text_tokens`). Without a usable recipe the run stops after the base loop check.
     """
     events = events or DemoEvents()
@@ -307,7 +307,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     settings = LoopSettings(suite=suite_name, max_new_tokens=tokens, limit=limit)
     loaded_suite = load_suite(suite_name).select(limit=limit)
     if not loaded_suite.probes:
-        raise DemoError(f"suite {suite_name!r} has no probes", hint="pick another suite or a larger --limit")
+        raise DemoError(f"suite {suite_name!r} has no probes", hint="pick another suite", fix=Fix("limit", "N", "(larger)"))
     n_enum = len(loaded_suite.by_kind("enumeration"))
     n_ctrl = len(loaded_suite.by_kind("control"))
     with _timed("base-loops", f"loop check on the base model ({n_enum} enumeration + {n_ctrl} control probes, "
@@ -349,11 +349,13 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
                                     progress=events.progress, stage="patched", label="patched")
             st.summary = _loop_line(patched_run.metrics())
         with _timed("bench", "bench: KL / perplexity / questions, base vs patched", events, timings) as st:
-            from patchkit.checks.bench import run_bench
+            from patchkit.checks.bench import BenchSettings, run_bench
 
-            opts = {"gates": getattr(getattr(recipe, "checks", None), "bench", None), **bench}
+            opts = {k: v for k, v in bench.items() if v is not None}
             opts["tasks"] = opts.get("tasks") or DEFAULT_BENCH_TASKS  # not the recipe's (it may name lm-eval tasks)
-            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), progress=events.progress, **opts)
+            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), settings=BenchSettings(**opts),
+                                     gates=getattr(getattr(recipe, "checks", None), "bench", None),
+                                     progress=events.progress)
             bench_report.base, bench_report.patched = str(model_dir), str(final / "patched-model")
             _write_json(tmp / "bench.json", bench_report.to_json())
             st.summary = _bench_line(bench_report)
@@ -416,7 +418,7 @@ def _frac(k: int, n: int) -> str:
 
 
 def _loop_line(m: Any) -> str:
-    comp = "n/a" if m.completeness is None else f"{m.completeness:.2f}"
+    comp = "n/a" if m.completeness.value is None else f"{m.completeness.value:.2f}"
     ok = len(m.controls) - len(m.control_failures)
     return f"loops {m.loops}/{m.n}, completeness {comp}, good lists {m.good_lists}/{m.n}, controls {ok}/{len(m.controls)}"
 
@@ -426,21 +428,27 @@ def _diff_line(report: Any) -> str:
     return f"{len(report.changed)} tensor(s) changed, {slices} slice(s), {report.identical_tensors} identical"
 
 
-def _figure(report: Any, key: str) -> Any:
-    return report.figure(key) if report is not None else None
+def _delta(report: Any, key: str) -> float | None:
+    """The delta value of bench comparison `key` (None when the bench did not run or did not measure it)."""
+    row = report.comparison(key) if report is not None else None
+    return None if row is None else row.delta.value
+
+
+def _accuracies(report: Any) -> list[Any]:
+    return [c for c in report.comparisons if c.is_accuracy and c.base is not None and c.patched is not None
+            and c.base.value is not None and c.patched.value is not None]
 
 
 def _bench_line(report: Any) -> str:
     parts = []
-    kl = _figure(report, "kl.mean")
-    if kl is not None and kl.delta is not None:
-        parts.append(f"KL {kl.delta:.4f} nats/token")
-    ppl = _figure(report, "ppl.ratio")
-    if ppl is not None and ppl.delta is not None:
-        parts.append(f"perplexity x{ppl.delta:.3f}")
-    accs = [f for f in report.figures if f.is_accuracy and f.base is not None]
-    for f in accs[:2]:
-        parts.append(f"{f.label} {f.base:.2f} -> {f.patched:.2f}")
+    kl = _delta(report, "kl.mean")
+    if kl is not None:
+        parts.append(f"KL {kl:.4f} nats/token")
+    ppl = _delta(report, "ppl.ratio")
+    if ppl is not None:
+        parts.append(f"perplexity x{ppl:.3f}")
+    for c in _accuracies(report)[:2]:
+        parts.append(f"{c.label} {c.base.value:.2f} -> {c.patched.value:.2f}")
     return ", ".join(parts) or "no figures"
 
 
@@ -465,10 +473,11 @@ def summary_rows(base: Any, patched: Any, diff_report: Any = None, bench_report:
             row.change = _change(num(mb), num(mp), pct=pct, digits=digits) if num else None
         rows.append(row)
 
-    add("enumeration loops", lambda m: _frac(m.loops, m.n), lambda m: m.loop_rate, pct=True)
+    add("enumeration loops", lambda m: _frac(m.loops, m.n), lambda m: m.loop_rate.value, pct=True)
     add("  decay / verbatim", lambda m: f"{m.label_count('decay')} / {m.label_count('verbatim')}")
-    add("completeness (true items listed)", lambda m: "n/a" if m.completeness is None else f"{m.completeness:.2f}",
-        lambda m: m.completeness)
+    add("completeness (true items listed)",
+        lambda m: "n/a" if m.completeness.value is None else f"{m.completeness.value:.2f}",
+        lambda m: m.completeness.value)
     add("good lists (no loop, >= 5 true items)", lambda m: _frac(m.good_lists, m.n),
         lambda m: m.good_lists / m.n if m.n else None, pct=True)
     add("controls correct", lambda m: _frac(len(m.controls) - len(m.control_failures), len(m.controls)),
@@ -478,16 +487,15 @@ def summary_rows(base: Any, patched: Any, diff_report: Any = None, bench_report:
         slices = sum(len(getattr(c, "slices", []) or []) for c in diff_report.changed)
         rows.append(SummaryRow("weights changed (diff)", "-", f"{len(diff_report.changed)} tensor(s), {slices} slice(s)"))
     if bench_report is not None:
-        kl = _figure(bench_report, "kl.mean")
-        if kl is not None and kl.delta is not None:
-            rows.append(SummaryRow("KL(base||patched), nats/token", "0", f"{kl.delta:.4f}"))
-        ppl = _figure(bench_report, "ppl.ratio")
-        if ppl is not None and ppl.delta is not None:
-            rows.append(SummaryRow("perplexity ratio patched/base", "1", f"{ppl.delta:.3f}"))
-        for f in bench_report.figures:
-            if f.is_accuracy and f.base is not None and f.patched is not None:
-                rows.append(SummaryRow(f"{f.label} (n={f.n})", f"{f.base:.2f}", f"{f.patched:.2f}",
-                                       _change(f.base, f.patched)))
+        kl = _delta(bench_report, "kl.mean")
+        if kl is not None:
+            rows.append(SummaryRow("KL(base||patched), nats/token", "0", f"{kl:.4f}"))
+        ppl = _delta(bench_report, "ppl.ratio")
+        if ppl is not None:
+            rows.append(SummaryRow("perplexity ratio patched/base", "1", f"{ppl:.3f}"))
+        for c in _accuracies(bench_report):
+            rows.append(SummaryRow(f"{c.label} (n={c.n})", f"{c.base.value:.2f}", f"{c.patched.value:.2f}",
+                                   _change(c.base.value, c.patched.value)))
     return rows
 
 
@@ -509,8 +517,8 @@ def _numbers(base: Any, patched: Any, diff_report: Any, bench_report: Any) -> di
         out["diff"] = {"tensors_changed": len(diff_report.changed), "identical_tensors": diff_report.identical_tensors,
                        "slices_changed": sum(len(getattr(c, "slices", []) or []) for c in diff_report.changed)}
     if bench_report is not None:
-        out["bench"] = {f.key: {"base": f.base, "patched": f.patched, "delta": f.delta, "n": f.n}
-                        for f in bench_report.figures}
+        out["bench"] = {row["key"]: {k: row[k] for k in ("base", "patched", "delta", "n")}
+                        for row in bench_report.to_json()["figures"]}
     return out
 
 
@@ -576,12 +584,12 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
             vals.append(v)
             lo.append(max(0.0, v - a))
             hi.append(max(0.0, b - v))
-        vals.append(m.completeness or 0.0)  # a mean share, no interval
+        vals.append(m.completeness.value or 0.0)  # a mean share, no interval
         lo.append(0.0)
         hi.append(0.0)
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(labels))]
         ax1.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=name, color=color)
-        texts = [f"{k}/{n}" for k, n in ks] + ["n/a" if m.completeness is None else f"{m.completeness:.2f}"]
+        texts = [f"{k}/{n}" for k, n in ks] + ["n/a" if m.completeness.value is None else f"{m.completeness.value:.2f}"]
         for x, v, up, text in zip(xs, vals, hi, texts):
             ax1.text(x, min(v + up, 1.0) + 0.015, text, ha="center", va="bottom", fontsize=7)
     ax1.set_xticks(range(len(labels)), labels)
@@ -598,9 +606,9 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
     ax2.set_xticks(range(len(probes)), [p.split("#")[0][:18] for p in probes], rotation=60, ha="right", fontsize=7)
     ax2.set_ylabel("generated tokens (red edge = loop)")
     title = "per enumeration probe"
-    kl = _figure(bench_report, "kl.mean")
-    if kl is not None and kl.delta is not None:
-        title += f"   (KL {kl.delta:.3f} nats/token)"
+    kl = _delta(bench_report, "kl.mean")
+    if kl is not None:
+        title += f"   (KL {kl:.3f} nats/token)"
     ax2.set_title(title)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
