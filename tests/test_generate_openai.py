@@ -65,12 +65,15 @@ def test_chat_and_completions_against_patchkit_server(tiny_server):
                 GenerationRequest("loop", "List stars:", max_new_tokens=30, chat=False),
                 GenerationRequest("chat", "List stars", max_new_tokens=25)]
     done = []
-    gens = backend.generate(requests, SamplingParams(), progress=lambda d, t, k: done.append((d, t, k)))
+    gens = backend.generate(requests, SamplingParams(), progress=lambda stage, d, t: done.append((stage, d, t)))
     assert [g.id for g in gens] == ["stop", "loop", "chat"]
     assert gens[0].text == "OK" and gens[0].stop_reason == "eos"
     assert gens[1].text.startswith("Vega\nVega") and gens[1].stop_reason == "length" and gens[1].tokens == 30
     assert gens[2].text.startswith("Vega") and gens[2].tokens == 25     # chat template ends in "\n" -> "V"
-    assert done[-1][:2] == (3, 3) and done[-1][2] == sum(g.tokens for g in gens)
+    requests_seen = [(d, t) for stage, d, t in done if stage == "requests"]
+    tokens_seen = [d for stage, d, _ in done if stage == "tokens"]
+    assert requests_seen[-1] == (3, 3) and tokens_seen[-1] == sum(g.tokens for g in gens)
+    assert tokens_seen == sorted(tokens_seen)  # absolute counts, never deltas
 
 
 def test_loop_check_runs_over_http(tiny_server, tmp_path):

@@ -30,7 +30,7 @@ from patchkit.checks.detect import LOOP_LABELS, Verdict, detect, loop_stop_test
 from patchkit.checks.figure import Figure
 from patchkit.checks.probes import Probe, Suite, load_suite
 from patchkit.errors import CheckError
-from patchkit.generate.types import Generation, GenerationRequest, SamplingParams
+from patchkit.generate.types import REQUESTS_STAGE, TOKENS_STAGE, Generation, GenerationRequest, SamplingParams
 from patchkit.recipe import Recipe, load_recipe
 from patchkit.recipe.gates import LoopGates
 
@@ -482,21 +482,22 @@ def run_suite(suite: Suite | str, *, model: Any = None, tokenizer: Any = None, b
     return RunResult(label, results, seconds)
 
 
-def _progress_adapter(progress: Progress | None, stage: str, total: int) -> Callable[[int, int, int], None] | None:
-    """Backend progress (done, total, tokens) -> the caller's Progress (stage, done, total) [+ tokens_done]."""
+def _progress_adapter(progress: Progress | None, stage: str, total: int) -> Progress | None:
+    """A backend's two stages ("requests", "tokens") -> the caller's Progress under `stage` [+ tokens_done]."""
     if progress is None:
         return None
     tokens_done = getattr(progress, "tokens_done", None)
-    last = {"done": 0, "tokens": 0}
+    last = {REQUESTS_STAGE: 0, TOKENS_STAGE: 0}
     progress(stage, 0, total)
 
-    def callback(done: int, _total: int, tokens: int) -> None:
-        if done != last["done"]:
-            last["done"] = done
+    def callback(backend_stage: str, done: int, _total: int, /) -> None:
+        if done == last.get(backend_stage):
+            return
+        last[backend_stage] = done
+        if backend_stage == REQUESTS_STAGE:
             progress(stage, done, total)
-        if tokens_done is not None and tokens != last["tokens"]:
-            last["tokens"] = tokens
-            tokens_done(stage, tokens)
+        elif backend_stage == TOKENS_STAGE and tokens_done is not None:
+            tokens_done(stage, done)
 
     return callback
 

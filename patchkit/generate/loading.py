@@ -45,14 +45,20 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
     if spread:
         kwargs["device_map"] = "auto"
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelError(f"{path}: GGUF file not found")
+        # validated first (type, size, bounded header walk, blocks, guarded gguf reader): one-line ModelError
+        from patchkit.model.gguf_header import check_loaded, validate_gguf
+
+        real = validate_gguf(path).real_path
         try:
-            import gguf  # noqa: F401
-        except ImportError:
-            raise ModelError("loading a .gguf file needs the `gguf` package", hint="pip install 'patchkit[gguf]'") from None
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+            tok = AutoTokenizer.from_pretrained(str(real.parent), gguf_file=real.name)
+            model, loading = AutoModelForCausalLM.from_pretrained(str(real.parent), gguf_file=real.name,
+                                                                  output_loading_info=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - transformers on a foreign GGUF raises anything
+            msg = " ".join(str(exc).split())[:300]
+            raise ModelError(f"{path}: transformers could not load this GGUF ({type(exc).__name__}: {msg})",
+                             hint="check that transformers supports its architecture and quantization",
+                             data={"path": str(path)}) from None
+        check_loaded(path, loading)
     else:
         if path.is_dir():
             local = path

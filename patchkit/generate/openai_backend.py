@@ -18,7 +18,14 @@ from typing import Any, Sequence
 
 from patchkit.errors import CheckError
 from patchkit.generate.thinking import split_thinking
-from patchkit.generate.types import Generation, GenerationRequest, ProgressFn, SamplingParams
+from patchkit._io.progress import Progress
+from patchkit.generate.types import (
+    REQUESTS_STAGE,
+    TOKENS_STAGE,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+)
 
 __all__ = ["OpenAIBackend"]
 
@@ -85,7 +92,7 @@ class OpenAIBackend:
         return served
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams = SamplingParams(),
-                 *, progress: ProgressFn | None = None) -> list[Generation]:
+                 *, progress: Progress | None = None) -> list[Generation]:
         """Run all requests (at most `concurrency` in flight); results in request order."""
         results: dict[str, Generation] = {}
         state = {"done": 0, "tokens": 0}
@@ -99,7 +106,8 @@ class OpenAIBackend:
                         state["done"] += 1
                         state["tokens"] += gen.tokens
                     if progress is not None:
-                        progress(state["done"], len(requests), state["tokens"])
+                        progress(REQUESTS_STAGE, state["done"], len(requests))
+                        progress(TOKENS_STAGE, state["tokens"], 0)
             except BaseException:
                 for f in futures:
                     f.cancel()

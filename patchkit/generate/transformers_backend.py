@@ -18,7 +18,14 @@ from typing import Any, Iterator, Sequence
 from patchkit.errors import CheckError
 from patchkit.generate.early_stop import LoopWatch, StopTest
 from patchkit.generate.thinking import split_thinking
-from patchkit.generate.types import Generation, GenerationRequest, ProgressFn, SamplingParams
+from patchkit._io.progress import Progress
+from patchkit.generate.types import (
+    REQUESTS_STAGE,
+    TOKENS_STAGE,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+)
 
 __all__ = ["TransformersBackend", "render_prompt"]
 
@@ -104,7 +111,7 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams = SamplingParams(),
-                 *, progress: ProgressFn | None = None) -> list[Generation]:
+                 *, progress: Progress | None = None) -> list[Generation]:
         """Complete every request; results come back in request order."""
         import torch
 
@@ -148,7 +155,7 @@ class TransformersBackend:
         return rows, cache, attn, positions[:, -1:] + 1, out.logits[:, -1, :].float()
 
     def _run_stream(self, items: list[tuple[int, GenerationRequest, list[int]]], params: SamplingParams,
-                    progress: ProgressFn | None, state: dict[str, int], total: int) -> Iterator[tuple[int, Generation]]:
+                    progress: Progress | None, state: dict[str, int], total: int) -> Iterator[tuple[int, Generation]]:
         """Decode all items with at most `batch_size` rows in flight.
 
         A row leaves the batch (and its KV cache) as soon as it is done. When a quarter of the slots are free,
@@ -185,7 +192,8 @@ class TransformersBackend:
                     state["done"] += 1
                     yield row.index, self._finish(row)
             if progress is not None:
-                progress(state["done"], total, state["tokens"])
+                progress(REQUESTS_STAGE, state["done"], total)
+                progress(TOKENS_STAGE, state["tokens"], 0)
             if keep:
                 if len(keep) < len(rows):
                     index = torch.tensor(keep, dtype=torch.long)  # CPU: indexes caches on any GPU

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from patchkit._io.progress import Progress
 
-__all__ = ["GenerationRequest", "Generation", "SamplingParams", "Backend", "ProgressFn"]
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+__all__ = ["REQUESTS_STAGE", "TOKENS_STAGE", "Backend", "Generation", "GenerationRequest", "SamplingParams"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,14 @@ class Generation:
         return self.stop_reason == "eos"
 
 
-#: progress(done_requests, total_requests, generated_tokens) - called as work completes.
-ProgressFn = Callable[[int, int, int], None]
+#: Backends report on two stages of the one progress shape (`patchkit._io.progress.Progress`):
+#: `progress("requests", done, total)` and `progress("tokens", generated_so_far, 0)` (0: no known total).
+REQUESTS_STAGE = "requests"
+TOKENS_STAGE = "tokens"
 
 
 class Backend(Protocol):
     name: str
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams = SamplingParams(),
-                 *, progress: ProgressFn | None = None) -> list[Generation]: ...
+                 *, progress: Progress | None = None) -> list[Generation]: ...

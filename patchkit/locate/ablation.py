@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from patchkit._io.progress import Progress
 from patchkit.locate.hooks import ModelView
 from patchkit.locate.teacher import GRAD_ROWS, GROUPS, ScoreBatch, group_grads, mean_scores, score
 
@@ -101,7 +102,7 @@ def _replace(module: Any, value: Any) -> Iterator[None]:
 
 
 def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None = None, exact_top: int = 4,
-                progress: Callable[[int, int], None] | None = None) -> list[LayerScore]:
+                progress: Progress | None = None) -> list[LayerScore]:
     """Score every layer (attribution patching), re-measure the top `exact_top` exactly; best first.
 
     First-order effect of replacing a unit's output `o` by `o'` on a score: sum(grad * (o' - o)). For zeroing
@@ -158,5 +159,5 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
             s.exact[op] = {k: v - clean[k] for k, v in m.items()}
             done += 1
             if progress:
-                progress(done, total)
+                progress("layers", done, total)
     return sorted(scores.values(), key=lambda s: -s.score)

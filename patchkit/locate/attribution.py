@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+from patchkit._io.progress import Progress
 from patchkit.locate.candidates import Candidate, Edit
 from patchkit.locate.hooks import ModelView, row_edits
 from patchkit.locate.teacher import GRAD_ROWS, ScoreBatch, group_grads, score
@@ -184,7 +185,7 @@ class ScreenResult:
 
 
 def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], *, group: int | None = None,
-           progress: Callable[[int, int], None] | None = None, deadline: float | None = None) -> list[ScreenResult]:
+           progress: Progress | None = None, deadline: float | None = None) -> list[ScreenResult]:
     """Exact teacher-forced effect of each candidate; `group` candidates share one forward pass."""
     import time
 
@@ -223,7 +224,7 @@ def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], 
                     kl))
             del got
             if progress:
-                progress(len(results), len(candidates))
+                progress("screen", len(results), len(candidates))
     return results
 
 

@@ -11,8 +11,6 @@ from patchkit._io.atomic import atomic_write_bytes
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 

@@ -151,7 +151,6 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     from patchkit.locate.generation import Runner
     from patchkit.locate.greedy import Row
     from patchkit.locate.hooks import ModelView
-    from patchkit.locate.report import write_outputs
     from patchkit.locate.sweep import summarize, sweep
     from patchkit.locate.teacher import build_batch
     from patchkit.locate.transcripts import Transcript, load_prose
@@ -231,7 +230,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
         layer_scores = sorted((LayerScore.from_json(d) for d in cached), key=lambda s: -s.score)
     else:
         layer_scores = rank_layers(view, batch, exact_top=settings.exact_layers,
-                                   progress=lambda d, n: tick("layers", d, n))
+                                   progress=tick)
         cache.put("layers", k_layers, [s.to_json() for s in layer_scores])
     stage_seconds["layers"] = round(time.monotonic() - s0, 1)
     report["layers"] = [s.to_json() for s in layer_scores]
@@ -262,7 +261,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
         units = attr.pick_candidates(all_units, top=settings.attribution_top)
         singles = attr.single_edits(units, settings.ops)
         screened = attr.screen(view, batch, singles, deadline=deadline(0.35),
-                               progress=lambda d, n: tick("screen", d, n))
+                               progress=tick)
         cache.put("attribution", k_attr, {"units": [u.to_json() for u in units],
                                           "screen": [r.to_json() for r in screened]})
     screened.sort(key=lambda r: -r.score)
@@ -289,7 +288,7 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
         swept = [SweepResult.from_json(d) for d in cached]
     else:
         swept = sweep(runner, candidates, sw_probes, sw_transcripts, sw_base, kls, weights=settings.weights,
-                      chunk=settings.sweep_chunk, deadline=deadline(0.7), progress=lambda d, n: tick("sweep", d, n))
+                      chunk=settings.sweep_chunk, deadline=deadline(0.7), progress=tick)
         cache.put("sweep", k_sweep, [r.to_json() for r in swept])
     stage_seconds["sweep"] = round(time.monotonic() - s0, 1)
     report["sweep"] = [r.to_json() for r in swept]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from patchkit._io.progress import Progress
 from patchkit.locate.candidates import Candidate
 from patchkit.locate.generation import Runner
 from patchkit.locate.greedy import Row
@@ -123,7 +124,7 @@ def first_flips(runner: Runner, candidates: Sequence[Candidate], transcripts: Se
 def sweep(runner: Runner, candidates: Sequence[Candidate], probes: Sequence[Any], transcripts: Sequence[Transcript],
           base_results: Sequence[Any], kls: dict[str, float], *, weights: Weights = Weights(),
           chunk: int = 4, deadline: float | None = None,
-          progress: Callable[[int, int], None] | None = None) -> list[SweepResult]:
+          progress: Progress | None = None) -> list[SweepResult]:
     """Generate every candidate on `probes` (base answers in `transcripts`), best score first."""
     base_summary = summarize(base_results)
     out: list[SweepResult] = []
@@ -159,6 +160,6 @@ def sweep(runner: Runner, candidates: Sequence[Candidate], probes: Sequence[Any]
                           "text": r.generation.text[:300]} for r in results]
             out.append(SweepResult(cand, summary, kl, score, parts, len(by_id), per_probe))
         if progress:
-            progress(len(out), len(candidates))
+            progress("sweep", len(out), len(candidates))
     out.sort(key=lambda r: -r.score)
     return out

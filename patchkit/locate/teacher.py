@@ -154,7 +154,6 @@ def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("
     Returns "mean" / "odds": {group: [k] mean target log-prob / log-odds}, and on request "logp" ([k, N] target
     log-probs), "argmax" ([k, N]) and "logprobs" ([k, N, V] full log-softmax, only for small N). With `denom`
     (a whole batch's `counts()`) the means divide by those counts: a chunk's share of the whole batch's mean."""
-    import torch
 
     ids, attn, rows, pos = batch.tiled(k) if k > 1 else (batch.ids, batch.attn, batch.rows, batch.pos)
     hid = hidden_states(model, ids, attn)
