@@ -260,9 +260,9 @@ def detect(text: str, *, truth: Sequence[str] | None = None, aliases: Mapping[st
             label, ev = looped
             ev.where = "thinking"
             return Verdict(label, ev, completeness, finished)
-        ev = _doom(thinking, thresholds)
-        if ev is not None:
-            return Verdict("doom", ev, completeness, finished)
+        doom = _doom(thinking, thresholds)
+        if doom is not None:
+            return Verdict("doom", doom, completeness, finished)
         return Verdict("truncated", _progress(thinking, "thinking"), completeness, finished)
     looped = _loop_in(text, thresholds, finished=finished) or (None if finished else certain_loop(text))
     if looped is not None:

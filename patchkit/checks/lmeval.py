@@ -70,7 +70,7 @@ def write_local_task(directory: str | Path, *, task_file: str | Path | None = No
     return out
 
 
-def _evaluate(model: Any, tok: Any, tasks: Sequence[str], include_path: str | None, limit: int | None,
+def _evaluate(model: Any, tok: Any, tasks: Sequence[str], include_path: str | list[str] | None, limit: int | None,
               batch_size: int) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -92,6 +92,13 @@ def _evaluate(model: Any, tok: Any, tasks: Sequence[str], include_path: str | No
     return out
 
 
+def _sample_count(n: Any) -> int | None:
+    """lm-eval's per-task sample count ({"effective", "original"}); None when it gave none."""
+    if not isinstance(n, dict):
+        return None
+    return int(n["effective"] if "effective" in n else n.get("original", 0))
+
+
 def _metrics(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{task: {metric: {"value", "stderr", "n"}}} from lm-eval's "metric,filter" / "metric_stderr,filter" keys."""
     out: dict[str, dict[str, Any]] = {}
@@ -108,7 +115,7 @@ def _metrics(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[str, di
             n = n_samples.get(task, {})
             metrics[name] = {"value": float(value),
                              "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                             "n": int(n.get("effective", n.get("original", 0))) if isinstance(n, dict) else None}
+                             "n": _sample_count(n)}
         out[task] = metrics
     return out
 

@@ -355,6 +355,8 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
                 toks = cont[k]
                 total = first_logp[row, toks[0]].item()
                 if len(toks) > 1:
+                    if rest_logp is None:  # tail > 0 whenever a continuation has more than one token
+                        raise CheckError("internal error: multi-token continuation without its continuation pass")
                     target = torch.tensor(toks[1:], device=rest_logp.device)
                     total += rest_logp[r, : len(toks) - 1].gather(-1, target[:, None]).sum().item()
                 out[m][k] = total
@@ -436,7 +438,7 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
         generated = None
     timings["qa_loglik"] = time.perf_counter() - t0  # includes the greedy answers when they share the pass
     t0 = time.perf_counter()
-    results = []
+    results: list[TaskScores] = []
     for (model, tokenizer), ll in zip(models, logliks):
         n = len(tasks.items)
         raw = [np.full(len(it.options), -np.inf) for it in tasks.items]

@@ -130,9 +130,9 @@ def compare_teacher_forced(
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
-            seq = sequences[i].ids
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
+            tokens = sequences[i].ids
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
         ids, mask = ids.to(device), mask.to(device)
         logits_b = _forward_logits(base, ids, mask)
         logits_p = _forward_logits(patched, ids, mask)

@@ -7,6 +7,7 @@ Each entry maps a command name to "module:attribute"; a module that is not there
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import click
 

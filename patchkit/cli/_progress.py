@@ -23,6 +23,7 @@ def progress_bars(console: Console, *, unit: Literal["bytes", "items"] = "items"
         BarColumn,
         DownloadColumn,
         MofNCompleteColumn,
+        TaskID,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
@@ -35,7 +36,7 @@ def progress_bars(console: Console, *, unit: Literal["bytes", "items"] = "items"
                (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TimeRemainingColumn()))
     with RichProgress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def update(stage: str, done: int, total: int, /) -> None:
             if stage not in tasks:

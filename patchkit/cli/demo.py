@@ -8,13 +8,14 @@ from typing import Any
 import click
 
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.workflows.demo import DemoEvents
 
 _STAGE_LABELS = {"base": "base model: generating", "patched": "patched model: generating",
                  "controls": "bench: base answers to controls", "teacher-forced": "bench: teacher-forced KL / ppl",
                  "qa": "bench: question set"}
 
 
-class RichEvents:
+class RichEvents(DemoEvents):
     """Stage lines, a progress bar per long stage, the model card, and plain notes, on one console."""
 
     def __init__(self, console: Any, *, show_card: bool = True):

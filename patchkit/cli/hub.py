@@ -9,7 +9,7 @@ import click
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

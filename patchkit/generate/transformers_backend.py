@@ -9,6 +9,7 @@ depend on which other prompts shared its batch.
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ class TransformersBackend:
                     if row.stop is None and len(row.tokens) >= row.request.max_new_tokens:
                         row.stop = "length"
                     if row.stop is None and row.watch is not None:
-                        label = row.watch.check(len(row.tokens), lambda row=row: self._decode(row.tokens))
+                        label = row.watch.check(len(row.tokens), functools.partial(self._decode, row.tokens))
                         if label is not None:
                             row.stop, row.loop_label = "loop", label
                 if row.stop is None:
@@ -280,7 +281,9 @@ def _mergeable(cache: Any) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    if not layers:
+        return False
+    return all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _left_pad(t: Any, length: int, dim: int) -> Any:

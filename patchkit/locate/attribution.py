@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from patchkit._io.progress import Progress
+from patchkit.errors import PatchkitError
 from patchkit.locate.candidates import Candidate, Edit
 from patchkit.locate.hooks import ModelView, row_edits
 from patchkit.locate.teacher import GRAD_ROWS, ScoreBatch, group_grads, score
@@ -71,7 +72,10 @@ def _grab(view: ModelView, layers: Sequence[int], acts: dict) -> Iterator[None]:
                     acts[("expert", layer)] = (weights, index)
                     return output
 
-                handles.append(view.router(layer).register_forward_hook(route))
+                router = view.router(layer)
+                if router is None:  # is_moe(layer) says it is there
+                    raise PatchkitError(f"layer {layer} has no router")
+                handles.append(router.register_forward_hook(route))
         yield
     finally:
         for h in handles:

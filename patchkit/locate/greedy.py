@@ -7,6 +7,7 @@ loop) leave the batch and the KV cache at once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -80,7 +81,7 @@ def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eo
                         if len(r.generated) >= r.max_new_tokens:
                             r.stop = "length"
                         elif (watch := watches[b]) is not None:
-                            label = watch.check(len(r.generated), lambda r=r: decode(r.generated))
+                            label = watch.check(len(r.generated), functools.partial(decode, r.generated))
                             if label is not None:
                                 r.stop, r.loop_label = "loop", label
                     if r.stop is None:

@@ -54,6 +54,8 @@ class ModelView:
 
     def num_experts(self, layer: int) -> int:
         experts = self.experts(layer)
+        if experts is None:
+            raise PatchkitError(f"layer {layer} has no experts: it is not an MoE layer")
         for attr in ("num_experts", "num_local_experts"):
             if hasattr(experts, attr):
                 return int(getattr(experts, attr))
@@ -85,19 +87,19 @@ class RowEdits:
                 else:
                     by_layer[e.layer].append((row, e.index, e.factor))
         device = view.device
-        for layer, items in by_layer.items():
+        for layer, neuron_items in by_layer.items():
             width = view.intermediate_size(layer)
             f = torch.ones(self.n, width)
-            for row, index, factor in items:
+            for row, index, factor in neuron_items:
                 if not 0 <= index < width:
                     raise PatchkitError(f"neuron {index} is out of range for layer {layer} (intermediate size {width})")
                 f[row, index] = factor
             self.neuron[layer] = f.to(device)
-        for layer, items in by_moe.items():
+        for layer, expert_items in by_moe.items():
             if not view.is_moe(layer):
                 raise PatchkitError(f"layer {layer} has no router/experts: expert edits need an MoE layer")
             m = torch.ones(self.n, view.num_experts(layer))
-            for row, index in items:
+            for row, index in expert_items:
                 m[row, index] = 0.0
             self.expert[layer] = m.to(device)
 
@@ -129,7 +131,10 @@ class RowEdits:
                     keep = m.repeat_interleave(per_row, dim=0).gather(1, index).to(weights.dtype)
                     return probs, weights * keep, index
 
-                handles.append(self.view.router(layer).register_forward_hook(route))
+                router = self.view.router(layer)
+                if router is None:  # checked in __init__; the model changed under us
+                    raise PatchkitError(f"layer {layer} has no router: expert edits need an MoE layer")
+                handles.append(router.register_forward_hook(route))
             yield self
         finally:
             for h in handles:

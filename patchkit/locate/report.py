@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from patchkit.errors import PatchkitError
+
 __all__ = ["write_outputs", "recipe_text", "rate"]
 
 METHOD = ("per-layer MLP/expert ablation (attribution patching + exact) on teacher-forced looping transcripts; "
@@ -95,6 +97,8 @@ def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | Non
                                        "score": round(heldout["score"], 4)}
     data: dict[str, Any] = {"patchkit": 1, "name": _slug(ref), "model": spec, "source": source}
     if confirmed and best is not None:
+        if heldout is None:
+            raise PatchkitError("locate report says the edit was confirmed, but there are no held-out scores")
         data["description"] = (f"Found by patchkit locate: {best.candidate.label}; held-out loop rate "
                                f"{heldout['base']['loops']}/{heldout['base']['n']} -> "
                                f"{heldout['edited']['loops']}/{heldout['edited']['n']}.")

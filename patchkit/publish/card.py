@@ -181,7 +181,9 @@ def report_rows(report: dict | None, prefix: str) -> list[Row]:
         # per-model reports: {"base": {"overall": {...}}, "patched": {"overall": {...}}} (also under models/results)
         if isinstance(holder, dict) and isinstance(holder.get("patched"), dict) \
                 and isinstance(holder["patched"].get("overall"), dict):
-            base = holder.get("base") if isinstance(holder.get("base"), dict) else {}
+            base = holder.get("base")
+            if not isinstance(base, dict):
+                base = {}
             rows.extend(_rows_from_overall({"base": base.get("overall") or {}, "patched": holder["patched"]["overall"]},
                                            prefix))
             break

@@ -144,11 +144,12 @@ def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list
             raise DemoError(f"{path}: recipe has no resolved edits to apply",
                             hint="pass a recipe with `edits:` (resolution.status: resolved)")
         return loaded, path, "argument"
-    path = default_recipe_path()
-    if path is None:
+    default_path = default_recipe_path()
+    if default_path is None:
         say(f"recipes/{DEFAULT_RECIPE} does not exist (yet): patchkit has no vetted edit for SmolLM2-135M. "
             "Pass your own with --recipe R to run the rest of the pipeline; stopping after the base loop check.")
         return None, None, None
+    path = default_path
     loaded = _load_recipe(path)
     if _is_unresolved(loaded):
         candidate = _candidate_recipe(loaded, workdir)
@@ -319,7 +320,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     patched_run = None
     diff_report = bench_report = None
     card_text = None
-    if recipe is None:
+    if recipe is None or recipe_path is None:  # _choose_recipe returns both or neither
         result.stopped = "no recipe"
     else:
         # 3. apply
@@ -328,7 +329,8 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
             from patchkit.edit.apply import apply_recipe
 
             applied = apply_recipe(recipe_path, model=str(model_dir), out=patched_dir)  # path: verbatim provenance
-            st.summary = f"{len(applied.provenance.get('edits', []))} slice edit(s) written to patched-model/"
+            n_edits = len((applied.provenance or {}).get('edits', []))  # None only on a dry run
+            st.summary = f"{n_edits} slice edit(s) written to patched-model/"
         # 4. diff
         with _timed("diff", "diff base vs patched (every tensor)", events, timings) as st:
             from patchkit.edit.diff import diff_checkpoints, recipe_edits
