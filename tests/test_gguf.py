@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import struct
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ def _write_gguf(path: Path, arch: str) -> Path:
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(8, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -47,7 +50,7 @@ def _keys(directory: Path) -> dict[str, str]:
 def test_read_info_and_unknown_architecture_is_refused_before_loading(tmp_path, monkeypatch):
     path = _write_gguf(tmp_path / "odd.gguf", "frobnicator")
     info = pg.read_gguf_info(path)
-    assert info.architecture == "frobnicator" and info.tensor_count == 1 and info.tensor_types == {"F32": 1}
+    assert info.architecture == "frobnicator" and info.tensor_count == 2 and info.tensor_types == {"F32": 2}
     monkeypatch.setattr(pg, "_load_gguf", lambda *a: pytest.fail("must refuse before loading the model"))
     with pytest.raises(ModelError, match=r"architecture 'frobnicator' is not supported.*supported: .*llama"):
         pg.import_gguf(path, out=tmp_path / "out")
@@ -72,7 +75,7 @@ def test_missing_gguf_package_is_a_clear_error(tmp_path, monkeypatch):
 def test_not_a_gguf_and_missing_file(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_text("hello, not a gguf\n")
-    with pytest.raises(ModelError, match="bad.gguf: not a readable GGUF file"):
+    with pytest.raises(ModelError, match="bad.gguf: not a GGUF file"):
         pg.read_gguf_info(bad)
     with pytest.raises(ModelError, match="nope.gguf: GGUF file not found"):
         pg.import_gguf(tmp_path / "nope.gguf", out=tmp_path / "out")
@@ -163,10 +166,16 @@ def test_output_is_atomic_and_not_overwritten_without_force(tmp_path, monkeypatc
     with pytest.raises(ModelError, match="exists and is not empty.*force=True"):
         pg.import_gguf(path, out=out)
     assert (out / "keep.txt").read_text() == "x"
-
     monkeypatch.setattr(pg, "_load_gguf", lambda p, info: (_tiny_llama(tie=True), None))
-    pg.import_gguf(path, out=out, force=True)
-    assert not (out / "keep.txt").exists() and pg.is_complete_import(out)
+    with pytest.raises(ModelError, match="not an earlier GGUF import.*replaces only directories it wrote"):
+        pg.import_gguf(path, out=out, force=True)  # force never replaces a directory patchkit did not write
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+
+    pg.import_gguf(path, out=out)  # an empty directory is fine
+    (out / "stale.txt").write_text("from an earlier import")
+    pg.import_gguf(path, out=out, force=True)  # an earlier import is replaced with force
+    assert not (out / "stale.txt").exists() and pg.is_complete_import(out)
     prov = pg.read_provenance(out)
     assert prov["source"]["sha256"] == pg.sha256_file(path) and prov["source"]["package"] is None
     assert prov["dtype"] == "float32" and prov["gguf"]["architecture"] == "llama"
@@ -244,7 +253,12 @@ def test_real_roundtrip_matches_the_gguf_model(smollm2_dir):
     template = GGUFReader(str(src)).fields["tokenizer.chat_template"].contents()
     tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
     assert tok.chat_template == template  # the GGUF's own chat template travels with the checkpoint
-    ref = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32).eval()
+    ref, loading = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32,
+                                                        output_loading_info=True)
+    ref.eval()
+    from patchkit.model.gguf_header import check_loaded
+
+    check_loaded(src, loading)  # the real file fills every parameter: import's missing-weights refusal never fires
     imp = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32).eval()
     assert imp.lm_head.weight.data_ptr() == imp.model.embed_tokens.weight.data_ptr()  # re-tied on load
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
@@ -272,3 +286,82 @@ def test_tensors_sharing_one_buffer_are_saved_separately(tmp_path):
     pg.write_safetensors_shards(state, tmp_path)
     loaded = load_file(str(tmp_path / "model.safetensors"))
     assert torch.equal(loaded["lm_head.weight"], fused[:n]) and torch.equal(loaded["model.embed_tokens.weight"], fused[n:])
+
+
+# ----------------------------------------------------------------------------------------- hardening
+
+
+def test_output_that_is_a_file_or_a_link_is_refused_even_with_force(tmp_path, monkeypatch):
+    path = _write_gguf(tmp_path / "m.gguf", "llama")
+    monkeypatch.setattr(pg, "_load_gguf", lambda *a: pytest.fail("must refuse before loading the model"))
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ModelError, match="afile: output path exists and is a file"):
+        pg.import_gguf(path, out=afile, force=True)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / pg.PROVENANCE_FILE).write_text("{}")
+    (tmp_path / "alink").symlink_to(target)
+    with pytest.raises(ModelError, match="alink: output path exists and is a link"):
+        pg.import_gguf(path, out=tmp_path / "alink", force=True)
+    assert afile.read_text() == "mine" and (target / pg.PROVENANCE_FILE).read_text() == "{}"
+
+
+@pytest.mark.parametrize("exc", [ValueError("bad"), struct.error("unpack requires a buffer of 8 bytes"),
+                                 IndexError("index 0 is out of bounds"), MemoryError(), OverflowError("too big"),
+                                 KeyError("Duplicate"), RecursionError("deep"), np.exceptions.AxisError(3, 2)])
+def test_reader_errors_become_one_line_model_errors(tmp_path, monkeypatch, exc):
+    path = _write_gguf(tmp_path / "m.gguf", "llama")
+
+    def boom(*_a, **_k):
+        raise exc
+
+    monkeypatch.setattr(gguf, "GGUFReader", boom)
+    with pytest.raises(ModelError) as info:
+        pg.read_gguf_info(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: not a readable GGUF file ({type(exc).__name__}") and "\n" not in text
+
+
+def test_header_caps_are_checked_against_the_file_size(tmp_path):
+    from hostile.test_gguf import raw_gguf
+
+    from patchkit.model import gguf_header as gh
+
+    # 1,000 tensors claimed, 384 bytes of file: refused from the counts alone, before any tensor info is read
+    with pytest.raises(ModelError, match="1000 tensors and 2 metadata keys, more than the \\d+ bytes after it"):
+        gh.validate_gguf(raw_gguf(tmp_path / "m.gguf", n_tensors=1000))
+    with pytest.raises(ModelError, match="larger than any GGUF patchkit opens"):
+        gh.validate_gguf(raw_gguf(tmp_path / "m.gguf"), max_bytes=100)
+
+
+def test_load_model_validates_a_gguf_first(tmp_path):
+    from hostile.test_gguf import raw_gguf, tiny_llama_gguf
+
+    from patchkit.generate.loading import load_model
+
+    os.mkfifo(tmp_path / "fifo.gguf")
+    (tmp_path / "dir.gguf").mkdir()
+    cases = {"fifo.gguf": "is a FIFO", "dir.gguf": "is a directory", "nope.gguf": "GGUF file not found"}
+    raw_gguf(tmp_path / "lies.gguf", n_kv=1 << 62)
+    cases["lies.gguf"] = "metadata keys"
+    tiny_llama_gguf(tmp_path / "holes.gguf", drop=("blk.0.ffn_down.weight",))
+    cases["holes.gguf"] = r"has no weights for 1 parameter\(s\) of the model \(model.layers.0.mlp.down_proj.weight\)"
+    for name, why in cases.items():
+        with pytest.raises(ModelError, match=f"^{tmp_path / name}: .*{why}"):
+            load_model(tmp_path / name)
+    model, tok = load_model(tiny_llama_gguf(tmp_path / "ok.gguf"))
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.pad_token is not None
+
+
+def test_cli_max_shard_size_must_be_a_positive_finite_size(tmp_path):
+    from click.testing import CliRunner
+
+    from patchkit.cli import main
+
+    path = _write_gguf(tmp_path / "m.gguf", "llama")
+    for size in ("1e999GB", "0", "-5MB", "lots"):
+        result = CliRunner().invoke(main, ["import-gguf", str(path), "-o", str(tmp_path / "o"), "--max-shard-size", size])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(errors) == 1 and "is not a size" in errors[0], result.output
+    assert not (tmp_path / "o").exists()

