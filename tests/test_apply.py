@@ -76,10 +76,26 @@ def test_apply_rewrites_only_the_edited_shard(tmp_path, base, monkeypatch):
     assert changed.size and set(changed.tolist()) <= allowed
     down0, _ = header.absolute("model.layers.1.mlp.down_proj.weight")
     assert any(down0 <= c < down0 + 16 * 24 * 2 for c in changed)
-    # untouched big files are linked, not copied, when the filesystem allows it
-    assert os.stat(out / "model-00001-of-00003.safetensors").st_ino == os.stat(base / "model-00001-of-00003.safetensors").st_ino
-    # small files (configs, cards) are copied: editing them in the output must not touch the base
+    # untouched files are copies (or reflinks), never hard links: writing into the output cannot reach the base
+    for rel in before:
+        assert os.stat(out / rel).st_ino != os.stat(base / rel).st_ino, rel
+        assert os.stat(base / rel).st_mode & 0o200, rel  # the base stays writable
+
+
+def test_link_hard_links_big_untouched_shards_read_only(tmp_path, base, monkeypatch):
+    monkeypatch.setattr("patchkit.edit.stream.LINK_MIN_BYTES", 4096)  # the tiny shards count as large here
+    monkeypatch.setattr("patchkit.edit.stream._reflink", lambda src, dst: False)  # as on ext4
+    recipe = write_recipe(tmp_path / "r.yaml")
+    result = apply_recipe(recipe, model=str(base), out=tmp_path / "out", link=True)
+    out = tmp_path / "out"
+    linked = "model-00001-of-00003.safetensors"
+    assert os.stat(out / linked).st_ino == os.stat(base / linked).st_ino
+    # one inode, one mode: the linked file is read-only in the output and therefore in the base too
+    assert not os.stat(out / linked).st_mode & 0o222 and not os.stat(base / linked).st_mode & 0o222
+    # the rewritten shard and small files (configs, cards) are never linked
     assert os.stat(out / "config.json").st_ino != os.stat(base / "config.json").st_ino
+    assert os.stat(out / "model-00002-of-00003.safetensors").st_mode & 0o200
+    assert result.provenance["output_files"][linked]["sha256"] == sha(base / linked)
 
 
 def test_provenance_follows_the_contract(tmp_path, base):
@@ -117,13 +133,45 @@ def test_existing_output_is_refused_unless_forced(tmp_path, base):
     recipe = write_recipe(tmp_path / "r.yaml")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
     with pytest.raises(ApplyError, match=r"out already exists .set force=True to replace it; or choose another output directory."):
         apply_recipe(recipe, model=str(base), out=out)
-    assert (out / "keep.txt").read_text() == "mine"
-    apply_recipe(recipe, model=str(base), out=out, force=True)
-    assert not (out / "keep.txt").exists() and (out / PROVENANCE_FILE).exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    apply_recipe(recipe, model=str(base), out=out, force=True)  # an empty directory may be replaced
+    assert (out / PROVENANCE_FILE).exists()
+    first = json.loads((out / PROVENANCE_FILE).read_text())["created"]
+    apply_recipe(write_recipe(tmp_path / "r2.yaml", name="other"), model=str(base), out=out, force=True)
+    assert json.loads((out / PROVENANCE_FILE).read_text())["recipe"]["normalized"]["name"] == "other" and first
+    assert not [p for p in tmp_path.iterdir() if ".patchkit-tmp-" in p.name]
+
+
+def test_force_replaces_only_what_patchkit_wrote(tmp_path, base):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(ApplyError, match=r"mine is not empty and not a patchkit apply output .* refusing to replace it"):
+        apply_recipe(recipe, model=str(base), out=mine, force=True)
+    assert (mine / "keep.txt").read_text() == "mine"
+    # an apply output the user added a file to
+    out = tmp_path / "out"
+    apply_recipe(recipe, model=str(base), out=out)
+    (out / "eval-results.json").write_text("{}")
+    with pytest.raises(ApplyError, match=r"holds eval-results.json, which patchkit did not write"):
+        apply_recipe(recipe, model=str(base), out=out, force=True)
+    assert (out / "eval-results.json").exists()
+    # a model patched in place carries a patchkit.json too, but it is the user's model
+    inplace = tmp_path / "inplace"
+    shutil.copytree(base, inplace)
+    apply_recipe(recipe, model=str(inplace), in_place=True)
+    with pytest.raises(ApplyError, match="is a model patched in place"):
+        apply_recipe(recipe, model=str(base), out=inplace, force=True)
+    # a file, or a link, is never replaced by a directory
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ApplyError, match="is not a directory"):
+        apply_recipe(recipe, model=str(base), out=tmp_path / "afile", force=True)
+    (tmp_path / "alink").symlink_to(out)
+    with pytest.raises(ApplyError, match="is a symlink"):
+        apply_recipe(recipe, model=str(base), out=tmp_path / "alink", force=True)
+    assert (tmp_path / "afile").read_text() == "x" and (out / "eval-results.json").exists()
 
 
 def test_reapplying_onto_own_output_is_refused(tmp_path, base):
@@ -213,24 +261,21 @@ def test_read_only_parent_is_reported(tmp_path, base):
     assert list(ro.iterdir()) == []
 
 
-def test_interrupted_in_place_is_detected(tmp_path, base, monkeypatch):
+def test_in_place_failure_between_shard_renames_rolls_back(tmp_path, base, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 2, neuron: 1, op: invert}"])
+    before = snapshot(base)
     calls = []
+    real_replace = os.replace
 
-    def swap_once(tmp, dst):
-        if calls:
-            raise OSError(errno.EIO, "simulated crash between two shard renames")
-        calls.append(dst)
-        os.replace(tmp, dst)
+    def replace_once(src, dst):
+        if str(dst).endswith(".safetensors"):
+            calls.append(dst)
+            if len(calls) == 2:  # the second shard's swap fails; the rollback's own renames go through
+                raise OSError(errno.EIO, "simulated failure between two shard renames", str(dst))
+        return real_replace(src, dst)
 
-    import patchkit.edit.in_place
-
-    real_swap = patchkit.edit.in_place._swap_in
-    monkeypatch.setattr("patchkit.edit.in_place._swap_in", swap_once)
-    with pytest.raises(ApplyError, match="some may be replaced already"):
+    monkeypatch.setattr("patchkit.edit.in_place.os.replace", replace_once)
+    with pytest.raises(ApplyError, match="rolled back: every shard is the original again"):
         apply_recipe(recipe, model=str(base), in_place=True)
-    assert (base / ".patchkit-in-place.json").exists() and not (base / PROVENANCE_FILE).exists()
-    assert not [p for p in base.iterdir() if ".patchkit-tmp-" in p.name]
-    monkeypatch.setattr("patchkit.edit.in_place._swap_in", real_swap)
-    with pytest.raises(ApplyError, match=r"interrupted --in-place apply .*model-00001-of-00003.safetensors, model-00003-of-00003"):
-        apply_recipe(recipe, model=str(base), out=tmp_path / "out")
+    assert calls and snapshot(base) == before  # the first shard was replaced, then put back
+    assert not [p for p in base.iterdir() if p.name.startswith(".")]  # no journal, lock, temps or backups left

@@ -13,6 +13,7 @@ import pytest
 from fixtures.tiny_models import raw_llama_checkpoint
 from test_apply import snapshot, write_recipe
 
+from patchkit._io.atomic import temp_tag
 from patchkit.edit.apply import apply_recipe
 from patchkit.edit.verify import verify_patched
 
@@ -84,7 +85,8 @@ def test_sigkill_at_each_point_leaves_source_intact_and_output_absent_or_complet
     assert outcomes[("write", 7)] == "absent" and outcomes[("provenance", 1)] == "absent"
     # a later apply to the same output removes the dead run's temp dir and succeeds
     out = tmp_path / "out-write-7"
-    assert any(p.name.startswith(".out-write-7.patchkit-tmp-") for p in tmp_path.iterdir())
+    prefix = f".{temp_tag(out.name)}.patchkit-tmp-"
+    assert any(p.name.startswith(prefix) for p in tmp_path.iterdir())
     apply_recipe(recipe, model=str(base), out=out)
-    assert not any(p.name.startswith(".out-write-7.patchkit-tmp-") for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(prefix) for p in tmp_path.iterdir())
     assert verify_patched(recipe, model=str(base), patched=out).ok

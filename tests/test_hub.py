@@ -453,3 +453,28 @@ def test_validate_and_apply_accept_a_hub_model_ref(hub, dirs, tmp_path):
     assert applied.exit_code == 0, applied.output
     for shard in SHARDS:
         assert (out / shard).read_bytes() == (patched / shard).read_bytes()
+
+
+def test_push_refuses_a_file_containing_the_token_and_never_shows_it(hub, dirs, tmp_path):
+    """A token pasted into a config (or a shard) is found before any request; the message names the file only."""
+    from patchkit.publish import hub as pkhub
+
+    _, patched = dirs
+    config = patched / "config.json"
+    clean = config.read_text()
+    plan = pkhub.plan_push(patched, "alice/tiny-fix", token="hf_" + "n" * 32)  # scanned for another token
+    config.write_text(clean.rstrip().rstrip("}") + f', "hub_token": "{hub.token}"}}')
+    result = run_cli("push", str(patched), "--repo", "alice/tiny-fix")
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert str(config) in lines[0] and "contains your Hugging Face token" in lines[0]
+    assert hub.token not in result.output
+    # an explicit token is scanned for too
+    config.write_text(config.read_text().replace(hub.token, hub.read_token))
+    with pytest.raises(PatchkitError, match="contains your Hugging Face token") as info:
+        pkhub.push(patched, "alice/tiny-fix", token=hub.read_token, progress=False)
+    assert hub.read_token not in str(info.value)
+    # a plan scanned for another token is scanned again, for the token the upload uses, before any request
+    with pytest.raises(PatchkitError, match="config.json: contains your Hugging Face token"):
+        pkhub.execute_push(plan, token=hub.read_token)
+    assert hub.log == []

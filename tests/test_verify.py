@@ -118,3 +118,24 @@ def test_cli_apply_diff_verify(tmp_path):
     assert json.loads(res.stdout)["first_difference"]["tensor"] == "model.layers.2.mlp.down_proj.weight"
     res = runner.invoke(main, ["verify", str(recipe), "--model", str(base), "--patched", str(base)])
     assert res.exit_code == 1 and "model.layers.2.mlp.down_proj.weight" in res.stderr
+
+
+def test_verify_catches_a_write_through_a_hard_link(tmp_path, monkeypatch):
+    """With `link=True` an output shard is the base's inode: a write into it changes both, so comparing them proves
+    nothing; verify hashes it and checks the sha256 the output's patchkit.json recorded."""
+    monkeypatch.setattr("patchkit.edit.stream.LINK_MIN_BYTES", 4096)
+    monkeypatch.setattr("patchkit.edit.stream._reflink", lambda src, dst: False)
+    base = raw_llama_checkpoint(tmp_path / "base", "F32", shards=3)
+    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 1, neuron: 4, op: invert}"])
+    out = tmp_path / "out"
+    apply_recipe(recipe, model=str(base), out=out, link=True)
+    shard = out / "model-00003-of-00003.safetensors"
+    assert os.path.samefile(shard, base / shard.name)
+    assert verify_patched(recipe, model=str(base), patched=out).ok
+    st = os.stat(shard)
+    shard.chmod(0o644)  # the read-only mode apply set is what a careless tool would have to defeat first
+    _flip_byte(shard, st.st_size - 1)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = verify_patched(recipe, model=str(base), patched=out)
+    assert not result.ok and result.first_difference["file"] == shard.name
+    assert "hard link to the base file, the base changed too" in result.first_difference["reason"]

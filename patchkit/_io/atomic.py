@@ -3,14 +3,19 @@
 Every file patchkit writes (recipes, provenance, reports, plots, caches, cards) goes through here: a temp file
 beside the target (same filesystem, so the rename is atomic), fsync, then `os.replace`. A crash leaves at most a
 dot-prefixed temp file, which the next write of the same target ignores.
+
+Temp names stay short whatever the target's name (`temp_tag`): a name may be up to 255 bytes, and a temp name
+built by appending a suffix to it would not be.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -18,14 +23,38 @@ from typing import IO, Any
 #: marks patchkit's temp files and directories so that listings (push, diff) can skip them
 TMP_MARK = ".patchkit-tmp-"
 
+_READABLE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def temp_tag(name: str, *, keep: int = 24) -> str:
+    """A short, deterministic stand-in for a file name in temp names: its first `keep` plain characters (for people
+    reading a listing) and 10 hex digits of its sha256 (so two targets never share a tag). At most keep + 11 chars."""
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:10]
+    readable = _READABLE.sub("", name)[:keep].strip(".")
+    return f"{readable}-{digest}" if readable else digest
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make renames and unlinks in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True) -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on a clean exit fsync it and rename it over `path`, else remove it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = target.suffix or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", suffix=suffix, dir=target.parent)
+    suffix = target.suffix if 1 < len(target.suffix) <= 16 else ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{temp_tag(target.name)}{TMP_MARK}", suffix=suffix, dir=target.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -57,12 +86,3 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2) -> Path:
     """JSON (non-JSON values rendered with `str`), newline-terminated, atomically."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
-
-
-def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Let `write(tmp_path)` produce the file (e.g. matplotlib's savefig), then rename it over `path`."""
-    target = Path(path)
-    with atomic_open(target, "wb") as fh:
-        tmp = Path(fh.name)
-        write(tmp)
-    return target

@@ -1,11 +1,19 @@
 """The one SHA-256 helper: streamed file hashing with a cache, so multi-gigabyte shards are not re-read.
 
 Provenance records the sha256 of every source and output shard, and `push` checks them again. Hashing 60 GB on
-each run would dwarf the copy it accompanies, so digests are reused when they are already known for certain:
-- an HF cache blob is named by its sha256 (LFS files: 64 hex characters), so the name is the digest;
+each run would dwarf the copy it accompanies, so `apply` and `push` reuse digests they already know:
+- an HF cache blob is named by its sha256 (LFS files: 64 hex characters), so the name is the digest
+  (`blob_sha256`);
 - otherwise a small cache (`$PATCHKIT_CACHE_DIR` or `~/.cache/patchkit/sha256.json`) maps a file's
-  (device, inode, size, mtime_ns) to its digest; any change to the file changes that key. Hard links share
-  an inode, so a linked output shard is a cache hit too. `PATCHKIT_NO_HASH_CACHE=1` disables it.
+  (device, inode, size, mtime_ns, ctime_ns) to its digest (`cached_sha256`). A write changes mtime and ctime;
+  restoring mtime with `os.utime` still changes ctime, which no user call can set back. Hard links share an
+  inode, so a linked output shard is a cache hit too (making a link changes ctime, so apply records the digest
+  again right after linking). `PATCHKIT_NO_HASH_CACHE=1` disables the cache.
+
+The stat cache is a speed-up, never a proof: a write inside one timestamp tick after the digest was recorded
+(or a filesystem with coarse or unreliable timestamps) leaves a stale entry. So `verify` never consults it
+(it compares bytes), and `diff` only treats files as identical without reading them when they are the same
+inode or both are HF blobs whose names are their digests (`blob_sha256`).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ def _cache_enabled() -> bool:
 
 
 def _key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def _load_cache() -> dict[str, str]:
@@ -73,18 +81,31 @@ def _remember(path: str | os.PathLike[str], digest: str) -> None:
         pass  # a cache that cannot be written only costs time
 
 
-def known_sha256(path: str | os.PathLike[str]) -> str | None:
-    """The digest of `path` if known without reading it (HF blob name or cache), else None."""
+def blob_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The digest an HF-cache blob is named by (`.../blobs/<64 hex>`), else None. Reads nothing."""
     real = os.path.realpath(path)
     name = os.path.basename(real)
     if os.path.basename(os.path.dirname(real)) == "blobs" and _HEX64.match(name):
         return name
+    return None
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The digest recorded in the stat-keyed cache for `path`'s current (dev, inode, size, mtime, ctime), else None.
+
+    A speed-up for apply and push only: never use it to conclude that two files are equal (see the module doc).
+    """
     if not _cache_enabled():
         return None
     try:
-        return _load_cache().get(_key(os.stat(real)))
+        return _load_cache().get(_key(os.stat(os.path.realpath(path))))
     except OSError:
         return None
+
+
+def known_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The digest of `path` if known without reading it (HF blob name, else the stat cache), else None."""
+    return blob_sha256(path) or cached_sha256(path)
 
 
 def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True,

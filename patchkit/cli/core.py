@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
 
 import click
 
@@ -13,7 +12,7 @@ from patchkit.cli._common import emit_json, handle_errors, json_option, ui_conso
 from patchkit.cli._progress import progress_bars
 
 
-def _human_bytes(n: int) -> str:
+def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -29,18 +28,21 @@ def _progress(as_json: bool, label: str) -> contextlib.AbstractContextManager[Pr
 @click.command("apply")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model", help="Base model: local dir, org/name or org/name@revision (default: the recipe's model).")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default: ./<recipe name>).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default: ./<recipe name>).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes to write) and write nothing.")
-@click.option("--in-place", is_flag=True, help="Patch a plain local model directory itself (invert-only recipes; writes an undo recipe).")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--in-place", is_flag=True, help="Patch a plain local model directory itself (invert-only recipes; writes an undo recipe; locked, and restartable after a crash).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory (only an empty one or an earlier apply output).")
+@click.option("--link", is_flag=True, help="Hard-link untouched shards to the base instead of copying them where the filesystem has no reflinks; the linked files (and so the base's) become read-only.")
 @json_option
 @handle_errors
-def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, in_place: bool, force: bool, as_json: bool) -> None:
+def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, in_place: bool, force: bool, link: bool,
+              as_json: bool) -> None:
     """Apply RECIPE to a model: a new checkpoint where only the edited slices differ, plus patchkit.json."""
     from patchkit.workflows.resolve import resolve_then_apply
 
     with _progress(as_json, "apply") as progress:
-        result = resolve_then_apply(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, progress=progress)
+        result = resolve_then_apply(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force,
+                                    link=link, progress=progress)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -59,7 +61,7 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
     console.print(table)
     rewritten = sorted(plan.files_to_rewrite)
     console.print(f"shards rewritten: {len(rewritten)} ({_human_bytes(plan.bytes_to_write)}); "
-                  f"shards linked unchanged: {len(plan.untouched_files)}; bytes edited: {plan.bytes_edited}")
+                  f"shards carried over unchanged: {len(plan.untouched_files)}; bytes edited: {plan.bytes_edited}")
     if dry_run:
         console.print(f"dry run: nothing written (output would be {result.out_dir})")
     else:

@@ -2,8 +2,9 @@
 
 Pass 1 reads both copies of every tensor once in 8 MiB chunks; equal chunks cost one memcmp, and only a
 chunk that differs is decoded (which elements changed, by how much, which neuron/expert they belong to).
-Files known to be identical without reading them (same inode: apply's hard links; equal known sha256)
-are skipped. Pass 2 re-reads only the changed MLP tensors to classify each changed slice over *all* of
+Files known to be identical without reading them are skipped: the same inode (hard links: `apply --link`), or two
+HF-cache blobs whose names (their sha256) are equal. The stat-keyed sha256 cache is never taken as proof of
+equality (a file rewritten with its mtime restored would keep its entry): every other byte is compared. Pass 2 re-reads only the changed MLP tensors to classify each changed slice over *all* of
 its elements: inverted (every sign bit flipped), zeroed, scaled by c (bit-exact under apply's rounding
 for a small candidate set of c), or arbitrary. `--as-recipe` turns a fully classified diff into a recipe.
 """
@@ -20,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from patchkit._io.fs import check_entry
+from patchkit._io.hashing import blob_sha256
 from patchkit._io.progress import Progress
 from patchkit.edit.bytes import RAW_DTYPES, SIGN_BITS, Selection, apply_op, raw_view, to_float32
+from patchkit.edit.output import IN_PLACE_JOURNAL, LOCK_FILE
+from patchkit.edit.provenance import PROVENANCE_FILE, read_provenance
 from patchkit.errors import PatchkitError
-from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256, read_provenance
 from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK, SafetensorsHeader, read_header
 
 #: Compare in cache-sized pieces: both buffers stay in L2/L3 between the read and the compare.
@@ -180,12 +184,14 @@ def role_of(name: str) -> tuple[int, str] | None:
 
 
 def _same_file(pa: Path, pb: Path) -> bool:
+    """Identical without reading: one inode (hard links), or two HF blobs named by the same sha256. Never the stat
+    cache (see the module doc)."""
     try:
         if os.path.samefile(pa, pb):
             return True
     except OSError:
         return False
-    ka, kb = known_sha256(pa), known_sha256(pb)
+    ka, kb = blob_sha256(pa), blob_sha256(pb)
     return bool(ka) and ka == kb and os.path.getsize(pa) == os.path.getsize(pb)
 
 
@@ -313,7 +319,7 @@ def _compare_tensor(reader: _PairReader, name, file_a, file_b, ha, hb, fd_a, fd_
                 truncated = True
     if change is None:
         return None
-    if sel_geom is not None and not truncated:
+    if sel_geom is not None and axis is not None and not truncated:
         change.slices = _classify_slices(reader, ta, sorted(touched), axis, fd_a, fd_b, start_a, start_b)
     change.slices_truncated = truncated
     return change
@@ -414,14 +420,15 @@ def _other_files(dir_a: Path, dir_b: Path, weights: set[str]) -> list[str]:
             dirs[:] = [x for x in dirs if x not in (".cache", ".git")]
             for f in files:
                 rel = os.path.relpath(os.path.join(root, f), d)
-                if rel not in weights and ".patchkit-tmp-" not in rel:
+                if rel not in weights and ".patchkit-tmp-" not in rel and rel not in (IN_PLACE_JOURNAL, LOCK_FILE):
                     out.add(rel)
         return out
 
     la, lb = listing(dir_a), listing(dir_b)
-    changed = sorted((la ^ lb))
+    changed = sorted(la ^ lb)
     for rel in sorted(la & lb):
         pa, pb = dir_a / rel, dir_b / rel
+        check_entry(pa), check_entry(pb)  # a FIFO or device would block or never end: refused by name
         if _same_file(pa, pb):
             continue
         if pa.stat().st_size != pb.stat().st_size or not _equal_files(pa, pb):
@@ -473,7 +480,8 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
             if role in ("experts.down_proj", "router.per_expert_scale"):
                 if s.classification != "zeroed":
                     raise DiffError(f"tensor {change.tensor} expert {s.index}: experts can only be suppressed (zeroed), found {s.classification}")
-                key = ("expert", change.layer, "suppress", None, "down_proj" if role == "experts.down_proj" else None)
+                key: tuple[str, int | None, str, float | None, str | None] = (
+                    "expert", change.layer, "suppress", None, "down_proj" if role == "experts.down_proj" else None)
             else:
                 factor = s.factor if s.classification == "scaled" else None
                 key = ("neuron", change.layer, _OP[s.classification], factor, "up_proj" if role == "mlp.up_proj" else None)
@@ -512,7 +520,7 @@ def recipe_text(report: DiffReport, *, name: str | None = None, repo: str | None
     model = {"repo": repo, "revision": revision, "architecture": architecture}
     doc = {
         "patchkit": 1,
-        "name": name or _slug(f"{report.b.name}-from-diff"),
+        "name": name or _slug(report.b.name, "-from-diff"),
         "description": f"Reproduces {report.b.name} from {report.a.name} (generated by patchkit diff --as-recipe).",
         "model": {k: v for k, v in model.items() if v is not None},
         "source": {"kind": "diff", "reference": f"patchkit diff {report.a} {report.b}"},
@@ -533,8 +541,13 @@ def recipe_text(report: DiffReport, *, name: str | None = None, repo: str | None
     return text
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "recipe-from-diff"
+def _slug(text: str, suffix: str = "") -> str:
+    """A valid recipe name from a directory name: a slug, no '..', at most MAX_NAME_CHARS with `suffix` kept."""
+    from patchkit.recipe.limits import MAX_NAME_CHARS
+
+    slug = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text))
+    slug = re.sub(r"^[^A-Za-z0-9]+", "", slug)[: MAX_NAME_CHARS - len(suffix)].rstrip("-.")
+    return f"{slug}{suffix}" if slug else f"recipe{suffix or '-from-diff'}"
 
 
 def _read_config(directory: Path) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from patchkit._io.atomic import TMP_MARK
+from patchkit._io.fs import UnsafeFileError, check_entry
 from patchkit._version import __version__
 from patchkit.edit.plan import Plan
 from patchkit.edit.provenance import (
@@ -16,11 +17,15 @@ from patchkit.edit.provenance import (
     utc_now,
 )
 
-
-
 UNDO_RECIPE = "patchkit-undo.yaml"
 IN_PLACE_JOURNAL = ".patchkit-in-place.json"
+#: the lock an in-place apply holds on its directory (fcntl.flock); removed when the apply ends
+LOCK_FILE = ".patchkit.lock"
+#: patchkit's own bookkeeping in a model directory: never part of a checkpoint, never copied or published
+BOOKKEEPING = frozenset({PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL, LOCK_FILE})
 _SKIP_DIRS = {".cache", ".git", ".huggingface"}
+
+
 @dataclass
 class ApplyResult:
     out_dir: Path | None
@@ -53,15 +58,37 @@ class ApplyContext:
     parent: dict | None
 
 
-def _source_files(source_dir: Path) -> list[str]:
-    """Every file of a checkpoint directory (relative paths), minus caches and our own temp/provenance files."""
+def _source_files(source_dir: Path, *, confined: bool = True) -> list[str]:
+    """Every file of a checkpoint directory (relative paths), minus caches and our own temp/provenance files.
+
+    Each entry must be a regular file (or a link to one): a FIFO, device or socket is refused by name (reading
+    one would hang or never end), and so is a link to a directory. With `confined` (what apply copies), a link
+    must also stay inside the directory or, for an HF-cache snapshot, its repo's blobs/ — a
+    `tokenizer_config.json -> ~/.cache/huggingface/token` is refused before anything is written.
+
+    Raises:
+        UnsafeFileError: the first entry that is not a file patchkit may read (exit 2).
+    """
     out = []
+    root_arg = source_dir if confined else None
     for root, dirs, files in os.walk(source_dir, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and TMP_MARK not in d)
+        kept = []
+        for d in sorted(dirs):
+            if d in _SKIP_DIRS or TMP_MARK in d:
+                continue
+            path = os.path.join(root, d)
+            if os.path.islink(path):
+                real = check_entry(path, root_arg, what="file", dir_ok=True)
+                kind = "a directory" if os.path.isdir(real) else "not a regular file"
+                raise UnsafeFileError(f"{path}: is a link to {kind} ({real}); patchkit copies only regular files",
+                                      hint="replace the link with the files themselves", data={"path": path})
+            kept.append(d)
+        dirs[:] = kept
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), source_dir)
-            if rel in (PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL) or TMP_MARK in name:
+            if rel in BOOKKEEPING or TMP_MARK in name:
                 continue
+            check_entry(os.path.join(root, name), root_arg)
             out.append(rel)
     return out
 

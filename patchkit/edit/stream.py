@@ -3,8 +3,8 @@
 Memory stays at a few chunks whatever the checkpoint size, and torch is never used: a shard holding edited
 tensors is streamed once into a new file — plain stretches are copied with `copy_file_range`, the edited
 tensors' chunks are patched on the way (`edit.bytes.edit_chunk`) — while sha256 of source and output (and of
-every edited slice before and after) are computed on the same pass in background threads. An untouched shard is
-reflinked, else hard-linked, else copied.
+every edited slice before and after) are computed on the same pass in background threads. An untouched file is
+reflinked where the filesystem can, else copied; hard links only on request (`link_or_copy(link=True)`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from patchkit.edit.bytes import edit_chunk, raw_view
 from patchkit.edit.plan import PlannedEdit
 from patchkit.errors import ApplyError
 from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK
-
 
 _FICLONE = 0x40049409
 
@@ -59,7 +58,7 @@ class PatchStream:
 
     @property
     def slice_hashes(self) -> list[tuple[str, str]]:
-        return [(b.hexdigest(), a.hexdigest()) for b, a in zip(self._before, self._after)]
+        return [(b.hexdigest(), a.hexdigest()) for b, a in zip(self._before, self._after, strict=True)]
 
     def segments(self):
         regions: dict[str, list[int]] = {}
@@ -251,30 +250,54 @@ def write_patched(
             hasher.thread.join()
 
 
-#: Files below this size are always copied: people edit configs and cards in place, and a hard link would
-#: carry that edit into the base model (or the HF cache).
+#: With `link`, files below this size are still copied: people edit configs and cards in place, and a hard link
+#: would carry that edit into the base model (or the HF cache).
 LINK_MIN_BYTES = 16 << 20
 
 
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Put a byte-identical `src` at `dst`: reflink, else hard link (large files only), else copy."""
-    src = Path(os.path.realpath(src))
-    if os.path.getsize(src) < LINK_MIN_BYTES:
-        shutil.copyfile(src, dst)
-        return "copy"
+def _reflink(src: Path, dst: Path) -> bool:
+    """Clone `src` into the new file `dst` (FICLONE: shared extents, copy on write); False where unsupported."""
     try:
         with open(src, "rb") as fin, open(dst, "xb") as fout:
             fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-        return "reflink"
+        return True
     except OSError:
         try:
             os.unlink(dst)
         except FileNotFoundError:
             pass
+        return False
+
+
+def _make_read_only(path: Path) -> None:
+    """Clear the write bits of a hard-linked file (its inode is the source's: the source becomes read-only too)."""
     try:
-        os.link(src, dst)
-        return "hardlink"
+        mode = os.stat(path).st_mode & 0o7777
+        if mode & 0o222:
+            os.chmod(path, mode & ~0o222)
     except OSError:
-        pass
+        pass  # not our file (another owner): the link stays writable for whoever may write it
+
+
+def link_or_copy(src: Path, dst: Path, *, link: bool = False) -> str:
+    """Put a byte-identical `src` at the new path `dst`; returns "reflink", "hardlink" or "copy".
+
+    A reflink shares the source's extents copy-on-write: as cheap as a link, and a later write to either file
+    never reaches the other. Where the filesystem has none (ext4), the file is copied — unless `link` allows a
+    hard link (files of LINK_MIN_BYTES and more), which shares the inode itself: writing into the output would
+    write into the source (or the HF-cache blob). A hard-linked file is therefore made read-only, which makes
+    the source read-only as well (one inode, one mode).
+    """
+    src = Path(os.path.realpath(src))
+    if _reflink(src, dst):
+        return "reflink"
+    if link and os.path.getsize(src) >= LINK_MIN_BYTES:
+        try:
+            os.link(src, dst)
+        except OSError:
+            pass
+        else:
+            _make_read_only(dst)
+            return "hardlink"
     shutil.copyfile(src, dst)
     return "copy"

@@ -4,6 +4,11 @@ Nothing is written: the expected bytes of every edited shard are regenerated in 
 (the same `PatchStream` apply writes from) and compared with the patched file; every other file must be
 byte-identical to the base. `patchkit.json` is ignored (it holds a timestamp), any other extra or missing
 file is a mismatch. The first difference is reported by file, byte offset and tensor.
+
+Every byte is read: verify never trusts the sha256 cache (a file rewritten with its mtime restored keeps its
+cache key). A file that is the same inode as the base file (an output made with `link=True`) cannot differ from
+it, so it is hashed once and checked against the sha256 the patched directory's `patchkit.json` recorded — a
+write into a hard-linked shard changed the base too, and only that record can tell.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ import numpy as np
 
 from patchkit._io.progress import Progress
 from patchkit.edit.apply import _resolve, read_recipe
-from patchkit.edit.output import UNDO_RECIPE, _source_files
+from patchkit.edit.output import IN_PLACE_JOURNAL, UNDO_RECIPE, _source_files
+from patchkit.edit.provenance import PROVENANCE_FILE, read_provenance, sha256_file
 from patchkit.edit.stream import PatchStream
-from patchkit.errors import Fix, PatchkitError
-from patchkit.edit.provenance import PROVENANCE_FILE, known_sha256
+from patchkit.errors import ApplyError, Fix, PatchkitError
 from patchkit.model.safetensors_io import CHUNK, read_header
-
 
 
 @dataclass
@@ -82,10 +86,22 @@ def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike
     patched_dir = Path(patched)
     if not patched_dir.is_dir():
         raise PatchkitError(f"{patched_dir}: not a directory", fix=Fix("patched", "DIR", "(the patched checkpoint directory)"))
+    for d in (source_dir, patched_dir):
+        if os.path.lexists(d / IN_PLACE_JOURNAL):
+            raise ApplyError(f"{d} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}); its shards may be "
+                             "mid-change", hint="run `patchkit apply` on it first: that finishes or undoes the "
+                             "interrupted apply and says which", data={"dir": str(d)})
     plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
     result = VerifyResult(ok=True, model_dir=source_dir, patched_dir=patched_dir, edits=len(plan.edits))
     expected = _source_files(source_dir)
-    actual = set(_source_files(patched_dir)) | {f for f in (UNDO_RECIPE,) if (patched_dir / f).exists()}
+    # the patched side is only read and compared, never copied: links may point anywhere (special files are refused)
+    prov = read_provenance(patched_dir) or {}
+    files_recorded = prov.get("output_files")
+    recorded: dict[str, Any] = files_recorded if isinstance(files_recorded, dict) else {}
+    # the undo recipe belongs to a model patched in place (apply writes it there); anywhere else it is extra
+    undo_expected = prov.get("in_place") is True and prov.get("undo_recipe") == UNDO_RECIPE
+    actual = set(_source_files(patched_dir, confined=False)) | {
+        f for f in (UNDO_RECIPE,) if (patched_dir / f).exists() and not undo_expected}
     extra = sorted(actual - set(expected))
     missing = [f for f in expected if f not in actual]
     if missing:
@@ -99,7 +115,7 @@ def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike
         if rel in rewritten:
             diff_at = _compare_stream(PatchStream(Path(os.path.realpath(src)), rewritten[rel]), dst, result, progress)
         else:
-            diff_at = _compare_files(src, dst, result)
+            diff_at = _compare_files(src, dst, result, recorded.get(rel))
         if diff_at is not None:
             offset, reason = diff_at
             return _fail(result, rel, offset, _tensor_at(dst if dst.exists() else src, offset), reason)
@@ -135,25 +151,29 @@ def _compare_stream(stream: PatchStream, dst: Path, result: VerifyResult, progre
     return None
 
 
-def _compare_files(src: Path, dst: Path, result: VerifyResult):
+def _compare_files(src: Path, dst: Path, result: VerifyResult, recorded: Any = None):
     size_a, size_b = os.path.getsize(src), os.path.getsize(dst)
     if size_a != size_b:
         return min(size_a, size_b), f"size {size_b} != base size {size_a}"
     try:
-        if os.path.samefile(src, dst):
-            return None
+        same = os.path.samefile(src, dst)
     except OSError:
-        pass
-    ka, kb = known_sha256(src), known_sha256(dst)
-    if ka and ka == kb:
-        return None  # otherwise read both to find where they differ
+        same = False
+    if same:  # one inode: equal to itself; what its bytes were when apply linked it, only provenance knows
+        digest = sha256_file(dst, use_cache=False)
+        result.bytes_compared += size_b
+        want = recorded.get("sha256") if isinstance(recorded, dict) else None
+        if want and digest != want:
+            return None, (f"sha256 differs from {PROVENANCE_FILE}: the file changed after apply, and as it is a hard "
+                          "link to the base file, the base changed too")
+        return None
     with open(src, "rb", buffering=0) as fa, open(dst, "rb", buffering=0) as fb:
         offset = 0
         while True:
             x, y = fa.read(CHUNK), fb.read(CHUNK)
             result.bytes_compared += len(x)
             if x != y:
-                first = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+                first = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
                 return offset + first, "bytes differ from the base file (apply leaves this file untouched)"
             if not x:
                 return None

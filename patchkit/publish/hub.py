@@ -5,6 +5,11 @@ commit (or one pull request), then `verify_remote` re-lists the remote files and
 sha256 against the local provenance. A re-run after an interruption is cheap: the client's preupload / LFS batch
 calls skip objects the server already has. `pull` and `fetch_differing_shards` download with `snapshot_download`.
 Tokens come from the standard sources (HF_TOKEN, `hf auth login`) and never appear in messages or files.
+
+What a push will not upload, refused by name before any request: a file that contains the user's Hub token (every
+byte of every file is scanned, the generated card too; the message never shows the token), a link that leaves the
+directory (except an HF-cache snapshot's links into its blobs/), a link to a directory, and special files (FIFOs,
+devices, sockets).
 """
 
 from __future__ import annotations
@@ -13,26 +18,23 @@ import hashlib
 import json
 import logging
 import os
-import random
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from patchkit._io.atomic import TMP_MARK
+from patchkit._io.fs import UnsafeFileError, check_entry
 from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
 from patchkit.edit.provenance import PROVENANCE_FILE
 from patchkit.errors import Fix, HubError, VerifyError
 from patchkit.model.hub_client import (
     RetryPolicy,
     check_repo_id,
+    download_snapshot,
     guarded,
     hub_api,
-    http_status,
     parse_repo_ref,
     resolve_token,
-    download_snapshot,
 )
 
 CARD_FILE = "README.md"
@@ -42,8 +44,9 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", 
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 _HASH_CHUNK = 8 * 1024 * 1024
 _SKIP_PARTS = {".cache", ".git", ".huggingface"}
-#: never published: the Hub manages .gitattributes; the undo recipe of an in-place apply is a local convenience
-_SKIP_FILES = {".gitattributes", "patchkit-undo.yaml"}
+#: never published: the Hub manages .gitattributes; the undo recipe of an in-place apply is a local convenience;
+#: the in-place journal and lock are patchkit's bookkeeping
+_SKIP_FILES = {".gitattributes", "patchkit-undo.yaml", ".patchkit-in-place.json", ".patchkit.lock"}
 
 _log = logging.getLogger("patchkit.publish.hub")
 
@@ -79,6 +82,7 @@ class PushPlan:
     files: list[UploadFile]
     card: str
     provenance: dict[str, Any] | None
+    token_checked: str | None = field(default=None, repr=False)  # sha256 of the token the files were scanned for
 
     @property
     def total_bytes(self) -> int:
@@ -171,16 +175,71 @@ def load_provenance(directory: Path) -> dict[str, Any] | None:
 
 
 def _local_files(directory: Path) -> list[Path]:
-    """Files to publish: skips VCS / huggingface_hub metadata and the Hub-managed root .gitattributes."""
+    """Files to publish: skips VCS / huggingface_hub metadata, patchkit's bookkeeping and the Hub-managed root
+    .gitattributes.
+
+    Raises:
+        UnsafeFileError: a link out of the directory (an HF-cache snapshot's links into its blobs/ excepted), a
+            link to a directory, or a special file — named, before anything is read or sent.
+    """
     files = []
-    for path in sorted(directory.rglob("*")):
-        rel = path.relative_to(directory)
-        if any(part in _SKIP_PARTS for part in rel.parts) or not path.is_file() or rel.as_posix() in _SKIP_FILES:
-            continue
-        if TMP_MARK in path.name:  # an apply still (or never) finishing
-            continue
-        files.append(path)
-    return files
+    for root, dirs, names in os.walk(directory, followlinks=False):
+        kept = []
+        for d in sorted(dirs):
+            path = Path(root) / d
+            if d in _SKIP_PARTS or TMP_MARK in d:
+                continue
+            if path.is_symlink():
+                check_entry(path, directory, dir_ok=True)
+                raise UnsafeFileError(f"{path}: is a link to a directory; patchkit pushes only regular files",
+                                      hint="replace the link with the files themselves", data={"path": str(path)})
+            kept.append(d)
+        dirs[:] = kept
+        for name in names:
+            path = Path(root) / name
+            rel = path.relative_to(directory)
+            if rel.as_posix() in _SKIP_FILES or TMP_MARK in name:  # TMP_MARK: an apply still (or never) finishing
+                continue
+            check_entry(path, directory)
+            files.append(path)
+    return sorted(files)
+
+
+def _token_bytes(token: str | None) -> bytes | None:
+    return token.encode("utf-8") if token and len(token) >= 8 else None
+
+
+def _contains(path: Path, needle: bytes, chunk: int = _HASH_CHUNK) -> bool:
+    """Whether the file's bytes contain `needle` anywhere (streamed; matches across chunk boundaries too)."""
+    keep = len(needle) - 1
+    buf = bytearray(chunk + keep)
+    view = memoryview(buf)
+    carried = 0
+    with open(path, "rb", buffering=0) as handle:
+        while n := handle.readinto(view[carried:carried + chunk]):
+            end = carried + n
+            if buf.find(needle, 0, end) >= 0:
+                return True
+            carried = min(keep, end)
+            buf[:carried] = buf[end - carried:end]
+    return False
+
+
+def _refuse_token(directory: Path, paths: list[Path], token: str | None, card: bytes | None = None) -> str | None:
+    """HubError naming the first file that contains the user's token (never the token); returns sha256 of the token
+    checked (None when there is no token)."""
+    needle = _token_bytes(token)
+    if needle is None:
+        return None
+    for path in paths:
+        if _contains(path, needle):
+            raise HubError(f"{path}: contains your Hugging Face token; refusing to upload it",
+                           hint="remove the token from that file (and revoke the token if the file was shared)",
+                           data={"path": str(path)})
+    if card is not None and needle in card:
+        raise HubError(f"{directory / PROVENANCE_FILE}: the model card generated from it contains your Hugging Face "
+                       "token; refusing to upload it", hint="remove the token from the recipe text recorded there")
+    return hashlib.sha256(needle).hexdigest()
 
 
 def git_blob_sha1_file(path: Path) -> str:
@@ -234,11 +293,13 @@ def _will_be_lfs(path: str, size: int) -> bool:
 def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
               private: bool = False, message: str | None = None, allow_unpatched: bool = False,
               loops_report: str | Path | dict | None = None, bench_report: str | Path | dict | None = None,
-              progress: bool = False) -> PushPlan:
+              progress: bool = False, token: str | None = None) -> PushPlan:
     """Check DIR against its provenance and decide what to upload. Touches no network.
 
     Refuses a directory without patchkit.json (unless `allow_unpatched`) and one whose files changed since
-    `patchkit apply` wrote it: the card and the post-push verification both rely on those hashes.
+    `patchkit apply` wrote it: the card and the post-push verification both rely on those hashes. Refuses, by
+    name, a file containing the Hub token (`token`, else the one huggingface_hub would use), a link out of the
+    directory and a special file.
     """
     from patchkit.publish.card import card_for_dir
 
@@ -253,6 +314,8 @@ def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = Non
     paths = [p for p in _local_files(directory) if p.relative_to(directory).as_posix() != CARD_FILE]
     if not any(p.name != PROVENANCE_FILE for p in paths):
         raise HubError(f"{directory}: nothing to upload", hint="pass the output directory of `patchkit apply`")
+    secret = resolve_token(token)
+    token_checked = _refuse_token(directory, paths, secret)
     hashes = _hash_all(paths, progress=progress)
     if provenance is not None:
         _check_against_provenance(directory, paths, hashes, provenance)
@@ -265,13 +328,15 @@ def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = Non
                         repo_id=repo_id)
     card_text = str(card)
     card_bytes = card_text.encode("utf-8")
+    _refuse_token(directory, [], secret, card_bytes)
     files.append(UploadFile(path=CARD_FILE, size=len(card_bytes), sha256=hashlib.sha256(card_bytes).hexdigest(),
                             lfs=False, data=card_bytes))
     if message is None:
         name = ((provenance or {}).get("recipe", {}).get("normalized") or {}).get("name")
         message = f"patchkit: {name}" if name else "patchkit: upload patched checkpoint"
     return PushPlan(source_dir=directory, repo_id=repo_id, revision=revision or "main", create_pr=create_pr,
-                    private=private, message=message, files=files, card=card_text, provenance=provenance)
+                    private=private, message=message, files=files, card=card_text, provenance=provenance,
+                    token_checked=token_checked)
 
 
 def _check_against_provenance(directory: Path, paths: list[Path], hashes: dict[Path, str], provenance: dict) -> None:
@@ -302,7 +367,7 @@ def _operations(plan: PushPlan):
     ops = []
     for item in plan.files:
         if item.local_path is None:
-            op = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=item.data)
+            op = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=item.data or b"")
         else:
             op = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=str(item.local_path))
             op.upload_info.sha256 = bytes.fromhex(item.sha256)  # hashed once already in plan_push
@@ -322,6 +387,11 @@ def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | No
     if not token:
         raise HubError("no Hugging Face token found",
                        hint="set HF_TOKEN or run `hf auth login` with a token that has write access")
+    needle = _token_bytes(token)
+    if needle is not None and plan.token_checked != hashlib.sha256(needle).hexdigest():
+        # the plan was scanned for another token (or none): scan again for the one this push uses
+        _refuse_token(plan.source_dir, [f.local_path for f in plan.files if f.local_path is not None], token,
+                      b"".join(f.data or b"" for f in plan.files if f.local_path is None))
     api = hub_api(endpoint, token)
     repo_id = plan.repo_id
 
@@ -378,7 +448,7 @@ def push(directory: str | Path, repo_id: str, *, revision: str | None = None, cr
     """
     plan = plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
                      allow_unpatched=allow_unpatched, loops_report=loops_report, bench_report=bench_report,
-                     progress=progress)
+                     progress=progress, token=token)
     return execute_push(plan, endpoint=endpoint, token=token, retry=retry)
 
 
