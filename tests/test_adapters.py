@@ -234,3 +234,65 @@ def test_detection_is_exact(config, expected):
             detect_architecture(config)
     else:
         assert detect_architecture(config) == expected
+
+
+LLAMA = {"model_type": "llama", "num_hidden_layers": 3, "intermediate_size": 24}
+GEMMA = {"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
+         "text_config": {"num_hidden_layers": 4, "intermediate_size": 8}}
+
+
+@pytest.mark.parametrize("config, key", [
+    ([1, 2], "is a JSON list"),
+    ({**LLAMA, "num_hidden_layers": "four"}, "num_hidden_layers must be an integer from 1 to 10000, got 'four'"),
+    ({**LLAMA, "num_hidden_layers": -1}, "num_hidden_layers must be an integer"),
+    ({**LLAMA, "num_hidden_layers": 10**12}, "num_hidden_layers must be an integer"),
+    ({**LLAMA, "num_hidden_layers": float("nan")}, "num_hidden_layers must be an integer"),
+    ({**LLAMA, "num_hidden_layers": True}, "num_hidden_layers must be an integer"),
+    ({"model_type": "llama", "intermediate_size": 24}, "missing num_hidden_layers"),
+    ({"model_type": "llama", "num_hidden_layers": 3}, "missing intermediate_size"),
+    ({**LLAMA, "intermediate_size": [24, 24]}, "intermediate_size must be one width per layer (3 entries"),
+    ({**LLAMA, "intermediate_size": [24, "x", 24]}, "intermediate_size must be a list of integers"),
+    ({**LLAMA, "intermediate_size": 0}, "intermediate_size must be an integer from 1"),
+    ({**LLAMA, "model_type": ["llama"]}, "model_type must be a string"),
+    ({"architectures": "LlamaForCausalLM", "num_hidden_layers": 3}, "architectures must be a list"),
+    ({**GEMMA, "text_config": "oops"}, "text_config must be a JSON object, got 'oops'"),
+    ({**GEMMA, "text_config": None}, "text_config must be a JSON object, got None"),
+    ({**GEMMA, "text_config": {"num_hidden_layers": 4}}, "missing text_config.intermediate_size"),
+    ({**GEMMA, "text_config": {**GEMMA["text_config"], "num_kv_shared_layers": 5}}, "text_config.num_kv_shared_layers"),
+    ({**GEMMA, "text_config": {**GEMMA["text_config"], "use_double_wide_mlp": "yes"}}, "text_config.use_double_wide_mlp"),
+    ({**GEMMA, "text_config": {**GEMMA["text_config"], "enable_moe_block": True}}, "missing text_config.num_experts"),
+    ({**GEMMA, "text_config": {**GEMMA["text_config"], "enable_moe_block": True, "num_experts": 8,
+                               "moe_intermediate_size": -4}}, "text_config.moe_intermediate_size"),
+])
+def test_malformed_configs_are_one_model_error_naming_the_key(config, key):
+    with pytest.raises(ModelError) as info:
+        get_adapter(config, source="m/config.json")
+    assert str(info.value).startswith("m/config.json: ") and key in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("factor, dtype, expected", [
+    (0.5, "BF16", None), (3.0, "BF16", None), (-1.0, "BF16", None), (0.0, "BF16", None), (2.0, "F16", None),
+    (1.0000001, "F32", None), (1.01, "BF16", None),
+    (1.001, "BF16", "exactly 1.0 in BF16"), (1.003, "BF16", "exactly 1.0 in BF16"), (1.0004, "F16", "exactly 1.0 in F16"),
+    (1.00000001, "F32", "exactly 1.0 in F32"), (-1.002, "BF16", "exactly -1.0 in BF16"), (1e39, "F32", "inf in F32"),
+    (70000.0, "F16", "inf in F16"), (1e-50, "F32", "0 in F32"), (1e-8, "F16", "0 in F16"),
+    (float("nan"), "F32", "not a finite number"), (None, "BF16", "needs a factor"),
+])
+def test_scale_factor_problems_name_the_dtype(factor, dtype, expected):
+    from patchkit.model.adapters.base import scale_factor_problem
+
+    problem = scale_factor_problem(factor, dtype)
+    assert problem is None if expected is None else expected in problem
+
+
+def test_validate_refuses_a_factor_that_is_1_in_the_tensor_dtype(tmp_path):
+    from fixtures.tiny_models import raw_llama_checkpoint
+
+    model = raw_llama_checkpoint(tmp_path / "m", "BF16", shards=1)
+    ref = resolve_model(model)
+    adapter = get_adapter(ref.config)
+    edits = _edits("edits: [{layer: 1, neuron: 5, op: scale, factor: 1.002}]\n")
+    with pytest.raises(RecipeError, match=r"r.yaml:4:9: edits\[0\]: model.layers.1.mlp.down_proj.weight is BF16: factor "
+                                          r"1.002 is exactly 1.0 in BF16: .* 0.99609375 and 1.0078125"):
+        adapter.validate(edits, ref.headers())
+    adapter.validate(_edits("edits: [{layer: 1, neuron: 5, op: scale, factor: 1.01}]\n"), ref.headers())

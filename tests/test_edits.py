@@ -13,7 +13,7 @@ from fixtures.tiny_models import raw_llama_checkpoint
 from patchkit.edit.apply import write_patched
 from patchkit.edit.bytes import Selection, apply_op, from_float32, to_float32
 from patchkit.edit.plan import plan_edits
-from patchkit.model.safetensors_io import read_header
+from patchkit.model.safetensors_io import read_header, read_tensor_bytes
 
 DTYPES = ["BF16", "F16", "F32"]
 
@@ -159,3 +159,63 @@ def test_plan_refuses_fp8_weights_with_a_clear_message(tmp_path):
     write_file(ckpt / "model.safetensors", {"model.layers.0.mlp.down_proj.weight": ("F8_E4M3", (16, 24), b"\1" * 384)})
     with pytest.raises(SafetensorsError, match=r"model.layers.0.mlp.down_proj.weight is stored as F8_E4M3 \(quantized/fp8\)"):
         _plan(ckpt, [_edit(0, 1, "invert")])
+
+
+@pytest.mark.parametrize("inter, tensor", [(24, "down_proj"), (1100, "down_proj"), (1100, "up_proj")])
+def test_plan_reads_exactly_the_scaled_slice(tmp_path, inter, tensor):
+    """The plan-time read of a scaled slice (span read for narrow rows, one read per row for wide ones, one read
+    for a row) yields exactly the selected elements."""
+    from patchkit._io.fs import open_regular
+    from patchkit.edit.plan import _slice_values
+
+    ckpt = raw_llama_checkpoint(tmp_path / "m", "F32", shards=1, inter=inter, hidden=16)
+    plan, headers = _plan(ckpt, [_edit(1, 7, "scale", 0.5, tensor=tensor)])
+    (e,) = plan.edits
+    header = headers["model.safetensors"]
+    full = np.frombuffer(read_tensor_bytes(header, e.tensor), np.uint32).reshape(e.shape)
+    want = full[:, 7] if tensor == "down_proj" else full[7, :]
+    with open_regular(ckpt / "model.safetensors") as fh:
+        got = np.concatenate(list(_slice_values(fh, e)))
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype, factor, std, pattern", [
+    ("F16", 60000.0, 2.0, r"by 60000.0 overflows F16: \d+ of 16 elements become infinite .*largest factor that fits"),
+    ("BF16", 3e38, 4.0, r"overflows BF16"),
+    ("F32", 3e38, 4.0, r"overflows F32"),
+    ("F16", 1e-6, 0.001, r"underflows: every nonzero element becomes 0 in F16"),
+    ("BF16", 1.001, 0.5, r"factor 1.001 is exactly 1.0 in BF16: .*nearest BF16 factors are 0.99609375 and 1.0078125"),
+    ("F32", 1e39, 0.5, r"factor 1e\+39 is inf in F32"),
+    ("F16", 1e-9, 0.5, r"factor 1e-09 is 0 in F16"),
+    ("BF16", -1.001, 0.5, r"is exactly -1.0 in BF16: it only flips signs; use `op: invert`"),
+])
+def test_plan_refuses_scales_that_are_wrong_in_the_dtype(tmp_path, dtype, factor, std, pattern):
+    from patchkit.errors import RecipeError
+
+    ckpt = raw_llama_checkpoint(tmp_path / "m", dtype, shards=1, std=std)
+    with pytest.raises(RecipeError, match=pattern) as info:
+        _plan(ckpt, [_edit(1, 5, "scale", factor)])
+    assert "model.layers.1.mlp.down_proj.weight" in str(info.value) and dtype in str(info.value)
+
+
+def test_plan_accepts_sound_scales_including_a_partial_underflow(tmp_path):
+    ckpt = raw_llama_checkpoint(tmp_path / "m", "F16", shards=1)
+    plan, _ = _plan(ckpt, [_edit(1, 5, "scale", 2.0), _edit(1, 6, "scale", 1e-5), _edit(1, 7, "scale", -1.0)])
+    assert [e.factor for e in plan.edits] == [2.0, 1e-5, -1.0]
+
+
+def test_scale_check_counts():
+    from patchkit.edit.bytes import ScaleCheck
+
+    raw = from_float32(np.array([0.0, 1.0, -2.0, np.nan, 60000.0], np.float32), "F16")
+    check = ScaleCheck("F16", 2.0)
+    check.update(raw[:2])
+    check.update(raw[2:])
+    assert (check.elements, check.nonzero, check.overflowed, check.max_abs) == (5, 3, 1, 60000.0)
+    assert "overflows F16: 1 of 5 elements" in check.problem()
+    zero = ScaleCheck("BF16", 0.5)
+    zero.update(from_float32(np.zeros(4, np.float32), "BF16"))
+    assert zero.problem() == "changes nothing in BF16 (every element is 0)"
+    literal_zero = ScaleCheck("BF16", 0.0)
+    literal_zero.update(from_float32(np.ones(4, np.float32), "BF16"))
+    assert literal_zero.problem() is None  # `factor: 0` means what it says

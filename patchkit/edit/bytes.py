@@ -8,7 +8,9 @@
 - zero / suppress: every element becomes +0.0 (all-zero bytes), also for negative values and NaNs, so a
   zeroed slice is recognisable bit for bit.
 
-Also here: which elements of a tensor an edit selects (`Selection`), for a chunk of that tensor's bytes.
+Also here: which elements of a tensor an edit selects (`Selection`), for a chunk of that tensor's bytes, and
+`ScaleCheck`, which tells at plan time whether scaling a slice by a factor would overflow, underflow to zero or
+change nothing in the stored dtype (a wrong edit that would otherwise be written with exit 0).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from patchkit.errors import ApplyError
+from patchkit.model.safetensors_io import DTYPE_MAX, DTYPE_TINY
 
 #: Unsigned integer view used to hold each editable dtype's raw bits.
 RAW_DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<u2"), "F32": np.dtype("<u4")}
@@ -87,7 +90,7 @@ class Selection:
     index: int
 
     @classmethod
-    def of(cls, shape: tuple[int, ...], axis: int, index: int) -> "Selection":
+    def of(cls, shape: tuple[int, ...], axis: int, index: int) -> Selection:
         outer = int(np.prod(shape[:axis], dtype=np.int64)) if axis else 1
         inner = int(np.prod(shape[axis + 1 :], dtype=np.int64)) if axis + 1 < len(shape) else 1
         return cls(outer=outer, dim=shape[axis], inner=inner, index=index)
@@ -151,3 +154,54 @@ def edit_chunk(raw: np.ndarray, positions, dtype: str, op: str, factor: float | 
         raw[lo:hi] = new
         if after is not None:
             after.update(new.tobytes())
+
+
+@dataclass
+class ScaleCheck:
+    """What scaling one slice by `factor` does to its `dtype` values, accumulated chunk by chunk (`update`)."""
+
+    dtype: str
+    factor: float
+    elements: int = 0
+    nonzero: int = 0  # finite, nonzero elements before
+    zeroed: int = 0  # of those, how many become 0
+    overflowed: int = 0  # finite elements that become infinite
+    changed: int = 0  # elements whose bits change
+    max_abs: float = 0.0  # largest finite |w| before
+
+    def update(self, raw: np.ndarray) -> None:
+        """Account for the raw bits of some of the slice's elements."""
+        if raw.size == 0:
+            return
+        new = apply_op(raw, self.dtype, "scale", self.factor)
+        old_f, new_f = to_float32(raw, self.dtype), to_float32(new, self.dtype)
+        finite = np.isfinite(old_f)
+        nonzero = finite & (old_f != 0)
+        self.elements += int(raw.size)
+        self.nonzero += int(np.count_nonzero(nonzero))
+        self.zeroed += int(np.count_nonzero(nonzero & (new_f == 0)))
+        self.overflowed += int(np.count_nonzero(finite & ~np.isfinite(new_f)))
+        self.changed += int(np.count_nonzero(new != raw))
+        if finite.any():
+            self.max_abs = max(self.max_abs, float(np.abs(old_f[finite]).max()))
+
+    def problem(self) -> str | None:
+        """Why the scale is wrong for this slice (overflow, underflow to zero, no change), or None."""
+        f, dtype = float(self.factor), self.dtype
+        top = self.max_abs * abs(f)
+        if self.overflowed:
+            return (
+                f"overflows {dtype}: {self.overflowed} of {self.elements} elements become infinite (max |w| "
+                f"{self.max_abs:.6g} x |{f:g}| = {top:.6g} > the {dtype} maximum {DTYPE_MAX[dtype]:.6g}; the "
+                f"largest factor that fits is about {DTYPE_MAX[dtype] / self.max_abs:.6g})"
+            )
+        if f != 0 and self.nonzero and self.zeroed == self.nonzero:  # a literal 0 means what it says
+            return (
+                f"underflows: every nonzero element becomes 0 in {dtype} (max |w| {self.max_abs:.6g} x "
+                f"|{f:g}| = {top:.6g}, below the smallest {dtype} number {DTYPE_TINY[dtype]:.6g}); use "
+                "`op: zero` to zero the slice"
+            )
+        if not self.changed:
+            why = "every element is 0" if not self.nonzero else f"every product rounds back to the same {dtype} value"
+            return f"changes nothing in {dtype} ({why})"
+        return None

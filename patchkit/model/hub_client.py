@@ -7,7 +7,6 @@ Model references (`patchkit.model.refs`) read remote headers and download snapsh
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -272,20 +271,32 @@ def read_safetensors_header(repo_id: str, filename: str, *, revision: str | None
 
     Tensor data starts at byte 8 + header length; `data_offsets` in the header are relative to it.
     """
+    length, raw = read_safetensors_header_bytes(repo_id, filename, revision=revision, endpoint=endpoint, token=token)
+    from patchkit._io.fs import parse_json
+
+    return length, parse_json(raw, f"{repo_id}/{filename}: safetensors header", error=HubError,
+                              what="safetensors header", duplicate="tensor {key}: duplicate key in header")
+
+
+def read_safetensors_header_bytes(repo_id: str, filename: str, *, revision: str | None = None,
+                                  endpoint: str | None = None, token: str | None = None) -> tuple[int, bytes]:
+    """(header length, raw JSON header bytes) of a remote safetensors file, fetched with Range requests; the
+    length is checked against `safetensors_io.MAX_HEADER_LEN` before the header is requested."""
     import struct
+
+    from patchkit.model.safetensors_io import MAX_HEADER_LEN
 
     with open_remote(repo_id, filename, revision=revision, endpoint=endpoint, token=token) as handle:
         prefix = handle.read(8)
         if len(prefix) != 8:
             raise HubError(f"{repo_id}/{filename}: shorter than a safetensors header", hint="is it a safetensors file?")
         (length,) = struct.unpack("<Q", prefix)
-        if length > 100 * 1024 * 1024:
+        if length > MAX_HEADER_LEN:
             raise HubError(f"{repo_id}/{filename}: header of {length} bytes is not plausible", hint="corrupt file?")
         raw = handle.read(length)
-    try:
-        return length, json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise HubError(f"{repo_id}/{filename}: safetensors header is not JSON", hint="corrupt upload?") from exc
+    if len(raw) != length:
+        raise HubError(f"{repo_id}/{filename}: the file ends inside its {length}-byte header", hint="corrupt upload?")
+    return length, raw
 
 
 def _pattern(name: str) -> str:

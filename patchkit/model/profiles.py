@@ -223,7 +223,11 @@ _COMPARED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_kv_sh
 
 def compare_config(profile: SizeProfile, config: dict[str, Any]) -> list[str]:
     """Fields where a real config.json disagrees with the profile (empty when the geometry matches)."""
+    if not isinstance(config, dict):
+        return [f"config.json is a JSON {type(config).__name__}, not an object"]
     tc = config.get("text_config") or config
+    if not isinstance(tc, dict):
+        return [f"text_config is {type(tc).__name__}, not an object"]
     want = profile.text_config()
     out = []
     for key in _COMPARED:
@@ -232,7 +236,7 @@ def compare_config(profile: SizeProfile, config: dict[str, Any]) -> list[str]:
         if key in ("use_double_wide_mlp", "enable_moe_block"):
             have, expected = bool(have), bool(expected)
         elif key in ("num_kv_shared_layers",):
-            have, expected = int(have or 0), int(expected or 0)
+            have, expected = (have or 0) if isinstance(have, int) else have, int(expected or 0)
         elif expected is None and have in (None, 0):
             continue
         if have != expected:

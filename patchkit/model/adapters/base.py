@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
-from patchkit.errors import RecipeError
+from patchkit._io.fs import shown
+from patchkit.errors import ModelError, RecipeError
+from patchkit.model.safetensors_io import DTYPE_MAX, DTYPE_TINY, dtype_neighbours, round_to_dtype
 
 EDITABLE_DTYPES = ("BF16", "F16", "F32")
+#: Bounds on config.json geometry: beyond them the file is not a real model (and loops over layers would hang).
+MAX_LAYERS = 10_000
+MAX_WIDTH = 2**31
+MAX_EXPERTS = 1 << 16
+
+
+def config_value(value: Any) -> str:
+    """A config value for a one-line message (repr, cut short)."""
+    return shown(repr(value), 60)
+
+
+def scale_factor_problem(factor: Any, dtype: str) -> str | None:
+    """Why scaling a `dtype` tensor by `factor` cannot be what the recipe means, or None when it can.
+
+    The arithmetic (`edit.bytes`) multiplies in float32 and rounds to `dtype`; a factor that is not finite there,
+    that is 0 (an underflow: `op: zero` is the explicit way), 1 (nothing changes) or -1 without being -1 (a sign
+    flip: `op: invert`) once rounded to `dtype` is refused, naming the dtype and the representable factors.
+    """
+    if factor is None:
+        return "op scale needs a factor"
+    f = float(factor)
+    if not math.isfinite(f):
+        return f"factor {f!r} is not a finite number"
+    if dtype not in DTYPE_MAX:
+        return None
+    r = round_to_dtype(f, dtype)
+    if math.isinf(r):
+        return (f"factor {f!r} is {r!r} in {dtype} (the largest {dtype} number is {DTYPE_MAX[dtype]!r}): "
+                "every nonzero weight would become infinite")
+    if r == 0 and f != 0:
+        return (f"factor {f!r} is 0 in {dtype} (it underflows: the smallest positive {dtype} number is "
+                f"{DTYPE_TINY[dtype]!r}); use `op: zero` to zero the slice")
+    lo, hi = dtype_neighbours(f, dtype)
+    if r == 1:
+        return (f"factor {f!r} is exactly 1.0 in {dtype}: scaling by it changes nothing "
+                f"(the nearest {dtype} factors are {lo!r} and {hi!r})")
+    if r == -1 and f != -1:
+        return (f"factor {f!r} is exactly -1.0 in {dtype}: it only flips signs; use `op: invert`, or a factor "
+                f"whose {dtype} value is not -1 (the nearest are {lo!r} and {hi!r})")
+    return None
 
 
 class TensorTarget(NamedTuple):
@@ -49,15 +93,64 @@ class Adapter:
     #: Prefixes tried in order; the first one present in the checkpoint wins.
     prefixes: tuple[str, ...] = ("model",)
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], *, source: str = "config.json"):
+        self.source = source
+        if not isinstance(config, dict):
+            raise ModelError(f"{source}: is a JSON {type(config).__name__}, not an object",
+                             hint="pass a Hugging Face checkpoint directory")
         self.config = config
+        self.key_prefix = ""
         self.text_config = self._text_config(config)
-        self.num_layers = int(self.text_config["num_hidden_layers"])
+        self.num_layers = self._int("num_hidden_layers", 1, MAX_LAYERS)
+        self._check_config()
         self.prefix = self.prefixes[0]
 
+    # config.json checks ---------------------------------------------------------------------------------
+    def _bad(self, key: str, want: str, value: Any) -> ModelError:
+        return ModelError(f"{self.source}: {self.key_prefix}{key} must be {want}, got {config_value(value)}",
+                          hint="the checkpoint's config.json is malformed; re-download or fix it",
+                          data={"key": self.key_prefix + key})
+
+    def _int(self, key: str, lo: int, hi: int) -> int:
+        """A required integer key in [lo, hi]."""
+        value = self._opt_int(key, lo, hi)
+        if value is None:
+            raise ModelError(f"{self.source}: missing {self.key_prefix}{key}; cannot read the model geometry",
+                             hint="the checkpoint's config.json is incomplete", data={"key": self.key_prefix + key})
+        return value
+
+    def _opt_int(self, key: str, lo: int, hi: int) -> int | None:
+        """An optional integer key in [lo, hi] (None when absent or null)."""
+        value = self.text_config.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise self._bad(key, f"an integer from {lo} to {hi}", value)
+        return value
+
+    def _bool(self, key: str) -> bool:
+        value = self.text_config.get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false", value)
+        return value
+
+    def _check_config(self) -> None:
+        """Validate every config.json key the geometry reads (one ModelError naming the file and the key)."""
+        size = self.text_config.get("intermediate_size")
+        if isinstance(size, list):
+            if len(size) != self.num_layers:
+                raise self._bad("intermediate_size", f"one width per layer ({self.num_layers} entries, "
+                                f"num_hidden_layers), not {len(size)} entries", size)
+            for width in size:
+                if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= MAX_WIDTH:
+                    raise self._bad("intermediate_size", f"a list of integers from 1 to {MAX_WIDTH}", width)
+        else:
+            self._int("intermediate_size", 1, MAX_WIDTH)
+
     # geometry -------------------------------------------------------------------------------------------
-    @staticmethod
-    def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    def _text_config(self, config: dict[str, Any]) -> dict[str, Any]:
         return config
 
     def layer_info(self, layer: int) -> LayerInfo:
@@ -156,13 +249,18 @@ class Adapter:
                     raise
                 for target in targets:
                     self._check_tensor(where, target, tensors[target.tensor])
+                    if edit.op == "scale":
+                        problem = scale_factor_problem(edit.factor, tensors[target.tensor].dtype)
+                        if problem:
+                            raise RecipeError(f"{where}: {target.tensor} is {tensors[target.tensor].dtype}: {problem}",
+                                              data={"tensor": target.tensor, "factor": edit.factor})
 
     def quantization(self) -> str | None:
         """The quantization method config.json declares (None for plain BF16/F16/F32 checkpoints)."""
         for cfg in (self.config, self.text_config):
             quant = cfg.get("quantization_config")
             if quant:
-                return str(quant.get("quant_method") or "unknown") if isinstance(quant, dict) else "unknown"
+                return shown(str(quant.get("quant_method") or "unknown"), 40) if isinstance(quant, dict) else "unknown"
         return None
 
     @staticmethod

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from patchkit.model.adapters.base import Adapter, LayerInfo, TensorTarget
+from patchkit.errors import ModelError
+from patchkit.model.adapters.base import MAX_EXPERTS, MAX_WIDTH, Adapter, LayerInfo, TensorTarget, config_value
 
 
 class Gemma4Adapter(Adapter):
@@ -22,14 +23,29 @@ class Gemma4Adapter(Adapter):
     model_types = ("gemma4", "gemma4_text")
     class_names = ("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")
 
-    def __init__(self, config: dict[str, Any]):
-        super().__init__(config)
+    def __init__(self, config: dict[str, Any], *, source: str = "config.json"):
+        super().__init__(config, source=source)
         multimodal = "text_config" in config or "ConditionalGeneration" in " ".join(config.get("architectures") or [])
         self.prefix = "model.language_model" if multimodal else "model"
 
-    @staticmethod
-    def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-        return config.get("text_config") or config
+    def _text_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        if "text_config" not in config:
+            return config
+        tc = config["text_config"]
+        if not isinstance(tc, dict):
+            raise ModelError(f"{self.source}: text_config must be a JSON object, got {config_value(tc)}",
+                             hint="the checkpoint's config.json is malformed; re-download or fix it",
+                             data={"key": "text_config"})
+        self.key_prefix = "text_config."
+        return tc
+
+    def _check_config(self) -> None:
+        super()._check_config()
+        self._opt_int("num_kv_shared_layers", 0, self.num_layers)
+        self._bool("use_double_wide_mlp")
+        if self._bool("enable_moe_block"):
+            self._int("num_experts", 1, MAX_EXPERTS)
+            self._opt_int("moe_intermediate_size", 1, MAX_WIDTH)
 
     def layer_info(self, layer: int) -> LayerInfo:
         tc = self.text_config
