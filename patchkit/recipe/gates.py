@@ -1,19 +1,28 @@
-"""Thresholds a recipe's `checks:` section sets; the loop and bench commands turn them into exit codes."""
+"""Thresholds a recipe's `checks:` section sets; the loop and bench commands turn them into exit codes.
+
+Strict types (no `"0.1"` for 0.1, no `true` for 1), finite numbers only, and the run sizes a recipe may ask for
+are bounded (`patchkit.recipe.limits.MAX_SAMPLES`, `MAX_NEW_TOKENS`): a recipe must not be able to make
+`patchkit check` run for days.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from patchkit.recipe.limits import MAX_NEW_TOKENS, MAX_SAMPLES
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
 
 class LoopGates(BaseModel):
     """`checks.loops`: how the loop check is run and what the patched model must achieve."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    suite: str = "enumeration"
-    samples: int = Field(1, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    max_new_tokens: int = Field(400, ge=1)
+    suite: str = Field("enumeration", min_length=1, max_length=4096)
+    samples: int = Field(1, ge=1, le=MAX_SAMPLES)
+    temperature: float = Field(0.0, ge=0, le=100)
+    max_new_tokens: int = Field(400, ge=1, le=MAX_NEW_TOKENS)
     max_loop_rate: float | None = Field(None, ge=0, le=1, description="patched loop rate must be <= this")
     min_reduction: float | None = Field(None, ge=0, le=1, description="(base - patched) / base must be >= this")
     max_control_failures: int | None = Field(None, ge=0, description="control prompts the patched model may fail")
@@ -23,7 +32,7 @@ class LoopGates(BaseModel):
 class BenchGates(BaseModel):
     """`checks.bench`: how far the patched model may drift from the base."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     max_kl: float | None = Field(None, ge=0, description="mean per-token KL(base||patched), nats")
     max_token_kl: float | None = Field(None, ge=0, description="max per-token KL, nats")
@@ -35,7 +44,7 @@ class BenchGates(BaseModel):
 
 
 class Checks(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     loops: LoopGates | None = None
     bench: BenchGates | None = None

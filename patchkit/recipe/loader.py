@@ -1,107 +1,53 @@
-"""Recipe YAML in and out: safe round-trip parsing, file:line:column errors, semantic checks, atomic dumps.
+"""Recipe YAML in and out: bounded reading, safe parsing, file:line:column errors, semantic checks, atomic dumps.
 
-ruamel's round-trip loader keeps each key's line and column; the data is converted to plain Python (no tags,
-no custom types, no alias explosions) and validated by the pydantic models in `patchkit.recipe.schema`.
+Reading a recipe (`load_recipe`): the file must be a regular file (not a directory, FIFO, device, or a link to
+one) of at most `MAX_RECIPE_BYTES`, read once through `patchkit._io.fs.read_capped`; its bytes must be UTF-8
+(a leading UTF-8 byte order mark is accepted and kept) and contain no control, bidirectional or other invisible
+characters (`patchkit.recipe._text`). `Recipe.source_text` is exactly the text that was parsed, so the sha256
+apply records equals the file's.
+
+Parsing (`parse_recipe`): ruamel's round-trip loader keeps each key's line and column; every size is bounded
+while composing (`patchkit.recipe._yaml`, `patchkit.recipe.limits`); the data is converted to plain Python (no
+tags, no custom types, no alias explosions) and validated by the strict pydantic models in
+`patchkit.recipe.schema`; cross-field rules (factors, duplicates, the expanded-edit cap) follow, in linear time.
+Every refusal is one RecipeError line `file:line:column: field: what is wrong` with a hint; none is a traceback.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Set as AbstractSet
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from patchkit.errors import RecipeError
+from patchkit.errors import PatchkitError, RecipeError
+from patchkit.recipe._text import check_text, decode, kind_of, show
+from patchkit.recipe._yaml import load_plain
+from patchkit.recipe.limits import MAX_DEPTH, MAX_EXPANDED_EDITS, MAX_NODES, MAX_RECIPE_BYTES
 from patchkit.recipe.schema import (
     SCHEMA_VERSION,
     ExpertEdit,
     NeuronEdit,
     Recipe,
-    ResolvedEdit,
 )
 from patchkit.recipe.schema import dotted as _dotted
 from patchkit.recipe.schema import where_in as _where
 
-# --- YAML loading with positions -------------------------------------------------------------------------
-
-_STANDARD_TAGS = tuple(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq"))
-
-
-def _yaml():
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="rt")  # round-trip: keeps line/column; constructs only plain containers and scalars
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
-MAX_RECIPE_BYTES = 1 << 20
-MAX_NODES = 100_000  # YAML aliases can expand exponentially ("billion laughs"); a real recipe has a few hundred
-
-
-def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[int] | None = None) -> Any:
-    """Convert ruamel containers to plain Python, recording the line/column of every key and item."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
-
-    budget = budget if budget is not None else [MAX_NODES]
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise RecipeError(f"{filename}:1:1: the recipe expands to more than {MAX_NODES} values",
-                          hint="recipes are small; remove the YAML aliases (*name) that multiply the data")
-
-    tag = getattr(getattr(node, "tag", None), "value", None)
-    if isinstance(node, TaggedScalar) or (tag and tag not in _STANDARD_TAGS and tag != "!"):
-        raise RecipeError(
-            f"{_where(filename, positions, loc)}: {_dotted(loc) or 'document'}: YAML tag {tag or ''} is not allowed",
-            hint="recipes are plain data; remove the tag",
-        )
-    if isinstance(node, CommentedMap):
-        out = {}
-        for key in node:
-            try:
-                line, col = node.lc.key(key)
-                positions[loc + (key,)] = (line + 1, col + 1)
-            except (KeyError, TypeError, AttributeError):
-                pass
-            if not isinstance(key, str):
-                raise RecipeError(f"{_where(filename, positions, loc + (key,))}: {_dotted(loc) or 'document'}: key {key!r} must be a string")
-            out[key] = _plain(node[key], loc + (key,), positions, filename, budget)
-        return out
-    if isinstance(node, CommentedSeq):
-        out_list = []
-        for i, item in enumerate(node):
-            try:
-                line, col = node.lc.item(i)
-                positions[loc + (i,)] = (line + 1, col + 1)
-            except (KeyError, TypeError, AttributeError):
-                pass
-            out_list.append(_plain(item, loc + (i,), positions, filename, budget))
-        return out_list
-    if isinstance(node, AbstractSet):  # !!set
-        return {_plain(item, loc, positions, filename, budget) for item in node}
-    if isinstance(node, str):
-        return str(node)
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    return node
+__all__ = ["MAX_DEPTH", "MAX_EXPANDED_EDITS", "MAX_NODES", "MAX_RECIPE_BYTES", "dump_recipe", "json_schema",
+           "load_recipe", "parse_recipe", "recipe_to_yaml", "validation_error"]
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file.
 
     Args:
-        path: a recipe YAML file (at most 1 MiB, UTF-8).
+        path: a recipe YAML file: a regular file (a link to one is followed) of at most 1 MiB of UTF-8 text.
 
     Returns:
-        Recipe: the validated recipe; `source_text` holds the exact text that was read.
+        Recipe: the validated recipe; `source_text` holds the exact text that was read and parsed.
 
     Raises:
         RecipeError: anything wrong, as one line with file:line:column, the field, and the fix.
@@ -110,48 +56,48 @@ def load_recipe(path: str | Path) -> Recipe:
         >>> recipe = load_recipe("recipes/e2b.yaml")  # doctest: +SKIP
         >>> [(e.layer, e.index, e.op) for e in recipe.expanded_edits()]  # doctest: +SKIP
     """
+    from patchkit._io.fs import read_capped
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_capped(path, MAX_RECIPE_BYTES, what="recipe", error=RecipeError)
     except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: recipe is not UTF-8 text") from None
+        raise RecipeError(f"{path}: recipe file not found", data={"path": str(path)}) from None
+    except RecipeError:
+        raise
+    except PatchkitError as exc:  # a directory, FIFO, device, socket or dangling link (UnsafeFileError)
+        raise RecipeError(exc.message, hint=exc.hint, data=exc.data) from None
     except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror})") from None
-    if len(text) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{path}: {len(text)} characters is too large for a recipe (limit {MAX_RECIPE_BYTES})",
-                          hint="is this really a recipe file?")
-    return parse_recipe(text, str(path))
+        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})", data={"path": str(path)}) from None
+    return parse_recipe(decode(data, str(path)), str(path))
 
 
 def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
-    """Validate recipe YAML text; `filename` is used in error messages."""
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-    positions: dict[tuple, tuple[int, int]] = {}
-    try:
-        doc = _yaml().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        raise RecipeError(f"{where}: YAML syntax error: {problem}", hint="fix the YAML syntax") from None
-    except YAMLError as exc:
-        raise RecipeError(f"{filename}: YAML error: {' '.join(str(exc).split())}") from None
-    if doc is None:
+    """Validate recipe YAML text; `filename` is used in error messages. The same bounds as `load_recipe` apply."""
+    if not isinstance(text, str):
+        raise RecipeError(f"{filename}: a recipe is text, got {type(text).__name__}")
+    if len(text) > MAX_RECIPE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{filename}: {len(text.encode('utf-8', 'surrogatepass'))} bytes is too large for a recipe "
+                          f"(limit {MAX_RECIPE_BYTES})", hint="is this really a recipe?")
+    check_text(text, filename)
+    data, positions = load_plain(text, filename)
+    if data is None:
         raise RecipeError(f"{filename}:1:1: the recipe is empty", hint="start from `patchkit new`")
-    data = _plain(doc, (), positions, filename)
-    if not isinstance(data, dict):
-        raise RecipeError(f"{filename}:1:1: a recipe must be a mapping (key: value), got {type(data).__name__}")
+    if not isinstance(data, dict):  # never echo the content: it may be a file that is not a recipe at all
+        shape = ("a list" if isinstance(data, list) else "text" if isinstance(data, str)
+                 else "a number" if isinstance(data, (int, float)) and not isinstance(data, bool) else "a single value")
+        raise RecipeError(f"{filename}:1:1: a recipe must be a mapping (key: value), got {shape}",
+                          hint="start from `patchkit new`")
     _check_top_level(data, positions, filename)
     edits_raw = data.get("edits", [])
     if edits_raw is None:
         edits_raw = []
     if not isinstance(edits_raw, list):
-        raise RecipeError(f"{_where(filename, positions, ('edits',))}: edits: must be a list of edits")
+        raise RecipeError(f"{_where(filename, positions, ('edits',))}: edits: must be a list of edits, got "
+                          f"{kind_of(edits_raw)}", hint="e.g. `edits: [{layer: 3, neuron: 7, op: invert}]`")
     data = dict(data)
     data["edits"] = [_edit_model(e, i, positions, filename) for i, e in enumerate(edits_raw)]
+    _check_expansion(data["edits"], positions, filename)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -165,10 +111,10 @@ def _check_top_level(data: dict, positions: dict, filename: str) -> None:
     version = data.get("patchkit")
     if version is None:
         raise RecipeError(f"{filename}:1:1: patchkit: missing schema version", hint="add `patchkit: 1` as the first line")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # true and 1.0 equal 1 in Python; not here
         raise RecipeError(
-            f"{_where(filename, positions, ('patchkit',))}: patchkit: schema version {version!r} is not supported",
-            hint=f"this patchkit reads version {SCHEMA_VERSION}",
+            f"{_where(filename, positions, ('patchkit',))}: patchkit: schema version {show(version)} is not supported",
+            hint=f"this patchkit reads version {SCHEMA_VERSION}: write `patchkit: {SCHEMA_VERSION}`",
         )
 
 
@@ -176,16 +122,18 @@ def _edit_model(raw: Any, i: int, positions: dict, filename: str) -> NeuronEdit 
     loc = ("edits", i)
     where = _where(filename, positions, loc)
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: edits[{i}]: an edit must be a mapping like {{layer: 3, neuron: 7, op: invert}}")
+        raise RecipeError(f"{where}: edits[{i}]: an edit must be a mapping like {{layer: 3, neuron: 7, op: invert}}, "
+                          f"got {kind_of(raw)}")
     has_neuron, has_expert = "neuron" in raw, "expert" in raw
     if has_neuron and has_expert:
         raise RecipeError(f"{where}: edits[{i}]: give either `neuron` or `expert`, not both", hint="split it into two edits")
     if not has_neuron and not has_expert:
         raise RecipeError(f"{where}: edits[{i}]: missing `neuron` or `expert`", hint="say which neuron(s) or expert(s) to edit")
     model = NeuronEdit if has_neuron else ExpertEdit
-    if has_expert and raw.get("op") not in (None, "suppress"):
+    op = raw.get("op")
+    if has_expert and op is not None and not (isinstance(op, str) and op == "suppress"):
         raise RecipeError(
-            f"{_where(filename, positions, loc + ('op',))}: edits[{i}].op: experts support only `suppress`, got {raw.get('op')!r}"
+            f"{_where(filename, positions, loc + ('op',))}: edits[{i}].op: experts support only `suppress`, got {show(op)}"
         )
     try:
         return model.model_validate(raw)
@@ -193,89 +141,144 @@ def _edit_model(raw: Any, i: int, positions: dict, filename: str) -> NeuronEdit 
         raise validation_error(exc, positions, filename, loc) from None
 
 
+def _check_expansion(edits: list[NeuronEdit | ExpertEdit], positions: dict, filename: str) -> None:
+    """Refuse a recipe whose lists multiply past MAX_EXPANDED_EDITS, from their lengths (nothing is expanded)."""
+    total = 0
+    for i, edit in enumerate(edits):
+        indices = edit.neuron if isinstance(edit, NeuronEdit) else edit.expert
+        kind = "neuron" if isinstance(edit, NeuronEdit) else "expert"
+        n = (len(edit.layer) if isinstance(edit.layer, list) else 1) * (len(indices) if isinstance(indices, list) else 1)
+        total += n
+        if total > MAX_EXPANDED_EDITS:
+            raise RecipeError(
+                f"{_where(filename, positions, ('edits', i))}: edits[{i}]: the recipe expands to more than "
+                f"{MAX_EXPANDED_EDITS:,} (layer, {kind}) slices ({total:,} up to this edit; this one alone is {n:,})",
+                hint=f"lists multiply (every layer x every index); a recipe may edit at most {MAX_EXPANDED_EDITS:,} "
+                     "slices: split it", data={"slices": total, "limit": MAX_EXPANDED_EDITS})
+
+
+_UNION_LABELS = frozenset({"int", "float", "str", "list[int]", "NeuronEdit", "ExpertEdit"})
+
+
 def validation_error(exc: ValidationError, positions: dict, filename: str, prefix: tuple) -> RecipeError:
     """The first pydantic error as one RecipeError line: file:line:column, the dotted field, what to do."""
     def strip(raw: tuple) -> tuple:  # drop pydantic's union-branch labels from an error location
-        return tuple(p for p in raw if not (isinstance(p, str) and p in ("int", "list[int]", "NeuronEdit", "ExpertEdit")))
+        return tuple(p for p in raw if not (isinstance(p, str) and (p in _UNION_LABELS or "[" in p)))
 
     errors = exc.errors()
     err = errors[0]
-    first = strip(err["loc"])
-    for other in errors[1:]:  # `int | list[int]`: the list branch's error names the bad item, so prefer it
+    first = strip(err["loc"]) if err["type"] != "extra_forbidden" else tuple(err["loc"])
+    for other in errors[1:]:  # a union's later branch may name the bad item more precisely: prefer it
         if len(strip(other["loc"])) > len(first) and strip(other["loc"])[: len(first)] == first:
             err, first = other, strip(other["loc"])
-    loc = prefix + first
+    ctx = err.get("ctx") or {}
+    loc = prefix + first + tuple(ctx.get("loc", ()))
     path = _dotted(loc) or "recipe"
-    kind, msg = err["type"], err["msg"]
+    at = _where(filename, positions, loc)
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    if kind == "patchkit":  # our validators (patchkit.recipe.fields): the message says it all
+        return RecipeError(f"{at}: {path}: {ctx['message']}", hint=ctx.get("hint"))
     if kind == "extra_forbidden":
-        hint = "remove it or check its spelling (see `patchkit schema`)"
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: unknown key", hint=hint)
+        return RecipeError(f"{at}: {path}: unknown key", hint="remove it or check its spelling (see `patchkit schema`)")
     if kind == "missing":
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: required field is missing")
+        return RecipeError(f"{at}: {path}: required field is missing")
     if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: {err.get('input')!r} is not allowed; expected {expected}")
-    value = err.get("input")
+        expected = ctx.get("expected", "")
+        return RecipeError(f"{at}: {path}: {show(value)} is not allowed; expected {expected}")
     if kind == "string_type" and isinstance(value, (int, float, _dt.date)) and not isinstance(value, bool):
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be text, but YAML read {value} as a "
-                           f"{'date' if isinstance(value, _dt.date) else 'number'}", hint="put the value in quotes so YAML keeps it as written")
+        return RecipeError(f"{at}: {path}: must be text, but YAML read {show(value) if not isinstance(value, _dt.date) else value} "
+                           f"as a {'date' if isinstance(value, _dt.date) else 'number'}",
+                           hint="put the value in quotes so YAML keeps it as written")
     if kind == "string_type" and isinstance(value, (dict, list, set)):
         shape = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "a set"
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be text, got {shape}",
+        return RecipeError(f"{at}: {path}: must be text, got {shape}",
                            hint="quote it, or use a block scalar (|) for multi-line text")
-    if kind in ("int_type", "int_parsing", "int_from_float") and loc and loc[-1] in ("layer", "neuron", "expert"):
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: must be an index or a list of indices, got {value!r}",
-                           hint=f"e.g. `{loc[-1]}: 3` or `{loc[-1]}: [3, 7]`")
-    if kind == "value_error":  # our own validators: the message already says what is wrong
-        return RecipeError(f"{_where(filename, positions, loc)}: {path}: {msg.removeprefix('Value error, ')}")
-    return RecipeError(f"{_where(filename, positions, loc)}: {path}: {msg} (got {value!r})")
-
+    if kind == "string_type":
+        return RecipeError(f"{at}: {path}: must be text, got {kind_of(value)}",
+                           hint="put the value in quotes so YAML keeps it as written")
+    if kind in ("string_too_long", "string_too_short"):
+        limit = ctx.get("max_length") if kind == "string_too_long" else ctx.get("min_length")
+        size = len(value) if isinstance(value, str) else "?"
+        what = f"is {size} characters long (limit {limit})" if kind == "string_too_long" else "must not be empty"
+        return RecipeError(f"{at}: {path}: {what}")
+    if kind == "string_pattern_mismatch":
+        return RecipeError(f"{at}: {path}: {show(value)} does not have the expected form ({ctx.get('pattern', '')})")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        hint = ("write it without quotes" if isinstance(value, str) and value.strip().lstrip("+-").isdigit()
+                else f"write {int(value)}" if isinstance(value, float) and math.isfinite(value) and value == int(value)
+                else "write a whole number")
+        return RecipeError(f"{at}: {path}: must be a whole number, got {kind_of(value)}", hint=hint)
+    if kind in ("float_type", "float_parsing"):
+        return RecipeError(f"{at}: {path}: must be a number, got {kind_of(value)}",
+                           hint="write it without quotes" if isinstance(value, str) else "write a number like 0.5")
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
+        limit = next(iter(v for k, v in ctx.items() if k in ("ge", "le", "gt", "lt")), "?")
+        return RecipeError(f"{at}: {path}: must be {op} {limit}, got {show(value)}")
+    if kind in ("finite_number",):
+        return RecipeError(f"{at}: {path}: must be a finite number, got {show(value)}")
+    if kind in ("bool_type", "bool_parsing"):
+        return RecipeError(f"{at}: {path}: must be true or false, got {kind_of(value)}",
+                           hint="write true or false, without quotes")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return RecipeError(f"{at}: {path}: must be a mapping (key: value), got {kind_of(value)}")
+    if kind in ("list_type", "tuple_type", "set_type"):
+        return RecipeError(f"{at}: {path}: must be a list, got {kind_of(value)}", hint="e.g. `[a, b]`")
+    if kind == "value_error":  # our own model validators: the message already says what is wrong
+        return RecipeError(f"{at}: {path}: {msg.removeprefix('Value error, ')}")
+    return RecipeError(f"{at}: {path}: {msg} (got {show(value)})")
 
 
 def _check_semantics(recipe: Recipe) -> None:
-    """Cross-field rules pydantic field types cannot express: factors, indices, duplicates, resolution."""
-    seen: dict[tuple, tuple[ResolvedEdit, int]] = {}
+    """Cross-field rules pydantic field types cannot express: factors per op, duplicates, resolution.
+
+    Linear in the number of slices: one dict keyed by (layer, kind, index)."""
     for i, edit in enumerate(recipe.edits):
+        if not isinstance(edit, NeuronEdit):
+            continue
         base = ("edits", i)
-        for name in ("layer", "neuron" if isinstance(edit, NeuronEdit) else "expert"):
-            value = getattr(edit, name)
-            values = value if isinstance(value, list) else [value]
-            if not values:
-                raise RecipeError(f"{recipe.where(*base, name)}: edits[{i}].{name}: the list is empty")
-            if any(v < 0 for v in values):
-                raise RecipeError(f"{recipe.where(*base, name)}: edits[{i}].{name}: indices must be >= 0, got {min(values)}")
-            if len(set(values)) != len(values):
-                dup = next(v for v in values if values.count(v) > 1)
-                raise RecipeError(f"{recipe.where(*base, name)}: edits[{i}].{name}: {dup} is listed twice", hint="list each index once")
-        if isinstance(edit, NeuronEdit):
-            if edit.op == "scale":
-                if edit.factor is None:
-                    raise RecipeError(f"{recipe.where(*base, 'op')}: edits[{i}].factor: op scale needs a factor", hint="add e.g. `factor: 0.5`")
-                if not math.isfinite(edit.factor):
-                    raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: {edit.factor} is not a finite number")
-                if edit.factor == 1.0:
-                    raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: scaling by 1 changes nothing", hint="remove the edit")
-            elif edit.factor is not None:
-                raise RecipeError(
-                    f"{recipe.where(*base, 'factor')}: edits[{i}].factor: op {edit.op} takes no factor",
-                    hint="use `op: scale` with a factor, or drop the factor",
-                )
-    for resolved in recipe.expanded_edits():
-        key = resolved.key
-        i = int(resolved.where.rsplit("edits[", 1)[1].rstrip("]"))
-        if key in seen:
-            first, j = seen[key]
-            what = f"layer {resolved.layer} {resolved.kind} {resolved.index}"
-            if first.tensor != resolved.tensor and resolved.kind == "neuron":
-                raise RecipeError(
-                    f"{recipe.where('edits', i)}: edits[{i}]: {what} is edited on both up_proj and down_proj "
-                    f"(edits[{j}]); the two factors would multiply",
-                    hint="edit each neuron once, on one tensor",
-                )
-            hint = "each slice may be edited once; merge the two edits" if first.op == resolved.op else (
-                f"it cannot be both {first.op} and {resolved.op}; keep one")
-            raise RecipeError(f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint)
-        seen[key] = (resolved, i)
+        if edit.op == "scale":
+            f = edit.factor
+            if f is None:
+                raise RecipeError(f"{recipe.where(*base, 'op')}: edits[{i}].factor: op scale needs a factor", hint="add e.g. `factor: 0.5`")
+            if not math.isfinite(f):
+                raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: {f} is not a finite number")
+            if f == 0.0:
+                why = ("-0.0 is a zero that would also set the sign bit of every zeroed weight"
+                       if math.copysign(1.0, f) < 0 else "scaling by 0 is zeroing (and leaves -0.0 where weights were negative)")
+                raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: {why}",
+                                  hint="write `op: zero` (without a factor): it writes exact zeros")
+            if f == 1.0:
+                raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: scaling by 1 changes nothing", hint="remove the edit")
+        elif edit.factor is not None:
+            raise RecipeError(
+                f"{recipe.where(*base, 'factor')}: edits[{i}].factor: op {edit.op} takes no factor",
+                hint="use `op: scale` with a factor, or drop the factor",
+            )
+    seen: dict[tuple, tuple[str | None, str, int]] = {}
+    for i, edit in enumerate(recipe.edits):
+        layers = edit.layer if isinstance(edit.layer, list) else [edit.layer]
+        tensor: str | None = edit.tensor
+        kind, indices = ("neuron", edit.neuron) if isinstance(edit, NeuronEdit) else ("expert", edit.expert)
+        indices = indices if isinstance(indices, list) else [indices]
+        for layer in layers:
+            for index in indices:
+                key = (layer, kind, index)
+                prev = seen.get(key)
+                if prev is None:
+                    seen[key] = (tensor, edit.op, i)
+                    continue
+                first_tensor, first_op, j = prev
+                what = f"layer {layer} {kind} {index}"
+                if first_tensor != tensor and kind == "neuron":
+                    raise RecipeError(
+                        f"{recipe.where('edits', i)}: edits[{i}]: {what} is edited on both up_proj and down_proj "
+                        f"(edits[{j}]); the two factors would multiply",
+                        hint="edit each neuron once, on one tensor",
+                    )
+                hint = "each slice may be edited once; merge the two edits" if first_op == edit.op else (
+                    f"it cannot be both {first_op} and {edit.op}; keep one")
+                raise RecipeError(f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint)
     if recipe.is_resolved and not recipe.edits:
         raise RecipeError(f"{recipe.where('edits')}: edits: the recipe has no edits", hint="add edits, or mark it `resolution: {status: unresolved}`")
     if not recipe.is_resolved and recipe.edits:
@@ -295,7 +298,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = None
-    yaml.sort_base_mapping_type_on_output = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
     buf = StringIO()
     yaml.dump(data, buf)
     return buf.getvalue()

@@ -1,7 +1,14 @@
 """Recipe format v1: the pydantic schema (strict types), typed resolution constraints, expanded edits.
 
 A recipe is the unit users review; `patchkit.recipe.loader` reads YAML into these models with file:line:column
-errors, and every model here forbids unknown keys so a typo is an error, not a silently ignored field.
+errors. Every model here is strict (no `"2"` for 2, no `true` for 1: see `patchkit.recipe.fields`) and forbids
+unknown keys, so a typo is an error, not a silently ignored field. The bounds live in `patchkit.recipe.limits`.
+
+Factor rules (checked in `patchkit.recipe.loader`): `op: scale` needs a finite factor; a factor of 0 or -0.0 is
+refused with "write `op: zero`" (scaling by 0 leaves -0.0 wherever a weight was negative, and -0.0 would set
+the sign bit of every zeroed weight: `zero` writes exact +0), a factor of 1 is refused as a no-op, and
+`invert` / `zero` take no factor. Whether a factor fits the tensor's dtype (overflow, underflow) is checked when
+the edit is planned against the model (`patchkit.edit`), not here.
 """
 
 from __future__ import annotations
@@ -10,23 +17,44 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from patchkit.errors import RecipeError
+from patchkit.recipe._text import show
+from patchkit.recipe.fields import (
+    Factor,
+    Index,
+    IndexList,
+    Indices,
+    OptFactor,
+    check_name,
+    check_repo_id,
+    check_revision,
+    fail,
+)
 from patchkit.recipe.gates import Checks
+from patchkit.recipe.limits import MAX_EXPANDED_EDITS, MAX_NAME_CHARS
 
 SCHEMA_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 NeuronOp = Literal["invert", "scale", "zero"]
 SourceKind = Literal["paper", "diff", "locate", "manual"]
 
 
 # --- positions (file:line:column for error messages) ---
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
 def dotted(loc: tuple) -> str:
+    """`edits[0].neuron`; a key that is long or unusual (a hostile one) is shown quoted and cut short."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{part}]"
+            continue
+        name = str(part) if isinstance(part, str) and _PLAIN_KEY.fullmatch(part) else show(part, 40)
+        text += f".{name}" if text else name
     return text
 
 
@@ -42,21 +70,27 @@ def where_in(filename: str, positions: dict, loc: tuple) -> str:
 # --- schema ----------------------------------------------------------------------------------------------
 
 
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class ModelSpec(BaseModel):
     """Which checkpoint the recipe edits. `revision` should be a 40-hex commit sha (a pin)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    repo: str | None = Field(None, description="Hub repo id (org/name) of the base model")
-    revision: str | None = Field(None, description="pinned commit sha of the base model")
+    repo: str | None = Field(None, description="Hub repo id (org/name) of the base model; never a local path")
+    revision: str | None = Field(None, description="pinned commit sha of the base model (or a branch / tag name)")
     architecture: Literal["gemma4", "llama"] | None = Field(None, description="adapter name")
 
     @field_validator("repo")
     @classmethod
     def _repo_shape(cls, value: str | None) -> str | None:
-        if value is not None and (value.count("/") != 1 or value.startswith("/") or value.endswith("/")):
-            raise ValueError(f"{value!r} is not a Hub repo id; write it as org/name")
-        return value
+        return None if value is None else check_repo_id(value, field="model.repo")
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_shape(cls, value: str | None) -> str | None:
+        return None if value is None else check_revision(value)
 
     @property
     def pinned(self) -> bool:
@@ -64,13 +98,56 @@ class ModelSpec(BaseModel):
         return len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
 
 
-class Source(BaseModel):
-    """Where the edits come from; evidence fields (scores, probes, method) are kept as given."""
+class SliceChecksum(BaseModel):
+    """One entry of `source.checksums` (written by `patchkit recipe extract`; read by `verify`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _STRICT
+
+    layer: Index
+    kind: Literal["neuron", "expert"]
+    index: Index
+    tensor: str = Field(min_length=1, max_length=512)
+    before_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    after_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Source(BaseModel):
+    """Where the edits come from; evidence fields (scores, probes, method) are kept as given.
+
+    Two extra fields other stages read are typed: `checksums` (a list of SliceChecksum) and `base` (text)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     kind: SourceKind
     reference: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_extras(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        base = data.get("base")
+        if base is not None and not isinstance(base, str):
+            raise fail(f"must be text (the base model's org/name@sha), got {show(base)}", loc=("base",))
+        sums = data.get("checksums")
+        if sums is not None:
+            hint = "regenerate it with `patchkit recipe extract`"
+            if not isinstance(sums, list):
+                raise fail(f"must be a list of {{layer, kind, index, tensor, before_sha256, after_sha256}}, got "
+                           f"{show(sums)}", hint=hint, loc=("checksums",))
+            for i, entry in enumerate(sums):
+                try:
+                    SliceChecksum.model_validate(entry)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    ctx = err.get("ctx") or {}
+                    msg = ctx.get("message") or err["msg"]
+                    if err["type"] == "string_pattern_mismatch":
+                        msg = f"must be a sha256 (64 lowercase hex digits), got {show(err.get('input'))}"
+                    if err["type"] == "model_type":
+                        msg = f"must be a mapping {{layer, kind, index, tensor, before_sha256, after_sha256}}, got {show(entry)}"
+                    raise fail(msg, hint=hint, loc=("checksums", i, *err["loc"], *ctx.get("loc", ()))) from None
+        return data
 
 
 Op = Literal["invert", "scale", "zero", "suppress"]
@@ -79,41 +156,28 @@ Op = Literal["invert", "scale", "zero", "suppress"]
 class PartialEdit(BaseModel):
     """An edit known except for its neuron/expert index."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    layer: int = Field(ge=0)
+    layer: Index
     op: Op
-    factor: float | None = None
+    factor: OptFactor = None
     note: str | None = None
 
 
 class Constraints(BaseModel):
     """Typed view of `resolution.constraints` (extra keys are allowed and kept)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     kind: Literal["neuron", "expert"] | None = None
-    layers: list[int] | None = None
-    max_edits: int | None = Field(None, ge=1)
-    exact_edits: int | None = Field(None, ge=1)
+    layers: IndexList | None = None
+    max_edits: int | None = Field(None, ge=1, le=MAX_EXPANDED_EDITS)
+    exact_edits: int | None = Field(None, ge=1, le=MAX_EXPANDED_EDITS)
     ops: list[Op] | None = None
-    factors: list[float] | None = None
+    factors: list[Factor] | None = None
     partial_edits: list[PartialEdit] = Field(default_factory=list)
-    units_total: int | None = Field(None, ge=1)
+    units_total: int | None = Field(None, ge=1, le=2**53)
     evidence: str | None = None
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, value: list[int] | None) -> list[int] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("the list is empty; omit `layers` to search every layer")
-        if any(v < 0 for v in value):
-            raise ValueError(f"layer indices must be >= 0, got {min(value)}")
-        if len(set(value)) != len(value):
-            raise ValueError("a layer is listed twice")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Constraints:
@@ -121,12 +185,18 @@ class Constraints(BaseModel):
         if self.max_edits is not None and self.exact_edits is not None and self.exact_edits > self.max_edits:
             raise ValueError(f"exact_edits ({self.exact_edits}) exceeds max_edits ({self.max_edits})")
         if self.layers is not None:
-            stray = [p.layer for p in self.partial_edits if p.layer not in self.layers]
+            allowed = set(self.layers)
+            stray = [p.layer for p in self.partial_edits if p.layer not in allowed]
             if stray:
-                raise ValueError(f"partial_edits: layer {stray[0]} is not in `layers` {self.layers}")
+                raise ValueError(f"partial_edits: layer {stray[0]} is not in `layers` {show(self.layers, 80)}")
         for i, p in enumerate(self.partial_edits):
             if p.op == "scale" and p.factor is None:
                 raise ValueError(f"partial_edits[{i}]: op scale needs a factor")
+            if p.op == "scale" and p.factor in (0.0, 1.0):
+                raise ValueError(f"partial_edits[{i}]: scaling by {p.factor:g} is not a scale edit; "
+                                 + ("write op: zero" if p.factor == 0.0 else "remove it (it changes nothing)"))
+            if p.op != "scale" and p.factor is not None:
+                raise ValueError(f"partial_edits[{i}]: op {p.op} takes no factor")
             if self.kind == "expert" and p.op != "suppress" or self.kind == "neuron" and p.op == "suppress":
                 raise ValueError(f"partial_edits[{i}]: op {p.op} does not fit kind {self.kind}")
         if self.kind == "expert" and self.ops and set(self.ops) - {"suppress"}:
@@ -143,11 +213,10 @@ class Constraints(BaseModel):
         return default if value is None else value
 
 
-
 class Resolution(BaseModel):
     """Whether the edits are known. Unresolved recipes carry constraints and say how to resolve them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     status: Literal["resolved", "unresolved"] = "resolved"
     method: str | None = Field(None, description="how the edits are (to be) found: paper-citation | diff | locate | manual")
@@ -159,27 +228,58 @@ class Resolution(BaseModel):
                     "partial_edits, units_total, evidence (see patchkit.recipe.resolution.Constraints); other keys are kept")
     how_to_resolve: str | None = None
 
+    @model_validator(mode="after")
+    def _diff_reference_is_a_hub_ref(self) -> Resolution:
+        """`apply` resolves an unresolved diff recipe on its own from `reference`: that must be a Hub repo
+        (org/name[@revision]), never a local path chosen by whoever wrote the recipe."""
+        if self.status == "unresolved" and self.method == "diff" and self.reference is not None:
+            repo, at, revision = self.reference.partition("@")
+            try:
+                check_repo_id(repo, field="resolution.reference")
+                if at:
+                    check_revision(revision)
+            except PydanticCustomError as exc:
+                raise fail(f"must be a Hub reference org/name[@revision]: {(exc.context or {}).get('message', '')}",
+                           hint="an unresolved diff recipe names the published fixed model on the Hub; to extract "
+                                "from a local directory run `patchkit recipe extract BASE DIR --into RECIPE`",
+                           loc=("reference",)) from None
+        return self
+
+
+_LICENSE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
+
 
 class Publish(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Where `patchkit push` publishes the patched model (a Hub repo id, never a path)."""
+
+    model_config = _STRICT
 
     repo: str | None = None
     license: str | None = None
     private: bool = False
 
+    @field_validator("repo")
+    @classmethod
+    def _repo_shape(cls, value: str | None) -> str | None:
+        return None if value is None else check_repo_id(value, field="publish.repo")
 
-IntOrList = int | list[int]
+    @field_validator("license")
+    @classmethod
+    def _license_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _LICENSE_RE.fullmatch(value):
+            raise fail(f"{show(value)} is not a license id", hint="use a Hub license id such as apache-2.0, mit or other")
+        return value
 
 
 class NeuronEdit(BaseModel):
     """Scale MLP neuron(s): column n of down_proj (default) or row n of up_proj."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    layer: IntOrList
-    neuron: IntOrList
+    layer: Indices
+    neuron: Indices
     op: NeuronOp
-    factor: float | None = None
+    factor: OptFactor = None
     tensor: Literal["down_proj", "up_proj"] = "down_proj"
     note: str | None = None
 
@@ -187,22 +287,27 @@ class NeuronEdit(BaseModel):
 class ExpertEdit(BaseModel):
     """Suppress routed expert(s) of an MoE layer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    layer: IntOrList
-    expert: IntOrList
+    layer: Indices
+    expert: Indices
     op: Literal["suppress"]
     tensor: Literal["down_proj"] | None = None
     note: str | None = None
 
 
+def _count(value: int | list[int]) -> int:
+    return len(value) if isinstance(value, list) else 1
+
+
 class Recipe(BaseModel):
     """A patchkit recipe (schema v1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     patchkit: Literal[1] = Field(1, description="recipe schema version")
-    name: str = Field(min_length=1, max_length=96, description="slug (letters, digits, . _ -); names the apply output dir")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                      description="slug (letters, digits, . _ -); names the apply output dir")
     description: str | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     source: Source
@@ -211,13 +316,18 @@ class Recipe(BaseModel):
     checks: Checks | None = None
     publish: Publish | None = None
 
+    @field_validator("patchkit", mode="before")
+    @classmethod
+    def _version_is_an_integer(cls, value: Any) -> Any:
+        if type(value) is not int:  # Literal[1] would accept true and 1.0
+            raise fail(f"schema version must be the integer {SCHEMA_VERSION}, got {show(value)}",
+                       hint=f"write `patchkit: {SCHEMA_VERSION}`")
+        return value
+
     @field_validator("name")
     @classmethod
     def _name_is_a_slug(cls, value: str) -> str:
-        if not _NAME_RE.match(value) or value in (".", ".."):
-            raise ValueError(f"{value!r} is not a usable name: use letters, digits, '.', '_' and '-' only "
-                             "(it becomes the output directory and repo name)")
-        return value
+        return check_name(value)
 
     _path: str | None = PrivateAttr(None)
     _text: str | None = PrivateAttr(None)
@@ -245,6 +355,8 @@ class Recipe(BaseModel):
             return
         res = self.resolution
         how = (res.how_to_resolve if res else None) or self._default_how_to_resolve()
+        if len(how) > 300:  # the recipe's own text: never let it flood the one-line message
+            how = how[:299] + "…"
         raise RecipeError(f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet): {how}")
 
     def _default_how_to_resolve(self) -> str:
@@ -264,14 +376,25 @@ class Recipe(BaseModel):
             return f"run `patchkit locate {base} --from-recipe {path}` on a machine with the model and a GPU"
         return "fill in `edits:` and delete the `resolution:` section (or find them with `patchkit locate`)"
 
+    def slice_count(self) -> int:
+        """How many (layer, neuron|expert) slices the edits expand to, computed from the list lengths."""
+        return sum(_count(e.layer) * _count(e.neuron if isinstance(e, NeuronEdit) else e.expert) for e in self.edits)
+
     def expanded_edits(self) -> list[ResolvedEdit]:
-        """One ResolvedEdit per (layer, neuron|expert), lists expanded, in file order."""
+        """One ResolvedEdit per (layer, neuron|expert), lists expanded, in file order (at most
+        `MAX_EXPANDED_EDITS`: RecipeError beyond, before anything is expanded)."""
+        total = self.slice_count()
+        if total > MAX_EXPANDED_EDITS:
+            raise RecipeError(f"{self.where('edits')}: edits: the recipe expands to {total:,} (layer, index) slices, "
+                              f"more than the limit of {MAX_EXPANDED_EDITS:,}", hint="split it into several recipes")
         out: list[ResolvedEdit] = []
         for i, edit in enumerate(self.edits):
             layers = edit.layer if isinstance(edit.layer, list) else [edit.layer]
+            kind: Literal["neuron", "expert"]
+            factor: float
             if isinstance(edit, NeuronEdit):
                 kind, indices = "neuron", edit.neuron
-                factor = {"invert": -1.0, "zero": 0.0}.get(edit.op, edit.factor)
+                factor = {"invert": -1.0, "zero": 0.0}.get(edit.op, edit.factor if edit.factor is not None else 1.0)
                 tensor: str | None = edit.tensor
             else:
                 kind, indices, factor, tensor = "expert", edit.expert, 0.0, edit.tensor

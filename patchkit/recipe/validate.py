@@ -84,7 +84,7 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
                 against, model_name = "profile", rec.model.repo
         if config is None:
             warnings.append("no model given and none found offline: checked the recipe schema only (pass --model)")
-    architecture = rec.model.architecture
+    architecture: str | None = rec.model.architecture
     if config is not None:
         adapter = get_adapter(config, rec.model.architecture)
         architecture = adapter.architecture
@@ -146,7 +146,7 @@ description: >-
   What this edit fixes and why (e.g. repetition loops on long enumerations).
 model:
   repo: {repo}            # the base model on the Hub (org/name)
-  revision: "{revision}"    # pin the exact commit sha the edits were found on
+{revision_line}
   architecture: {arch}
 source:
   kind: manual            # paper | diff | locate | manual
@@ -190,5 +190,9 @@ def starter_recipe(*, model: str | None = None, arch: str | None = None, name: s
     if arch not in ("gemma4", "llama"):
         raise ModelError(f"unknown architecture {arch!r}", hint="name a model to read it from",
                          fix=Fix("arch", "gemma4|llama"))
-    return STARTER.format(name=name or "my-loop-fix", repo=repo, revision=revision, arch=arch, geometry=geometry,
-                          expert_hint=expert_hint)
+    if revision.startswith("<"):  # unknown: a commented placeholder (a recipe refuses a revision that is not one)
+        revision_line = f'  # revision: "{revision}"   # pin the exact commit sha the edits were found on'
+    else:
+        revision_line = f'  revision: "{revision}"    # pin the exact commit sha the edits were found on'
+    return STARTER.format(name=name or "my-loop-fix", repo=repo, revision_line=revision_line, arch=arch,
+                          geometry=geometry, expert_hint=expert_hint)
