@@ -228,13 +228,24 @@ def load_suite(name_or_path: str | Path, *, controls: bool | None = None) -> Sui
     return suite
 
 
+#: a suite file is YAML text; the packaged 164-probe suite is ~60 KB
+MAX_SUITE_BYTES = 4 << 20
+
+
 def _read(path: Path) -> str:
+    """The suite file's text: a regular file (no FIFOs, devices, links out), capped before reading, UTF-8."""
+    from patchkit._io.fs import read_capped
+
     try:
-        return path.read_text(encoding="utf-8")
+        data = read_capped(path, MAX_SUITE_BYTES, what="suite file", error=CheckError)
     except FileNotFoundError:
         raise CheckError(f"{path}: suite file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckError(f"{path}: cannot read suite file ({exc})") from None
+    except OSError as exc:
+        raise CheckError(f"{path}: cannot read suite file ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckError(f"{path}: suite file is not UTF-8 text (byte {exc.start})") from None
 
 
 def parse_suite(text: str, filename: str = "<suite>") -> Suite:
@@ -245,6 +256,8 @@ def parse_suite(text: str, filename: str = "<suite>") -> Suite:
     yaml = YAML(typ="rt")
     try:
         data = yaml.load(text)
+    except RecursionError:
+        raise CheckError(f"{filename}: nested too deeply to be a suite file") from None
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename

@@ -31,7 +31,7 @@ def _rich_progress(console: Any) -> Iterator[Progress]:
         yield labelled
 
 
-_report_option = click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+_report_option = click.option("--report", "report_dir", type=click.Path(path_type=Path),
                               default=None, help="Write bench.json and bench.png into this directory.")
 #: the BenchSettings fields `patchkit check` passes on to its bench (and, for limit/dtype/device, loop) step
 _CHECK_FIELDS = ("tasks", "limit", "dtype", "device")
@@ -40,7 +40,7 @@ _CHECK_FIELDS = ("tasks", "limit", "dtype", "device")
 @click.command("bench")
 @click.argument("model")
 @click.option("--patched", "patched", default=None, metavar="DIR", help="Patched checkpoint to compare with MODEL.")
-@click.option("--recipe", "recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--recipe", "recipe", type=click.Path(path_type=Path), default=None,
               help="Its checks.bench thresholds gate the exit code; without --patched it is first applied to MODEL "
                    "in a temporary directory.")
 @settings_options(BenchSettings)
@@ -77,9 +77,9 @@ def bench_cmd(model: str, patched: str | None, recipe: Path | None, report_dir: 
 
 
 @click.command("check")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "model", required=True, metavar="REF", help="Base checkpoint: directory, org/name[@rev].")
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=None,
               help="Keep the patched checkpoint here (default: a temporary directory, removed afterwards).")
 @settings_options(BenchSettings, only=_CHECK_FIELDS)
 @_report_option

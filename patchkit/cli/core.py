@@ -26,7 +26,7 @@ def _progress(as_json: bool, label: str) -> contextlib.AbstractContextManager[Pr
 
 
 @click.command("apply")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "model", help="Base model: local dir, org/name or org/name@revision (default: the recipe's model).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default: ./<recipe name>).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes to write) and write nothing.")
@@ -72,7 +72,7 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
 @click.argument("a")
 @click.argument("b")
 @click.option("--as-recipe", is_flag=True, help="Write a recipe that reproduces B from A (refused if a change is not classifiable).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="With --as-recipe: write the recipe here instead of stdout.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="With --as-recipe: write the recipe here instead of stdout.")
 @click.option("--name", help="With --as-recipe: the recipe's name (default: <B>-from-diff).")
 @click.option("--repo", help="With --as-recipe: model.repo to record (default: A's path).")
 @click.option("--revision", help="With --as-recipe: model.revision to pin.")
@@ -140,7 +140,7 @@ def _print_report(report) -> None:
 
 
 @click.command("verify")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "model", help="Base model (default: the recipe's model).")
 @click.option("--patched", type=click.Path(path_type=Path),
               help="The patched checkpoint directory to check. Without it, a recipe resolved by diff is re-checked "

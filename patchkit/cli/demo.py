@@ -93,15 +93,15 @@ def summary_table(result: Any) -> Any:
 
 @click.command("demo")
 @click.option("--full", is_flag=True, help="Run the whole enumeration suite instead of the small smoke suite.")
-@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--recipe", type=click.Path(path_type=Path), default=None,
               help="Recipe to apply (default: recipes/smollm2-135m.yaml when it exists).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Report directory (default: patchkit-demo/run-<timestamp>).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Token budget per generation (default: 400).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most N probes per kind (enumeration / control) and N items per bench source.")
-@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="Use this local checkpoint directory instead of the embedded model (skips the GGUF import).")
 @click.option("--suite", default=None, metavar="NAME|FILE",
               help="Probe suite instead of smoke (--full: enumeration); a packaged name or a suite YAML file.")

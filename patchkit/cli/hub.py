@@ -34,14 +34,14 @@ def _show_plan(plan, console) -> None:
 
 
 @click.command("push")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="Target model repo (created if missing).")
 @click.option("--private", is_flag=True, help="Create the repo as private.")
 @click.option("--pr", "create_pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to (created from main if missing).")
 @click.option("--message", default=None, help="Commit message (default: 'patchkit: <recipe name>').")
-@click.option("--loops-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit loops --json` output for the card.")
-@click.option("--bench-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit bench --json` output for the card.")
+@click.option("--loops-report", type=click.Path(path_type=Path), help="`patchkit loops --json` output for the card.")
+@click.option("--bench-report", type=click.Path(path_type=Path), help="`patchkit bench --json` output for the card.")
 @click.option("--allow-unpatched", is_flag=True, help="Push a directory that has no patchkit.json provenance.")
 @click.option("--dry-run", is_flag=True, help="Print files, sizes and the card; send nothing.")
 @json_option
@@ -85,7 +85,7 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
 
 @click.command("pull")
 @click.argument("ref", metavar="ORG/NAME[@REV]")
-@click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), help="Download here instead of the HF cache.")
+@click.option("--local-dir", type=click.Path(path_type=Path), help="Download here instead of the HF cache.")
 @json_option
 @handle_errors
 def pull_cmd(ref, local_dir, as_json):
@@ -110,11 +110,11 @@ def pull_cmd(ref, local_dir, as_json):
 
 
 @click.command("card")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--loops-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit loops --json` output.")
-@click.option("--bench-report", type=click.Path(dir_okay=False, path_type=Path), help="`patchkit bench --json` output.")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--loops-report", type=click.Path(path_type=Path), help="`patchkit loops --json` output.")
+@click.option("--bench-report", type=click.Path(path_type=Path), help="`patchkit bench --json` output.")
 @click.option("--repo", "repo_id", default=None, metavar="ORG/NAME", help="Repo the card is for (names the model).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the card here (else stdout).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the card here (else stdout).")
 @json_option
 @handle_errors
 def card_cmd(directory, loops_report, bench_report, repo_id, output, as_json):

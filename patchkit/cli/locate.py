@@ -32,13 +32,13 @@ def _rate(d: dict) -> str:
 @click.argument("model")
 @click.option("--suite", default="enumeration", show_default=True,
               help="Probe suite: its train split chooses the edit, its held-out split judges it.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Recipe to write (default: recipe.yaml, or the --from-recipe file itself); the report goes next "
                    "to it, in <name>.locate/.")
-@click.option("--from-recipe", "from_recipe", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--from-recipe", "from_recipe", type=click.Path(path_type=Path), default=None,
               help="Unresolved recipe whose resolution.constraints (layers, ops, factors, max edits, kind) bound the "
                    "search; the indices are written back into it (or into -o).")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--report-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write locate-report.json, layers.png and sweep.png.")
 @click.option("--budget-minutes", type=float, default=15.0, show_default=True,
               help="Time budget; the screen and the sweep stop starting new work when their share is used.")
@@ -48,7 +48,7 @@ def _rate(d: dict) -> str:
               help="Neuron ops to try (invert, zero, scale:F); MoE experts are always tried with suppress.")
 @click.option("--backend", type=click.Choice(["transformers"]), default="transformers", show_default=True,
               help="Locate needs gradients and hooks, so it runs the model in-process.")
-@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Stage cache directory: finished stages are stored here and reused on a re-run.")
 @click.option("--limit", type=int, default=None, help="Train probes per kind (quick runs).")
 @click.option("--heldout-limit", type=int, default=None, help="Held-out probes per kind.")

@@ -134,7 +134,7 @@ def _progress(console: Any) -> Iterator[_RichLoopProgress]:
 @click.option("--recipe", "recipe", default=None, metavar="RECIPE",
               help="Apply this recipe to MODEL in a temp dir and check the result; its checks.loops are the gates.")
 @settings_options(LoopSettings)
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write loops.json, every transcript and loops.png into this directory.")
 @json_option
 @handle_errors

@@ -13,7 +13,7 @@ from patchkit.errors import PatchkitError
 
 
 @click.command("validate")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "model", default=None, help="Local dir, org/name or org/name@rev to check the edits against.")
 @json_option
 @handle_errors
@@ -69,7 +69,7 @@ def schema_cmd() -> None:
 @click.option("--model", "model", default=None, help="Fill in geometry and revision pin from this model.")
 @click.option("--arch", type=click.Choice(["gemma4", "llama"]), default=None, help="Architecture when no model is given.")
 @click.option("--name", default=None, help="Recipe name.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write here (refuses to overwrite); default stdout.")
 @json_option
 @handle_errors

@@ -24,9 +24,9 @@ def recipe_group() -> None:
 @recipe_group.command("extract")
 @click.argument("base")
 @click.argument("fixed")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Write the recipe here (default: stdout; with --into: the --into file).")
-@click.option("--into", "into", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--into", "into", type=click.Path(path_type=Path), default=None,
               help="An (unresolved) recipe to resolve: keeps its name, description, checks, publish and constraints.")
 @click.option("--name", default=None, help="Recipe name (default: --into's, else <FIXED>-from-diff).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file (other than --into).")
@@ -67,7 +67,7 @@ def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name
 
 
 @recipe_group.command("space")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", default=None, help="Check the space against this model's geometry (default: its size profile).")
 @json_option
 @handle_errors

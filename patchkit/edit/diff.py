@@ -151,15 +151,16 @@ def resolve_dir(ref: str | os.PathLike[str]) -> Path:
 
 
 def weight_files(directory: Path) -> list[str]:
-    """Weight files of a checkpoint dir: from model.safetensors.index.json, else every *.safetensors file."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            data = json.loads(index.read_text())
-            files = sorted(set(data["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise PatchkitError(f"{index}: not a valid safetensors index (needs a weight_map object)") from None
-        return files
+    """Weight files of a checkpoint dir: from model.safetensors.index.json (read strictly, paths normalised and
+    kept inside the directory), else every *.safetensors file. The directory is first checked for special files
+    and links that leave it (`patchkit._io.fs.check_tree`)."""
+    from patchkit.model.refs import resolve_model
+
+    ref = resolve_model(directory)
+    ref.check_local()
+    weight_map = ref.weight_map()
+    if weight_map is not None:
+        return sorted(set(weight_map.values()))
     files = sorted(p.name for p in directory.glob("*.safetensors"))
     if not files:
         raise PatchkitError(f"{directory}: no *.safetensors files (is this a checkpoint directory?)")
@@ -167,7 +168,7 @@ def weight_files(directory: Path) -> list[str]:
 
 
 def _headers(directory: Path, skip: frozenset[str] = frozenset()) -> tuple[dict[str, SafetensorsHeader], dict[str, str]]:
-    headers = {f: read_header(directory / f) for f in weight_files(directory) if f not in skip}
+    headers = {f: read_header(directory / f, root=directory) for f in weight_files(directory) if f not in skip}
     owner = {}
     for f, h in headers.items():
         for name in h.tensors:
@@ -551,10 +552,15 @@ def _slug(text: str, suffix: str = "") -> str:
 
 
 def _read_config(directory: Path) -> dict:
-    try:
-        return json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
+    """config.json of a checkpoint dir ({} when it has none), read with the same caps and strict JSON as models."""
+    from patchkit._io.fs import parse_json, read_capped
+    from patchkit.model.refs import MAX_CONFIG_BYTES
+
+    path = directory / "config.json"
+    if not os.path.lexists(path):
         return {}
+    config = parse_json(read_capped(path, MAX_CONFIG_BYTES, what="config.json", root=directory), str(path))
+    return config if isinstance(config, dict) else {}
 
 
 def _architecture(config: dict) -> str | None:

@@ -43,7 +43,7 @@ class RetryPolicy:
 def parse_repo_ref(ref: str) -> tuple[str, str | None]:
     """`org/name[@rev]` -> (repo_id, revision or None); HubError on anything else."""
     repo_id, _, revision = ref.strip().partition("@")
-    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+    if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
         raise HubError(f"{ref!r} is not a Hub repo reference", hint="write it as ORG/NAME or ORG/NAME@REVISION")
     return repo_id, (revision or None)
 
