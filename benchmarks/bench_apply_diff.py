@@ -50,11 +50,15 @@ def run(cmd: list[str], *, env: dict | None = None, stdout=subprocess.DEVNULL) -
     rss_file.unlink(missing_ok=True)
     os.sync()  # start every measurement without a backlog of dirty pages from the previous step
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {}), "PK_RSS_FILE": str(rss_file)}, stdout=stdout,
-                          stderr=subprocess.PIPE)
+    proc = subprocess.run(
+        cmd, env={**os.environ, **(env or {}), "PK_RSS_FILE": str(rss_file)}, stdout=stdout, stderr=subprocess.PIPE
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        print(f"command failed ({proc.returncode}): {' '.join(cmd)[-300:]}\n{proc.stderr.decode()[-2000:]}", file=sys.stderr)
+        print(
+            f"command failed ({proc.returncode}): {' '.join(cmd)[-300:]}\n{proc.stderr.decode()[-2000:]}",
+            file=sys.stderr,
+        )
     rss = int(rss_file.read_text()) / 1024 if rss_file.exists() else 0.0
     rss_file.unlink(missing_ok=True)
     return seconds, rss, proc.returncode
@@ -105,7 +109,8 @@ def write_checkpoint(directory: Path, tensors: list[tuple[str, tuple[int, ...]]]
                     left -= n
                     offset += 1
     (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+    )
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     (directory / "tokenizer_config.json").write_text("{}")
     (directory / "generation_config.json").write_text("{}")
@@ -120,21 +125,38 @@ def gemma_like(size_gb: float, hidden: int = 2560, inter: int = 10240) -> tuple[
     for layer in range(layers):
         q = f"{p}.layers.{layer}"
         tensors += [
-            (f"{q}.self_attn.q_proj.weight", (hidden, hidden)), (f"{q}.self_attn.k_proj.weight", (512, hidden)),
-            (f"{q}.self_attn.v_proj.weight", (512, hidden)), (f"{q}.self_attn.o_proj.weight", (hidden, hidden)),
-            (f"{q}.mlp.gate_proj.weight", (inter, hidden)), (f"{q}.mlp.up_proj.weight", (inter, hidden)),
+            (f"{q}.self_attn.q_proj.weight", (hidden, hidden)),
+            (f"{q}.self_attn.k_proj.weight", (512, hidden)),
+            (f"{q}.self_attn.v_proj.weight", (512, hidden)),
+            (f"{q}.self_attn.o_proj.weight", (hidden, hidden)),
+            (f"{q}.mlp.gate_proj.weight", (inter, hidden)),
+            (f"{q}.mlp.up_proj.weight", (inter, hidden)),
             (f"{q}.mlp.down_proj.weight", (hidden, inter)),
-            (f"{q}.input_layernorm.weight", (hidden,)), (f"{q}.post_attention_layernorm.weight", (hidden,)),
-            (f"{q}.pre_feedforward_layernorm.weight", (hidden,)), (f"{q}.post_feedforward_layernorm.weight", (hidden,)),
+            (f"{q}.input_layernorm.weight", (hidden,)),
+            (f"{q}.post_attention_layernorm.weight", (hidden,)),
+            (f"{q}.pre_feedforward_layernorm.weight", (hidden,)),
+            (f"{q}.post_feedforward_layernorm.weight", (hidden,)),
         ]
     tensors.append((f"{p}.norm.weight", (hidden,)))
     text = {
-        "model_type": "gemma4_text", "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256, "vocab_size": 32768,
-        "num_kv_shared_layers": 0, "hidden_size_per_layer_input": 0, "torch_dtype": "bfloat16",
+        "model_type": "gemma4_text",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 256,
+        "vocab_size": 32768,
+        "num_kv_shared_layers": 0,
+        "hidden_size_per_layer_input": 0,
+        "torch_dtype": "bfloat16",
     }
-    config = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
-              "torch_dtype": "bfloat16"}
+    config = {
+        "architectures": ["Gemma4ForConditionalGeneration"],
+        "model_type": "gemma4",
+        "text_config": text,
+        "torch_dtype": "bfloat16",
+    }
     return tensors, config, layers
 
 
@@ -145,14 +167,28 @@ def llama_like(size_mb: float, hidden: int = 1024, inter: int = 4096) -> tuple[l
     for layer in range(layers):
         q = f"model.layers.{layer}"
         tensors += [(f"{q}.self_attn.{n}.weight", (hidden, hidden)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        tensors += [(f"{q}.mlp.gate_proj.weight", (inter, hidden)), (f"{q}.mlp.up_proj.weight", (inter, hidden)),
-                    (f"{q}.mlp.down_proj.weight", (hidden, inter)),
-                    (f"{q}.input_layernorm.weight", (hidden,)), (f"{q}.post_attention_layernorm.weight", (hidden,))]
+        tensors += [
+            (f"{q}.mlp.gate_proj.weight", (inter, hidden)),
+            (f"{q}.mlp.up_proj.weight", (inter, hidden)),
+            (f"{q}.mlp.down_proj.weight", (hidden, inter)),
+            (f"{q}.input_layernorm.weight", (hidden,)),
+            (f"{q}.post_attention_layernorm.weight", (hidden,)),
+        ]
     tensors += [("model.norm.weight", (hidden,)), ("lm_head.weight", (4096, hidden))]
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-              "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 8,
-              "num_key_value_heads": 8, "vocab_size": 4096, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
-              "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "vocab_size": 4096,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
     return tensors, config
 
 
@@ -197,21 +233,28 @@ def main() -> None:
         base = work / "base"
         t0 = time.perf_counter()
         total = write_checkpoint(base, tensors, args.shards, config)
-        print(f"synthesized {total / 1e9:.2f} GB in {args.shards} shards ({layers} layers) in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"synthesized {total / 1e9:.2f} GB in {args.shards} shards ({layers} layers) in {time.perf_counter() - t0:.1f}s"
+        )
         layer = layers // 2
         r = recipe(work / "r.yaml", "bench/gemma-like", "gemma4", layer, 7)
         index = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
         touched = base / index[f"model.language_model.layers.{layer}.mlp.down_proj.weight"]
         subprocess.run(["cat", *map(str, base.glob("*.safetensors"))], stdout=subprocess.DEVNULL, check=True)
-        cold = run([*PATCHKIT, "apply", str(r), "--model", str(base), "-o", str(work / "out-cold"), "--json"],
-                   env={**env, "PATCHKIT_NO_HASH_CACHE": "1"})
+        cold = run(
+            [*PATCHKIT, "apply", str(r), "--model", str(base), "-o", str(work / "out-cold"), "--json"],
+            env={**env, "PATCHKIT_NO_HASH_CACHE": "1"},
+        )
         run([*PATCHKIT, "apply", str(r), "--model", str(base), "-o", str(work / "out-prime"), "--json"], env=env)
         # the machine is shared: alternate apply and cp `repeat` times and keep each one's fastest run
         warm, cp = (float("inf"), 0.0, 0), (float("inf"), 0.0, 0)
         for i in range(args.repeat):
             shutil.rmtree(work / "out", ignore_errors=True)
             (work / "cp.safetensors").unlink(missing_ok=True)
-            warm = min(warm, run([*PATCHKIT, "apply", str(r), "--model", str(base), "-o", str(work / "out"), "--json"], env=env))
+            warm = min(
+                warm,
+                run([*PATCHKIT, "apply", str(r), "--model", str(base), "-o", str(work / "out"), "--json"], env=env),
+            )
             cp = min(cp, run(["cp", str(touched), str(work / "cp.safetensors")]))
         results["checkpoint_gb"] = round(total / 1e9, 2)
         results["touched_shard_gb"] = round(touched.stat().st_size / 1e9, 2)
@@ -231,7 +274,16 @@ def main() -> None:
             shutil.copyfile(f, full / f.name)
         cat, diff_full = (float("inf"), 0.0, 0), (float("inf"), 0.0, 0)
         for i in range(args.repeat):
-            cat = min(cat, run(["cat", *map(str, sorted(base.glob("*.safetensors"))), *map(str, sorted(full.glob("*.safetensors")))]))
+            cat = min(
+                cat,
+                run(
+                    [
+                        "cat",
+                        *map(str, sorted(base.glob("*.safetensors"))),
+                        *map(str, sorted(full.glob("*.safetensors"))),
+                    ]
+                ),
+            )
             diff_full = min(diff_full, run([*PATCHKIT, "diff", str(base), str(full), "--json"], env=env))
         diff_linked = run([*PATCHKIT, "diff", str(base), str(work / "out"), "--json"], env=env)
         results["read_both_once_s"] = round(cat[0], 2)
@@ -245,10 +297,19 @@ def main() -> None:
         small = work / "small"
         small_total = write_checkpoint(small, stensors, 2, sconfig)
         rs = recipe(work / "rs.yaml", "bench/llama-like", "llama", 0, 1)
-        ls = run([sys.executable, "-c", _PEAK + f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_apply_diff as b; "
-                  f"from pathlib import Path; b.load_save(Path({str(small)!r}), Path({str(work / 'small-saved')!r}))"], env=env)
-        ap_small = run([*PATCHKIT, "apply", str(rs), "--model", str(small), "-o", str(work / "small-out"), "--json"],
-                       env={**env, "PATCHKIT_NO_HASH_CACHE": "1"})
+        ls = run(
+            [
+                sys.executable,
+                "-c",
+                _PEAK + f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_apply_diff as b; "
+                f"from pathlib import Path; b.load_save(Path({str(small)!r}), Path({str(work / 'small-saved')!r}))",
+            ],
+            env=env,
+        )
+        ap_small = run(
+            [*PATCHKIT, "apply", str(rs), "--model", str(small), "-o", str(work / "small-out"), "--json"],
+            env={**env, "PATCHKIT_NO_HASH_CACHE": "1"},
+        )
         results["small_checkpoint_gb"] = round(small_total / 1e9, 2)
         results["load_save_small_s"], results["load_save_small_rss_mb"] = round(ls[0], 2), round(ls[1])
         results["apply_small_cold_s"], results["apply_small_rss_mb"] = round(ap_small[0], 2), round(ap_small[1])

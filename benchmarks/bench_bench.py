@@ -64,21 +64,38 @@ def main() -> int:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         load_after = os.getloadavg()[0]
     out = {
-        "model": str(model), "threads": args.threads, "tasks": args.tasks, "limit": args.limit,
-        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
+        "model": str(model),
+        "threads": args.threads,
+        "tasks": args.tasks,
+        "limit": args.limit,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
         "stages_s": {k: round(v, 1) for k, v in report.timings.items()},
         "tokens_teacher_forced": report.details.get("kl", {}).get("tokens"),
         "qa_items": report.details.get("qa", {}).get("items"),
-        "figures": {f["key"]: {"base": f["base"], "patched": f["patched"], "delta": f["delta"], "ci": f["delta_ci"],
-                               "p": f["p_value"], "n": f["n"]} for f in report.to_json()["figures"]},
-        "target_s": 180, "within_target": wall <= 180,
+        "figures": {
+            f["key"]: {
+                "base": f["base"],
+                "patched": f["patched"],
+                "delta": f["delta"],
+                "ci": f["delta_ci"],
+                "p": f["p_value"],
+                "n": f["n"],
+            }
+            for f in report.to_json()["figures"]
+        },
+        "target_s": 180,
+        "within_target": wall <= 180,
     }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"patchkit bench on {model} ({args.threads} threads): {wall:.1f} s wall, {cpu:.1f} s CPU "
-              f"(target 180 s wall; 1-min load average {load_before:.1f} -> {load_after:.1f}: other processes "
-              "on the same cores slow the wall time)")
+        print(
+            f"patchkit bench on {model} ({args.threads} threads): {wall:.1f} s wall, {cpu:.1f} s CPU "
+            f"(target 180 s wall; 1-min load average {load_before:.1f} -> {load_after:.1f}: other processes "
+            "on the same cores slow the wall time)"
+        )
         for stage, secs in out["stages_s"].items():
             print(f"  {stage:>15}: {secs:6.1f} s")
         for key, fig in out["figures"].items():

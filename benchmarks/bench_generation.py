@@ -61,9 +61,12 @@ def main() -> None:
     settings = LoopSettings(suite=args.suite, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     enum = suite.by_kind("enumeration")
     step = max(1, len(enum) // args.baseline_probes)
-    subset_ids = {p.id for p in enum[::step][:args.baseline_probes]}
-    print(f"model {ref} loaded in {load_s:.1f}s; suite {suite.name}: {len(enum)} enumeration + "
-          f"{len(suite.by_kind('control'))} control probes; threads={args.threads}", flush=True)
+    subset_ids = {p.id for p in enum[::step][: args.baseline_probes]}
+    print(
+        f"model {ref} loaded in {load_s:.1f}s; suite {suite.name}: {len(enum)} enumeration + "
+        f"{len(suite.by_kind('control'))} control probes; threads={args.threads}",
+        flush=True,
+    )
 
     # 1. one at a time, full budget
     planned = [x for x in build_requests(suite, settings) if x[0].id in subset_ids]
@@ -74,8 +77,11 @@ def main() -> None:
     one_tokens = sum(g.tokens for g in base_gens)
     one_results = score_generations([(p, s, g) for (p, s, _), g in zip(planned, base_gens)])
     one_rate = len(planned) / one_s * 60
-    print(f"one-at-a-time: {len(planned)} probes in {one_s:.1f}s = {one_rate:.2f} probes/min, "
-          f"{one_tokens / one_s:.1f} tok/s", flush=True)
+    print(
+        f"one-at-a-time: {len(planned)} probes in {one_s:.1f}s = {one_rate:.2f} probes/min, "
+        f"{one_tokens / one_s:.1f} tok/s",
+        flush=True,
+    )
 
     # 2. batched + early stop, whole suite
     t0 = time.perf_counter()
@@ -84,28 +90,52 @@ def main() -> None:
     n_all = len(run.results)
     batch_rate = n_all / batch_s * 60
     m = run.metrics()
-    agree = sum(1 for r in one_results for b in run.results
-                if b.probe.id == r.probe.id and b.is_loop == r.is_loop)
-    print(f"batched+early stop: {n_all} probes in {batch_s:.1f}s = {batch_rate:.2f} probes/min, "
-          f"{run.tokens / batch_s:.1f} tok/s, {run.tokens} tokens", flush=True)
-    print(f"speed-up: {batch_rate / one_rate:.1f}x probes/min; loop verdicts agree on {agree}/{len(one_results)} "
-          f"shared probes", flush=True)
-    print(f"base loop rate (greedy, {settings.max_new_tokens} tokens): {m.loop_rate.describe(3)}; verbatim {m.label_count('verbatim')}, decay {m.label_count('decay')}, "
-          f"doom {m.label_count('doom')}, truncated {m.label_count('truncated')}; completeness "
-          f"{m.completeness.describe()}; good lists {m.good_lists}/{m.n}; controls "
-          f"{len(m.controls) - len(m.control_failures)}/{len(m.controls)} (looping {m.control_loops})", flush=True)
+    agree = sum(1 for r in one_results for b in run.results if b.probe.id == r.probe.id and b.is_loop == r.is_loop)
+    print(
+        f"batched+early stop: {n_all} probes in {batch_s:.1f}s = {batch_rate:.2f} probes/min, "
+        f"{run.tokens / batch_s:.1f} tok/s, {run.tokens} tokens",
+        flush=True,
+    )
+    print(
+        f"speed-up: {batch_rate / one_rate:.1f}x probes/min; loop verdicts agree on {agree}/{len(one_results)} "
+        f"shared probes",
+        flush=True,
+    )
+    print(
+        f"base loop rate (greedy, {settings.max_new_tokens} tokens): {m.loop_rate.describe(3)}; verbatim {m.label_count('verbatim')}, decay {m.label_count('decay')}, "
+        f"doom {m.label_count('doom')}, truncated {m.label_count('truncated')}; completeness "
+        f"{m.completeness.describe()}; good lists {m.good_lists}/{m.n}; controls "
+        f"{len(m.controls) - len(m.control_failures)}/{len(m.controls)} (looping {m.control_loops})",
+        flush=True,
+    )
     by_split = {s: run.metrics(split=s) for s in ("train", "heldout")}
     for s, ms in by_split.items():
-        print(f"  {s}: loops {ms.loops}/{ms.n}, good lists {ms.good_lists}/{ms.n}, controls "
-              f"{len(ms.controls) - len(ms.control_failures)}/{len(ms.controls)}")
+        print(
+            f"  {s}: loops {ms.loops}/{ms.n}, good lists {ms.good_lists}/{ms.n}, controls "
+            f"{len(ms.controls) - len(ms.control_failures)}/{len(ms.controls)}"
+        )
     if args.json_out:
-        out = {"model": str(ref), "threads": args.threads, "load_seconds": load_s,
-               "one_at_a_time": {"probes": len(planned), "seconds": one_s, "tokens": one_tokens,
-                                 "probes_per_min": one_rate},
-               "batched_early_stop": {"probes": n_all, "seconds": batch_s, "tokens": run.tokens,
-                                      "probes_per_min": batch_rate, "batch_size": args.batch_size},
-               "speedup": batch_rate / one_rate, "loop_verdict_agreement": [agree, len(one_results)],
-               "base": run.to_json()}
+        out = {
+            "model": str(ref),
+            "threads": args.threads,
+            "load_seconds": load_s,
+            "one_at_a_time": {
+                "probes": len(planned),
+                "seconds": one_s,
+                "tokens": one_tokens,
+                "probes_per_min": one_rate,
+            },
+            "batched_early_stop": {
+                "probes": n_all,
+                "seconds": batch_s,
+                "tokens": run.tokens,
+                "probes_per_min": batch_rate,
+                "batch_size": args.batch_size,
+            },
+            "speedup": batch_rate / one_rate,
+            "loop_verdict_agreement": [agree, len(one_results)],
+            "base": run.to_json(),
+        }
         Path(args.json_out).write_text(json.dumps(out, indent=1, default=str))
 
 

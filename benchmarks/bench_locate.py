@@ -30,23 +30,35 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    from patchkit.workflows.gguf_import import embedded_model_dir
     from patchkit.locate import LocateSettings, run_locate
+    from patchkit.workflows.gguf_import import embedded_model_dir
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     model_dir = embedded_model_dir()
-    settings = LocateSettings(budget_minutes=args.budget_minutes, max_new_tokens=args.max_new_tokens,
-                              train_limit=args.limit, heldout_limit=args.heldout_limit, sweep_limit=args.sweep_limit,
-                              sweep_singles=args.sweep_singles, max_edits=args.max_edits, device="cpu")
+    settings = LocateSettings(
+        budget_minutes=args.budget_minutes,
+        max_new_tokens=args.max_new_tokens,
+        train_limit=args.limit,
+        heldout_limit=args.heldout_limit,
+        sweep_limit=args.sweep_limit,
+        sweep_singles=args.sweep_singles,
+        max_edits=args.max_edits,
+        device="cpu",
+    )
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:
             print(f"  [{time.monotonic() - t0:6.0f} s] {stage} {done}/{total}", file=sys.stderr, flush=True)
 
-    result = run_locate(str(model_dir), out=args.out / "recipe.yaml", settings=settings,
-                        resume=args.out / "cache",
-                        progress=progress, log=lambda m: print(f"[{time.monotonic() - t0:6.0f} s] {m}", flush=True))
+    result = run_locate(
+        str(model_dir),
+        out=args.out / "recipe.yaml",
+        settings=settings,
+        resume=args.out / "cache",
+        progress=progress,
+        log=lambda m: print(f"[{time.monotonic() - t0:6.0f} s] {m}", flush=True),
+    )
     wall = time.monotonic() - t0
     summary = result.to_json()
     summary["wall_seconds_including_load"] = round(wall, 1)

@@ -26,10 +26,14 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=256, help="size of the big shard")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="patchkit-hub-bench-"))
-    os.environ.update(HF_HOME=str(work / "home"), HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_TOKEN="hf_bench",
-                      PATCHKIT_CACHE_DIR=str(work / "pk-cache"))
+    os.environ.update(
+        HF_HOME=str(work / "home"),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_OFFLINE="0",
+        HF_TOKEN="hf_bench",
+        PATCHKIT_CACHE_DIR=str(work / "pk-cache"),
+    )
     import huggingface_hub.constants as constants
-
     from hubserver.server import Account, HubServer
 
     server = HubServer(work / "server", {"hf_bench": Account("bench")}).start()
@@ -43,17 +47,26 @@ def main() -> None:
         for i in range(args.mb):
             handle.write(hashlib.sha256(block + i.to_bytes(4, "little")).digest() * (1 << 15))
     (out / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size, "rewritten": True}
-             for p in out.iterdir()}
-    (out / "patchkit.json").write_text(json.dumps({"patchkit_version": "0.1.0", "base": {}, "output_files": files,
-                                                   "edits": [], "recipe": {}}))
+    files = {
+        p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size, "rewritten": True}
+        for p in out.iterdir()
+    }
+    (out / "patchkit.json").write_text(
+        json.dumps({"patchkit_version": "0.1.0", "base": {}, "output_files": files, "edits": [], "recipe": {}})
+    )
     from patchkit.publish import hub
 
     size_mb = shard.stat().st_size / 2**20
     try:
         for label, fn in [
-            ("push (hash + upload + commit + verify)", lambda: hub.push(out, "bench/big", endpoint=server.url, progress=False)),
-            ("re-push (resume: nothing to upload)", lambda: hub.push(out, "bench/big", endpoint=server.url, progress=False)),
+            (
+                "push (hash + upload + commit + verify)",
+                lambda: hub.push(out, "bench/big", endpoint=server.url, progress=False),
+            ),
+            (
+                "re-push (resume: nothing to upload)",
+                lambda: hub.push(out, "bench/big", endpoint=server.url, progress=False),
+            ),
             ("pull into a fresh cache", lambda: hub.pull("bench/big", endpoint=server.url)),
         ]:
             start = time.perf_counter()

@@ -44,12 +44,56 @@ _API: dict[str, str] = {
     "LocateSettings": "patchkit.locate.run:LocateSettings",
     "Recipe": "patchkit.recipe.schema:Recipe",
 }
-_ERRORS = ("PatchkitError", "RecipeError", "ModelError", "SafetensorsError", "ApplyError", "VerifyError",
-           "GateFailed", "HubError", "CheckError", "Fix", "EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT",
-           "EXIT_INTERNAL")
+_ERRORS = (
+    "PatchkitError",
+    "RecipeError",
+    "ModelError",
+    "SafetensorsError",
+    "ApplyError",
+    "VerifyError",
+    "GateFailed",
+    "HubError",
+    "CheckError",
+    "Fix",
+    "EXIT_OK",
+    "EXIT_GATE_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
+)
 _API.update({name: f"patchkit.errors:{name}" for name in _ERRORS})
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = [
+    "ApplyError",
+    "BenchSettings",
+    "CheckError",
+    "EXIT_BAD_INPUT",
+    "EXIT_GATE_FAILED",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "Fix",
+    "GateFailed",
+    "HubError",
+    "LocateSettings",
+    "LoopSettings",
+    "ModelError",
+    "PatchkitError",
+    "Recipe",
+    "RecipeError",
+    "SafetensorsError",
+    "VerifyError",
+    "apply_recipe",
+    "diff_checkpoints",
+    "extract_recipe",
+    "load_recipe",
+    "pull",
+    "push",
+    "run_bench",
+    "run_locate",
+    "run_loops",
+    "validate_recipe",
+    "verify_patched",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from patchkit.checks.bench import BenchSettings, run_bench

@@ -67,9 +67,14 @@ class PatchkitError(Exception):
 
     def to_json(self, fix_text: str | None = None) -> dict[str, Any]:
         """The error as data, for `--json` output."""
-        return {"type": type(self).__name__, "message": self.message, "hint": self.hint,
-                "fix": fix_text if fix_text is not None else (self.fix.for_library() if self.fix else None),
-                "exit_code": self.exit_code, "data": self.data}
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "fix": fix_text if fix_text is not None else (self.fix.for_library() if self.fix else None),
+            "exit_code": self.exit_code,
+            "data": self.data,
+        }
 
 
 class RecipeError(PatchkitError):

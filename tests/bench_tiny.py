@@ -20,13 +20,22 @@ def byte_tokenizer(extra_tokens: tuple[str, ...] = ()):
     return byte_level_tokenizer((*SPECIALS, *extra_tokens), chat_template=TEMPLATE)
 
 
-def make_tiny_llama(path: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, inter: int = 64,
-                    extra_tokens: tuple[str, ...] = ()) -> Path:
+def make_tiny_llama(
+    path: Path, *, seed: int = 0, layers: int = 2, hidden: int = 32, inter: int = 64, extra_tokens: tuple[str, ...] = ()
+) -> Path:
     """Save a random tiny LlamaForCausalLM + tokenizer to `path` (safetensors) and return it."""
     tok = byte_tokenizer(extra_tokens)
-    model = tiny_llama(seed=seed, vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter,
-                       num_hidden_layers=layers, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = tiny_llama(
+        seed=seed,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return save_checkpoint(model, path, tok)
 
 

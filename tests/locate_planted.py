@@ -20,19 +20,20 @@ LOOP_TOKEN = 40
 
 
 def build_planted(out: Path) -> Path:
-    model = tiny_llama(std=None, vocab_size=V, hidden_size=H, intermediate_size=INTER, num_hidden_layers=2,
-                       max_position_embeddings=256)
+    model = tiny_llama(
+        std=None, vocab_size=V, hidden_size=H, intermediate_size=INTER, num_hidden_layers=2, max_position_embeddings=256
+    )
     gen = torch.Generator().manual_seed(0)
     emb = torch.randn(V, H, generator=gen)
     u, v = torch.zeros(H), torch.zeros(H)
     u[0], v[1] = 1.0, 1.0
     emb[:, :2] = 0.0
-    emb[36:80, 0] = 4.0            # "list region" marker read by the planted neuron
-    emb[:, 1] = 4.0                # every token carries the decoy's direction
+    emb[36:80, 0] = 4.0  # "list region" marker read by the planted neuron
+    emb[:, 1] = 4.0  # every token carries the decoy's direction
     head = torch.zeros(V, H)
     head[5:] = emb[4:-1]
     head[4] = emb[-1]
-    head[:, :2] = 0.0              # the markers do not vote for any token
+    head[:, :2] = 0.0  # the markers do not vote for any token
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(emb)
         model.lm_head.weight.copy_(head)
@@ -94,6 +95,9 @@ probes:
 
 
 def write_suite(path: Path) -> Path:
-    path.write_text(SUITE.format(truth_a=", ".join(f"w{i}" for i in range(30, 70)),
-                                 truth_b=", ".join(f"w{i}" for i in range(31, 71))))
+    path.write_text(
+        SUITE.format(
+            truth_a=", ".join(f"w{i}" for i in range(30, 70)), truth_b=", ".join(f"w{i}" for i in range(31, 71))
+        )
+    )
     return path

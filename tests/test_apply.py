@@ -53,8 +53,10 @@ def base(tmp_path):
 
 def test_apply_rewrites_only_the_edited_shard(tmp_path, base, monkeypatch):
     monkeypatch.setattr("patchkit.edit.stream.LINK_MIN_BYTES", 4096)  # the tiny shards count as large here
-    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 1, neuron: [5, 6], op: scale, factor: 0.5}",
-                                                "{layer: 1, neuron: 2, op: invert, tensor: up_proj}"])
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        ["{layer: 1, neuron: [5, 6], op: scale, factor: 0.5}", "{layer: 1, neuron: 2, op: invert, tensor: up_proj}"],
+    )
     before = snapshot(base)
     result = apply_recipe(recipe, model=str(base), out=tmp_path / "out")
     out = tmp_path / "out"
@@ -133,7 +135,9 @@ def test_existing_output_is_refused_unless_forced(tmp_path, base):
     recipe = write_recipe(tmp_path / "r.yaml")
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ApplyError, match=r"out already exists .set force=True to replace it; or choose another output directory."):
+    with pytest.raises(
+        ApplyError, match=r"out already exists .set force=True to replace it; or choose another output directory."
+    ):
         apply_recipe(recipe, model=str(base), out=out)
     apply_recipe(recipe, model=str(base), out=out, force=True)  # an empty directory may be replaced
     assert (out / PROVENANCE_FILE).exists()
@@ -148,7 +152,9 @@ def test_force_replaces_only_what_patchkit_wrote(tmp_path, base):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    with pytest.raises(ApplyError, match=r"mine is not empty and not a patchkit apply output .* refusing to replace it"):
+    with pytest.raises(
+        ApplyError, match=r"mine is not empty and not a patchkit apply output .* refusing to replace it"
+    ):
         apply_recipe(recipe, model=str(base), out=mine, force=True)
     assert (mine / "keep.txt").read_text() == "mine"
     # an apply output the user added a file to
@@ -202,13 +208,17 @@ def test_hf_cache_symlinks_are_resolved_never_written_through(tmp_path, base):
     assert snapshot(blobs) == blob_state
     assert not any(p.is_symlink() for p in (tmp_path / "out").iterdir())
     # blob names are sha256: provenance takes them without re-reading
-    assert result.provenance["source_files"]["model-00001-of-00003.safetensors"]["sha256"] == sha(base / "model-00001-of-00003.safetensors")
+    assert result.provenance["source_files"]["model-00001-of-00003.safetensors"]["sha256"] == sha(
+        base / "model-00001-of-00003.safetensors"
+    )
     with pytest.raises(ApplyError, match="is a symlink"):
         apply_recipe(recipe, model=str(snap), in_place=True)
 
 
 def test_in_place_with_undo_restores_the_original(tmp_path, base):
-    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 2, neuron: [1, 4], op: invert}"])
+    recipe = write_recipe(
+        tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 2, neuron: [1, 4], op: invert}"]
+    )
     before = snapshot(base)
     result = apply_recipe(recipe, model=str(base), in_place=True)
     assert result.in_place and result.undo_recipe == base / "patchkit-undo.yaml"
@@ -262,7 +272,9 @@ def test_read_only_parent_is_reported(tmp_path, base):
 
 
 def test_in_place_failure_between_shard_renames_rolls_back(tmp_path, base, monkeypatch):
-    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 2, neuron: 1, op: invert}"])
+    recipe = write_recipe(
+        tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 2, neuron: 1, op: invert}"]
+    )
     before = snapshot(base)
     calls = []
     real_replace = os.replace

@@ -8,14 +8,14 @@ import pytest
 
 from patchkit.edit.apply import apply_recipe
 from patchkit.edit.diff import diff_checkpoints, recipe_text
-from patchkit.recipe import parse_recipe
 from patchkit.edit.verify import verify_patched
+from patchkit.recipe import parse_recipe
 
 HEAD = "patchkit: 1\nname: g4\nsource: {kind: manual}\nmodel: {architecture: gemma4}\n"
 CASES = {
     "tiny_gemma4_bf16": "  - {layer: 3, neuron: [5, 90], op: invert}\n  - {layer: 1, neuron: 2, op: scale, factor: 0.5, tensor: up_proj}\n",
     "tiny_gemma4_moe": "  - {layer: 1, expert: [2, 4], op: suppress}\n  - {layer: 2, expert: 0, op: suppress, tensor: down_proj}\n"
-                       "  - {layer: 0, neuron: 1, op: scale, factor: -3.0}\n",
+    "  - {layer: 0, neuron: 1, op: scale, factor: -3.0}\n",
 }
 
 

@@ -7,8 +7,8 @@ import hashlib
 import json
 
 import pytest
-
 from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base
+
 from patchkit.edit.apply import apply_recipe
 from patchkit.errors import PatchkitError
 
@@ -25,8 +25,11 @@ edits:
 
 
 def _tree(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def test_apply_from_a_hub_repo(hub, tmp_path, monkeypatch):

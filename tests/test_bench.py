@@ -47,8 +47,12 @@ def loaded(tiny):
 def test_model_against_itself_is_exactly_identical(loaded):
     model, tok = loaded["base"]
     seen = []
-    report = run_bench((model, tok), (model, tok), settings=BenchSettings(limit=LIMIT),
-                       progress=lambda stage, done, total: seen.append((stage, done, total)))
+    report = run_bench(
+        (model, tok),
+        (model, tok),
+        settings=BenchSettings(limit=LIMIT),
+        progress=lambda stage, done, total: seen.append((stage, done, total)),
+    )
     kl, top1, ppl = report.comparison("kl.mean"), report.comparison("kl.top1"), report.comparison("ppl.ratio")
     assert kl.n > 100
     assert kl.delta.value == 0.0 and report.comparison("kl.max").delta.value == 0.0
@@ -68,8 +72,12 @@ def test_model_against_itself_is_exactly_identical(loaded):
 
 
 def test_zeroed_neurons_shift_distribution_and_fail_gate(loaded):
-    report = run_bench(loaded["base"], loaded["zeroed"], settings=BenchSettings(limit=LIMIT),
-                       gates=BenchGates(max_kl=0.001, min_top1_agreement=0.999, max_ppl_ratio=100.0))
+    report = run_bench(
+        loaded["base"],
+        loaded["zeroed"],
+        settings=BenchSettings(limit=LIMIT),
+        gates=BenchGates(max_kl=0.001, min_top1_agreement=0.999, max_ppl_ratio=100.0),
+    )
     kl = report.comparison("kl.mean")
     assert kl.delta.value > 0.001
     lo, hi = kl.delta.ci
@@ -86,8 +94,12 @@ def test_zeroed_neurons_shift_distribution_and_fail_gate(loaded):
 
 
 def test_gate_reports_unmeasured_thresholds(loaded):
-    report = run_bench(loaded["base"], loaded["zeroed"], settings=BenchSettings(tasks="kl", limit=3),
-                       gates=BenchGates(max_accuracy_drop=0.05, max_ppl_ratio=1.1))
+    report = run_bench(
+        loaded["base"],
+        loaded["zeroed"],
+        settings=BenchSettings(tasks="kl", limit=3),
+        gates=BenchGates(max_accuracy_drop=0.05, max_ppl_ratio=1.1),
+    )
     assert report.comparison("qa.acc") is None
     assert "max_accuracy_drop: no accuracy was measured (run with --tasks qa)" in report.failures
     assert any(f.startswith("max_ppl_ratio:") and "not measured" in f for f in report.failures)
@@ -138,7 +150,9 @@ def test_mismatched_tokenizers_are_refused(tiny, loaded):
     other = load_model(tiny["other_vocab"])
     with pytest.raises(CheckError, match="tokenizers differ between base and patched: vocab sizes 259 vs 260"):
         check_same_tokenizer(loaded["base"][1], other[1])
-    result = CliRunner().invoke(main, ["bench", str(tiny["base"]), "--patched", str(tiny["other_vocab"]), "--tasks", "kl"])
+    result = CliRunner().invoke(
+        main, ["bench", str(tiny["base"]), "--patched", str(tiny["other_vocab"]), "--tasks", "kl"]
+    )
     assert result.exit_code == 2
     assert "error: tokenizers differ between base and patched" in result.output
 
@@ -158,8 +172,9 @@ def test_missing_model_and_url_backend_errors(tiny):
 def test_empty_task_file_is_a_clear_error(tiny, tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    result = CliRunner().invoke(main, ["bench", str(tiny["base"]), "--patched", str(tiny["base"]), "--tasks", "qa",
-                                       "--task-file", str(empty)])
+    result = CliRunner().invoke(
+        main, ["bench", str(tiny["base"]), "--patched", str(tiny["base"]), "--tasks", "qa", "--task-file", str(empty)]
+    )
     assert result.exit_code == 2
     assert f"error: {empty}: task file is empty" in result.output
     no_items = tmp_path / "no_items.yaml"
@@ -170,8 +185,10 @@ def test_empty_task_file_is_a_clear_error(tiny, tmp_path):
 
 def test_cli_json_and_report_files(tiny, tmp_path):
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, ["bench", str(tiny["base"]), "--patched", str(tiny["zeroed"]), "--limit", "4",
-                                       "--json", "--report", str(out)])
+    result = CliRunner().invoke(
+        main,
+        ["bench", str(tiny["base"]), "--patched", str(tiny["zeroed"]), "--limit", "4", "--json", "--report", str(out)],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     keys = {f["key"] for f in payload["figures"]}

@@ -10,6 +10,7 @@ from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, ma
 
 pytest_plugins = ["hubserver.plugin"]
 
+
 def _rate(k: int, n: int, lo: float, hi: float) -> dict:
     return {"value": k / n, "k": k, "n": n, "ci": [lo, hi]}
 
@@ -20,10 +21,20 @@ LOOPS = {
     "version": 1,
     "suite": "enumeration",
     "overall": {
-        "base": {"loop_rate": _rate(15, 24, 0.427, 0.788), "completeness": {"value": 0.71, "n": 24},
-                 "control_accuracy": _rate(8, 8, 0.676, 1.0), "control_failures": [], "mean_tokens": {"value": 380.0, "n": 32}},
-        "patched": {"loop_rate": _rate(3, 24, 0.043, 0.31), "completeness": {"value": 0.69, "n": 24},
-                    "control_accuracy": _rate(8, 8, 0.676, 1.0), "control_failures": [], "mean_tokens": {"value": 120.5, "n": 32}},
+        "base": {
+            "loop_rate": _rate(15, 24, 0.427, 0.788),
+            "completeness": {"value": 0.71, "n": 24},
+            "control_accuracy": _rate(8, 8, 0.676, 1.0),
+            "control_failures": [],
+            "mean_tokens": {"value": 380.0, "n": 32},
+        },
+        "patched": {
+            "loop_rate": _rate(3, 24, 0.043, 0.31),
+            "completeness": {"value": 0.69, "n": 24},
+            "control_accuracy": _rate(8, 8, 0.676, 1.0),
+            "control_failures": [],
+            "mean_tokens": {"value": 120.5, "n": 32},
+        },
     },
 }
 
@@ -34,13 +45,32 @@ def bench_report() -> dict:
     from patchkit.checks.figure import Comparison, Figure
 
     comparisons = [
-        Comparison(key="kl.mean", label="mean KL(base||patched)", kind="comparison", unit="nats",
-                   delta=Figure(value=0.0031, n=4096, ci=(0.0027, 0.0036))),
-        Comparison(key="ppl.ratio", label="perplexity ratio", kind="ratio", base=Figure(value=12.4, n=4096),
-                   patched=Figure(value=12.5, n=4096), delta=Figure(value=1.008, n=4096, ci=(1.002, 1.013))),
-        Comparison(key="qa.acc", label="control QA accuracy", kind="paired", unit="acc",
-                   base=Figure(value=0.8, n=40, ci=(0.65, 0.9)), patched=Figure(value=0.775, n=40, ci=(0.62, 0.88)),
-                   delta=Figure(value=-0.025, n=40, ci=(-0.1, 0.05)), p_value=1.0, is_accuracy=True),
+        Comparison(
+            key="kl.mean",
+            label="mean KL(base||patched)",
+            kind="comparison",
+            unit="nats",
+            delta=Figure(value=0.0031, n=4096, ci=(0.0027, 0.0036)),
+        ),
+        Comparison(
+            key="ppl.ratio",
+            label="perplexity ratio",
+            kind="ratio",
+            base=Figure(value=12.4, n=4096),
+            patched=Figure(value=12.5, n=4096),
+            delta=Figure(value=1.008, n=4096, ci=(1.002, 1.013)),
+        ),
+        Comparison(
+            key="qa.acc",
+            label="control QA accuracy",
+            kind="paired",
+            unit="acc",
+            base=Figure(value=0.8, n=40, ci=(0.65, 0.9)),
+            patched=Figure(value=0.775, n=40, ci=(0.62, 0.88)),
+            delta=Figure(value=-0.025, n=40, ci=(-0.1, 0.05)),
+            p_value=1.0,
+            is_accuracy=True,
+        ),
     ]
     return BenchReport(base="base", patched="patched", tasks=["kl", "ppl", "qa"], comparisons=comparisons).to_json()
 
@@ -80,11 +110,17 @@ def test_body_explains_the_change_and_carries_numbers_and_provenance(patched):
     text = str(card_for_dir(patched, loops_report=LOOPS, bench_report=bench_report(), repo_id="alice/tiny-fix"))
     body = text.split("\n---\n", 1)[1]
     assert f"Invert neuron {EDIT_NEURON} of layer {EDIT_LAYER}" in body
-    assert f"| 1 | {EDIT_LAYER} | neuron | {EDIT_NEURON} | invert | -1.0 | `model.layers.{EDIT_LAYER}.mlp.down_proj.weight`" in body
+    assert (
+        f"| 1 | {EDIT_LAYER} | neuron | {EDIT_NEURON} | invert | -1.0 | `model.layers.{EDIT_LAYER}.mlp.down_proj.weight`"
+        in body
+    )
     assert "1 of 2 weight files rewritten" in body
     assert "| loop rate | 0.625 (15/24) | 0.125 (3/24) | -0.500 | 24 | [0.427, 0.788] / [0.043, 0.310] / – |" in body
     assert "| mean tokens | 380 | 120.5 | -259.5 | 32 |" in body
-    assert "| control QA accuracy | 0.800 | 0.775 | -0.025 | 40 | [0.650, 0.900] / [0.620, 0.880] / [-0.100, 0.050] |" in body
+    assert (
+        "| control QA accuracy | 0.800 | 0.775 | -0.025 | 40 | [0.650, 0.900] / [0.620, 0.880] / [-0.100, 0.050] |"
+        in body
+    )
     assert "patchkit apply tiny-llama-loopfix.yaml --model test-org/tiny-llama@" + "a" * 40 in body
     assert provenance["recipe"]["text"].strip() in body
     for shard in SHARDS:
@@ -122,7 +158,9 @@ def test_card_command_writes_readme_and_json(patched, tmp_path):
 
     (tmp_path / "loops.json").write_text(json.dumps(LOOPS))
     out = tmp_path / "card" / "README.md"
-    result = CliRunner().invoke(main, ["card", str(patched), "--loops-report", str(tmp_path / "loops.json"), "-o", str(out)])
+    result = CliRunner().invoke(
+        main, ["card", str(patched), "--loops-report", str(tmp_path / "loops.json"), "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert out.read_text().startswith("---\nbase_model: test-org/tiny-llama\n")
     as_json = CliRunner().invoke(main, ["card", str(patched), "--json"])
@@ -155,8 +193,12 @@ def test_loop_report_shapes_are_all_read(shape):
     from patchkit.publish.card import report_rows
 
     if shape == "per_model":
-        report = {"models": {"base": {"overall": {"n": 10, "loop_rate": 0.5}},
-                             "patched": {"overall": {"n": 10, "loop_rate": {"rate": 0.1, "ci": [0.02, 0.4]}}}}}
+        report = {
+            "models": {
+                "base": {"overall": {"n": 10, "loop_rate": 0.5}},
+                "patched": {"overall": {"n": 10, "loop_rate": {"rate": 0.1, "ci": [0.02, 0.4]}}},
+            }
+        }
     elif shape == "per_metric":
         report = {"overall": {"loop_rate": {"base": 0.5, "patched": 0.1, "n": 10, "patched_ci": [0.02, 0.4]}}}
     else:
@@ -188,13 +230,23 @@ def test_a_real_loop_report_renders(patched):
     probes = suite.probes[:4]
 
     def run(name: str, text: str):
-        pairs = [(p, 0, Generation(id=p.id, text=text if p.kind == "enumeration" else "Paris.", tokens=40,
-                                   stop_reason="eos")) for p in probes]
+        pairs = [
+            (
+                p,
+                0,
+                Generation(id=p.id, text=text if p.kind == "enumeration" else "Paris.", tokens=40, stop_reason="eos"),
+            )
+            for p in probes
+        ]
         return loops.RunResult(model=name, results=loops.score_generations(pairs))
 
     looping = "1. red\n2. blue\n" + "3. green\n" * 30
-    report = loops.LoopReport(settings=loops.LoopSettings(suite="smoke"), suite=suite,
-                              base=run("base", looping), patched=run("patched", "1. red\n2. blue\n3. green\n"))
+    report = loops.LoopReport(
+        settings=loops.LoopSettings(suite="smoke"),
+        suite=suite,
+        base=run("base", looping),
+        patched=run("patched", "1. red\n2. blue\n3. green\n"),
+    )
     data = json.loads(json.dumps(report.to_json()))
     text = str(card_for_dir(patched, loops_report=data))
     results = card_metadata(text)["model-index"][0]["results"]

@@ -82,8 +82,22 @@ def _loop_recipe(path: Path, suite: Path, *, max_loop_rate: float) -> Path:
 def test_check_fails_on_kl_gate_and_names_it(base, tmp_path):
     recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=list(range(48)), bench={"max_kl": 0.001})
     out = tmp_path / "patched"
-    result = CliRunner().invoke(main, ["check", str(recipe), "--model", str(base), "-o", str(out), "--limit", "3",
-                                       "--skip-loops", "--tasks", "kl,ppl"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "check",
+            str(recipe),
+            "--model",
+            str(base),
+            "-o",
+            str(out),
+            "--limit",
+            "3",
+            "--skip-loops",
+            "--tasks",
+            "kl,ppl",
+        ],
+    )
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: check failed: bench: max_kl: mean per-token KL(base||patched)")
@@ -93,8 +107,10 @@ def test_check_fails_on_kl_gate_and_names_it(base, tmp_path):
 
 def test_check_passes_with_generous_gate_and_reports_steps(base, tmp_path):
     recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=[0], bench={"max_kl": 50.0, "max_ppl_ratio": 10.0})
-    result = CliRunner().invoke(main, ["check", str(recipe), "--model", str(base), "--limit", "3", "--json",
-                                       "--tasks", "kl,ppl", "--skip-loops"])
+    result = CliRunner().invoke(
+        main,
+        ["check", str(recipe), "--model", str(base), "--limit", "3", "--json", "--tasks", "kl,ppl", "--skip-loops"],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     steps = {s["step"]: s["status"] for s in payload["steps"]}
@@ -121,8 +137,9 @@ def test_check_runs_the_loop_check_on_the_applied_model_and_gates_it(looping, tm
     assert report.failures == ["loops: max_loop_rate: patched loop rate 1.000 (1/1) > 0.0"]
 
     lenient = _loop_recipe(tmp_path / "lenient.yaml", suite, max_loop_rate=1.0)
-    result = CliRunner().invoke(main, ["check", str(lenient), "--model", str(looping), "--limit", "2", "--tasks", "kl",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["check", str(lenient), "--model", str(looping), "--limit", "2", "--tasks", "kl", "--json"]
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert [s["status"] for s in payload["steps"]] == ["pass", "pass", "pass", "pass"]
@@ -145,15 +162,17 @@ def test_check_reports_an_apply_error_and_skips_the_checks(base, tmp_path):
 
 
 def test_bench_recipe_gates_exit_code(base, tmp_path):
-    recipe = write_recipe(tmp_path / "zero.yaml", layer=1, neurons=list(range(48)),
-                          bench={"max_kl": 0.001, "tasks": ["kl"]})
+    recipe = write_recipe(
+        tmp_path / "zero.yaml", layer=1, neurons=list(range(48)), bench={"max_kl": 0.001, "tasks": ["kl"]}
+    )
     result = CliRunner().invoke(main, ["bench", str(base), "--recipe", str(recipe), "--limit", "3"])
     assert result.exit_code == 1
     assert "error: bench gate failed: max_kl:" in result.output
     # an already-applied checkpoint gated by the recipe's thresholds
     patched = zero_neurons_copy(base, tmp_path / "p", 1, list(range(48)))
-    result = CliRunner().invoke(main, ["bench", str(base), "--patched", str(patched), "--recipe", str(recipe),
-                                       "--limit", "3", "--json"])
+    result = CliRunner().invoke(
+        main, ["bench", str(base), "--patched", str(patched), "--recipe", str(recipe), "--limit", "3", "--json"]
+    )
     assert result.exit_code == 1
     (payload,) = _json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
     assert payload["tasks"] == ["kl"] and payload["gates"]["max_kl"] == 0.001

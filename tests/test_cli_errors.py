@@ -7,6 +7,7 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
+from test_apply import base, write_recipe  # noqa: F401 - the fixture is used by name
 
 from patchkit.cli import main
 from patchkit.cli._common import flag_for, handle_errors, json_option
@@ -18,7 +19,6 @@ from patchkit.errors import (
     Fix,
     GateFailed,
 )
-from test_apply import base, write_recipe  # noqa: F401 - the fixture is used by name
 
 
 def test_library_error_names_the_parameter_and_carries_data():
@@ -35,8 +35,9 @@ def test_cli_renders_the_fix_as_its_own_flag_and_exits_2(tmp_path, base):  # noq
     result = CliRunner().invoke(main, ["apply", str(recipe), "--model", str(base), "-o", str(out)])
     assert result.exit_code == EXIT_BAD_INPUT
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: output directory {out} already exists (pass --force to replace it; "
-                      "or choose another output directory)"]
+    assert errors == [
+        f"error: output directory {out} already exists (pass --force to replace it; or choose another output directory)"
+    ]
     assert "force=True" not in result.output and (out / "keep.txt").read_text() == "mine"
 
 
@@ -44,7 +45,9 @@ def test_json_errors_are_data_on_stdout(tmp_path, base):  # noqa: F811
     recipe = write_recipe(tmp_path / "r.yaml")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("x")
-    result = CliRunner().invoke(main, ["apply", str(recipe), "--model", str(base), "-o", str(tmp_path / "out"), "--json"])
+    result = CliRunner().invoke(
+        main, ["apply", str(recipe), "--model", str(base), "-o", str(tmp_path / "out"), "--json"]
+    )
     payload = json.loads(result.stdout)
     assert result.exit_code == EXIT_BAD_INPUT and payload["ok"] is False
     assert payload["error"]["type"] == "ApplyError" and payload["error"]["fix"] == "pass --force to replace it"
@@ -62,12 +65,15 @@ def _command(exc: BaseException) -> click.Command:
     return cmd
 
 
-@pytest.mark.parametrize(("exc", "code"), [
-    (GateFailed("loop rate 0.4 > max_loop_rate 0.1"), EXIT_GATE_FAILED),
-    (ApplyError("bad"), EXIT_BAD_INPUT),
-    (FileNotFoundError(2, "No such file or directory", "/nope"), EXIT_BAD_INPUT),
-    (ZeroDivisionError("division by zero"), EXIT_INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (GateFailed("loop rate 0.4 > max_loop_rate 0.1"), EXIT_GATE_FAILED),
+        (ApplyError("bad"), EXIT_BAD_INPUT),
+        (FileNotFoundError(2, "No such file or directory", "/nope"), EXIT_BAD_INPUT),
+        (ZeroDivisionError("division by zero"), EXIT_INTERNAL),
+    ],
+)
 def test_exit_codes_are_distinct_and_documented(exc, code, monkeypatch):
     monkeypatch.delenv("PATCHKIT_DEBUG", raising=False)
     result = CliRunner().invoke(_command(exc), [])

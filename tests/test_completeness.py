@@ -44,7 +44,7 @@ def test_duplicates_and_extras_are_listed():
     c = score_completeness(text, CONSTELLATIONS)
     assert c.found == ["Andromeda", "Antlia"]
     assert c.duplicates == {"Andromeda": 2}
-    assert c.extras == ["Alpha Centauri (AZC)", "Orion Nebula"]   # beyond the true list, listed once each
+    assert c.extras == ["Alpha Centauri (AZC)", "Orion Nebula"]  # beyond the true list, listed once each
     assert c.n_items == 6
 
 

@@ -64,14 +64,19 @@ def _engine(monkeypatch, tmp_path):
 
 def test_sigkill_at_each_point_leaves_source_intact_and_output_absent_or_complete(tmp_path):
     base = raw_llama_checkpoint(tmp_path / "base", "BF16", shards=3)
-    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 1, neuron: 5, op: invert}", "{layer: 2, neuron: 1, op: scale, factor: 0.5}"])
+    recipe = write_recipe(
+        tmp_path / "r.yaml", ["{layer: 1, neuron: 5, op: invert}", "{layer: 2, neuron: 1, op: scale, factor: 0.5}"]
+    )
     before = snapshot(base)
     outcomes = {}
     for point, nth in POINTS:
         out = tmp_path / f"out-{point}-{nth}"
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, str(TESTS), point, str(nth), str(recipe), str(base), str(out)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         assert proc.returncode == -signal.SIGKILL, (point, nth, proc.stdout, proc.stderr)
         assert snapshot(base) == before, (point, nth)

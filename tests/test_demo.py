@@ -106,18 +106,20 @@ def test_without_a_recipe_the_demo_stops_after_the_base_check(tmp_path, suite_fi
 
 def test_an_unresolved_default_recipe_is_reported_plainly(tmp_path, suite_file, tiny_dir, monkeypatch):
     recipe = tmp_path / "smollm2-135m.yaml"
-    recipe.write_text("patchkit: 1\nname: smollm2-none\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, "
-                      "architecture: llama}\nsource: {kind: locate, reference: docs/locate.md}\nedits: []\n"
-                      "resolution: {status: unresolved, method: locate, reference: no edit passed the gates}\n")
+    recipe.write_text(
+        "patchkit: 1\nname: smollm2-none\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, "
+        "architecture: llama}\nsource: {kind: locate, reference: docs/locate.md}\nedits: []\n"
+        "resolution: {status: unresolved, method: locate, reference: no edit passed the gates}\n"
+    )
     monkeypatch.setattr(pd, "default_recipe_path", lambda: recipe)
     events = Recorder()
-    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, out=tmp_path / "r",
-                         events=events)
+    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, out=tmp_path / "r", events=events)
     assert result.stopped == "no recipe" and any("unresolved" in n for n in events.notes)
 
 
-def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(tmp_path, suite_file, tiny_dir,
-                                                                             monkeypatch):
+def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(
+    tmp_path, suite_file, tiny_dir, monkeypatch
+):
     recipe = tmp_path / "smollm2-135m.yaml"
     recipe.write_text(
         "patchkit: 1\nname: smollm2-locate\nmodel: {repo: HuggingFaceTB/SmolLM2-135M-Instruct, architecture: llama}\n"
@@ -125,12 +127,14 @@ def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(tmp
         "      base: {loop_rate: {k: 33, n: 45}}\n      edited: {loop_rate: {k: 34, n: 45}}\n"
         "resolution:\n  status: unresolved\n  method: locate\n  constraints:\n    last_locate:\n"
         "      best_candidate: L1 n3 x0.5\n      candidate_edits: [{layer: 1, neuron: 3, op: scale, factor: 0.5}]\n"
-        "edits: []\n")
+        "edits: []\n"
+    )
     monkeypatch.setattr(pd, "default_recipe_path", lambda: recipe)
     events = Recorder()
     out = tmp_path / "r"
-    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, limit=1, out=out,
-                         events=events, bench_tasks="kl")
+    result = pd.run_demo(
+        model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, limit=1, out=out, events=events, bench_tasks="kl"
+    )
     assert result.complete and result.recipe_origin == "unconfirmed-candidate"
     assert any("UNCONFIRMED candidate, not a fix" in n and "held-out loops 33/45 -> 34/45" in n for n in events.notes)
     diff = json.loads((out / "diff.json").read_text())
@@ -156,8 +160,16 @@ def test_full_pipeline_on_a_tiny_model(tmp_path, suite_file, tiny_dir):
     recipe.write_text(RECIPE.format(layer=1, neuron=3))
     events = Recorder()
     out = tmp_path / "r"
-    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), recipe=recipe, max_new_tokens=12, limit=2,
-                         out=out, events=events, bench_tasks="kl,ppl")
+    result = pd.run_demo(
+        model_dir=tiny_dir,
+        suite=str(suite_file),
+        recipe=recipe,
+        max_new_tokens=12,
+        limit=2,
+        out=out,
+        events=events,
+        bench_tasks="kl,ppl",
+    )
     assert result.complete and result.recipe_origin == "argument"
     assert events.steps == ["import", "base-loops", "apply", "diff", "patched-loops", "bench", "push", "report"]
     report = _assert_common_report(out, n_enum=2)
@@ -183,14 +195,29 @@ def test_cli_json(tmp_path, suite_file, tiny_dir, monkeypatch):
 
     monkeypatch.setattr(pd, "default_recipe_path", lambda: None)
     out = tmp_path / "cli"
-    result = CliRunner().invoke(main, ["demo", "--model", str(tiny_dir), "--suite", str(suite_file), "--out", str(out),
-                                       "--max-new-tokens", "8", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "demo",
+            "--model",
+            str(tiny_dir),
+            "--suite",
+            str(suite_file),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["report_dir"] == str(out) and payload["stopped"] == "no recipe"
     assert (out / "report.json").is_file()
-    bad = CliRunner().invoke(main, ["demo", "--model", str(tiny_dir), "--recipe", str(tmp_path / "missing.yaml"),
-                                    "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        main,
+        ["demo", "--model", str(tiny_dir), "--recipe", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x")],
+    )
     assert bad.exit_code == 2 and "error:" in bad.output and "missing.yaml: recipe file not found" in bad.output
 
 
@@ -200,13 +227,20 @@ def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
     recipe = tmp_path / "invert.yaml"
     recipe.write_text(RECIPE.format(layer=28, neuron=1095))  # a high-activation neuron: visibly changes outputs
     out = tmp_path / "real"
-    result = pd.run_demo(model_dir=smollm2_dir, suite=str(suite_file), recipe=recipe, max_new_tokens=24, limit=1,
-                         out=out, bench_tasks="kl,ppl",
-                         bench_options={"control_max_new_tokens": 12, "max_text_tokens": 64})
+    result = pd.run_demo(
+        model_dir=smollm2_dir,
+        suite=str(suite_file),
+        recipe=recipe,
+        max_new_tokens=24,
+        limit=1,
+        out=out,
+        bench_tasks="kl,ppl",
+        bench_options={"control_max_new_tokens": 12, "max_text_tokens": 64},
+    )
     assert result.complete
     report = _assert_common_report(out, n_enum=1)
     loops = json.loads((out / "loops.json").read_text())
-    assert loops["overall"]["base"]["control_accuracy"]["value"] == 1.0   # "Paris"
+    assert loops["overall"]["base"]["control_accuracy"]["value"] == 1.0  # "Paris"
     assert {r["probe"] for r in loops["patched"]["results"]} == {r["probe"] for r in loops["base"]["results"]}
     texts = {name: [r["text"] for r in loops[name]["results"]] for name in ("base", "patched")}
     assert texts["base"] != texts["patched"]  # inverting this neuron visibly changes greedy outputs

@@ -17,8 +17,11 @@ def _classify(path: Path):
     raw = path.read_text(encoding="utf-8")
     thinking, answer, closed = split_thinking(raw)
     unfinished = ".unfinished" in path.name
-    return detect(answer, finished=not unfinished and closed,
-                  thinking=thinking if thinking is not None and not answer.strip() else None)
+    return detect(
+        answer,
+        finished=not unfinished and closed,
+        thinking=thinking if thinking is not None and not answer.strip() else None,
+    )
 
 
 def test_transcript_corpus_covers_every_label_and_hard_negatives():
@@ -50,7 +53,7 @@ def test_numbered_decay_is_item_level_with_evidence():
     assert ev.unit == "items" and ev.period == 1
     assert "New Mexico" in ev.span
     # the loop starts at the first repeated item, not at the list head
-    assert (head + loop)[ev.start:].startswith("New Mexico")
+    assert (head + loop)[ev.start :].startswith("New Mexico")
     assert ev.copies >= 20
 
 
@@ -59,7 +62,7 @@ def test_verbatim_evidence_period_and_start():
     text = prefix + " of the balcony" * 30
     ev = detect(text, finished=False).evidence
     assert ev.kind == "verbatim-chars" and ev.period == len(" of the balcony")
-    assert ev.start <= len(prefix) and text[ev.start:ev.start + ev.period] == ev.span
+    assert ev.start <= len(prefix) and text[ev.start : ev.start + ev.period] == ev.span
     assert ev.copies == pytest.approx((len(text) - ev.start) / ev.period)
 
 
@@ -71,7 +74,7 @@ def test_short_refrain_at_the_end_is_not_a_loop():
 def test_two_copies_of_a_long_block_only_count_when_cut_off():
     block = "Season one introduces the six friends and their apartment in Manhattan, with many guest stars. "
     text = "Summary: " + block * 2
-    assert detect(text, finished=True).label == "ok"      # a chorus repeated twice, then the model stopped
+    assert detect(text, finished=True).label == "ok"  # a chorus repeated twice, then the model stopped
     assert detect(text, finished=False).label == "verbatim"  # still repeating when the budget ran out
 
 
@@ -82,14 +85,17 @@ def test_truncated_vs_ok_depends_on_finished():
 
 
 def test_doom_needs_exhausted_thinking_and_recent_corrections():
-    thinking = ("Season 3 had 24 episodes. Wait, actually 25. Hmm, let me re-check. Actually 24. "
-                "No, wait, that's wrong, it was 25. Actually, let me reconsider the special. Hmm")
+    thinking = (
+        "Season 3 had 24 episodes. Wait, actually 25. Hmm, let me re-check. Actually 24. "
+        "No, wait, that's wrong, it was 25. Actually, let me reconsider the special. Hmm"
+    )
     assert detect("", thinking=thinking, finished=False).label == "doom"
     # the same trace followed by a final answer is not a doom loop
     assert detect("Season 3 has 25 episodes.", thinking=thinking, finished=True).label == "ok"
     # corrections only early in a long trace that then progresses: still thinking, not doom
     progressing = "Wait, actually it is 25. Hmm, let me re-check. " + " ".join(
-        f"Episode {i} is titled Part {i} and aired in week {i}." for i in range(40))
+        f"Episode {i} is titled Part {i} and aired in week {i}." for i in range(40)
+    )
     assert detect("", thinking=progressing, finished=False).label == "truncated"
 
 

@@ -18,7 +18,9 @@ from patchkit.model.safetensors_io import read_header
 
 def _pair(layer, index, op, factor=None, tensor="down_proj"):
     e = SimpleNamespace(layer=layer, kind="neuron", index=index, op=op, factor=factor, tensor=tensor)
-    return e, SimpleNamespace(tensor=f"model.layers.{layer}.mlp.{tensor}.weight", axis=1 if tensor == "down_proj" else 0, index=index)
+    return e, SimpleNamespace(
+        tensor=f"model.layers.{layer}.mlp.{tensor}.weight", axis=1 if tensor == "down_proj" else 0, index=index
+    )
 
 
 def _patched_copy(src_dir, dst_dir, pairs):
@@ -38,10 +40,17 @@ def _patched_copy(src_dir, dst_dir, pairs):
 @pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
 def test_diff_classifies_each_changed_neuron(tmp_path, dtype):
     a = raw_llama_checkpoint(tmp_path / "a", dtype, shards=2)
-    b = _patched_copy(a, tmp_path / "b", [
-        _pair(0, 3, "invert"), _pair(1, 4, "scale", 0.5), _pair(1, 9, "scale", 0.3),
-        _pair(2, 7, "zero"), _pair(2, 11, "invert", tensor="up_proj"),
-    ])
+    b = _patched_copy(
+        a,
+        tmp_path / "b",
+        [
+            _pair(0, 3, "invert"),
+            _pair(1, 4, "scale", 0.5),
+            _pair(1, 9, "scale", 0.3),
+            _pair(2, 7, "zero"),
+            _pair(2, 11, "invert", tensor="up_proj"),
+        ],
+    )
     report = diff_checkpoints(a, b)
     got = {(c.tensor, s.index): (s.classification, s.factor) for c in report.changed for s in c.slices}
     assert got == {
@@ -100,7 +109,9 @@ def test_added_removed_reshaped_and_other_files(tmp_path):
     (b / "config.json").write_text('{"x": 1}')
     report = diff_checkpoints(a, b)
     assert report.added == ["new"] and report.removed == ["gone"]
-    assert report.reshaped == [{"tensor": "shape", "a": {"dtype": "F32", "shape": [2, 2]}, "b": {"dtype": "F32", "shape": [4]}}]
+    assert report.reshaped == [
+        {"tensor": "shape", "a": {"dtype": "F32", "shape": [2, 2]}, "b": {"dtype": "F32", "shape": [4]}}
+    ]
     assert report.other_files_changed == ["config.json"]
     with pytest.raises(DiffError, match="tensor new was added; a recipe only edits existing tensors"):
         recipe_edits(report)
@@ -108,8 +119,16 @@ def test_added_removed_reshaped_and_other_files(tmp_path):
 
 def test_gate_proj_change_is_refused(tmp_path):
     a = raw_llama_checkpoint(tmp_path / "a", "BF16", shards=1)
-    b = _patched_copy(a, tmp_path / "b", [(SimpleNamespace(layer=0, kind="neuron", index=1, op="invert", factor=-1.0),
-                                           SimpleNamespace(tensor="model.layers.0.mlp.gate_proj.weight", axis=0, index=1))])
+    b = _patched_copy(
+        a,
+        tmp_path / "b",
+        [
+            (
+                SimpleNamespace(layer=0, kind="neuron", index=1, op="invert", factor=-1.0),
+                SimpleNamespace(tensor="model.layers.0.mlp.gate_proj.weight", axis=0, index=1),
+            )
+        ],
+    )
     report = diff_checkpoints(a, b)
     assert report.changed[0].slices[0].classification == "inverted"
     with pytest.raises(DiffError, match="gate_proj.weight changed but is not"):
@@ -136,15 +155,22 @@ def test_expert_suppression_is_found_and_expressed(tmp_path):
     a.mkdir()
     rng = np.random.default_rng(3)
     p = "model.language_model.layers.1"
-    write_file(a / "model.safetensors", {
-        f"{p}.router.per_expert_scale": ("BF16", (8,), encode(rng.standard_normal(8) + 2, "BF16")),
-        f"{p}.experts.down_proj": ("BF16", (8, 6, 4), encode(rng.standard_normal((8, 6, 4)), "BF16")),
-    })
+    write_file(
+        a / "model.safetensors",
+        {
+            f"{p}.router.per_expert_scale": ("BF16", (8,), encode(rng.standard_normal(8) + 2, "BF16")),
+            f"{p}.experts.down_proj": ("BF16", (8, 6, 4), encode(rng.standard_normal((8, 6, 4)), "BF16")),
+        },
+    )
     ex = lambda i: SimpleNamespace(layer=1, kind="expert", index=i, op="suppress", factor=0.0, tensor=None)  # noqa: E731
-    b = _patched_copy(a, tmp_path / "b", [
-        (ex(5), SimpleNamespace(tensor=f"{p}.router.per_expert_scale", axis=0, index=5)),
-        (ex(2), SimpleNamespace(tensor=f"{p}.experts.down_proj", axis=0, index=2)),
-    ])
+    b = _patched_copy(
+        a,
+        tmp_path / "b",
+        [
+            (ex(5), SimpleNamespace(tensor=f"{p}.router.per_expert_scale", axis=0, index=5)),
+            (ex(2), SimpleNamespace(tensor=f"{p}.experts.down_proj", axis=0, index=2)),
+        ],
+    )
     report = diff_checkpoints(a, b)
     got = {(c.role, s.index, s.classification, s.changed_elements) for c in report.changed for s in c.slices}
     assert got == {("router.per_expert_scale", 5, "zeroed", 1), ("experts.down_proj", 2, "zeroed", 24)}

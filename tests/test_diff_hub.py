@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from hubserver.checkpoints import EDIT_LAYER, EDIT_NEURON, SHARDS, make_base, make_patched
+
 from patchkit.workflows.resolve import diff_refs
 
 pytest_plugins = ["hubserver.plugin"]

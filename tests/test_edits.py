@@ -100,7 +100,9 @@ def test_streamed_patch_touches_only_the_selected_bytes(tmp_path, dtype, monkeyp
     monkeypatch.setattr("patchkit.edit.apply.CHUNK", 64, raising=False)
     monkeypatch.setattr("patchkit.model.safetensors_io.CHUNK", 64)
     ckpt = raw_llama_checkpoint(tmp_path / "m", dtype, shards=1)
-    plan, headers = _plan(ckpt, [_edit(1, 5, "invert"), _edit(1, 7, "scale", 0.5), _edit(2, 3, "zero", tensor="up_proj")])
+    plan, headers = _plan(
+        ckpt, [_edit(1, 5, "invert"), _edit(1, 7, "scale", 0.5), _edit(2, 3, "zero", tensor="up_proj")]
+    )
     src = ckpt / "model.safetensors"
     out = tmp_path / "out.safetensors"
     res = write_patched(src, out, plan.edits)
@@ -116,10 +118,18 @@ def test_streamed_patch_touches_only_the_selected_bytes(tmp_path, dtype, monkeyp
     changed = np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8)
     assert changed.any() and not (changed & ~allowed).any()
     # values: column 5 negated, column 7 halved, up_proj row 3 zero
-    down_a = to_float32(np.frombuffer(a, np.uint8)[slice(*header.absolute("model.layers.1.mlp.down_proj.weight"))].view(
-        np.uint16 if dtype != "F32" else np.uint32), dtype).reshape(16, 24)
-    down_b = to_float32(np.frombuffer(b, np.uint8)[slice(*header.absolute("model.layers.1.mlp.down_proj.weight"))].view(
-        np.uint16 if dtype != "F32" else np.uint32), dtype).reshape(16, 24)
+    down_a = to_float32(
+        np.frombuffer(a, np.uint8)[slice(*header.absolute("model.layers.1.mlp.down_proj.weight"))].view(
+            np.uint16 if dtype != "F32" else np.uint32
+        ),
+        dtype,
+    ).reshape(16, 24)
+    down_b = to_float32(
+        np.frombuffer(b, np.uint8)[slice(*header.absolute("model.layers.1.mlp.down_proj.weight"))].view(
+            np.uint16 if dtype != "F32" else np.uint32
+        ),
+        dtype,
+    ).reshape(16, 24)
     assert np.array_equal(down_b[:, 5], -down_a[:, 5])
     assert np.allclose(down_b[:, 7], down_a[:, 7] * 0.5)
     # per-slice checksums are of the selected bytes, before and after
@@ -157,7 +167,9 @@ def test_plan_refuses_fp8_weights_with_a_clear_message(tmp_path):
     ckpt = tmp_path / "q"
     ckpt.mkdir()
     write_file(ckpt / "model.safetensors", {"model.layers.0.mlp.down_proj.weight": ("F8_E4M3", (16, 24), b"\1" * 384)})
-    with pytest.raises(SafetensorsError, match=r"model.layers.0.mlp.down_proj.weight is stored as F8_E4M3 \(quantized/fp8\)"):
+    with pytest.raises(
+        SafetensorsError, match=r"model.layers.0.mlp.down_proj.weight is stored as F8_E4M3 \(quantized/fp8\)"
+    ):
         _plan(ckpt, [_edit(0, 1, "invert")])
 
 
@@ -179,16 +191,29 @@ def test_plan_reads_exactly_the_scaled_slice(tmp_path, inter, tensor):
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("dtype, factor, std, pattern", [
-    ("F16", 60000.0, 2.0, r"by 60000.0 overflows F16: \d+ of 16 elements become infinite .*largest factor that fits"),
-    ("BF16", 3e38, 4.0, r"overflows BF16"),
-    ("F32", 3e38, 4.0, r"overflows F32"),
-    ("F16", 1e-6, 0.001, r"underflows: every nonzero element becomes 0 in F16"),
-    ("BF16", 1.001, 0.5, r"factor 1.001 is exactly 1.0 in BF16: .*nearest BF16 factors are 0.99609375 and 1.0078125"),
-    ("F32", 1e39, 0.5, r"factor 1e\+39 is inf in F32"),
-    ("F16", 1e-9, 0.5, r"factor 1e-09 is 0 in F16"),
-    ("BF16", -1.001, 0.5, r"is exactly -1.0 in BF16: it only flips signs; use `op: invert`"),
-])
+@pytest.mark.parametrize(
+    "dtype, factor, std, pattern",
+    [
+        (
+            "F16",
+            60000.0,
+            2.0,
+            r"by 60000.0 overflows F16: \d+ of 16 elements become infinite .*largest factor that fits",
+        ),
+        ("BF16", 3e38, 4.0, r"overflows BF16"),
+        ("F32", 3e38, 4.0, r"overflows F32"),
+        ("F16", 1e-6, 0.001, r"underflows: every nonzero element becomes 0 in F16"),
+        (
+            "BF16",
+            1.001,
+            0.5,
+            r"factor 1.001 is exactly 1.0 in BF16: .*nearest BF16 factors are 0.99609375 and 1.0078125",
+        ),
+        ("F32", 1e39, 0.5, r"factor 1e\+39 is inf in F32"),
+        ("F16", 1e-9, 0.5, r"factor 1e-09 is 0 in F16"),
+        ("BF16", -1.001, 0.5, r"is exactly -1.0 in BF16: it only flips signs; use `op: invert`"),
+    ],
+)
 def test_plan_refuses_scales_that_are_wrong_in_the_dtype(tmp_path, dtype, factor, std, pattern):
     from patchkit.errors import RecipeError
 

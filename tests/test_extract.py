@@ -15,12 +15,13 @@ from click.testing import CliRunner
 
 from patchkit.cli import main
 from patchkit.errors import RecipeError
-from patchkit.workflows.resolve import extract_recipe
-from patchkit.recipe import load_recipe, parse_recipe
 from patchkit.model.safetensors_io import read_header
+from patchkit.recipe import load_recipe, parse_recipe
+from patchkit.workflows.resolve import extract_recipe
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
 
 def load_recipe_text(text: str):
     return parse_recipe(text, "<test>")
@@ -33,7 +34,6 @@ RAW = {"BF16": np.uint16, "F16": np.uint16, "F32": np.uint32}
 def moe_base(tmp_path_factory) -> Path:
     """Tiny Gemma 4 MoE in bf16, sharded so that most shards are untouched by an expert edit."""
     import torch
-
     from fixtures.tiny_models import build
 
     return build("gemma4-moe", tmp_path_factory.mktemp("moe") / "base", dtype=torch.bfloat16, shard="60KB")
@@ -97,11 +97,15 @@ checks:
 
 
 def _moe_fixed(moe_base: Path, out: Path) -> Path:
-    return patched_copy(moe_base, out, [
-        (f"{PREFIX}.1.router.per_expert_scale", 0, 2, "zero", None),
-        (f"{PREFIX}.1.router.per_expert_scale", 0, 4, "zero", None),
-        (f"{PREFIX}.3.router.per_expert_scale", 0, 0, "zero", None),
-    ])
+    return patched_copy(
+        moe_base,
+        out,
+        [
+            (f"{PREFIX}.1.router.per_expert_scale", 0, 2, "zero", None),
+            (f"{PREFIX}.1.router.per_expert_scale", 0, 4, "zero", None),
+            (f"{PREFIX}.3.router.per_expert_scale", 0, 0, "zero", None),
+        ],
+    )
 
 
 def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, monkeypatch):
@@ -114,10 +118,15 @@ def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, mo
     fixed_commit = _upload(hub, "alice/g4-moe-noloop", fixed)
     template = tmp_path / "moe.yaml"
     template.write_text(TEMPLATE.format(reference="alice/g4-moe-noloop"))
-    res = CliRunner().invoke(main, ["recipe", "extract", "alice/g4-moe", "alice/g4-moe-noloop", "--into", str(template), "--json"])
+    res = CliRunner().invoke(
+        main, ["recipe", "extract", "alice/g4-moe", "alice/g4-moe-noloop", "--into", str(template), "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["edits"] == [{"layer": 1, "expert": [2, 4], "op": "suppress"}, {"layer": 3, "expert": 0, "op": "suppress"}]
+    assert out["edits"] == [
+        {"layer": 1, "expert": [2, 4], "op": "suppress"},
+        {"layer": 3, "expert": 0, "op": "suppress"},
+    ]
     assert out["notes"] == [] and out["written"] == str(template)
     # only the shards holding layers 1 and 3's router were downloaded; the others were never fetched
     changed = {_owner(moe_base, f"{PREFIX}.{layer}.router.per_expert_scale").name for layer in (1, 3)}
@@ -175,22 +184,34 @@ def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base,
     with pytest.raises(RecipeError) as info:
         resolve_then_apply(missing, out=tmp_path / "out2", dry_run=True)
     text = str(info.value)
-    assert "resolving it from alice/no-such-fix failed" in text and "patchkit recipe extract" in text and "\n" not in text
+    assert (
+        "resolving it from alice/no-such-fix failed" in text and "patchkit recipe extract" in text and "\n" not in text
+    )
 
 
 def test_extract_dense_scale_and_invert_from_local_dirs(tiny_gemma4_bf16, tmp_path):
-    fixed = patched_copy(tiny_gemma4_bf16, tmp_path / "fixed", [
-        (f"{PREFIX}.3.mlp.down_proj.weight", 1, 90, "scale", -0.8),
-        (f"{PREFIX}.1.mlp.down_proj.weight", 1, 2, "invert", None),
-    ])
+    fixed = patched_copy(
+        tiny_gemma4_bf16,
+        tmp_path / "fixed",
+        [
+            (f"{PREFIX}.3.mlp.down_proj.weight", 1, 90, "scale", -0.8),
+            (f"{PREFIX}.1.mlp.down_proj.weight", 1, 2, "invert", None),
+        ],
+    )
     result = extract_recipe(tiny_gemma4_bf16, fixed, name="dense-fix")
     from patchkit.recipe.validate import validate_recipe
 
-    assert validate_recipe(result.recipe).warnings == ["no model given and none found offline: checked the recipe schema only (pass --model)"]
-    tampered = load_recipe_text(result.text.replace("{layer: 1, neuron: 2, op: invert}", "{layer: 1, neuron: 3, op: invert}"))
+    assert validate_recipe(result.recipe).warnings == [
+        "no model given and none found offline: checked the recipe schema only (pass --model)"
+    ]
+    tampered = load_recipe_text(
+        result.text.replace("{layer: 1, neuron: 2, op: invert}", "{layer: 1, neuron: 3, op: invert}")
+    )
     assert any("no checksum in source.checksums" in w for w in validate_recipe(tampered).warnings)
-    assert result.edits == [{"layer": 1, "neuron": 2, "op": "invert"},
-                            {"layer": 3, "neuron": 90, "op": "scale", "factor": -0.8}]
+    assert result.edits == [
+        {"layer": 1, "neuron": 2, "op": "invert"},
+        {"layer": 3, "neuron": 90, "op": "scale", "factor": -0.8},
+    ]
     assert result.downloaded_files == [] and result.recipe.source.reference == str(fixed)
     assert result.recipe.resolution.status == "resolved" and len(result.checksums) == 2
     out = tmp_path / "dense.yaml"
@@ -200,17 +221,26 @@ def test_extract_dense_scale_and_invert_from_local_dirs(tiny_gemma4_bf16, tmp_pa
     assert again.exit_code == 2 and "already exists" in again.output
 
 
-@pytest.mark.parametrize("edit, says", [
-    ((f"{PREFIX}.0.self_attn.q_proj.weight", 0, 3, "invert", None),
-     r"self_attn\.q_proj\.weight changed but is not a down_proj/up_proj/expert tensor a recipe can edit"),
-    ((f"{PREFIX}.2.mlp.down_proj.weight", 1, 7, "noise", None),
-     r"index 7: change is not an inversion, zeroing or exact scaling"),
-])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (
+            (f"{PREFIX}.0.self_attn.q_proj.weight", 0, 3, "invert", None),
+            r"self_attn\.q_proj\.weight changed but is not a down_proj/up_proj/expert tensor a recipe can edit",
+        ),
+        (
+            (f"{PREFIX}.2.mlp.down_proj.weight", 1, 7, "noise", None),
+            r"index 7: change is not an inversion, zeroing or exact scaling",
+        ),
+    ],
+)
 def test_extract_refuses_changes_a_recipe_cannot_express(tiny_gemma4_bf16, tmp_path, edit, says):
     import re
 
     fixed = patched_copy(tiny_gemma4_bf16, tmp_path / "fixed", [edit])
-    res = CliRunner().invoke(main, ["recipe", "extract", str(tiny_gemma4_bf16), str(fixed), "-o", str(tmp_path / "r.yaml")])
+    res = CliRunner().invoke(
+        main, ["recipe", "extract", str(tiny_gemma4_bf16), str(fixed), "-o", str(tmp_path / "r.yaml")]
+    )
     assert res.exit_code == 2 and re.search(says, res.output), res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "r.yaml").exists()
 

@@ -27,14 +27,14 @@ def tiny():
 def _reference(model, tok, request):
     ids = tok(render_prompt(tok, request), add_special_tokens=False, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=request.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_batched_greedy_matches_model_generate(tiny):
     model, tok = tiny
     requests = [GenerationRequest(f"r{i}", p, max_new_tokens=40) for i, p in enumerate(PROMPTS)]
     gens = TransformersBackend(model, tok, batch_size=8, early_stop=None).generate(requests)
-    assert [g.id for g in gens] == [r.id for r in requests]     # request order, though batches are length-sorted
+    assert [g.id for g in gens] == [r.id for r in requests]  # request order, though batches are length-sorted
     for gen, req in zip(gens, requests):
         assert gen.text == _reference(model, tok, req), req.prompt
         assert gen.stop_reason in ("eos", "length") and 1 <= gen.tokens <= 40
@@ -62,7 +62,9 @@ def test_sampling_is_seeded_per_request_and_batch_independent(tiny):
     alone = [backend.generate([r], params)[0].text for r in requests[:2]]
     assert first == again
     assert first[:2] == alone
-    reseeded = [g.text for g in backend.generate([GenerationRequest(r.id, r.prompt, 25, seed=4) for r in requests], params)]
+    reseeded = [
+        g.text for g in backend.generate([GenerationRequest(r.id, r.prompt, 25, seed=4) for r in requests], params)
+    ]
     assert reseeded != first
     greedy = [g.text for g in backend.generate(requests)]
     assert greedy != first
@@ -73,13 +75,15 @@ LOOP_MAP = {**cycle("Vega\n"), ":": "V", ".": "O", "O": "K", "K": "<eos>"}
 
 def test_early_stop_cuts_a_certain_loop_and_detect_agrees():
     model, tok = bigram_model(LOOP_MAP)
-    requests = [GenerationRequest("loop", "List stars:", max_new_tokens=300, chat=False),
-                GenerationRequest("stop", "Say it.", max_new_tokens=300, chat=False)]
+    requests = [
+        GenerationRequest("loop", "List stars:", max_new_tokens=300, chat=False),
+        GenerationRequest("stop", "Say it.", max_new_tokens=300, chat=False),
+    ]
     full = TransformersBackend(model, tok, early_stop=None).generate(requests)
     early = TransformersBackend(model, tok, early_stop=loop_stop_test).generate(requests)
     assert full[0].stop_reason == "length" and full[0].tokens == 300
     assert early[0].stop_reason == "loop" and early[0].tokens < 100 and early[0].loop_label in ("decay", "verbatim")
-    assert full[0].text.startswith(early[0].text)                 # same trajectory, just cut
+    assert full[0].text.startswith(early[0].text)  # same trajectory, just cut
     assert detect(early[0].text, finished=early[0].finished).is_loop
     assert detect(full[0].text, finished=False).label == "verbatim"
     assert early[1].text == full[1].text == "OK" and early[1].stop_reason == "eos"
@@ -91,14 +95,16 @@ def test_thinking_budget_stops_inside_thinking():
     text = render_prompt(tok, GenerationRequest("a", "Why?"), enable_thinking=True)
     assert text.endswith("<think>\n")
     gen = TransformersBackend(model, tok, early_stop=None).generate(
-        [GenerationRequest("a", "Why?", max_new_tokens=200)], params)[0]
+        [GenerationRequest("a", "Why?", max_new_tokens=200)], params
+    )[0]
     assert gen.stop_reason == "budget" and gen.text == "" and gen.thinking.startswith("Hmwait")
     assert gen.tokens == 20
     verdict = detect(gen.text, thinking=gen.thinking, finished=gen.finished)
     assert verdict.label in ("doom", "verbatim", "decay", "truncated")
     # without thinking the same prompt is answered normally (no thinking trace)
     plain = TransformersBackend(model, tok, early_stop=None).generate(
-        [GenerationRequest("b", "Why?", max_new_tokens=10)], SamplingParams(enable_thinking=False))[0]
+        [GenerationRequest("b", "Why?", max_new_tokens=10)], SamplingParams(enable_thinking=False)
+    )[0]
     assert plain.thinking is None
 
 
@@ -131,4 +137,4 @@ def test_auto_device_spreads_over_several_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto") == ("cuda", False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert resolve_device("auto") == ("cuda", True)      # load_model then passes device_map="auto"
+    assert resolve_device("auto") == ("cuda", True)  # load_model then passes device_map="auto"

@@ -27,18 +27,20 @@ def _tokenizer_with(extra: list[str]):
 def test_tiny_gemma4_batched_matches_generate():
     tok = _tokenizer_with([])
     model = gemma4_causal_lm(tok, seed=0)
-    requests = [GenerationRequest(f"r{i}", p, max_new_tokens=20 + 6 * i) for i, p in
-                enumerate(["List all states.", "Hi", "What is the capital of France? Tell me more please.", "x"])]
+    requests = [
+        GenerationRequest(f"r{i}", p, max_new_tokens=20 + 6 * i)
+        for i, p in enumerate(["List all states.", "Hi", "What is the capital of France? Tell me more please.", "x"])
+    ]
     backend = TransformersBackend(model, tok, batch_size=2, early_stop=None)
     gens = backend.generate(requests)
     for gen, req in zip(gens, requests):
         ids = tok(render_prompt(tok, req), add_special_tokens=False, return_tensors="pt")
-        assert ids["input_ids"].shape[1] > 16 or req.prompt in ("Hi", "x")   # prompts cross the sliding window
+        assert ids["input_ids"].shape[1] > 16 or req.prompt in ("Hi", "x")  # prompts cross the sliding window
         out = model.generate(**ids, max_new_tokens=req.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        assert gen.text == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert gen.text == tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     from transformers import DynamicCache
 
-    assert not _mergeable(DynamicCache(config=model.config))   # sliding layers: static batches, no cache merging
+    assert not _mergeable(DynamicCache(config=model.config))  # sliding layers: static batches, no cache merging
 
 
 def test_gemma4_thinking_channel_and_budget():
@@ -47,7 +49,24 @@ def test_gemma4_thinking_channel_and_budget():
     model, _ = tiny_model(0)
     model.resize_token_embeddings(len(tok))
     # bigram chain: "\n" (end of the chat prompt) -> <|channel> "thought\n" "OK" <channel|> "Prs" <eos>
-    chain = ["\n", "<|channel>", "t", "h", "o", "u", "g", "T", "\t", "O", "K", "<channel|>", "P", "r", "s", "<|im_end|>"]
+    chain = [
+        "\n",
+        "<|channel>",
+        "t",
+        "h",
+        "o",
+        "u",
+        "g",
+        "T",
+        "\t",
+        "O",
+        "K",
+        "<channel|>",
+        "P",
+        "r",
+        "s",
+        "<|im_end|>",
+    ]
 
     def tid(text):
         out = tok(text, add_special_tokens=False)["input_ids"]
@@ -68,6 +87,6 @@ def test_gemma4_thinking_channel_and_budget():
     assert done.stop_reason == "eos" and done.text == "Prs" and done.thinking == "thougT\tOK"
     stuck = backend.generate([GenerationRequest("b", "Why?", max_new_tokens=50)], SamplingParams(thinking_budget=4))[0]
     assert stuck.stop_reason == "budget" and stuck.text == "" and stuck.thinking == "thou"
-    assert stuck.tokens == 5                                   # <|channel> + 4 thinking tokens
+    assert stuck.tokens == 5  # <|channel> + 4 thinking tokens
     verdict = detect(stuck.text, thinking=stuck.thinking, finished=stuck.finished)
     assert verdict.label == "truncated" and verdict.evidence.where == "thinking"

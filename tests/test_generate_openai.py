@@ -61,15 +61,17 @@ def tiny_server():
 
 def test_chat_and_completions_against_patchkit_server(tiny_server):
     backend = OpenAIBackend(tiny_server, model="tiny-bigram", concurrency=3)
-    requests = [GenerationRequest("stop", "Say it.", max_new_tokens=30, chat=False),
-                GenerationRequest("loop", "List stars:", max_new_tokens=30, chat=False),
-                GenerationRequest("chat", "List stars", max_new_tokens=25)]
+    requests = [
+        GenerationRequest("stop", "Say it.", max_new_tokens=30, chat=False),
+        GenerationRequest("loop", "List stars:", max_new_tokens=30, chat=False),
+        GenerationRequest("chat", "List stars", max_new_tokens=25),
+    ]
     done = []
     gens = backend.generate(requests, SamplingParams(), progress=lambda stage, d, t: done.append((stage, d, t)))
     assert [g.id for g in gens] == ["stop", "loop", "chat"]
     assert gens[0].text == "OK" and gens[0].stop_reason == "eos"
     assert gens[1].text.startswith("Vega\nVega") and gens[1].stop_reason == "length" and gens[1].tokens == 30
-    assert gens[2].text.startswith("Vega") and gens[2].tokens == 25     # chat template ends in "\n" -> "V"
+    assert gens[2].text.startswith("Vega") and gens[2].tokens == 25  # chat template ends in "\n" -> "V"
     requests_seen = [(d, t) for stage, d, t in done if stage == "requests"]
     tokens_seen = [d for stage, d, _ in done if stage == "tokens"]
     assert requests_seen[-1] == (3, 3) and tokens_seen[-1] == sum(g.tokens for g in gens)
@@ -80,14 +82,20 @@ def test_loop_check_runs_over_http(tiny_server, tmp_path):
     from patchkit.checks.loops import LoopSettings, run_loops
 
     suite = tmp_path / "s.yaml"
-    suite.write_text("suite: http\nversion: 1\nprobes:\n"
-                     "  - {id: stars, kind: enumeration, split: train, category: x, truth: [Vega, Deneb],"
-                     " prompts: ['List stars']}\n"
-                     "  - {id: ok, kind: control, split: heldout, category: x, prompts: ['Say OK'],"
-                     " answer: {any: [OK]}, max_new_tokens: 12}\n")
-    report = run_loops("tiny-bigram", patched_ref="tiny-bigram",
-                       settings=LoopSettings(suite=str(suite), backend="openai", base_url=tiny_server,
-                                             max_new_tokens=80, controls=False))
+    suite.write_text(
+        "suite: http\nversion: 1\nprobes:\n"
+        "  - {id: stars, kind: enumeration, split: train, category: x, truth: [Vega, Deneb],"
+        " prompts: ['List stars']}\n"
+        "  - {id: ok, kind: control, split: heldout, category: x, prompts: ['Say OK'],"
+        " answer: {any: [OK]}, max_new_tokens: 12}\n"
+    )
+    report = run_loops(
+        "tiny-bigram",
+        patched_ref="tiny-bigram",
+        settings=LoopSettings(
+            suite=str(suite), backend="openai", base_url=tiny_server, max_new_tokens=80, controls=False
+        ),
+    )
     base = report.base.metrics()
     assert base.n == 1 and base.loops == 1 and report.patched.metrics().loops == 1
     assert report.to_json()["backend"] == "openai"
@@ -130,8 +138,10 @@ def _fault_app(*, fail_first: int = 0, delay: float = 0.0, status: int = 503):
             if state["calls"] <= fail_first:
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=status)
             await asyncio.sleep(delay)
-            return {"choices": [{"text": f"echo {body['prompt']}", "finish_reason": "stop"}],
-                    "usage": {"completion_tokens": 2}}
+            return {
+                "choices": [{"text": f"echo {body['prompt']}", "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 2},
+            }
         finally:
             state["in_flight"] -= 1
 
@@ -146,7 +156,7 @@ def test_retries_with_backoff_then_succeeds():
         gen = backend.generate([GenerationRequest("a", "hi", chat=False)])[0]
         assert gen.text == "echo hi" and gen.stop_reason == "eos"
         assert app.state.stats["calls"] == 3
-        assert time.monotonic() - start >= 0.05 * 0.75 * 3    # two backoffs: 0.05 + 0.1 (with jitter)
+        assert time.monotonic() - start >= 0.05 * 0.75 * 3  # two backoffs: 0.05 + 0.1 (with jitter)
 
 
 def test_gives_up_after_retries_and_on_client_errors():
@@ -191,8 +201,24 @@ def transformers_serve(tmp_path_factory):
     save_checkpoint(model, path, tok)
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([exe, "serve", str(path), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "serve",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     import httpx
 
@@ -220,8 +246,12 @@ def transformers_serve(tmp_path_factory):
 def test_against_transformers_serve(transformers_serve):
     url, name = transformers_serve
     backend = OpenAIBackend(url, model=name, concurrency=2)
-    gens = backend.generate([GenerationRequest("stop", "go.", max_new_tokens=10, chat=False),
-                             GenerationRequest("loop", "List stars", max_new_tokens=40)])
+    gens = backend.generate(
+        [
+            GenerationRequest("stop", "go.", max_new_tokens=10, chat=False),
+            GenerationRequest("loop", "List stars", max_new_tokens=40),
+        ]
+    )
     assert gens[0].text == "OK" and gens[0].stop_reason == "eos"
     assert gens[1].text.startswith("Vega\nVega") and gens[1].stop_reason == "length" and gens[1].tokens == 40
     from patchkit.checks.detect import detect

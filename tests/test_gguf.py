@@ -32,9 +32,18 @@ def _write_gguf(path: Path, arch: str) -> Path:
 
 def _tiny_llama(tie: bool):
     """transformers-initialised (seed 0) llama standing in for a loaded GGUF model; LlamaConfig's token ids."""
-    return tiny_llama(std=None, vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      max_position_embeddings=64, tie_word_embeddings=tie, pad_token_id=None, bos_token_id=1,
-                      eos_token_id=2).eval()
+    return tiny_llama(
+        std=None,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        pad_token_id=None,
+        bos_token_id=1,
+        eos_token_id=2,
+    ).eval()
 
 
 def _keys(directory: Path) -> dict[str, str]:
@@ -198,8 +207,10 @@ def test_embedded_model_dir_reuses_a_complete_cache(tmp_path, monkeypatch):
             version = importlib.metadata.version(pg.EMBEDDED_PACKAGE)
         except importlib.metadata.PackageNotFoundError:
             version = None
-        prov = {"source": {"package": {"name": from_package, "version": version}},
-                "files": {"config.json": {"size": 2}}}
+        prov = {
+            "source": {"package": {"name": from_package, "version": version}},
+            "files": {"config.json": {"size": 2}},
+        }
         (out / pg.PROVENANCE_FILE).write_text(json.dumps(prov))
         return out
 
@@ -228,8 +239,9 @@ def test_cli_json_reports_provenance(tmp_path, monkeypatch):
 
     path = _write_gguf(tmp_path / "m.gguf", "llama")
     monkeypatch.setattr(pg, "_load_gguf", lambda p, info: (_tiny_llama(tie=True), None))
-    result = CliRunner().invoke(main, ["import-gguf", str(path), "-o", str(tmp_path / "o"), "--dtype", "bf16",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["import-gguf", str(path), "-o", str(tmp_path / "o"), "--dtype", "bf16", "--json"]
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["dtype"] == "bfloat16" and payload["out_dir"] == str(tmp_path / "o")
@@ -253,8 +265,9 @@ def test_real_roundtrip_matches_the_gguf_model(smollm2_dir):
     template = GGUFReader(str(src)).fields["tokenizer.chat_template"].contents()
     tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
     assert tok.chat_template == template  # the GGUF's own chat template travels with the checkpoint
-    ref, loading = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32,
-                                                        output_loading_info=True)
+    ref, loading = AutoModelForCausalLM.from_pretrained(
+        str(src.parent), gguf_file=src.name, dtype=torch.float32, output_loading_info=True
+    )
     ref.eval()
     from patchkit.model.gguf_header import check_loaded
 
@@ -269,7 +282,7 @@ def test_real_roundtrip_matches_the_gguf_model(smollm2_dir):
         a = ref.generate(ids, max_new_tokens=8, do_sample=False)
         b = imp.generate(ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(a, b)
-    assert "Paris" in tok.decode(b[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(b[0, ids.shape[1] :])
 
 
 def test_tensors_sharing_one_buffer_are_saved_separately(tmp_path):
@@ -285,7 +298,9 @@ def test_tensors_sharing_one_buffer_are_saved_separately(tmp_path):
     state = pg._unique_state_dict(model, torch.float32)
     pg.write_safetensors_shards(state, tmp_path)
     loaded = load_file(str(tmp_path / "model.safetensors"))
-    assert torch.equal(loaded["lm_head.weight"], fused[:n]) and torch.equal(loaded["model.embed_tokens.weight"], fused[n:])
+    assert torch.equal(loaded["lm_head.weight"], fused[:n]) and torch.equal(
+        loaded["model.embed_tokens.weight"], fused[n:]
+    )
 
 
 # ----------------------------------------------------------------------------------------- hardening
@@ -307,9 +322,19 @@ def test_output_that_is_a_file_or_a_link_is_refused_even_with_force(tmp_path, mo
     assert afile.read_text() == "mine" and (target / pg.PROVENANCE_FILE).read_text() == "{}"
 
 
-@pytest.mark.parametrize("exc", [ValueError("bad"), struct.error("unpack requires a buffer of 8 bytes"),
-                                 IndexError("index 0 is out of bounds"), MemoryError(), OverflowError("too big"),
-                                 KeyError("Duplicate"), RecursionError("deep"), np.exceptions.AxisError(3, 2)])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("bad"),
+        struct.error("unpack requires a buffer of 8 bytes"),
+        IndexError("index 0 is out of bounds"),
+        MemoryError(),
+        OverflowError("too big"),
+        KeyError("Duplicate"),
+        RecursionError("deep"),
+        np.exceptions.AxisError(3, 2),
+    ],
+)
 def test_reader_errors_become_one_line_model_errors(tmp_path, monkeypatch, exc):
     path = _write_gguf(tmp_path / "m.gguf", "llama")
 
@@ -361,7 +386,9 @@ def test_cli_max_shard_size_must_be_a_positive_finite_size(tmp_path):
 
     path = _write_gguf(tmp_path / "m.gguf", "llama")
     for size in ("1e999GB", "0", "-5MB", "lots"):
-        result = CliRunner().invoke(main, ["import-gguf", str(path), "-o", str(tmp_path / "o"), "--max-shard-size", size])
+        result = CliRunner().invoke(
+            main, ["import-gguf", str(path), "-o", str(tmp_path / "o"), "--max-shard-size", size]
+        )
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 2 and len(errors) == 1 and "is not a size" in errors[0], result.output
     assert not (tmp_path / "o").exists()

@@ -86,8 +86,10 @@ def test_round_trip_push_pull_is_byte_identical_and_loads(hub, tmp_path, monkeyp
     want = ref.model.layers[EDIT_LAYER].mlp.down_proj.weight[:, EDIT_NEURON]
     assert torch.equal(got, -want)
     other = [i for i in range(model.config.intermediate_size) if i != EDIT_NEURON]
-    assert torch.equal(model.model.layers[EDIT_LAYER].mlp.down_proj.weight[:, other],
-                       ref.model.layers[EDIT_LAYER].mlp.down_proj.weight[:, other])
+    assert torch.equal(
+        model.model.layers[EDIT_LAYER].mlp.down_proj.weight[:, other],
+        ref.model.layers[EDIT_LAYER].mlp.down_proj.weight[:, other],
+    )
 
 
 def test_pull_revision_into_local_dir(hub, dirs, tmp_path):
@@ -305,7 +307,9 @@ def test_client_features_work_against_the_server(hub, dirs):
     api = HfApi(endpoint=hub.url, token=hub.token)
     siblings = {s.rfilename: s for s in api.model_info("alice/tiny-fix", files_metadata=True).siblings}
     assert siblings[SHARDS[1]].lfs.sha256 == hashlib.sha256((patched / SHARDS[1]).read_bytes()).hexdigest()
-    assert siblings["config.json"].lfs is None and siblings["config.json"].size == (patched / "config.json").stat().st_size
+    assert (
+        siblings["config.json"].lfs is None and siblings["config.json"].size == (patched / "config.json").stat().st_size
+    )
     [info] = api.get_paths_info("alice/tiny-fix", [SHARDS[1], "nope.txt"])
     assert info.lfs.sha256 == hashlib.sha256((patched / SHARDS[1]).read_bytes()).hexdigest()
     assert api.file_exists("alice/tiny-fix", "config.json") and not api.file_exists("alice/tiny-fix", "x.json")
@@ -384,10 +388,13 @@ def test_pull_flags_a_repo_whose_files_no_longer_match_its_provenance(hub, dirs,
     pkhub.push(patched, "alice/tiny-fix", progress=False)
     # someone replaces the patched shard with the base one, without touching patchkit.json
     HfApi(endpoint=hub.url, token=hub.token).upload_file(
-        path_or_fileobj=str(base / SHARDS[1]), path_in_repo=SHARDS[1], repo_id="alice/tiny-fix")
+        path_or_fileobj=str(base / SHARDS[1]), path_in_repo=SHARDS[1], repo_id="alice/tiny-fix"
+    )
     result = run_cli("pull", "alice/tiny-fix", "--local-dir", str(tmp_path / "pulled"))
     assert result.exit_code == 1
-    assert f"{SHARDS[1]}: differs from patchkit.json" in result.output and "files match patchkit.json: NO" in result.output
+    assert (
+        f"{SHARDS[1]}: differs from patchkit.json" in result.output and "files match patchkit.json: NO" in result.output
+    )
 
 
 def test_pushing_to_an_open_pull_request_updates_it(hub, dirs, tmp_path):
@@ -417,8 +424,7 @@ def test_diff_between_two_hub_repos_skips_identical_shards(hub, dirs):
     hub.server.reset()
     report = diff_refs("alice/tiny", "alice/tiny-fix")
     assert report.identical_files == [SHARDS[0]]
-    assert [c.tensor for c in report.changed] == [
-        f"model.layers.{EDIT_LAYER}.mlp.down_proj.weight"]
+    assert [c.tensor for c in report.changed] == [f"model.layers.{EDIT_LAYER}.mlp.down_proj.weight"]
     shard0 = hashlib.sha256((base / SHARDS[0]).read_bytes()).hexdigest()
     assert not any(shard0 in r.path for r in hub.requests("GET", r"^/cdn/lfs/"))
 
@@ -444,7 +450,9 @@ def test_validate_and_apply_accept_a_hub_model_ref(hub, dirs, tmp_path):
     base, patched = dirs
     pushed = pkhub.push(base, "patchkit-org/tiny-llama", allow_unpatched=True, progress=False)
     recipe = tmp_path / "hub-recipe.yaml"
-    recipe.write_text(RECIPE_TEXT.replace("test-org/tiny-llama", "patchkit-org/tiny-llama").replace("a" * 40, pushed.commit_oid))
+    recipe.write_text(
+        RECIPE_TEXT.replace("test-org/tiny-llama", "patchkit-org/tiny-llama").replace("a" * 40, pushed.commit_oid)
+    )
     validated = run_cli("validate", str(recipe), "--model", "patchkit-org/tiny-llama")
     assert validated.exit_code == 0, validated.output
     assert hub.requests("GET", r"^/cdn/lfs/") and all(r.status == 206 for r in hub.requests("GET", r"^/cdn/lfs/"))

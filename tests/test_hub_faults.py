@@ -5,13 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from hubserver.checkpoints import SHARDS, make_base, make_patched
 
 pytest_plugins = ["hubserver.plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-
-
 
 
 @pytest.fixture
@@ -72,8 +69,8 @@ def test_commit_failure_is_retried_once_and_commits_once(hub, patched, fast, act
 
 
 def test_persistent_5xx_gives_up_with_a_clear_message(hub, patched, fast):
-    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
+    from patchkit.publish import hub as pkhub
 
     hub.inject("503", method="GET", path=r"/api/whoami-v2", times=99)
     with pytest.raises(HubError) as err:
@@ -84,8 +81,8 @@ def test_persistent_5xx_gives_up_with_a_clear_message(hub, patched, fast):
 
 
 def test_interrupted_push_resumes_with_only_the_missing_objects(hub, patched, fast):
-    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
+    from patchkit.publish import hub as pkhub
 
     missing = sha(patched / SHARDS[1])
     hub.inject("403", method="PUT", path=rf"^/lfs-upload/{missing}$", times=99)  # e.g. an expired upload URL
@@ -147,8 +144,8 @@ def test_download_cut_mid_file_resumes_with_a_range_request(hub, patched, fast, 
 def test_unreachable_hub_is_retried_then_reported(hub, patched, fast):
     import socket
 
-    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
+    from patchkit.publish import hub as pkhub
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -161,8 +158,8 @@ def test_unreachable_hub_is_retried_then_reported(hub, patched, fast):
 def test_offline_mode_is_reported_not_retried(hub, patched, fast, monkeypatch):
     import huggingface_hub.constants as constants
 
-    from patchkit.publish import hub as pkhub
     from patchkit.errors import HubError
+    from patchkit.publish import hub as pkhub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match=r"offline mode is on \(HF_HUB_OFFLINE\)"):

@@ -12,9 +12,11 @@ pytest_plugins = ["hubserver.plugin"]
 
 
 def _batch(hub, oid: str, size: int) -> dict:
-    response = httpx.post(f"{hub.url}/alice/repo.git/info/lfs/objects/batch",
-                          headers={"authorization": f"Bearer {hub.token}"},
-                          json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}]})
+    response = httpx.post(
+        f"{hub.url}/alice/repo.git/info/lfs/objects/batch",
+        headers={"authorization": f"Bearer {hub.token}"},
+        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}]},
+    )
     response.raise_for_status()
     body = response.json()
     assert body["transfer"] == "basic"  # never xet
@@ -41,11 +43,15 @@ def test_commit_refuses_a_pointer_to_a_missing_lfs_object(hub):
     from huggingface_hub import HfApi
 
     HfApi(endpoint=hub.url, token=hub.token).create_repo("alice/repo")
-    lines = [{"key": "header", "value": {"summary": "x", "description": ""}},
-             {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": "0" * 64, "size": 3}}]
-    response = httpx.post(f"{hub.url}/api/models/alice/repo/commit/main",
-                          headers={"authorization": f"Bearer {hub.token}", "content-type": "application/x-ndjson"},
-                          content="\n".join(json.dumps(x) for x in lines))
+    lines = [
+        {"key": "header", "value": {"summary": "x", "description": ""}},
+        {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": "0" * 64, "size": 3}},
+    ]
+    response = httpx.post(
+        f"{hub.url}/api/models/alice/repo/commit/main",
+        headers={"authorization": f"Bearer {hub.token}", "content-type": "application/x-ndjson"},
+        content="\n".join(json.dumps(x) for x in lines),
+    )
     assert response.status_code == 400 and "missing object" in response.text
 
 

@@ -65,10 +65,19 @@ print("finished without being killed")
 
 #: (step, occurrence) -> the state recovery must reach: "before" (rolled back, or never started) or "after"
 POINTS = [
-    (("copy", 3), "before"), (("write", 2), "before"), (("prepare-provenance", 1), "before"), (("journal", 1), "before"),
-    (("backup", 1), "before"), (("swap", 1), "before"), (("backup", 2), "before"), (("swap", 2), "before"),
+    (("copy", 3), "before"),
+    (("write", 2), "before"),
+    (("prepare-provenance", 1), "before"),
+    (("journal", 1), "before"),
+    (("backup", 1), "before"),
+    (("swap", 1), "before"),
+    (("backup", 2), "before"),
+    (("swap", 2), "before"),
     (("commit", 1), "before"),
-    (("provenance", 1), "after"), (("undo", 1), "after"), (("cleanup", 1), "after"), (("journal-remove", 1), "after"),
+    (("provenance", 1), "after"),
+    (("undo", 1), "after"),
+    (("cleanup", 1), "after"),
+    (("journal-remove", 1), "after"),
     (("done", 1), "after"),
 ]
 
@@ -79,13 +88,17 @@ def _engine(monkeypatch, tmp_path):
 
 
 def _child(step: str, nth: int, recipe: Path, model: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(TESTS), step, str(nth), str(recipe), str(model)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(TESTS), step, str(nth), str(recipe), str(model)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _state(model: Path, before: dict, after: dict) -> str:
-    """"before" / "after" when every shard is in that state, else the per-shard picture (a failure)."""
+    """ "before" / "after" when every shard is in that state, else the per-shard picture (a failure)."""
     now = {f: sha(model / f) if (model / f).exists() else "missing" for f in SHARDS}
     if now == {f: before[f] for f in SHARDS}:
         return "before"
@@ -140,7 +153,9 @@ def test_sigkill_at_every_step_then_recovery_and_rerun(tmp_path, setup):
         assert set(_hidden(model)) <= {LOCK_FILE}, (step, nth, _hidden(model))  # the killed run's lock file may stay
         if expected == "after":
             prov = json.loads((model / PROVENANCE_FILE).read_text())
-            assert prov["in_place"] and {f: prov["output_files"][f]["sha256"] for f in SHARDS} == {f: after[f] for f in SHARDS}
+            assert prov["in_place"] and {f: prov["output_files"][f]["sha256"] for f in SHARDS} == {
+                f: after[f] for f in SHARDS
+            }
             assert (model / "patchkit-undo.yaml").exists()
             assert verify_patched(recipe, model=str(pristine), patched=model).ok, (step, nth)
         else:
@@ -162,10 +177,13 @@ def test_sigkill_at_every_step_then_recovery_and_rerun(tmp_path, setup):
         assert sha(rerun / SHARDS[1]) == before[SHARDS[1]]
 
 
-@pytest.mark.parametrize("first, second, expected", [
-    (("swap", 2), ("rollback-journal", 1), "before"),   # killed again while rolling back
-    (("undo", 1), ("cleanup", 1), "after"),             # killed again while rolling forward
-])
+@pytest.mark.parametrize(
+    "first, second, expected",
+    [
+        (("swap", 2), ("rollback-journal", 1), "before"),  # killed again while rolling back
+        (("undo", 1), ("cleanup", 1), "after"),  # killed again while rolling forward
+    ],
+)
 def test_recovery_itself_survives_a_kill(tmp_path, setup, first, second, expected):
     pristine, recipe, before, after = setup
     model = tmp_path / "m"
@@ -213,13 +231,17 @@ def test_two_concurrent_in_place_runs_one_is_refused(tmp_path, setup):
             time.sleep(0.05)
         assert (tmp_path / "m.waiting").exists(), first.communicate()
         cli = [sys.executable, "-c", "from patchkit.cli import main; main()"]
-        for args in (["apply", str(other), "--model", str(model), "--in-place"],
-                     ["apply", str(other), "--model", str(model), "-o", str(tmp_path / "copy")]):
+        for args in (
+            ["apply", str(other), "--model", str(model), "--in-place"],
+            ["apply", str(other), "--model", str(model), "-o", str(tmp_path / "copy")],
+        ):
             second = subprocess.run(cli + args, capture_output=True, text=True, timeout=60)
             assert second.returncode == 2, second.stderr
             errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
-            assert errors == [f"error: another patchkit apply is running on {model} (wait for it to finish, then "
-                              f"retry; its lock is {model / LOCK_FILE})"], second.stderr
+            assert errors == [
+                f"error: another patchkit apply is running on {model} (wait for it to finish, then "
+                f"retry; its lock is {model / LOCK_FILE})"
+            ], second.stderr
         assert not (tmp_path / "copy").exists()
     finally:
         (tmp_path / "m.go").touch()
@@ -248,23 +270,38 @@ def test_a_hostile_journal_is_refused_and_nothing_outside_is_touched(tmp_path, s
     shutil.copytree(pristine, model)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    journal = {"patchkit_journal": 2, "state": "committed", "recipe": "x", "recipe_sha256": "0" * 64,
-               "files": {SHARDS[0]: {"before_sha256": before[SHARDS[0]], "after_sha256": "1" * 64,
-                                     "new": "../victim.txt", "backup": ".b.patchkit-tmp-orig-1"}},
-               "provenance": ".p.patchkit-tmp-prov-1", "undo": ".u.patchkit-tmp-undo-1"}
+    journal = {
+        "patchkit_journal": 2,
+        "state": "committed",
+        "recipe": "x",
+        "recipe_sha256": "0" * 64,
+        "files": {
+            SHARDS[0]: {
+                "before_sha256": before[SHARDS[0]],
+                "after_sha256": "1" * 64,
+                "new": "../victim.txt",
+                "backup": ".b.patchkit-tmp-orig-1",
+            }
+        },
+        "provenance": ".p.patchkit-tmp-prov-1",
+        "undo": ".u.patchkit-tmp-undo-1",
+    }
     (model / IN_PLACE_JOURNAL).write_text(json.dumps(journal))
     with pytest.raises(ApplyError, match=r"names '../victim.txt', which is not a patchkit temp/shard path"):
         apply_recipe(recipe, model=str(model), in_place=True)
     assert victim.read_text() == "keep me" and snapshot(model) == snapshot(pristine) | {
-        IN_PLACE_JOURNAL: sha(model / IN_PLACE_JOURNAL)}
+        IN_PLACE_JOURNAL: sha(model / IN_PLACE_JOURNAL)
+    }
 
 
 def test_a_journal_from_an_earlier_patchkit(tmp_path, setup):
     pristine, recipe, before, after = setup
     model = tmp_path / "m"
     shutil.copytree(pristine, model)
-    legacy = {"recipe": "tiny-fix", "files": {f: {"before_sha256": before[f], "after_sha256": after[f]}
-                                              for f in (SHARDS[0], SHARDS[2])}}
+    legacy = {
+        "recipe": "tiny-fix",
+        "files": {f: {"before_sha256": before[f], "after_sha256": after[f]} for f in (SHARDS[0], SHARDS[2])},
+    }
     (model / IN_PLACE_JOURNAL).write_text(json.dumps(legacy))
     assert recover_in_place(model).action == "rolled-back"  # nothing was replaced yet: just the journal goes
     assert not (model / IN_PLACE_JOURNAL).exists()

@@ -48,7 +48,7 @@ def test_finds_the_planted_neuron_not_the_decoy(located):
     assert result.found
     edits = result.winner["candidate"]["edits"]
     assert [(e["layer"], e["index"]) for e in edits] == [PLANTED]
-    assert result.report["layers"][0]["layer"] == PLANTED[0]          # the ablation ranks the planted layer first
+    assert result.report["layers"][0]["layer"] == PLANTED[0]  # the ablation ranks the planted layer first
     decoy = [u for u in result.report["units"] if (u["layer"], u["index"]) == DECOY]
     # the decoy is the layer's massive-activation outlier and is flagged as such
     if decoy:
@@ -104,8 +104,11 @@ def test_no_loops_gives_an_unresolved_recipe(planted, tmp_path):
     model, tok = load_model(model_dir)
     with torch.no_grad():
         model.model.layers[PLANTED[0]].mlp.down_proj.weight[:, PLANTED[1]] = 0.0
-    result = run_locate((model, tok), out=tmp_path / "r.yaml",
-                        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))
+    result = run_locate(
+        (model, tok),
+        out=tmp_path / "r.yaml",
+        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"),
+    )
     assert not result.found and "does not loop" in result.report["reason"]
     recipe = load_recipe(tmp_path / "r.yaml")
     assert not recipe.is_resolved and recipe.edits == []
@@ -121,7 +124,11 @@ def test_row_edits_match_runtime_edits(planted):
     model_dir, _ = planted
     model, _tok = load_model(model_dir)
     ids = torch.tensor([[30, 31, 32, 33, 36, 37]] * 3)
-    cands = [Candidate(), Candidate((Edit(1, "neuron", 7, 0.0),)), Candidate((Edit(0, "neuron", 3, -1.0), Edit(1, "neuron", 5, 0.5)))]
+    cands = [
+        Candidate(),
+        Candidate((Edit(1, "neuron", 7, 0.0),)),
+        Candidate((Edit(0, "neuron", 3, -1.0), Edit(1, "neuron", 5, 0.5))),
+    ]
     with torch.no_grad(), row_edits(ModelView(model), cands):
         rows = model(input_ids=ids).logits
     for r, cand in enumerate(cands):
@@ -172,8 +179,12 @@ def _assert_same_units(a, b):
     a, b = sorted(a, key=key), sorted(b, key=key)
     assert [key(u) for u in a] == [key(u) for u in b]
     for name in ("loop", "control", "novel", "mean_abs_act"):
-        torch.testing.assert_close(torch.tensor([getattr(u, name) for u in a]),
-                                   torch.tensor([getattr(u, name) for u in b]), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor([getattr(u, name) for u in a]),
+            torch.tensor([getattr(u, name) for u in b]),
+            rtol=1e-4,
+            atol=1e-6,
+        )
 
 
 def test_pieces_give_the_same_attribution_and_layer_ranking(planted, monkeypatch):
@@ -188,8 +199,12 @@ def test_pieces_give_the_same_attribution_and_layer_ranking(planted, monkeypatch
     model_dir, _suite = planted
     model, _tok = load_model(model_dir)
     view = ModelView(model)
-    loops = [Transcript(f"l{i}", "enumeration", [2, 30 + i], list(range(31 + i, 37)) + [40] * (12 + i), "loop", True,
-                        loop_start=7) for i in range(3)]
+    loops = [
+        Transcript(
+            f"l{i}", "enumeration", [2, 30 + i], list(range(31 + i, 37)) + [40] * (12 + i), "loop", True, loop_start=7
+        )
+        for i in range(3)
+    ]
     ctrl = [Transcript(f"c{i}", "control", [2, 90], list(range(91, 95 + i)), "eos", False) for i in range(2)]
     batch = build_batch(loops, ctrl, [[2, 50, 51, 52, 53, 54, 55]], pad_id=0)
     assert len(batch.chunks(2)) == 3 and sum(p.n for p in batch.chunks(2)) == batch.n
@@ -205,7 +220,12 @@ def test_pieces_give_the_same_attribution_and_layer_ranking(planted, monkeypatch
         for side in ("est", "exact"):
             for op, d in getattr(whole[layer], side).items():
                 for g, v in d.items():
-                    assert getattr(pieces[layer], side)[op][g] == pytest.approx(v, rel=1e-4, abs=1e-5), (layer, side, op, g)
+                    assert getattr(pieces[layer], side)[op][g] == pytest.approx(v, rel=1e-4, abs=1e-5), (
+                        layer,
+                        side,
+                        op,
+                        g,
+                    )
 
 
 def test_loop_positions():
@@ -236,9 +256,26 @@ def test_cli_json(planted, located, tmp_path):
 
     model_dir, suite = planted
     _result, out, _settings = located
-    res = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "-o", str(tmp_path / "r.yaml"),
-                                    "--max-new-tokens", "48", "--budget-minutes", "10", "--device", "cpu",
-                                    "--resume", str(out / "cache"), "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "locate",
+            str(model_dir),
+            "--suite",
+            str(suite),
+            "-o",
+            str(tmp_path / "r.yaml"),
+            "--max-new-tokens",
+            "48",
+            "--budget-minutes",
+            "10",
+            "--device",
+            "cpu",
+            "--resume",
+            str(out / "cache"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["found"] and data["winner"]["candidate"]["edits"][0]["layer"] == PLANTED[0]
@@ -272,12 +309,26 @@ def test_from_recipe_searches_the_constraints_and_writes_the_indices_back(plante
 
     model_dir, suite = planted
     recipe = _unresolved(tmp_path / "fix.yaml", [PLANTED[0]])
-    res = CliRunner().invoke(main, ["locate", str(model_dir), "--suite", str(suite), "--from-recipe", str(recipe),
-                                    "--max-new-tokens", "48", "--device", "cpu", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "locate",
+            str(model_dir),
+            "--suite",
+            str(suite),
+            "--from-recipe",
+            str(recipe),
+            "--max-new-tokens",
+            "48",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["recipe"] == str(recipe) and out["found"]
-    written = load_recipe(recipe)                       # written back in place
+    written = load_recipe(recipe)  # written back in place
     assert written.is_resolved and written.resolution.method == "locate"
     assert [(e.layer, e.index, e.op) for e in written.expanded_edits()] == [(*PLANTED, "zero")]
     assert written.name == "planted-loopfix" and written.publish.license == "apache-2.0"
@@ -298,12 +349,20 @@ def test_from_recipe_outside_the_loop_layer_stays_unresolved(planted, tmp_path):
 
     model_dir, suite = planted
     recipe = load_recipe(_unresolved(tmp_path / "fix.yaml", [DECOY[0]]))
-    result = run_locate(str(model_dir), out=tmp_path / "out.yaml", from_recipe=recipe,
-                        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))
+    result = run_locate(
+        str(model_dir),
+        out=tmp_path / "out.yaml",
+        from_recipe=recipe,
+        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"),
+    )
     assert not result.found
     written = load_recipe(tmp_path / "out.yaml")
     assert not written.is_resolved and written.edits == []
     assert written.resolution.constraints.layers == [DECOY[0]] and written.resolution.constraints.get("last_locate")
     with pytest.raises(Exception, match="layer 5 is out of range"):
-        run_locate(str(model_dir), out=tmp_path / "bad.yaml", from_recipe=load_recipe(_unresolved(tmp_path / "b.yaml", [5])),
-                   settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"))
+        run_locate(
+            str(model_dir),
+            out=tmp_path / "bad.yaml",
+            from_recipe=load_recipe(_unresolved(tmp_path / "b.yaml", [5])),
+            settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"),
+        )

@@ -142,7 +142,7 @@ def test_run_loops_base_vs_patched_report_and_gates(suite_file, model_dirs, tmp_
     assert data["overall"]["base"]["loop_rate"]["ci"][0] > 0.3 and data["overall"]["patched"]["loop_rate"]["value"] == 0
     assert data["n_probes"] == 5 and len(data["per_probe"]) == 5
     assert len(data["base"]["results"]) == 5 and data["base"]["results"][0]["verdict"]["evidence"]["span"]
-    json.dumps(data)   # serialisable
+    json.dumps(data)  # serialisable
 
     written = write_report(report, tmp_path / "rep")
     assert json.loads(written["json"].read_text())["suite"] == "mini"
@@ -152,22 +152,42 @@ def test_run_loops_base_vs_patched_report_and_gates(suite_file, model_dirs, tmp_
 
 
 def test_report_rows_feed_the_model_card(suite_file, model_dirs):
-    report = run_loops(model_dirs["looping"], patched_ref=model_dirs["listing"],
-                       settings=LoopSettings(suite=str(suite_file), max_new_tokens=60, controls=False))
+    report = run_loops(
+        model_dirs["looping"],
+        patched_ref=model_dirs["listing"],
+        settings=LoopSettings(suite=str(suite_file), max_new_tokens=60, controls=False),
+    )
     rows = {r.key: r for r in report_rows(report.to_json(transcripts=False), "loops")}
     assert rows["loops.loop_rate"].base == 1.0 and rows["loops.loop_rate"].patched == 0.0
     assert rows["loops.loop_rate"].n == 3 and rows["loops.loop_rate"].base_ci is not None
 
 
 def test_sampling_seeds_and_samples(suite_file, model_dirs):
-    report = run_loops(model_dirs["listing"], settings=LoopSettings(
-        suite=str(suite_file), samples=3, temperature=0.7, seed=5, max_new_tokens=40, controls=False, split="heldout",
-        limit=1))
+    report = run_loops(
+        model_dirs["listing"],
+        settings=LoopSettings(
+            suite=str(suite_file),
+            samples=3,
+            temperature=0.7,
+            seed=5,
+            max_new_tokens=40,
+            controls=False,
+            split="heldout",
+            limit=1,
+        ),
+    )
     assert [(r.probe.id, r.sample, r.seed) for r in report.base.results] == [
-        ("more-stars#0", 0, 5), ("more-stars#0", 1, 6), ("more-stars#0", 2, 7),
-        ("say-seven#0", 0, 5), ("say-seven#0", 1, 6), ("say-seven#0", 2, 7)]
-    greedy = run_loops(model_dirs["listing"], settings=LoopSettings(suite=str(suite_file), samples=3, max_new_tokens=40,
-                                                                     controls=False))
+        ("more-stars#0", 0, 5),
+        ("more-stars#0", 1, 6),
+        ("more-stars#0", 2, 7),
+        ("say-seven#0", 0, 5),
+        ("say-seven#0", 1, 6),
+        ("say-seven#0", 2, 7),
+    ]
+    greedy = run_loops(
+        model_dirs["listing"],
+        settings=LoopSettings(suite=str(suite_file), samples=3, max_new_tokens=40, controls=False),
+    )
     assert greedy.settings.effective_samples() == 1 and len(greedy.base.results) == 5
 
 
@@ -176,10 +196,10 @@ def test_settings_are_frozen_strict_and_take_only_unset_fields_from_the_gates():
 
     settings = LoopSettings(max_new_tokens=50)
     with pytest.raises(ValidationError):
-        settings.max_new_tokens = 10   # frozen
+        settings.max_new_tokens = 10  # frozen
     for bad in ({"model": "x"}, {"base": "x"}, {"patched": "x"}, {"split": "dev"}, {"samples": 0}):
         with pytest.raises(ValidationError):
-            LoopSettings(**bad)        # no aliases, no unknown or out-of-range values
+            LoopSettings(**bad)  # no aliases, no unknown or out-of-range values
     gates = LoopGates(suite="smoke", samples=3, temperature=0.5, max_new_tokens=99)
     filled = settings.with_gate_defaults(gates)
     assert (filled.suite, filled.samples, filled.temperature, filled.max_new_tokens) == ("smoke", 3, 0.5, 50)
@@ -200,10 +220,24 @@ def test_cli_flags_are_derived_from_the_settings():
         for name, info in model.model_fields.items():
             assert params[name].help.startswith(info.description.split(" [default")[0][:20]), name
     flags = {o for p in loops_cmd.params for o in p.opts + p.secondary_opts}
-    assert {"--no-controls", "--no-early-stop", "--thinking", "--no-thinking", "--thinking-budget", "--max-new-tokens",
-            "--top-p", "--split", "--base-url", "--batch-size", "--concurrency", "--timeout"} <= flags
-    given = settings_from_options(LoopSettings, {"suite": None, "max_new_tokens": 20, "enable_thinking": None,
-                                                 "controls": False, "report_dir": None})
+    assert {
+        "--no-controls",
+        "--no-early-stop",
+        "--thinking",
+        "--no-thinking",
+        "--thinking-budget",
+        "--max-new-tokens",
+        "--top-p",
+        "--split",
+        "--base-url",
+        "--batch-size",
+        "--concurrency",
+        "--timeout",
+    } <= flags
+    given = settings_from_options(
+        LoopSettings,
+        {"suite": None, "max_new_tokens": 20, "enable_thinking": None, "controls": False, "report_dir": None},
+    )
     assert given.model_fields_set == {"max_new_tokens", "controls"} and given.controls is False
 
 
@@ -212,17 +246,43 @@ def test_cli_loops_json_report_and_errors(suite_file, model_dirs, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "report"
-    result = runner.invoke(main, ["loops", str(model_dirs["looping"]), "--patched", str(model_dirs["listing"]),
-                                  "--suite", str(suite_file), "--max-new-tokens", "80", "--no-controls", "--json",
-                                  "--report", str(out)])
+    result = runner.invoke(
+        main,
+        [
+            "loops",
+            str(model_dirs["looping"]),
+            "--patched",
+            str(model_dirs["listing"]),
+            "--suite",
+            str(suite_file),
+            "--max-new-tokens",
+            "80",
+            "--no-controls",
+            "--json",
+            "--report",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["overall"]["base"]["loop_rate"]["k"] == 3 and data["overall"]["patched"]["loop_rate"]["k"] == 0
     assert (out / "loops.json").is_file() and (out / "loops.png").is_file()
     assert len(list((out / "transcripts" / "patched").iterdir())) == 5
 
-    human = runner.invoke(main, ["loops", str(model_dirs["looping"]), "--suite", str(suite_file),
-                                 "--max-new-tokens", "60", "--no-controls", "--limit", "1"])
+    human = runner.invoke(
+        main,
+        [
+            "loops",
+            str(model_dirs["looping"]),
+            "--suite",
+            str(suite_file),
+            "--max-new-tokens",
+            "60",
+            "--no-controls",
+            "--limit",
+            "1",
+        ],
+    )
     assert human.exit_code == 0, human.output
     assert "loop rate" in human.output and "1.00 [0.21, 1.00] (1/1)" in human.output
 
@@ -230,8 +290,9 @@ def test_cli_loops_json_report_and_errors(suite_file, model_dirs, tmp_path):
     assert bad.exit_code == 2 and "error: unknown suite 'nonesuch'" in bad.output
     both = runner.invoke(main, ["loops", "m", "--patched", "a", "--recipe", "b.yaml"])
     assert both.exit_code == 2 and "either --patched or --recipe" in both.output
-    http_recipe = runner.invoke(main, ["loops", "m", "--recipe", "r.yaml", "--backend", "openai",
-                                       "--base-url", "http://127.0.0.1:9/v1"])
+    http_recipe = runner.invoke(
+        main, ["loops", "m", "--recipe", "r.yaml", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"]
+    )
     assert http_recipe.exit_code == 2 and "--recipe needs the transformers backend" in http_recipe.output
 
 
@@ -243,19 +304,22 @@ def test_cli_gates_from_recipe_exit_1(suite_file, model_dirs, tmp_path, monkeypa
     from patchkit.cli import main
     from patchkit.generate import loading
 
-    recipe = SimpleNamespace(name="fake", checks=SimpleNamespace(loops=LoopGates(max_loop_rate=0.2, suite=str(suite_file),
-                                                                                 max_new_tokens=60)))
+    recipe = SimpleNamespace(
+        name="fake",
+        checks=SimpleNamespace(loops=LoopGates(max_loop_rate=0.2, suite=str(suite_file), max_new_tokens=60)),
+    )
     monkeypatch.setattr(loops_mod, "_load_recipe", lambda r: recipe)
 
     import contextlib
 
     @contextlib.contextmanager
-    def fake_patched(recipe_obj, base_ref):   # the "patched" model is the looping one itself
+    def fake_patched(recipe_obj, base_ref):  # the "patched" model is the looping one itself
         yield model_dirs["looping"]
 
     monkeypatch.setattr(loading, "patched_checkpoint", fake_patched)
-    result = CliRunner().invoke(main, ["loops", str(model_dirs["looping"]), "--recipe", str(tmp_path / "r.yaml"),
-                                       "--no-controls", "--json"])
+    result = CliRunner().invoke(
+        main, ["loops", str(model_dirs["looping"]), "--recipe", str(tmp_path / "r.yaml"), "--no-controls", "--json"]
+    )
     assert result.exit_code == 1, result.output
     assert "gate failed: max_loop_rate: patched loop rate 1.000 (3/3) > 0.2" in result.output
     (report,) = _json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document

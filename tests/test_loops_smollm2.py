@@ -43,7 +43,7 @@ probes:
 def smollm2(smollm2_dir):
     """(model, tokenizer) of the embedded SmolLM2, imported once per session from its GGUF."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # 2 shared cores: one thread is faster than two fighting other jobs
+    torch.set_num_threads(1)  # 2 shared cores: one thread is faster than two fighting other jobs
     try:
         yield load_model(smollm2_dir)
     finally:

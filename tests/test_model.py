@@ -40,15 +40,23 @@ def test_local_sharded_reads_every_shard_named_by_the_index(tiny_llama_sharded_b
         assert headers[shard].tensors[tensor].dtype == "BF16"
 
 
-@pytest.mark.parametrize("files, pattern", [
-    ({"config.json": "{}", "pytorch_model.bin": "x"}, r"only pickle weights \(\.bin/\.pt\) found"),
-    ({"model.safetensors": ""}, r"no config\.json"),
-    ({"config.json": "{nope"}, r"config\.json: is not valid JSON"),
-    ({"config.json": "{}"}, r"no model\.safetensors or model\.safetensors\.index\.json"),
-    ({"config.json": "{}", "model.safetensors.index.json": '{"weight_map": {}}'}, r"has no weight_map"),
-    ({"config.json": "{}", "model.safetensors.index.json": '{"weight_map": {"a": "model-00001-of-00002.safetensors"}}'},
-     r"model-00001-of-00002\.safetensors is listed .* but missing"),
-])
+@pytest.mark.parametrize(
+    "files, pattern",
+    [
+        ({"config.json": "{}", "pytorch_model.bin": "x"}, r"only pickle weights \(\.bin/\.pt\) found"),
+        ({"model.safetensors": ""}, r"no config\.json"),
+        ({"config.json": "{nope"}, r"config\.json: is not valid JSON"),
+        ({"config.json": "{}"}, r"no model\.safetensors or model\.safetensors\.index\.json"),
+        ({"config.json": "{}", "model.safetensors.index.json": '{"weight_map": {}}'}, r"has no weight_map"),
+        (
+            {
+                "config.json": "{}",
+                "model.safetensors.index.json": '{"weight_map": {"a": "model-00001-of-00002.safetensors"}}',
+            },
+            r"model-00001-of-00002\.safetensors is listed .* but missing",
+        ),
+    ],
+)
 def test_broken_local_dirs_give_one_line_errors(tmp_path, files, pattern):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -175,9 +183,14 @@ def test_weight_map_paths_are_normalised_and_must_stay_inside(tmp_path):
     files = ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"]
     assert ref.weight_files() == files and sorted(ref.headers()) == files
     assert set(ref.weight_map().values()) == set(files)
-    for bad, pattern in (("/abs/x.safetensors", "absolute path"), ("~/x.safetensors", "absolute path"),
-                         ("a/../../x.safetensors", r"goes up a directory \(\.\.\)"), ("x\tb.safetensors", "plain file name"),
-                         ("model.bin", "not a .safetensors file"), (".", "not a .safetensors file")):
+    for bad, pattern in (
+        ("/abs/x.safetensors", "absolute path"),
+        ("~/x.safetensors", "absolute path"),
+        ("a/../../x.safetensors", r"goes up a directory \(\.\.\)"),
+        ("x\tb.safetensors", "plain file name"),
+        ("model.bin", "not a .safetensors file"),
+        (".", "not a .safetensors file"),
+    ):
         _edit_index(model, lambda wm, bad=bad: wm.update({"model.norm.weight": bad}))
         with pytest.raises(ModelError, match=pattern) as info:
             resolve_model(model).weight_files()
@@ -187,14 +200,23 @@ def test_weight_map_paths_are_normalised_and_must_stay_inside(tmp_path):
 def test_index_and_headers_must_agree(tmp_path):
     model = _raw_model(tmp_path)
     _edit_index(model, lambda wm: wm.update({"model.norm.weight": "model-00001-of-00003.safetensors"}))
-    with pytest.raises(ModelError, match=r"puts tensor model.norm.weight in model-00001-of-00003.safetensors, but "
-                                         r".*model-00003-of-00003.safetensors holds it") as info:
+    with pytest.raises(
+        ModelError,
+        match=r"puts tensor model.norm.weight in model-00001-of-00003.safetensors, but "
+        r".*model-00003-of-00003.safetensors holds it",
+    ) as info:
         resolve_model(model).headers()
-    assert info.value.data == {"tensor": "model.norm.weight", "index": "model-00001-of-00003.safetensors",
-                               "file": "model-00003-of-00003.safetensors"}
+    assert info.value.data == {
+        "tensor": "model.norm.weight",
+        "index": "model-00001-of-00003.safetensors",
+        "file": "model-00003-of-00003.safetensors",
+    }
     _edit_index(model, lambda wm: wm.pop("model.norm.weight"))
-    with pytest.raises(ModelError, match=r"model-00003-of-00003.safetensors: holds tensor model.norm.weight, which "
-                                         r".*model.safetensors.index.json does not list"):
+    with pytest.raises(
+        ModelError,
+        match=r"model-00003-of-00003.safetensors: holds tensor model.norm.weight, which "
+        r".*model.safetensors.index.json does not list",
+    ):
         resolve_model(model).headers()
 
 
@@ -210,7 +232,7 @@ def test_model_dir_tree_is_checked_once_before_any_read(tmp_path):
         _ = resolve_model(model).config
     (model / "tokenizer_config.json").unlink()
     (model / ".cache" / "huggingface").mkdir(parents=True)  # the download cache of `hf download --local-dir`:
-    os.mkfifo(model / ".cache" / "huggingface" / "lock")   # never read, never carried over, so not checked
+    os.mkfifo(model / ".cache" / "huggingface" / "lock")  # never read, never carried over, so not checked
     (model / "tokenizer_config.json").symlink_to("generation_config.json")  # a link inside is fine
     ref = resolve_model(model)
     assert ref.config["model_type"] == "llama" and len(ref.headers()) == 3
@@ -225,8 +247,11 @@ def test_a_local_copy_never_falls_back_to_the_hub(tmp_path):
     (copy / "model-00003-of-00003.safetensors").unlink()
     local = hub_ref.at(copy)
     assert local.local_only and local.repo_id == "org/tiny" and local.local_dir == copy.resolve()
-    with pytest.raises(ModelError, match=r"model-00003-of-00003.safetensors is listed in model.safetensors.index.json "
-                                         r"but missing"):
+    with pytest.raises(
+        ModelError,
+        match=r"model-00003-of-00003.safetensors is listed in model.safetensors.index.json "
+        r"but missing",
+    ):
         local.headers()
     assert resolve_model(model).at(model).local_only is False  # the same directory: the ref itself
 

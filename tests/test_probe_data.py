@@ -25,16 +25,47 @@ KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 # Exact sizes of every packaged enumeration list (the convention of each is in its `source` and docs/probes.md).
 EXPECTED_SIZES = {
-    "iau-constellations": 88, "chemical-elements": 118, "amino-acids": 20, "hand-bones": 27,
-    "breaking-bad-episodes": 62, "friends-season-1": 24, "simpsons-season-1": 13, "pokemon-gen1": 151,
-    "disney-animated-canon": 62, "us-states": 50, "africa-countries": 54, "south-america-countries": 12,
-    "japan-prefectures": 47, "eu-member-states": 27, "eu-capitals": 27, "canada-provinces-territories": 13,
-    "mexico-states": 32, "india-states": 28, "germany-states": 16, "nato-members": 32, "us-state-capitals": 50,
-    "roman-emperors-principate": 27, "us-presidents": 45, "english-monarchs": 42, "nba-teams": 30,
-    "nfl-teams": 32, "bible-books": 66, "shakespeare-plays": 38, "greek-alphabet": 24, "lanthanides": 15,
-    "cranial-nerves": 12, "james-bond-films": 25, "pixar-films": 28, "western-zodiac": 12, "chinese-zodiac": 12,
-    "italy-regions": 20, "brazil-states": 27, "oceania-countries": 14, "spain-autonomous-communities": 17,
-    "uk-prime-ministers": 18, "summer-olympics-hosts": 23,
+    "iau-constellations": 88,
+    "chemical-elements": 118,
+    "amino-acids": 20,
+    "hand-bones": 27,
+    "breaking-bad-episodes": 62,
+    "friends-season-1": 24,
+    "simpsons-season-1": 13,
+    "pokemon-gen1": 151,
+    "disney-animated-canon": 62,
+    "us-states": 50,
+    "africa-countries": 54,
+    "south-america-countries": 12,
+    "japan-prefectures": 47,
+    "eu-member-states": 27,
+    "eu-capitals": 27,
+    "canada-provinces-territories": 13,
+    "mexico-states": 32,
+    "india-states": 28,
+    "germany-states": 16,
+    "nato-members": 32,
+    "us-state-capitals": 50,
+    "roman-emperors-principate": 27,
+    "us-presidents": 45,
+    "english-monarchs": 42,
+    "nba-teams": 30,
+    "nfl-teams": 32,
+    "bible-books": 66,
+    "shakespeare-plays": 38,
+    "greek-alphabet": 24,
+    "lanthanides": 15,
+    "cranial-nerves": 12,
+    "james-bond-films": 25,
+    "pixar-films": 28,
+    "western-zodiac": 12,
+    "chinese-zodiac": 12,
+    "italy-regions": 20,
+    "brazil-states": 27,
+    "oceania-countries": 14,
+    "spain-autonomous-communities": 17,
+    "uk-prime-ministers": 18,
+    "summer-olympics-hosts": 23,
 }
 
 # Wordings measured on SmolLM2-135M in the project's research notes (smollm2-loops.md); kept verbatim.
@@ -134,16 +165,24 @@ def test_file_follows_the_documented_format(suites, name):
         if it["kind"] == "enumeration":
             assert "answer" not in it, where
             assert isinstance(it["source"], str) and len(it["source"]) > 20, f"{where}: source must name the convention"
-            assert isinstance(it["truth"], list) and len(it["truth"]) >= 12, f"{where}: lists under 12 items are too short"
+            assert isinstance(it["truth"], list) and len(it["truth"]) >= 12, (
+                f"{where}: lists under 12 items are too short"
+            )
             assert all(isinstance(t, str) and t.strip() == t and t for t in it["truth"]), where
             aliases = it.get("aliases") or {}
-            assert set(aliases) <= set(it["truth"]), f"{where}: aliases for unknown items {set(aliases) - set(it['truth'])}"
-            assert all(isinstance(v, list) and v and all(isinstance(a, str) and a for a in v) for v in aliases.values()), where
+            assert set(aliases) <= set(it["truth"]), (
+                f"{where}: aliases for unknown items {set(aliases) - set(it['truth'])}"
+            )
+            assert all(
+                isinstance(v, list) and v and all(isinstance(a, str) and a for a in v) for v in aliases.values()
+            ), where
         else:
             assert "truth" not in it and "aliases" not in it, where
             answer = it["answer"]
-            assert isinstance(answer, dict) and len(answer) == 1, f"{where}: answer needs exactly one of any/number/regex"
-            (mode, value), = answer.items()
+            assert isinstance(answer, dict) and len(answer) == 1, (
+                f"{where}: answer needs exactly one of any/number/regex"
+            )
+            ((mode, value),) = answer.items()
             assert mode in ("any", "number", "regex"), where
             if mode == "any":
                 assert isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value), where
@@ -190,7 +229,9 @@ def test_truth_items_stay_distinct_after_normalisation(suites):
             for alias in aliases:
                 key = norm(alias)
                 assert key != norm(name), f"{it['id']}: alias {alias!r} of {name!r} is redundant"
-                assert owner.get(key, name) == name, f"{it['id']}: alias {alias!r} of {name!r} collides with {owner[key]!r}"
+                assert owner.get(key, name) == name, (
+                    f"{it['id']}: alias {alias!r} of {name!r} collides with {owner[key]!r}"
+                )
                 owner[key] = name
 
 
@@ -209,15 +250,31 @@ def _truth(suites, item_id: str) -> list[str]:
 def test_spot_facts_in_ordered_lists(suites):
     pokemon = _truth(suites, "pokemon-gen1")
     assert (pokemon[0], pokemon[24], pokemon[129], pokemon[149], pokemon[150]) == (
-        "Bulbasaur", "Pikachu", "Gyarados", "Mewtwo", "Mew")
+        "Bulbasaur",
+        "Pikachu",
+        "Gyarados",
+        "Mewtwo",
+        "Mew",
+    )
     elements = _truth(suites, "chemical-elements")
     assert (elements[0], elements[25], elements[78], elements[91], elements[117]) == (
-        "Hydrogen", "Iron", "Gold", "Uranium", "Oganesson")
+        "Hydrogen",
+        "Iron",
+        "Gold",
+        "Uranium",
+        "Oganesson",
+    )
     bible = _truth(suites, "bible-books")
     assert bible.index("Malachi") == 38 and bible.index("Matthew") == 39 and bible[-1] == "Revelation"
     bb = _truth(suites, "breaking-bad-episodes")  # seasons of 7, 13, 13, 13, 16 episodes
     assert [bb[i] for i in (0, 7, 20, 33, 46, 61)] == [
-        "Pilot", "Seven Thirty-Seven", "No Más", "Box Cutter", "Live Free or Die", "Felina"]
+        "Pilot",
+        "Seven Thirty-Seven",
+        "No Más",
+        "Box Cutter",
+        "Live Free or Die",
+        "Felina",
+    ]
     friends = _truth(suites, "friends-season-1")
     assert all(t.startswith("The One ") for t in friends) and friends[-1] == "The One Where Rachel Finds Out"
     emperors = _truth(suites, "roman-emperors-principate")
@@ -228,11 +285,21 @@ def test_spot_facts_in_ordered_lists(suites):
     assert disney[0] == "Snow White and the Seven Dwarfs" and disney[52] == "Frozen" and disney[-1] == "Wish"
     capitals = dict(zip(_truth(suites, "us-states"), _truth(suites, "us-state-capitals")))
     assert {k: capitals[k] for k in ("California", "Kentucky", "New York", "Texas", "Washington", "Wyoming")} == {
-        "California": "Sacramento", "Kentucky": "Frankfort", "New York": "Albany", "Texas": "Austin",
-        "Washington": "Olympia", "Wyoming": "Cheyenne"}
+        "California": "Sacramento",
+        "Kentucky": "Frankfort",
+        "New York": "Albany",
+        "Texas": "Austin",
+        "Washington": "Olympia",
+        "Wyoming": "Cheyenne",
+    }
     eu = dict(zip(_truth(suites, "eu-member-states"), _truth(suites, "eu-capitals")))
     assert (eu["Austria"], eu["Czechia"], eu["Malta"], eu["Netherlands"], eu["Sweden"]) == (
-        "Vienna", "Prague", "Valletta", "Amsterdam", "Stockholm")
+        "Vienna",
+        "Prague",
+        "Valletta",
+        "Amsterdam",
+        "Stockholm",
+    )
     assert _truth(suites, "lanthanides") == elements[56:71]  # La (57) .. Lu (71)
     bond = _truth(suites, "james-bond-films")
     assert (bond[0], bond[16], bond[20], bond[-1]) == ("Dr. No", "GoldenEye", "Casino Royale", "No Time to Die")
@@ -246,7 +313,7 @@ def test_presidents_convention_gives_47_presidencies(suites):
     people = _truth(suites, "us-presidents")
     presidencies = list(people)
     presidencies.insert(23, "Grover Cleveland")  # 24th president, non-consecutive second term
-    presidencies.append("Donald Trump")          # 47th president (2025)
+    presidencies.append("Donald Trump")  # 47th president (2025)
     assert len(presidencies) == 47
     assert presidencies[0] == "George Washington" and presidencies[15] == "Abraham Lincoln"
     assert presidencies[21] == presidencies[23] == "Grover Cleveland" and presidencies[22] == "Benjamin Harrison"

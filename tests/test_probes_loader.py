@@ -39,19 +39,22 @@ def test_parse_good_suite_expands_prompts_into_probes():
     assert control.answer == {"any": ["Paris"]} and control.max_new_tokens == 64 and control.truth is None
 
 
-@pytest.mark.parametrize("old,new,message", [
-    ("kind: enumeration", "kind: listing", "probes[0].kind"),
-    ("split: train", "split: test", "probes[0].split"),
-    ("id: iau-constellations", "id: IAU_Constellations", "kebab-case"),
-    ("    truth: [Andromeda, Antlia, Ursa Major]\n", "", "needs `truth:`"),
-    ('{"Ursa Major": ["Great Bear"]}', '{"Ursa Minor": ["Little Bear"]}', "not in truth"),
-    ('answer: {any: ["Paris"]}', 'answer: {any: ["Paris"], number: 3}', "exactly one of any / number / regex"),
-    ('answer: {any: ["Paris"]}', 'answer: {regex: "(unclosed"}', "regex does not compile"),
-    ("max_new_tokens: 64", "max_new_tokens: 0", "probes[1].max_new_tokens"),
-    ("version: 1", "version: 2", "version"),
-    ("description: a test suite", "description: a test suite\nextra_key: 1", "extra_key"),
-    ("id: capital-france", "id: iau-constellations", "used twice"),
-])
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ("kind: enumeration", "kind: listing", "probes[0].kind"),
+        ("split: train", "split: test", "probes[0].split"),
+        ("id: iau-constellations", "id: IAU_Constellations", "kebab-case"),
+        ("    truth: [Andromeda, Antlia, Ursa Major]\n", "", "needs `truth:`"),
+        ('{"Ursa Major": ["Great Bear"]}', '{"Ursa Minor": ["Little Bear"]}', "not in truth"),
+        ('answer: {any: ["Paris"]}', 'answer: {any: ["Paris"], number: 3}', "exactly one of any / number / regex"),
+        ('answer: {any: ["Paris"]}', 'answer: {regex: "(unclosed"}', "regex does not compile"),
+        ("max_new_tokens: 64", "max_new_tokens: 0", "probes[1].max_new_tokens"),
+        ("version: 1", "version: 2", "version"),
+        ("description: a test suite", "description: a test suite\nextra_key: 1", "extra_key"),
+        ("id: capital-france", "id: iau-constellations", "used twice"),
+    ],
+)
 def test_bad_suites_name_file_line_and_field(old, new, message):
     text = GOOD.replace(old, new)
     assert text != GOOD
@@ -103,7 +106,7 @@ def test_packaged_enumeration_suite_pulls_in_controls():
     control_items = {p.item_id for p in suite.probes if p.kind == "control"}
     assert len(enum_items) >= 40 and len(control_items) >= 30
     assert {p.split for p in suite.probes} == {"train", "heldout"}
-    for item in enum_items:   # rewordings of one item share its split
+    for item in enum_items:  # rewordings of one item share its split
         assert len({p.split for p in suite.probes if p.item_id == item}) == 1
     assert len(load_suite("enumeration", controls=False).probes) == len(suite.by_kind("enumeration"))
 

@@ -40,8 +40,9 @@ def test_adapter_reads_the_profile_like_a_config_json(key):
     profile = PROFILES[key]
     adapter = get_adapter(get_profile(profile.repo))
     assert adapter.prefix == "model.language_model" and adapter.num_layers == profile.num_hidden_layers
-    assert [adapter.layer_info(i).intermediate_size for i in range(adapter.num_layers)] == \
-        [profile.mlp_width(i) for i in range(profile.num_hidden_layers)]
+    assert [adapter.layer_info(i).intermediate_size for i in range(adapter.num_layers)] == [
+        profile.mlp_width(i) for i in range(profile.num_hidden_layers)
+    ]
     assert adapter.is_moe == profile.enable_moe_block
     assert find_profile(profile.repo.upper() + "@main") is profile and find_profile(key) is profile
     assert compare_config(profile, profile.config()) == []
@@ -134,26 +135,32 @@ def test_validate_json_reports_the_search_space():
 HEAD = "patchkit: 1\nname: t\nsource: {kind: paper}\nmodel: {repo: google/gemma-4-E2B-it}\n"
 
 
-@pytest.mark.parametrize("constraints, says", [
-    ("{layers: [10, 40]}", r"layer 40 is out of range: this model has 35 layers"),
-    ("{kind: expert}", r"kind: expert, but google/gemma-4-E2B-it is dense"),
-    ("{units_total: 430080}", r"units_total: the source counts 430080 neuron units but this model has 337920"),
-    ("{layers: [10], max_edits: 7000}", r"max_edits: 7000 exceeds the 6144 candidate units"),
-])
+@pytest.mark.parametrize(
+    "constraints, says",
+    [
+        ("{layers: [10, 40]}", r"layer 40 is out of range: this model has 35 layers"),
+        ("{kind: expert}", r"kind: expert, but google/gemma-4-E2B-it is dense"),
+        ("{units_total: 430080}", r"units_total: the source counts 430080 neuron units but this model has 337920"),
+        ("{layers: [10], max_edits: 7000}", r"max_edits: 7000 exceeds the 6144 candidate units"),
+    ],
+)
 def test_constraints_are_checked_against_the_geometry(constraints, says):
     text = HEAD + f"resolution: {{status: unresolved, constraints: {constraints}}}\n"
     with pytest.raises(RecipeError, match=says):
         validate_recipe(parse_recipe(text, "c.yaml"))
 
 
-@pytest.mark.parametrize("constraints, says", [
-    ("{layers: 10}", r"c\.yaml:5:\d+: resolution\.constraints\.layers"),
-    ("{max_edits: 0}", r"resolution\.constraints\.max_edits"),
-    ("{ops: [explode]}", r"resolution\.constraints\.ops\[0\]: 'explode' is not allowed"),
-    ("{layers: [1], partial_edits: [{layer: 2, op: zero}]}", r"layer 2 is not in `layers`"),
-    ("{partial_edits: [{layer: 2, op: scale}]}", r"op scale needs a factor"),
-    ("{kind: expert, ops: [zero]}", r"experts support only `suppress`"),
-])
+@pytest.mark.parametrize(
+    "constraints, says",
+    [
+        ("{layers: 10}", r"c\.yaml:5:\d+: resolution\.constraints\.layers"),
+        ("{max_edits: 0}", r"resolution\.constraints\.max_edits"),
+        ("{ops: [explode]}", r"resolution\.constraints\.ops\[0\]: 'explode' is not allowed"),
+        ("{layers: [1], partial_edits: [{layer: 2, op: zero}]}", r"layer 2 is not in `layers`"),
+        ("{partial_edits: [{layer: 2, op: scale}]}", r"op scale needs a factor"),
+        ("{kind: expert, ops: [zero]}", r"experts support only `suppress`"),
+    ],
+)
 def test_bad_constraints_are_one_line_errors_with_a_position(constraints, says):
     with pytest.raises(RecipeError, match=says) as info:
         parse_recipe(HEAD + f"resolution: {{status: unresolved, constraints: {constraints}}}\n", "c.yaml")
@@ -164,16 +171,30 @@ def test_bad_constraints_are_one_line_errors_with_a_position(constraints, says):
 
 FULL_SCALE = {
     # key: (edits that must validate at the edges of the real geometry, expected bytes edited, an edit out of range)
-    "e2b": ("- {layer: 34, neuron: 12287, op: invert}\n- {layer: 14, neuron: 6143, op: scale, factor: -0.8}\n",
-            2 * 1536 * 2, "- {layer: 14, neuron: 6144, op: zero}\n",
-            r"neuron 6144 is out of range for layer 14: its MLP has 6144 neurons"),
-    "e4b": ("- {layer: 41, neuron: [0, 10239], op: zero}\n", 2 * 2560 * 2, "- {layer: 42, neuron: 0, op: zero}\n",
-            r"layer 42 is out of range: this model has 42 layers \(0–41\)"),
-    "26b-a4b": ("- {layer: 29, expert: 127, op: suppress}\n- {layer: 0, expert: 5, op: suppress, tensor: down_proj}\n",
-                2 + 2816 * 704 * 2, "- {layer: 3, expert: 128, op: suppress}\n",
-                r"expert 128 is out of range for layer 3: it has 128 experts"),
-    "31b": ("- {layer: 59, neuron: 21503, op: invert}\n- {layer: 0, neuron: 1, op: zero}\n", 2 * 5376 * 2,
-            "- {layer: 59, neuron: 21504, op: zero}\n", r"neuron 21504 is out of range for layer 59"),
+    "e2b": (
+        "- {layer: 34, neuron: 12287, op: invert}\n- {layer: 14, neuron: 6143, op: scale, factor: -0.8}\n",
+        2 * 1536 * 2,
+        "- {layer: 14, neuron: 6144, op: zero}\n",
+        r"neuron 6144 is out of range for layer 14: its MLP has 6144 neurons",
+    ),
+    "e4b": (
+        "- {layer: 41, neuron: [0, 10239], op: zero}\n",
+        2 * 2560 * 2,
+        "- {layer: 42, neuron: 0, op: zero}\n",
+        r"layer 42 is out of range: this model has 42 layers \(0–41\)",
+    ),
+    "26b-a4b": (
+        "- {layer: 29, expert: 127, op: suppress}\n- {layer: 0, expert: 5, op: suppress, tensor: down_proj}\n",
+        2 + 2816 * 704 * 2,
+        "- {layer: 3, expert: 128, op: suppress}\n",
+        r"expert 128 is out of range for layer 3: it has 128 experts",
+    ),
+    "31b": (
+        "- {layer: 59, neuron: 21503, op: invert}\n- {layer: 0, neuron: 1, op: zero}\n",
+        2 * 5376 * 2,
+        "- {layer: 59, neuron: 21504, op: zero}\n",
+        r"neuron 21504 is out of range for layer 59",
+    ),
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from patchkit.edit.runtime import runtime_edits
 from patchkit.errors import PatchkitError
 from patchkit.recipe import parse_recipe
-from patchkit.edit.runtime import runtime_edits
 
 HEAD = "patchkit: 1\nname: rt\nsource: {kind: manual}\nedits:\n"
 
@@ -39,12 +39,21 @@ def _edit_weights(model, edits):
                 layer.mlp.down_proj.weight[:, e.index] *= e.factor
 
 
-@pytest.mark.parametrize("fixture, edits", [
-    ("tiny_llama", "  - {layer: 0, neuron: [1, 47], op: invert}\n  - {layer: 2, neuron: 3, op: scale, factor: 0.25}\n"
-                   "  - {layer: 1, neuron: 6, op: zero, tensor: up_proj}\n  - {layer: 1, neuron: 7, op: scale, factor: -1.5, tensor: up_proj}\n"),
-    ("tiny_gemma4_moe", "  - {layer: 0, expert: [1, 5], op: suppress}\n  - {layer: 3, expert: 2, op: suppress, tensor: down_proj}\n"
-                        "  - {layer: 2, neuron: 4, op: invert}\n"),
-])
+@pytest.mark.parametrize(
+    "fixture, edits",
+    [
+        (
+            "tiny_llama",
+            "  - {layer: 0, neuron: [1, 47], op: invert}\n  - {layer: 2, neuron: 3, op: scale, factor: 0.25}\n"
+            "  - {layer: 1, neuron: 6, op: zero, tensor: up_proj}\n  - {layer: 1, neuron: 7, op: scale, factor: -1.5, tensor: up_proj}\n",
+        ),
+        (
+            "tiny_gemma4_moe",
+            "  - {layer: 0, expert: [1, 5], op: suppress}\n  - {layer: 3, expert: 2, op: suppress, tensor: down_proj}\n"
+            "  - {layer: 2, neuron: 4, op: invert}\n",
+        ),
+    ],
+)
 def test_hooks_match_weight_edits_and_are_removed(request, fixture, edits):
     path = request.getfixturevalue(fixture)
     resolved = parse_recipe(HEAD + edits, "rt.yaml").expanded_edits()

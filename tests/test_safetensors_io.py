@@ -49,7 +49,7 @@ HOSTILE = [
     ("short length prefix", b"\x01\x02\x03", "truncated file"),
     ("huge header length", struct.pack("<Q", 2**62) + b"{}", "exceeds the"),
     ("header past end", _raw(json.dumps(GOOD).encode(), length=10_000), "runs past the end"),
-    ("non-utf8 header", _raw(b"{\"w\xff\": 1}"), "not valid UTF-8"),
+    ("non-utf8 header", _raw(b'{"w\xff": 1}'), "not valid UTF-8"),
     ("not json", _raw(b"{not json}   "), "not valid JSON"),
     ("json array", _raw(b"[1, 2]"), "does not start with"),
     ("unknown dtype", _raw({"w": _t(dtype="F12")}, b"\0" * 8), "tensor w: unknown dtype 'F12'"),
@@ -65,21 +65,56 @@ HOSTILE = [
     ("extra field", _raw({"w": {**_t(), "pickle": "x"}}, b"\0" * 8), "tensor w: unknown keys ['pickle']"),
     ("entry not object", _raw({"w": [1, 2, 3]}, b"\0" * 8), "tensor w: entry must be an object"),
     ("three offsets", _raw({"w": _t(offsets=(0, 4, 8))}, b"\0" * 8), "tensor w: data_offsets must be"),
-    ("duplicate tensor", _raw(b'{"w": {"dtype":"F32","shape":[2],"data_offsets":[0,8]}, "w": {"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8), "tensor w: duplicate key"),
+    (
+        "duplicate tensor",
+        _raw(
+            b'{"w": {"dtype":"F32","shape":[2],"data_offsets":[0,8]}, "w": {"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+            b"\0" * 8,
+        ),
+        "tensor w: duplicate key",
+    ),
     ("bad metadata", _raw({"__metadata__": {"format": 1}, **GOOD}, b"\0" * 8), "__metadata__ must map strings"),
-    ("overflowing shape", _raw({"w": _t(shape=(2**40, 2**40))}, b"\0" * 8), "tensor w: shape [1099511627776, 1099511627776]"),
+    (
+        "overflowing shape",
+        _raw({"w": _t(shape=(2**40, 2**40))}, b"\0" * 8),
+        "tensor w: shape [1099511627776, 1099511627776]",
+    ),
     ("deeply nested", _raw(b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply"),
-    ("5000-digit offset", _raw(b'{"w": {"dtype":"F32","shape":[2],"data_offsets":[0,1' + b"0" * 5000 + b']}}'), "5001 digits"),
+    (
+        "5000-digit offset",
+        _raw(b'{"w": {"dtype":"F32","shape":[2],"data_offsets":[0,1' + b"0" * 5000 + b"]}}"),
+        "5001 digits",
+    ),
     ("offset past u63", _raw({"w": _t(offsets=(0, 2**64))}, b"\0" * 8), "tensor w: data_offsets must be"),
     ("NaN offset", _raw(b'{"w": {"dtype":"F32","shape":[2],"data_offsets":[0,NaN]}}'), "NaN is not valid JSON"),
     ("float dim", _raw({"w": _t(shape=(2.0,))}, b"\0" * 8), "tensor w: shape must be"),
-    ("too many dims", _raw({"w": _t(shape=(1,) * 65 + (2,))}, b"\0" * 8), "tensor w: shape must be a list of at most 64"),
+    (
+        "too many dims",
+        _raw({"w": _t(shape=(1,) * 65 + (2,))}, b"\0" * 8),
+        "tensor w: shape must be a list of at most 64",
+    ),
     ("control character", _raw({"a\x1bb": _t()}, b"\0" * 8), "name contains control characters"),
-    ("metadata list", _raw({"__metadata__": ["pt"], **GOOD}, b"\0" * 8), "__metadata__ must map strings to strings, got a JSON array"),
-    ("too many tensors", _raw(("{" + ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}'
-                                              for i in range(300_010)) + "}").encode()), "more than 300000 tensors"),
-    ("duplicate field", _raw(b'{"w": {"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
-     "duplicate key"),
+    (
+        "metadata list",
+        _raw({"__metadata__": ["pt"], **GOOD}, b"\0" * 8),
+        "__metadata__ must map strings to strings, got a JSON array",
+    ),
+    (
+        "too many tensors",
+        _raw(
+            (
+                "{"
+                + ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(300_010))
+                + "}"
+            ).encode()
+        ),
+        "more than 300000 tensors",
+    ),
+    (
+        "duplicate field",
+        _raw(b'{"w": {"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
+        "duplicate key",
+    ),
 ]
 
 
@@ -130,8 +165,12 @@ def test_round_to_dtype_agrees_with_the_byte_arithmetic(dtype):
     from patchkit.model.safetensors_io import DTYPE_MAX, DTYPE_TINY, dtype_neighbours, round_to_dtype
 
     rng = np.random.default_rng(0)
-    values = np.concatenate([rng.standard_normal(2000) * np.logspace(-45, 39, 2000), [1.001, -1.001, 1e-50, 3.5e38,
-                                                                                       65519.0, 65520.0, 1.00000001]])
+    values = np.concatenate(
+        [
+            rng.standard_normal(2000) * np.logspace(-45, 39, 2000),
+            [1.001, -1.001, 1e-50, 3.5e38, 65519.0, 65520.0, 1.00000001],
+        ]
+    )
     with np.errstate(over="ignore"):
         f32 = values.astype(np.float32)
     want = to_float32(from_float32(f32, dtype), dtype)
@@ -143,16 +182,19 @@ def test_round_to_dtype_agrees_with_the_byte_arithmetic(dtype):
     assert dtype_neighbours(-1.0, dtype) == (-hi, -lo)
 
 
-@pytest.mark.parametrize("text, expected", [
-    (b'{"a": 1, "a": 2}', "duplicate key a"),
-    (b'{"a": NaN}', "NaN is not valid JSON"),
-    (b'{"a": -Infinity}', "-Infinity is not valid JSON"),
-    (b'{"a": 1e999}', "out of range"),
-    (b'{"a": 1' + b"0" * 40 + b"}", "41 digits"),
-    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
-    (b'{"a": "\xff"}', "not valid UTF-8"),
-    (b'{"a": ', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (b'{"a": 1, "a": 2}', "duplicate key a"),
+        (b'{"a": NaN}', "NaN is not valid JSON"),
+        (b'{"a": -Infinity}', "-Infinity is not valid JSON"),
+        (b'{"a": 1e999}', "out of range"),
+        (b'{"a": 1' + b"0" * 40 + b"}", "41 digits"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        (b'{"a": "\xff"}', "not valid UTF-8"),
+        (b'{"a": ', "not valid JSON"),
+    ],
+)
 def test_parse_json_is_strict_and_one_line(text, expected):
     from patchkit._io.fs import parse_json
     from patchkit.errors import ModelError

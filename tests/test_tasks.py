@@ -24,7 +24,7 @@ def test_bundled_task_set_is_large_and_well_formed():
     # arithmetic answers are right (the file was written by a generator; check it, do not trust it)
     for it in tasks.items:
         if it.kind == "arithmetic" and it.question.startswith("What is "):
-            expr = it.question[len("What is "):-1].replace("times", "*").replace("divided by", "/")
+            expr = it.question[len("What is ") : -1].replace("times", "*").replace("divided by", "/")
             assert float(eval(expr, {"__builtins__": {}})) == float(it.answer), it.id  # noqa: S307
 
 
@@ -44,8 +44,16 @@ def test_prompt_contains_passage_for_reading():
 
 @pytest.mark.parametrize(
     "generated, ok",
-    [(" Paris", True), (" Paris.\nQuestion: next", True), ("paris is the capital", True), (" The Paris", True),
-     (" Lyon", False), (" Parisian food", False), ("", False), ("\n\n Paris", True)],
+    [
+        (" Paris", True),
+        (" Paris.\nQuestion: next", True),
+        ("paris is the capital", True),
+        (" The Paris", True),
+        (" Lyon", False),
+        (" Parisian food", False),
+        ("", False),
+        ("\n\n Paris", True),
+    ],
 )
 def test_exact_match_rules(generated, ok):
     item = TaskItem("t", "fact", "Capital of France?", ("Paris", "Lyon"), "Paris")
@@ -60,12 +68,21 @@ def test_exact_match_aliases_and_numbers():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("", "task file is empty"), ("version: 1\nitems: []\n", "task file has no items"),
-     ("items:\n  - {id: a, kind: fact, question: q, options: [x, y], answer: z}\n", "items[0].answer: 'z' is not one"),
-     ("items:\n  - {id: a, kind: trivia, question: q, options: [x, y], answer: x}\n", "items[0].kind"),
-     ("items:\n  - {id: a, kind: fact, question: q, options: [x], answer: x}\n", "at least two distinct options"),
-     ("items:\n  - {id: a, kind: reading, passage: p, question: q, options: [x, y], answer: x}\n", "unknown passage 'p'"),
-     ("items: [\n", "not valid YAML")],
+    [
+        ("", "task file is empty"),
+        ("version: 1\nitems: []\n", "task file has no items"),
+        (
+            "items:\n  - {id: a, kind: fact, question: q, options: [x, y], answer: z}\n",
+            "items[0].answer: 'z' is not one",
+        ),
+        ("items:\n  - {id: a, kind: trivia, question: q, options: [x, y], answer: x}\n", "items[0].kind"),
+        ("items:\n  - {id: a, kind: fact, question: q, options: [x], answer: x}\n", "at least two distinct options"),
+        (
+            "items:\n  - {id: a, kind: reading, passage: p, question: q, options: [x, y], answer: x}\n",
+            "unknown passage 'p'",
+        ),
+        ("items: [\n", "not valid YAML"),
+    ],
 )
 def test_bad_task_files(tmp_path, text, message):
     path = tmp_path / "t.yaml"

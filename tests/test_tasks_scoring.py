@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from bench_tiny import make_tiny_llama, one_thread, zero_neurons_copy
+
 from patchkit.checks.tasks import (
     _greedy_answers,
     _loglik_batches,
@@ -37,8 +37,15 @@ def test_shared_context_matches_plain_scoring(models):
     tok = models[0][1]
     requests = _option_requests(tok, tasks.items)
     plain = _loglik_batches([m for m, _ in models], requests, tok.pad_token_id, 512, None)
-    shared, generated = _loglik_shared([m for m, _ in models], requests, tok.pad_token_id, 512, None, generate=6,
-                                       stop_ids=[_stop_ids(m, t) for m, t in models])
+    shared, generated = _loglik_shared(
+        [m for m, _ in models],
+        requests,
+        tok.pad_token_id,
+        512,
+        None,
+        generate=6,
+        stop_ids=[_stop_ids(m, t) for m, t in models],
+    )
     for a, b in zip(plain, shared):
         assert np.allclose(a, b, atol=1e-4, rtol=1e-5)
     assert not np.allclose(shared[0], shared[1])  # the two models really differ

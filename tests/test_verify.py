@@ -25,7 +25,10 @@ def _engine(monkeypatch, tmp_path):
 @pytest.fixture
 def applied(tmp_path):
     base = raw_llama_checkpoint(tmp_path / "base", "F32", shards=3)
-    recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 0, neuron: 3, op: invert}", "{layer: 1, neuron: [4, 9], op: scale, factor: 0.25}"])
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        ["{layer: 0, neuron: 3, op: invert}", "{layer: 1, neuron: [4, 9], op: scale, factor: 0.25}"],
+    )
     apply_recipe(recipe, model=str(base), out=tmp_path / "out")
     return base, recipe, tmp_path / "out"
 
@@ -54,9 +57,12 @@ def test_verify_names_the_first_differing_tensor(applied):
     _flip_byte(shard, start + 10)
     result = verify_patched(recipe, model=str(base), patched=out)
     assert not result.ok
-    assert result.first_difference == {"file": "model-00003-of-00003.safetensors", "offset": start + 10,
-                                       "tensor": "model.layers.2.mlp.up_proj.weight",
-                                       "reason": "bytes differ from the base file (apply leaves this file untouched)"}
+    assert result.first_difference == {
+        "file": "model-00003-of-00003.safetensors",
+        "offset": start + 10,
+        "tensor": "model.layers.2.mlp.up_proj.weight",
+        "reason": "bytes differ from the base file (apply leaves this file untouched)",
+    }
     # a rewritten shard: the comparison is against the recipe's result
     shard = out / "model-00002-of-00003.safetensors"
     start, _ = read_header(shard).absolute("model.layers.1.mlp.gate_proj.weight")
@@ -80,8 +86,13 @@ def test_verify_rejects_a_different_recipe_and_extra_files(applied, tmp_path):
 
 def test_diff_as_recipe_round_trips(applied, tmp_path):
     base, _, out = applied
-    text = recipe_text(diff_checkpoints(base, out), name="roundtrip", repo="test-org/tiny-llama",
-                       revision="a" * 40, architecture="llama")
+    text = recipe_text(
+        diff_checkpoints(base, out),
+        name="roundtrip",
+        repo="test-org/tiny-llama",
+        revision="a" * 40,
+        architecture="llama",
+    )
     recipe2 = tmp_path / "roundtrip.yaml"
     recipe2.write_text(text)
     assert verify_patched(recipe2, model=str(base), patched=out).ok
@@ -95,7 +106,9 @@ def test_cli_apply_diff_verify(tmp_path):
     base = raw_llama_checkpoint(tmp_path / "base", "BF16", shards=2)
     recipe = write_recipe(tmp_path / "r.yaml", ["{layer: 2, neuron: 7, op: invert}"])
     runner = CliRunner()
-    res = runner.invoke(main, ["apply", str(recipe), "--model", str(base), "-o", str(tmp_path / "out"), "--dry-run", "--json"])
+    res = runner.invoke(
+        main, ["apply", str(recipe), "--model", str(base), "-o", str(tmp_path / "out"), "--dry-run", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["plan"]["files_rewritten"] == ["model-00002-of-00002.safetensors"]
     assert not (tmp_path / "out").exists()

@@ -22,8 +22,17 @@ from typing import Any, BinaryIO
 
 from patchkit.errors import ModelError, PatchkitError
 
-__all__ = ["SKIP_DIRS", "UnsafeFileError", "allowed_roots", "check_entry", "check_tree", "open_regular", "parse_json",
-           "read_capped", "shown"]
+__all__ = [
+    "SKIP_DIRS",
+    "UnsafeFileError",
+    "allowed_roots",
+    "check_entry",
+    "check_tree",
+    "open_regular",
+    "parse_json",
+    "read_capped",
+    "shown",
+]
 
 #: Directories of a checkpoint that are never read nor carried over (download caches, VCS metadata).
 SKIP_DIRS = frozenset({".cache", ".git", ".huggingface"})
@@ -52,8 +61,13 @@ def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
-def check_entry(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
-                what: str = "file", dir_ok: bool = False) -> Path:
+def check_entry(
+    path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    *,
+    what: str = "file",
+    dir_ok: bool = False,
+) -> Path:
     """The real path of `path` if it is a regular file (or a directory when `dir_ok`) that may be read.
 
     With `root`, a path that is or passes through a symlink must resolve inside `allowed_roots(root)`.
@@ -68,46 +82,72 @@ def check_entry(path: str | os.PathLike[str], root: str | os.PathLike[str] | Non
         raise UnsafeFileError(
             f"{p}: is a link to {real}, outside the model directory {root}",
             hint="patchkit follows links only inside the model directory or its Hugging Face cache blobs/; "
-                 "copy the file in, or remove the link", data={"path": str(p), "target": str(real)})
+            "copy the file in, or remove the link",
+            data={"path": str(p), "target": str(real)},
+        )
     try:
         st = os.stat(real)
     except FileNotFoundError:
         if os.path.islink(p):
-            raise UnsafeFileError(f"{p}: is a dangling link (to {os.readlink(p)})",
-                                  hint="remove it or restore its target", data={"path": str(p)}) from None
+            raise UnsafeFileError(
+                f"{p}: is a dangling link (to {os.readlink(p)})",
+                hint="remove it or restore its target",
+                data={"path": str(p)},
+            ) from None
         raise
     except OSError as exc:  # ELOOP (a link cycle), ENAMETOOLONG, ...
-        raise UnsafeFileError(f"{p}: cannot be resolved ({exc.strerror or exc})",
-                              hint="remove or fix the link", data={"path": str(p)}) from None
+        raise UnsafeFileError(
+            f"{p}: cannot be resolved ({exc.strerror or exc})", hint="remove or fix the link", data={"path": str(p)}
+        ) from None
     if stat.S_ISREG(st.st_mode) or (dir_ok and stat.S_ISDIR(st.st_mode)):
         return real
-    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-    raise UnsafeFileError(f"{p}: is {kind}, not a regular {what}",
-                          hint="patchkit reads only regular files", data={"path": str(p)})
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(st.st_mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "a socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "not a regular file"
+    )
+    raise UnsafeFileError(
+        f"{p}: is {kind}, not a regular {what}", hint="patchkit reads only regular files", data={"path": str(p)}
+    )
 
 
-def read_capped(path: str | os.PathLike[str], max_bytes: int, *, what: str = "file",
-                root: str | os.PathLike[str] | None = None,
-                error: type[PatchkitError] = ModelError) -> bytes:
+def read_capped(
+    path: str | os.PathLike[str],
+    max_bytes: int,
+    *,
+    what: str = "file",
+    root: str | os.PathLike[str] | None = None,
+    error: type[PatchkitError] = ModelError,
+) -> bytes:
     """All bytes of a regular file no larger than `max_bytes`: the size is checked before reading (stat), and the
     read itself stops at the cap (a file that grows while being read is refused too)."""
     real = check_entry(path, root, what=what)
     size = os.stat(real).st_size
     if size > max_bytes:
-        raise error(f"{path}: {size} bytes is too large for a {what} (limit {max_bytes})",
-                    hint=f"is this really a {what}?", data={"path": str(path), "size": size, "limit": max_bytes})
+        raise error(
+            f"{path}: {size} bytes is too large for a {what} (limit {max_bytes})",
+            hint=f"is this really a {what}?",
+            data={"path": str(path), "size": size, "limit": max_bytes},
+        )
     with open_regular(path, root, what=what) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise error(f"{path}: grew past {max_bytes} bytes while being read (limit for a {what})",
-                    data={"path": str(path), "limit": max_bytes})
+        raise error(
+            f"{path}: grew past {max_bytes} bytes while being read (limit for a {what})",
+            data={"path": str(path), "limit": max_bytes},
+        )
     return data
 
 
-def open_regular(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
-                 what: str = "file") -> BinaryIO:
+def open_regular(
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *, what: str = "file"
+) -> BinaryIO:
     """`check_entry`, then open without blocking and re-check the opened file (a FIFO or device swapped in
     between the check and the open is refused, never read). Returns a binary file object (caller closes it)."""
     real = check_entry(path, root, what=what)
@@ -117,13 +157,17 @@ def open_regular(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
     except FileNotFoundError:
         raise
     except OSError as exc:  # ENXIO: a socket; ELOOP; EACCES ...
-        raise UnsafeFileError(f"{path}: cannot be opened as a regular {what} ({exc.strerror or exc})",
-                              data={"path": str(path)}) from None
+        raise UnsafeFileError(
+            f"{path}: cannot be opened as a regular {what} ({exc.strerror or exc})", data={"path": str(path)}
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{path}: is not a regular {what} (it changed while being checked)",
-                                  hint="patchkit reads only regular files", data={"path": str(path)})
+            raise UnsafeFileError(
+                f"{path}: is not a regular {what} (it changed while being checked)",
+                hint="patchkit reads only regular files",
+                data={"path": str(path)},
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -131,8 +175,9 @@ def open_regular(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
         raise
 
 
-def check_tree(root: str | os.PathLike[str], *, skip: frozenset[str] = SKIP_DIRS,
-               max_entries: int = MAX_TREE_ENTRIES) -> None:
+def check_tree(
+    root: str | os.PathLike[str], *, skip: frozenset[str] = SKIP_DIRS, max_entries: int = MAX_TREE_ENTRIES
+) -> None:
     """Refuse a model directory holding anything patchkit must never read or carry over: special files (FIFO,
     socket, device), dangling links, and links that leave `allowed_roots(root)`. Nothing is opened or read;
     links to directories are checked but not descended into; `skip` directories are not entered."""
@@ -144,8 +189,9 @@ def check_tree(root: str | os.PathLike[str], *, skip: frozenset[str] = SKIP_DIRS
         for name in [*dirnames, *sorted(filenames)]:
             count += 1
             if count > max_entries:
-                raise UnsafeFileError(f"{root}: holds more than {max_entries} files; not a checkpoint directory",
-                                      data={"path": str(root)})
+                raise UnsafeFileError(
+                    f"{root}: holds more than {max_entries} files; not a checkpoint directory", data={"path": str(root)}
+                )
             entry = Path(dirpath) / name
             if os.path.islink(entry) or name not in dirnames:
                 _check_tree_entry(entry, root, roots)
@@ -162,26 +208,47 @@ def _check_tree_entry(entry: Path, root: Path, roots: tuple[Path, ...]) -> None:
             raise UnsafeFileError(
                 f"{entry}: is a link to {real}, outside the model directory {root}",
                 hint="patchkit follows links only inside the model directory or its Hugging Face cache blobs/; "
-                     "copy the file in, or remove the link", data={"path": str(entry), "target": str(real)})
+                "copy the file in, or remove the link",
+                data={"path": str(entry), "target": str(real)},
+            )
         try:
             st = os.stat(real)
         except OSError:
-            raise UnsafeFileError(f"{entry}: is a dangling link (to {os.readlink(entry)})",
-                                  hint="remove it or restore its target", data={"path": str(entry)}) from None
+            raise UnsafeFileError(
+                f"{entry}: is a dangling link (to {os.readlink(entry)})",
+                hint="remove it or restore its target",
+                data={"path": str(entry)},
+            ) from None
     if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
         return
-    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-    raise UnsafeFileError(f"{entry}: is {kind}; a model directory holds only regular files",
-                          hint="remove it from the model directory", data={"path": str(entry)})
+    kind = (
+        "a FIFO"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "a socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "not a regular file"
+    )
+    raise UnsafeFileError(
+        f"{entry}: is {kind}; a model directory holds only regular files",
+        hint="remove it from the model directory",
+        data={"path": str(entry)},
+    )
 
 
 class _Refused(Exception):
     """Raised inside the JSON parser's hooks; turned into the caller's error type."""
 
 
-def parse_json(data: bytes, label: str, *, error: type[PatchkitError] = ModelError, what: str = "JSON file",
-               duplicate: str = "duplicate key {key}") -> Any:
+def parse_json(
+    data: bytes,
+    label: str,
+    *,
+    error: type[PatchkitError] = ModelError,
+    what: str = "JSON file",
+    duplicate: str = "duplicate key {key}",
+) -> Any:
     """Strict JSON from untrusted bytes, every failure one `error` line naming `label`.
 
     Refused: invalid UTF-8, invalid JSON, NaN/Infinity (not JSON), integers of more than MAX_INT_DIGITS digits,
@@ -220,13 +287,19 @@ def parse_json(data: bytes, label: str, *, error: type[PatchkitError] = ModelErr
     collecting = gc.isenabled()
     gc.disable()  # a large document is millions of new objects: generational GC passes would dominate the parse
     try:
-        return json.loads(text, object_pairs_hook=pairs_hook, parse_int=parse_int, parse_float=parse_float,
-                          parse_constant=parse_constant)
+        return json.loads(
+            text,
+            object_pairs_hook=pairs_hook,
+            parse_int=parse_int,
+            parse_float=parse_float,
+            parse_constant=parse_constant,
+        )
     except _Refused as exc:
         raise error(f"{label}: {exc}", data={"path": label}) from None
     except json.JSONDecodeError as exc:
-        raise error(f"{label}: is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-                    data={"path": label}) from None
+        raise error(
+            f"{label}: is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", data={"path": label}
+        ) from None
     except RecursionError:
         raise error(f"{label}: JSON nested too deeply to be a {what}", data={"path": label}) from None
     except (ValueError, OverflowError) as exc:  # belt and braces: int/float conversion limits

@@ -108,8 +108,9 @@ def known_sha256(path: str | os.PathLike[str]) -> str | None:
     return blob_sha256(path) or cached_sha256(path)
 
 
-def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True,
-                progress: Callable[[int], None] | None = None) -> str:
+def sha256_file(
+    path: str | os.PathLike[str], *, use_cache: bool = True, progress: Callable[[int], None] | None = None
+) -> str:
     """sha256 of a file, streamed in chunks (memory stays at one chunk).
 
     Args:
@@ -133,8 +134,6 @@ def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True,
     if use_cache and os.path.getsize(path) >= (1 << 20):
         remember_sha256(path, digest)
     return digest
-
-
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -33,8 +33,15 @@ from patchkit.errors import CheckError, ModelError
 from patchkit.recipe import Recipe, load_recipe
 from patchkit.recipe.gates import BenchGates
 
-__all__ = ["DEFAULT_TASKS", "BenchSettings", "BenchReport", "run_bench", "check_same_tokenizer", "parse_tasks",
-           "LOGIT_MEASURES"]
+__all__ = [
+    "DEFAULT_TASKS",
+    "BenchSettings",
+    "BenchReport",
+    "run_bench",
+    "check_same_tokenizer",
+    "parse_tasks",
+    "LOGIT_MEASURES",
+]
 
 DEFAULT_TASKS: tuple[str, ...] = ("kl", "ppl", "qa")
 #: What an OpenAI-compatible backend (text in, text out) cannot give: everything computed from logits.
@@ -79,21 +86,37 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tasks: tuple[str, ...] | None = Field(None, description="Comma list of kl, ppl, qa, lmeval:<task> (default: "
-                                          "the recipe's checks.bench.tasks, else kl,ppl,qa). lmeval:patchkit_qa runs "
-                                          "offline.", json_schema_extra={"metavar": "LIST"})
-    limit: int | None = Field(None, ge=1, description="Cap items per source (control prompts, corpus texts, "
-                              "questions per kind, lm-eval docs).")
+    tasks: tuple[str, ...] | None = Field(
+        None,
+        description="Comma list of kl, ppl, qa, lmeval:<task> (default: "
+        "the recipe's checks.bench.tasks, else kl,ppl,qa). lmeval:patchkit_qa runs "
+        "offline.",
+        json_schema_extra={"metavar": "LIST"},
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Cap items per source (control prompts, corpus texts, questions per kind, lm-eval docs).",
+    )
     dtype: str = Field("float32", description="Load dtype: f32, bf16, f16.")
-    device: str = Field("cpu", description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model "
-                        "layer by layer).")
-    task_file: Path | None = Field(None, description="Question set YAML instead of the bundled one "
-                                   "(format: docs/bench.md).", json_schema_extra={"path": {"dir_okay": False}})
-    lmeval_include: Path | None = Field(None, description="Directory of extra lm-eval task YAMLs.",
-                                        json_schema_extra={"path": {"file_okay": False}})
+    device: str = Field(
+        "cpu", description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model layer by layer)."
+    )
+    task_file: Path | None = Field(
+        None,
+        description="Question set YAML instead of the bundled one (format: docs/bench.md).",
+        json_schema_extra={"path": {"dir_okay": False}},
+    )
+    lmeval_include: Path | None = Field(
+        None, description="Directory of extra lm-eval task YAMLs.", json_schema_extra={"path": {"file_okay": False}}
+    )
     lmeval_limit: int | None = Field(None, ge=1, description="Documents per lm-eval task. [default: --limit]")
-    control_max_new_tokens: int = Field(48, ge=1, description="Tokens of the base model's greedy answer to each "
-                                        "control prompt (the texts first-token and control KL are measured on).")
+    control_max_new_tokens: int = Field(
+        48,
+        ge=1,
+        description="Tokens of the base model's greedy answer to each "
+        "control prompt (the texts first-token and control KL are measured on).",
+    )
     corpus_code: int = Field(16, ge=0, description="Python stdlib chunks in the teacher-forced corpus.")
     corpus_prose: int = Field(16, ge=0, description="Prose paragraphs in the teacher-forced corpus.")
     max_text_tokens: int = Field(256, ge=2, description="Tokens kept of each corpus text.")
@@ -160,13 +183,15 @@ class BenchReport:
 
         check("max_kl", "kl.mean", "mean per-token KL(base||patched)", gates.max_kl, task="kl")
         check("max_token_kl", "kl.max", "max per-token KL", gates.max_token_kl, task="kl")
-        check("max_first_token_kl", "kl.first_token", "first-token KL on controls", gates.max_first_token_kl,
-              task="kl")
+        check("max_first_token_kl", "kl.first_token", "first-token KL on controls", gates.max_first_token_kl, task="kl")
         check("min_top1_agreement", "kl.top1", "top-1 agreement", gates.min_top1_agreement, minimum=True, task="kl")
         check("max_ppl_ratio", "ppl.ratio", "perplexity ratio patched/base", gates.max_ppl_ratio, task="ppl")
         if gates.max_accuracy_drop is not None:
-            drops = [(c.label, -c.delta.value) for c in self.comparisons  # delta = patched - base
-                     if c.is_accuracy and c.delta.value is not None]
+            drops = [
+                (c.label, -c.delta.value)
+                for c in self.comparisons  # delta = patched - base
+                if c.is_accuracy and c.delta.value is not None
+            ]
             if not drops:
                 failures.append("max_accuracy_drop: no accuracy was measured (run with --tasks qa)")
             for label, drop in drops:
@@ -221,13 +246,18 @@ def _check_ref(ref: Any, role: str) -> str:
     """Reject references that cannot work before anything heavy runs (URLs, missing paths)."""
     text = str(ref)
     if text.startswith(("http://", "https://")):
-        raise CheckError(f"{role} {text}: bench needs next-token logits, which an OpenAI-compatible backend does not "
-                         f"return ({LOGIT_MEASURES})", hint="pass a local checkpoint directory or Hub id; use "
-                         "`patchkit loops` for generation-level checks over HTTP")
+        raise CheckError(
+            f"{role} {text}: bench needs next-token logits, which an OpenAI-compatible backend does not "
+            f"return ({LOGIT_MEASURES})",
+            hint="pass a local checkpoint directory or Hub id; use "
+            "`patchkit loops` for generation-level checks over HTTP",
+        )
     path = Path(text)
     if not path.exists() and not _HUB_ID.match(text):
-        raise ModelError(f"{role} {text}: no such checkpoint directory or file", hint="pass a directory with "
-                         "config.json + *.safetensors, a .gguf file or org/name[@revision]")
+        raise ModelError(
+            f"{role} {text}: no such checkpoint directory or file",
+            hint="pass a directory with config.json + *.safetensors, a .gguf file or org/name[@revision]",
+        )
     return text
 
 
@@ -238,20 +268,26 @@ def check_same_tokenizer(base_tok: Any, patched_tok: Any, base_model: Any = None
         only_b = len(set(vb) - set(vp))
         only_p = len(set(vp) - set(vb))
         moved = sum(1 for k in set(vb) & set(vp) if vb[k] != vp[k])
-        raise CheckError(f"tokenizers differ between base and patched: vocab sizes {len(vb)} vs {len(vp)} "
-                         f"({only_b} tokens only in base, {only_p} only in patched, {moved} with other ids)",
-                         hint="compare a patched checkpoint with the exact base it was made from")
+        raise CheckError(
+            f"tokenizers differ between base and patched: vocab sizes {len(vb)} vs {len(vp)} "
+            f"({only_b} tokens only in base, {only_p} only in patched, {moved} with other ids)",
+            hint="compare a patched checkpoint with the exact base it was made from",
+        )
     for attr in ("bos_token_id", "eos_token_id", "unk_token_id"):  # pad may be set at load time (= eos)
         a, b = getattr(base_tok, attr, None), getattr(patched_tok, attr, None)
         if a != b:
-            raise CheckError(f"tokenizers differ between base and patched: {attr} {a} vs {b}",
-                             hint="compare a patched checkpoint with the exact base it was made from")
+            raise CheckError(
+                f"tokenizers differ between base and patched: {attr} {a} vs {b}",
+                hint="compare a patched checkpoint with the exact base it was made from",
+            )
     if base_model is not None and patched_model is not None:
         eb = base_model.get_input_embeddings().weight.shape[0]
         ep = patched_model.get_input_embeddings().weight.shape[0]
         if eb != ep:
-            raise CheckError(f"models differ in embedding rows: base {eb} vs patched {ep}",
-                             hint="compare a patched checkpoint with the exact base it was made from")
+            raise CheckError(
+                f"models differ in embedding rows: base {eb} vs patched {ep}",
+                hint="compare a patched checkpoint with the exact base it was made from",
+            )
 
 
 def load_control_prompts(limit: int | None = None) -> tuple[list[str], str]:
@@ -276,8 +312,9 @@ def _chat_ids(tok: Any, prompt: str) -> list[int]:
     return list(tok(prompt)["input_ids"])
 
 
-def greedy_answers(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int,
-                   batch_size: int = 16) -> list[tuple[list[int], list[int]]]:
+def greedy_answers(
+    model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16
+) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids up to and including the first EOS) of the model's greedy answer to each prompt."""
     import torch
 
@@ -287,16 +324,21 @@ def greedy_answers(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens:
     out: list[tuple[list[int], list[int]]] = []
     encoded = [_chat_ids(tok, p) for p in prompts]
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
+        chunk = encoded[start : start + batch_size]
         width = max(len(c) for c in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, c in enumerate(chunk):
-            ids[row, width - len(c):] = torch.tensor(c)
-            mask[row, width - len(c):] = 1
+            ids[row, width - len(c) :] = torch.tensor(c)
+            mask[row, width - len(c) :] = 1
         with torch.inference_mode():
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad)
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
         for row, c in enumerate(chunk):
             answer: list[int] = []
             for t in gen[row, width:].tolist():
@@ -318,17 +360,26 @@ def _eos_ids(model: Any, tok: Any) -> list[int]:
 
 # ----------------------------------------------------------------------------------------------- measures
 
+
 def _accuracy(key: str, label: str, a: np.ndarray, b: np.ndarray) -> Comparison:
     """Paired accuracy: Wilson intervals per model, paired-bootstrap interval of the difference, McNemar p."""
     n = int(a.size)
     ka, kb = int(a.sum()), int(b.sum())
     pb = stats.paired_bootstrap(a.astype(float), b.astype(float))
     mc = stats.mcnemar_exact(a, b)
-    return Comparison(key=key, label=label, kind="paired", unit="acc",
-                      base=Figure.rate(ka, n, name=f"{key}.base", unit="acc"),
-                      patched=Figure.rate(kb, n, name=f"{key}.patched", unit="acc"),
-                      delta=Figure(value=(kb - ka) / n, n=n, ci=(pb["lo"], pb["hi"]), name=key, unit="acc"),
-                      p_value=mc["p"], test="McNemar exact", higher_is_better=True, is_accuracy=True)
+    return Comparison(
+        key=key,
+        label=label,
+        kind="paired",
+        unit="acc",
+        base=Figure.rate(ka, n, name=f"{key}.base", unit="acc"),
+        patched=Figure.rate(kb, n, name=f"{key}.patched", unit="acc"),
+        delta=Figure(value=(kb - ka) / n, n=n, ci=(pb["lo"], pb["hi"]), name=key, unit="acc"),
+        p_value=mc["p"],
+        test="McNemar exact",
+        higher_is_better=True,
+        is_accuracy=True,
+    )
 
 
 def _kl_comparisons(tf: Any, groups: dict[str, list[int]]) -> tuple[list[Comparison], dict[str, Any]]:
@@ -337,34 +388,93 @@ def _kl_comparisons(tf: Any, groups: dict[str, list[int]]) -> tuple[list[Compari
     n_tok = int(cols["n"].sum())
     n_seq = len(tf.sequences)
 
-    def single(key: str, label: str, value: float, n: int, unit: str, ci: tuple[float, float] | None = None, *,
-               k: int | None = None, test: str | None = None, higher_is_better: bool) -> Comparison:
-        return Comparison(key=key, label=label, kind="comparison", unit=unit,
-                          delta=Figure(value=value, n=n, k=k, ci=ci, name=key, unit=unit), test=test,
-                          higher_is_better=higher_is_better)
+    def single(
+        key: str,
+        label: str,
+        value: float,
+        n: int,
+        unit: str,
+        ci: tuple[float, float] | None = None,
+        *,
+        k: int | None = None,
+        test: str | None = None,
+        higher_is_better: bool,
+    ) -> Comparison:
+        return Comparison(
+            key=key,
+            label=label,
+            kind="comparison",
+            unit=unit,
+            delta=Figure(value=value, n=n, k=k, ci=ci, name=key, unit=unit),
+            test=test,
+            higher_is_better=higher_is_better,
+        )
 
     rows = [
-        single("kl.mean", "KL mean", float(cols["kl_sum"].sum() / max(n_tok, 1)), n_tok, "nats",
-               stats.ratio_ci(cols["kl_sum"], cols["n"]), test="cluster bootstrap over texts", higher_is_better=False),
-        single("kl.max", "KL max (token)", float(cols["kl_max"].max(initial=0.0)), n_tok, "nats",
-               stats.bootstrap_ci(cols["kl_max"], stat=np.max), higher_is_better=False),
-        single("kl.p99", "KL p99 (token)", float(np.percentile(tf.token_kl, 99)) if tf.token_kl.size else 0.0,
-               n_tok, "nats", higher_is_better=False),
-        single("kl.top1", "top-1 agreement", float(cols["agree"].sum() / max(n_tok, 1)), n_tok, "share",
-               stats.ratio_ci(cols["agree"], cols["n"]), k=int(cols["agree"].sum()), higher_is_better=True),
+        single(
+            "kl.mean",
+            "KL mean",
+            float(cols["kl_sum"].sum() / max(n_tok, 1)),
+            n_tok,
+            "nats",
+            stats.ratio_ci(cols["kl_sum"], cols["n"]),
+            test="cluster bootstrap over texts",
+            higher_is_better=False,
+        ),
+        single(
+            "kl.max",
+            "KL max (token)",
+            float(cols["kl_max"].max(initial=0.0)),
+            n_tok,
+            "nats",
+            stats.bootstrap_ci(cols["kl_max"], stat=np.max),
+            higher_is_better=False,
+        ),
+        single(
+            "kl.p99",
+            "KL p99 (token)",
+            float(np.percentile(tf.token_kl, 99)) if tf.token_kl.size else 0.0,
+            n_tok,
+            "nats",
+            higher_is_better=False,
+        ),
+        single(
+            "kl.top1",
+            "top-1 agreement",
+            float(cols["agree"].sum() / max(n_tok, 1)),
+            n_tok,
+            "share",
+            stats.ratio_ci(cols["agree"], cols["n"]),
+            k=int(cols["agree"].sum()),
+            higher_is_better=True,
+        ),
     ]
     ctrl = groups.get("controls", [])
     if ctrl:
         first = cols["kl_first"][ctrl]
-        rows.append(single("kl.first_token", "KL 1st token (controls)", float(first.mean()), len(ctrl), "nats",
-                           stats.bootstrap_ci(first), higher_is_better=False))
+        rows.append(
+            single(
+                "kl.first_token",
+                "KL 1st token (controls)",
+                float(first.mean()),
+                len(ctrl),
+                "nats",
+                stats.bootstrap_ci(first),
+                higher_is_better=False,
+            )
+        )
     per_source = {}
     for name, idx in groups.items():
         if not idx:
             continue
         n = cols["n"][idx].sum()
-        per_source[name] = {"texts": len(idx), "tokens": int(n), "kl_mean": float(cols["kl_sum"][idx].sum() / max(n, 1)),
-                            "kl_max": float(cols["kl_max"][idx].max()), "top1": float(cols["agree"][idx].sum() / max(n, 1))}
+        per_source[name] = {
+            "texts": len(idx),
+            "tokens": int(n),
+            "kl_mean": float(cols["kl_sum"][idx].sum() / max(n, 1)),
+            "kl_max": float(cols["kl_max"][idx].max()),
+            "top1": float(cols["agree"][idx].sum() / max(n, 1)),
+        }
     return rows, {"texts": n_seq, "tokens": n_tok, "by_source": per_source}
 
 
@@ -380,36 +490,56 @@ def _ppl_comparisons(tf: Any) -> tuple[list[Comparison], dict[str, Any]]:
     ci_r = stats.ratio_ci(cols["nll_patched"] - cols["nll_base"], n, transform=np.exp)
     safe_n = np.maximum(n, 1)
     p = stats.sign_flip_test(cols["nll_base"] / safe_n, cols["nll_patched"] / safe_n)
-    row = Comparison(key="ppl.ratio", label="perplexity", kind="ratio", unit="ppl",
-                     base=Figure(value=ppl_b, n=n_tok, ci=ci_b, name="ppl.base", unit="ppl"),
-                     patched=Figure(value=ppl_p, n=n_tok, ci=ci_p, name="ppl.patched", unit="ppl"),
-                     delta=Figure(value=ppl_p / ppl_b, n=n_tok, ci=ci_r, name="ppl.ratio", unit="ratio"),
-                     p_value=p, test="sign-flip permutation on per-text NLL", higher_is_better=False)
+    row = Comparison(
+        key="ppl.ratio",
+        label="perplexity",
+        kind="ratio",
+        unit="ppl",
+        base=Figure(value=ppl_b, n=n_tok, ci=ci_b, name="ppl.base", unit="ppl"),
+        patched=Figure(value=ppl_p, n=n_tok, ci=ci_p, name="ppl.patched", unit="ppl"),
+        delta=Figure(value=ppl_p / ppl_b, n=n_tok, ci=ci_r, name="ppl.ratio", unit="ratio"),
+        p_value=p,
+        test="sign-flip permutation on per-text NLL",
+        higher_is_better=False,
+    )
     return [row], {"base_ppl": ppl_b, "patched_ppl": ppl_p}
 
 
 def _qa_comparisons(scores: list[Any]) -> tuple[list[Comparison], dict[str, Any]]:
     """Question-set accuracies (log-lik, log-lik per token, exact match) and the answer's log-likelihood."""
     b, p = scores
-    rows = [_accuracy("qa.acc", "QA acc (log-lik)", b.acc, p.acc),
-            _accuracy("qa.acc_norm", "QA acc (log-lik/token)", b.acc_norm, p.acc_norm)]
+    rows = [
+        _accuracy("qa.acc", "QA acc (log-lik)", b.acc, p.acc),
+        _accuracy("qa.acc_norm", "QA acc (log-lik/token)", b.acc_norm, p.acc_norm),
+    ]
     if b.exact_match is not None and p.exact_match is not None:
         rows.append(_accuracy("qa.exact_match", "QA exact match", b.exact_match, p.exact_match))
     n = len(b.items)
     pb = stats.paired_bootstrap(b.gold_logprob, p.gold_logprob)
-    rows.append(Comparison(
-        key="qa.gold_logprob", label="QA log-lik of answer", kind="paired", unit="nats",
-        base=Figure(value=float(b.gold_logprob.mean()), n=n, ci=stats.bootstrap_ci(b.gold_logprob), unit="nats"),
-        patched=Figure(value=float(p.gold_logprob.mean()), n=n, ci=stats.bootstrap_ci(p.gold_logprob), unit="nats"),
-        delta=Figure(value=pb["diff"], n=n, ci=(pb["lo"], pb["hi"]), name="qa.gold_logprob", unit="nats"),
-        p_value=stats.sign_flip_test(b.gold_logprob, p.gold_logprob), test="sign-flip permutation",
-        higher_is_better=True))
+    rows.append(
+        Comparison(
+            key="qa.gold_logprob",
+            label="QA log-lik of answer",
+            kind="paired",
+            unit="nats",
+            base=Figure(value=float(b.gold_logprob.mean()), n=n, ci=stats.bootstrap_ci(b.gold_logprob), unit="nats"),
+            patched=Figure(value=float(p.gold_logprob.mean()), n=n, ci=stats.bootstrap_ci(p.gold_logprob), unit="nats"),
+            delta=Figure(value=pb["diff"], n=n, ci=(pb["lo"], pb["hi"]), name="qa.gold_logprob", unit="nats"),
+            p_value=stats.sign_flip_test(b.gold_logprob, p.gold_logprob),
+            test="sign-flip permutation",
+            higher_is_better=True,
+        )
+    )
     by_kind: dict[str, Any] = {}
     for kind in sorted({it.kind for it in b.items}):
         idx = [i for i, it in enumerate(b.items) if it.kind == kind]
-        by_kind[kind] = {"n": len(idx), "base_acc": float(b.acc[idx].mean()), "patched_acc": float(p.acc[idx].mean()),
-                         "base_acc_norm": float(b.acc_norm[idx].mean()),
-                         "patched_acc_norm": float(p.acc_norm[idx].mean())}
+        by_kind[kind] = {
+            "n": len(idx),
+            "base_acc": float(b.acc[idx].mean()),
+            "patched_acc": float(p.acc[idx].mean()),
+            "base_acc_norm": float(b.acc_norm[idx].mean()),
+            "patched_acc_norm": float(p.acc_norm[idx].mean()),
+        }
         if b.exact_match is not None and p.exact_match is not None:
             by_kind[kind]["base_exact_match"] = float(b.exact_match[idx].mean())
             by_kind[kind]["patched_exact_match"] = float(p.exact_match[idx].mean())
@@ -419,9 +549,16 @@ def _qa_comparisons(scores: list[Any]) -> tuple[list[Comparison], dict[str, Any]
 
 # ----------------------------------------------------------------------------------------------- driver
 
-def run_bench(base: Any, patched: Any = None, *, recipe: str | Path | Recipe | None = None,
-              settings: BenchSettings | None = None, gates: BenchGates | None = None,
-              progress: Progress | None = None) -> BenchReport:
+
+def run_bench(
+    base: Any,
+    patched: Any = None,
+    *,
+    recipe: str | Path | Recipe | None = None,
+    settings: BenchSettings | None = None,
+    gates: BenchGates | None = None,
+    progress: Progress | None = None,
+) -> BenchReport:
     """Compare `patched` with `base` on `settings.tasks`: KL, perplexity, question accuracy, lm-eval.
 
     Why: a loop fix is only worth publishing if everything else still works; every measure comes with its n,
@@ -482,8 +619,9 @@ def run_bench(base: Any, patched: Any = None, *, recipe: str | Path | Recipe | N
 
     if "kl" in task_list or "ppl" in task_list:
         t = time.perf_counter()
-        tf, groups, answers = _teacher_forced(base_model, base_tok, patched_model, settings, progress=progress,
-                                              timings=timings)
+        tf, groups, answers = _teacher_forced(
+            base_model, base_tok, patched_model, settings, progress=progress, timings=timings
+        )
         if "kl" in task_list:
             rows, det = _kl_comparisons(tf, groups)
             det["control_answers"] = answers
@@ -498,20 +636,29 @@ def run_bench(base: Any, patched: Any = None, *, recipe: str | Path | Recipe | N
         from patchkit.checks.tasks import score_tasks
 
         t = time.perf_counter()
-        scores = score_tasks([(base_model, base_tok), (patched_model, patched_tok)], task_set,
-                             token_budget=settings.token_budget, progress=_merged("qa", progress) if progress else None, timings=timings)
+        scores = score_tasks(
+            [(base_model, base_tok), (patched_model, patched_tok)],
+            task_set,
+            token_budget=settings.token_budget,
+            progress=_merged("qa", progress) if progress else None,
+            timings=timings,
+        )
         rows, det = _qa_comparisons(scores)
         det["source"] = task_set.source
         report.comparisons += rows
         report.details["qa"] = det
         timings["qa"] = time.perf_counter() - t
-    lm_tasks = [t[len("lmeval:"):] for t in task_list if t.startswith("lmeval:")]
+    lm_tasks = [t[len("lmeval:") :] for t in task_list if t.startswith("lmeval:")]
     if lm_tasks:
         t = time.perf_counter()
         try:
-            raw = run_lmeval((base_model, base_tok), (patched_model, patched_tok), lm_tasks,
-                             include_path=settings.lmeval_include,
-                             limit=settings.lmeval_limit if settings.lmeval_limit is not None else limit)
+            raw = run_lmeval(
+                (base_model, base_tok),
+                (patched_model, patched_tok),
+                lm_tasks,
+                include_path=settings.lmeval_include,
+                limit=settings.lmeval_limit if settings.lmeval_limit is not None else limit,
+            )
         except LmEvalMissing as exc:
             for name in lm_tasks:
                 report.skipped[f"lmeval:{name}"] = str(exc)
@@ -541,8 +688,15 @@ class _merged:
         self.progress(self.stage, sum(self.done.values()), sum(self.total.values()))
 
 
-def _teacher_forced(base_model: Any, tok: Any, patched_model: Any, settings: BenchSettings, *,
-                    progress: Progress | None, timings: dict[str, float]) -> tuple[Any, dict[str, list[int]], list]:
+def _teacher_forced(
+    base_model: Any,
+    tok: Any,
+    patched_model: Any,
+    settings: BenchSettings,
+    *,
+    progress: Progress | None,
+    timings: dict[str, float],
+) -> tuple[Any, dict[str, list[int]], list]:
     """Build the teacher-forced texts (base greedy control answers + corpus) and compare both models on them."""
     from patchkit.checks.corpus import load_corpus
     from patchkit.checks.teacher_forcing import ScoredSequence, compare_teacher_forced
@@ -564,20 +718,27 @@ def _teacher_forced(base_model: Any, tok: Any, patched_model: Any, settings: Ben
             continue
         groups["controls"].append(len(seqs))
         seqs.append(ScoredSequence(f"control:{i}", tuple(prompt_ids + answer_ids), len(prompt_ids)))
-        answers.append({"prompt": prompts[i], "answer": tok.decode(answer_ids, skip_special_tokens=True),
-                        "tokens": len(answer_ids), "source": ctrl_source})
+        answers.append(
+            {
+                "prompt": prompts[i],
+                "answer": tok.decode(answer_ids, skip_special_tokens=True),
+                "tokens": len(answer_ids),
+                "source": ctrl_source,
+            }
+        )
     n_code = settings.corpus_code if limit is None else min(settings.corpus_code, limit)
     n_prose = settings.corpus_prose if limit is None else min(settings.corpus_prose, limit)
     for text in load_corpus(n_code, n_prose):
-        ids = list(tok(text.text)["input_ids"])[:settings.max_text_tokens]
+        ids = list(tok(text.text)["input_ids"])[: settings.max_text_tokens]
         if len(ids) < 2:
             continue
         groups["stdlib" if text.source.startswith("stdlib:") else "prose"].append(len(seqs))
         seqs.append(ScoredSequence(text.source, tuple(ids), 1))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     t0 = time.perf_counter()
-    tf = compare_teacher_forced(base_model, patched_model, seqs, pad_id=pad, token_budget=settings.token_budget,
-                                progress=progress)
+    tf = compare_teacher_forced(
+        base_model, patched_model, seqs, pad_id=pad, token_budget=settings.token_budget, progress=progress
+    )
     timings["teacher_forced_passes"] = time.perf_counter() - t0
     return tf, groups, answers
 
@@ -590,6 +751,11 @@ def _provenance(model: Any) -> dict[str, Any]:
     from patchkit._version import __version__
     from patchkit.checks.corpus import corpus_provenance
 
-    return {"patchkit_version": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            **corpus_provenance()}
+    return {
+        "patchkit_version": __version__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        **corpus_provenance(),
+    }

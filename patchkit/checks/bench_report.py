@@ -52,7 +52,12 @@ def _p(row: Comparison) -> str:
 
 
 def _short_test(test: str) -> str:
-    for key, short in (("McNemar", "McNemar"), ("sign-flip", "sign-flip"), ("z-test", "z-test"), ("bootstrap", "bootstrap")):
+    for key, short in (
+        ("McNemar", "McNemar"),
+        ("sign-flip", "sign-flip"),
+        ("z-test", "z-test"),
+        ("bootstrap", "bootstrap"),
+    ):
         if key in test:
             return short
     return test
@@ -106,14 +111,16 @@ def write_chart(report: BenchReport, path: Path) -> Path:
             vals = [f.delta.value or 0.0 for f in figs]
             errs = list(zip(*[_err(v, f.delta.ci) for v, f in zip(vals, figs)]))
             ax.bar(range(len(figs)), vals, yerr=errs, color="#c0504d", capsize=3)
-            ax.set_xticks(range(len(figs)), [f.label for f in figs], rotation=20,
-                          ha="right", fontsize=8)
+            ax.set_xticks(range(len(figs)), [f.label for f in figs], rotation=20, ha="right", fontsize=8)
             ax.set_ylabel("nats")
             ax.set_title("distribution shift (KL base‖patched)", fontsize=9)
             continue
         width = 0.38
         xs = range(len(figs))
-        for off, attr, color, name in ((-width / 2, "base", "#4f81bd", "base"), (width / 2, "patched", "#f79646", "patched")):
+        for off, attr, color, name in (
+            (-width / 2, "base", "#4f81bd", "base"),
+            (width / 2, "patched", "#f79646", "patched"),
+        ):
             sides = [getattr(f, attr) for f in figs]
             vals = [side.value if side.value is not None else 0.0 for side in sides]
             errs = list(zip(*[_err(v, side.ci) for v, side in zip(vals, sides)]))
@@ -124,11 +131,15 @@ def write_chart(report: BenchReport, path: Path) -> Path:
         if kind == "acc":
             ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    verdict = "no thresholds" if report.gates is None else ("PASS" if report.passed else "FAIL: " + "; ".join(report.failures)[:120])
+    verdict = (
+        "no thresholds"
+        if report.gates is None
+        else ("PASS" if report.passed else "FAIL: " + "; ".join(report.failures)[:120])
+    )
     fig.suptitle(f"{Path(str(report.patched)).name} vs {Path(str(report.base)).name} — {verdict}", fontsize=9)
     fig.tight_layout()
     try:
-        with atomic_open(path, "wb") as fh:   # a reader never sees half a PNG
+        with atomic_open(path, "wb") as fh:  # a reader never sees half a PNG
             fig.savefig(fh, dpi=110, format="png")
     finally:
         plt.close(fig)

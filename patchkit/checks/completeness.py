@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from patchkit.checks.items import Item, match_key, split_items
 
@@ -30,11 +31,11 @@ class Completeness:
     """Result of matching a generation's items against the ground-truth list."""
 
     n_truth: int
-    found: list[str] = field(default_factory=list)       # true items listed (canonical names, first-listed order)
-    missing: list[str] = field(default_factory=list)     # true items never listed
+    found: list[str] = field(default_factory=list)  # true items listed (canonical names, first-listed order)
+    missing: list[str] = field(default_factory=list)  # true items never listed
     duplicates: dict[str, int] = field(default_factory=dict)  # true item -> times listed (only when > 1)
-    extras: list[str] = field(default_factory=list)      # list entries matching no true item (beyond the true list)
-    n_items: int = 0                                     # list items seen in the text
+    extras: list[str] = field(default_factory=list)  # list entries matching no true item (beyond the true list)
+    n_items: int = 0  # list items seen in the text
 
     @property
     def share(self) -> float:
@@ -46,9 +47,15 @@ class Completeness:
         return len(self.found)
 
     def to_json(self) -> dict[str, Any]:
-        return {"share": round(self.share, 4), "found": len(self.found), "n_truth": self.n_truth,
-                "missing": self.missing, "duplicates": self.duplicates, "extras": self.extras,
-                "n_items": self.n_items}
+        return {
+            "share": round(self.share, 4),
+            "found": len(self.found),
+            "n_truth": self.n_truth,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "extras": self.extras,
+            "n_items": self.n_items,
+        }
 
 
 class _TruthIndex:
@@ -93,8 +100,13 @@ def _looks_listed(item: Item) -> bool:
     return 0 < len(words) <= 6 and not item.text.rstrip().endswith(":")
 
 
-def score_completeness(text: str, truth: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None,
-                       *, items: list[Item] | None = None) -> Completeness:
+def score_completeness(
+    text: str,
+    truth: Sequence[str],
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    *,
+    items: list[Item] | None = None,
+) -> Completeness:
     """Match the list in `text` against `truth` (see the module docstring for what counts as a match)."""
     index = _TruthIndex(truth, aliases)
     items = split_items(text) if items is None else items
@@ -122,8 +134,13 @@ def score_completeness(text: str, truth: Sequence[str], aliases: Mapping[str, Se
             counts[name] = 1
     found = order
     return Completeness(
-        n_truth=len(index.truth), found=found, missing=[t for t in index.truth if t not in counts],
-        duplicates={name: c for name, c in counts.items() if c > 1}, extras=extras, n_items=len(items))
+        n_truth=len(index.truth),
+        found=found,
+        missing=[t for t in index.truth if t not in counts],
+        duplicates={name: c for name, c in counts.items() if c > 1},
+        extras=extras,
+        n_items=len(items),
+    )
 
 
 def _mentioned(flat: str, name: str, index: _TruthIndex) -> bool:
@@ -135,8 +152,7 @@ def _mentioned(flat: str, name: str, index: _TruthIndex) -> bool:
         hits = flat.count(f" {key} ")
         if not hits:
             continue
-        longer = sum(flat.count(f" {other} ") for other in index.keys
-                     if other != key and f" {key} " in f" {other} ")
+        longer = sum(flat.count(f" {other} ") for other in index.keys if other != key and f" {key} " in f" {other} ")
         if hits > longer:
             return True
     return False

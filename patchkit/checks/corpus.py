@@ -22,9 +22,24 @@ __all__ = ["CorpusText", "STDLIB_FILES", "load_corpus", "stdlib_chunks", "prose_
 
 #: Stable, mostly prose-heavy modules present in every CPython >= 3.10 (order matters: it is the sampling order).
 STDLIB_FILES: tuple[str, ...] = (
-    "textwrap.py", "heapq.py", "fractions.py", "statistics.py", "calendar.py", "difflib.py",
-    "shlex.py", "string.py", "csv.py", "queue.py", "graphlib.py", "json/decoder.py",
-    "email/message.py", "sched.py", "fnmatch.py", "glob.py", "colorsys.py", "bisect.py",
+    "textwrap.py",
+    "heapq.py",
+    "fractions.py",
+    "statistics.py",
+    "calendar.py",
+    "difflib.py",
+    "shlex.py",
+    "string.py",
+    "csv.py",
+    "queue.py",
+    "graphlib.py",
+    "json/decoder.py",
+    "email/message.py",
+    "sched.py",
+    "fnmatch.py",
+    "glob.py",
+    "colorsys.py",
+    "bisect.py",
 )
 
 
@@ -70,7 +85,9 @@ def stdlib_chunks(n: int, *, chunk_chars: int = 900, per_file: int = 2) -> list[
         if path.is_file():
             per_source.append((name, _chunks_of(path.read_text(encoding="utf-8"), chunk_chars)))
     if not per_source and n > 0:
-        raise CheckError(f"{root}: no standard-library sources found", hint="use a CPython with its .py files installed")
+        raise CheckError(
+            f"{root}: no standard-library sources found", hint="use a CPython with its .py files installed"
+        )
     out: list[CorpusText] = []
     start = 0
     while len(out) < n:

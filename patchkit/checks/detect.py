@@ -25,17 +25,28 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from patchkit.checks.completeness import Completeness, score_completeness
-from patchkit.generate.thinking import THINKING_MARKERS, split_thinking
 from patchkit.checks.items import Item, split_items
+from patchkit.generate.thinking import split_thinking
 
-__all__ = ["Evidence", "Verdict", "Thresholds", "STANDARD", "CERTAIN", "detect", "certain_loop", "split_thinking",
-           "LOOP_LABELS", "LABELS"]
+__all__ = [
+    "Evidence",
+    "Verdict",
+    "Thresholds",
+    "STANDARD",
+    "CERTAIN",
+    "detect",
+    "certain_loop",
+    "split_thinking",
+    "LOOP_LABELS",
+    "LABELS",
+]
 
 LABELS = ("ok", "verbatim", "decay", "doom", "truncated")
 LOOP_LABELS = ("verbatim", "decay", "doom")
@@ -45,43 +56,55 @@ LOOP_LABELS = ("verbatim", "decay", "doom")
 class Thresholds:
     """How much repetition makes a loop. STANDARD judges finished texts; CERTAIN stops generation early."""
 
-    min_copies: float = 3.0          # verbatim: copies of the block at the tail
-    min_span_chars: int = 100        # verbatim: characters covered by the repetition
-    long_block_chars: int = 80       # verbatim, cut-off generations: a block this long repeated...
-    long_block_copies: float = 2.0   # ...this many times is enough
-    item_copies: float = 3.0         # decay: copies of a trailing item cycle
-    item_span: int = 6               # decay: items covered by the cycle
+    min_copies: float = 3.0  # verbatim: copies of the block at the tail
+    min_span_chars: int = 100  # verbatim: characters covered by the repetition
+    long_block_chars: int = 80  # verbatim, cut-off generations: a block this long repeated...
+    long_block_copies: float = 2.0  # ...this many times is enough
+    item_copies: float = 3.0  # decay: copies of a trailing item cycle
+    item_span: int = 6  # decay: items covered by the cycle
     max_item_period: int = 20
-    top_share: float = 0.5           # decay: one item's share of the last items
+    top_share: float = 0.5  # decay: one item's share of the last items
     top_min: int = 5
-    few_window: int = 12             # decay: the last `few_window` items with <= few_distinct values
+    few_window: int = 12  # decay: the last `few_window` items with <= few_distinct values
     few_distinct: int = 3
-    diverse_window: int = 20         # decay: the last `diverse_window` items with <= diverse_max values
+    diverse_window: int = 20  # decay: the last `diverse_window` items with <= diverse_max values
     diverse_max: int = 7
-    shape_copies: float = 4.0        # decay, cut-off generations only: a cycle of items that differ only in
-    shape_span: int = 8              # their numbers ("Atomic number 18 (Ga)", "Episode 19: The Pilot")
-    corrections: int = 3             # doom: self-corrections in a budget-exhausted thinking trace
+    shape_copies: float = 4.0  # decay, cut-off generations only: a cycle of items that differ only in
+    shape_span: int = 8  # their numbers ("Atomic number 18 (Ga)", "Episode 19: The Pilot")
+    corrections: int = 3  # doom: self-corrections in a budget-exhausted thinking trace
 
 
 STANDARD = Thresholds()
 #: Early stop: a loop this clear never recovers (4+ copies over 200+ chars, or 12+ items in a cycle). Items that
 #: differ only in their numbers are never a reason to stop early: a counting list ("1. 1", "2. 2", ...) may end.
-CERTAIN = Thresholds(min_copies=4.0, min_span_chars=200, long_block_chars=10**9, item_copies=4.0, item_span=12,
-                     top_share=10 / 12, top_min=10, few_window=16, few_distinct=2, diverse_window=30,
-                     diverse_max=6, shape_copies=float("inf"), shape_span=10**9)  # a counting list may still end
+CERTAIN = Thresholds(
+    min_copies=4.0,
+    min_span_chars=200,
+    long_block_chars=10**9,
+    item_copies=4.0,
+    item_span=12,
+    top_share=10 / 12,
+    top_min=10,
+    few_window=16,
+    few_distinct=2,
+    diverse_window=30,
+    diverse_max=6,
+    shape_copies=float("inf"),
+    shape_span=10**9,
+)  # a counting list may still end
 
 
 @dataclass
 class Evidence:
     """Why a verdict was given: the repeated span, where the loop starts (char offset), its period."""
 
-    kind: str                 # "verbatim-chars" | "item-cycle" | "item-frequency" | "few-items" | "corrections" | "progress"
-    span: str                 # one copy of the repeated block, or the repeated item
-    start: int                # character offset in the analysed text where the repetition starts
-    period: int               # block length in characters, or cycle length in items
-    unit: str                 # "chars" | "items" | "corrections"
+    kind: str  # "verbatim-chars" | "item-cycle" | "item-frequency" | "few-items" | "corrections" | "progress"
+    span: str  # one copy of the repeated block, or the repeated item
+    start: int  # character offset in the analysed text where the repetition starts
+    period: int  # block length in characters, or cycle length in items
+    unit: str  # "chars" | "items" | "corrections"
     copies: float = 0.0
-    where: str = "answer"     # "answer" | "thinking"
+    where: str = "answer"  # "answer" | "thinking"
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -106,9 +129,13 @@ class Verdict:
         return self.label in LOOP_LABELS
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "is_loop": self.is_loop, "finished": self.finished,
-                "evidence": self.evidence.to_json() if self.evidence else None,
-                "completeness": self.completeness.to_json() if self.completeness else None}
+        return {
+            "label": self.label,
+            "is_loop": self.is_loop,
+            "finished": self.finished,
+            "evidence": self.evidence.to_json() if self.evidence else None,
+            "completeness": self.completeness.to_json() if self.completeness else None,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -118,13 +145,16 @@ class Verdict:
 _CORRECTION = re.compile(
     r"\b(?:wait|actually|hmm+|hold on|no,|let me (?:re-?check|double[- ]check|reconsider|recount|re-?think|verify again)"
     r"|on second thought|i made a mistake|correction|that'?s (?:not right|wrong|incorrect)|scratch that|i was wrong)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the detectors
 # ----------------------------------------------------------------------------------------------------------
-def _char_loop(text: str, th: Thresholds, *, finished: bool, max_period: int = 600, window: int = 6000) -> Evidence | None:
+def _char_loop(
+    text: str, th: Thresholds, *, finished: bool, max_period: int = 600, window: int = 6000
+) -> Evidence | None:
     """Smallest period p such that the tail of `text` is p-periodic over enough copies (numpy, O(p * window))."""
     text = text.rstrip()
     offset = max(0, len(text) - window)
@@ -148,12 +178,19 @@ def _char_loop(text: str, th: Thresholds, *, finished: bool, max_period: int = 6
         long_block = (not finished) and p >= th.long_block_chars and copies >= th.long_block_copies
         if strong or long_block:
             start = offset + n - span
-            return Evidence("verbatim-chars", text[start:start + p], start, p, "chars", copies)
+            return Evidence("verbatim-chars", text[start : start + p], start, p, "chars", copies)
     return None
 
 
-def _item_cycle(items: list[Item], th: Thresholds, *, keys: list[str] | None = None, min_copies: float | None = None,
-                min_span: int | None = None, kind: str = "item-cycle") -> Evidence | None:
+def _item_cycle(
+    items: list[Item],
+    th: Thresholds,
+    *,
+    keys: list[str] | None = None,
+    min_copies: float | None = None,
+    min_span: int | None = None,
+    kind: str = "item-cycle",
+) -> Evidence | None:
     keys = keys if keys is not None else [i.key for i in items]
     min_copies = th.item_copies if min_copies is None else min_copies
     min_span = th.item_span if min_span is None else min_span
@@ -168,7 +205,7 @@ def _item_cycle(items: list[Item], th: Thresholds, *, keys: list[str] | None = N
         copies = span / p
         if copies >= min_copies and span >= min_span:
             first = items[n - span]
-            block = " | ".join(i.text for i in items[n - span:n - span + p])
+            block = " | ".join(i.text for i in items[n - span : n - span + p])
             return Evidence(kind, block, first.start, p, "items", copies, detail={"items": span})
     return None
 
@@ -189,21 +226,35 @@ def _item_frequency(items: list[Item], th: Thresholds) -> Evidence | None:
     for w in sorted({max(6, math.ceil(0.4 * n)), 12}):
         if w > n:
             continue
-        window = items[n - w:]
+        window = items[n - w :]
         counts = Counter(i.key for i in window)
         key, count = counts.most_common(1)[0]
         if count >= th.top_min and count >= th.top_share * w:
             first = next(i for i in window if i.key == key)
-            return Evidence("item-frequency", first.text, first.start, 1, "items", float(count),
-                            detail={"window": w, "count": count, "top": _top(counts)})
+            return Evidence(
+                "item-frequency",
+                first.text,
+                first.start,
+                1,
+                "items",
+                float(count),
+                detail={"window": w, "count": count, "top": _top(counts)},
+            )
     for w, most in ((th.few_window, th.few_distinct), (th.diverse_window, th.diverse_max)):
         if n < w:
             continue
-        window = items[n - w:]
+        window = items[n - w :]
         counts = Counter(i.key for i in window)
         if len(counts) <= most:
-            return Evidence("few-items", " | ".join(dict.fromkeys(i.text for i in window)), window[0].start,
-                            len(counts), "items", w / len(counts), detail={"window": w, "top": _top(counts)})
+            return Evidence(
+                "few-items",
+                " | ".join(dict.fromkeys(i.text for i in window)),
+                window[0].start,
+                len(counts),
+                "items",
+                w / len(counts),
+                detail={"window": w, "top": _top(counts)},
+            )
     return None
 
 
@@ -222,8 +273,14 @@ def _loop_in(text: str, th: Thresholds, *, finished: bool) -> tuple[str, Evidenc
     for its in candidates:
         ev = _item_cycle(its, th) or _item_frequency(its, th)
         if ev is None and not finished:
-            ev = _item_cycle(its, th, keys=[_shape(i.key) for i in its], min_copies=th.shape_copies,
-                             min_span=th.shape_span, kind="item-template")
+            ev = _item_cycle(
+                its,
+                th,
+                keys=[_shape(i.key) for i in its],
+                min_copies=th.shape_copies,
+                min_span=th.shape_span,
+                kind="item-template",
+            )
         if ev is not None:
             return "decay", ev
     return None
@@ -240,14 +297,30 @@ def _doom(thinking: str, th: Thresholds) -> Evidence | None:
         return None
     last = hits[-1]
     sentence_start = max(thinking.rfind(".", 0, last.start()), thinking.rfind("\n", 0, last.start())) + 1
-    sentence_end = min(x for x in (thinking.find(".", last.end()), thinking.find("\n", last.end()), len(thinking)) if x >= 0)
-    return Evidence("corrections", thinking[sentence_start:sentence_end + 1].strip(), hits[0].start(), 0, "corrections",
-                    float(len(hits)), where="thinking",
-                    detail={"corrections": len(hits), "markers": [h.group(0) for h in hits[:12]]})
+    sentence_end = min(
+        x for x in (thinking.find(".", last.end()), thinking.find("\n", last.end()), len(thinking)) if x >= 0
+    )
+    return Evidence(
+        "corrections",
+        thinking[sentence_start : sentence_end + 1].strip(),
+        hits[0].start(),
+        0,
+        "corrections",
+        float(len(hits)),
+        where="thinking",
+        detail={"corrections": len(hits), "markers": [h.group(0) for h in hits[:12]]},
+    )
 
 
-def detect(text: str, *, truth: Sequence[str] | None = None, aliases: Mapping[str, Sequence[str]] | None = None,
-           finished: bool = True, thinking: str | None = None, thresholds: Thresholds = STANDARD) -> Verdict:
+def detect(
+    text: str,
+    *,
+    truth: Sequence[str] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    finished: bool = True,
+    thinking: str | None = None,
+    thresholds: Thresholds = STANDARD,
+) -> Verdict:
     """Classify one generation. `finished`: it ended by itself (EOS) rather than hitting the token budget.
 
     `thinking`: the model's thinking trace when it is separate from `text` (the final answer); an empty
@@ -279,8 +352,16 @@ def _progress(text: str, where: str) -> Evidence:
     recent = items[-12:]
     distinct = len({i.key for i in recent})
     tail = text.rstrip()[-120:]
-    return Evidence("progress", tail, max(0, len(text.rstrip()) - len(tail)), 0, "items", 0.0, where=where,
-                    detail={"recent_items": len(recent), "recent_distinct": distinct})
+    return Evidence(
+        "progress",
+        tail,
+        max(0, len(text.rstrip()) - len(tail)),
+        0,
+        "items",
+        0.0,
+        where=where,
+        detail={"recent_items": len(recent), "recent_distinct": distinct},
+    )
 
 
 def loop_stop_test(text: str) -> str | None:

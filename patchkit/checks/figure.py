@@ -174,14 +174,28 @@ class Comparison:
         Returns:
             A JSON-ready dict; NaN and infinities are written as null.
         """
+
         def value(fig: Figure | None) -> Any:
             return None if fig is None else _finite(fig.value)
 
         def ci(fig: Figure | None) -> Any:
             return None if fig is None or fig.ci is None else _finite(fig.ci)
 
-        return {"key": self.key, "label": self.label, "kind": self.kind, "n": self.n, "unit": self.unit,
-                "base": value(self.base), "patched": value(self.patched), "delta": value(self.delta),
-                "base_ci": ci(self.base), "patched_ci": ci(self.patched), "delta_ci": ci(self.delta),
-                "p_value": _finite(self.p_value), "test": self.test, "higher_is_better": self.higher_is_better,
-                "is_accuracy": self.is_accuracy, "significant": self.significant()}
+        return {
+            "key": self.key,
+            "label": self.label,
+            "kind": self.kind,
+            "n": self.n,
+            "unit": self.unit,
+            "base": value(self.base),
+            "patched": value(self.patched),
+            "delta": value(self.delta),
+            "base_ci": ci(self.base),
+            "patched_ci": ci(self.patched),
+            "delta_ci": ci(self.delta),
+            "p_value": _finite(self.p_value),
+            "test": self.test,
+            "higher_is_better": self.higher_is_better,
+            "is_accuracy": self.is_accuracy,
+            "significant": self.significant(),
+        }

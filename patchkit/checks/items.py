@@ -46,7 +46,7 @@ def strip_marker(text: str) -> tuple[str, bool]:
         m = _MARKER.match(text)
         if not m or m.end() == 0:
             break
-        text = text[m.end():]
+        text = text[m.end() :]
         marked = True
     return text.strip().strip("*_`").strip(), marked
 
@@ -92,8 +92,11 @@ def split_items(text: str, *, skip_code: bool = True) -> list[Item]:
         body_at = max(0, line.find(body))
         sep = ";" if body.count(";") >= 2 else ","
         parts = body.split(sep)
-        short_pair = (len(parts) == 2 and not body.rstrip().endswith((".", ":", "!", "?"))
-                      and all(0 < len(x.split()) <= 3 for x in parts))
+        short_pair = (
+            len(parts) == 2
+            and not body.rstrip().endswith((".", ":", "!", "?"))
+            and all(0 < len(x.split()) <= 3 for x in parts)
+        )
         if (body.count(sep) >= 2 or short_pair) and "|" not in body:
             search = body_at
             for part in body.split(sep):

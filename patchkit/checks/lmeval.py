@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from patchkit.checks import stats
 from patchkit.checks.figure import Comparison, Figure
@@ -26,6 +27,7 @@ class LmEvalMissing(CheckError):
 
     Why a type of its own: bench reports lm-eval tasks as skipped on exactly this, and on nothing else.
     """
+
 
 LOCAL_TASK = "patchkit_qa"
 
@@ -62,16 +64,20 @@ def write_local_task(directory: str | Path, *, task_file: str | Path | None = No
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{LOCAL_TASK}.jsonl"
-    rows = [json.dumps({"id": it.id, "prompt": item_prompt(it), "choices": list(it.options), "gold": it.gold})
-            for it in items]
+    rows = [
+        json.dumps({"id": it.id, "prompt": item_prompt(it), "choices": list(it.options), "gold": it.gold})
+        for it in items
+    ]
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    (out / f"{LOCAL_TASK}.yaml").write_text(_TASK_YAML.format(task=LOCAL_TASK, data=json.dumps(str(data))),
-                                            encoding="utf-8")
+    (out / f"{LOCAL_TASK}.yaml").write_text(
+        _TASK_YAML.format(task=LOCAL_TASK, data=json.dumps(str(data))), encoding="utf-8"
+    )
     return out
 
 
-def _evaluate(model: Any, tok: Any, tasks: Sequence[str], include_path: str | list[str] | None, limit: int | None,
-              batch_size: int) -> dict[str, Any]:
+def _evaluate(
+    model: Any, tok: Any, tasks: Sequence[str], include_path: str | list[str] | None, limit: int | None, batch_size: int
+) -> dict[str, Any]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -80,13 +86,23 @@ def _evaluate(model: Any, tok: Any, tasks: Sequence[str], include_path: str | li
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, device=device)
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
-                                      bootstrap_iters=1000, log_samples=False, random_seed=0, numpy_random_seed=1234,
-                                      torch_random_seed=1234, fewshot_random_seed=1234)
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            limit=limit,
+            task_manager=manager,
+            bootstrap_iters=1000,
+            log_samples=False,
+            random_seed=0,
+            numpy_random_seed=1234,
+            torch_random_seed=1234,
+            fewshot_random_seed=1234,
+        )
     except (KeyError, ValueError) as exc:
-        raise CheckError(f"lm-eval could not run tasks {', '.join(tasks)}: {' '.join(str(exc).split())[:200]}",
-                         hint="check the task names (lm-eval --tasks list) and that their datasets are available "
-                              "offline") from None
+        raise CheckError(
+            f"lm-eval could not run tasks {', '.join(tasks)}: {' '.join(str(exc).split())[:200]}",
+            hint="check the task names (lm-eval --tasks list) and that their datasets are available offline",
+        ) from None
     if not out or "results" not in out:
         raise CheckError(f"lm-eval returned no results for {', '.join(tasks)}")
     return out
@@ -113,15 +129,24 @@ def _metrics(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[str, di
             stderr = vals.get(f"{metric}_stderr,{filt}")
             name = metric if filt in ("", "none") else f"{metric}[{filt}]"
             n = n_samples.get(task, {})
-            metrics[name] = {"value": float(value),
-                             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                             "n": _sample_count(n)}
+            metrics[name] = {
+                "value": float(value),
+                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                "n": _sample_count(n),
+            }
         out[task] = metrics
     return out
 
 
-def run_lmeval(base: tuple[Any, Any], patched: tuple[Any, Any], tasks: Sequence[str], *,
-               include_path: str | Path | None = None, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+def run_lmeval(
+    base: tuple[Any, Any],
+    patched: tuple[Any, Any],
+    tasks: Sequence[str],
+    *,
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """Run `tasks` for both models through lm-eval; `patchkit_qa` is written on the fly (offline).
 
     Args:
@@ -180,13 +205,23 @@ def lmeval_figures(raw: dict[str, Any]) -> list[Comparison]:
             delta = p["value"] - b["value"]
             is_acc = metric.split("[")[0] in ("acc", "acc_norm", "exact_match", "em", "f1", "mc1", "mc2")
             n = b.get("n") or 0
-            figs.append(Comparison(
-                key=f"lmeval.{task}.{metric}", label=f"lm-eval {task} {metric}", kind="paired", unit=metric,
-                base=Figure(value=b["value"], n=n, ci=(b["value"] - 1.96 * se_b, b["value"] + 1.96 * se_b),
-                            unit=metric),
-                patched=Figure(value=p["value"], n=n, ci=(p["value"] - 1.96 * se_p, p["value"] + 1.96 * se_p),
-                               unit=metric),
-                delta=Figure(value=delta, n=n, ci=(delta - 1.96 * se_d, delta + 1.96 * se_d), unit=metric),
-                p_value=stats.normal_two_sided_p(delta, se_d), test="z-test on stderr (unpaired)",
-                higher_is_better=True, is_accuracy=is_acc))
+            figs.append(
+                Comparison(
+                    key=f"lmeval.{task}.{metric}",
+                    label=f"lm-eval {task} {metric}",
+                    kind="paired",
+                    unit=metric,
+                    base=Figure(
+                        value=b["value"], n=n, ci=(b["value"] - 1.96 * se_b, b["value"] + 1.96 * se_b), unit=metric
+                    ),
+                    patched=Figure(
+                        value=p["value"], n=n, ci=(p["value"] - 1.96 * se_p, p["value"] + 1.96 * se_p), unit=metric
+                    ),
+                    delta=Figure(value=delta, n=n, ci=(delta - 1.96 * se_d, delta + 1.96 * se_d), unit=metric),
+                    p_value=stats.normal_two_sided_p(delta, se_d),
+                    test="z-test on stderr (unpaired)",
+                    higher_is_better=True,
+                    is_accuracy=is_acc,
+                )
+            )
     return figs

@@ -36,10 +36,19 @@ def write_report(report: LoopReport, out_dir: str | Path) -> dict[str, Path]:
         folder = out / "transcripts" / name
         for r in run.results:
             v = r.verdict
-            head = [f"model: {run.model}", f"probe: {r.probe.id} (sample {r.sample}, seed {r.seed}, {r.probe.split})",
-                    f"prompt: {r.probe.prompt}", f"verdict: {v.label}" + (f" ({v.evidence.kind}, period {v.evidence.period} "
-                    f"{v.evidence.unit}, starts at char {v.evidence.start})" if v.evidence and v.is_loop else ""),
-                    f"tokens: {r.generation.tokens}, stop: {r.generation.stop_reason}"]
+            head = [
+                f"model: {run.model}",
+                f"probe: {r.probe.id} (sample {r.sample}, seed {r.seed}, {r.probe.split})",
+                f"prompt: {r.probe.prompt}",
+                f"verdict: {v.label}"
+                + (
+                    f" ({v.evidence.kind}, period {v.evidence.period} "
+                    f"{v.evidence.unit}, starts at char {v.evidence.start})"
+                    if v.evidence and v.is_loop
+                    else ""
+                ),
+                f"tokens: {r.generation.tokens}, stop: {r.generation.stop_reason}",
+            ]
             if v.completeness:
                 head.append(f"completeness: {len(v.completeness.found)}/{v.completeness.n_truth}")
             if r.correct is not None:
@@ -61,8 +70,14 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("loop_rate", "loop rate"), ("verbatim_rate", "verbatim"), ("decay_rate", "decay"),
-               ("doom_rate", "doom"), ("good_list_rate", "good lists"), ("control_accuracy", "controls ok")]
+    metrics = [
+        ("loop_rate", "loop rate"),
+        ("verbatim_rate", "verbatim"),
+        ("decay_rate", "decay"),
+        ("doom_rate", "doom"),
+        ("good_list_rate", "good lists"),
+        ("control_accuracy", "controls ok"),
+    ]
     overall = report.overall()
     runs = list(overall)
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
@@ -79,21 +94,30 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
             hi.append(max(0.0, m["ci"][1] - value))
             counts.append(f"{m['k']}/{m['n']}")
         n = overall[name]["loop_rate"]["n"]
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=colours.get(name, "#444"),
-               label=f"{name} (n={n} enumeration, {overall[name]['control_accuracy']['n']} controls)")
+        ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=[lo, hi],
+            capsize=3,
+            color=colours.get(name, "#444"),
+            label=f"{name} (n={n} enumeration, {overall[name]['control_accuracy']['n']} controls)",
+        )
         for x, y, h, text in zip(xs, ys, hi, counts):
             ax.text(x, min(1.02, y + h + 0.01), text, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     ax.set_ylim(0, 1.3)
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("rate (Wilson 95% interval)")
-    ax.set_title(f"patchkit loops - suite {report.suite.name}, T={report.settings.temperature}, "
-                 f"max {report.settings.max_new_tokens} tokens")
+    ax.set_title(
+        f"patchkit loops - suite {report.suite.name}, T={report.settings.temperature}, "
+        f"max {report.settings.max_new_tokens} tokens"
+    )
     ax.legend(loc="upper center", fontsize=8, ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     try:
-        with atomic_open(path, "wb") as fh:   # a reader never sees half a PNG
+        with atomic_open(path, "wb") as fh:  # a reader never sees half a PNG
             fig.savefig(fh, format="png")
     finally:
         plt.close(fig)
@@ -106,8 +130,10 @@ def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -
 
     names = [name for name, _ in report.runs()]
     if per_probe:
-        table = Table(title=f"Per probe ({report.suite.name}); compl. = share of true items, ok = controls passed",
-                      show_lines=False)
+        table = Table(
+            title=f"Per probe ({report.suite.name}); compl. = share of true items, ok = controls passed",
+            show_lines=False,
+        )
         table.add_column("probe", min_width=16, overflow="fold")
         table.add_column("split")
         for name in names:
@@ -136,8 +162,13 @@ def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -
         overall.add_column(name)
     rows: list[tuple[str, list[str]]] = []
     metrics = [run.metrics() for _, run in report.runs()]
-    for label, key in (("loop rate", None), ("  verbatim", "verbatim"), ("  decay", "decay"), ("  doom", "doom"),
-                       ("  truncated (not a loop)", "truncated")):
+    for label, key in (
+        ("loop rate", None),
+        ("  verbatim", "verbatim"),
+        ("  decay", "decay"),
+        ("  doom", "doom"),
+        ("  truncated (not a loop)", "truncated"),
+    ):
         rows.append((label, [(m.loop_rate if key is None else m.label_rate(key)).describe() for m in metrics]))
     rows.append(("completeness (mean share of true items)", [m.completeness.describe() for m in metrics]))
     rows.append(("good lists (no loop, >=5 true items)", [m.good_list_rate.describe() for m in metrics]))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +34,18 @@ from patchkit.generate.types import REQUESTS_STAGE, TOKENS_STAGE, Generation, Ge
 from patchkit.recipe import Recipe, load_recipe
 from patchkit.recipe.gates import LoopGates
 
-__all__ = ["GOOD_LIST_MIN_ITEMS", "LoopSettings", "ProbeResult", "RunResult", "Metrics", "LoopReport",
-           "run_loops", "run_suite", "score_generations", "build_requests"]
+__all__ = [
+    "GOOD_LIST_MIN_ITEMS",
+    "LoopSettings",
+    "ProbeResult",
+    "RunResult",
+    "Metrics",
+    "LoopReport",
+    "run_loops",
+    "run_suite",
+    "score_generations",
+    "build_requests",
+]
 
 #: A "good list" is a non-looping answer with at least this many distinct true items.
 GOOD_LIST_MIN_ITEMS = 5
@@ -55,38 +65,64 @@ class LoopSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    suite: str = Field("enumeration", description="Packaged suite (enumeration, controls, smoke) or a suite YAML "
-                       "file. [default: the recipe's checks.loops.suite, else enumeration]")
-    samples: int = Field(1, ge=1, description="Samples per probe (with --temperature > 0). "
-                         "[default: the recipe's checks.loops.samples, else 1]")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy. [default: the recipe's checks.loops.temperature, "
-                               "else 0]")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this "
-                         "much probability.")
+    suite: str = Field(
+        "enumeration",
+        description="Packaged suite (enumeration, controls, smoke) or a suite YAML "
+        "file. [default: the recipe's checks.loops.suite, else enumeration]",
+    )
+    samples: int = Field(
+        1,
+        ge=1,
+        description="Samples per probe (with --temperature > 0). [default: the recipe's checks.loops.samples, else 1]",
+    )
+    temperature: float = Field(
+        0.0, ge=0, description="0 = greedy. [default: the recipe's checks.loops.temperature, else 0]"
+    )
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this much probability."
+    )
     seed: int = Field(0, description="Sample s of every probe uses seed+s.")
-    max_new_tokens: int = Field(400, ge=1, description="Token budget per probe (a control may set its own). "
-                                "[default: the recipe's checks.loops.max_new_tokens, else 400]")
+    max_new_tokens: int = Field(
+        400,
+        ge=1,
+        description="Token budget per probe (a control may set its own). "
+        "[default: the recipe's checks.loops.max_new_tokens, else 400]",
+    )
     limit: int | None = Field(None, ge=1, description="At most N probes of each kind.")
-    split: Literal["train", "heldout", "all"] = Field("all", description="Probes of one split: locate chooses "
-                                                      "edits on train; judge on heldout.")
-    controls: bool | None = Field(None, description="Add the packaged control prompts to a suite that has none "
-                                  "(--no-controls: do not). [default: add them when the suite has no controls]")
-    enable_thinking: bool | None = Field(None, description="Chat template enable_thinking (Gemma 4). "
-                                         "[default: the template's default]",
-                                         json_schema_extra={"flag": "--thinking/--no-thinking"})
-    thinking_budget: int | None = Field(None, ge=1, description="Stop a generation after this many thinking "
-                                        "tokens (no answer yet: doom loop or truncated).")
-    backend: Literal["transformers", "openai"] = Field("transformers", description="Generation engine: "
-                                                       "in-process transformers, or an OpenAI-compatible server.")
+    split: Literal["train", "heldout", "all"] = Field(
+        "all", description="Probes of one split: locate chooses edits on train; judge on heldout."
+    )
+    controls: bool | None = Field(
+        None,
+        description="Add the packaged control prompts to a suite that has none "
+        "(--no-controls: do not). [default: add them when the suite has no controls]",
+    )
+    enable_thinking: bool | None = Field(
+        None,
+        description="Chat template enable_thinking (Gemma 4). [default: the template's default]",
+        json_schema_extra={"flag": "--thinking/--no-thinking"},
+    )
+    thinking_budget: int | None = Field(
+        None,
+        ge=1,
+        description="Stop a generation after this many thinking tokens (no answer yet: doom loop or truncated).",
+    )
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers", description="Generation engine: in-process transformers, or an OpenAI-compatible server."
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
     concurrency: int = Field(8, ge=1, description="openai backend: parallel requests.")
     timeout: float = Field(300.0, ge=1, description="openai backend: seconds per request.")
     dtype: str = Field("float32", description="f32 | bf16 | f16 (transformers backend).")
-    device: str = Field("cpu", description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model "
-                        "layer by layer) (transformers backend).")
+    device: str = Field(
+        "cpu",
+        description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model "
+        "layer by layer) (transformers backend).",
+    )
     batch_size: int = Field(32, ge=1, description="Prompts generated together (transformers backend).")
-    early_stop: bool = Field(True, description="Stop a generation once its loop is certain "
-                             "(--no-early-stop: generate the full budget).")
+    early_stop: bool = Field(
+        True, description="Stop a generation once its loop is certain (--no-early-stop: generate the full budget)."
+    )
 
     def with_gate_defaults(self, gates: LoopGates | None) -> LoopSettings:
         """These settings, with suite/samples/temperature/max_new_tokens the caller did not set taken from `gates`.
@@ -114,10 +150,18 @@ class LoopSettings(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """What the report records under "settings" (the options that change the numbers, not where they ran)."""
-        return {"suite": self.suite, "samples": self.effective_samples(), "temperature": self.temperature,
-                "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-                "split": self.split, "limit": self.limit, "enable_thinking": self.enable_thinking,
-                "thinking_budget": self.thinking_budget}
+        return {
+            "suite": self.suite,
+            "samples": self.effective_samples(),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+            "split": self.split,
+            "limit": self.limit,
+            "enable_thinking": self.enable_thinking,
+            "thinking_budget": self.thinking_budget,
+        }
 
 
 @dataclass
@@ -129,7 +173,7 @@ class ProbeResult:
     seed: int
     generation: Generation
     verdict: Verdict
-    correct: bool | None = None   # controls: right answer and no loop
+    correct: bool | None = None  # controls: right answer and no loop
 
     @property
     def is_loop(self) -> bool:
@@ -148,12 +192,27 @@ class ProbeResult:
 
     def to_json(self) -> dict[str, Any]:
         g = self.generation
-        return {"probe": self.probe.id, "item": self.probe.item_id, "kind": self.probe.kind, "split": self.probe.split,
-                "category": self.probe.category, "sample": self.sample, "seed": self.seed, "prompt": self.probe.prompt,
-                "label": self.verdict.label, "is_loop": self.is_loop, "correct": self.correct,
-                "good_list": self.good_list, "tokens": g.tokens, "stop_reason": g.stop_reason,
-                "seconds": round(g.seconds, 3), "verdict": self.verdict.to_json(), "text": g.text,
-                "thinking": g.thinking, "error": g.error}
+        return {
+            "probe": self.probe.id,
+            "item": self.probe.item_id,
+            "kind": self.probe.kind,
+            "split": self.probe.split,
+            "category": self.probe.category,
+            "sample": self.sample,
+            "seed": self.seed,
+            "prompt": self.probe.prompt,
+            "label": self.verdict.label,
+            "is_loop": self.is_loop,
+            "correct": self.correct,
+            "good_list": self.good_list,
+            "tokens": g.tokens,
+            "stop_reason": g.stop_reason,
+            "seconds": round(g.seconds, 3),
+            "verdict": self.verdict.to_json(),
+            "text": g.text,
+            "thinking": g.thinking,
+            "error": g.error,
+        }
 
 
 @dataclass
@@ -189,7 +248,7 @@ class Metrics:
 
     @property
     def control_failures(self) -> list[str]:
-        """"probe@sample" of every control that was answered wrongly or looped."""
+        """ "probe@sample" of every control that was answered wrongly or looped."""
         return [f"{r.probe.id}@{r.sample}" for r in self.controls if not r.correct]
 
     @property
@@ -220,8 +279,7 @@ class Metrics:
     @property
     def control_accuracy(self) -> Figure:
         """Share of controls answered right without looping (Wilson 95% interval)."""
-        return Figure.rate(len(self.controls) - len(self.control_failures), len(self.controls),
-                           name="control_accuracy")
+        return Figure.rate(len(self.controls) - len(self.control_failures), len(self.controls), name="control_accuracy")
 
     @property
     def control_loop_rate(self) -> Figure:
@@ -237,20 +295,25 @@ class Metrics:
             "truncated_rate": self.label_rate("truncated"),
             "completeness": self.completeness,
             "good_list_rate": self.good_list_rate,
-            "mean_distinct_true": Figure.mean([float(r.distinct_true) for r in self.enumeration],
-                                              name="mean_distinct_true", unit="items"),
+            "mean_distinct_true": Figure.mean(
+                [float(r.distinct_true) for r in self.enumeration], name="mean_distinct_true", unit="items"
+            ),
             "control_accuracy": self.control_accuracy,
             "control_loop_rate": self.control_loop_rate,
-            "mean_tokens": Figure.mean([float(r.generation.tokens) for r in all_results], name="mean_tokens",
-                                       unit="tokens"),
-            "enumeration_mean_tokens": Figure.mean([float(r.generation.tokens) for r in self.enumeration],
-                                                   name="enumeration_mean_tokens", unit="tokens"),
+            "mean_tokens": Figure.mean(
+                [float(r.generation.tokens) for r in all_results], name="mean_tokens", unit="tokens"
+            ),
+            "enumeration_mean_tokens": Figure.mean(
+                [float(r.generation.tokens) for r in self.enumeration], name="enumeration_mean_tokens", unit="tokens"
+            ),
         }
 
     def to_json(self) -> dict[str, Any]:
         """Every figure in its report shape, plus the list of failed controls."""
-        return {**{key: fig.to_json() for key, fig in self.figures().items()},
-                "control_failures": self.control_failures}
+        return {
+            **{key: fig.to_json() for key, fig in self.figures().items()},
+            "control_failures": self.control_failures,
+        }
 
 
 @dataclass
@@ -266,17 +329,25 @@ class RunResult:
         return sum(r.generation.tokens for r in self.results)
 
     def metrics(self, *, split: str | None = None, probe: str | None = None) -> Metrics:
-        chosen = [r for r in self.results if (split in (None, "all") or r.probe.split == split)
-                  and (probe is None or r.probe.id == probe)]
-        return Metrics([r for r in chosen if r.probe.kind == "enumeration"],
-                       [r for r in chosen if r.probe.kind == "control"])
+        chosen = [
+            r
+            for r in self.results
+            if (split in (None, "all") or r.probe.split == split) and (probe is None or r.probe.id == probe)
+        ]
+        return Metrics(
+            [r for r in chosen if r.probe.kind == "enumeration"], [r for r in chosen if r.probe.kind == "control"]
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "seconds": round(self.seconds, 2), "tokens": self.tokens,
-                "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
-                "overall": self.metrics().to_json(),
-                "by_split": {s: self.metrics(split=s).to_json() for s in ("train", "heldout")},
-                "results": [r.to_json() for r in self.results]}
+        return {
+            "model": self.model,
+            "seconds": round(self.seconds, 2),
+            "tokens": self.tokens,
+            "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
+            "overall": self.metrics().to_json(),
+            "by_split": {s: self.metrics(split=s).to_json() for s in ("train", "heldout")},
+            "results": [r.to_json() for r in self.results],
+        }
 
 
 @dataclass
@@ -307,14 +378,21 @@ class LoopReport:
         rows = []
         for pid in self.probe_ids():
             first = next(r for r in self.base.results if r.probe.id == pid)
-            row: dict[str, Any] = {"probe": pid, "kind": first.probe.kind, "split": first.probe.split,
-                                   "prompt": first.probe.prompt}
+            row: dict[str, Any] = {
+                "probe": pid,
+                "kind": first.probe.kind,
+                "split": first.probe.split,
+                "prompt": first.probe.prompt,
+            }
             for name, run in self.runs():
                 m = run.metrics(probe=pid)
                 mine = m.enumeration + m.controls
                 n = len(mine)
-                entry: dict[str, Any] = {"n": n, "labels": [r.verdict.label for r in mine],
-                                         "mean_tokens": sum(r.generation.tokens for r in mine) / n if n else None}
+                entry: dict[str, Any] = {
+                    "n": n,
+                    "labels": [r.verdict.label for r in mine],
+                    "mean_tokens": sum(r.generation.tokens for r in mine) / n if n else None,
+                }
                 entry["loops"] = Figure.rate(sum(r.is_loop for r in mine), n, name="loops").to_json()
                 if first.probe.kind == "enumeration":
                     entry["completeness"] = m.completeness.value
@@ -340,22 +418,29 @@ class LoopReport:
         who = "patched" if self.patched else "model"
         fails: list[str] = []
         if gates.max_loop_rate is not None and rate is not None and rate > gates.max_loop_rate:
-            fails.append(f"max_loop_rate: {who} loop rate {rate:.3f} ({judged.loops}/{judged.n}) "
-                         f"> {gates.max_loop_rate}")
+            fails.append(
+                f"max_loop_rate: {who} loop rate {rate:.3f} ({judged.loops}/{judged.n}) > {gates.max_loop_rate}"
+            )
         if gates.min_reduction is not None and self.patched is not None:
             base = self.base.metrics()
             base_rate = base.loop_rate.value
             if not base_rate:
-                fails.append(f"min_reduction: the base model does not loop on this suite (0/{base.n}), "
-                             "so no reduction can be measured")
+                fails.append(
+                    f"min_reduction: the base model does not loop on this suite (0/{base.n}), "
+                    "so no reduction can be measured"
+                )
             else:
                 reduction = (base_rate - (rate or 0.0)) / base_rate
                 if reduction < gates.min_reduction:
-                    fails.append(f"min_reduction: loop rate {base_rate:.3f} -> {rate or 0.0:.3f} is a "
-                                 f"{reduction:.1%} reduction < {gates.min_reduction:.0%}")
+                    fails.append(
+                        f"min_reduction: loop rate {base_rate:.3f} -> {rate or 0.0:.3f} is a "
+                        f"{reduction:.1%} reduction < {gates.min_reduction:.0%}"
+                    )
         if gates.max_control_failures is not None and len(judged.control_failures) > gates.max_control_failures:
-            fails.append(f"max_control_failures: {who} failed {len(judged.control_failures)} control(s) "
-                         f"({', '.join(judged.control_failures[:5])}) > {gates.max_control_failures}")
+            fails.append(
+                f"max_control_failures: {who} failed {len(judged.control_failures)} control(s) "
+                f"({', '.join(judged.control_failures[:5])}) > {gates.max_control_failures}"
+            )
         if gates.min_completeness is not None and completeness is not None and completeness < gates.min_completeness:
             fails.append(f"min_completeness: {who} mean completeness {completeness:.3f} < {gates.min_completeness}")
         return fails
@@ -366,34 +451,48 @@ class LoopReport:
 
     def summary(self) -> str:
         """One line per model for logs and the `patchkit check` table: loops k/n, completeness, controls."""
+
         def one(run: RunResult) -> str:
             m = run.metrics()
             rate = f"{m.loops}/{m.n}" if m.n else "n/a"
             comp = m.completeness.value
             comp_text = f"{comp:.2f}" if comp is not None else "n/a"
-            return (f"loops {rate}, completeness {comp_text}, "
-                    f"controls {len(m.controls) - len(m.control_failures)}/{len(m.controls)}")
+            return (
+                f"loops {rate}, completeness {comp_text}, "
+                f"controls {len(m.controls) - len(m.control_failures)}/{len(m.controls)}"
+            )
+
         text = f"base: {one(self.base)}"
         return text + (f"; patched: {one(self.patched)}" if self.patched else "")
 
     def to_json(self, *, transcripts: bool = True) -> dict[str, Any]:
         """The `patchkit loops --json` / loops.json document (`transcripts=False` drops every generated text)."""
         data: dict[str, Any] = {
-            "kind": "patchkit.loops", "version": 1, "suite": self.suite.name, "suite_files": self.suite.sources,
-            "backend": self.backend, "settings": self.settings.to_json(), "good_list_min_items": GOOD_LIST_MIN_ITEMS,
+            "kind": "patchkit.loops",
+            "version": 1,
+            "suite": self.suite.name,
+            "suite_files": self.suite.sources,
+            "backend": self.backend,
+            "settings": self.settings.to_json(),
+            "good_list_min_items": GOOD_LIST_MIN_ITEMS,
             "n_probes": len(self.probe_ids()),
             "models": {name: run.model for name, run in self.runs()},
             "overall": self.overall(),
-            "by_split": {name: {s: run.metrics(split=s).to_json() for s in ("train", "heldout")}
-                         for name, run in self.runs()},
+            "by_split": {
+                name: {s: run.metrics(split=s).to_json() for s in ("train", "heldout")} for name, run in self.runs()
+            },
             "per_probe": self.per_probe(),
             "gates": self.gates.model_dump(exclude_none=True) if self.gates else None,
             "failures": self.gate(),
             **self.extra,
         }
         for name, run in self.runs():
-            data[name] = {"model": run.model, "seconds": round(run.seconds, 2), "tokens": run.tokens,
-                          "tokens_per_second": round(run.tokens / run.seconds, 1) if run.seconds else None}
+            data[name] = {
+                "model": run.model,
+                "seconds": round(run.seconds, 2),
+                "tokens": run.tokens,
+                "tokens_per_second": round(run.tokens / run.seconds, 1) if run.seconds else None,
+            }
             if transcripts:
                 data[name]["results"] = [r.to_json() for r in run.results]
         return data
@@ -408,8 +507,18 @@ def build_requests(suite: Suite, settings: LoopSettings) -> list[tuple[Probe, in
     for probe in suite.probes:
         for sample in range(settings.effective_samples()):
             budget = probe.max_new_tokens or settings.max_new_tokens
-            out.append((probe, sample, GenerationRequest(id=f"{probe.id}@{sample}", prompt=probe.prompt,
-                                                         max_new_tokens=budget, seed=settings.seed + sample)))
+            out.append(
+                (
+                    probe,
+                    sample,
+                    GenerationRequest(
+                        id=f"{probe.id}@{sample}",
+                        prompt=probe.prompt,
+                        max_new_tokens=budget,
+                        seed=settings.seed + sample,
+                    ),
+                )
+            )
     return out
 
 
@@ -417,13 +526,22 @@ def score_generations(pairs: Sequence[tuple[Probe, int, Generation]], *, seed: i
     """Classify generations of suite probes (from any backend): verdict, completeness, control correctness."""
     results = []
     for probe, sample, gen in pairs:
-        verdict = detect(gen.text, truth=list(probe.truth) if probe.truth else None, aliases=probe.aliases,
-                         finished=gen.finished, thinking=gen.thinking)
-        if gen.stop_reason == "loop" and not verdict.is_loop:   # cannot happen by construction; keep it visible
+        verdict = detect(
+            gen.text,
+            truth=list(probe.truth) if probe.truth else None,
+            aliases=probe.aliases,
+            finished=gen.finished,
+            thinking=gen.thinking,
+        )
+        if gen.stop_reason == "loop" and not verdict.is_loop:  # cannot happen by construction; keep it visible
             verdict.label = gen.loop_label or "verbatim"
         correct = None
         if probe.kind == "control" and probe.answer:
-            correct = (not verdict.is_loop) and gen.error is None and score_answer(probe.answer, gen.text, prompt=probe.prompt)
+            correct = (
+                (not verdict.is_loop)
+                and gen.error is None
+                and score_answer(probe.answer, gen.text, prompt=probe.prompt)
+            )
         results.append(ProbeResult(probe, sample, seed + sample, gen, verdict, correct))
     return results
 
@@ -434,9 +552,17 @@ def _select(suite: Suite | str | Path, settings: LoopSettings) -> Suite:
     return loaded.select(split=settings.split, limit=settings.limit)
 
 
-def run_suite(suite: Suite | str, *, model: Any = None, tokenizer: Any = None, backend: Any = None,
-              settings: LoopSettings | None = None, progress: Progress | None = None, stage: str = "model",
-              label: str = "model") -> RunResult:
+def run_suite(
+    suite: Suite | str,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    backend: Any = None,
+    settings: LoopSettings | None = None,
+    progress: Progress | None = None,
+    stage: str = "model",
+    label: str = "model",
+) -> RunResult:
     """Run `suite` on an already-loaded (model, tokenizer) or on any generation backend; classify the results.
 
     Why: locate, the demo and benchmarks already hold a loaded model; this is the loop check without loading.
@@ -466,8 +592,9 @@ def run_suite(suite: Suite | str, *, model: Any = None, tokenizer: Any = None, b
             raise CheckError("run_suite needs a backend, or a model and its tokenizer")
         from patchkit.generate.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(model, tokenizer, batch_size=settings.batch_size,
-                                      early_stop=loop_stop_test if settings.early_stop else None)
+        backend = TransformersBackend(
+            model, tokenizer, batch_size=settings.batch_size, early_stop=loop_stop_test if settings.early_stop else None
+        )
     planned = build_requests(suite, settings)
     requests = [req for _, _, req in planned]
     callback = _progress_adapter(progress, stage, len(requests))
@@ -510,8 +637,7 @@ def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
 
         if not settings.base_url:
             raise CheckError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        client = OpenAIBackend(settings.base_url, model=ref, concurrency=settings.concurrency,
-                               timeout=settings.timeout)
+        client = OpenAIBackend(settings.base_url, model=ref, concurrency=settings.concurrency, timeout=settings.timeout)
         try:
             yield client
         finally:
@@ -519,8 +645,13 @@ def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
         return
     from patchkit.generate.transformers_backend import TransformersBackend
 
-    be = TransformersBackend.load(ref, dtype=settings.dtype, device=settings.device, batch_size=settings.batch_size,
-                                  early_stop=loop_stop_test if settings.early_stop else None)
+    be = TransformersBackend.load(
+        ref,
+        dtype=settings.dtype,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        early_stop=loop_stop_test if settings.early_stop else None,
+    )
     try:
         yield be
     finally:
@@ -528,9 +659,15 @@ def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
         gc.collect()
 
 
-def run_loops(base_ref: str | Path, *, patched_ref: str | Path | None = None, recipe: str | Path | Recipe | None = None,
-              settings: LoopSettings | None = None, gates: LoopGates | None = None,
-              progress: Progress | None = None) -> LoopReport:
+def run_loops(
+    base_ref: str | Path,
+    *,
+    patched_ref: str | Path | None = None,
+    recipe: str | Path | Recipe | None = None,
+    settings: LoopSettings | None = None,
+    gates: LoopGates | None = None,
+    progress: Progress | None = None,
+) -> LoopReport:
     """Run the loop suite on `base_ref` and (when given) the patched model, on the same probes and seeds.
 
     Why: a fix is judged by comparing the model it was made from with its patched version under identical
@@ -558,8 +695,10 @@ def run_loops(base_ref: str | Path, *, patched_ref: str | Path | None = None, re
     if patched_ref is not None and recipe is not None:
         raise CheckError("give either a patched model or a recipe, not both")
     if recipe is not None and settings.backend != "transformers":
-        raise CheckError("--recipe needs the transformers backend",
-                         hint="apply the recipe, serve the output, and pass its model name with --patched")
+        raise CheckError(
+            "--recipe needs the transformers backend",
+            hint="apply the recipe, serve the output, and pass its model name with --patched",
+        )
     recipe_obj = _load_recipe(recipe) if recipe is not None else None
     if gates is None and recipe_obj is not None and recipe_obj.checks is not None:
         gates = recipe_obj.checks.loops
@@ -568,8 +707,9 @@ def run_loops(base_ref: str | Path, *, patched_ref: str | Path | None = None, re
     if not loaded.probes:
         raise CheckError(f"suite {settings.suite!r} has no probes for split={settings.split}")
     with _model_backend(str(base_ref), settings) as be:
-        base_run = run_suite(loaded, backend=be, settings=settings, progress=progress, stage="base",
-                             label=str(base_ref))
+        base_run = run_suite(
+            loaded, backend=be, settings=settings, progress=progress, stage="base", label=str(base_ref)
+        )
     patched_run = None
     extra: dict[str, Any] = {}
     if recipe_obj is not None:
@@ -577,13 +717,20 @@ def run_loops(base_ref: str | Path, *, patched_ref: str | Path | None = None, re
 
         with patched_checkpoint(recipe_obj, base_ref) as patched_dir:
             with _model_backend(str(patched_dir), settings) as be:
-                patched_run = run_suite(loaded, backend=be, settings=settings, progress=progress, stage="patched",
-                                        label=f"{base_ref} + {getattr(recipe_obj, 'name', 'recipe')}")
+                patched_run = run_suite(
+                    loaded,
+                    backend=be,
+                    settings=settings,
+                    progress=progress,
+                    stage="patched",
+                    label=f"{base_ref} + {getattr(recipe_obj, 'name', 'recipe')}",
+                )
         extra["recipe"] = str(recipe) if isinstance(recipe, (str, Path)) else getattr(recipe_obj, "name", None)
     elif patched_ref is not None:
         with _model_backend(str(patched_ref), settings) as be:
-            patched_run = run_suite(loaded, backend=be, settings=settings, progress=progress, stage="patched",
-                                    label=str(patched_ref))
+            patched_run = run_suite(
+                loaded, backend=be, settings=settings, progress=progress, stage="patched", label=str(patched_ref)
+            )
     return LoopReport(settings, loaded, base_run, patched_run, backend=settings.backend, gates=gates, extra=extra)
 
 

@@ -48,11 +48,13 @@ class Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     any: list[str] | None = Field(None, min_length=1, description="correct if any of these phrases occurs")
-    number: float | None = Field(None, description="correct if the answer's final number (not copied from the prompt) equals this")
+    number: float | None = Field(
+        None, description="correct if the answer's final number (not copied from the prompt) equals this"
+    )
     regex: str | None = Field(None, description="correct if this regular expression matches (case-insensitive)")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Answer":
+    def _exactly_one(self) -> Answer:
         given = [k for k in ("any", "number", "regex") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of any / number / regex (got {', '.join(given) or 'none'})")
@@ -98,7 +100,7 @@ class ItemSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _by_kind(self) -> "ItemSpec":
+    def _by_kind(self) -> ItemSpec:
         if self.kind == "enumeration":
             if not self.truth:
                 raise ValueError("an enumeration item needs `truth:` (its ground-truth list)")
@@ -129,7 +131,7 @@ class SuiteFile(BaseModel):
     probes: list[ItemSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "SuiteFile":
+    def _unique_ids(self) -> SuiteFile:
         seen: set[str] = set()
         for item in self.probes:
             if item.id in seen:
@@ -142,12 +144,12 @@ class SuiteFile(BaseModel):
 class Probe:
     """One prompt to run: an (item, wording) pair."""
 
-    id: str                       # "<item id>#<prompt index>"
+    id: str  # "<item id>#<prompt index>"
     item_id: str
     prompt_index: int
-    kind: str                     # "enumeration" | "control"
+    kind: str  # "enumeration" | "control"
     prompt: str
-    split: str                    # "train" | "heldout"
+    split: str  # "train" | "heldout"
     category: str
     source: str | None = None
     truth: tuple[str, ...] | None = None
@@ -164,9 +166,9 @@ class Suite:
     version: int
     description: str
     probes: list[Probe]
-    sources: list[str] = field(default_factory=list)   # files the probes came from
+    sources: list[str] = field(default_factory=list)  # files the probes came from
 
-    def select(self, *, split: str | None = None, limit: int | None = None, kind: str | None = None) -> "Suite":
+    def select(self, *, split: str | None = None, limit: int | None = None, kind: str | None = None) -> Suite:
         """Probes of one split ("train" | "heldout" | None/"all"), at most `limit` per kind, in file order."""
         if split not in (None, "all", "train", "heldout"):
             raise CheckError(f"unknown split {split!r}", hint="use train, heldout or all")
@@ -209,8 +211,10 @@ def load_suite(name_or_path: str | Path, *, controls: bool | None = None) -> Sui
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
         packaged = _packaged_path(text)
         if packaged is None:
-            raise CheckError(f"unknown suite {text!r}",
-                             hint=f"use one of {', '.join(packaged_suites()) or '(none installed)'} or a path to a suite YAML file")
+            raise CheckError(
+                f"unknown suite {text!r}",
+                hint=f"use one of {', '.join(packaged_suites()) or '(none installed)'} or a path to a suite YAML file",
+            )
         path = packaged
     suite = parse_suite(_read(path), str(path))
     has_controls = any(p.kind == "control" for p in suite.probes)
@@ -221,8 +225,10 @@ def load_suite(name_or_path: str | Path, *, controls: bool | None = None) -> Sui
             known = {p.id for p in suite.probes}
             clash = sorted({p.item_id for p in extra.probes if p.id in known})
             if clash:
-                raise CheckError(f"{path}: probe id {clash[0]!r} is also used by the packaged controls suite",
-                                 hint="rename it, or load with controls=False")
+                raise CheckError(
+                    f"{path}: probe id {clash[0]!r} is also used by the packaged controls suite",
+                    hint="rename it, or load with controls=False",
+                )
             suite.probes.extend(extra.probes)
             suite.sources.extend(extra.sources)
     return suite
@@ -263,8 +269,10 @@ def parse_suite(text: str, filename: str = "<suite>") -> Suite:
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename
         raise CheckError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(data, dict):
-        raise CheckError(f"{filename}: a suite file is a mapping with suite, version, probes",
-                         hint="see docs/loops.md for the format")
+        raise CheckError(
+            f"{filename}: a suite file is a mapping with suite, version, probes",
+            hint="see docs/loops.md for the format",
+        )
     try:
         spec = SuiteFile.model_validate(_plain(data))
     except ValidationError as exc:
@@ -279,11 +287,22 @@ def parse_suite(text: str, filename: str = "<suite>") -> Suite:
     probes: list[Probe] = []
     for item in spec.probes:
         for i, prompt in enumerate(item.prompts):
-            probes.append(Probe(
-                id=f"{item.id}#{i}", item_id=item.id, prompt_index=i, kind=item.kind, prompt=prompt, split=item.split,
-                category=item.category, source=item.source, truth=tuple(item.truth) if item.truth else None,
-                aliases=item.aliases, answer=item.answer.model_dump(exclude_none=True) if item.answer else None,
-                max_new_tokens=item.max_new_tokens))
+            probes.append(
+                Probe(
+                    id=f"{item.id}#{i}",
+                    item_id=item.id,
+                    prompt_index=i,
+                    kind=item.kind,
+                    prompt=prompt,
+                    split=item.split,
+                    category=item.category,
+                    source=item.source,
+                    truth=tuple(item.truth) if item.truth else None,
+                    aliases=item.aliases,
+                    answer=item.answer.model_dump(exclude_none=True) if item.answer else None,
+                    max_new_tokens=item.max_new_tokens,
+                )
+            )
     return Suite(spec.suite, spec.version, spec.description, probes, [filename])
 
 

@@ -8,7 +8,7 @@ difference removes the item difficulty that would otherwise swamp a small regres
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -151,7 +151,7 @@ def sign_flip_test(
     observed = abs(d.sum())
     tol = 1e-12 * max(1.0, observed)
     if d.size <= 16:
-        signs = ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
+        signs = ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
         sums = np.abs(signs @ d)
         return float(np.mean(sums >= observed - tol))
     rng = np.random.default_rng(seed)
@@ -183,7 +183,9 @@ def mcnemar_exact(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray
         return {"n01": 0, "n10": 0, "p": 1.0}
     k = min(n01, n10)
     # P(X <= k) for X ~ Binomial(n, 1/2), computed in log space to stay exact-ish for large n
-    log_terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)
+    ]
     tail = math.fsum(math.exp(t) for t in log_terms)
     return {"n01": n01, "n10": n10, "p": float(min(1.0, 2 * tail))}
 

@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from patchkit._io.progress import Progress
 from patchkit.errors import CheckError
 
-__all__ = ["TaskItem", "TaskSet", "load_tasks", "item_prompt", "normalize_answer", "is_exact_match", "score_tasks", "TaskScores"]
+__all__ = [
+    "TaskItem",
+    "TaskSet",
+    "load_tasks",
+    "item_prompt",
+    "normalize_answer",
+    "is_exact_match",
+    "score_tasks",
+    "TaskScores",
+]
 
 KINDS = ("fact", "arithmetic", "reading")
 
@@ -46,7 +56,7 @@ class TaskSet:
     source: str
     items: list[TaskItem]
 
-    def limited(self, limit: int | None) -> "TaskSet":
+    def limited(self, limit: int | None) -> TaskSet:
         """The first `limit` items of each kind (keeps the mix of kinds when the set is cut down)."""
         if limit is None:
             return self
@@ -65,7 +75,9 @@ def _fail(source: str, where: str, msg: str) -> CheckError:
 
 def _parse(data: Any, source: str) -> TaskSet:
     if not isinstance(data, dict):
-        raise CheckError(f"{source}: task file is empty or not a mapping", hint="expected keys `version`, `passages`, `items`")
+        raise CheckError(
+            f"{source}: task file is empty or not a mapping", hint="expected keys `version`, `passages`, `items`"
+        )
     passages = data.get("passages") or {}
     if not isinstance(passages, dict):
         raise _fail(source, "passages", "must be a mapping of key -> text")
@@ -104,8 +116,17 @@ def _parse(data: Any, source: str) -> TaskSet:
             if key not in passages:
                 raise _fail(source, f"{where}.passage", f"unknown passage {key!r}")
             passage = str(passages[key])
-        items.append(TaskItem(item_id, raw["kind"], str(raw["question"]), options, answer,
-                              tuple(str(a) for a in raw.get("accept") or ()), passage))
+        items.append(
+            TaskItem(
+                item_id,
+                raw["kind"],
+                str(raw["question"]),
+                options,
+                answer,
+                tuple(str(a) for a in raw.get("accept") or ()),
+                passage,
+            )
+        )
     return TaskSet(source, items)
 
 
@@ -193,8 +214,13 @@ def _option_requests(tokenizer: Any, items: Sequence[TaskItem]) -> list[tuple[in
     return requests
 
 
-def _loglik_batches(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
-                    token_budget: int, advance: Callable[[int], None] | None) -> list[np.ndarray]:
+def _loglik_batches(
+    models: Sequence[Any],
+    requests: list[tuple[int, int, list[int], int]],
+    pad_id: int,
+    token_budget: int,
+    advance: Callable[[int], None] | None,
+) -> list[np.ndarray]:
     """Summed continuation log-likelihood per request, for each model, from identical left-padded batches.
 
     `advance(n)` is told how many requests each finished batch held."""
@@ -210,24 +236,33 @@ def _loglik_batches(models: Sequence[Any], requests: list[tuple[int, int, list[i
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, k in enumerate(batch):
             seq = requests[k][2]
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         for m, model in enumerate(models):
             device = next(model.parameters()).device
             with torch.inference_mode():
                 try:
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                                   use_cache=False, logits_to_keep=keep).logits
+                    logits = model(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        position_ids=pos.to(device),
+                        use_cache=False,
+                        logits_to_keep=keep,
+                    ).logits
                 except TypeError:  # models without logits_to_keep
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                                   use_cache=False).logits[:, -keep:]
+                    logits = model(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        position_ids=pos.to(device),
+                        use_cache=False,
+                    ).logits[:, -keep:]
             logp = torch.log_softmax(logits.float(), dim=-1)
             for row, k in enumerate(batch):
                 n = requests[k][3]
                 # the last n tokens are the continuation; logits[:, t] predicts token t+1 -> rows keep-1-n .. keep-2
-                target = ids[row, width - n:].to(logp.device)
-                out[m][k] = logp[row, keep - 1 - n: keep - 1].gather(-1, target[:, None]).sum().item()
+                target = ids[row, width - n :].to(logp.device)
+                out[m][k] = logp[row, keep - 1 - n : keep - 1].gather(-1, target[:, None]).sum().item()
         if advance is not None:
             advance(len(batch))
     return out
@@ -255,8 +290,9 @@ def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
-def _greedy_from_cache(model: Any, cache: Any, first_logits: Any, mask: Any, max_new_tokens: int,
-                       stop_ids: Sequence[int]) -> list[list[int]]:
+def _greedy_from_cache(
+    model: Any, cache: Any, first_logits: Any, mask: Any, max_new_tokens: int, stop_ids: Sequence[int]
+) -> list[list[int]]:
     """Greedy continuation of a left-padded batch whose context is already in `cache` (modified in place)."""
     import torch
 
@@ -279,17 +315,29 @@ def _greedy_from_cache(model: Any, cache: Any, first_logits: Any, mask: Any, max
             break
         cur_mask = torch.cat([cur_mask, torch.ones((rows, 1), dtype=cur_mask.dtype, device=device)], dim=1)
         with torch.inference_mode():
-            step_out = model(input_ids=next_tok[:, None], attention_mask=cur_mask, position_ids=cur_pos[:, None],
-                             use_cache=True, **_cache_kwarg(model, cache))
+            step_out = model(
+                input_ids=next_tok[:, None],
+                attention_mask=cur_mask,
+                position_ids=cur_pos[:, None],
+                use_cache=True,
+                **_cache_kwarg(model, cache),
+            )
         cur_pos = cur_pos + 1
         next_tok = step_out.logits[:, -1].argmax(-1)
     return out
 
 
-def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[int], int]], pad_id: int,
-                   token_budget: int, advance: Callable[[int], None] | None, *, generate: int = 0,
-                   stop_ids: Sequence[Sequence[int]] = (),
-                   gen_advance: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[dict[int, list[int]]]]:
+def _loglik_shared(
+    models: Sequence[Any],
+    requests: list[tuple[int, int, list[int], int]],
+    pad_id: int,
+    token_budget: int,
+    advance: Callable[[int], None] | None,
+    *,
+    generate: int = 0,
+    stop_ids: Sequence[Sequence[int]] = (),
+    gen_advance: Callable[[int], None] | None = None,
+) -> tuple[list[np.ndarray], list[dict[int, list[int]]]]:
     """Same numbers as `_loglik_batches`, but each item's context runs once: its KV cache is copied to every
     option (the context is most of the tokens, so this is ~options-times cheaper). With `generate > 0` the
     same context pass also seeds each model's greedy answer (up to `generate` tokens, stopping at that
@@ -307,7 +355,7 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
         items.setdefault(i, []).append(k)
     item_ids = list(items)
     ctx = {i: requests[items[i][0]][2][: len(requests[items[i][0]][2]) - requests[items[i][0]][3]] for i in item_ids}
-    cont = {k: requests[k][2][len(requests[k][2]) - requests[k][3]:] for k in range(len(requests))}
+    cont = {k: requests[k][2][len(requests[k][2]) - requests[k][3] :] for k in range(len(requests))}
     out = [np.zeros(len(requests)) for _ in models]
     generated: list[dict[int, list[int]]] = [{} for _ in models]
     for batch_pos in pack_batches([len(ctx[i]) for i in item_ids], token_budget):
@@ -316,8 +364,8 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
-            ids[row, width - len(ctx[i]):] = torch.tensor(ctx[i])
-            mask[row, width - len(ctx[i]):] = 1
+            ids[row, width - len(ctx[i]) :] = torch.tensor(ctx[i])
+            mask[row, width - len(ctx[i]) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         rows = [(row, k) for row, i in enumerate(batch) for k in items[i]]
         select = torch.tensor([row for row, _ in rows])
@@ -332,13 +380,24 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
         for m, model in enumerate(models):
             device = next(model.parameters()).device
             with torch.inference_mode():
-                first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                              use_cache=True, logits_to_keep=1)
+                first = model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=pos.to(device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
                 cache = getattr(first, "cache", None) or first.past_key_values
                 if generate > 0:
-                    answers = _greedy_from_cache(model, copy.deepcopy(cache), first.logits[:, -1], mask, generate,
-                                                 stop_ids[m] if m < len(stop_ids) else ())
+                    answers = _greedy_from_cache(
+                        model,
+                        copy.deepcopy(cache),
+                        first.logits[:, -1],
+                        mask,
+                        generate,
+                        stop_ids[m] if m < len(stop_ids) else (),
+                    )
                     for row, i in enumerate(batch):
                         generated[m][i] = answers[row]
                     if gen_advance is not None:
@@ -348,8 +407,13 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
                     cache.reorder_cache(select.to(device))
                     full_mask = torch.cat([mask[select], opt_mask], dim=1)
                     opt_pos = mask[select].sum(-1, keepdim=True) + torch.arange(opt_ids.shape[1])[None, :]
-                    rest = model(input_ids=opt_ids.to(device), attention_mask=full_mask.to(device),
-                                 position_ids=opt_pos.to(device), use_cache=True, **_cache_kwarg(model, cache))
+                    rest = model(
+                        input_ids=opt_ids.to(device),
+                        attention_mask=full_mask.to(device),
+                        position_ids=opt_pos.to(device),
+                        use_cache=True,
+                        **_cache_kwarg(model, cache),
+                    )
                     rest_logp = torch.log_softmax(rest.logits.float(), dim=-1)
             for r, (row, k) in enumerate(rows):
                 toks = cont[k]
@@ -365,8 +429,14 @@ def _loglik_shared(models: Sequence[Any], requests: list[tuple[int, int, list[in
     return out, generated
 
 
-def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_new_tokens: int, batch_size: int,
-                    advance: Callable[[int], None] | None) -> list[str]:
+def _greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[TaskItem],
+    max_new_tokens: int,
+    batch_size: int,
+    advance: Callable[[int], None] | None,
+) -> list[str]:
     """Each item's greedy answer (plain `generate`); `advance(n)` is told how many each finished chunk held."""
     import torch
 
@@ -377,12 +447,17 @@ def _greedy_answers(model: Any, tokenizer: Any, items: Sequence[TaskItem], max_n
     tokenizer.padding_side = "left"
     stop = _stop_ids(model, tokenizer)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True)
         with torch.inference_mode():
-            out = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = model.generate(
+                **{k: v.to(device) for k, v in enc.items()},
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stop,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
         for row, i in enumerate(chunk):
             answers[i] = tokenizer.decode(new[row], skip_special_tokens=True)
         if advance is not None:
@@ -405,10 +480,17 @@ def _counter(progress: Progress | None, stage: str, total: int) -> Callable[[int
     return advance
 
 
-def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_match: bool = True, max_new_tokens: int = 8,
-                token_budget: int = 2048, batch_size: int = 32,
-                progress: Progress | None = None,
-                timings: dict[str, float] | None = None) -> list[TaskScores]:
+def score_tasks(
+    models: Sequence[tuple[Any, Any]],
+    tasks: TaskSet,
+    *,
+    exact_match: bool = True,
+    max_new_tokens: int = 8,
+    token_budget: int = 2048,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[TaskScores]:
     """Score every (model, tokenizer) on the same items; option log-likelihoods come from identical batches.
 
     `progress(stage, done, total)` reports stage "qa-loglik" (options scored, for all models at once) and, with
@@ -427,9 +509,16 @@ def score_tasks(models: Sequence[tuple[Any, Any]], tasks: TaskSet, *, exact_matc
     t0 = time.perf_counter()
     generated: list[dict[int, list[int]]] | None = None
     try:
-        logliks, generated = _loglik_shared([m for m, _ in models], requests, pad_id, token_budget, cb,
-                                            generate=max_new_tokens if exact_match else 0,
-                                            stop_ids=[_stop_ids(m, t) for m, t in models], gen_advance=gen_cb)
+        logliks, generated = _loglik_shared(
+            [m for m, _ in models],
+            requests,
+            pad_id,
+            token_budget,
+            cb,
+            generate=max_new_tokens if exact_match else 0,
+            stop_ids=[_stop_ids(m, t) for m, t in models],
+            gen_advance=gen_cb,
+        )
     except (AttributeError, NotImplementedError, TypeError):  # a model/cache without KV reuse: score plainly
         # the counts start again with the plain passes
         cb = _counter(progress, "qa-loglik", len(requests))

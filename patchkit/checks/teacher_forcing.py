@@ -8,8 +8,9 @@ that the logits tensors stay small (vocab x tokens x 4 bytes) on a CPU box.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -63,23 +63,37 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             ctx = click.get_current_context(silent=True)
             fix_text = flag_for(exc.fix, ctx.command if ctx else None) if exc.fix else None
             # a failed gate or check (exit 1) is a result: the command already printed its report
-            _fail(exc.render(fix_text), exc.exit_code, as_json and exc.exit_code != EXIT_GATE_FAILED,
-                  exc.to_json(fix_text))
+            _fail(
+                exc.render(fix_text),
+                exc.exit_code,
+                as_json and exc.exit_code != EXIT_GATE_FAILED,
+                exc.to_json(fix_text),
+            )
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit, BrokenPipeError):
             raise
         except OSError as exc:
             target = f" {exc.filename}" if getattr(exc, "filename", None) else ""
             message = f"{target.strip()}: {exc.strerror or exc}" if target else str(exc.strerror or exc)
-            _fail(message, EXIT_BAD_INPUT, as_json, {"type": type(exc).__name__, "message": message,
-                                                    "exit_code": EXIT_BAD_INPUT})
+            _fail(
+                message,
+                EXIT_BAD_INPUT,
+                as_json,
+                {"type": type(exc).__name__, "message": message, "exit_code": EXIT_BAD_INPUT},
+            )
         except Exception as exc:  # noqa: BLE001 - a bug: one line, documented exit code, traceback on request
             if _debug():
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            message = (f"internal error: {type(exc).__name__}: {first} (this is a patchkit bug; "
-                       "PATCHKIT_DEBUG=1 prints the traceback)")
-            _fail(message, EXIT_INTERNAL, as_json, {"type": type(exc).__name__, "message": message,
-                                                   "exit_code": EXIT_INTERNAL})
+            message = (
+                f"internal error: {type(exc).__name__}: {first} (this is a patchkit bug; "
+                "PATCHKIT_DEBUG=1 prints the traceback)"
+            )
+            _fail(
+                message,
+                EXIT_INTERNAL,
+                as_json,
+                {"type": type(exc).__name__, "message": message, "exit_code": EXIT_INTERNAL},
+            )
 
     return wrapper
 

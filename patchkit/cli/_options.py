@@ -40,8 +40,11 @@ def _fields(model: type[BaseModel], only: Iterable[str] | None, exclude: Iterabl
     if unknown:
         raise ValueError(f"{model.__name__} has no field(s) {', '.join(unknown)}")
     skip = set(exclude)
-    return [(n, model.model_fields[n]) for n in names
-            if n not in skip and _extra(model.model_fields[n]).get("cli", True) is not False]
+    return [
+        (n, model.model_fields[n])
+        for n in names
+        if n not in skip and _extra(model.model_fields[n]).get("cli", True) is not False
+    ]
 
 
 def _extra(info: FieldInfo) -> dict[str, Any]:
@@ -101,8 +104,9 @@ def _help(info: FieldInfo) -> str:
     return text.strip()
 
 
-def settings_options(model: type[BaseModel], *, only: Iterable[str] | None = None,
-                     exclude: Iterable[str] = ()) -> Callable[[F], F]:
+def settings_options(
+    model: type[BaseModel], *, only: Iterable[str] | None = None, exclude: Iterable[str] = ()
+) -> Callable[[F], F]:
     """A decorator that adds one click option per field of `model` (see the module docstring for the mapping).
 
     Args:
@@ -121,13 +125,14 @@ def settings_options(model: type[BaseModel], *, only: Iterable[str] | None = Non
         extra = _extra(info)
         kebab = name.replace("_", "-")
         ctype = _click_type(info)
-        if ctype is None:   # bool: a --x/--no-x switch; None when neither is given
+        if ctype is None:  # bool: a --x/--no-x switch; None when neither is given
             decl = extra.get("flag", f"--{kebab}/--no-{kebab}")
             options.append(click.option(decl, name, default=None, help=_help(info)))
         else:
             decl = extra.get("flag", f"--{kebab}")
-            options.append(click.option(decl, name, type=ctype, default=None, metavar=extra.get("metavar"),
-                                        help=_help(info)))
+            options.append(
+                click.option(decl, name, type=ctype, default=None, metavar=extra.get("metavar"), help=_help(info))
+            )
 
     def decorate(func: F) -> F:
         for option in reversed(options):

@@ -16,8 +16,9 @@ from patchkit._io.progress import Progress
 
 
 @contextlib.contextmanager
-def progress_bars(console: Console, *, unit: Literal["bytes", "items"] = "items",
-                  prefix: str = "") -> Iterator[Progress]:
+def progress_bars(
+    console: Console, *, unit: Literal["bytes", "items"] = "items", prefix: str = ""
+) -> Iterator[Progress]:
     """Yield a Progress callable that draws one rich bar per stage (`prefix` is prepended to stage names)."""
     from rich.progress import (
         BarColumn,
@@ -31,10 +32,17 @@ def progress_bars(console: Console, *, unit: Literal["bytes", "items"] = "items"
     )
     from rich.progress import Progress as RichProgress
 
-    columns = ((TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-               if unit == "bytes" else
-               (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn()))
+    columns = (
+        (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        if unit == "bytes"
+        else (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+    )
     with RichProgress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         tasks: dict[str, TaskID] = {}
 

@@ -16,8 +16,11 @@ from patchkit.cli._options import settings_from_options, settings_options
 from patchkit.cli._progress import progress_bars
 from patchkit.errors import GateFailed
 
-_STAGE_LABELS = {"controls": "base greedy answers to controls", "teacher-forced": "teacher-forced KL / ppl",
-                 "qa": "question set (log-lik + greedy)"}
+_STAGE_LABELS = {
+    "controls": "base greedy answers to controls",
+    "teacher-forced": "teacher-forced KL / ppl",
+    "qa": "question set (log-lik + greedy)",
+}
 
 
 @contextlib.contextmanager
@@ -31,8 +34,13 @@ def _rich_progress(console: Any) -> Iterator[Progress]:
         yield labelled
 
 
-_report_option = click.option("--report", "report_dir", type=click.Path(path_type=Path),
-                              default=None, help="Write bench.json and bench.png into this directory.")
+_report_option = click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write bench.json and bench.png into this directory.",
+)
 #: the BenchSettings fields `patchkit check` passes on to its bench (and, for limit/dtype/device, loop) step
 _CHECK_FIELDS = ("tasks", "limit", "dtype", "device")
 
@@ -40,15 +48,21 @@ _CHECK_FIELDS = ("tasks", "limit", "dtype", "device")
 @click.command("bench")
 @click.argument("model")
 @click.option("--patched", "patched", default=None, metavar="DIR", help="Patched checkpoint to compare with MODEL.")
-@click.option("--recipe", "recipe", type=click.Path(path_type=Path), default=None,
-              help="Its checks.bench thresholds gate the exit code; without --patched it is first applied to MODEL "
-                   "in a temporary directory.")
+@click.option(
+    "--recipe",
+    "recipe",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Its checks.bench thresholds gate the exit code; without --patched it is first applied to MODEL "
+    "in a temporary directory.",
+)
 @settings_options(BenchSettings)
 @_report_option
 @json_option
 @handle_errors
-def bench_cmd(model: str, patched: str | None, recipe: Path | None, report_dir: Path | None, as_json: bool,
-              **options: Any) -> None:
+def bench_cmd(
+    model: str, patched: str | None, recipe: Path | None, report_dir: Path | None, as_json: bool, **options: Any
+) -> None:
     """Compare a patched model with its base: KL, perplexity, task accuracy, with n, 95% CIs and paired p-values.
 
     Exits 1 when a threshold from the recipe's checks.bench section fails. Needs logits: a local
@@ -79,15 +93,22 @@ def bench_cmd(model: str, patched: str | None, recipe: Path | None, report_dir: 
 @click.command("check")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "model", required=True, metavar="REF", help="Base checkpoint: directory, org/name[@rev].")
-@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Keep the patched checkpoint here (default: a temporary directory, removed afterwards).")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the patched checkpoint here (default: a temporary directory, removed afterwards).",
+)
 @settings_options(BenchSettings, only=_CHECK_FIELDS)
 @_report_option
 @click.option("--skip-loops", is_flag=True, help="Do not run the loop check.")
 @json_option
 @handle_errors
-def check_cmd(recipe: Path, model: str, out: Path | None, report_dir: Path | None, skip_loops: bool, as_json: bool,
-              **options: Any) -> None:
+def check_cmd(
+    recipe: Path, model: str, out: Path | None, report_dir: Path | None, skip_loops: bool, as_json: bool, **options: Any
+) -> None:
     """Run validate -> apply -> loops -> bench for RECIPE on MODEL and print one verdict table (exit 1 on FAIL)."""
     from rich.table import Table
 
@@ -97,9 +118,18 @@ def check_cmd(recipe: Path, model: str, out: Path | None, report_dir: Path | Non
     bench = settings_from_options(BenchSettings, options)
     console = ui_console(as_json)
     with _rich_progress(console) as progress:
-        report = run_check(recipe, model, out=out, tasks=bench.tasks, limit=bench.limit, skip_loops=skip_loops,
-                           dtype=bench.dtype, device=bench.device, progress=progress,
-                           step_callback=lambda s: console.print(f"{s.step}: {s.status} {s.summary}", highlight=False))
+        report = run_check(
+            recipe,
+            model,
+            out=out,
+            tasks=bench.tasks,
+            limit=bench.limit,
+            skip_loops=skip_loops,
+            dtype=bench.dtype,
+            device=bench.device,
+            progress=progress,
+            step_callback=lambda s: console.print(f"{s.step}: {s.status} {s.summary}", highlight=False),
+        )
     files = write_report(report.bench, report_dir) if (report_dir and report.bench is not None) else {}
     if as_json:
         payload = report.to_json()

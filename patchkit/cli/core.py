@@ -27,22 +27,43 @@ def _progress(as_json: bool, label: str) -> contextlib.AbstractContextManager[Pr
 
 @click.command("apply")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--model", "model", help="Base model: local dir, org/name or org/name@revision (default: the recipe's model).")
+@click.option(
+    "--model", "model", help="Base model: local dir, org/name or org/name@revision (default: the recipe's model)."
+)
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default: ./<recipe name>).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes to write) and write nothing.")
-@click.option("--in-place", is_flag=True, help="Patch a plain local model directory itself (invert-only recipes; writes an undo recipe; locked, and restartable after a crash).")
-@click.option("--force", is_flag=True, help="Replace an existing output directory (only an empty one or an earlier apply output).")
-@click.option("--link", is_flag=True, help="Hard-link untouched shards to the base instead of copying them where the filesystem has no reflinks; the linked files (and so the base's) become read-only.")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Patch a plain local model directory itself (invert-only recipes; writes an undo recipe; locked, and restartable after a crash).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace an existing output directory (only an empty one or an earlier apply output)."
+)
+@click.option(
+    "--link",
+    is_flag=True,
+    help="Hard-link untouched shards to the base instead of copying them where the filesystem has no reflinks; the linked files (and so the base's) become read-only.",
+)
 @json_option
 @handle_errors
-def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, in_place: bool, force: bool, link: bool,
-              as_json: bool) -> None:
+def apply_cmd(
+    recipe: Path,
+    model: str | None,
+    out: Path | None,
+    dry_run: bool,
+    in_place: bool,
+    force: bool,
+    link: bool,
+    as_json: bool,
+) -> None:
     """Apply RECIPE to a model: a new checkpoint where only the edited slices differ, plus patchkit.json."""
     from patchkit.workflows.resolve import resolve_then_apply
 
     with _progress(as_json, "apply") as progress:
-        result = resolve_then_apply(recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force,
-                                    link=link, progress=progress)
+        result = resolve_then_apply(
+            recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, link=link, progress=progress
+        )
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -60,25 +81,44 @@ def apply_cmd(recipe: Path, model: str | None, out: Path | None, dry_run: bool, 
         table.add_row(str(e.layer), e.kind, str(e.index), op, e.tensor, e.file, str(e.nbytes))
     console.print(table)
     rewritten = sorted(plan.files_to_rewrite)
-    console.print(f"shards rewritten: {len(rewritten)} ({_human_bytes(plan.bytes_to_write)}); "
-                  f"shards carried over unchanged: {len(plan.untouched_files)}; bytes edited: {plan.bytes_edited}")
+    console.print(
+        f"shards rewritten: {len(rewritten)} ({_human_bytes(plan.bytes_to_write)}); "
+        f"shards carried over unchanged: {len(plan.untouched_files)}; bytes edited: {plan.bytes_edited}"
+    )
     if dry_run:
         console.print(f"dry run: nothing written (output would be {result.out_dir})")
     else:
-        console.print(f"wrote {result.out_dir}" + (f" (undo recipe: {result.undo_recipe})" if result.undo_recipe else ""))
+        console.print(
+            f"wrote {result.out_dir}" + (f" (undo recipe: {result.undo_recipe})" if result.undo_recipe else "")
+        )
 
 
 @click.command("diff")
 @click.argument("a")
 @click.argument("b")
-@click.option("--as-recipe", is_flag=True, help="Write a recipe that reproduces B from A (refused if a change is not classifiable).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="With --as-recipe: write the recipe here instead of stdout.")
+@click.option(
+    "--as-recipe",
+    is_flag=True,
+    help="Write a recipe that reproduces B from A (refused if a change is not classifiable).",
+)
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), help="With --as-recipe: write the recipe here instead of stdout."
+)
 @click.option("--name", help="With --as-recipe: the recipe's name (default: <B>-from-diff).")
 @click.option("--repo", help="With --as-recipe: model.repo to record (default: A's path).")
 @click.option("--revision", help="With --as-recipe: model.revision to pin.")
 @json_option
 @handle_errors
-def diff_cmd(a: str, b: str, as_recipe: bool, out: Path | None, name: str | None, repo: str | None, revision: str | None, as_json: bool) -> None:
+def diff_cmd(
+    a: str,
+    b: str,
+    as_recipe: bool,
+    out: Path | None,
+    name: str | None,
+    repo: str | None,
+    revision: str | None,
+    as_json: bool,
+) -> None:
     """Compare checkpoints A and B tensor by tensor; explain changed MLP neurons/experts."""
     from patchkit.edit.diff import recipe_text
     from patchkit.workflows.resolve import diff_refs
@@ -112,8 +152,10 @@ def _print_report(report) -> None:
     if report.identical:
         console.print(f"identical weights ({report.identical_tensors} tensors)")
     for change in report.changed:
-        head = f"[bold]{change.tensor}[/bold] {change.dtype}{list(change.shape)}: {change.changed_elements} elements changed, " \
-               f"max abs {change.max_abs:.4g}, max rel {change.max_rel:.4g} -> {change.classification}"
+        head = (
+            f"[bold]{change.tensor}[/bold] {change.dtype}{list(change.shape)}: {change.changed_elements} elements changed, "
+            f"max abs {change.max_abs:.4g}, max rel {change.max_rel:.4g} -> {change.classification}"
+        )
         console.print(head)
         if change.slices:
             unit = "expert" if change.role and ("expert" in change.role) else "neuron"
@@ -130,21 +172,28 @@ def _print_report(report) -> None:
         for name in items:
             console.print(f"{label}: {name}")
     for r in report.reshaped:
-        console.print(f"reshaped: {r['tensor']} {r['a']['dtype']}{r['a']['shape']} -> {r['b']['dtype']}{r['b']['shape']}")
+        console.print(
+            f"reshaped: {r['tensor']} {r['a']['dtype']}{r['a']['shape']} -> {r['b']['dtype']}{r['b']['shape']}"
+        )
     for f in report.other_files_changed:
         console.print(f"other file differs: {f}")
     summary = report.to_json()
-    console.print(f"{report.identical_tensors} identical tensors, {len(report.changed)} changed; "
-                  f"compared {_human_bytes(report.bytes_compared)} in {report.seconds:.2f}s"
-                  + (f" ({summary['throughput_mb_s']} MB/s)" if summary["throughput_mb_s"] else ""))
+    console.print(
+        f"{report.identical_tensors} identical tensors, {len(report.changed)} changed; "
+        f"compared {_human_bytes(report.bytes_compared)} in {report.seconds:.2f}s"
+        + (f" ({summary['throughput_mb_s']} MB/s)" if summary["throughput_mb_s"] else "")
+    )
 
 
 @click.command("verify")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--model", "model", help="Base model (default: the recipe's model).")
-@click.option("--patched", type=click.Path(path_type=Path),
-              help="The patched checkpoint directory to check. Without it, a recipe resolved by diff is re-checked "
-                   "against its reference (edits and slice checksums re-extracted).")
+@click.option(
+    "--patched",
+    type=click.Path(path_type=Path),
+    help="The patched checkpoint directory to check. Without it, a recipe resolved by diff is re-checked "
+    "against its reference (edits and slice checksums re-extracted).",
+)
 @json_option
 @handle_errors
 def verify_cmd(recipe: Path, model: str | None, patched: Path | None, as_json: bool) -> None:

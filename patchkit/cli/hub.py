@@ -46,8 +46,19 @@ def _show_plan(plan, console) -> None:
 @click.option("--dry-run", is_flag=True, help="Print files, sizes and the card; send nothing.")
 @json_option
 @handle_errors
-def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_report, bench_report, allow_unpatched,
-             dry_run, as_json):
+def push_cmd(
+    directory,
+    repo_id,
+    private,
+    create_pr,
+    revision,
+    message,
+    loops_report,
+    bench_report,
+    allow_unpatched,
+    dry_run,
+    as_json,
+):
     """Upload an `apply` output DIRECTORY to the Hub in one commit (or PR), then verify the remote files.
 
     The token comes from HF_TOKEN or `hf auth login`. Re-running after an interruption uploads only what is
@@ -56,9 +67,18 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
     from patchkit.publish import hub
 
     console = ui_console(as_json)
-    plan = hub.plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
-                         allow_unpatched=allow_unpatched, loops_report=loops_report, bench_report=bench_report,
-                         progress=True)
+    plan = hub.plan_push(
+        directory,
+        repo_id,
+        revision=revision,
+        create_pr=create_pr,
+        private=private,
+        message=message,
+        allow_unpatched=allow_unpatched,
+        loops_report=loops_report,
+        bench_report=bench_report,
+        progress=True,
+    )
     if dry_run:
         if as_json:
             emit_json({"dry_run": True, **plan.to_json()})
@@ -78,8 +98,11 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
         for line in result.check.mismatches:
             console.print(f"  {line}", markup=False)
         if result.check.extra:
-            console.print(f"note: {len(result.check.extra)} older remote files were left untouched: "
-                          + ", ".join(result.check.extra[:5]), markup=False)
+            console.print(
+                f"note: {len(result.check.extra)} older remote files were left untouched: "
+                + ", ".join(result.check.extra[:5]),
+                markup=False,
+            )
     hub.fail_on_mismatch(result.check, result.commit_url)
 
 
@@ -90,23 +113,28 @@ def push_cmd(directory, repo_id, private, create_pr, revision, message, loops_re
 @handle_errors
 def pull_cmd(ref, local_dir, as_json):
     """Download a Hub repo (into the HF cache, or --local-dir) and check it against its patchkit.json."""
-    from patchkit.publish import hub
     from patchkit.errors import VerifyError
+    from patchkit.publish import hub
 
     result = hub.pull(ref, local_dir=local_dir)
     if as_json:
         emit_json(result.to_json())
     else:
         console = ui_console(False)
-        console.print(f"{result.repo_id}{'@' + result.revision if result.revision else ''} (commit {result.commit[:12]}): "
-                      f"{len(result.files)} files in {result.path}", markup=False)
+        console.print(
+            f"{result.repo_id}{'@' + result.revision if result.revision else ''} (commit {result.commit[:12]}): "
+            f"{len(result.files)} files in {result.path}",
+            markup=False,
+        )
         if result.provenance_ok is None:
             console.print("no patchkit.json in this repo: nothing to check against")
         else:
             console.print(f"files match patchkit.json: {'yes' if result.provenance_ok else 'NO'}")
     if result.provenance_ok is False:
-        raise VerifyError(f"{result.path}: {'; '.join(result.mismatches[:3])}",
-                          hint="the repo's files do not match its patchkit.json; do not use it")
+        raise VerifyError(
+            f"{result.path}: {'; '.join(result.mismatches[:3])}",
+            hint="the repo's files do not match its patchkit.json; do not use it",
+        )
 
 
 @click.command("card")

@@ -20,7 +20,9 @@ def _layers(text: str | None) -> list[int] | None:
         try:
             out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
         except ValueError:
-            raise click.BadParameter(f"{part!r} is not a layer number or range like 20-25", param_hint="--layers") from None
+            raise click.BadParameter(
+                f"{part!r} is not a layer number or range like 20-25", param_hint="--layers"
+            ) from None
     return out
 
 
@@ -30,35 +32,95 @@ def _rate(d: dict) -> str:
 
 @click.command("locate")
 @click.argument("model")
-@click.option("--suite", default="enumeration", show_default=True,
-              help="Probe suite: its train split chooses the edit, its held-out split judges it.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Recipe to write (default: recipe.yaml, or the --from-recipe file itself); the report goes next "
-                   "to it, in <name>.locate/.")
-@click.option("--from-recipe", "from_recipe", type=click.Path(path_type=Path), default=None,
-              help="Unresolved recipe whose resolution.constraints (layers, ops, factors, max edits, kind) bound the "
-                   "search; the indices are written back into it (or into -o).")
-@click.option("--report-dir", type=click.Path(path_type=Path), default=None,
-              help="Where to write locate-report.json, layers.png and sweep.png.")
-@click.option("--budget-minutes", type=float, default=15.0, show_default=True,
-              help="Time budget; the screen and the sweep stop starting new work when their share is used.")
-@click.option("--layers", default=None, help="Layers to search neuron by neuron, e.g. 20,22 or 20-25 (default: the top-ranked).")
+@click.option(
+    "--suite",
+    default="enumeration",
+    show_default=True,
+    help="Probe suite: its train split chooses the edit, its held-out split judges it.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Recipe to write (default: recipe.yaml, or the --from-recipe file itself); the report goes next "
+    "to it, in <name>.locate/.",
+)
+@click.option(
+    "--from-recipe",
+    "from_recipe",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Unresolved recipe whose resolution.constraints (layers, ops, factors, max edits, kind) bound the "
+    "search; the indices are written back into it (or into -o).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write locate-report.json, layers.png and sweep.png.",
+)
+@click.option(
+    "--budget-minutes",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Time budget; the screen and the sweep stop starting new work when their share is used.",
+)
+@click.option(
+    "--layers", default=None, help="Layers to search neuron by neuron, e.g. 20,22 or 20-25 (default: the top-ranked)."
+)
 @click.option("--max-edits", type=int, default=2, show_default=True, help="Largest combination of edits tried.")
-@click.option("--ops", default="invert,zero,scale:0.5", show_default=True,
-              help="Neuron ops to try (invert, zero, scale:F); MoE experts are always tried with suppress.")
-@click.option("--backend", type=click.Choice(["transformers"]), default="transformers", show_default=True,
-              help="Locate needs gradients and hooks, so it runs the model in-process.")
-@click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Stage cache directory: finished stages are stored here and reused on a re-run.")
+@click.option(
+    "--ops",
+    default="invert,zero,scale:0.5",
+    show_default=True,
+    help="Neuron ops to try (invert, zero, scale:F); MoE experts are always tried with suppress.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers"]),
+    default="transformers",
+    show_default=True,
+    help="Locate needs gradients and hooks, so it runs the model in-process.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Stage cache directory: finished stages are stored here and reused on a re-run.",
+)
 @click.option("--limit", type=int, default=None, help="Train probes per kind (quick runs).")
 @click.option("--heldout-limit", type=int, default=None, help="Held-out probes per kind.")
 @click.option("--max-new-tokens", type=int, default=400, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, or auto (the GPU when there is one; several GPUs share the model via device_map=auto).")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cpu, cuda, or auto (the GPU when there is one; several GPUs share the model via device_map=auto).",
+)
 @click.option("--dtype", default="float32", show_default=True)
 @json_option
 @handle_errors
-def locate_cmd(model, suite, output, from_recipe, report_dir, budget_minutes, layers, max_edits, ops, backend, resume, limit,
-               heldout_limit, max_new_tokens, device, dtype, as_json):
+def locate_cmd(
+    model,
+    suite,
+    output,
+    from_recipe,
+    report_dir,
+    budget_minutes,
+    layers,
+    max_edits,
+    ops,
+    backend,
+    resume,
+    limit,
+    heldout_limit,
+    max_new_tokens,
+    device,
+    dtype,
+    as_json,
+):
     """Find the MLP neurons / MoE experts of MODEL that drive repetition loops and write a recipe."""
     from patchkit.locate import LocateSettings, parse_ops, run_locate
 
@@ -70,34 +132,59 @@ def locate_cmd(model, suite, output, from_recipe, report_dir, budget_minutes, la
 
         base_recipe = load_recipe(from_recipe)
         if base_recipe.resolution is None or base_recipe.resolution.status != "unresolved":
-            raise RecipeError(f"{from_recipe}: the recipe is already resolved (it has its edits)",
-                              hint="--from-recipe takes an unresolved recipe (resolution.status: unresolved)")
+            raise RecipeError(
+                f"{from_recipe}: the recipe is already resolved (it has its edits)",
+                hint="--from-recipe takes an unresolved recipe (resolution.status: unresolved)",
+            )
     output = output or from_recipe or Path("recipe.yaml")
-    settings = LocateSettings(suite=suite, budget_minutes=budget_minutes, layers=_layers(layers), max_edits=max_edits,
-                              ops=tuple(parse_ops(ops)), max_new_tokens=max_new_tokens, train_limit=limit,
-                              heldout_limit=heldout_limit, backend=backend, dtype=dtype, device=device)
+    settings = LocateSettings(
+        suite=suite,
+        budget_minutes=budget_minutes,
+        layers=_layers(layers),
+        max_edits=max_edits,
+        ops=tuple(parse_ops(ops)),
+        max_new_tokens=max_new_tokens,
+        train_limit=limit,
+        heldout_limit=heldout_limit,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+    )
     with progress_bars(con) as progress:
-        result = run_locate(model, out=output, settings=settings, report_dir=report_dir, resume=resume,
-                            progress=progress, log=lambda msg: con.print(f"[dim]{msg}[/dim]"),
-                            from_recipe=base_recipe)
+        result = run_locate(
+            model,
+            out=output,
+            settings=settings,
+            report_dir=report_dir,
+            resume=resume,
+            progress=progress,
+            log=lambda msg: con.print(f"[dim]{msg}[/dim]"),
+            from_recipe=base_recipe,
+        )
     if as_json:
         emit_json(result.to_json())
         return
     base = result.report["base_train"]
-    con.print(f"train: base loops {base['loops']}/{base['n']}, good lists {base['good_lists']}/{base['n']}, "
-              f"controls {base['control_correct']}/{base['n_controls']}")
+    con.print(
+        f"train: base loops {base['loops']}/{base['n']}, good lists {base['good_lists']}/{base['n']}, "
+        f"controls {base['control_correct']}/{base['n_controls']}"
+    )
     if result.heldout:
         from patchkit.locate.report import rate
 
         for side in ("base", "edited"):
             m = result.heldout[side]
-            con.print(f"held-out {side}: loops {_rate(rate(m['loops'], m['n']))}, good lists "
-                      f"{_rate(rate(m['good_lists'], m['n']))}, controls "
-                      f"{_rate(rate(m['control_correct'], m['n_controls']))}")
+            con.print(
+                f"held-out {side}: loops {_rate(rate(m['loops'], m['n']))}, good lists "
+                f"{_rate(rate(m['good_lists'], m['n']))}, controls "
+                f"{_rate(rate(m['control_correct'], m['n_controls']))}"
+            )
         con.print(f"KL on prose: {result.heldout['kl_prose']:.4f} nats/token")
     if result.found:
         con.print(f"[green]found[/green] {result.winner['candidate']['label']}; wrote {result.recipe_path}")
     else:
-        con.print(f"[yellow]no confirmed edit[/yellow]: {result.report.get('reason') or 'held-out did not confirm'}; "
-                  f"wrote an unresolved recipe to {result.recipe_path}")
+        con.print(
+            f"[yellow]no confirmed edit[/yellow]: {result.report.get('reason') or 'held-out did not confirm'}; "
+            f"wrote an unresolved recipe to {result.recipe_path}"
+        )
     con.print(f"report: {result.report_dir} ({result.seconds:.0f} s)")

@@ -49,16 +49,30 @@ def _truth_from(truth_file: str | None, probe_ref: str | None) -> tuple[list[str
 
 @click.command("detect")
 @click.argument("files", nargs=-1, required=True)
-@click.option("--unfinished", is_flag=True,
-              help="The texts were cut off by a token budget (not ended by the model): allows 'truncated'.")
-@click.option("--truth", "truth_file", default=None, metavar="FILE",
-              help="Ground-truth list (one item per line) to score completeness against.")
-@click.option("--probe", "probe_ref", default=None, metavar="[SUITE:]ITEM",
-              help="Take the ground truth from a suite item, e.g. iau-constellations or enumeration:us-states.")
+@click.option(
+    "--unfinished",
+    is_flag=True,
+    help="The texts were cut off by a token budget (not ended by the model): allows 'truncated'.",
+)
+@click.option(
+    "--truth",
+    "truth_file",
+    default=None,
+    metavar="FILE",
+    help="Ground-truth list (one item per line) to score completeness against.",
+)
+@click.option(
+    "--probe",
+    "probe_ref",
+    default=None,
+    metavar="[SUITE:]ITEM",
+    help="Take the ground truth from a suite item, e.g. iau-constellations or enumeration:us-states.",
+)
 @json_option
 @handle_errors
-def detect_cmd(files: tuple[str, ...], unfinished: bool, truth_file: str | None, probe_ref: str | None,
-               as_json: bool) -> None:
+def detect_cmd(
+    files: tuple[str, ...], unfinished: bool, truth_file: str | None, probe_ref: str | None, as_json: bool
+) -> None:
     """Classify generated texts: ok, verbatim / decay / doom loop, or truncated while still progressing.
 
     Works on text from any engine. Thinking blocks (<think>...</think>, Gemma 4 channels) are split off; an
@@ -71,8 +85,13 @@ def detect_cmd(files: tuple[str, ...], unfinished: bool, truth_file: str | None,
     for name in files:
         raw = _read_text(name)
         thinking, answer, closed = split_thinking(raw)
-        verdict = detect(answer, truth=truth, aliases=aliases, finished=not unfinished and closed,
-                         thinking=thinking if (thinking is not None and not closed) or not answer.strip() else None)
+        verdict = detect(
+            answer,
+            truth=truth,
+            aliases=aliases,
+            finished=not unfinished and closed,
+            thinking=thinking if (thinking is not None and not closed) or not answer.strip() else None,
+        )
         out.append({"file": name, **verdict.to_json()})
     if as_json:
         emit_json({"results": out, "loops": sum(r["is_loop"] for r in out), "n": len(out)})
@@ -122,24 +141,48 @@ class _RichLoopProgress:
 def _progress(console: Any) -> Iterator[_RichLoopProgress]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
         yield _RichLoopProgress(bar)
 
 
 @click.command("loops")
 @click.argument("model")
-@click.option("--patched", "patched", default=None, metavar="DIR",
-              help="Patched checkpoint (dir or org/name[@rev]; with --backend openai: its model name on the server).")
-@click.option("--recipe", "recipe", default=None, metavar="RECIPE",
-              help="Apply this recipe to MODEL in a temp dir and check the result; its checks.loops are the gates.")
+@click.option(
+    "--patched",
+    "patched",
+    default=None,
+    metavar="DIR",
+    help="Patched checkpoint (dir or org/name[@rev]; with --backend openai: its model name on the server).",
+)
+@click.option(
+    "--recipe",
+    "recipe",
+    default=None,
+    metavar="RECIPE",
+    help="Apply this recipe to MODEL in a temp dir and check the result; its checks.loops are the gates.",
+)
 @settings_options(LoopSettings)
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
-              help="Write loops.json, every transcript and loops.png into this directory.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write loops.json, every transcript and loops.png into this directory.",
+)
 @json_option
 @handle_errors
-def loops_cmd(model: str, patched: str | None, recipe: str | None, report_dir: Path | None, as_json: bool,
-              **options: Any) -> None:
+def loops_cmd(
+    model: str, patched: str | None, recipe: str | None, report_dir: Path | None, as_json: bool, **options: Any
+) -> None:
     """Run the loop suite on MODEL (and the patched model) on the same probes and seeds; compare.
 
     Exits 1 when the recipe's checks.loops gates fail (each failed threshold is named), 2 on bad input.
@@ -167,6 +210,6 @@ def loops_cmd(model: str, patched: str | None, recipe: str | None, report_dir: P
     if failures:
         for failure in failures:
             click.echo(f"gate failed: {failure}", err=True)
-        raise GateFailed(f"{len(failures)} loop gate(s) failed: " + "; ".join(f.split(':')[0] for f in failures))
+        raise GateFailed(f"{len(failures)} loop gate(s) failed: " + "; ".join(f.split(":")[0] for f in failures))
     if report.gates is not None and not as_json:
         console.print("[green]loop gates met[/]")

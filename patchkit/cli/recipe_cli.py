@@ -26,10 +26,16 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
         emit_json(report.to_json())
         return
     con = ui_console(False)
-    target = {"model": f"against {report.model}", "profile": f"against the offline profile of {report.model}",
-              "schema-only": "schema only"}[report.against]
-    what = (f"{report.edits} edit(s), {report.slices} slice(s) in layers {report.layers}" if report.resolved
-            else "unresolved, no edits yet")
+    target = {
+        "model": f"against {report.model}",
+        "profile": f"against the offline profile of {report.model}",
+        "schema-only": "schema only",
+    }[report.against]
+    what = (
+        f"{report.edits} edit(s), {report.slices} slice(s) in layers {report.layers}"
+        if report.resolved
+        else "unresolved, no edits yet"
+    )
     con.print(f"[green]ok[/green] {recipe}: {report.name} — {what} ({target})", highlight=False)
     if report.search_space:
         con.print(f"search space: {describe_space(report.search_space)}", highlight=False)
@@ -40,7 +46,9 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
 def describe_space(space: dict) -> str:
     """One line: what an unresolved recipe leaves to search."""
     layers = space["layers"] if space["layers"] is not None else "all layers"
-    parts = [f"{space['kind']}s in layers {layers}" if space["layers"] is not None else f"{space['kind']}s in all layers"]
+    parts = [
+        f"{space['kind']}s in layers {layers}" if space["layers"] is not None else f"{space['kind']}s in all layers"
+    ]
     if space.get("units_in_scope") is not None:
         parts.append(f"{space['units_in_scope']:,} candidates")
     if space.get("exact_edits"):
@@ -50,8 +58,10 @@ def describe_space(space: dict) -> str:
     if space.get("ops"):
         parts.append("ops " + "/".join(space["ops"]))
     if space.get("partial_edits"):
-        known = ", ".join(f"L{p['layer']} {p['op']}" + (f" x{p['factor']:g}" if p.get("factor") is not None else "")
-                          for p in space["partial_edits"])
+        known = ", ".join(
+            f"L{p['layer']} {p['op']}" + (f" x{p['factor']:g}" if p.get("factor") is not None else "")
+            for p in space["partial_edits"]
+        )
         parts.append(f"known except the index: {known}")
     return "; ".join(parts)
 
@@ -67,10 +77,17 @@ def schema_cmd() -> None:
 
 @click.command("new")
 @click.option("--model", "model", default=None, help="Fill in geometry and revision pin from this model.")
-@click.option("--arch", type=click.Choice(["gemma4", "llama"]), default=None, help="Architecture when no model is given.")
+@click.option(
+    "--arch", type=click.Choice(["gemma4", "llama"]), default=None, help="Architecture when no model is given."
+)
 @click.option("--name", default=None, help="Recipe name.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Write here (refuses to overwrite); default stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write here (refuses to overwrite); default stdout.",
+)
 @json_option
 @handle_errors
 def new_cmd(model: str | None, arch: str | None, name: str | None, output: Path | None, as_json: bool) -> None:
@@ -90,7 +107,9 @@ def new_cmd(model: str | None, arch: str | None, name: str | None, output: Path 
             sys.stdout.write(text)
         return
     if output.exists():
-        raise PatchkitError(f"{output}: already exists; refusing to overwrite", hint="choose another -o path or delete it")
+        raise PatchkitError(
+            f"{output}: already exists; refusing to overwrite", hint="choose another -o path or delete it"
+        )
     atomic_write_text(output, text)
     if as_json:
         emit_json({"written": str(output)})

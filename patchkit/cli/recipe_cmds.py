@@ -24,26 +24,39 @@ def recipe_group() -> None:
 @recipe_group.command("extract")
 @click.argument("base")
 @click.argument("fixed")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Write the recipe here (default: stdout; with --into: the --into file).")
-@click.option("--into", "into", type=click.Path(path_type=Path), default=None,
-              help="An (unresolved) recipe to resolve: keeps its name, description, checks, publish and constraints.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the recipe here (default: stdout; with --into: the --into file).",
+)
+@click.option(
+    "--into",
+    "into",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An (unresolved) recipe to resolve: keeps its name, description, checks, publish and constraints.",
+)
 @click.option("--name", default=None, help="Recipe name (default: --into's, else <FIXED>-from-diff).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file (other than --into).")
 @json_option
 @handle_errors
-def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name: str | None, force: bool,
-                as_json: bool) -> None:
+def extract_cmd(
+    base: str, fixed: str, out: Path | None, into: Path | None, name: str | None, force: bool, as_json: bool
+) -> None:
     """Recipe ops that turn BASE into FIXED (local dirs or org/name[@rev]; refused if a change is not expressible)."""
-    from patchkit.cli.core import _progress
-    from patchkit.workflows.resolve import extract_recipe
     from patchkit._io.atomic import atomic_write_text
+    from patchkit.cli.core import _progress
     from patchkit.recipe import load_recipe
+    from patchkit.workflows.resolve import extract_recipe
 
     template = load_recipe(into) if into is not None else None
     target = out or into
     if target is not None and target.exists() and target != into and not force:
-        raise PatchkitError(f"{target}: already exists; refusing to overwrite", hint="pass --force or choose another -o")
+        raise PatchkitError(
+            f"{target}: already exists; refusing to overwrite", hint="pass --force or choose another -o"
+        )
     with _progress(as_json, "extract") as progress:
         result = extract_recipe(base, fixed, template=template, name=name, progress=progress)
     if target is not None:
@@ -57,9 +70,11 @@ def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name
         click.echo(result.text, nl=False)
     con = ui_console(target is None)
     units = len(result.recipe.expanded_edits())
-    con.print(f"{units} edited unit(s) in {len(result.edits)} edit(s) from {result.reference} against {result.base}; "
-              f"downloaded {len(result.downloaded_files)} shard(s), skipped {len(result.identical_files)} identical",
-              highlight=False)
+    con.print(
+        f"{units} edited unit(s) in {len(result.edits)} edit(s) from {result.reference} against {result.base}; "
+        f"downloaded {len(result.downloaded_files)} shard(s), skipped {len(result.identical_files)} identical",
+        highlight=False,
+    )
     for note in result.notes:
         click.echo(f"warning: {note} (the reference is authoritative; check the recipe's constraints)", err=True)
     if target is not None:
@@ -68,7 +83,9 @@ def extract_cmd(base: str, fixed: str, out: Path | None, into: Path | None, name
 
 @recipe_group.command("space")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--model", default=None, help="Check the space against this model's geometry (default: its size profile).")
+@click.option(
+    "--model", default=None, help="Check the space against this model's geometry (default: its size profile)."
+)
 @json_option
 @handle_errors
 def space_cmd(recipe: Path, model: str | None, as_json: bool) -> None:

@@ -49,8 +49,17 @@ from patchkit.edit.provenance import (
 from patchkit.edit.stream import PatchStream, link_or_copy, write_patched
 from patchkit.errors import ApplyError, Fix
 
-__all__ = ["ApplyResult", "IN_PLACE_JOURNAL", "LOCK_FILE", "UNDO_RECIPE", "PatchStream", "Recovery", "apply_recipe",
-           "read_recipe", "recover_in_place"]
+__all__ = [
+    "ApplyResult",
+    "IN_PLACE_JOURNAL",
+    "LOCK_FILE",
+    "UNDO_RECIPE",
+    "PatchStream",
+    "Recovery",
+    "apply_recipe",
+    "read_recipe",
+    "recover_in_place",
+]
 
 #: outputs at least this large get their digest recorded in the hash cache (push reuses it)
 _REMEMBER_MIN = 1 << 20
@@ -59,7 +68,14 @@ _REMEMBER_MIN = 1 << 20
 def _edit_key(e: dict | PlannedEdit) -> tuple:
     get = e.get if isinstance(e, dict) else lambda k: getattr(e, k)
     factor = get("factor")
-    return (get("layer"), get("kind"), get("index"), get("op"), None if factor is None else float(factor), get("tensor"))
+    return (
+        get("layer"),
+        get("kind"),
+        get("index"),
+        get("op"),
+        None if factor is None else float(factor),
+        get("tensor"),
+    )
 
 
 def _refuse_reapply(source_dir: Path, recipe_name: str, plan: Plan) -> dict | None:
@@ -92,7 +108,7 @@ def _clean_stale_temps(parent: Path, name: str) -> None:
         prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
         if prefix is None or entry.is_symlink() or not entry.is_dir():
             continue
-        rest = entry.name[len(prefix):]
+        rest = entry.name[len(prefix) :]
         pid = rest.removeprefix("old-").split("-")[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
@@ -116,20 +132,29 @@ def _check_replaceable(out: Path) -> None:
     prov_path = out / PROVENANCE_FILE
     prov = read_provenance(out) if prov_path.is_file() and not prov_path.is_symlink() else None
     if prov is None or not isinstance(prov.get("output_files"), dict) or "patchkit_version" not in prov:
-        raise ApplyError(f"output {out} is not empty and not a patchkit apply output (no {PROVENANCE_FILE}); "
-                         "refusing to replace it", hint=hint, data=data)
+        raise ApplyError(
+            f"output {out} is not empty and not a patchkit apply output (no {PROVENANCE_FILE}); refusing to replace it",
+            hint=hint,
+            data=data,
+        )
     if prov.get("in_place"):
-        raise ApplyError(f"output {out} is a model patched in place (see its {PROVENANCE_FILE}), not an apply "
-                         "output; refusing to replace it", hint=hint, data=data)
+        raise ApplyError(
+            f"output {out} is a model patched in place (see its {PROVENANCE_FILE}), not an apply "
+            "output; refusing to replace it",
+            hint=hint,
+            data=data,
+        )
     allowed = set(prov["output_files"]) | {PROVENANCE_FILE, UNDO_RECIPE}
     for root, dirs, files in os.walk(out):
         for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
             rel = os.path.relpath(os.path.join(root, name), out)
             if rel not in allowed and TMP_MARK not in name:
-                raise ApplyError(f"output {out} holds {rel}, which patchkit did not write (not in its "
-                                 f"{PROVENANCE_FILE}); refusing to replace it",
-                                 hint="move that file out, remove the directory yourself, or choose another output "
-                                      "directory", data={**data, "file": rel})
+                raise ApplyError(
+                    f"output {out} holds {rel}, which patchkit did not write (not in its "
+                    f"{PROVENANCE_FILE}); refusing to replace it",
+                    hint="move that file out, remove the directory yourself, or choose another output directory",
+                    data={**data, "file": rel},
+                )
 
 
 def read_recipe(recipe: Any) -> tuple[Any, str, str | None]:
@@ -218,11 +243,21 @@ def apply_recipe(
         warnings = ([recovery.message] if recovery else []) + _pin_warnings(recipe_obj, ref)
         files = _source_files(source_dir)  # refuses links out of the model dir and special files, before any write
         plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
-        if (in_place and recovery is not None and recovery.completed
-                and recovery.recipe_sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()):
+        if (
+            in_place
+            and recovery is not None
+            and recovery.completed
+            and recovery.recipe_sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+        ):
             # the rerun of an in-place apply that was interrupted after its commit point: it is done now
-            return ApplyResult(out_dir=source_dir, plan=plan, provenance=read_provenance(source_dir), in_place=True,
-                               undo_recipe=source_dir / UNDO_RECIPE, warnings=warnings)
+            return ApplyResult(
+                out_dir=source_dir,
+                plan=plan,
+                provenance=read_provenance(source_dir),
+                in_place=True,
+                undo_recipe=source_dir / UNDO_RECIPE,
+                warnings=warnings,
+            )
         parent = _refuse_reapply(source_dir, recipe_obj.name, plan)
         if in_place:
             _check_in_place(source_dir, plan)
@@ -232,16 +267,29 @@ def apply_recipe(
             out = Path(os.path.abspath(out))
             real_out, real_src = os.path.realpath(out), os.path.realpath(source_dir)
             if real_out == real_src or real_out.startswith(real_src + os.sep) or real_src.startswith(real_out + os.sep):
-                raise ApplyError(f"output {out} overlaps the source model {source_dir}", hint="choose another output directory, or patch in place",
-                                 data={"out": str(out), "source": str(source_dir)})
+                raise ApplyError(
+                    f"output {out} overlaps the source model {source_dir}",
+                    hint="choose another output directory, or patch in place",
+                    data={"out": str(out), "source": str(source_dir)},
+                )
             if os.path.lexists(out):
                 if not force:
-                    raise ApplyError(f"output directory {out} already exists", hint="or choose another output directory",
-                                     fix=Fix("force", why="to replace it"), data={"out": str(out)})
+                    raise ApplyError(
+                        f"output directory {out} already exists",
+                        hint="or choose another output directory",
+                        fix=Fix("force", why="to replace it"),
+                        data={"out": str(out)},
+                    )
                 _check_replaceable(out)
         if dry_run:
-            return ApplyResult(out_dir=out if not in_place else source_dir, plan=plan, provenance=None, dry_run=True,
-                               in_place=in_place, warnings=warnings)
+            return ApplyResult(
+                out_dir=out if not in_place else source_dir,
+                plan=plan,
+                provenance=None,
+                dry_run=True,
+                in_place=in_place,
+                warnings=warnings,
+            )
 
         ctx = ApplyContext(recipe_obj, text, recipe_path, ref, plan, parent)
         if in_place:
@@ -259,8 +307,9 @@ def apply_recipe(
         return result
 
 
-def _apply_to_new_dir(ctx: ApplyContext, source_dir: Path, files: list[str], out: Path, force: bool, link: bool,
-                      progress: Progress | None) -> ApplyResult:
+def _apply_to_new_dir(
+    ctx: ApplyContext, source_dir: Path, files: list[str], out: Path, force: bool, link: bool, progress: Progress | None
+) -> ApplyResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out.parent, out.name)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{_temp_prefix(out.name)}{os.getpid()}-"))
@@ -324,8 +373,12 @@ def _publish_dir(tmp: Path, out: Path, force: bool) -> None:
         os.rename(tmp, out)
         return
     if not force:
-        raise ApplyError(f"output directory {out} already exists", hint="or choose another output directory",
-                         fix=Fix("force", why="to replace it"), data={"out": str(out)})
+        raise ApplyError(
+            f"output directory {out} already exists",
+            hint="or choose another output directory",
+            fix=Fix("force", why="to replace it"),
+            data={"out": str(out)},
+        )
     _check_replaceable(out)
     trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{_temp_prefix(out.name)}old-{os.getpid()}-"))
     os.rename(out, trash / "old")

@@ -11,7 +11,6 @@ for a small candidate set of c), or arbitrary. `--as-recipe` turns a fully class
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -42,12 +41,15 @@ _ROLE_RE = re.compile(
     r"router\.per_expert_scale)(?:\.weight)?$"
 )
 ROLE_AXIS = {
-    "mlp.down_proj": 1, "mlp.up_proj": 0, "mlp.gate_proj": 0,
-    "experts.down_proj": 0, "experts.gate_up_proj": 0, "router.per_expert_scale": 0,
+    "mlp.down_proj": 1,
+    "mlp.up_proj": 0,
+    "mlp.gate_proj": 0,
+    "experts.down_proj": 0,
+    "experts.gate_up_proj": 0,
+    "router.per_expert_scale": 0,
 }
 #: Files whose differences never block --as-recipe (apply writes or leaves them as they are).
 _IGNORED_FILES = {PROVENANCE_FILE, "patchkit-undo.yaml", "README.md", ".gitattributes"}
-
 
 
 class DiffError(PatchkitError):
@@ -67,8 +69,12 @@ class SliceChange:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "index": self.index, "classification": self.classification, "factor": self.factor,
-            "changed_elements": self.changed_elements, "max_abs_change": self.max_abs, "max_rel_change": self.max_rel,
+            "index": self.index,
+            "classification": self.classification,
+            "factor": self.factor,
+            "changed_elements": self.changed_elements,
+            "max_abs_change": self.max_abs,
+            "max_rel_change": self.max_rel,
         }
 
 
@@ -97,10 +103,19 @@ class TensorChange:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tensor": self.tensor, "file_a": self.file_a, "file_b": self.file_b, "dtype": self.dtype,
-            "shape": list(self.shape), "layer": self.layer, "role": self.role, "axis": self.axis,
-            "changed_elements": self.changed_elements, "max_abs_change": self.max_abs, "max_rel_change": self.max_rel,
-            "classification": self.classification, "slices": [s.to_json() for s in self.slices],
+            "tensor": self.tensor,
+            "file_a": self.file_a,
+            "file_b": self.file_b,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "layer": self.layer,
+            "role": self.role,
+            "axis": self.axis,
+            "changed_elements": self.changed_elements,
+            "max_abs_change": self.max_abs,
+            "max_rel_change": self.max_rel,
+            "classification": self.classification,
+            "slices": [s.to_json() for s in self.slices],
             "slices_truncated": self.slices_truncated,
         }
 
@@ -126,12 +141,19 @@ class DiffReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "a": str(self.a), "b": str(self.b), "identical": self.identical,
-            "changed": [c.to_json() for c in self.changed], "added": self.added, "removed": self.removed,
-            "reshaped": self.reshaped, "other_files_changed": self.other_files_changed,
+            "a": str(self.a),
+            "b": str(self.b),
+            "identical": self.identical,
+            "changed": [c.to_json() for c in self.changed],
+            "added": self.added,
+            "removed": self.removed,
+            "reshaped": self.reshaped,
+            "other_files_changed": self.other_files_changed,
             "identical_files": self.identical_files,
-            "identical_tensors": self.identical_tensors, "bytes_compared": self.bytes_compared,
-            "bytes_skipped_as_known_identical": self.bytes_skipped, "seconds": round(self.seconds, 3),
+            "identical_tensors": self.identical_tensors,
+            "bytes_compared": self.bytes_compared,
+            "bytes_skipped_as_known_identical": self.bytes_skipped,
+            "seconds": round(self.seconds, 3),
             "throughput_mb_s": round(self.bytes_compared / 1e6 / self.seconds, 1) if self.seconds > 0 else None,
         }
 
@@ -167,7 +189,9 @@ def weight_files(directory: Path) -> list[str]:
     return files
 
 
-def _headers(directory: Path, skip: frozenset[str] = frozenset()) -> tuple[dict[str, SafetensorsHeader], dict[str, str]]:
+def _headers(
+    directory: Path, skip: frozenset[str] = frozenset()
+) -> tuple[dict[str, SafetensorsHeader], dict[str, str]]:
     headers = {f: read_header(directory / f, root=directory) for f in weight_files(directory) if f not in skip}
     owner = {}
     for f, h in headers.items():
@@ -196,8 +220,13 @@ def _same_file(pa: Path, pb: Path) -> bool:
     return bool(ka) and ka == kb and os.path.getsize(pa) == os.path.getsize(pb)
 
 
-def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, skip: frozenset[str] = frozenset(),
-                     progress: Progress | None = None) -> DiffReport:
+def diff_checkpoints(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    skip: frozenset[str] = frozenset(),
+    progress: Progress | None = None,
+) -> DiffReport:
     """Compare checkpoint A with checkpoint B (B is the patched one), tensor by tensor, byte-exact.
 
     Args:
@@ -220,11 +249,7 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, sk
     common = [n for n in own_a if n in own_b]
     total = sum(heads_a[own_a[n]].tensors[n].nbytes for n in common)
     done = 0
-    identical_files = {
-        (fa, fb)
-        for fa in heads_a for fb in heads_b
-        if fa == fb and _same_file(dir_a / fa, dir_b / fb)
-    }
+    identical_files = {(fa, fb) for fa in heads_a for fb in heads_b if fa == fb and _same_file(dir_a / fa, dir_b / fb)}
     fds: dict[Path, int] = {}
     reader = _PairReader()
     try:
@@ -232,8 +257,13 @@ def diff_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str], *, sk
             ha, hb = heads_a[own_a[name]], heads_b[own_b[name]]
             ta, tb = ha.tensors[name], hb.tensors[name]
             if (ta.dtype, ta.shape) != (tb.dtype, tb.shape):
-                report.reshaped.append({"tensor": name, "a": {"dtype": ta.dtype, "shape": list(ta.shape)},
-                                        "b": {"dtype": tb.dtype, "shape": list(tb.shape)}})
+                report.reshaped.append(
+                    {
+                        "tensor": name,
+                        "a": {"dtype": ta.dtype, "shape": list(ta.shape)},
+                        "b": {"dtype": tb.dtype, "shape": list(tb.shape)},
+                    }
+                )
                 continue
             if (own_a[name], own_b[name]) in identical_files:
                 report.identical_tensors += 1
@@ -303,8 +333,16 @@ def _compare_tensor(reader: _PairReader, name, file_a, file_b, ha, hb, fd_a, fd_
         if equal:
             continue
         if change is None:
-            change = TensorChange(tensor=name, file_a=file_a, file_b=file_b, dtype=ta.dtype, shape=ta.shape,
-                                  layer=role[0] if role else None, role=role[1] if role else None, axis=axis)
+            change = TensorChange(
+                tensor=name,
+                file_a=file_a,
+                file_b=file_b,
+                dtype=ta.dtype,
+                shape=ta.shape,
+                layer=role[0] if role else None,
+                role=role[1] if role else None,
+                axis=axis,
+            )
         if not float_dtype:
             change.changed_elements += int(np.count_nonzero(np.frombuffer(da, np.uint8) != np.frombuffer(db, np.uint8)))
             continue
@@ -397,7 +435,9 @@ def _scale_candidates(ra: np.ndarray, rb: np.ndarray, dtype: str) -> list[float]
     return out
 
 
-def _classify_slices(reader: _PairReader, info, indices: list[int], axis: int, fd_a: int, fd_b: int, start_a: int, start_b: int) -> list[SliceChange]:
+def _classify_slices(
+    reader: _PairReader, info, indices: list[int], axis: int, fd_a: int, fd_b: int, start_a: int, start_b: int
+) -> list[SliceChange]:
     itemsize = info.itemsize
     states = [(_SliceState(i, info.dtype), Selection.of(info.shape, axis, i)) for i in indices]
     for off, da, db, _ in reader.chunks(fd_a, fd_b, start_a, start_b, info.nbytes, itemsize):
@@ -415,6 +455,7 @@ def _classify_slices(reader: _PairReader, info, indices: list[int], axis: int, f
 
 def _other_files(dir_a: Path, dir_b: Path, weights: set[str]) -> list[str]:
     """Non-weight files that differ or exist on one side only (config, tokenizer, ...)."""
+
     def listing(d: Path) -> set[str]:
         out = set()
         for root, dirs, files in os.walk(d):
@@ -456,7 +497,9 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
     """Recipe edits reproducing B from A, or DiffError naming the first change a recipe cannot express."""
     for what, items in (("added", report.added), ("removed", report.removed)):
         if items:
-            raise DiffError(f"tensor {items[0]} was {what}; a recipe only edits existing tensors; no recipe can express that")
+            raise DiffError(
+                f"tensor {items[0]} was {what}; a recipe only edits existing tensors; no recipe can express that"
+            )
     if report.reshaped:
         raise DiffError(f"tensor {report.reshaped[0]['tensor']} changed dtype/shape; no recipe can express that")
     blocking = [f for f in report.other_files_changed if f not in _IGNORED_FILES]
@@ -471,7 +514,9 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
                 "--as-recipe is refused"
             )
         if change.slices_truncated:
-            raise DiffError(f"tensor {change.tensor}: more than {MAX_CLASSIFIED_SLICES} slices changed; no recipe can express that")
+            raise DiffError(
+                f"tensor {change.tensor}: more than {MAX_CLASSIFIED_SLICES} slices changed; no recipe can express that"
+            )
         for s in change.slices:
             if s.classification == "arbitrary":
                 raise DiffError(
@@ -480,15 +525,30 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
                 )
             if role in ("experts.down_proj", "router.per_expert_scale"):
                 if s.classification != "zeroed":
-                    raise DiffError(f"tensor {change.tensor} expert {s.index}: experts can only be suppressed (zeroed), found {s.classification}")
+                    raise DiffError(
+                        f"tensor {change.tensor} expert {s.index}: experts can only be suppressed (zeroed), found {s.classification}"
+                    )
                 key: tuple[str, int | None, str, float | None, str | None] = (
-                    "expert", change.layer, "suppress", None, "down_proj" if role == "experts.down_proj" else None)
+                    "expert",
+                    change.layer,
+                    "suppress",
+                    None,
+                    "down_proj" if role == "experts.down_proj" else None,
+                )
             else:
                 factor = s.factor if s.classification == "scaled" else None
-                key = ("neuron", change.layer, _OP[s.classification], factor, "up_proj" if role == "mlp.up_proj" else None)
+                key = (
+                    "neuron",
+                    change.layer,
+                    _OP[s.classification],
+                    factor,
+                    "up_proj" if role == "mlp.up_proj" else None,
+                )
             groups.setdefault(key, []).append(s.index)
     edits = []
-    for (kind, layer, op, factor, tensor), indices in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], str(kv[0][2:]))):
+    for (kind, layer, op, factor, tensor), indices in sorted(
+        groups.items(), key=lambda kv: (kv[0][1], kv[0][0], str(kv[0][2:]))
+    ):
         edit: dict[str, Any] = {"layer": layer, kind: indices[0] if len(indices) == 1 else sorted(indices), "op": op}
         if factor is not None:
             edit["factor"] = factor
@@ -500,8 +560,14 @@ def recipe_edits(report: DiffReport) -> list[dict[str, Any]]:
     return edits
 
 
-def recipe_text(report: DiffReport, *, name: str | None = None, repo: str | None = None,
-                revision: str | None = None, architecture: str | None = None) -> str:
+def recipe_text(
+    report: DiffReport,
+    *,
+    name: str | None = None,
+    repo: str | None = None,
+    revision: str | None = None,
+    architecture: str | None = None,
+) -> str:
     """A recipe (YAML) that reproduces B from A, with provenance of the diff in `source`."""
     from io import StringIO
 

@@ -82,23 +82,29 @@ class DirLock:
         self.fd: int | None = None
 
     def _busy(self) -> ApplyError:
-        return ApplyError(f"another patchkit apply is running on {self.directory}",
-                          hint=f"wait for it to finish, then retry; its lock is {self.path}",
-                          data={"dir": str(self.directory), "lock": str(self.path)})
+        return ApplyError(
+            f"another patchkit apply is running on {self.directory}",
+            hint=f"wait for it to finish, then retry; its lock is {self.path}",
+            data={"dir": str(self.directory), "lock": str(self.path)},
+        )
 
     def acquire(self) -> bool:
         """Take the lock: True when held; False for a shared lock nobody can hold (no lock file). ApplyError when
         another process holds it."""
-        flags = os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | (os.O_RDWR | os.O_CREAT if self.exclusive else os.O_RDONLY)
+        flags = (
+            os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | (os.O_RDWR | os.O_CREAT if self.exclusive else os.O_RDONLY)
+        )
         for _ in range(50):
             try:
                 fd = os.open(self.path, flags, 0o644)
             except OSError as exc:
                 if not self.exclusive:
                     return False  # no lock file (or unreadable): no in-place apply can be running
-                raise ApplyError(f"{self.path}: cannot create patchkit's lock file ({exc.strerror or exc})",
-                                 hint="--in-place needs a writable directory whose lock file is not a link",
-                                 data={"path": str(self.path)}) from None
+                raise ApplyError(
+                    f"{self.path}: cannot create patchkit's lock file ({exc.strerror or exc})",
+                    hint="--in-place needs a writable directory whose lock file is not a link",
+                    data={"path": str(self.path)},
+                ) from None
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -108,9 +114,11 @@ class DirLock:
                 os.close(fd)
                 if not self.exclusive:
                     return False
-                raise ApplyError(f"{self.path}: cannot lock ({exc.strerror or exc})",
-                                 hint="the filesystem does not support flock; patch a copy with -o OUT instead",
-                                 data={"path": str(self.path)}) from None
+                raise ApplyError(
+                    f"{self.path}: cannot lock ({exc.strerror or exc})",
+                    hint="the filesystem does not support flock; patch a copy with -o OUT instead",
+                    data={"path": str(self.path)},
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
@@ -160,8 +168,10 @@ class Recovery:
     def message(self) -> str:
         what = f"the interrupted --in-place apply of {self.recipe or 'a recipe'}"
         if self.completed:
-            return (f"{self.directory}: completed {what} (rolled forward: {len(self.files)} shard(s) patched, "
-                    f"{PROVENANCE_FILE} written)")
+            return (
+                f"{self.directory}: completed {what} (rolled forward: {len(self.files)} shard(s) patched, "
+                f"{PROVENANCE_FILE} written)"
+            )
         return f"{self.directory}: undid {what} (rolled back: every shard is the original again)"
 
 
@@ -177,9 +187,11 @@ def guard_source(source_dir: Path, *, in_place: bool, dry_run: bool) -> Iterator
     journal = source_dir / IN_PLACE_JOURNAL
     if dry_run:
         if os.path.lexists(journal):
-            raise ApplyError(f"{source_dir} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}); a dry run "
-                             "changes nothing", hint="run the apply without dry run: it finishes or undoes that "
-                             "apply first and says which", data={"dir": str(source_dir)})
+            raise ApplyError(
+                f"{source_dir} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}); a dry run changes nothing",
+                hint="run the apply without dry run: it finishes or undoes that apply first and says which",
+                data={"dir": str(source_dir)},
+            )
         yield None
         return
     if in_place:
@@ -232,7 +244,7 @@ def _write_new(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -306,11 +318,22 @@ def _apply_in_place(ctx: ApplyContext, source_dir: Path, files: list[str], progr
         _write_new(source_dir / undo_tmp, _undo_recipe_text(ctx.text, ctx.recipe.name).encode("utf-8"))
         # 2. journal
         draft = {
-            "patchkit_journal": JOURNAL_FORMAT, "pid": pid, "state": "prepared",
-            "recipe": ctx.recipe.name, "recipe_sha256": prov["recipe"]["sha256"],
-            "files": {rel: {"before_sha256": source_sha[rel]["sha256"], "after_sha256": output_sha[rel]["sha256"],
-                            "size": output_sha[rel]["size"], **names[rel]} for rel in rewritten},
-            "provenance": prov_tmp, "undo": undo_tmp,
+            "patchkit_journal": JOURNAL_FORMAT,
+            "pid": pid,
+            "state": "prepared",
+            "recipe": ctx.recipe.name,
+            "recipe_sha256": prov["recipe"]["sha256"],
+            "files": {
+                rel: {
+                    "before_sha256": source_sha[rel]["sha256"],
+                    "after_sha256": output_sha[rel]["sha256"],
+                    "size": output_sha[rel]["size"],
+                    **names[rel],
+                }
+                for rel in rewritten
+            },
+            "provenance": prov_tmp,
+            "undo": undo_tmp,
         }
         _step("journal")
         journal = draft  # from here on a failure rolls back (a journal that was never written is simply absent)
@@ -337,8 +360,9 @@ def _apply_in_place(ctx: ApplyContext, source_dir: Path, files: list[str], progr
     _step("done")
     for rel in rewritten:
         remember_sha256(source_dir / rel, output_sha[rel]["sha256"])
-    return ApplyResult(out_dir=source_dir, plan=ctx.plan, provenance=prov, in_place=True,
-                       undo_recipe=source_dir / UNDO_RECIPE)
+    return ApplyResult(
+        out_dir=source_dir, plan=ctx.plan, provenance=prov, in_place=True, undo_recipe=source_dir / UNDO_RECIPE
+    )
 
 
 def _failed(source_dir: Path, journal: dict | None, made: list[Path], exc: BaseException) -> BaseException:
@@ -350,8 +374,10 @@ def _failed(source_dir: Path, journal: dict | None, made: list[Path], exc: BaseE
             except OSError:
                 pass
         if isinstance(exc, OSError):
-            return ApplyError(f"{exc.filename or source_dir}: {exc.strerror or exc} while preparing the patched "
-                              "shards; nothing was changed (free some space or fix permissions)")
+            return ApplyError(
+                f"{exc.filename or source_dir}: {exc.strerror or exc} while preparing the patched "
+                "shards; nothing was changed (free some space or fix permissions)"
+            )
         return exc
     journal_path = source_dir / IN_PLACE_JOURNAL
     if journal.get("state") == "prepared":
@@ -361,13 +387,17 @@ def _failed(source_dir: Path, journal: dict | None, made: list[Path], exc: BaseE
             pass
         else:
             if isinstance(exc, OSError):
-                return ApplyError(f"{exc.filename or source_dir}: {exc.strerror or exc} while replacing shards in "
-                                  "place; rolled back: every shard is the original again")
+                return ApplyError(
+                    f"{exc.filename or source_dir}: {exc.strerror or exc} while replacing shards in "
+                    "place; rolled back: every shard is the original again"
+                )
             return exc
     if isinstance(exc, OSError):
-        return ApplyError(f"{exc.filename or source_dir}: {exc.strerror or exc} while replacing shards in place; "
-                          f"{journal_path} records the state and the next apply on {source_dir} finishes or undoes "
-                          "it")
+        return ApplyError(
+            f"{exc.filename or source_dir}: {exc.strerror or exc} while replacing shards in place; "
+            f"{journal_path} records the state and the next apply on {source_dir} finishes or undoes "
+            "it"
+        )
     return exc
 
 
@@ -393,7 +423,8 @@ def _check_shards(directory: Path, journal: dict, key: str, state: str) -> None:
                 f"{path}: does not match its {state} sha256 recorded in {directory / IN_PLACE_JOURNAL} after "
                 f"recovering an interrupted --in-place apply; the directory was changed by something else",
                 hint=f"restore {rel} from a copy of the model, then delete {IN_PLACE_JOURNAL}",
-                data={"path": str(path), "expected_sha256": info[key], "sha256": digest})
+                data={"path": str(path), "expected_sha256": info[key], "sha256": digest},
+            )
 
 
 def _roll_back(directory: Path, journal: dict, *, check: bool = True) -> None:
@@ -451,10 +482,12 @@ def _safe_rel(directory: Path, name: Any, *, hidden: bool) -> str:
     if ok:
         ok = not os.path.islink(directory / name) if hidden else True
     if not ok:
-        raise ApplyError(f"{directory / IN_PLACE_JOURNAL}: names {name!r}, which is not a patchkit temp/shard path "
-                         f"inside {directory}; refusing to recover from it",
-                         hint="if you did not run `patchkit apply --in-place` on this directory, delete that file",
-                         data={"journal": str(directory / IN_PLACE_JOURNAL)})
+        raise ApplyError(
+            f"{directory / IN_PLACE_JOURNAL}: names {name!r}, which is not a patchkit temp/shard path "
+            f"inside {directory}; refusing to recover from it",
+            hint="if you did not run `patchkit apply --in-place` on this directory, delete that file",
+            data={"journal": str(directory / IN_PLACE_JOURNAL)},
+        )
     return name
 
 
@@ -467,9 +500,11 @@ def _read_journal(directory: Path) -> dict:
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             raise ValueError("no files map")
     except (OSError, ValueError) as exc:
-        raise ApplyError(f"{path}: unreadable in-place journal ({exc})",
-                         hint="compare the shards with a copy of the model, then delete that file",
-                         data={"journal": str(path)}) from None
+        raise ApplyError(
+            f"{path}: unreadable in-place journal ({exc})",
+            hint="compare the shards with a copy of the model, then delete that file",
+            data={"journal": str(path)},
+        ) from None
     return data
 
 
@@ -490,14 +525,21 @@ def recover_in_place(directory: str | os.PathLike[str]) -> Recovery | None:
     journal = _read_journal(directory)
     files = journal["files"]
     if directory.parent.name == "snapshots" or any(os.path.islink(directory / str(rel)) for rel in files):
-        raise ApplyError(f"{directory / IN_PLACE_JOURNAL}: an in-place journal in a directory patchkit never "
-                         "patches in place (symlinked shards / Hugging Face cache); refusing to act on it",
-                         hint="delete that file", data={"journal": str(directory / IN_PLACE_JOURNAL)})
+        raise ApplyError(
+            f"{directory / IN_PLACE_JOURNAL}: an in-place journal in a directory patchkit never "
+            "patches in place (symlinked shards / Hugging Face cache); refusing to act on it",
+            hint="delete that file",
+            data={"journal": str(directory / IN_PLACE_JOURNAL)},
+        )
     for rel, info in files.items():
         _safe_rel(directory, rel, hidden=False)
-        if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("before_sha256", "after_sha256")):
-            raise ApplyError(f"{directory / IN_PLACE_JOURNAL}: entry {rel!r} has no before/after sha256",
-                             hint="compare the shards with a copy of the model, then delete that file")
+        if not isinstance(info, dict) or not all(
+            isinstance(info.get(k), str) for k in ("before_sha256", "after_sha256")
+        ):
+            raise ApplyError(
+                f"{directory / IN_PLACE_JOURNAL}: entry {rel!r} has no before/after sha256",
+                hint="compare the shards with a copy of the model, then delete that file",
+            )
     recipe, recipe_sha = journal.get("recipe"), journal.get("recipe_sha256")
     if journal.get("patchkit_journal") != JOURNAL_FORMAT:
         return _recover_legacy(directory, journal)
@@ -525,7 +567,9 @@ def _recover_legacy(directory: Path, journal: dict) -> Recovery:
             f"{directory} holds an interrupted --in-place apply from an earlier patchkit ({IN_PLACE_JOURNAL}) that "
             f"kept no backups: {', '.join(files)} may be partly replaced",
             hint=f"compare their sha256 with the before/after values in {directory / IN_PLACE_JOURNAL}, restore the "
-                 "originals, then delete that file", data={"journal": str(directory / IN_PLACE_JOURNAL)}) from None
+            "originals, then delete that file",
+            data={"journal": str(directory / IN_PLACE_JOURNAL)},
+        ) from None
     os.unlink(directory / IN_PLACE_JOURNAL)
     return Recovery("rolled-back", directory, journal.get("recipe"), None, sorted(journal["files"]))
 

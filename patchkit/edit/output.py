@@ -80,8 +80,11 @@ def _source_files(source_dir: Path, *, confined: bool = True) -> list[str]:
             if os.path.islink(path):
                 real = check_entry(path, root_arg, what="file", dir_ok=True)
                 kind = "a directory" if os.path.isdir(real) else "not a regular file"
-                raise UnsafeFileError(f"{path}: is a link to {kind} ({real}); patchkit copies only regular files",
-                                      hint="replace the link with the files themselves", data={"path": path})
+                raise UnsafeFileError(
+                    f"{path}: is a link to {kind} ({real}); patchkit copies only regular files",
+                    hint="replace the link with the files themselves",
+                    data={"path": path},
+                )
             kept.append(d)
         dirs[:] = kept
         for name in sorted(files):
@@ -120,9 +123,15 @@ def _provenance(ctx: ApplyContext, source_sha: dict, output_sha: dict, slice_has
         "output_files": dict(sorted(output_sha.items())),
         "edits": [
             {
-                "layer": e.layer, "kind": e.kind, "index": e.index, "op": e.op, "factor": e.factor,
-                "tensor": e.tensor, "file": e.file,
-                "before_sha256": slice_hashes[id(e)][0], "after_sha256": slice_hashes[id(e)][1],
+                "layer": e.layer,
+                "kind": e.kind,
+                "index": e.index,
+                "op": e.op,
+                "factor": e.factor,
+                "tensor": e.tensor,
+                "file": e.file,
+                "before_sha256": slice_hashes[id(e)][0],
+                "after_sha256": slice_hashes[id(e)][1],
             }
             for e in ctx.plan.edits
         ],
@@ -134,6 +143,8 @@ def _provenance(ctx: ApplyContext, source_sha: dict, output_sha: dict, slice_has
             "created": ctx.parent.get("created"),
         }
     return prov
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

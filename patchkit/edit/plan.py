@@ -65,9 +65,18 @@ class PlannedEdit:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "layer": self.layer, "kind": self.kind, "index": self.index, "op": self.op, "factor": self.factor,
-            "tensor": self.tensor, "file": self.file, "dtype": self.dtype, "shape": list(self.shape),
-            "axis": self.axis, "slice_index": self.slice_index, "bytes": self.nbytes,
+            "layer": self.layer,
+            "kind": self.kind,
+            "index": self.index,
+            "op": self.op,
+            "factor": self.factor,
+            "tensor": self.tensor,
+            "file": self.file,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "axis": self.axis,
+            "slice_index": self.slice_index,
+            "bytes": self.nbytes,
         }
 
 
@@ -129,7 +138,9 @@ def locate(edit: Any, target: Any, headers: dict[str, SafetensorsHeader]) -> Pla
     header = headers[owner]
     info = check_editable(header, target.tensor)
     if not 0 <= target.axis < len(info.shape):
-        raise ApplyError(f"{owner}: tensor {target.tensor} has shape {list(info.shape)}; axis {target.axis} does not exist")
+        raise ApplyError(
+            f"{owner}: tensor {target.tensor} has shape {list(info.shape)}; axis {target.axis} does not exist"
+        )
     if not 0 <= target.index < info.shape[target.axis]:
         raise ApplyError(
             f"{owner}: tensor {target.tensor} has {info.shape[target.axis]} entries on axis {target.axis}; "
@@ -141,14 +152,27 @@ def locate(edit: Any, target: Any, headers: dict[str, SafetensorsHeader]) -> Pla
     if edit.op == "scale":
         problem = scale_factor_problem(factor, info.dtype)
         if problem:
-            raise RecipeError(f"{where}: {target.tensor} is {info.dtype}: {problem}",
-                              data={"tensor": target.tensor, "dtype": info.dtype, "factor": factor})
+            raise RecipeError(
+                f"{where}: {target.tensor} is {info.dtype}: {problem}",
+                data={"tensor": target.tensor, "dtype": info.dtype, "factor": factor},
+            )
     if factor is None:
         factor = {"invert": -1.0, "zero": 0.0, "suppress": 0.0}.get(edit.op, 1.0)
     return PlannedEdit(
-        layer=int(edit.layer), kind=str(edit.kind), index=int(edit.index), op=str(edit.op), factor=float(factor),
-        tensor=target.tensor, file=owner, dtype=info.dtype, shape=info.shape, axis=int(target.axis),
-        slice_index=int(target.index), tensor_start=start, tensor_end=end, where=where,
+        layer=int(edit.layer),
+        kind=str(edit.kind),
+        index=int(edit.index),
+        op=str(edit.op),
+        factor=float(factor),
+        tensor=target.tensor,
+        file=owner,
+        dtype=info.dtype,
+        shape=info.shape,
+        axis=int(target.axis),
+        slice_index=int(target.index),
+        tensor_start=start,
+        tensor_end=end,
+        where=where,
     )
 
 
@@ -177,8 +201,14 @@ def check_scaled_slices(edits: Iterable[PlannedEdit], source_dir: Path) -> None:
                 if problem:
                     raise RecipeError(
                         f"{e.where}: scaling {e.tensor} ({e.dtype}) by {e.factor!r} {problem}",
-                        data={"tensor": e.tensor, "dtype": e.dtype, "factor": e.factor, "file": file,
-                              "max_abs": check.max_abs})
+                        data={
+                            "tensor": e.tensor,
+                            "dtype": e.dtype,
+                            "factor": e.factor,
+                            "file": file,
+                            "max_abs": check.max_abs,
+                        },
+                    )
 
 
 def _slice_values(fh: BinaryIO, e: PlannedEdit) -> Iterator[np.ndarray]:
@@ -223,7 +253,11 @@ def _slice_values(fh: BinaryIO, e: PlannedEdit) -> Iterator[np.ndarray]:
 
 
 def plan_edits(
-    pairs: Iterable[tuple[Any, Any]], headers: dict[str, SafetensorsHeader], *, source_dir: Path, weight_files: list[str]
+    pairs: Iterable[tuple[Any, Any]],
+    headers: dict[str, SafetensorsHeader],
+    *,
+    source_dir: Path,
+    weight_files: list[str],
 ) -> Plan:
     """A plan from explicit (edit, target) pairs (used by `plan_recipe` and by tests without adapters)."""
     edits = [locate(edit, target, headers) for edit, target in pairs]
@@ -261,4 +295,6 @@ def plan_recipe(recipe: Any, ref: Any, *, source_dir: Path | None = None) -> Pla
     pairs = [(edit, target) for edit in edits for target in adapter.targets(edit, names)]
     if not pairs and edits:
         raise ApplyError("the recipe's edits map to no tensors in this model")
-    return plan_edits(pairs, headers, source_dir=Path(source_dir or ref.local_dir), weight_files=list(ref.weight_files()))
+    return plan_edits(
+        pairs, headers, source_dir=Path(source_dir or ref.local_dir), weight_files=list(ref.weight_files())
+    )

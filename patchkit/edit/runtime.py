@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from patchkit.errors import PatchkitError
 
@@ -83,5 +84,3 @@ def runtime_edits(model: Any, edits: list[Any]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-

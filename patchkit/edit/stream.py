@@ -243,7 +243,9 @@ def write_patched(
         src_sha, out_sha = hasher.finish()
         if os.path.getsize(dst) != stream.size:
             raise ApplyError(f"{dst}: wrote {os.path.getsize(dst)} bytes, expected {stream.size}")
-        return PatchedFile(source_sha256=src_sha, output_sha256=out_sha, size=stream.size, slice_hashes=stream.slice_hashes)
+        return PatchedFile(
+            source_sha256=src_sha, output_sha256=out_sha, size=stream.size, slice_hashes=stream.slice_hashes
+        )
     finally:
         if hasher.thread.is_alive():  # an error in the main thread: let the hasher stop
             hasher.items.put(None)

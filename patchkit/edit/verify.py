@@ -50,17 +50,26 @@ class VerifyResult:
             where += f" tensor {d['tensor']}"
         if d.get("offset") is not None:
             where += f" at byte {d['offset']}"
-        return f"{self.patched_dir} differs from the recipe applied to {self.model_dir}: {where} ({d.get('reason', '')})"
+        return (
+            f"{self.patched_dir} differs from the recipe applied to {self.model_dir}: {where} ({d.get('reason', '')})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "model": str(self.model_dir), "patched": str(self.patched_dir), "edits": self.edits,
-            "files_checked": self.files_checked, "bytes_compared": self.bytes_compared,
-            "first_difference": self.first_difference, "message": self.message,
+            "ok": self.ok,
+            "model": str(self.model_dir),
+            "patched": str(self.patched_dir),
+            "edits": self.edits,
+            "files_checked": self.files_checked,
+            "bytes_compared": self.bytes_compared,
+            "first_difference": self.first_difference,
+            "message": self.message,
         }
 
 
-def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike[str], progress: Progress | None = None) -> VerifyResult:
+def verify_patched(
+    recipe: Any, *, model: str | None, patched: str | os.PathLike[str], progress: Progress | None = None
+) -> VerifyResult:
     """Check that a patched checkpoint is exactly `apply(recipe, model)`, byte for byte (patchkit.json aside).
 
     Args:
@@ -85,12 +94,16 @@ def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike
     ref, source_dir = _resolve(recipe_obj, model)
     patched_dir = Path(patched)
     if not patched_dir.is_dir():
-        raise PatchkitError(f"{patched_dir}: not a directory", fix=Fix("patched", "DIR", "(the patched checkpoint directory)"))
+        raise PatchkitError(
+            f"{patched_dir}: not a directory", fix=Fix("patched", "DIR", "(the patched checkpoint directory)")
+        )
     for d in (source_dir, patched_dir):
         if os.path.lexists(d / IN_PLACE_JOURNAL):
-            raise ApplyError(f"{d} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}); its shards may be "
-                             "mid-change", hint="run `patchkit apply` on it first: that finishes or undoes the "
-                             "interrupted apply and says which", data={"dir": str(d)})
+            raise ApplyError(
+                f"{d} holds an interrupted --in-place apply ({IN_PLACE_JOURNAL}); its shards may be mid-change",
+                hint="run `patchkit apply` on it first: that finishes or undoes the interrupted apply and says which",
+                data={"dir": str(d)},
+            )
     plan = plan_recipe(recipe_obj, ref, source_dir=source_dir)
     result = VerifyResult(ok=True, model_dir=source_dir, patched_dir=patched_dir, edits=len(plan.edits))
     expected = _source_files(source_dir)
@@ -101,7 +114,8 @@ def verify_patched(recipe: Any, *, model: str | None, patched: str | os.PathLike
     # the undo recipe belongs to a model patched in place (apply writes it there); anywhere else it is extra
     undo_expected = prov.get("in_place") is True and prov.get("undo_recipe") == UNDO_RECIPE
     actual = set(_source_files(patched_dir, confined=False)) | {
-        f for f in (UNDO_RECIPE,) if (patched_dir / f).exists() and not undo_expected}
+        f for f in (UNDO_RECIPE,) if (patched_dir / f).exists() and not undo_expected
+    }
     extra = sorted(actual - set(expected))
     missing = [f for f in expected if f not in actual]
     if missing:
@@ -164,8 +178,10 @@ def _compare_files(src: Path, dst: Path, result: VerifyResult, recorded: Any = N
         result.bytes_compared += size_b
         want = recorded.get("sha256") if isinstance(recorded, dict) else None
         if want and digest != want:
-            return None, (f"sha256 differs from {PROVENANCE_FILE}: the file changed after apply, and as it is a hard "
-                          "link to the base file, the base changed too")
+            return None, (
+                f"sha256 differs from {PROVENANCE_FILE}: the file changed after apply, and as it is a hard "
+                "link to the base file, the base changed too"
+            )
         return None
     with open(src, "rb", buffering=0) as fa, open(dst, "rb", buffering=0) as fb:
         offset = 0

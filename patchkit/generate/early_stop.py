@@ -23,8 +23,8 @@ class LoopWatch:
     """Per-sequence watcher: call `check(n_tokens, decode)` after each token; returns the loop label when certain."""
 
     test: StopTest
-    every: int = 8          # check every this many tokens (decode + detect costs ~1 ms)
-    min_tokens: int = 24    # nothing is certain before this
+    every: int = 8  # check every this many tokens (decode + detect costs ~1 ms)
+    min_tokens: int = 24  # nothing is certain before this
     _last: int = 0
 
     def check(self, n_tokens: int, decode: Callable[[], str]) -> str | None:

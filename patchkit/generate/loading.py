@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from patchkit.errors import ModelError
 
-_DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "f16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "f32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "f16": "float16",
+    "fp16": "float16",
+}
 
 
 def _torch_dtype(name: str) -> Any:
@@ -52,14 +61,17 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
         real = validate_gguf(path).real_path
         try:
             tok = AutoTokenizer.from_pretrained(str(real.parent), gguf_file=real.name)
-            loaded: Any = AutoModelForCausalLM.from_pretrained(str(real.parent), gguf_file=real.name,
-                                                               output_loading_info=True, **kwargs)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                str(real.parent), gguf_file=real.name, output_loading_info=True, **kwargs
+            )
             model, loading = loaded
         except Exception as exc:  # noqa: BLE001 - transformers on a foreign GGUF raises anything
             msg = shown(" ".join(str(exc).split()), 300)
-            raise ModelError(f"{path}: transformers could not load this GGUF ({type(exc).__name__}: {msg})",
-                             hint="check that transformers supports its architecture and quantization",
-                             data={"path": str(path)}) from None
+            raise ModelError(
+                f"{path}: transformers could not load this GGUF ({type(exc).__name__}: {msg})",
+                hint="check that transformers supports its architecture and quantization",
+                data={"path": str(path)},
+            ) from None
         check_loaded(path, loading)
     else:
         if path.is_dir():
@@ -69,7 +81,9 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
 
             local = ensure_local(str(ref))
         if not (local / "config.json").is_file():
-            raise ModelError(f"{local}: no config.json", hint="pass a checkpoint directory, org/name[@rev] or a .gguf file")
+            raise ModelError(
+                f"{local}: no config.json", hint="pass a checkpoint directory, org/name[@rev] or a .gguf file"
+            )
         tok = AutoTokenizer.from_pretrained(str(local))
         model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **kwargs)
     if not spread:

@@ -13,12 +13,13 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Sequence
+from typing import Any
 
+from patchkit._io.progress import Progress
 from patchkit.errors import CheckError
 from patchkit.generate.thinking import split_thinking
-from patchkit._io.progress import Progress
 from patchkit.generate.types import (
     REQUESTS_STAGE,
     TOKENS_STAGE,
@@ -37,8 +38,18 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, base_url: str, *, model: str, concurrency: int = 8, timeout: float = 300.0,
-                 retries: int = 3, backoff: float = 1.0, api_key: str | None = None, check_server: bool = True):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        concurrency: int = 8,
+        timeout: float = 300.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        api_key: str | None = None,
+        check_server: bool = True,
+    ):
         import httpx
 
         self.base_url = base_url.rstrip("/")
@@ -51,8 +62,11 @@ class OpenAIBackend:
         self.backoff = float(backoff)
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-                                    headers=headers, limits=httpx.Limits(max_connections=self.concurrency))
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+            headers=headers,
+            limits=httpx.Limits(max_connections=self.concurrency),
+        )
         self._lock = threading.Lock()
         if check_server:
             self.check_server()
@@ -60,7 +74,7 @@ class OpenAIBackend:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "OpenAIBackend":
+    def __enter__(self) -> OpenAIBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -74,25 +88,35 @@ class OpenAIBackend:
         try:
             resp = self._client.get(f"{self.base_url}/models", timeout=min(10.0, self.timeout))
         except httpx.HTTPError as exc:
-            raise CheckError(f"cannot reach the OpenAI-compatible server at {self.base_url} ({_why(exc)})",
-                             hint="start the server (vLLM, llama.cpp, transformers serve, python -m "
-                                  "patchkit.workflows.serve) or fix --base-url") from None
+            raise CheckError(
+                f"cannot reach the OpenAI-compatible server at {self.base_url} ({_why(exc)})",
+                hint="start the server (vLLM, llama.cpp, transformers serve, python -m "
+                "patchkit.workflows.serve) or fix --base-url",
+            ) from None
         if resp.status_code in (401, 403):
-            raise CheckError(f"{self.base_url}/models: HTTP {resp.status_code} (the server wants an API key)",
-                             hint="set OPENAI_API_KEY")
+            raise CheckError(
+                f"{self.base_url}/models: HTTP {resp.status_code} (the server wants an API key)",
+                hint="set OPENAI_API_KEY",
+            )
         if resp.status_code != 200:
-            return []   # some servers have no /models; the first real request will tell
+            return []  # some servers have no /models; the first real request will tell
         try:
             served = [str(m.get("id")) for m in resp.json().get("data", [])]
         except (ValueError, AttributeError):
             return []
         if served and self.model not in served:
-            raise CheckError(f"{self.base_url} does not serve model {self.model!r}",
-                             hint=f"it serves: {', '.join(served[:8])}")
+            raise CheckError(
+                f"{self.base_url} does not serve model {self.model!r}", hint=f"it serves: {', '.join(served[:8])}"
+            )
         return served
 
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams = SamplingParams(),
-                 *, progress: Progress | None = None) -> list[Generation]:
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams = SamplingParams(),
+        *,
+        progress: Progress | None = None,
+    ) -> list[Generation]:
         """Run all requests (at most `concurrency` in flight); results in request order."""
         results: dict[str, Generation] = {}
         state = {"done": 0, "tokens": 0}
@@ -115,13 +139,19 @@ class OpenAIBackend:
         return [results[r.id] for r in requests]
 
     def _payload(self, request: GenerationRequest, params: SamplingParams) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"model": self.model, "max_tokens": request.max_new_tokens,
-                                "temperature": params.temperature, "top_p": params.top_p, "seed": request.seed}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": request.seed,
+        }
         if request.chat:
-            messages = ([{"role": "system", "content": request.system}] if request.system else []) + \
-                [{"role": "user", "content": request.prompt}]
+            messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
+                {"role": "user", "content": request.prompt}
+            ]
             body["messages"] = messages
-            if params.enable_thinking is not None:   # vLLM / SGLang / transformers serve pass these to the template
+            if params.enable_thinking is not None:  # vLLM / SGLang / transformers serve pass these to the template
                 body["chat_template_kwargs"] = {"enable_thinking": params.enable_thinking}
             return "/chat/completions", body
         body["prompt"] = request.prompt
@@ -151,8 +181,10 @@ class OpenAIBackend:
             if resp.status_code != 200:
                 raise CheckError(f"{url}: HTTP {resp.status_code} for request {request.id}: {_detail(resp)}")
             return self._parse(request, resp.json(), path, time.perf_counter() - started)
-        raise CheckError(f"{url}: request {request.id} failed after {self.retries + 1} attempt(s): {last}",
-                         hint="check the server, or raise the timeout / lower the concurrency")
+        raise CheckError(
+            f"{url}: request {request.id} failed after {self.retries + 1} attempt(s): {last}",
+            hint="check the server, or raise the timeout / lower the concurrency",
+        )
 
     def _parse(self, request: GenerationRequest, data: dict[str, Any], path: str, seconds: float) -> Generation:
         try:
@@ -172,10 +204,16 @@ class OpenAIBackend:
         usage = data.get("usage") or {}
         tokens = usage.get("completion_tokens")
         if not isinstance(tokens, int):
-            tokens = max(1, len((thinking or "") + content) // 4)   # rough: ~4 characters a token
-        return Generation(id=request.id, text=content.strip(), tokens=tokens, stop_reason=stop,
-                          thinking=thinking.strip() if isinstance(thinking, str) else None, seconds=seconds,
-                          meta={"finish_reason": finish})
+            tokens = max(1, len((thinking or "") + content) // 4)  # rough: ~4 characters a token
+        return Generation(
+            id=request.id,
+            text=content.strip(),
+            tokens=tokens,
+            stop_reason=stop,
+            thinking=thinking.strip() if isinstance(thinking, str) else None,
+            seconds=seconds,
+            meta={"finish_reason": finish},
+        )
 
 
 def _why(exc: Exception) -> str:

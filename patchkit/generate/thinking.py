@@ -8,8 +8,12 @@ from __future__ import annotations
 
 __all__ = ["THINKING_MARKERS", "split_thinking"]
 
-THINKING_MARKERS: tuple[tuple[str, str], ...] = (("<|channel>thought\n", "<channel|>"), ("<|channel>thought", "<channel|>"),
-                                                  ("<|channel>", "<channel|>"), ("<think>", "</think>"))
+THINKING_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<|channel>thought\n", "<channel|>"),
+    ("<|channel>thought", "<channel|>"),
+    ("<|channel>", "<channel|>"),
+    ("<think>", "</think>"),
+)
 
 
 def split_thinking(text: str) -> tuple[str | None, str, bool]:
@@ -21,9 +25,9 @@ def split_thinking(text: str) -> tuple[str | None, str, bool]:
         at = text.find(open_)
         if at < 0:
             continue
-        body = text[at + len(open_):]
+        body = text[at + len(open_) :]
         end = body.find(close)
         if end < 0:
             return body, "", False
-        return body[:end], text[:at] + body[end + len(close):], True
+        return body[:end], text[:at] + body[end + len(close) :], True
     return None, text, True

@@ -12,14 +12,15 @@ from __future__ import annotations
 import functools
 import time
 import zlib
-from dataclasses import dataclass, field
 from collections import deque
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from patchkit._io.progress import Progress
 from patchkit.errors import CheckError
 from patchkit.generate.early_stop import LoopWatch, StopTest
 from patchkit.generate.thinking import split_thinking
-from patchkit._io.progress import Progress
 from patchkit.generate.types import (
     REQUESTS_STAGE,
     TOKENS_STAGE,
@@ -40,10 +41,13 @@ def render_prompt(tokenizer: Any, request: GenerationRequest, enable_thinking: b
     if not request.chat:
         return request.prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise CheckError(f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: no chat template",
-                         hint="use a chat/instruct model, or send raw prompts (chat=False)")
-    messages = ([{"role": "system", "content": request.system}] if request.system else []) + \
-        [{"role": "user", "content": request.prompt}]
+        raise CheckError(
+            f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: no chat template",
+            hint="use a chat/instruct model, or send raw prompts (chat=False)",
+        )
+    messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
+        {"role": "user", "content": request.prompt}
+    ]
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
 
@@ -60,9 +64,9 @@ def _token_ids(tokenizer: Any, names: Sequence[str]) -> set[int]:
 
 @dataclass
 class _Row:
-    index: int                 # position in the caller's request list
+    index: int  # position in the caller's request list
     request: GenerationRequest
-    generator: Any             # torch.Generator for sampling
+    generator: Any  # torch.Generator for sampling
     tokens: list[int] = field(default_factory=list)
     in_thinking: bool = False
     thinking_tokens: int = 0
@@ -77,8 +81,16 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, early_stop: StopTest | None = None,
-                 check_every: int = 8, refill: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 32,
+        early_stop: StopTest | None = None,
+        check_every: int = 8,
+        refill: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -93,7 +105,7 @@ class TransformersBackend:
         self.think_close = _token_ids(tokenizer, _THINK_CLOSE)
 
     @classmethod
-    def load(cls, ref: Any, *, dtype: str = "float32", device: str = "cpu", **kwargs: Any) -> "TransformersBackend":
+    def load(cls, ref: Any, *, dtype: str = "float32", device: str = "cpu", **kwargs: Any) -> TransformersBackend:
         from patchkit.generate.loading import load_model
 
         model, tok = load_model(ref, dtype=dtype, device=device)
@@ -111,8 +123,13 @@ class TransformersBackend:
         return ids
 
     # ------------------------------------------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams = SamplingParams(),
-                 *, progress: Progress | None = None) -> list[Generation]:
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams = SamplingParams(),
+        *,
+        progress: Progress | None = None,
+    ) -> list[Generation]:
         """Complete every request; results come back in request order."""
         import torch
 
@@ -139,24 +156,44 @@ class TransformersBackend:
         attn = torch.zeros((len(batch), width), dtype=torch.long)
         rows: list[_Row] = []
         for b, (index, request, ids) in enumerate(batch):
-            input_ids[b, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attn[b, width - len(ids):] = 1
+            input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attn[b, width - len(ids) :] = 1
             gen = torch.Generator(device="cpu")
             gen.manual_seed(zlib.crc32(f"{request.seed}:{request.id}".encode()) & 0x7FFFFFFF)
             # a template that pre-opens the thinking block leaves the model inside it
             last_open = max((ids.index(t) for t in self.think_open if t in ids), default=-1)
             last_close = max((ids.index(t) for t in self.think_close if t in ids), default=-1)
-            rows.append(_Row(index, request, gen, in_thinking=last_open > last_close,
-                             watch=LoopWatch(self.early_stop, every=self.check_every) if self.early_stop else None, started=time.perf_counter()))
+            rows.append(
+                _Row(
+                    index,
+                    request,
+                    gen,
+                    in_thinking=last_open > last_close,
+                    watch=LoopWatch(self.early_stop, every=self.check_every) if self.early_stop else None,
+                    started=time.perf_counter(),
+                )
+            )
         input_ids, attn = input_ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True,
-                         logits_to_keep=1, **{self._cache_kw: cache})
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attn,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
         return rows, cache, attn, positions[:, -1:] + 1, out.logits[:, -1, :].float()
 
-    def _run_stream(self, items: list[tuple[int, GenerationRequest, list[int]]], params: SamplingParams,
-                    progress: Progress | None, state: dict[str, int], total: int) -> Iterator[tuple[int, Generation]]:
+    def _run_stream(
+        self,
+        items: list[tuple[int, GenerationRequest, list[int]]],
+        params: SamplingParams,
+        progress: Progress | None,
+        state: dict[str, int],
+        total: int,
+    ) -> Iterator[tuple[int, Generation]]:
         """Decode all items with at most `batch_size` rows in flight.
 
         A row leaves the batch (and its KV cache) as soon as it is done. When a quarter of the slots are free,
@@ -167,7 +204,9 @@ class TransformersBackend:
 
         self._cache_kw = self._cache_kwarg()
         pending = deque(items)
-        rows, cache, attn, next_pos, logits = self._prefill([pending.popleft() for _ in range(min(self.batch_size, len(pending)))])
+        rows, cache, attn, next_pos, logits = self._prefill(
+            [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
+        )
         refill = self.refill and _mergeable(cache)
         device = attn.device
         while rows:
@@ -205,8 +244,13 @@ class TransformersBackend:
                 rows = [rows[s] for s in keep]
                 next_tokens = torch.tensor([[chosen[s]] for s in keep], dtype=torch.long, device=device)
                 attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype, device=device)], dim=1)
-                out = self.model(input_ids=next_tokens, attention_mask=attn, position_ids=next_pos, use_cache=True,
-                                 **{self._cache_kw: cache})
+                out = self.model(
+                    input_ids=next_tokens,
+                    attention_mask=attn,
+                    position_ids=next_pos,
+                    use_cache=True,
+                    **{self._cache_kw: cache},
+                )
                 next_pos = next_pos + 1
                 logits = out.logits[:, -1, :].float()
             else:
@@ -239,7 +283,7 @@ class TransformersBackend:
         if params.top_p < 1.0:
             sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
             cum = sorted_p.cumsum(dim=-1)
-            drop = cum - sorted_p > params.top_p   # keep the smallest prefix reaching top_p
+            drop = cum - sorted_p > params.top_p  # keep the smallest prefix reaching top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
         probs = probs.cpu()
@@ -261,13 +305,18 @@ class TransformersBackend:
     def _finish(self, row: _Row) -> Generation:
         raw = self.tokenizer.decode(row.tokens, skip_special_tokens=False)
         thinking, answer, _closed = split_thinking(raw)
-        if thinking is None and row.in_thinking:   # the template opened the block: everything so far is thinking
+        if thinking is None and row.in_thinking:  # the template opened the block: everything so far is thinking
             thinking, answer = raw, ""
         clean = lambda s: self._strip_special(s)  # noqa: E731
-        return Generation(id=row.request.id, text=clean(answer).strip(), tokens=len(row.tokens) + (row.stop == "eos"),
-                          stop_reason=row.stop or "length",
-                          thinking=clean(thinking).strip() if thinking is not None else None,
-                          seconds=time.perf_counter() - row.started, loop_label=row.loop_label)
+        return Generation(
+            id=row.request.id,
+            text=clean(answer).strip(),
+            tokens=len(row.tokens) + (row.stop == "eos"),
+            stop_reason=row.stop or "length",
+            thinking=clean(thinking).strip() if thinking is not None else None,
+            seconds=time.perf_counter() - row.started,
+            loop_label=row.loop_label,
+        )
 
     def _strip_special(self, text: str) -> str:
         for tok in self.tokenizer.all_special_tokens:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from patchkit._io.progress import Progress
-
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
+
+from patchkit._io.progress import Progress
 
 __all__ = ["REQUESTS_STAGE", "TOKENS_STAGE", "Backend", "Generation", "GenerationRequest", "SamplingParams"]
 
@@ -28,8 +29,8 @@ class SamplingParams:
 
     temperature: float = 0.0
     top_p: float = 1.0
-    enable_thinking: bool | None = None   # chat template switch (Gemma 4, Qwen 3 ...); None = template default
-    thinking_budget: int | None = None    # max tokens inside the thinking block; exhausted -> stop ("budget")
+    enable_thinking: bool | None = None  # chat template switch (Gemma 4, Qwen 3 ...); None = template default
+    thinking_budget: int | None = None  # max tokens inside the thinking block; exhausted -> stop ("budget")
 
     @property
     def greedy(self) -> bool:
@@ -42,11 +43,11 @@ class Generation:
 
     id: str
     text: str
-    tokens: int                      # generated tokens (thinking included)
-    stop_reason: str                 # "eos" | "length" | "loop" | "budget" | "error"
+    tokens: int  # generated tokens (thinking included)
+    stop_reason: str  # "eos" | "length" | "loop" | "budget" | "error"
     thinking: str | None = None
     seconds: float = 0.0
-    loop_label: str | None = None    # set when the backend stopped early on a certain loop
+    loop_label: str | None = None  # set when the backend stopped early on a certain loop
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -65,5 +66,10 @@ TOKENS_STAGE = "tokens"
 class Backend(Protocol):
     name: str
 
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams = SamplingParams(),
-                 *, progress: Progress | None = None) -> list[Generation]: ...
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        params: SamplingParams = SamplingParams(),
+        *,
+        progress: Progress | None = None,
+    ) -> list[Generation]: ...

@@ -9,8 +9,9 @@ control score (loop-selective), not when it simply breaks the model.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.locate.hooks import ModelView
@@ -26,8 +27,10 @@ PURITY_EPS = 0.05
 @dataclass
 class LayerScore:
     layer: int
-    unit: str                      # "mlp" | "experts"
-    est: dict[str, dict[str, float]] = field(default_factory=dict)    # op -> first-order {loop, novel, control} log-odds deltas
+    unit: str  # "mlp" | "experts"
+    est: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # op -> first-order {loop, novel, control} log-odds deltas
     exact: dict[str, dict[str, float]] = field(default_factory=dict)  # op -> measured log-prob deltas
 
     def delta(self, op: str) -> dict[str, float]:
@@ -53,7 +56,7 @@ class LayerScore:
         return {"layer": self.layer, "unit": self.unit, "score": self.score, "estimate": self.est, "exact": self.exact}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LayerScore":
+    def from_json(cls, d: dict[str, Any]) -> LayerScore:
         return cls(int(d["layer"]), d["unit"], d.get("estimate") or {}, d.get("exact") or {})
 
 
@@ -75,6 +78,7 @@ def _capture(units: list[tuple[int, str, Any]], store: dict) -> Iterator[None]:
             out = output[0] if isinstance(output, tuple) else output
             out.retain_grad()
             store[key] = out
+
         return hook
 
     try:
@@ -89,6 +93,7 @@ def _capture(units: list[tuple[int, str, Any]], store: dict) -> Iterator[None]:
 @contextlib.contextmanager
 def _replace(module: Any, value: Any) -> Iterator[None]:
     """Replace the module's output by `value` (0 or a [H] mean vector) broadcast over every position."""
+
     def hook(module: Any, args: Any, output: Any) -> Any:
         out = output[0] if isinstance(output, tuple) else output
         new = out * 0 if value is None else value.to(out.dtype).expand_as(out)
@@ -101,8 +106,14 @@ def _replace(module: Any, value: Any) -> Iterator[None]:
         h.remove()
 
 
-def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None = None, exact_top: int = 4,
-                progress: Progress | None = None) -> list[LayerScore]:
+def rank_layers(
+    view: ModelView,
+    batch: ScoreBatch,
+    *,
+    layers: list[int] | None = None,
+    exact_top: int = 4,
+    progress: Progress | None = None,
+) -> list[LayerScore]:
     """Score every layer (attribution patching), re-measure the top `exact_top` exactly; best first.
 
     First-order effect of replacing a unit's output `o` by `o'` on a score: sum(grad * (o' - o)). For zeroing
@@ -114,9 +125,9 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
     layers = list(range(view.num_layers)) if layers is None else layers
     units = _units(view, layers)
     counts = batch.counts()
-    grad_out: dict[tuple[int, str], dict[str, float]] = {}   # sum(grad * o) per unit and score
-    grad_sum: dict[tuple[int, str], dict[str, Any]] = {}     # sum(grad) per unit and score ([H])
-    out_sum: dict[tuple[int, str], Any] = {}                  # sum of o over real positions ([H])
+    grad_out: dict[tuple[int, str], dict[str, float]] = {}  # sum(grad * o) per unit and score
+    grad_sum: dict[tuple[int, str], dict[str, Any]] = {}  # sum(grad) per unit and score ([H])
+    out_sum: dict[tuple[int, str], Any] = {}  # sum of o over real positions ([H])
     n_pos = 0
     for piece in batch.chunks(GRAD_ROWS):
         store: dict[tuple[int, str], Any] = {}
@@ -147,7 +158,7 @@ def rank_layers(view: ModelView, batch: ScoreBatch, *, layers: list[int] | None 
         s.est["mean"] = {name: float((mu * grad_sum[key][name]).sum()) - grad_out[key][name] for name in GROUPS}
         scores[key] = s
     ranked = sorted(scores.values(), key=lambda s: -s.score)
-    top = ranked[:max(0, exact_top)]
+    top = ranked[: max(0, exact_top)]
     total = 2 * len(top)
     done = 0
     module_of = {(l, u): m for l, u, m in units}

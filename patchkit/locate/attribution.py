@@ -16,8 +16,9 @@ argmax flips (a greedy loop can only break where the argmax changes), and KL on 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.errors import PatchkitError
@@ -34,20 +35,20 @@ MASSIVE_FACTOR = 20.0
 @dataclass
 class UnitAttribution:
     layer: int
-    kind: str            # "neuron" | "expert"
+    kind: str  # "neuron" | "expert"
     index: int
-    loop: float          # sum act x grad of the loop score (first-order effect of zeroing = -loop)
+    loop: float  # sum act x grad of the loop score (first-order effect of zeroing = -loop)
     control: float
     novel: float
     mean_abs_act: float
     massive: bool
-    selectivity: float   # normalised ranking score
+    selectivity: float  # normalised ranking score
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "UnitAttribution":
+    def from_json(cls, d: dict[str, Any]) -> UnitAttribution:
         return cls(**d)
 
 
@@ -56,6 +57,7 @@ def _grab(view: ModelView, layers: Sequence[int], acts: dict) -> Iterator[None]:
     handles = []
     try:
         for layer in layers:
+
             def pre(module: Any, args: Any, layer: int = layer) -> Any:
                 x = args[0]
                 if not x.requires_grad:
@@ -66,6 +68,7 @@ def _grab(view: ModelView, layers: Sequence[int], acts: dict) -> Iterator[None]:
 
             handles.append(view.down_proj(layer).register_forward_pre_hook(pre))
             if view.is_moe(layer):
+
                 def route(module: Any, args: Any, output: Any, layer: int = layer) -> Any:
                     probs, weights, index = output
                     weights.retain_grad()
@@ -82,8 +85,14 @@ def _grab(view: ModelView, layers: Sequence[int], acts: dict) -> Iterator[None]:
             h.remove()
 
 
-def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, massive_factor: float = MASSIVE_FACTOR,
-              max_rows: int = GRAD_ROWS) -> list[UnitAttribution]:
+def attribute(
+    view: ModelView,
+    batch: ScoreBatch,
+    layers: Sequence[int],
+    *,
+    massive_factor: float = MASSIVE_FACTOR,
+    max_rows: int = GRAD_ROWS,
+) -> list[UnitAttribution]:
     """Attribution of every neuron (and expert) of `layers`; best loop-selective first.
 
     act x grad summed over positions is a sum, so the batch goes through `max_rows` sequences at a time (one
@@ -91,8 +100,8 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
     import torch
 
     counts = batch.counts()
-    per: dict[tuple[str, int], dict[str, Any]] = {}     # unit kind, layer -> score -> [units] summed act x grad
-    abs_sum: dict[tuple[str, int], Any] = {}            # summed |activation| (neurons) / |routing weight| (experts)
+    per: dict[tuple[str, int], dict[str, Any]] = {}  # unit kind, layer -> score -> [units] summed act x grad
+    abs_sum: dict[tuple[str, int], Any] = {}  # summed |activation| (neurons) / |routing weight| (experts)
     n_pos = 0
     for piece in batch.chunks(max_rows):
         acts: dict = {}
@@ -117,8 +126,12 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
                 if w.shape[0] != real.numel():  # routing rows are not one per token: keep them all
                     real = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
                 idx = index[real].reshape(-1).cpu()
-                got = {name: torch.zeros(n_units).index_add_(0, idx, (w * grads[name][key])[real].float().reshape(-1).cpu())
-                       for name in grads}
+                got = {
+                    name: torch.zeros(n_units).index_add_(
+                        0, idx, (w * grads[name][key])[real].float().reshape(-1).cpu()
+                    )
+                    for name in grads
+                }
                 size = torch.zeros(n_units).index_add_(0, idx, w[real].abs().float().reshape(-1).cpu())
             acc = per.setdefault(key, {})
             for name, value in got.items():
@@ -136,8 +149,19 @@ def attribute(view: ModelView, batch: ScoreBatch, layers: Sequence[int], *, mass
         # massive-activation outlier, a generic confidence neuron) scores <= 0 however large it is
         sel = loop - ctrl.abs()
         for j in range(len(loop)):
-            out.append(UnitAttribution(layer, kind, j, float(loop[j]), float(ctrl[j]), float(novel[j]),
-                                       float(mean_abs[j]), bool(massive[j]), float(sel[j])))
+            out.append(
+                UnitAttribution(
+                    layer,
+                    kind,
+                    j,
+                    float(loop[j]),
+                    float(ctrl[j]),
+                    float(novel[j]),
+                    float(mean_abs[j]),
+                    bool(massive[j]),
+                    float(sel[j]),
+                )
+            )
     out.sort(key=lambda u: -u.selectivity)
     return out
 
@@ -155,7 +179,7 @@ def pick_candidates(units: Sequence[UnitAttribution], *, top: int, max_massive: 
                 continue
             massive += 1
         chosen.append(u)
-    by_raw = sorted(units, key=lambda u: -u.loop)[:max(1, top // 10)]
+    by_raw = sorted(units, key=lambda u: -u.loop)[: max(1, top // 10)]
     for u in by_raw:
         if u not in chosen:
             chosen.append(u)
@@ -168,9 +192,9 @@ class ScreenResult:
     d_loop: float
     d_novel: float
     d_control: float
-    flips_loop: float      # share of loop positions whose argmax changes
+    flips_loop: float  # share of loop positions whose argmax changes
     flips_control: float
-    kl_control: float      # mean KL(base || edited) over control positions
+    kl_control: float  # mean KL(base || edited) over control positions
 
     @property
     def score(self) -> float:
@@ -178,18 +202,39 @@ class ScreenResult:
         return (self.flips_loop - self.flips_control) + 0.1 * (self.d_control - self.d_loop) - self.kl_control
 
     def to_json(self) -> dict[str, Any]:
-        return {"candidate": self.candidate.to_json(), "d_loop": self.d_loop, "d_novel": self.d_novel,
-                "d_control": self.d_control, "flips_loop": self.flips_loop, "flips_control": self.flips_control,
-                "kl_control": self.kl_control, "score": self.score}
+        return {
+            "candidate": self.candidate.to_json(),
+            "d_loop": self.d_loop,
+            "d_novel": self.d_novel,
+            "d_control": self.d_control,
+            "flips_loop": self.flips_loop,
+            "flips_control": self.flips_control,
+            "kl_control": self.kl_control,
+            "score": self.score,
+        }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ScreenResult":
-        return cls(Candidate.from_json(d["candidate"]), d["d_loop"], d["d_novel"], d["d_control"], d["flips_loop"],
-                   d["flips_control"], d["kl_control"])
+    def from_json(cls, d: dict[str, Any]) -> ScreenResult:
+        return cls(
+            Candidate.from_json(d["candidate"]),
+            d["d_loop"],
+            d["d_novel"],
+            d["d_control"],
+            d["flips_loop"],
+            d["flips_control"],
+            d["kl_control"],
+        )
 
 
-def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], *, group: int | None = None,
-           progress: Progress | None = None, deadline: float | None = None) -> list[ScreenResult]:
+def screen(
+    view: ModelView,
+    batch: ScoreBatch,
+    candidates: Sequence[Candidate],
+    *,
+    group: int | None = None,
+    progress: Progress | None = None,
+    deadline: float | None = None,
+) -> list[ScreenResult]:
     """Exact teacher-forced effect of each candidate; `group` candidates share one forward pass."""
     import time
 
@@ -203,14 +248,14 @@ def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], 
     n_ctrl = max(1, int(ctrl.numel()))
     with torch.inference_mode():
         base = score(model, batch, want=("argmax", "logprobs"))
-        base_ctrl = base["logprobs"][0, ctrl]          # [C, V]
+        base_ctrl = base["logprobs"][0, ctrl]  # [C, V]
         vocab = base_ctrl.shape[-1]
         if group is None:
             group = max(1, min(8, int(3e8 // max(1, batch.n * vocab * 4))))
         for start in range(0, len(candidates), group):
             if deadline is not None and time.monotonic() > deadline and results:
                 break
-            chunk = list(candidates[start:start + group])
+            chunk = list(candidates[start : start + group])
             k = len(chunk)
             with row_edits(view, [c for c in chunk for _ in range(batch.size)]):
                 got = score(model, batch, k=k, want=("argmax", "logprobs"))
@@ -218,14 +263,17 @@ def screen(view: ModelView, batch: ScoreBatch, candidates: Sequence[Candidate], 
                 flips = got["argmax"][g] != base["argmax"][0]
                 lp_c = got["logprobs"][g, ctrl]
                 kl = float((base_ctrl.exp() * (base_ctrl - lp_c)).sum(-1).mean()) if ctrl.numel() else 0.0
-                results.append(ScreenResult(
-                    cand,
-                    float(got["mean"]["loop"][g] - base["mean"]["loop"][0]),
-                    float(got["mean"]["novel"][g] - base["mean"]["novel"][0]),
-                    float(got["mean"]["control"][g] - base["mean"]["control"][0]),
-                    float((flips & is_loop).sum()) / n_loop,
-                    float((flips & (batch.group == 2)).sum()) / n_ctrl,
-                    kl))
+                results.append(
+                    ScreenResult(
+                        cand,
+                        float(got["mean"]["loop"][g] - base["mean"]["loop"][0]),
+                        float(got["mean"]["novel"][g] - base["mean"]["novel"][0]),
+                        float(got["mean"]["control"][g] - base["mean"]["control"][0]),
+                        float((flips & is_loop).sum()) / n_loop,
+                        float((flips & (batch.group == 2)).sum()) / n_ctrl,
+                        kl,
+                    )
+                )
             del got
             if progress:
                 progress("screen", len(results), len(candidates))

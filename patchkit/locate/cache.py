@@ -7,12 +7,12 @@ transcripts. Files are written to a temp name and renamed: an interrupted run ne
 
 from __future__ import annotations
 
-from patchkit._io.atomic import atomic_write_bytes
-
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from patchkit._io.atomic import atomic_write_bytes
 
 __all__ = ["StageCache", "fingerprint"]
 
@@ -49,5 +49,6 @@ class StageCache:
     def put(self, stage: str, key: str, data: Any) -> None:
         if self.dir is None:
             return
-        atomic_write_bytes(self._path(stage), json.dumps({"stage": stage, "key": key, "data": data}).encode("utf-8"),
-                           fsync=False)
+        atomic_write_bytes(
+            self._path(stage), json.dumps({"stage": stage, "key": key, "data": data}).encode("utf-8"), fsync=False
+        )

@@ -29,7 +29,7 @@ class Edit:
         return {"layer": self.layer, "kind": self.kind, "index": self.index, "factor": self.factor, "op": op_name(self)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Edit":
+    def from_json(cls, data: dict[str, Any]) -> Edit:
         return cls(int(data["layer"]), str(data["kind"]), int(data["index"]), float(data["factor"]))
 
 
@@ -61,7 +61,7 @@ class Candidate:
         return {"label": self.label, "edits": [e.to_json() for e in self.edits]}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Candidate":
+    def from_json(cls, data: dict[str, Any]) -> Candidate:
         return cls(tuple(Edit.from_json(e) for e in data["edits"]))
 
     def recipe_edits(self) -> list[dict[str, Any]]:

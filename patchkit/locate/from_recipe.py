@@ -26,20 +26,30 @@ def settings_for(settings: Any, space: Any) -> Any:
             factors.append(_FIXED_FACTORS[op])
         elif op == "scale":
             factors.extend(space.factors or [f for f in settings.ops if f not in (-1.0, 0.0)])
-    factors.extend(p.factor if p.factor is not None else _FIXED_FACTORS.get(p.op, 0.0)
-                   for p in space.partial_edits if p.op != "suppress")
+    factors.extend(
+        p.factor if p.factor is not None else _FIXED_FACTORS.get(p.op, 0.0)
+        for p in space.partial_edits
+        if p.op != "suppress"
+    )
     ops = tuple(sorted(set(factors))) if factors else tuple(settings.ops)
     layers = sorted(set(space.layers)) if space.layers is not None else settings.layers
     if settings.layers is not None and space.layers is not None:
         outside = sorted(set(settings.layers) - set(space.layers))
         if outside:
-            raise PatchkitError(f"layers {outside} lie outside the recipe's constrained layers {sorted(space.layers)}",
-                                hint="search the recipe's layers, or widen resolution.constraints.layers")
+            raise PatchkitError(
+                f"layers {outside} lie outside the recipe's constrained layers {sorted(space.layers)}",
+                hint="search the recipe's layers, or widen resolution.constraints.layers",
+            )
         layers = sorted(settings.layers)
     max_edits = space.exact_edits or space.max_edits or settings.max_edits
-    return replace(settings, layers=layers, ops=ops, max_edits=max_edits,
-                   top_layers=len(layers) if layers else settings.top_layers,
-                   kinds=(space.kind,))
+    return replace(
+        settings,
+        layers=layers,
+        ops=ops,
+        max_edits=max_edits,
+        top_layers=len(layers) if layers else settings.top_layers,
+        kinds=(space.kind,),
+    )
 
 
 def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: bool) -> dict[str, Any]:

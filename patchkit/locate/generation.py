@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from patchkit.checks.detect import loop_stop_test
 from patchkit.locate.candidates import Candidate
@@ -35,7 +36,7 @@ class Runner:
     def __post_init__(self) -> None:
         from patchkit.generate.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(self.view.model, self.tokenizer)   # its EOS logic, no generation
+        backend = TransformersBackend(self.view.model, self.tokenizer)  # its EOS logic, no generation
         self.eos_ids = set(backend.eos_ids)
         self.pad_id = int(self.tokenizer.pad_token_id)
 
@@ -45,12 +46,21 @@ class Runner:
     def budget(self, probe: Any) -> int:
         return int(probe.max_new_tokens or self.max_new_tokens)
 
-    def generate(self, candidates: Sequence[Candidate], rows: Sequence[Row], *,
-                 on_done: Callable[[Row], None] | None = None) -> list[Row]:
+    def generate(
+        self, candidates: Sequence[Candidate], rows: Sequence[Row], *, on_done: Callable[[Row], None] | None = None
+    ) -> list[Row]:
         with row_edits(self.view, candidates) as edits:
-            return greedy_generate(self.view, edits, rows, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                   decode=self.decode, batch_size=self.batch_size, on_done=on_done,
-                                   early_stop=loop_stop_test)
+            return greedy_generate(
+                self.view,
+                edits,
+                rows,
+                eos_ids=self.eos_ids,
+                pad_id=self.pad_id,
+                decode=self.decode,
+                batch_size=self.batch_size,
+                on_done=on_done,
+                early_stop=loop_stop_test,
+            )
 
     def results(self, probes: Sequence[Any], rows: Sequence[Row]) -> list[Any]:
         """Classify finished rows (one per probe, same order) with the loop checks -> ProbeResult list."""
@@ -59,9 +69,13 @@ class Runner:
 
         pairs = []
         for probe, row in zip(probes, rows):
-            gen = Generation(id=f"{probe.id}@0", text=self.decode(row.generated).strip(),
-                             tokens=len(row.generated) + (row.stop == "eos"), stop_reason=row.stop or "length",
-                             loop_label=row.loop_label)
+            gen = Generation(
+                id=f"{probe.id}@0",
+                text=self.decode(row.generated).strip(),
+                tokens=len(row.generated) + (row.stop == "eos"),
+                stop_reason=row.stop or "length",
+                loop_label=row.loop_label,
+            )
             pairs.append((probe, 0, gen))
         return score_generations(pairs)
 
@@ -69,11 +83,23 @@ class Runner:
         out = []
         for probe, row, res in zip(probes, rows, results):
             gen = list(row.generated)
-            out.append(Transcript(probe.id, probe.kind, prompt_ids(self.tokenizer, probe), gen, row.stop or "length", bool(res.is_loop),
-                                  res.verdict.label, loop_start(gen) if res.is_loop else None))
+            out.append(
+                Transcript(
+                    probe.id,
+                    probe.kind,
+                    prompt_ids(self.tokenizer, probe),
+                    gen,
+                    row.stop or "length",
+                    bool(res.is_loop),
+                    res.verdict.label,
+                    loop_start(gen) if res.is_loop else None,
+                )
+            )
         return out
 
-    def run_base(self, probes: Sequence[Any], on_done: Callable[[Row], None] | None = None) -> tuple[list[Row], list[Any]]:
+    def run_base(
+        self, probes: Sequence[Any], on_done: Callable[[Row], None] | None = None
+    ) -> tuple[list[Row], list[Any]]:
         rows = [Row(0, prompt_ids(self.tokenizer, p), [], self.budget(p)) for p in probes]
         self.generate([Candidate()], rows, on_done=on_done)
         return rows, self.results(probes, rows)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from patchkit.generate.early_stop import StopTest
 from patchkit.locate.hooks import ModelView, RowEdits
@@ -22,9 +23,9 @@ __all__ = ["Row", "greedy_generate"]
 class Row:
     """One sequence to continue. `tokens` already generated (part of the prefix) count towards the budget."""
 
-    cand: int                      # index into the RowEdits table (its candidate)
-    prefix: list[int]              # prompt ids + any already-generated tokens
-    generated: list[int] = field(default_factory=list)   # tokens of the answer so far (tail of prefix)
+    cand: int  # index into the RowEdits table (its candidate)
+    prefix: list[int]  # prompt ids + any already-generated tokens
+    generated: list[int] = field(default_factory=list)  # tokens of the answer so far (tail of prefix)
     max_new_tokens: int = 400
     stop: str | None = None
     loop_label: str | None = None
@@ -34,9 +35,18 @@ def _cache_kw(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eos_ids: set[int], pad_id: int,
-                    decode: Callable[[list[int]], str], batch_size: int = 32, early_stop: StopTest | None = None,
-                    on_done: Callable[[Row], None] | None = None) -> list[Row]:
+def greedy_generate(
+    view: ModelView,
+    edits: RowEdits,
+    rows: Sequence[Row],
+    *,
+    eos_ids: set[int],
+    pad_id: int,
+    decode: Callable[[list[int]], str],
+    batch_size: int = 32,
+    early_stop: StopTest | None = None,
+    on_done: Callable[[Row], None] | None = None,
+) -> list[Row]:
     """Continue every row greedily (in place) until EOS, budget, or a certain loop."""
     import torch
     from transformers import DynamicCache
@@ -53,20 +63,21 @@ def greedy_generate(view: ModelView, edits: RowEdits, rows: Sequence[Row], *, eo
     todo = sorted((r for r in todo if r.stop is None), key=lambda r: -len(r.prefix))
     with torch.inference_mode():
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             width = max(len(r.prefix) for r in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attn = torch.zeros((len(batch), width), dtype=torch.long)
             for b, r in enumerate(batch):
-                ids[b, width - len(r.prefix):] = torch.tensor(r.prefix, dtype=torch.long)
-                attn[b, width - len(r.prefix):] = 1
+                ids[b, width - len(r.prefix) :] = torch.tensor(r.prefix, dtype=torch.long)
+                attn[b, width - len(r.prefix) :] = 1
             ids, attn = ids.to(device), attn.to(device)
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
             watches = [LoopWatch(early_stop) if early_stop else None for _ in batch]
             edits.select(torch.tensor([r.cand for r in batch], dtype=torch.long, device=device))
             cache = DynamicCache(config=model.config)
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
-                        **{kw: cache})
+            out = model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{kw: cache}
+            )
             next_pos = pos[:, -1:] + 1
             live = list(range(len(batch)))
             while live:

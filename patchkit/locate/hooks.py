@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from patchkit.errors import PatchkitError
 from patchkit.locate.candidates import Candidate
@@ -111,10 +112,11 @@ class RowEdits:
         return table if self.active is None else table[self.active.to(table.device)]
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["RowEdits"]:
+    def installed(self) -> Iterator[RowEdits]:
         handles = []
         try:
             for layer, table in self.neuron.items():
+
                 def pre(module: Any, args: Any, table: Any = table) -> Any:
                     x = args[0]
                     f = self._rows(table).to(x.device, x.dtype)  # layers may sit on another GPU
@@ -123,6 +125,7 @@ class RowEdits:
 
                 handles.append(self.view.down_proj(layer).register_forward_pre_hook(pre))
             for layer, table in self.expert.items():
+
                 def route(module: Any, args: Any, output: Any, table: Any = table) -> Any:
                     probs, weights, index = output
                     m = self._rows(table).to(index.device)

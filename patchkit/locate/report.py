@@ -11,10 +11,12 @@ from patchkit.errors import PatchkitError
 
 __all__ = ["write_outputs", "recipe_text", "rate"]
 
-METHOD = ("per-layer MLP/expert ablation (attribution patching + exact) on teacher-forced looping transcripts; "
-          "per-neuron activation x gradient (outlier-normalised, contrasted with control text) and exact "
-          "teacher-forced screen; greedy generation sweep on train probes scored by loop-rate reduction minus "
-          "penalties on KL, control accuracy/loops, good lists and completeness; held-out confirmation")
+METHOD = (
+    "per-layer MLP/expert ablation (attribution patching + exact) on teacher-forced looping transcripts; "
+    "per-neuron activation x gradient (outlier-normalised, contrasted with control text) and exact "
+    "teacher-forced screen; greedy generation sweep on train probes scored by loop-rate reduction minus "
+    "penalties on KL, control accuracy/loops, good lists and completeness; held-out confirmation"
+)
 
 
 def rate(k: int, n: int) -> dict[str, Any]:
@@ -26,12 +28,14 @@ def rate(k: int, n: int) -> dict[str, Any]:
 
 
 def _scores(summary: dict[str, Any]) -> dict[str, Any]:
-    return {"loop_rate": rate(summary["loops"], summary["n"]),
-            "good_list_rate": rate(summary["good_lists"], summary["n"]),
-            "control_accuracy": rate(summary["control_correct"], summary["n_controls"]),
-            "control_loop_rate": rate(summary["control_loops"], summary["n_controls"]),
-            "completeness": round(summary["completeness"], 4),
-            "mean_tokens": round(summary["mean_tokens"], 1)}
+    return {
+        "loop_rate": rate(summary["loops"], summary["n"]),
+        "good_list_rate": rate(summary["good_lists"], summary["n"]),
+        "control_accuracy": rate(summary["control_correct"], summary["n_controls"]),
+        "control_loop_rate": rate(summary["control_loops"], summary["n_controls"]),
+        "completeness": round(summary["completeness"], 4),
+        "mean_tokens": round(summary["mean_tokens"], 1),
+    }
 
 
 def _shown_ref(ref: str) -> str:
@@ -67,22 +71,37 @@ def _slug(ref: str) -> str:
     return f"{name}-locate"[:96]
 
 
-def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | None, settings: Any, *, ref: str,
-                spec: dict[str, Any], base_recipe: Any = None) -> str:
+def recipe_text(
+    report: dict[str, Any],
+    best: Any,
+    heldout: dict[str, Any] | None,
+    settings: Any,
+    *,
+    ref: str,
+    spec: dict[str, Any],
+    base_recipe: Any = None,
+) -> str:
     """Recipe YAML: resolved with the winner's edits when held-out confirms it, otherwise unresolved.
     With `base_recipe` (--from-recipe) that recipe is written back with the findings."""
     from patchkit._version import __version__
-    from patchkit.recipe import parse_recipe, recipe_to_yaml, Recipe
+    from patchkit.recipe import Recipe, parse_recipe, recipe_to_yaml
 
     confirmed = bool(report.get("confirmed"))
     source: dict[str, Any] = {
-        "kind": "locate", "reference": f"patchkit locate {_shown_ref(ref)} --suite {settings.suite}",
-        "checkpoint": checkpoint_identity(ref), "method": METHOD,
+        "kind": "locate",
+        "reference": f"patchkit locate {_shown_ref(ref)} --suite {settings.suite}",
+        "checkpoint": checkpoint_identity(ref),
+        "method": METHOD,
         "patchkit_version": __version__,
-        "probes": {"suite": settings.suite, "selection": "train split", "confirmation": "heldout split",
-                   "n_train": report["base_train"]["n"], "n_train_controls": report["base_train"]["n_controls"],
-                   "n_heldout": heldout["base"]["n"] if heldout else 0,
-                   "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}"},
+        "probes": {
+            "suite": settings.suite,
+            "selection": "train split",
+            "confirmation": "heldout split",
+            "n_train": report["base_train"]["n"],
+            "n_train_controls": report["base_train"]["n_controls"],
+            "n_heldout": heldout["base"]["n"] if heldout else 0,
+            "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}",
+        },
         "scores": {"train": {"base": _scores(report["base_train"])}},
         "confirmed_on_heldout": confirmed,
     }
@@ -92,33 +111,44 @@ def recipe_text(report: dict[str, Any], best: Any, heldout: dict[str, Any] | Non
         source["scores"]["train"]["kl_control"] = round(best.kl, 5)
         source["candidate"] = best.candidate.label
     if heldout is not None:
-        source["scores"]["heldout"] = {"base": _scores(heldout["base"]), "edited": _scores(heldout["edited"]),
-                                       "kl_prose_nats_per_token": round(heldout["kl_prose"], 5),
-                                       "score": round(heldout["score"], 4)}
+        source["scores"]["heldout"] = {
+            "base": _scores(heldout["base"]),
+            "edited": _scores(heldout["edited"]),
+            "kl_prose_nats_per_token": round(heldout["kl_prose"], 5),
+            "score": round(heldout["score"], 4),
+        }
     data: dict[str, Any] = {"patchkit": 1, "name": _slug(ref), "model": spec, "source": source}
     if confirmed and best is not None:
         if heldout is None:
             raise PatchkitError("locate report says the edit was confirmed, but there are no held-out scores")
-        data["description"] = (f"Found by patchkit locate: {best.candidate.label}; held-out loop rate "
-                               f"{heldout['base']['loops']}/{heldout['base']['n']} -> "
-                               f"{heldout['edited']['loops']}/{heldout['edited']['n']}.")
+        data["description"] = (
+            f"Found by patchkit locate: {best.candidate.label}; held-out loop rate "
+            f"{heldout['base']['loops']}/{heldout['base']['n']} -> "
+            f"{heldout['edited']['loops']}/{heldout['edited']['n']}."
+        )
         data["edits"] = best.candidate.recipe_edits()
     else:
         why = report.get("reason") or "the best train candidate did not hold up on the held-out probes"
         data["description"] = f"patchkit locate found no edit that holds up: {why}."
-        data["resolution"] = {"status": "unresolved", "method": "locate",
-                              "how_to_resolve": "no edit was confirmed; rerun `patchkit locate` with other --layers/--ops "
-                                                "or a larger --budget-minutes, or write edits by hand",
-                              "constraints": {"last_locate": {
-                                  "best_candidate": best.candidate.label if best else None,
-                                  "candidate_edits": best.candidate.recipe_edits() if best else [],
-                                  "patchkit_version": __version__}}}
+        data["resolution"] = {
+            "status": "unresolved",
+            "method": "locate",
+            "how_to_resolve": "no edit was confirmed; rerun `patchkit locate` with other --layers/--ops "
+            "or a larger --budget-minutes, or write edits by hand",
+            "constraints": {
+                "last_locate": {
+                    "best_candidate": best.candidate.label if best else None,
+                    "candidate_edits": best.candidate.recipe_edits() if best else [],
+                    "patchkit_version": __version__,
+                }
+            },
+        }
     if base_recipe is not None:
         from patchkit.locate.from_recipe import resolved_recipe_data
 
         data = resolved_recipe_data(base_recipe, data, confirmed=confirmed and best is not None)
     text = recipe_to_yaml(Recipe.model_validate(data))
-    parse_recipe(text, "<locate recipe>")   # the written file must load
+    parse_recipe(text, "<locate recipe>")  # the written file must load
     return text
 
 
@@ -158,8 +188,12 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for d in sweep:
         s = d["summary"]
-        ax.scatter(s["loop_rate"], s["good_list_rate"], c="tab:blue" if d["score"] > 0 else "tab:gray",
-                   s=20 + 200 * max(0.0, s["control_accuracy"]))
+        ax.scatter(
+            s["loop_rate"],
+            s["good_list_rate"],
+            c="tab:blue" if d["score"] > 0 else "tab:gray",
+            s=20 + 200 * max(0.0, s["control_accuracy"]),
+        )
         ax.annotate(d["candidate"]["label"][:28], (s["loop_rate"], s["good_list_rate"]), fontsize=6)
     ax.scatter([base["loop_rate"]], [base["good_list_rate"]], marker="*", s=200, c="tab:red", label="base")
     ax.set_xlabel("train loop rate (lower is better)")
@@ -171,16 +205,27 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(report: dict[str, Any], best: Any, heldout: dict[str, Any] | None, settings: Any, *, ref: str,
-                  spec: dict[str, Any], out: Path | None, report_dir: Path | None,
-                  base_recipe: Any = None) -> tuple[Path | None, Path | None]:
+def write_outputs(
+    report: dict[str, Any],
+    best: Any,
+    heldout: dict[str, Any] | None,
+    settings: Any,
+    *,
+    ref: str,
+    spec: dict[str, Any],
+    out: Path | None,
+    report_dir: Path | None,
+    base_recipe: Any = None,
+) -> tuple[Path | None, Path | None]:
     """Write recipe (atomically), report JSON and plots; returns (recipe path, report directory)."""
     from patchkit._io.atomic import atomic_write_text
 
     recipe_path = None
     if out is not None:
         text = recipe_text(report, best, heldout, settings, ref=ref, spec=spec, base_recipe=base_recipe)
-        header = "# Written by `patchkit locate`; the evidence is under `source:` (train = selection, heldout = judge).\n"
+        header = (
+            "# Written by `patchkit locate`; the evidence is under `source:` (train = selection, heldout = judge).\n"
+        )
         recipe_path = atomic_write_text(out, header + text)
         report["recipe"] = str(recipe_path)
         if report_dir is None:

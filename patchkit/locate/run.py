@@ -8,9 +8,10 @@ train probes only; held-out probes are generated exactly twice (base and the win
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.errors import PatchkitError
@@ -30,24 +31,24 @@ class LocateSettings:
 
     suite: str = "enumeration"
     budget_minutes: float = 15.0
-    layers: list[int] | None = None          # restrict attribution to these layers (default: top-ranked)
-    max_edits: int = 2                       # largest combination tried in the sweep
+    layers: list[int] | None = None  # restrict attribution to these layers (default: top-ranked)
+    max_edits: int = 2  # largest combination tried in the sweep
     ops: tuple[float, ...] = (-1.0, 0.0, 0.5)
     max_new_tokens: int = 400
-    train_limit: int | None = None           # per kind (enumeration / control)
+    train_limit: int | None = None  # per kind (enumeration / control)
     heldout_limit: int | None = None
-    top_layers: int = 3                      # layers searched neuron by neuron
-    exact_layers: int = 2                    # layers ablated exactly (the rest: attribution-patching estimate)
-    attribution_top: int = 200               # units screened exactly (budget permitting)
-    sweep_singles: int = 8                   # single edits generated in the sweep
-    sweep_limit: int | None = None           # train probes per kind used by the sweep (default: all)
-    sweep_chunk: int = 4                     # candidates generated together
-    tf_sequences: int = 6                    # looping transcripts teacher-forced
+    top_layers: int = 3  # layers searched neuron by neuron
+    exact_layers: int = 2  # layers ablated exactly (the rest: attribution-patching estimate)
+    attribution_top: int = 200  # units screened exactly (budget permitting)
+    sweep_singles: int = 8  # single edits generated in the sweep
+    sweep_limit: int | None = None  # train probes per kind used by the sweep (default: all)
+    sweep_chunk: int = 4  # candidates generated together
+    tf_sequences: int = 6  # looping transcripts teacher-forced
     tf_tokens: int = 256
     batch_size: int = 32
-    min_score: float = 0.05                  # a winner must beat the base by this much on train
+    min_score: float = 0.05  # a winner must beat the base by this much on train
     weights: Weights = field(default_factory=Weights)
-    kinds: tuple[str, ...] = ("neuron", "expert")   # candidate units (--from-recipe narrows this)
+    kinds: tuple[str, ...] = ("neuron", "expert")  # candidate units (--from-recipe narrows this)
     backend: str = "transformers"
     dtype: str = "float32"
     device: str = "cpu"
@@ -62,7 +63,7 @@ class LocateResult:
     recipe_path: Path | None
     report_dir: Path | None
     found: bool
-    winner: dict[str, Any] | None          # the best train-split candidate (a confirmed fix only when `found`)
+    winner: dict[str, Any] | None  # the best train-split candidate (a confirmed fix only when `found`)
     base_train: dict[str, Any]
     heldout: dict[str, Any] | None
     seconds: float
@@ -71,11 +72,17 @@ class LocateResult:
     report: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {"recipe": str(self.recipe_path) if self.recipe_path else None,
-                "report_dir": str(self.report_dir) if self.report_dir else None, "found": self.found,
-                "winner": self.winner, "base_train": self.base_train, "heldout": self.heldout,
-                "seconds": round(self.seconds, 1), "stage_seconds": self.stage_seconds,
-                "cached_stages": self.cached_stages}
+        return {
+            "recipe": str(self.recipe_path) if self.recipe_path else None,
+            "report_dir": str(self.report_dir) if self.report_dir else None,
+            "found": self.found,
+            "winner": self.winner,
+            "base_train": self.base_train,
+            "heldout": self.heldout,
+            "seconds": round(self.seconds, 1),
+            "stage_seconds": self.stage_seconds,
+            "cached_stages": self.cached_stages,
+        }
 
 
 def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
@@ -83,7 +90,9 @@ def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
         model, tok = model_ref
         return model, tok, getattr(model.config, "_name_or_path", "") or "model"
     if settings.backend != "transformers":
-        raise PatchkitError(f"backend {settings.backend!r}: locate needs gradients and hooks; only 'transformers' works")
+        raise PatchkitError(
+            f"backend {settings.backend!r}: locate needs gradients and hooks; only 'transformers' works"
+        )
     from patchkit.generate.loading import load_model
 
     model, tok = load_model(model_ref, dtype=settings.dtype, device=settings.device)
@@ -113,14 +122,24 @@ def _model_fingerprint(model: Any) -> str:
     cfg = model.config.to_dict()
     cfg.pop("_name_or_path", None)
     with torch.no_grad():
-        probe = [float(p.detach().float().flatten()[:64].sum()) for p in list(model.parameters())[:: max(1, len(list(model.parameters())) // 8)]]
+        probe = [
+            float(p.detach().float().flatten()[:64].sum())
+            for p in list(model.parameters())[:: max(1, len(list(model.parameters())) // 8)]
+        ]
     return fingerprint({"config": cfg, "weights": probe})
 
 
-def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettings | None = None,
-               report_dir: Path | str | None = None, resume: Path | str | None = None,
-               progress: Progress | None = None, log: Callable[[str], None] | None = None,
-               from_recipe: Any = None) -> LocateResult:
+def run_locate(
+    model_ref: Any,
+    *,
+    out: Path | str | None,
+    settings: LocateSettings | None = None,
+    report_dir: Path | str | None = None,
+    resume: Path | str | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+    from_recipe: Any = None,
+) -> LocateResult:
     """Find the MLP neurons / MoE experts that drive repetition loops, and write a recipe for the best edit.
 
     Candidates are chosen on the suite's train split only (layer ranking, attribution, teacher-forced screen,
@@ -176,8 +195,10 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
 
         space = search_space(from_recipe, config=model.config.to_dict())
         settings = settings_for(settings, space)
-        say(f"search space from {from_recipe.name}: {space.kind}s in layers {settings.layers or 'all'}, "
-            f"factors {list(settings.ops)}, up to {settings.max_edits} edit(s)")
+        say(
+            f"search space from {from_recipe.name}: {space.kind}s in layers {settings.layers or 'all'}, "
+            f"factors {list(settings.ops)}, up to {settings.max_edits} edit(s)"
+        )
     view = ModelView(model)
     runner = Runner(view, tok, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     model_fp = _model_fingerprint(model)
@@ -207,19 +228,49 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     base_summary = summarize(base_train)
     stage_seconds["collect"] = round(time.monotonic() - s0, 1)
     looping = [t for t in transcripts if t.kind == "enumeration" and t.is_loop and t.loop_start is not None]
-    say(f"collect: {base_summary['loops']}/{base_summary['n']} train probes loop "
-        f"({len(looping)} with a token-level loop start) [{stage_seconds['collect']} s]")
+    say(
+        f"collect: {base_summary['loops']}/{base_summary['n']} train probes loop "
+        f"({len(looping)} with a token-level loop start) [{stage_seconds['collect']} s]"
+    )
 
-    report: dict[str, Any] = {"model": ref, "settings": _settings_json(settings), "base_train": _plain(base_summary),
-                              "stage_seconds": stage_seconds, "layers": [], "units": [], "screen": [], "sweep": []}
+    report: dict[str, Any] = {
+        "model": ref,
+        "settings": _settings_json(settings),
+        "base_train": _plain(base_summary),
+        "stage_seconds": stage_seconds,
+        "layers": [],
+        "units": [],
+        "screen": [],
+        "sweep": [],
+    }
     if not looping:
-        return _finish(None, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
-                       None, from_recipe, reason="the base model does not loop on the train probes: nothing to locate")
+        return _finish(
+            None,
+            report,
+            out,
+            report_dir,
+            settings,
+            ref,
+            model,
+            t0,
+            cache,
+            stage_seconds,
+            base_summary,
+            None,
+            from_recipe,
+            reason="the base model does not loop on the train probes: nothing to locate",
+        )
 
     controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
     prose = load_prose(tok, limit=4)
-    batch = build_batch(looping[:settings.tf_sequences], controls, prose, pad_id=runner.pad_id,
-                        max_tokens=settings.tf_tokens, device=view.device)
+    batch = build_batch(
+        looping[: settings.tf_sequences],
+        controls,
+        prose,
+        pad_id=runner.pad_id,
+        max_tokens=settings.tf_tokens,
+        device=view.device,
+    )
     report["tf_positions"] = batch.counts()
 
     # ---- 2. layer ablation -------------------------------------------------------------------------------------
@@ -229,15 +280,16 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     if cached is not None:
         layer_scores = sorted((LayerScore.from_json(d) for d in cached), key=lambda s: -s.score)
     else:
-        layer_scores = rank_layers(view, batch, exact_top=settings.exact_layers,
-                                   progress=tick)
+        layer_scores = rank_layers(view, batch, exact_top=settings.exact_layers, progress=tick)
         cache.put("layers", k_layers, [s.to_json() for s in layer_scores])
     stage_seconds["layers"] = round(time.monotonic() - s0, 1)
     report["layers"] = [s.to_json() for s in layer_scores]
     if settings.layers:
         bad = [l for l in settings.layers if not 0 <= l < view.num_layers]
         if bad:
-            raise PatchkitError(f"layers: layer {bad[0]} is out of range (the model has {view.num_layers} layers, 0..{view.num_layers - 1})")
+            raise PatchkitError(
+                f"layers: layer {bad[0]} is out of range (the model has {view.num_layers} layers, 0..{view.num_layers - 1})"
+            )
         chosen_layers = list(settings.layers)
     else:
         chosen_layers = []
@@ -246,8 +298,11 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
                 chosen_layers.append(s.layer)
             if len(chosen_layers) >= settings.top_layers:
                 break
-    say(f"layers: searching {chosen_layers} (best: " +
-        ", ".join(f"L{s.layer} {s.unit} {s.score:+.3f}" for s in layer_scores[:4]) + f") [{stage_seconds['layers']} s]")
+    say(
+        f"layers: searching {chosen_layers} (best: "
+        + ", ".join(f"L{s.layer} {s.unit} {s.score:+.3f}" for s in layer_scores[:4])
+        + f") [{stage_seconds['layers']} s]"
+    )
 
     # ---- 3. attribution + exact screen ---------------------------------------------------------------------------
     s0 = time.monotonic()
@@ -260,16 +315,19 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
         all_units = [u for u in attr.attribute(view, batch, chosen_layers) if u.kind in settings.kinds]
         units = attr.pick_candidates(all_units, top=settings.attribution_top)
         singles = attr.single_edits(units, settings.ops)
-        screened = attr.screen(view, batch, singles, deadline=deadline(0.35),
-                               progress=tick)
-        cache.put("attribution", k_attr, {"units": [u.to_json() for u in units],
-                                          "screen": [r.to_json() for r in screened]})
+        screened = attr.screen(view, batch, singles, deadline=deadline(0.35), progress=tick)
+        cache.put(
+            "attribution", k_attr, {"units": [u.to_json() for u in units], "screen": [r.to_json() for r in screened]}
+        )
     screened.sort(key=lambda r: -r.score)
     stage_seconds["attribution"] = round(time.monotonic() - s0, 1)
     report["units"] = [u.to_json() for u in units[:50]]
     report["screen"] = [r.to_json() for r in screened[:100]]
-    say(f"attribution: {len(units)} units, {len(screened)} edits screened; best " +
-        ", ".join(f"{r.candidate.label} ({r.score:+.3f})" for r in screened[:3]) + f" [{stage_seconds['attribution']} s]")
+    say(
+        f"attribution: {len(units)} units, {len(screened)} edits screened; best "
+        + ", ".join(f"{r.candidate.label} ({r.score:+.3f})" for r in screened[:3])
+        + f" [{stage_seconds['attribution']} s]"
+    )
 
     # ---- 4. generation sweep on train probes ---------------------------------------------------------------------------
     s0 = time.monotonic()
@@ -287,19 +345,47 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
     if cached is not None:
         swept = [SweepResult.from_json(d) for d in cached]
     else:
-        swept = sweep(runner, candidates, sw_probes, sw_transcripts, sw_base, kls, weights=settings.weights,
-                      chunk=settings.sweep_chunk, deadline=deadline(0.7), progress=tick)
+        swept = sweep(
+            runner,
+            candidates,
+            sw_probes,
+            sw_transcripts,
+            sw_base,
+            kls,
+            weights=settings.weights,
+            chunk=settings.sweep_chunk,
+            deadline=deadline(0.7),
+            progress=tick,
+        )
         cache.put("sweep", k_sweep, [r.to_json() for r in swept])
     stage_seconds["sweep"] = round(time.monotonic() - s0, 1)
     report["sweep"] = [r.to_json() for r in swept]
     report["sweep_base"] = {k: v for k, v in summarize(sw_base).items() if k != "metrics"}
     best = swept[0] if swept else None
-    say(f"sweep: {len(swept)} configs; best {best.candidate.label if best else '-'} "
-        f"score {best.score:+.3f} [{stage_seconds['sweep']} s]" if best else "sweep: nothing evaluated")
+    say(
+        f"sweep: {len(swept)} configs; best {best.candidate.label if best else '-'} "
+        f"score {best.score:+.3f} [{stage_seconds['sweep']} s]"
+        if best
+        else "sweep: nothing evaluated"
+    )
     if best is None or best.score < settings.min_score:
-        return _finish(best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary,
-                       None, from_recipe, reason=f"no candidate beat the base by {settings.min_score} on the train probes "
-                                    f"(best: {best.candidate.label if best else '-'} {best.score if best else 0:+.3f})")
+        return _finish(
+            best,
+            report,
+            out,
+            report_dir,
+            settings,
+            ref,
+            model,
+            t0,
+            cache,
+            stage_seconds,
+            base_summary,
+            None,
+            from_recipe,
+            reason=f"no candidate beat the base by {settings.min_score} on the train probes "
+            f"(best: {best.candidate.label if best else '-'} {best.score if best else 0:+.3f})",
+        )
 
     # ---- 5. held-out confirmation (held-out probes only) -------------------------------------------------------
     s0 = time.monotonic()
@@ -310,10 +396,13 @@ def run_locate(model_ref: Any, *, out: Path | str | None, settings: LocateSettin
         cache.put("heldout", k_held, cached)
     stage_seconds["heldout"] = round(time.monotonic() - s0, 1)
     report["heldout"] = cached
-    say(f"held-out: loops {cached['base']['loops']}/{cached['base']['n']} -> "
-        f"{cached['edited']['loops']}/{cached['edited']['n']}, score {cached['score']:+.3f} [{stage_seconds['heldout']} s]")
-    return _finish(best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary, cached,
-                   from_recipe)
+    say(
+        f"held-out: loops {cached['base']['loops']}/{cached['base']['n']} -> "
+        f"{cached['edited']['loops']}/{cached['edited']['n']}, score {cached['score']:+.3f} [{stage_seconds['heldout']} s]"
+    )
+    return _finish(
+        best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary, cached, from_recipe
+    )
 
 
 def _per_kind(probes: list[Any], limit: int | None) -> list[int]:
@@ -330,7 +419,7 @@ def _per_kind(probes: list[Any], limit: int | None) -> list[int]:
 def _sweep_candidates(screened: list[Any], settings: LocateSettings) -> list[Candidate]:
     """Top singles by screen score, the best single of every op, and small combinations of the best units."""
     out: list[Candidate] = []
-    for r in screened[:settings.sweep_singles]:
+    for r in screened[: settings.sweep_singles]:
         out.append(r.candidate)
     ops_seen: set[tuple[str, float]] = set()
     for r in screened:
@@ -347,14 +436,15 @@ def _sweep_candidates(screened: list[Any], settings: LocateSettings) -> list[Can
             best_per_unit.append(e)
     for size in range(2, max(1, settings.max_edits) + 1):
         for i in range(min(2, max(0, len(best_per_unit) - size + 1))):
-            combo = Candidate(tuple(best_per_unit[i:i + size]))
+            combo = Candidate(tuple(best_per_unit[i : i + size]))
             if len(combo.edits) == size and combo not in out:
                 out.append(combo)
     return out
 
 
-def _heldout(runner: Any, view: Any, tok: Any, winner: Candidate, probes: list[Any], settings: LocateSettings,
-             tick: Progress) -> dict[str, Any]:
+def _heldout(
+    runner: Any, view: Any, tok: Any, winner: Candidate, probes: list[Any], settings: LocateSettings, tick: Progress
+) -> dict[str, Any]:
     """Base and winner on the held-out probes in one batched run, plus KL on ordinary prose."""
     from patchkit.locate import attribution as attr
     from patchkit.locate.generation import prompt_ids
@@ -378,12 +468,31 @@ def _heldout(runner: Any, view: Any, tok: Any, winner: Candidate, probes: list[A
     kl = attr.screen(view, prose, [winner])[0]
     bs, es = summarize(base), summarize(edited)
     score, parts = score_summary(bs, es, kl.kl_control, settings.weights)
-    per_probe = [{"probe": b.probe.id, "kind": b.probe.kind, "base": b.verdict.label, "edited": e.verdict.label,
-                  "base_good": b.good_list, "edited_good": e.good_list, "base_correct": b.correct,
-                  "edited_correct": e.correct, "base_tokens": b.generation.tokens, "edited_tokens": e.generation.tokens,
-                  "edited_text": e.generation.text[:400]} for b, e in zip(base, edited)]
-    return {"n_probes": n, "base": _plain(bs), "edited": _plain(es), "kl_prose": kl.kl_control,
-            "score": score, "parts": parts, "per_probe": per_probe}
+    per_probe = [
+        {
+            "probe": b.probe.id,
+            "kind": b.probe.kind,
+            "base": b.verdict.label,
+            "edited": e.verdict.label,
+            "base_good": b.good_list,
+            "edited_good": e.good_list,
+            "base_correct": b.correct,
+            "edited_correct": e.correct,
+            "base_tokens": b.generation.tokens,
+            "edited_tokens": e.generation.tokens,
+            "edited_text": e.generation.text[:400],
+        }
+        for b, e in zip(base, edited)
+    ]
+    return {
+        "n_probes": n,
+        "base": _plain(bs),
+        "edited": _plain(es),
+        "kl_prose": kl.kl_control,
+        "score": score,
+        "parts": parts,
+        "per_probe": per_probe,
+    }
 
 
 def _plain(summary: dict[str, Any]) -> dict[str, Any]:
@@ -396,10 +505,22 @@ def _settings_json(settings: LocateSettings) -> dict[str, Any]:
     return d
 
 
-def _finish(best: SweepResult | None, report: dict[str, Any], out: Any, report_dir: Any, settings: LocateSettings,
-            ref: str, model: Any, t0: float, cache: StageCache, stage_seconds: dict[str, float],
-            base_summary: dict[str, Any], heldout: dict[str, Any] | None, from_recipe: Any = None,
-            reason: str | None = None) -> LocateResult:
+def _finish(
+    best: SweepResult | None,
+    report: dict[str, Any],
+    out: Any,
+    report_dir: Any,
+    settings: LocateSettings,
+    ref: str,
+    model: Any,
+    t0: float,
+    cache: StageCache,
+    stage_seconds: dict[str, float],
+    base_summary: dict[str, Any],
+    heldout: dict[str, Any] | None,
+    from_recipe: Any = None,
+    reason: str | None = None,
+) -> LocateResult:
     from patchkit.locate.report import write_outputs
 
     seconds = time.monotonic() - t0
@@ -407,11 +528,29 @@ def _finish(best: SweepResult | None, report: dict[str, Any], out: Any, report_d
     report["reason"] = reason
     confirmed = heldout is not None and heldout["score"] > 0
     report["confirmed"] = confirmed
-    recipe_path, rdir = write_outputs(report, best, heldout, settings, ref=ref, spec=_model_spec(model, ref),
-                                      out=Path(out) if out else None,
-                                      report_dir=Path(report_dir) if report_dir else None, base_recipe=from_recipe)
+    recipe_path, rdir = write_outputs(
+        report,
+        best,
+        heldout,
+        settings,
+        ref=ref,
+        spec=_model_spec(model, ref),
+        out=Path(out) if out else None,
+        report_dir=Path(report_dir) if report_dir else None,
+        base_recipe=from_recipe,
+    )
     winner = best.to_json() if best else None
     if winner:
         winner.pop("per_probe", None)
-    return LocateResult(recipe_path, rdir, best is not None and confirmed, winner, _plain(base_summary), heldout,
-                        seconds, stage_seconds, list(cache.hits), report)
+    return LocateResult(
+        recipe_path,
+        rdir,
+        best is not None and confirmed,
+        winner,
+        _plain(base_summary),
+        heldout,
+        seconds,
+        stage_seconds,
+        list(cache.hits),
+        report,
+    )

@@ -13,8 +13,9 @@ Score (never loop rate alone - an edit that makes the model stop listing also "f
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.locate.candidates import Candidate
@@ -39,26 +40,40 @@ def summarize(results: Sequence[Any]) -> dict[str, Any]:
     """The figures the score uses, from classified ProbeResults (loops.Metrics, plus raw counts)."""
     from patchkit.checks.loops import Metrics
 
-    m = Metrics([r for r in results if r.probe.kind == "enumeration"], [r for r in results if r.probe.kind == "control"])
+    m = Metrics(
+        [r for r in results if r.probe.kind == "enumeration"], [r for r in results if r.probe.kind == "control"]
+    )
     j = m.to_json()
     n_c = len(m.controls)
-    return {"n": m.n, "loops": m.loops, "loop_rate": m.loop_rate.value or 0.0, "good_lists": m.good_lists,
-            "good_list_rate": m.good_list_rate.value or 0.0, "completeness": m.completeness.value or 0.0,
-            "n_controls": n_c, "control_correct": n_c - len(m.control_failures),
-            "control_accuracy": ((n_c - len(m.control_failures)) / n_c) if n_c else 1.0,
-            "control_loops": m.control_loops, "control_loop_rate": (m.control_loops / n_c) if n_c else 0.0,
-            "mean_tokens": j["enumeration_mean_tokens"]["value"] or 0.0, "metrics": j}
+    return {
+        "n": m.n,
+        "loops": m.loops,
+        "loop_rate": m.loop_rate.value or 0.0,
+        "good_lists": m.good_lists,
+        "good_list_rate": m.good_list_rate.value or 0.0,
+        "completeness": m.completeness.value or 0.0,
+        "n_controls": n_c,
+        "control_correct": n_c - len(m.control_failures),
+        "control_accuracy": ((n_c - len(m.control_failures)) / n_c) if n_c else 1.0,
+        "control_loops": m.control_loops,
+        "control_loop_rate": (m.control_loops / n_c) if n_c else 0.0,
+        "mean_tokens": j["enumeration_mean_tokens"]["value"] or 0.0,
+        "metrics": j,
+    }
 
 
 def score_summary(base: dict[str, Any], cand: dict[str, Any], kl: float, w: Weights) -> tuple[float, dict[str, float]]:
     parts = {
         "loop_reduction": base["loop_rate"] - cand["loop_rate"],
         "kl": -w.kl * kl,
-        "control": -w.control * (max(0.0, base["control_accuracy"] - cand["control_accuracy"])
-                                 + max(0.0, cand["control_loop_rate"] - base["control_loop_rate"])),
+        "control": -w.control
+        * (
+            max(0.0, base["control_accuracy"] - cand["control_accuracy"])
+            + max(0.0, cand["control_loop_rate"] - base["control_loop_rate"])
+        ),
         "good_lists": -w.good * max(0.0, base["good_list_rate"] - cand["good_list_rate"]),
-        "completeness": -w.completeness * (max(0.0, 1 - cand["completeness"] / base["completeness"])
-                                           if base["completeness"] > 0 else 0.0),
+        "completeness": -w.completeness
+        * (max(0.0, 1 - cand["completeness"] / base["completeness"]) if base["completeness"] > 0 else 0.0),
     }
     return sum(parts.values()), parts
 
@@ -70,22 +85,37 @@ class SweepResult:
     kl: float
     score: float
     parts: dict[str, float]
-    changed: int                  # probes whose answer differs from base
+    changed: int  # probes whose answer differs from base
     per_probe: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         s = {k: v for k, v in self.summary.items() if k != "metrics"}
-        return {"candidate": self.candidate.to_json(), "summary": s, "kl": self.kl, "score": self.score,
-                "parts": self.parts, "changed": self.changed, "per_probe": self.per_probe}
+        return {
+            "candidate": self.candidate.to_json(),
+            "summary": s,
+            "kl": self.kl,
+            "score": self.score,
+            "parts": self.parts,
+            "changed": self.changed,
+            "per_probe": self.per_probe,
+        }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SweepResult":
-        return cls(Candidate.from_json(d["candidate"]), d["summary"], d["kl"], d["score"], d["parts"], d["changed"],
-                   d.get("per_probe") or [])
+    def from_json(cls, d: dict[str, Any]) -> SweepResult:
+        return cls(
+            Candidate.from_json(d["candidate"]),
+            d["summary"],
+            d["kl"],
+            d["score"],
+            d["parts"],
+            d["changed"],
+            d.get("per_probe") or [],
+        )
 
 
-def first_flips(runner: Runner, candidates: Sequence[Candidate], transcripts: Sequence[Transcript], *,
-                max_rows: int = 16) -> list[list[int | None]]:
+def first_flips(
+    runner: Runner, candidates: Sequence[Candidate], transcripts: Sequence[Transcript], *, max_rows: int = 16
+) -> list[list[int | None]]:
     """flip[c][t]: index into transcript t's answer of the first token candidate c would choose differently
     (None: it reproduces the base answer, EOS included)."""
     import torch
@@ -100,20 +130,20 @@ def first_flips(runner: Runner, candidates: Sequence[Candidate], transcripts: Se
     out: list[list[int | None]] = [[None] * len(seqs) for _ in candidates]
     with torch.inference_mode():
         for start in range(0, len(pairs), max_rows):
-            chunk = pairs[start:start + max_rows]
+            chunk = pairs[start : start + max_rows]
             width = max(len(seqs[i][0]) for _, i in chunk)
             ids = torch.full((len(chunk), width), runner.pad_id, dtype=torch.long)
             attn = torch.zeros_like(ids)
             for r, (_, i) in enumerate(chunk):
-                ids[r, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
-                attn[r, :len(seqs[i][0])] = 1
+                ids[r, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
+                attn[r, : len(seqs[i][0])] = 1
             with row_edits(view, [candidates[c] for c, _ in chunk]):
                 hid = hidden_states(view.model, ids.to(view.device), attn.to(view.device))
             for r, (c, i) in enumerate(chunk):
                 full, p, answer = seqs[i]
                 if not answer:
                     continue
-                pred = head(view.model, hid[r, p - 1:p - 1 + len(answer)]).argmax(-1).tolist()
+                pred = head(view.model, hid[r, p - 1 : p - 1 + len(answer)]).argmax(-1).tolist()
                 for g, (a, b) in enumerate(zip(pred, answer)):
                     if a != b and not (b in runner.eos_ids and a in runner.eos_ids):
                         out[c][i] = g
@@ -121,17 +151,26 @@ def first_flips(runner: Runner, candidates: Sequence[Candidate], transcripts: Se
     return out
 
 
-def sweep(runner: Runner, candidates: Sequence[Candidate], probes: Sequence[Any], transcripts: Sequence[Transcript],
-          base_results: Sequence[Any], kls: dict[str, float], *, weights: Weights = Weights(),
-          chunk: int = 4, deadline: float | None = None,
-          progress: Progress | None = None) -> list[SweepResult]:
+def sweep(
+    runner: Runner,
+    candidates: Sequence[Candidate],
+    probes: Sequence[Any],
+    transcripts: Sequence[Transcript],
+    base_results: Sequence[Any],
+    kls: dict[str, float],
+    *,
+    weights: Weights = Weights(),
+    chunk: int = 4,
+    deadline: float | None = None,
+    progress: Progress | None = None,
+) -> list[SweepResult]:
     """Generate every candidate on `probes` (base answers in `transcripts`), best score first."""
     base_summary = summarize(base_results)
     out: list[SweepResult] = []
     for start in range(0, len(candidates), chunk):
         if deadline is not None and time.monotonic() > deadline and out:
             break
-        group = list(candidates[start:start + chunk])
+        group = list(candidates[start : start + chunk])
         flips = first_flips(runner, group, transcripts)
         rows: list[list[Row | None]] = []
         todo: list[Row] = []
@@ -155,9 +194,18 @@ def sweep(runner: Runner, candidates: Sequence[Candidate], probes: Sequence[Any]
             summary = summarize(results)
             kl = kls.get(cand.label, 0.0)
             score, parts = score_summary(base_summary, summary, kl, weights)
-            per_probe = [{"probe": r.probe.id, "label": r.verdict.label, "good_list": r.good_list,
-                          "correct": r.correct, "tokens": r.generation.tokens, "changed": r.probe.id in by_id,
-                          "text": r.generation.text[:300]} for r in results]
+            per_probe = [
+                {
+                    "probe": r.probe.id,
+                    "label": r.verdict.label,
+                    "good_list": r.good_list,
+                    "correct": r.correct,
+                    "tokens": r.generation.tokens,
+                    "changed": r.probe.id in by_id,
+                    "text": r.generation.text[:300],
+                }
+                for r in results
+            ]
             out.append(SweepResult(cand, summary, kl, score, parts, len(by_id), per_probe))
         if progress:
             progress("sweep", len(out), len(candidates))

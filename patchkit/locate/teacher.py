@@ -9,12 +9,23 @@ loop-selective edit lowers it while the control score stays put.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from patchkit.locate.transcripts import Transcript, repeat_positions
 
-__all__ = ["ScoreBatch", "build_batch", "GROUPS", "hidden_states", "head", "score", "mean_scores", "group_grads", "GRAD_ROWS"]
+__all__ = [
+    "ScoreBatch",
+    "build_batch",
+    "GROUPS",
+    "hidden_states",
+    "head",
+    "score",
+    "mean_scores",
+    "group_grads",
+    "GRAD_ROWS",
+]
 
 #: Sequences per backward pass in attribution and layer ranking: the activations of every layer are kept for
 #: the gradient, so peak memory grows with this (exact sums over pieces, any value gives the same numbers).
@@ -25,12 +36,12 @@ GROUPS = ("loop", "novel", "control")
 
 @dataclass
 class ScoreBatch:
-    ids: Any          # [B, T] long (right-padded)
-    attn: Any         # [B, T]
-    rows: Any         # [N] row of each scored position
-    pos: Any          # [N] position whose logits predict the target
-    target: Any       # [N] the token actually generated next
-    group: Any        # [N] 0 loop, 1 novel, 2 control
+    ids: Any  # [B, T] long (right-padded)
+    attn: Any  # [B, T]
+    rows: Any  # [N] row of each scored position
+    pos: Any  # [N] position whose logits predict the target
+    target: Any  # [N] the token actually generated next
+    group: Any  # [N] 0 loop, 1 novel, 2 control
     names: list[str]
 
     @property
@@ -44,7 +55,7 @@ class ScoreBatch:
     def counts(self) -> dict[str, int]:
         return {g: int((self.group == i).sum()) for i, g in enumerate(GROUPS)}
 
-    def chunks(self, max_rows: int) -> list["ScoreBatch"]:
+    def chunks(self, max_rows: int) -> list[ScoreBatch]:
         """The batch cut into pieces of at most `max_rows` sequences (scored positions follow their rows), so a
         backward pass keeps only one piece's activations: sums over pieces equal sums over the batch."""
         if self.size <= max_rows:
@@ -55,8 +66,17 @@ class ScoreBatch:
             r1 = min(r0 + max_rows, self.size)
             keep = (self.rows >= r0) & (self.rows < r1)
             width = int(lengths[r0:r1].max())
-            out.append(ScoreBatch(self.ids[r0:r1, :width], self.attn[r0:r1, :width], self.rows[keep] - r0,
-                                  self.pos[keep], self.target[keep], self.group[keep], self.names[r0:r1]))
+            out.append(
+                ScoreBatch(
+                    self.ids[r0:r1, :width],
+                    self.attn[r0:r1, :width],
+                    self.rows[keep] - r0,
+                    self.pos[keep],
+                    self.target[keep],
+                    self.group[keep],
+                    self.names[r0:r1],
+                )
+            )
         return out
 
     def tiled(self, k: int) -> tuple[Any, Any, Any, Any]:
@@ -69,8 +89,16 @@ class ScoreBatch:
         return ids, attn, self.rows.repeat(k) + offs, self.pos.repeat(k)
 
 
-def build_batch(loops: Sequence[Transcript], controls: Sequence[Transcript], prose: Sequence[list[int]], *,
-                pad_id: int, max_tokens: int = 320, max_positions: int = 256, device: Any = "cpu") -> ScoreBatch:
+def build_batch(
+    loops: Sequence[Transcript],
+    controls: Sequence[Transcript],
+    prose: Sequence[list[int]],
+    *,
+    pad_id: int,
+    max_tokens: int = 320,
+    max_positions: int = 256,
+    device: Any = "cpu",
+) -> ScoreBatch:
     """Loop transcripts give loop + novel positions; control transcripts and prose give control positions.
 
     Each group keeps at most `max_positions` positions (evenly spaced) to bound memory and time."""
@@ -78,7 +106,7 @@ def build_batch(loops: Sequence[Transcript], controls: Sequence[Transcript], pro
 
     seqs: list[list[int]] = []
     names: list[str] = []
-    picked: list[list[tuple[int, int, int]]] = [[], [], []]   # per group: (row, pos, target)
+    picked: list[list[tuple[int, int, int]]] = [[], [], []]  # per group: (row, pos, target)
     for t in loops:
         ids = t.ids[:max_tokens]
         r = len(seqs)
@@ -112,8 +140,8 @@ def build_batch(loops: Sequence[Transcript], controls: Sequence[Transcript], pro
     ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     for r, ids in enumerate(seqs):
-        ids_t[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attn[r, :len(ids)] = 1
+        ids_t[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attn[r, : len(ids)] = 1
     flat: list[tuple[int, int, int, int]] = []
     for gi, items in enumerate(picked):
         if len(items) > max_positions:
@@ -122,7 +150,9 @@ def build_batch(loops: Sequence[Transcript], controls: Sequence[Transcript], pro
         flat.extend((r, p, t, gi) for r, p, t in items)
     cols = list(zip(*flat)) if flat else [(), (), (), ()]
     as_t = lambda xs: torch.tensor(list(xs), dtype=torch.long, device=device)  # noqa: E731
-    return ScoreBatch(ids_t.to(device), attn.to(device), as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(cols[3]), names)
+    return ScoreBatch(
+        ids_t.to(device), attn.to(device), as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(cols[3]), names
+    )
 
 
 def _text_config(model: Any) -> Any:
@@ -147,8 +177,9 @@ def head(model: Any, hidden: Any) -> Any:
     return logits
 
 
-def score(model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("mean",),
-          denom: dict[str, int] | None = None) -> dict[str, Any]:
+def score(
+    model: Any, batch: ScoreBatch, *, k: int = 1, want: Sequence[str] = ("mean",), denom: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Forward the batch (tiled k times, e.g. one copy per candidate) and score the selected positions.
 
     Returns "mean" / "odds": {group: [k] mean target log-prob / log-odds}, and on request "logp" ([k, N] target

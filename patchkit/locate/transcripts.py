@@ -7,8 +7,9 @@ first position from which `min_run` consecutive tokens all repeat earlier conten
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["Transcript", "repeat_positions", "loop_start", "load_prose"]
 
@@ -21,10 +22,10 @@ class Transcript:
     """One probe's base generation, as token ids. `loop_start` indexes `generated` (None: no loop)."""
 
     probe_id: str
-    kind: str                  # "enumeration" | "control"
+    kind: str  # "enumeration" | "control"
     prompt_ids: list[int]
     generated: list[int]
-    stop: str                  # base stop reason ("eos" | "length" | "loop")
+    stop: str  # base stop reason ("eos" | "length" | "loop")
     is_loop: bool
     label: str = "ok"
     loop_start: int | None = None
@@ -35,14 +36,31 @@ class Transcript:
         return self.prompt_ids + self.generated
 
     def to_json(self) -> dict[str, Any]:
-        return {"probe": self.probe_id, "kind": self.kind, "prompt_ids": self.prompt_ids, "generated": self.generated,
-                "stop": self.stop, "is_loop": self.is_loop, "label": self.label, "loop_start": self.loop_start,
-                **({"extra": self.extra} if self.extra else {})}
+        return {
+            "probe": self.probe_id,
+            "kind": self.kind,
+            "prompt_ids": self.prompt_ids,
+            "generated": self.generated,
+            "stop": self.stop,
+            "is_loop": self.is_loop,
+            "label": self.label,
+            "loop_start": self.loop_start,
+            **({"extra": self.extra} if self.extra else {}),
+        }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Transcript":
-        return cls(d["probe"], d["kind"], list(d["prompt_ids"]), list(d["generated"]), d["stop"], bool(d["is_loop"]),
-                   d.get("label", "ok"), d.get("loop_start"), d.get("extra") or {})
+    def from_json(cls, d: dict[str, Any]) -> Transcript:
+        return cls(
+            d["probe"],
+            d["kind"],
+            list(d["prompt_ids"]),
+            list(d["generated"]),
+            d["stop"],
+            bool(d["is_loop"]),
+            d.get("label", "ok"),
+            d.get("loop_start"),
+            d.get("extra") or {},
+        )
 
 
 def repeat_positions(tokens: Sequence[int], n: int = NGRAM) -> list[bool]:
@@ -53,7 +71,7 @@ def repeat_positions(tokens: Sequence[int], n: int = NGRAM) -> list[bool]:
         if i + 1 < n:
             out.append(False)
             continue
-        gram = tuple(tokens[i + 1 - n:i + 1])
+        gram = tuple(tokens[i + 1 - n : i + 1])
         out.append(gram in seen)
         seen.add(gram)
     return out

@@ -57,9 +57,19 @@ _MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # empty name, n_dims = 0, type, offset
 
 # GGUF value types: id -> (struct code, size) for scalars
-_SCALARS: dict[int, tuple[str, int]] = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4),
-                                        5: ("i", 4), 6: ("f", 4), 7: ("B", 1), 10: ("Q", 8), 11: ("q", 8),
-                                        12: ("d", 8)}
+_SCALARS: dict[int, tuple[str, int]] = {
+    0: ("B", 1),
+    1: ("b", 1),
+    2: ("H", 2),
+    3: ("h", 2),
+    4: ("I", 4),
+    5: ("i", 4),
+    6: ("f", 4),
+    7: ("B", 1),
+    10: ("Q", 8),
+    11: ("q", 8),
+    12: ("d", 8),
+}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
 _INTEGERS = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
 _MIN_VALUE_BYTES = {**{t: size for t, (_, size) in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
@@ -101,8 +111,11 @@ class GGUFHeader:
 
 
 def _fail(display: str | os.PathLike[str], message: str, hint: str | None = None, **data: Any) -> ModelError:
-    return ModelError(f"{display}: {message}", hint=hint or "the file is damaged, truncated or not a model GGUF",
-                      data={"path": str(display), **data})
+    return ModelError(
+        f"{display}: {message}",
+        hint=hint or "the file is damaged, truncated or not a model GGUF",
+        data={"path": str(display), **data},
+    )
 
 
 def _require_gguf() -> Any:
@@ -121,13 +134,19 @@ def check_gguf_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_GGUF_B
         real = check_entry(p, p.parent, what="GGUF file")
         size = os.stat(real).st_size
     except FileNotFoundError:
-        raise ModelError(f"{p}: GGUF file not found", hint="give a .gguf file, or the package that ships one",
-                         data={"path": str(p)}) from None
+        raise ModelError(
+            f"{p}: GGUF file not found", hint="give a .gguf file, or the package that ships one", data={"path": str(p)}
+        ) from None
     except OSError as exc:
         raise ModelError(f"{p}: cannot read it ({exc.strerror or exc})", data={"path": str(p)}) from None
     if size > max_bytes:
-        raise _fail(p, f"{size} bytes is larger than any GGUF patchkit opens (limit {max_bytes})",
-                    hint="is this really a GGUF model file?", size=size, limit=max_bytes)
+        raise _fail(
+            p,
+            f"{size} bytes is larger than any GGUF patchkit opens (limit {max_bytes})",
+            hint="is this really a GGUF model file?",
+            size=size,
+            limit=max_bytes,
+        )
     return real, size
 
 
@@ -139,8 +158,11 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
-            raise _fail(self.display, f"truncated: {what} at byte {self.pos} needs {n} bytes, the file has "
-                                      f"{self.size - self.pos} left", offset=self.pos)
+            raise _fail(
+                self.display,
+                f"truncated: {what} at byte {self.pos} needs {n} bytes, the file has {self.size - self.pos} left",
+                offset=self.pos,
+            )
 
     def take(self, n: int, what: str) -> bytes:
         self.need(n, what)
@@ -200,8 +222,9 @@ class _Walk:
             start = cur.pos
             n = cur.u64(f"the string length of {key!r}")
             if n > MAX_STRING_BYTES:
-                raise self.fail(f"key {key!r}: a string of {n} bytes at byte {start} (limit {MAX_STRING_BYTES})",
-                                offset=start)
+                raise self.fail(
+                    f"key {key!r}: a string of {n} bytes at byte {start} (limit {MAX_STRING_BYTES})", offset=start
+                )
             if n > _KEEP_STRING_BYTES or depth:
                 cur.skip(n, f"the string value of {key!r}")
                 return None
@@ -212,20 +235,28 @@ class _Walk:
         if vtype == _ARRAY:
             start = cur.pos
             if depth >= MAX_ARRAY_DEPTH:
-                raise self.fail(f"key {key!r}: arrays nested more than {MAX_ARRAY_DEPTH} deep (at byte {start})",
-                                offset=start)
+                raise self.fail(
+                    f"key {key!r}: arrays nested more than {MAX_ARRAY_DEPTH} deep (at byte {start})", offset=start
+                )
             etype = cur.u32(f"the element type of {key!r}")
             if etype not in _MIN_VALUE_BYTES:
                 raise self.fail(f"key {key!r}: unknown array element type {etype} at byte {start}", offset=start)
             count = cur.u64(f"the length of {key!r}")
             left = cur.size - cur.pos
             if count * _MIN_VALUE_BYTES[etype] > left:
-                raise self.fail(f"key {key!r}: an array of {count} elements at byte {start} cannot fit in the "
-                                f"{left} bytes left in the file", offset=start, count=count)
+                raise self.fail(
+                    f"key {key!r}: an array of {count} elements at byte {start} cannot fit in the "
+                    f"{left} bytes left in the file",
+                    offset=start,
+                    count=count,
+                )
             self.elements += count
             if self.elements > MAX_ARRAY_ELEMENTS:
-                raise self.fail(f"key {key!r}: metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements in all",
-                                offset=start, count=count)
+                raise self.fail(
+                    f"key {key!r}: metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements in all",
+                    offset=start,
+                    count=count,
+                )
             if etype in _SCALARS:
                 cur.skip(count * _SCALARS[etype][1], f"the elements of {key!r}")
             else:
@@ -246,8 +277,9 @@ class _Walk:
             if value is not None:
                 self.metadata[key] = value
 
-    def tensor_infos(self, count: int, sizes: dict[int, tuple[int, int, str]]) -> list[tuple[str, int, str,
-                                                                                              tuple[int, ...], int, int]]:
+    def tensor_infos(
+        self, count: int, sizes: dict[int, tuple[int, int, str]]
+    ) -> list[tuple[str, int, str, tuple[int, ...], int, int]]:
         cur = self.cur
         infos = []
         seen: set[str] = set()
@@ -267,22 +299,33 @@ class _Walk:
                 raise self.fail(f"tensor {name!r} has unknown ggml type {gtype}", tensor=name, ggml_type=gtype)
             block, type_size, type_name = sizes[gtype]
             if dims and dims[0] % block:
-                raise self.fail(f"tensor {name!r}: its first dimension {dims[0]} is not a multiple of the "
-                                f"{type_name} block size {block}", tensor=name)
+                raise self.fail(
+                    f"tensor {name!r}: its first dimension {dims[0]} is not a multiple of the "
+                    f"{type_name} block size {block}",
+                    tensor=name,
+                )
             n = 1
             for d in dims:
                 n *= d
             nbytes = n // block * type_size
             if nbytes > cur.size:
-                raise self.fail(f"tensor {name!r} of shape {list(dims)} needs {nbytes} bytes, more than the whole "
-                                f"file ({cur.size})", tensor=name)
+                raise self.fail(
+                    f"tensor {name!r} of shape {list(dims)} needs {nbytes} bytes, more than the whole "
+                    f"file ({cur.size})",
+                    tensor=name,
+                )
             offset = cur.u64(f"the data offset of {name!r}")
             infos.append((name, gtype, type_name, dims, offset, nbytes))
         return infos
 
 
-def scan_gguf_header(path: str | os.PathLike[str], *, display: str | os.PathLike[str] | None = None,
-                     real: Path | None = None, size: int | None = None) -> GGUFHeader:
+def scan_gguf_header(
+    path: str | os.PathLike[str],
+    *,
+    display: str | os.PathLike[str] | None = None,
+    real: Path | None = None,
+    size: int | None = None,
+) -> GGUFHeader:
     """Walk the header of a GGUF file without trusting it; ModelError (one line naming the file) on anything wrong.
 
     Proves: the magic and a version the `gguf` reader supports; the tensor and KV counts fit the file (each
@@ -313,19 +356,32 @@ def scan_gguf_header(path: str | os.PathLike[str], *, display: str | os.PathLike
         order = "<" if little & 0xFFFF else ">"  # the gguf reader's own rule for a byte-swapped file
         version = struct.unpack(order + "I", raw_version)[0]
         if version not in supported:
-            raise _fail(display_path, f"GGUF version {version} is not supported (readable: "
-                               f"{', '.join(map(str, supported))})", hint="convert it with a current llama.cpp")
+            raise _fail(
+                display_path,
+                f"GGUF version {version} is not supported (readable: {', '.join(map(str, supported))})",
+                hint="convert it with a current llama.cpp",
+            )
         cur = _Cursor(fh, size, display_path, order)
         cur.pos = 8
         tensor_count = cur.u64("the tensor count")
         kv_count = cur.u64("the metadata count")
         left = size - cur.pos
         if tensor_count > MAX_TENSORS or kv_count > MAX_KV:
-            raise _fail(display_path, f"header claims {tensor_count} tensors and {kv_count} metadata keys "
-                               f"(limits {MAX_TENSORS} and {MAX_KV})", tensors=tensor_count, kvs=kv_count)
+            raise _fail(
+                display_path,
+                f"header claims {tensor_count} tensors and {kv_count} metadata keys "
+                f"(limits {MAX_TENSORS} and {MAX_KV})",
+                tensors=tensor_count,
+                kvs=kv_count,
+            )
         if tensor_count * _MIN_TENSOR_INFO_BYTES + kv_count * _MIN_KV_BYTES > left:
-            raise _fail(display_path, f"header claims {tensor_count} tensors and {kv_count} metadata keys, more than "
-                               f"the {left} bytes after it can hold", tensors=tensor_count, kvs=kv_count)
+            raise _fail(
+                display_path,
+                f"header claims {tensor_count} tensors and {kv_count} metadata keys, more than "
+                f"the {left} bytes after it can hold",
+                tensors=tensor_count,
+                kvs=kv_count,
+            )
         walk = _Walk(cur)
         walk.kvs(kv_count)
         infos = walk.tensor_infos(tensor_count, sizes)
@@ -340,36 +396,63 @@ def scan_gguf_header(path: str | os.PathLike[str], *, display: str | os.PathLike
     tensors = []
     for name, gtype, type_name, dims, offset, nbytes in infos:
         if offset % alignment:
-            raise _fail(display_path, f"tensor {name!r}: data offset {offset} is not a multiple of the alignment "
-                               f"{alignment}", tensor=name)
+            raise _fail(
+                display_path,
+                f"tensor {name!r}: data offset {offset} is not a multiple of the alignment {alignment}",
+                tensor=name,
+            )
         start = data_offset + offset
         if start + nbytes > size:
-            raise _fail(display_path, f"tensor {name!r}: its data (bytes {start}..{start + nbytes}) lies outside the "
-                               f"file ({size} bytes)", tensor=name, start=start, end=start + nbytes)
+            raise _fail(
+                display_path,
+                f"tensor {name!r}: its data (bytes {start}..{start + nbytes}) lies outside the file ({size} bytes)",
+                tensor=name,
+                start=start,
+                end=start + nbytes,
+            )
         tensors.append(GGUFTensor(name, gtype, type_name, dims, start, start + nbytes))
     ordered = sorted(tensors, key=lambda t: (t.start, t.end))
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.start < a.end:
-            raise _fail(display_path, f"tensors {a.name!r} and {b.name!r} overlap (bytes {b.start}..{a.end})",
-                        tensor=b.name)
+            raise _fail(
+                display_path, f"tensors {a.name!r} and {b.name!r} overlap (bytes {b.start}..{a.end})", tensor=b.name
+            )
     end = max([header_end] + [t.end for t in tensors])
     if size - end > MAX_TRAILING_BYTES:
-        raise _fail(display_path, f"{size - end} bytes follow the end of the last tensor at byte {end} (a GGUF file ends "
-                           "with its tensor data)", hint="the file has something appended, or is not what it says")
-    return GGUFHeader(path=display_path, real_path=real, size=size, version=version, big_endian=order == ">",
-                      alignment=alignment, data_offset=data_offset, metadata=walk.metadata,
-                      value_types=walk.types, tensors=tuple(tensors))
+        raise _fail(
+            display_path,
+            f"{size - end} bytes follow the end of the last tensor at byte {end} (a GGUF file ends "
+            "with its tensor data)",
+            hint="the file has something appended, or is not what it says",
+        )
+    return GGUFHeader(
+        path=display_path,
+        real_path=real,
+        size=size,
+        version=version,
+        big_endian=order == ">",
+        alignment=alignment,
+        data_offset=data_offset,
+        metadata=walk.metadata,
+        value_types=walk.types,
+        tensors=tuple(tensors),
+    )
 
 
 def check_blocks(header: GGUFHeader) -> None:
     """The tensors cover exactly the blocks `<arch>.block_count` declares (else a loader random-fills the rest)."""
     where, arch = header.path, header.architecture
     if arch is None:
-        raise _fail(where, "GGUF metadata has no general.architecture", hint="the file is incomplete or not a model GGUF")
+        raise _fail(
+            where, "GGUF metadata has no general.architecture", hint="the file is incomplete or not a model GGUF"
+        )
     split = header.metadata.get("split.count")
     if isinstance(split, int) and split > 1:
-        raise _fail(where, f"is one part of a GGUF split into {split} files",
-                    hint="merge the parts first: llama-gguf-split --merge FIRST-PART OUT.gguf")
+        raise _fail(
+            where,
+            f"is one part of a GGUF split into {split} files",
+            hint="merge the parts first: llama-gguf-split --merge FIRST-PART OUT.gguf",
+        )
     raw_key = f"{arch}.block_count"
     key = shown(raw_key, 80)  # the architecture comes from the file: printed escaped
     blocks = header.metadata.get(raw_key)
@@ -389,13 +472,27 @@ def check_blocks(header: GGUFHeader) -> None:
     missing = [i for i in range(blocks) if i not in present]
     if missing:
         listed = ", ".join(f"blk.{i}" for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise _fail(where, f"{key} is {blocks}, but {len(missing)} block(s) have no tensors ({listed})",
-                    hint="the file is incomplete: get a complete copy", missing=missing[:100])
+        raise _fail(
+            where,
+            f"{key} is {blocks}, but {len(missing)} block(s) have no tensors ({listed})",
+            hint="the file is incomplete: get a complete copy",
+            missing=missing[:100],
+        )
 
 
 #: What the `gguf` reader (and numpy under it) raises on bytes it cannot make sense of.
-_READER_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError, struct.error, OverflowError,
-                  MemoryError, RecursionError, OSError)
+_READER_ERRORS = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    struct.error,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+    OSError,
+)
 
 
 def open_gguf_reader(header: GGUFHeader) -> Any:
@@ -409,8 +506,11 @@ def open_gguf_reader(header: GGUFHeader) -> Any:
             text = shown(" ".join(str(exc).split()), 200)
         except Exception:  # noqa: BLE001 - an exception whose own message is broken
             text = "?"
-        raise _fail(header.path, f"not a readable GGUF file ({type(exc).__name__}: {text})",
-                    hint="pass a file written by llama.cpp / gguf-py") from None
+        raise _fail(
+            header.path,
+            f"not a readable GGUF file ({type(exc).__name__}: {text})",
+            hint="pass a file written by llama.cpp / gguf-py",
+        ) from None
     if found != len(header.tensors):  # pragma: no cover - the walk and the reader disagree: refuse, do not guess
         raise _fail(header.path, f"the gguf reader found {found} tensors, the header walk {len(header.tensors)}")
     return reader
@@ -424,12 +524,15 @@ def check_loaded(display: str | os.PathLike[str], loading_info: dict[str, Any]) 
     for what, names in (("has no weights for", missing), ("has weights of the wrong shape for", mismatched)):
         if names:
             listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            raise _fail(display, f"the GGUF {what} {len(names)} parameter(s) of the model ({listed})",
-                        hint="the file is incomplete or does not match its own metadata", parameters=names[:100])
+            raise _fail(
+                display,
+                f"the GGUF {what} {len(names)} parameter(s) of the model ({listed})",
+                hint="the file is incomplete or does not match its own metadata",
+                parameters=names[:100],
+            )
 
 
-def validate_gguf(path: str | os.PathLike[str], *, max_bytes: int = MAX_GGUF_BYTES,
-                  reader: bool = True) -> GGUFHeader:
+def validate_gguf(path: str | os.PathLike[str], *, max_bytes: int = MAX_GGUF_BYTES, reader: bool = True) -> GGUFHeader:
     """Everything above, in order: file type and size, header walk, blocks, then the `gguf` reader (guarded)."""
     _require_gguf()
     real, size = check_gguf_file(path, max_bytes=max_bytes)

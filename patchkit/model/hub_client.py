@@ -36,7 +36,6 @@ class RetryPolicy:
         return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (0.75 + random.random() / 2)
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # references, tokens, endpoints
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,7 +50,9 @@ def parse_repo_ref(ref: str) -> tuple[str, str | None]:
 def check_repo_id(repo_id: str) -> str:
     parsed, revision = parse_repo_ref(repo_id)
     if revision is not None:
-        raise HubError(f"repo {repo_id!r} must not carry @revision", fix=Fix("revision", "BRANCH", "to push to a branch"))
+        raise HubError(
+            f"repo {repo_id!r} must not carry @revision", fix=Fix("revision", "BRANCH", "to push to a branch")
+        )
     return parsed
 
 
@@ -109,9 +110,22 @@ def _is_connection_error(exc: BaseException) -> bool:
         if isinstance(item, (ConnectionError, TimeoutError)):
             return True
         if module.startswith(("httpx", "httpcore", "h11")) and name.endswith(
-            ("TransportError", "NetworkError", "RemoteProtocolError", "ConnectError", "ReadError", "WriteError",
-             "Timeout", "TimeoutException", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "PoolTimeout",
-             "LocalProtocolError", "ProtocolError")
+            (
+                "TransportError",
+                "NetworkError",
+                "RemoteProtocolError",
+                "ConnectError",
+                "ReadError",
+                "WriteError",
+                "Timeout",
+                "TimeoutException",
+                "ReadTimeout",
+                "WriteTimeout",
+                "ConnectTimeout",
+                "PoolTimeout",
+                "LocalProtocolError",
+                "ProtocolError",
+            )
         ):
             return True
     return False
@@ -131,7 +145,9 @@ def is_transient(exc: BaseException) -> bool:
     return _is_connection_error(exc)
 
 
-def with_retries(fn: Callable[[], Any], *, policy: RetryPolicy, on_retry: Callable[[int, BaseException], None] | None = None):
+def with_retries(
+    fn: Callable[[], Any], *, policy: RetryPolicy, on_retry: Callable[[int, BaseException], None] | None = None
+):
     """Call `fn`, retrying transient failures with exponential backoff (jittered)."""
     for attempt in range(1, policy.attempts + 1):
         try:
@@ -147,15 +163,24 @@ def with_retries(fn: Callable[[], Any], *, policy: RetryPolicy, on_retry: Callab
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def map_hub_error(exc: BaseException, *, action: str, repo_id: str | None = None, revision: str | None = None,
-                  endpoint: str | None = None, attempts: int | None = None) -> HubError:
+def map_hub_error(
+    exc: BaseException,
+    *,
+    action: str,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    attempts: int | None = None,
+) -> HubError:
     """Turn a huggingface_hub/httpx failure into a one-line HubError that says what to do (never the token)."""
     from huggingface_hub.errors import RevisionNotFoundError
 
     where = f" {repo_id}" if repo_id else ""
     if _offline(exc):
-        return HubError(f"offline mode is on (HF_HUB_OFFLINE) while {action}{where}",
-                        hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to reach the Hub")
+        return HubError(
+            f"offline mode is on (HF_HUB_OFFLINE) while {action}{where}",
+            hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to reach the Hub",
+        )
     status = http_status(exc)
     retried = f" after {attempts} attempts" if attempts and attempts > 1 else ""
     if status == 401:
@@ -171,25 +196,34 @@ def map_hub_error(exc: BaseException, *, action: str, repo_id: str | None = None
         )
     if status == 404:
         if any(isinstance(item, RevisionNotFoundError) for item in _chain(exc)):
-            return HubError(f"revision {revision!r} not found in{where} (404)",
-                            hint="check the branch / commit name")
-        return HubError(f"repository{where} not found (404) while {action}",
-                        hint="check ORG/NAME, and that your token can see it if it is private")
+            return HubError(f"revision {revision!r} not found in{where} (404)", hint="check the branch / commit name")
+        return HubError(
+            f"repository{where} not found (404) while {action}",
+            hint="check ORG/NAME, and that your token can see it if it is private",
+        )
     if status == 409:
-        return HubError(f"conflict (409) while {action}{where}: another operation on the repo is in progress",
-                        hint="wait a moment and re-run the same command; pushes resume where they stopped")
+        return HubError(
+            f"conflict (409) while {action}{where}: another operation on the repo is in progress",
+            hint="wait a moment and re-run the same command; pushes resume where they stopped",
+        )
     if status == 412:
         return HubError(f"the branch moved while {action}{where} (412)", hint="re-run the same command")
     if status == 400 and "README.md" in str(exc):
-        return HubError(f"the Hub refused the model card while {action}{where}", hint="run `patchkit card` and fix its metadata")
+        return HubError(
+            f"the Hub refused the model card while {action}{where}", hint="run `patchkit card` and fix its metadata"
+        )
     if status is not None and status >= 500 or status in (408, 429):
-        return HubError(f"the Hub answered {status}{retried} while {action}{where}",
-                        hint="try again later; re-running resumes and uploads only what is missing")
+        return HubError(
+            f"the Hub answered {status}{retried} while {action}{where}",
+            hint="try again later; re-running resumes and uploads only what is missing",
+        )
     if status is not None:
         return HubError(f"the Hub answered {status} while {action}{where}", hint="see `patchkit push --help`")
     if _is_connection_error(exc):
-        return HubError(f"lost the connection to {hub_endpoint(endpoint)}{retried} while {action}{where}",
-                        hint="check your network or HF_ENDPOINT, then re-run; uploads resume")
+        return HubError(
+            f"lost the connection to {hub_endpoint(endpoint)}{retried} while {action}{where}",
+            hint="check your network or HF_ENDPOINT, then re-run; uploads resume",
+        )
     return HubError(f"{action}{where} failed: {type(exc).__name__}: {_first_line(exc)}")
 
 
@@ -198,58 +232,110 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else ""
 
 
-def guarded(action: str, fn: Callable[[], Any], *, policy: RetryPolicy, repo_id: str | None = None,
-           revision: str | None = None, endpoint: str | None = None):
+def guarded(
+    action: str,
+    fn: Callable[[], Any],
+    *,
+    policy: RetryPolicy,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+):
     def say(attempt: int, exc: BaseException) -> None:
         status = http_status(exc)
         why = f"HTTP {status}" if status else "connection lost"
-        _log.warning("%s while %s %s; retrying (attempt %d of %d)", why, action, repo_id or "", attempt + 1,
-                     policy.attempts)
+        _log.warning(
+            "%s while %s %s; retrying (attempt %d of %d)", why, action, repo_id or "", attempt + 1, policy.attempts
+        )
 
     try:
         return with_retries(fn, policy=policy, on_retry=say)
     except PatchkitError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
-        raise map_hub_error(exc, action=action, repo_id=repo_id, revision=revision, endpoint=endpoint,
-                            attempts=policy.attempts if is_transient(exc) else None) from exc
+        raise map_hub_error(
+            exc,
+            action=action,
+            repo_id=repo_id,
+            revision=revision,
+            endpoint=endpoint,
+            attempts=policy.attempts if is_transient(exc) else None,
+        ) from exc
 
 
-def download_snapshot(repo_id: str, revision: str | None = None, *, local_dir: str | Path | None = None,
-                      endpoint: str | None = None, token: str | None = None, retry: RetryPolicy | None = None,
-                      allow_patterns: list[str] | None = None) -> Path:
+def download_snapshot(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    local_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    allow_patterns: list[str] | None = None,
+) -> Path:
     """`snapshot_download` with patchkit's retries and error messages; the one entry point for remote models."""
     from huggingface_hub import snapshot_download
 
     policy = retry or RetryPolicy()
     result = guarded(
         "downloading",
-        lambda: snapshot_download(repo_id, revision=revision, local_dir=str(local_dir) if local_dir else None,
-                                  endpoint=hub_endpoint(endpoint), token=resolve_token(token),
-                                  allow_patterns=allow_patterns),
-        policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint,
+        lambda: snapshot_download(
+            repo_id,
+            revision=revision,
+            local_dir=str(local_dir) if local_dir else None,
+            endpoint=hub_endpoint(endpoint),
+            token=resolve_token(token),
+            allow_patterns=allow_patterns,
+        ),
+        policy=policy,
+        repo_id=repo_id,
+        revision=revision,
+        endpoint=endpoint,
     )
     return Path(result)
 
 
-def remote_files(repo_id: str, revision: str | None = None, *, endpoint: str | None = None,
-                 token: str | None = None, retry: RetryPolicy | None = None) -> tuple[str, dict[str, Any]]:
+def remote_files(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> tuple[str, dict[str, Any]]:
     """(commit oid, {path: RepoFile}) of a remote revision, resolved once so later reads are consistent."""
     from huggingface_hub.hf_api import RepoFile
 
     policy = retry or RetryPolicy()
     api = hub_api(endpoint, resolve_token(token))
-    info = guarded("reading", lambda: api.model_info(repo_id, revision=revision), policy=policy, repo_id=repo_id,
-                  revision=revision, endpoint=endpoint)
-    tree = guarded("listing files of", lambda: [f for f in api.list_repo_tree(repo_id, revision=info.sha,
-                                                                               recursive=True)
-                                               if isinstance(f, RepoFile)],
-                  policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint)
+    info = guarded(
+        "reading",
+        lambda: api.model_info(repo_id, revision=revision),
+        policy=policy,
+        repo_id=repo_id,
+        revision=revision,
+        endpoint=endpoint,
+    )
+    tree = guarded(
+        "listing files of",
+        lambda: [f for f in api.list_repo_tree(repo_id, revision=info.sha, recursive=True) if isinstance(f, RepoFile)],
+        policy=policy,
+        repo_id=repo_id,
+        revision=revision,
+        endpoint=endpoint,
+    )
     return info.sha, {f.path: f for f in tree}
 
 
-def open_remote(repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None,
-                token: str | None = None, block_size: int = 1 << 20):
+def open_remote(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    block_size: int = 1 << 20,
+):
     """A seekable read-only file over HTTP Range requests (huggingface_hub's HfFileSystem): read a safetensors
     header or a byte range of a remote shard without downloading it."""
     from huggingface_hub import HfFileSystem
@@ -259,14 +345,18 @@ def open_remote(repo_id: str, filename: str, *, revision: str | None = None, end
         return fs.open(f"{repo_id}/{filename}", "rb", revision=revision, block_size=block_size)
     except Exception as exc:  # noqa: BLE001 - one line for the user
         if isinstance(exc, FileNotFoundError) and http_status(exc) is None:
-            raise HubError(f"{repo_id}: no file {filename!r} at revision {revision or 'main'}",
-                           hint="check the file name with `patchkit pull --json`") from exc
-        raise map_hub_error(exc, action=f"opening {filename} in", repo_id=repo_id, revision=revision,
-                            endpoint=endpoint) from exc
+            raise HubError(
+                f"{repo_id}: no file {filename!r} at revision {revision or 'main'}",
+                hint="check the file name with `patchkit pull --json`",
+            ) from exc
+        raise map_hub_error(
+            exc, action=f"opening {filename} in", repo_id=repo_id, revision=revision, endpoint=endpoint
+        ) from exc
 
 
-def read_safetensors_header(repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None,
-                            token: str | None = None) -> tuple[int, dict[str, Any]]:
+def read_safetensors_header(
+    repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None, token: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """(header length in bytes, parsed JSON header) of a remote safetensors file, fetched with Range requests.
 
     Tensor data starts at byte 8 + header length; `data_offsets` in the header are relative to it.
@@ -274,12 +364,18 @@ def read_safetensors_header(repo_id: str, filename: str, *, revision: str | None
     length, raw = read_safetensors_header_bytes(repo_id, filename, revision=revision, endpoint=endpoint, token=token)
     from patchkit._io.fs import parse_json
 
-    return length, parse_json(raw, f"{repo_id}/{filename}: safetensors header", error=HubError,
-                              what="safetensors header", duplicate="tensor {key}: duplicate key in header")
+    return length, parse_json(
+        raw,
+        f"{repo_id}/{filename}: safetensors header",
+        error=HubError,
+        what="safetensors header",
+        duplicate="tensor {key}: duplicate key in header",
+    )
 
 
-def read_safetensors_header_bytes(repo_id: str, filename: str, *, revision: str | None = None,
-                                  endpoint: str | None = None, token: str | None = None) -> tuple[int, bytes]:
+def read_safetensors_header_bytes(
+    repo_id: str, filename: str, *, revision: str | None = None, endpoint: str | None = None, token: str | None = None
+) -> tuple[int, bytes]:
     """(header length, raw JSON header bytes) of a remote safetensors file, fetched with Range requests; the
     length is checked against `safetensors_io.MAX_HEADER_LEN` before the header is requested."""
     import struct
@@ -303,8 +399,9 @@ def _pattern(name: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", name)  # fnmatch-escape an exact file name
 
 
-def fetch_differing_shards(ref_a: str, ref_b: str, *, endpoint: str | None = None, token: str | None = None,
-                           retry: RetryPolicy | None = None) -> tuple[Path, Path, list[str]]:
+def fetch_differing_shards(
+    ref_a: str, ref_b: str, *, endpoint: str | None = None, token: str | None = None, retry: RetryPolicy | None = None
+) -> tuple[Path, Path, list[str]]:
     """Download two Hub revisions for `patchkit diff`, skipping LFS files whose sha256 is the same on both sides.
 
     Small (non-LFS) files such as config.json and the shard index are always fetched. Returns the two snapshot
@@ -315,8 +412,11 @@ def fetch_differing_shards(ref_a: str, ref_b: str, *, endpoint: str | None = Non
     sha_a, files_a = remote_files(repo_a, rev_a, endpoint=endpoint, token=token, retry=retry)
     sha_b, files_b = remote_files(repo_b, rev_b, endpoint=endpoint, token=token, retry=retry)
     identical = sorted(
-        name for name, entry in files_a.items()
-        if entry.lfs is not None and name in files_b and files_b[name].lfs is not None
+        name
+        for name, entry in files_a.items()
+        if entry.lfs is not None
+        and name in files_b
+        and files_b[name].lfs is not None
         and files_b[name].lfs.sha256 == entry.lfs.sha256
     )
     skip = set(identical)
@@ -324,8 +424,10 @@ def fetch_differing_shards(ref_a: str, ref_b: str, *, endpoint: str | None = Non
     def wanted(files: dict[str, Any]) -> list[str]:
         return [_pattern(name) for name in files if name not in skip and name != ".gitattributes"]
 
-    dir_a = download_snapshot(repo_a, sha_a, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_a))
-    dir_b = download_snapshot(repo_b, sha_b, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_b))
+    dir_a = download_snapshot(
+        repo_a, sha_a, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_a)
+    )
+    dir_b = download_snapshot(
+        repo_b, sha_b, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_b)
+    )
     return dir_a, dir_b, identical
-
-

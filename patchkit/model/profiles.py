@@ -75,7 +75,9 @@ class SizeProfile:
     @property
     def layer_types(self) -> list[str]:
         period = self.sliding_per_full + 1
-        return ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(self.num_hidden_layers)]
+        return [
+            "full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(self.num_hidden_layers)
+        ]
 
     def mlp_width(self, layer: int) -> int:
         """Neurons of layer `layer`'s dense MLP (doubled on the KV-shared layers when use_double_wide_mlp)."""
@@ -124,8 +126,11 @@ class SizeProfile:
         if self.num_global_key_value_heads is not None:
             tc["num_global_key_value_heads"] = self.num_global_key_value_heads
         if self.enable_moe_block:
-            tc.update(num_experts=self.num_experts, top_k_experts=self.top_k_experts,
-                      moe_intermediate_size=self.moe_intermediate_size)
+            tc.update(
+                num_experts=self.num_experts,
+                top_k_experts=self.top_k_experts,
+                moe_intermediate_size=self.moe_intermediate_size,
+            )
         return tc
 
     def config(self) -> dict[str, Any]:
@@ -142,13 +147,23 @@ class SizeProfile:
     def summary(self) -> dict[str, Any]:
         widths = sorted({self.mlp_width(i) for i in range(self.num_hidden_layers)})
         out: dict[str, Any] = {
-            "key": self.key, "repo": self.repo, "layers": self.num_hidden_layers, "hidden_size": self.hidden_size,
-            "mlp_widths": widths, "total_neurons": self.total_neurons, "dtype": self.dtype, "prefix": PREFIX,
+            "key": self.key,
+            "repo": self.repo,
+            "layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size,
+            "mlp_widths": widths,
+            "total_neurons": self.total_neurons,
+            "dtype": self.dtype,
+            "prefix": PREFIX,
             "shards": list(self.shards) if self.shards else None,
         }
         if self.enable_moe_block:
-            out.update(num_experts=self.num_experts, top_k_experts=self.top_k_experts,
-                       expert_mlp_width=self.moe_intermediate_size, total_expert_slots=self.total_expert_slots)
+            out.update(
+                num_experts=self.num_experts,
+                top_k_experts=self.top_k_experts,
+                expert_mlp_width=self.moe_intermediate_size,
+                total_expert_slots=self.total_expert_slots,
+            )
         return out
 
 
@@ -156,18 +171,40 @@ PROFILES: dict[str, SizeProfile] = {
     p.key: p
     for p in (
         SizeProfile(
-            key="e2b", repo="google/gemma-4-E2B-it", num_hidden_layers=35, hidden_size=1536, intermediate_size=6144,
-            num_attention_heads=8, num_key_value_heads=1, head_dim=256, global_head_dim=512, sliding_window=512,
-            sliding_per_full=4, num_kv_shared_layers=20, use_double_wide_mlp=True, hidden_size_per_layer_input=256,
+            key="e2b",
+            repo="google/gemma-4-E2B-it",
+            num_hidden_layers=35,
+            hidden_size=1536,
+            intermediate_size=6144,
+            num_attention_heads=8,
+            num_key_value_heads=1,
+            head_dim=256,
+            global_head_dim=512,
+            sliding_window=512,
+            sliding_per_full=4,
+            num_kv_shared_layers=20,
+            use_double_wide_mlp=True,
+            hidden_size_per_layer_input=256,
             sources=(
                 "https://huggingface.co/EvilScript/taboo-cloud-gemma-4-E2B-it/commit/eda739bfd428b988f34f8919cda472b467a3f99b",
                 "https://github.com/google/gemma.cpp/pull/919",
             ),
         ),
         SizeProfile(
-            key="e4b", repo="google/gemma-4-E4B-it", num_hidden_layers=42, hidden_size=2560, intermediate_size=10240,
-            num_attention_heads=8, num_key_value_heads=2, head_dim=256, global_head_dim=512, sliding_window=512,
-            sliding_per_full=5, num_kv_shared_layers=18, use_double_wide_mlp=False, hidden_size_per_layer_input=256,
+            key="e4b",
+            repo="google/gemma-4-E4B-it",
+            num_hidden_layers=42,
+            hidden_size=2560,
+            intermediate_size=10240,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=256,
+            global_head_dim=512,
+            sliding_window=512,
+            sliding_per_full=5,
+            num_kv_shared_layers=18,
+            use_double_wide_mlp=False,
+            hidden_size_per_layer_input=256,
             sources=(
                 "https://huggingface.co/EvilScript/taboo-cloud-gemma-4-E4B-it/commit/2e07b22f7d120ddff6795a71efd6759db85fd757",
                 "https://github.com/google/gemma.cpp/pull/919",
@@ -175,10 +212,23 @@ PROFILES: dict[str, SizeProfile] = {
             ),
         ),
         SizeProfile(
-            key="26b-a4b", repo="google/gemma-4-26B-A4B-it", num_hidden_layers=30, hidden_size=2816,
-            intermediate_size=2112, num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
-            head_dim=256, global_head_dim=512, sliding_window=1024, sliding_per_full=5, attention_k_eq_v=True,
-            enable_moe_block=True, num_experts=128, top_k_experts=8, moe_intermediate_size=704,
+            key="26b-a4b",
+            repo="google/gemma-4-26B-A4B-it",
+            num_hidden_layers=30,
+            hidden_size=2816,
+            intermediate_size=2112,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            num_global_key_value_heads=2,
+            head_dim=256,
+            global_head_dim=512,
+            sliding_window=1024,
+            sliding_per_full=5,
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            num_experts=128,
+            top_k_experts=8,
+            moe_intermediate_size=704,
             max_position_embeddings=262144,
             sources=(
                 "https://raw.githubusercontent.com/vllm-project/recipes/main/models/Google/gemma-4-26B-A4B-it.yaml",
@@ -186,9 +236,19 @@ PROFILES: dict[str, SizeProfile] = {
             ),
         ),
         SizeProfile(
-            key="31b", repo="google/gemma-4-31B-it", num_hidden_layers=60, hidden_size=5376, intermediate_size=21504,
-            num_attention_heads=32, num_key_value_heads=16, num_global_key_value_heads=4, head_dim=256,
-            global_head_dim=512, sliding_window=1024, sliding_per_full=5, attention_k_eq_v=True,
+            key="31b",
+            repo="google/gemma-4-31B-it",
+            num_hidden_layers=60,
+            hidden_size=5376,
+            intermediate_size=21504,
+            num_attention_heads=32,
+            num_key_value_heads=16,
+            num_global_key_value_heads=4,
+            head_dim=256,
+            global_head_dim=512,
+            sliding_window=1024,
+            sliding_per_full=5,
+            attention_k_eq_v=True,
             max_position_embeddings=262144,
             shards=("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"),
             sources=(
@@ -217,8 +277,17 @@ def get_profile(repo: str | None) -> dict[str, Any] | None:
     return profile.config() if profile is not None else None
 
 
-_COMPARED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_kv_shared_layers", "use_double_wide_mlp",
-             "enable_moe_block", "num_experts", "top_k_experts", "moe_intermediate_size")
+_COMPARED = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_kv_shared_layers",
+    "use_double_wide_mlp",
+    "enable_moe_block",
+    "num_experts",
+    "top_k_experts",
+    "moe_intermediate_size",
+)
 
 
 def compare_config(profile: SizeProfile, config: dict[str, Any]) -> list[str]:

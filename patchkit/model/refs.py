@@ -55,8 +55,10 @@ class ModelRef:
     def config(self) -> dict[str, Any]:
         config = self._read_json(CONFIG_FILE, required=True, cap=MAX_CONFIG_BYTES)
         if not isinstance(config, dict):
-            raise ModelError(f"{self.where(CONFIG_FILE)}: is a JSON {_json_type(config)}, not an object",
-                             hint="pass a Hugging Face checkpoint directory")
+            raise ModelError(
+                f"{self.where(CONFIG_FILE)}: is a JSON {_json_type(config)}, not an object",
+                hint="pass a Hugging Face checkpoint directory",
+            )
         return config
 
     @property
@@ -75,8 +77,13 @@ class ModelRef:
         directory = Path(directory)
         if self.local_dir is not None and not self.is_remote and Path(os.path.realpath(directory)) == self.local_dir:
             return self
-        return ModelRef(ref=self.ref, local_dir=Path(os.path.realpath(directory)), repo_id=self.repo_id,
-                        revision=self.revision, local_only=True)
+        return ModelRef(
+            ref=self.ref,
+            local_dir=Path(os.path.realpath(directory)),
+            repo_id=self.repo_id,
+            revision=self.revision,
+            local_only=True,
+        )
 
     def where(self, name: str) -> str:
         """How messages name file `name` of this model: its local path, or repo@revision/name."""
@@ -117,17 +124,20 @@ class ModelRef:
             raise ModelError(f"{where}: is a JSON {_json_type(index)}, not an object")
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelError(f"{where}: has no weight_map" + ("" if weight_map is None else
-                             f" object (got a JSON {_json_type(weight_map)})"),
-                             hint="re-download or re-save the checkpoint")
+            raise ModelError(
+                f"{where}: has no weight_map"
+                + ("" if weight_map is None else f" object (got a JSON {_json_type(weight_map)})"),
+                hint="re-download or re-save the checkpoint",
+            )
         out: dict[str, str] = {}
         checked: dict[str, str] = {}
         for tensor, file in weight_map.items():
             if not tensor or not tensor.isprintable():
                 raise ModelError(f"{where}: weight_map has an empty or unprintable tensor name {shown(tensor, 80)}")
             if not isinstance(file, str):
-                raise ModelError(f"{where}: weight_map[{shown(tensor, 120)}] must be a file name, got a JSON "
-                                 f"{_json_type(file)}")
+                raise ModelError(
+                    f"{where}: weight_map[{shown(tensor, 120)}] must be a file name, got a JSON {_json_type(file)}"
+                )
             if file not in checked:
                 checked[file] = _safe_weight_path(where, tensor, file)
             out[tensor] = checked[file]
@@ -143,8 +153,10 @@ class ModelRef:
             if os.path.lexists(self._dir / SINGLE_FILE):
                 return [SINGLE_FILE]
             if any(self._dir.glob("*.bin")) or any(self._dir.glob("*.pt")):
-                raise ModelError(f"{self.local_dir}: only pickle weights (.bin/.pt) found; patchkit reads safetensors only",
-                                 hint="convert the checkpoint to safetensors first")
+                raise ModelError(
+                    f"{self.local_dir}: only pickle weights (.bin/.pt) found; patchkit reads safetensors only",
+                    hint="convert the checkpoint to safetensors first",
+                )
             raise ModelError(f"{self.local_dir}: no {SINGLE_FILE} or {INDEX_FILE}")
         return [SINGLE_FILE]
 
@@ -170,8 +182,9 @@ class ModelRef:
                     out[name] = _remote_header(self, name)
                 else:
                     listed = f"is listed in {INDEX_FILE} but" if weight_map is not None else "is"
-                    raise ModelError(f"{self.local_dir}: {name} {listed} missing",
-                                     hint="re-download or re-save the checkpoint")
+                    raise ModelError(
+                        f"{self.local_dir}: {name} {listed} missing", hint="re-download or re-save the checkpoint"
+                    )
             self._check_owners(out, weight_map)
             self._headers = out
         return self._headers
@@ -181,9 +194,11 @@ class ModelRef:
         for file, header in headers.items():
             for tensor in header.tensors:
                 if tensor in owner:
-                    raise ModelError(f"tensor {tensor} is in two weight files: {self.where(owner[tensor])} and "
-                                     f"{self.where(file)}", hint="which copy is meant is ambiguous; re-save the checkpoint",
-                                     data={"tensor": tensor, "files": [owner[tensor], file]})
+                    raise ModelError(
+                        f"tensor {tensor} is in two weight files: {self.where(owner[tensor])} and {self.where(file)}",
+                        hint="which copy is meant is ambiguous; re-save the checkpoint",
+                        data={"tensor": tensor, "files": [owner[tensor], file]},
+                    )
                 owner[tensor] = file
         if weight_map is None:
             return
@@ -192,14 +207,18 @@ class ModelRef:
             have = owner.get(tensor)
             if have != file:
                 held = f"{self.where(have)} holds it" if have else "no weight file holds it"
-                raise ModelError(f"{index}: weight_map puts tensor {tensor} in {file}, but {held}",
-                                 hint="the index and the shards disagree; re-download or re-save the checkpoint",
-                                 data={"tensor": tensor, "index": file, "file": have})
+                raise ModelError(
+                    f"{index}: weight_map puts tensor {tensor} in {file}, but {held}",
+                    hint="the index and the shards disagree; re-download or re-save the checkpoint",
+                    data={"tensor": tensor, "index": file, "file": have},
+                )
         for tensor, file in owner.items():
             if tensor not in weight_map:
-                raise ModelError(f"{self.where(file)}: holds tensor {tensor}, which {index} does not list",
-                                 hint="the index and the shards disagree; re-download or re-save the checkpoint",
-                                 data={"tensor": tensor, "file": file})
+                raise ModelError(
+                    f"{self.where(file)}: holds tensor {tensor}, which {index} does not list",
+                    hint="the index and the shards disagree; re-download or re-save the checkpoint",
+                    data={"tensor": tensor, "file": file},
+                )
 
     def has_local_weights(self) -> bool:
         """True when every weight file is on disk (so headers and loading need no network).
@@ -231,8 +250,11 @@ class ModelRef:
             path = self._dir / name
             if os.path.lexists(path):
                 return path
-            if self.repo_id is None or self.local_only or (
-                    name == INDEX_FILE and os.path.lexists(self._dir / SINGLE_FILE)):
+            if (
+                self.repo_id is None
+                or self.local_only
+                or (name == INDEX_FILE and os.path.lexists(self._dir / SINGLE_FILE))
+            ):
                 if required:
                     raise ModelError(f"{self.local_dir}: no {name}", hint="pass a Hugging Face checkpoint directory")
                 return None
@@ -240,8 +262,15 @@ class ModelRef:
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _safe_weight_path(where: str, tensor: str, file: str) -> str:
@@ -250,11 +279,15 @@ def _safe_weight_path(where: str, tensor: str, file: str) -> str:
     if not file or not file.isprintable() or "\\" in file:
         raise ModelError(f"{what} is not a plain file name", hint="the index is malformed or hostile")
     if posixpath.isabs(file) or file.startswith("~"):
-        raise ModelError(f"{what} is an absolute path; weight files must be inside the model directory",
-                         hint="the index is malformed or hostile")
+        raise ModelError(
+            f"{what} is an absolute path; weight files must be inside the model directory",
+            hint="the index is malformed or hostile",
+        )
     if ".." in file.split("/"):
-        raise ModelError(f"{what} goes up a directory (..); weight files must be inside the model directory",
-                         hint="the index is malformed or hostile")
+        raise ModelError(
+            f"{what} goes up a directory (..); weight files must be inside the model directory",
+            hint="the index is malformed or hostile",
+        )
     norm = posixpath.normpath(file)
     if norm in (".", "") or not norm.endswith(".safetensors"):
         raise ModelError(f"{what} is not a .safetensors file", hint="the index is malformed or hostile")
@@ -278,7 +311,11 @@ def resolve_model(ref: str | Path, *, revision: str | None = None) -> ModelRef:
             raise ModelError(f"{path}: not a directory", hint="pass the checkpoint directory, not a file")
         local = path.resolve()
         repo, rev = _cache_snapshot_identity(path.absolute())
-        return ModelRef(ref=text, local_dir=local, repo_id=repo, revision=rev) if repo else ModelRef(ref=text, local_dir=local)
+        return (
+            ModelRef(ref=text, local_dir=local, repo_id=repo, revision=rev)
+            if repo
+            else ModelRef(ref=text, local_dir=local)
+        )
     repo, rev = split_ref(text)
     if not _REPO_RE.match(repo) or ".." in repo:
         raise ModelError(f"{text}: no such directory, and not a Hub repo id (org/name[@revision])")
@@ -294,14 +331,16 @@ def cached_model(repo: str, revision: str | None = None) -> ModelRef | None:
     cached = _cached_snapshot(repo, revision)
     if cached is None:
         return None
-    return ModelRef(ref=f"{repo}@{revision}" if revision else repo, local_dir=cached, repo_id=repo, revision=cached.name)
+    return ModelRef(
+        ref=f"{repo}@{revision}" if revision else repo, local_dir=cached, repo_id=repo, revision=cached.name
+    )
 
 
 def _cache_snapshot_identity(path: Path) -> tuple[str | None, str | None]:
     """(repo, commit) for a directory inside the HF cache (`models--org--name/snapshots/<sha>`), else (None, None)."""
     parent = path.parent
     if parent.name == "snapshots" and parent.parent.name.startswith("models--") and _SHA_RE.match(path.name):
-        parts = parent.parent.name[len("models--"):].split("--")
+        parts = parent.parent.name[len("models--") :].split("--")
         if len(parts) == 2 and all(parts):
             return "/".join(parts), path.name
     return None, None
@@ -366,7 +405,8 @@ def _remote_sha(repo: str, revision: str | None) -> str | None:
 
     try:
         info = HfApi(endpoint=hub_endpoint(), token=resolve_token(), library_name="patchkit").model_info(
-            repo, revision=revision)
+            repo, revision=revision
+        )
     except Exception as exc:  # noqa: BLE001 - becomes one line
         raise _hub_error(repo, exc, revision=revision) from None
     return info.sha
@@ -383,8 +423,11 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
     from patchkit.model.hub_client import hub_endpoint, resolve_token
 
     try:
-        return Path(hf_hub_download(model.repo_id, name, revision=model.revision, endpoint=hub_endpoint(),
-                                    token=resolve_token()))
+        return Path(
+            hf_hub_download(
+                model.repo_id, name, revision=model.revision, endpoint=hub_endpoint(), token=resolve_token()
+            )
+        )
     except EntryNotFoundError:
         if required:
             raise ModelError(f"{model.repo_id}: the repo has no {name}") from None
@@ -416,8 +459,10 @@ def _status_of(exc: BaseException) -> int | None:
 def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = None) -> PatchkitError:
     names = {type(e).__name__ for e in _causes(exc)}
     if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
-        return ModelError(f"{repo}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
-                          hint="download it once with `patchkit pull` where the Hub is reachable, or pass a local dir")
+        return ModelError(
+            f"{repo}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
+            hint="download it once with `patchkit pull` where the Hub is reachable, or pass a local dir",
+        )
     from patchkit.model.hub_client import map_hub_error
 
     return map_hub_error(exc, action="resolving", repo_id=repo, revision=revision)

@@ -35,11 +35,25 @@ MAX_TENSORS = 300_000
 
 #: Bits per element of every dtype the safetensors format defines.
 DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32,
-    "I64": 64, "U64": 64, "F64": 64,
-    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
 }
 
 #: Dtypes patchkit can edit exactly on raw bytes.
@@ -140,13 +154,17 @@ def read_header(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | 
 
 def _read_header_from(fh: BinaryIO, size: int, label: str) -> SafetensorsHeader:
     if size < 8:
-        raise SafetensorsError(f"{label}: truncated file ({size} bytes; a safetensors file starts with an 8-byte header length)")
+        raise SafetensorsError(
+            f"{label}: truncated file ({size} bytes; a safetensors file starts with an 8-byte header length)"
+        )
     prefix = fh.read(8)
     if len(prefix) != 8:
         raise SafetensorsError(f"{label}: file shrank while reading its header")
     (n,) = struct.unpack("<Q", prefix)
     if n > MAX_HEADER_LEN:
-        raise SafetensorsError(f"{label}: header length {n} exceeds the {MAX_HEADER_LEN}-byte limit (corrupt or hostile file)")
+        raise SafetensorsError(
+            f"{label}: header length {n} exceeds the {MAX_HEADER_LEN}-byte limit (corrupt or hostile file)"
+        )
     if 8 + n > size:
         raise SafetensorsError(f"{label}: header length {n} runs past the end of the {size}-byte file (truncated?)")
     raw = fh.read(n)
@@ -163,25 +181,32 @@ def parse_header(raw: bytes, *, path: str, file_size: int | None = None) -> Safe
         raise SafetensorsError(f"{path}: header does not start with '{{' (not a safetensors file?)")
     if raw.count(b"{") > MAX_TENSORS + 2:  # every entry is an object; escapes cannot hide a structural brace
         raise SafetensorsError(f"{path}: header lists more than {MAX_TENSORS} tensors (corrupt or hostile file)")
-    obj = parse_json(raw, f"{path}: header", error=SafetensorsError, what="safetensors header",
-                     duplicate="tensor {key}: duplicate key in header")
+    obj = parse_json(
+        raw,
+        f"{path}: header",
+        error=SafetensorsError,
+        what="safetensors header",
+        duplicate="tensor {key}: duplicate key in header",
+    )
     return header_from_dict(obj, path=path, header_len=len(raw), file_size=file_size)
 
 
-def header_from_dict(
-    obj: Any, *, path: str, header_len: int, file_size: int | None = None
-) -> SafetensorsHeader:
+def header_from_dict(obj: Any, *, path: str, header_len: int, file_size: int | None = None) -> SafetensorsHeader:
     """Validate an already-decoded header (e.g. one read over HTTP Range by `patchkit.publish.hub`)."""
     if not isinstance(obj, dict):
         raise SafetensorsError(f"{path}: header is a JSON {type(obj).__name__}, expected an object")
     metadata = obj.get("__metadata__")
     if metadata is not None:
         if not isinstance(metadata, dict):
-            raise SafetensorsError(f"{path}: __metadata__ must map strings to strings, got a JSON {_json_type(metadata)}")
+            raise SafetensorsError(
+                f"{path}: __metadata__ must map strings to strings, got a JSON {_json_type(metadata)}"
+            )
         for k, v in metadata.items():
             if not isinstance(v, str):
-                raise SafetensorsError(f"{path}: __metadata__ must map strings to strings; key {shown(k, 60)} maps to "
-                                       f"a JSON {_json_type(v)}")
+                raise SafetensorsError(
+                    f"{path}: __metadata__ must map strings to strings; key {shown(k, 60)} maps to "
+                    f"a JSON {_json_type(v)}"
+                )
     if len(obj) > MAX_TENSORS + 1:
         raise SafetensorsError(f"{path}: header lists more than {MAX_TENSORS} tensors (corrupt or hostile file)")
     tensors: dict[str, TensorInfo] = {}
@@ -200,8 +225,15 @@ def header_from_dict(
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 _FIELDS = frozenset({"dtype", "shape", "data_offsets"})
@@ -211,11 +243,21 @@ def _tensor_info(path: str, name: str, entry: Any) -> TensorInfo:
     # fast path first (a header may list ~10^5 tensors): plain checks, messages built only on failure
     if type(entry) is dict and entry.keys() == _FIELDS and name.isprintable():
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if (type(dtype) is str and dtype in DTYPE_BITS and type(shape) is list and len(shape) <= MAX_DIMS
-                and type(offsets) is list and len(offsets) == 2):
+        if (
+            type(dtype) is str
+            and dtype in DTYPE_BITS
+            and type(shape) is list
+            and len(shape) <= MAX_DIMS
+            and type(offsets) is list
+            and len(offsets) == 2
+        ):
             begin, end = offsets
-            if (type(begin) is int and type(end) is int and 0 <= begin <= end <= MAX_INT
-                    and all(type(d) is int and 0 <= d <= MAX_INT for d in shape)):
+            if (
+                type(begin) is int
+                and type(end) is int
+                and 0 <= begin <= end <= MAX_INT
+                and all(type(d) is int and 0 <= d <= MAX_INT for d in shape)
+            ):
                 numel = math.prod(shape)
                 if numel * DTYPE_BITS[dtype] == (end - begin) * 8:
                     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
@@ -240,12 +282,15 @@ def _tensor_info_checked(path: str, name: str, entry: Any) -> TensorInfo:
         raise SafetensorsError(f"{where}: unknown dtype {shown(repr(dtype), 40)} (known: {', '.join(DTYPE_BITS)})")
     shape = entry["shape"]
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_uint(d) for d in shape):
-        raise SafetensorsError(f"{where}: shape must be a list of at most {MAX_DIMS} integers from 0 to {MAX_INT}, "
-                               f"got {shown(repr(shape), 80)}")
+        raise SafetensorsError(
+            f"{where}: shape must be a list of at most {MAX_DIMS} integers from 0 to {MAX_INT}, "
+            f"got {shown(repr(shape), 80)}"
+        )
     offsets = entry["data_offsets"]
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
-        raise SafetensorsError(f"{where}: data_offsets must be [begin, end] integers from 0 to {MAX_INT}, "
-                               f"got {shown(repr(offsets), 80)}")
+        raise SafetensorsError(
+            f"{where}: data_offsets must be [begin, end] integers from 0 to {MAX_INT}, got {shown(repr(offsets), 80)}"
+        )
     begin, end = offsets
     if end < begin:
         raise SafetensorsError(f"{where}: data_offsets end {end} is before begin {begin}")
@@ -269,15 +314,21 @@ def _check_layout(path: str, tensors: dict[str, TensorInfo], header_len: int, fi
     pos = 0
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if info.begin < pos:
-            raise SafetensorsError(f"{path}: tensor {info.name}: data_offsets [{info.begin}, {info.end}] overlap the previous tensor (ends at {pos})")
+            raise SafetensorsError(
+                f"{path}: tensor {info.name}: data_offsets [{info.begin}, {info.end}] overlap the previous tensor (ends at {pos})"
+            )
         if info.begin > pos:
-            raise SafetensorsError(f"{path}: tensor {info.name}: gap of {info.begin - pos} bytes before its data (offset {info.begin}, expected {pos})")
+            raise SafetensorsError(
+                f"{path}: tensor {info.name}: gap of {info.begin - pos} bytes before its data (offset {info.begin}, expected {pos})"
+            )
         pos = info.end
     if file_size is not None:
         data_len = file_size - 8 - header_len
         if pos > data_len:
             last = max(tensors.values(), key=lambda t: t.end)
-            raise SafetensorsError(f"{path}: tensor {last.name}: data ends at {pos} but the data area holds only {data_len} bytes (truncated file?)")
+            raise SafetensorsError(
+                f"{path}: tensor {last.name}: data ends at {pos} but the data area holds only {data_len} bytes (truncated file?)"
+            )
         if pos < data_len:
             raise SafetensorsError(f"{path}: {data_len - pos} trailing bytes after the last tensor (corrupt file)")
 

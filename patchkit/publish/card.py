@@ -64,11 +64,17 @@ def load_report(source: str | Path | dict | None, what: str) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise CardError(f"{path}: {what} report not found", hint=f"write it with `patchkit {what} --json > {path.name}`") from exc
+        raise CardError(
+            f"{path}: {what} report not found", hint=f"write it with `patchkit {what} --json > {path.name}`"
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path}: {what} report is not JSON ({exc})", hint=f"use the output of `patchkit {what} --json`") from exc
+        raise CardError(
+            f"{path}: {what} report is not JSON ({exc})", hint=f"use the output of `patchkit {what} --json`"
+        ) from exc
     if not isinstance(data, dict):
-        raise CardError(f"{path}: {what} report must be a JSON object", hint=f"use the output of `patchkit {what} --json`")
+        raise CardError(
+            f"{path}: {what} report must be a JSON object", hint=f"use the output of `patchkit {what} --json`"
+        )
     return data
 
 
@@ -103,9 +109,13 @@ def _metric(value: Any, siblings: dict, key: str) -> _Value:
     n = siblings.get("n") if isinstance(siblings.get("n"), int) else None
     ci = _interval(siblings.get(f"{key}_ci")) or _interval(siblings.get(f"{key}_interval"))
     if isinstance(value, dict):
-        number = next((_num(value.get(k)) for k in ("value", "rate", "mean", "estimate") if _num(value.get(k)) is not None), None)
+        number = next(
+            (_num(value.get(k)) for k in ("value", "rate", "mean", "estimate") if _num(value.get(k)) is not None), None
+        )
         n = value.get("n") if isinstance(value.get("n"), int) else n
-        ci = next((_interval(value.get(k)) for k in ("ci", "interval", "ci95", "wilson") if _interval(value.get(k))), ci) or _interval(value)
+        ci = next(
+            (_interval(value.get(k)) for k in ("ci", "interval", "ci95", "wilson") if _interval(value.get(k))), ci
+        ) or _interval(value)
         k = value.get("k") if isinstance(value.get("k"), int) else None
         return _Value(number, n, ci, k)
     return _Value(_num(value), n, ci)
@@ -117,9 +127,17 @@ _RATE = re.compile(r"(rate|accuracy|completeness|share|agreement)$")
 
 def _row(prefix: str, key: str, base: _Value, patched: _Value, **extra: Any) -> Row:
     delta = None if patched.value is None or base.value is None else patched.value - base.value
-    row = Row(key=f"{prefix}.{key}", label=key.replace("_", " "), n=patched.n or base.n, base=base.value,
-              patched=patched.value, delta=delta, base_ci=base.ci, patched_ci=patched.ci,
-              unit="rate" if _RATE.search(key) or patched.k is not None else "")
+    row = Row(
+        key=f"{prefix}.{key}",
+        label=key.replace("_", " "),
+        n=patched.n or base.n,
+        base=base.value,
+        patched=patched.value,
+        delta=delta,
+        base_ci=base.ci,
+        patched_ci=patched.ci,
+        unit="rate" if _RATE.search(key) or patched.k is not None else "",
+    )
     row.base_k, row.patched_k = base.k, patched.k
     for name, value in extra.items():
         if value is not None:
@@ -145,8 +163,17 @@ def _rows_from_overall(overall: dict, prefix: str) -> list[Row]:
             pv.ci = pv.ci or _interval(value.get("patched_ci"))
             if isinstance(value.get("n"), int):
                 pv.n = value["n"]
-            rows.append(_row(prefix, key, bv, pv, delta=_num(value.get("delta")), delta_ci=_interval(value.get("delta_ci")),
-                             p_value=_num(value.get("p_value"))))
+            rows.append(
+                _row(
+                    prefix,
+                    key,
+                    bv,
+                    pv,
+                    delta=_num(value.get("delta")),
+                    delta_ci=_interval(value.get("delta_ci")),
+                    p_value=_num(value.get("p_value")),
+                )
+            )
         else:
             pv = _metric(value, overall, key)
             if pv.value is not None:
@@ -168,24 +195,39 @@ def report_rows(report: dict | None, prefix: str) -> list[Row]:
     for fig in report.get("figures") or []:
         if not isinstance(fig, dict) or "key" not in fig:
             continue
-        rows.append(Row(key=str(fig["key"]), label=str(fig.get("label") or fig["key"]), n=fig.get("n"),
-                        base=_num(fig.get("base")), patched=_num(fig.get("patched")), delta=_num(fig.get("delta")),
-                        base_ci=_interval(fig.get("base_ci")), patched_ci=_interval(fig.get("patched_ci")),
-                        delta_ci=_interval(fig.get("delta_ci")), p_value=_num(fig.get("p_value")),
-                        unit=str(fig.get("unit") or ""), kind=str(fig.get("kind") or "paired")))
+        rows.append(
+            Row(
+                key=str(fig["key"]),
+                label=str(fig.get("label") or fig["key"]),
+                n=fig.get("n"),
+                base=_num(fig.get("base")),
+                patched=_num(fig.get("patched")),
+                delta=_num(fig.get("delta")),
+                base_ci=_interval(fig.get("base_ci")),
+                patched_ci=_interval(fig.get("patched_ci")),
+                delta_ci=_interval(fig.get("delta_ci")),
+                p_value=_num(fig.get("p_value")),
+                unit=str(fig.get("unit") or ""),
+                kind=str(fig.get("kind") or "paired"),
+            )
+        )
     overall = report.get("overall")
     if isinstance(overall, dict):
         rows.extend(_rows_from_overall(overall, prefix))
         return rows
     for holder in (report, report.get("models"), report.get("results")):
         # per-model reports: {"base": {"overall": {...}}, "patched": {"overall": {...}}} (also under models/results)
-        if isinstance(holder, dict) and isinstance(holder.get("patched"), dict) \
-                and isinstance(holder["patched"].get("overall"), dict):
+        if (
+            isinstance(holder, dict)
+            and isinstance(holder.get("patched"), dict)
+            and isinstance(holder["patched"].get("overall"), dict)
+        ):
             base = holder.get("base")
             if not isinstance(base, dict):
                 base = {}
-            rows.extend(_rows_from_overall({"base": base.get("overall") or {}, "patched": holder["patched"]["overall"]},
-                                           prefix))
+            rows.extend(
+                _rows_from_overall({"base": base.get("overall") or {}, "patched": holder["patched"]["overall"]}, prefix)
+            )
             break
     return rows
 
@@ -239,8 +281,9 @@ def _suite(loops_report: dict | None) -> str:
     return str(suite or "enumeration")
 
 
-def _eval_results(model_name: str, loops: list[Row], bench: list[Row], loops_report: dict | None,
-                  bench_report: dict | None):
+def _eval_results(
+    model_name: str, loops: list[Row], bench: list[Row], loops_report: dict | None, bench_report: dict | None
+):
     from huggingface_hub import EvalResult
 
     results = []
@@ -249,17 +292,32 @@ def _eval_results(model_name: str, loops: list[Row], bench: list[Row], loops_rep
     for row in headline:
         if row.patched is None:
             continue
-        results.append(EvalResult(task_type="text-generation", task_name="loop check",
-                                  dataset_type=f"patchkit/probes-{suite}", dataset_name=f"patchkit {suite} probes",
-                                  metric_type=row.key.split(".", 1)[-1], metric_name=f"{row.label} (patched)",
-                                  metric_value=round(row.patched, 6)))
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="loop check",
+                dataset_type=f"patchkit/probes-{suite}",
+                dataset_name=f"patchkit {suite} probes",
+                metric_type=row.key.split(".", 1)[-1],
+                metric_name=f"{row.label} (patched)",
+                metric_value=round(row.patched, 6),
+            )
+        )
     for row in bench:
         value = row.delta if row.kind in ("comparison", "ratio") or row.patched is None else row.patched
         if value is None:
             continue
-        results.append(EvalResult(task_type="text-generation", task_name="drift vs base",
-                                  dataset_type="patchkit/bench", dataset_name="patchkit bench",
-                                  metric_type=row.key, metric_name=row.label, metric_value=round(value, 6)))
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="drift vs base",
+                dataset_type="patchkit/bench",
+                dataset_name="patchkit bench",
+                metric_type=row.key,
+                metric_name=row.label,
+                metric_value=round(value, 6),
+            )
+        )
     return results
 
 
@@ -286,13 +344,17 @@ def _cell(text: Any) -> str:
 
 
 def _results_table(rows: list[Row]) -> list[str]:
-    lines = ["| metric | base | patched | delta | n | 95% interval (base / patched / delta) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| metric | base | patched | delta | n | 95% interval (base / patched / delta) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         intervals = " / ".join(_ci(c, r.unit) for c in (r.base_ci, r.patched_ci, r.delta_ci))
-        lines.append(f"| {_cell(r.label)} | {_fmt(r.base, r.unit, r.base_k, r.n)} | {_fmt(r.patched, r.unit, r.patched_k, r.n)} | "
-                     f"{_fmt(r.delta, r.unit)} | "
-                     f"{r.n if r.n is not None else '–'} | {intervals} |")
+        lines.append(
+            f"| {_cell(r.label)} | {_fmt(r.base, r.unit, r.base_k, r.n)} | {_fmt(r.patched, r.unit, r.patched_k, r.n)} | "
+            f"{_fmt(r.delta, r.unit)} | "
+            f"{r.n if r.n is not None else '–'} | {intervals} |"
+        )
     return lines
 
 
@@ -301,8 +363,10 @@ def _edits_section(edits: list[dict]) -> list[str]:
         return ["No weight edits are recorded in patchkit.json."]
     lines = ["| # | layer | kind | index | op | factor | tensor | file |", "|---|---|---|---|---|---|---|---|"]
     for i, e in enumerate(edits[:MAX_EDIT_ROWS], 1):
-        lines.append(f"| {i} | {e.get('layer', '')} | {e.get('kind', '')} | {e.get('index', '')} | {e.get('op', '')} | "
-                     f"{e.get('factor', '')} | `{e.get('tensor', '')}` | {e.get('file', '')} |")
+        lines.append(
+            f"| {i} | {e.get('layer', '')} | {e.get('kind', '')} | {e.get('index', '')} | {e.get('op', '')} | "
+            f"{e.get('factor', '')} | `{e.get('tensor', '')}` | {e.get('file', '')} |"
+        )
     if len(edits) > MAX_EDIT_ROWS:
         lines.append(f"\n… and {len(edits) - MAX_EDIT_ROWS} more edits (all listed in `patchkit.json`).")
     return lines
@@ -356,7 +420,9 @@ def _provenance_section(provenance: dict) -> list[str]:
     for name, info in sorted((provenance.get("output_files") or {}).items()):
         if name == "README.md":
             continue  # the base card that apply copied; this card replaces it
-        lines.append(f"| {name} | {info.get('size', '')} | `{info.get('sha256', '')}` | {'yes' if info.get('rewritten') else 'no'} |")
+        lines.append(
+            f"| {name} | {info.get('size', '')} | `{info.get('sha256', '')}` | {'yes' if info.get('rewritten') else 'no'} |"
+        )
     sources = provenance.get("source_files") or {}
     if sources:
         lines += ["", "Base shards this was built from:", "", "| base file | sha256 |", "|---|---|"]
@@ -371,22 +437,40 @@ def _reproduce(provenance: dict, repo_id: str | None) -> list[str]:
     if revision and base_repo_of(provenance):
         model = f"{model}@{revision}"
     recipe_name = Path(str(recipe.get("path") or "recipe.yaml")).name
-    lines = ["```bash", "pip install patchkit",
-             f"patchkit apply {recipe_name} --model {model} --out patched/",
-             f"patchkit verify {recipe_name} --model {model} --patched patched/"]
+    lines = [
+        "```bash",
+        "pip install patchkit",
+        f"patchkit apply {recipe_name} --model {model} --out patched/",
+        f"patchkit verify {recipe_name} --model {model} --patched patched/",
+    ]
     if repo_id:
-        lines += [f"patchkit pull {repo_id} --local-dir pulled/   # or compare with this repo",
-                  f"patchkit diff {model} {repo_id}"]
+        lines += [
+            f"patchkit pull {repo_id} --local-dir pulled/   # or compare with this repo",
+            f"patchkit diff {model} {repo_id}",
+        ]
     lines.append("```")
     if recipe.get("text"):
-        lines += ["", f"<details><summary>{recipe_name}</summary>", "", "```yaml", str(recipe["text"]).rstrip(), "```",
-                  "", "</details>"]
+        lines += [
+            "",
+            f"<details><summary>{recipe_name}</summary>",
+            "",
+            "```yaml",
+            str(recipe["text"]).rstrip(),
+            "```",
+            "",
+            "</details>",
+        ]
     return lines
 
 
-def build_card(provenance: dict | None, *, loops_report: str | Path | dict | None = None,
-               bench_report: str | Path | dict | None = None, base_card: str | None = None,
-               repo_id: str | None = None):
+def build_card(
+    provenance: dict | None,
+    *,
+    loops_report: str | Path | dict | None = None,
+    bench_report: str | Path | dict | None = None,
+    base_card: str | None = None,
+    repo_id: str | None = None,
+):
     """Build and validate the ModelCard (raises CardError if huggingface_hub rejects its metadata)."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -420,39 +504,82 @@ def build_card(provenance: dict | None, *, loops_report: str | Path | dict | Non
     title = recipe.get("name") or name
     why = recipe.get("description") or "Fixes repetition loops of the base model with a small, auditable weight edit."
     source = recipe.get("source") or {}
-    body = [f"# {title}", "",
-            f"This is `{_public_ref(provenance)}` with a handful of weights edited by "
-            "[patchkit](https://pypi.org/project/patchkit/): same architecture, same tensors, a few changed values.",
-            "", "## What changed and why", "", str(why).strip()]
+    body = [
+        f"# {title}",
+        "",
+        f"This is `{_public_ref(provenance)}` with a handful of weights edited by "
+        "[patchkit](https://pypi.org/project/patchkit/): same architecture, same tensors, a few changed values.",
+        "",
+        "## What changed and why",
+        "",
+        str(why).strip(),
+    ]
     if source:
         ref = source.get("reference") or source.get("ref")
         body += ["", f"Source of the edit: **{source.get('kind', 'manual')}**" + (f" ({ref})" if ref else "") + "."]
-    body += ["", "### Edits", "", *_edits_section(provenance.get("edits") or []),
-             "", "### Diff summary", "", *_diff_summary(provenance)]
+    body += [
+        "",
+        "### Edits",
+        "",
+        *_edits_section(provenance.get("edits") or []),
+        "",
+        "### Diff summary",
+        "",
+        *_diff_summary(provenance),
+    ]
     body += ["", "## Results", ""]
     if loops:
         suite = _suite(loops_data)
-        body += [f"Loop check (`patchkit loops`, suite `{suite}`): rates are looping generations / n with Wilson 95% "
-                 "intervals; completeness is the share of true list items produced.", "", *_results_table(loops), ""]
+        body += [
+            f"Loop check (`patchkit loops`, suite `{suite}`): rates are looping generations / n with Wilson 95% "
+            "intervals; completeness is the share of true list items produced.",
+            "",
+            *_results_table(loops),
+            "",
+        ]
     if bench:
-        body += ["Drift from the base (`patchkit bench`): deltas are patched − base (ratios patched / base), intervals "
-                 "are 95% (paired bootstrap / Wilson).", "", *_results_table(bench), ""]
+        body += [
+            "Drift from the base (`patchkit bench`): deltas are patched − base (ratios patched / base), intervals "
+            "are 95% (paired bootstrap / Wilson).",
+            "",
+            *_results_table(bench),
+            "",
+        ]
     if not loops and not bench:
-        body += ["No check reports were attached when this card was written: run `patchkit loops` and `patchkit bench` "
-                 "and regenerate it with `patchkit card`.", ""]
-    body += ["## How to reproduce", "", *_reproduce(provenance, repo_id),
-             "", "## Provenance", "", *_provenance_section(provenance), ""]
+        body += [
+            "No check reports were attached when this card was written: run `patchkit loops` and `patchkit bench` "
+            "and regenerate it with `patchkit card`.",
+            "",
+        ]
+    body += [
+        "## How to reproduce",
+        "",
+        *_reproduce(provenance, repo_id),
+        "",
+        "## Provenance",
+        "",
+        *_provenance_section(provenance),
+        "",
+    ]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
     try:
         card = ModelCard(content)
     except Exception as exc:  # noqa: BLE001 - surfaced as one line
-        raise CardError(f"the generated model card does not validate: {exc}".splitlines()[0],
-                        hint="check the loops/bench report fields") from exc
+        raise CardError(
+            f"the generated model card does not validate: {exc}".splitlines()[0],
+            hint="check the loops/bench report fields",
+        ) from exc
     return card
 
 
-def card_for_dir(directory: str | Path, *, provenance: dict | None = None, loops_report=None, bench_report=None,
-                 repo_id: str | None = None):
+def card_for_dir(
+    directory: str | Path,
+    *,
+    provenance: dict | None = None,
+    loops_report=None,
+    bench_report=None,
+    repo_id: str | None = None,
+):
     """The card for an apply output directory: its patchkit.json, plus the base card it may carry as README.md."""
     directory = Path(directory)
     if provenance is None:
@@ -466,8 +593,9 @@ def card_for_dir(directory: str | Path, *, provenance: dict | None = None, loops
     base_card = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else None
     if base_card is not None and "patchkit" in (_base_card_meta(base_card).get("tags") or []):
         base_card = None  # a card patchkit wrote earlier is not the base model's card
-    return build_card(provenance, loops_report=loops_report, bench_report=bench_report, base_card=base_card,
-                      repo_id=repo_id)
+    return build_card(
+        provenance, loops_report=loops_report, bench_report=bench_report, base_card=base_card, repo_id=repo_id
+    )
 
 
 def card_metadata(card_text: str) -> dict[str, Any]:

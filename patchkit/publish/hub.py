@@ -191,8 +191,11 @@ def _local_files(directory: Path) -> list[Path]:
                 continue
             if path.is_symlink():
                 check_entry(path, directory, dir_ok=True)
-                raise UnsafeFileError(f"{path}: is a link to a directory; patchkit pushes only regular files",
-                                      hint="replace the link with the files themselves", data={"path": str(path)})
+                raise UnsafeFileError(
+                    f"{path}: is a link to a directory; patchkit pushes only regular files",
+                    hint="replace the link with the files themselves",
+                    data={"path": str(path)},
+                )
             kept.append(d)
         dirs[:] = kept
         for name in names:
@@ -216,12 +219,12 @@ def _contains(path: Path, needle: bytes, chunk: int = _HASH_CHUNK) -> bool:
     view = memoryview(buf)
     carried = 0
     with open(path, "rb", buffering=0) as handle:
-        while n := handle.readinto(view[carried:carried + chunk]):
+        while n := handle.readinto(view[carried : carried + chunk]):
             end = carried + n
             if buf.find(needle, 0, end) >= 0:
                 return True
             carried = min(keep, end)
-            buf[:carried] = buf[end - carried:end]
+            buf[:carried] = buf[end - carried : end]
     return False
 
 
@@ -233,12 +236,17 @@ def _refuse_token(directory: Path, paths: list[Path], token: str | None, card: b
         return None
     for path in paths:
         if _contains(path, needle):
-            raise HubError(f"{path}: contains your Hugging Face token; refusing to upload it",
-                           hint="remove the token from that file (and revoke the token if the file was shared)",
-                           data={"path": str(path)})
+            raise HubError(
+                f"{path}: contains your Hugging Face token; refusing to upload it",
+                hint="remove the token from that file (and revoke the token if the file was shared)",
+                data={"path": str(path)},
+            )
     if card is not None and needle in card:
-        raise HubError(f"{directory / PROVENANCE_FILE}: the model card generated from it contains your Hugging Face "
-                       "token; refusing to upload it", hint="remove the token from the recipe text recorded there")
+        raise HubError(
+            f"{directory / PROVENANCE_FILE}: the model card generated from it contains your Hugging Face "
+            "token; refusing to upload it",
+            hint="remove the token from the recipe text recorded there",
+        )
     return hashlib.sha256(needle).hexdigest()
 
 
@@ -274,8 +282,14 @@ def _hash_all(paths: list[Path], *, progress: bool) -> dict[Path, str]:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-        with Progress(TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
+        with Progress(
+            TextColumn("hashing {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
             task = bar.add_task("files", total=total)
             for path in todo:
                 bar.update(task, description=path.name)
@@ -290,10 +304,20 @@ def _will_be_lfs(path: str, size: int) -> bool:
     return path.endswith(LFS_SUFFIXES) or size >= LFS_SIZE_THRESHOLD
 
 
-def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
-              private: bool = False, message: str | None = None, allow_unpatched: bool = False,
-              loops_report: str | Path | dict | None = None, bench_report: str | Path | dict | None = None,
-              progress: bool = False, token: str | None = None) -> PushPlan:
+def plan_push(
+    directory: str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    create_pr: bool = False,
+    private: bool = False,
+    message: str | None = None,
+    allow_unpatched: bool = False,
+    loops_report: str | Path | dict | None = None,
+    bench_report: str | Path | dict | None = None,
+    progress: bool = False,
+    token: str | None = None,
+) -> PushPlan:
     """Check DIR against its provenance and decide what to upload. Touches no network.
 
     Refuses a directory without patchkit.json (unless `allow_unpatched`) and one whose files changed since
@@ -309,8 +333,11 @@ def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = Non
         raise HubError(f"{directory}: not a directory", hint="pass the output directory of `patchkit apply`")
     provenance = load_provenance(directory)
     if provenance is None and not allow_unpatched:
-        raise HubError(f"{directory}: no {PROVENANCE_FILE} (not an output of `patchkit apply`)",
-                       hint="run `patchkit apply RECIPE --out DIR` first", fix=Fix("allow_unpatched", why="to push it anyway"))
+        raise HubError(
+            f"{directory}: no {PROVENANCE_FILE} (not an output of `patchkit apply`)",
+            hint="run `patchkit apply RECIPE --out DIR` first",
+            fix=Fix("allow_unpatched", why="to push it anyway"),
+        )
     paths = [p for p in _local_files(directory) if p.relative_to(directory).as_posix() != CARD_FILE]
     if not any(p.name != PROVENANCE_FILE for p in paths):
         raise HubError(f"{directory}: nothing to upload", hint="pass the output directory of `patchkit apply`")
@@ -320,42 +347,73 @@ def plan_push(directory: str | Path, repo_id: str, *, revision: str | None = Non
     if provenance is not None:
         _check_against_provenance(directory, paths, hashes, provenance)
     files = [
-        UploadFile(path=p.relative_to(directory).as_posix(), size=p.stat().st_size, sha256=hashes[p],
-                   lfs=_will_be_lfs(p.name, p.stat().st_size), local_path=p)
+        UploadFile(
+            path=p.relative_to(directory).as_posix(),
+            size=p.stat().st_size,
+            sha256=hashes[p],
+            lfs=_will_be_lfs(p.name, p.stat().st_size),
+            local_path=p,
+        )
         for p in paths
     ]
-    card = card_for_dir(directory, provenance=provenance, loops_report=loops_report, bench_report=bench_report,
-                        repo_id=repo_id)
+    card = card_for_dir(
+        directory, provenance=provenance, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id
+    )
     card_text = str(card)
     card_bytes = card_text.encode("utf-8")
     _refuse_token(directory, [], secret, card_bytes)
-    files.append(UploadFile(path=CARD_FILE, size=len(card_bytes), sha256=hashlib.sha256(card_bytes).hexdigest(),
-                            lfs=False, data=card_bytes))
+    files.append(
+        UploadFile(
+            path=CARD_FILE,
+            size=len(card_bytes),
+            sha256=hashlib.sha256(card_bytes).hexdigest(),
+            lfs=False,
+            data=card_bytes,
+        )
+    )
     if message is None:
         name = ((provenance or {}).get("recipe", {}).get("normalized") or {}).get("name")
         message = f"patchkit: {name}" if name else "patchkit: upload patched checkpoint"
-    return PushPlan(source_dir=directory, repo_id=repo_id, revision=revision or "main", create_pr=create_pr,
-                    private=private, message=message, files=files, card=card_text, provenance=provenance,
-                    token_checked=token_checked)
+    return PushPlan(
+        source_dir=directory,
+        repo_id=repo_id,
+        revision=revision or "main",
+        create_pr=create_pr,
+        private=private,
+        message=message,
+        files=files,
+        card=card_text,
+        provenance=provenance,
+        token_checked=token_checked,
+    )
 
 
 def _check_against_provenance(directory: Path, paths: list[Path], hashes: dict[Path, str], provenance: dict) -> None:
     recorded: dict[str, dict] = provenance["output_files"]
-    present = {p.relative_to(directory).as_posix(): p for p in paths if p.name != PROVENANCE_FILE or p.parent != directory}
+    present = {
+        p.relative_to(directory).as_posix(): p for p in paths if p.name != PROVENANCE_FILE or p.parent != directory
+    }
     for name, info in recorded.items():
         if name == CARD_FILE:
             continue  # the base card copied by apply is replaced by the patchkit card
         if name not in present:
-            raise HubError(f"{directory / name}: listed in {PROVENANCE_FILE} but missing",
-                           hint="re-run `patchkit apply` into a fresh directory")
+            raise HubError(
+                f"{directory / name}: listed in {PROVENANCE_FILE} but missing",
+                hint="re-run `patchkit apply` into a fresh directory",
+            )
         path = present[name]
         if path.stat().st_size != info.get("size") or hashes[path] != info.get("sha256"):
-            raise HubError(f"{path}: changed since `patchkit apply` (size/sha256 differ from {PROVENANCE_FILE})",
-                           hint="re-run `patchkit apply`", fix=Fix("allow_unpatched", why="to push it as is"))
+            raise HubError(
+                f"{path}: changed since `patchkit apply` (size/sha256 differ from {PROVENANCE_FILE})",
+                hint="re-run `patchkit apply`",
+                fix=Fix("allow_unpatched", why="to push it as is"),
+            )
     for name, path in present.items():
         if name not in recorded:
-            raise HubError(f"{path}: not listed in {PROVENANCE_FILE}",
-                           hint="remove it, or re-run `patchkit apply` so provenance covers it")
+            raise HubError(
+                f"{path}: not listed in {PROVENANCE_FILE}",
+                hint="remove it, or re-run `patchkit apply` so provenance covers it",
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,8 +433,9 @@ def _operations(plan: PushPlan):
     return ops
 
 
-def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | None = None,
-                 retry: RetryPolicy | None = None) -> PushResult:
+def execute_push(
+    plan: PushPlan, *, endpoint: str | None = None, token: str | None = None, retry: RetryPolicy | None = None
+) -> PushResult:
     """Create the repo if needed, upload the plan in one commit (or one PR), verify the remote copy.
 
     Returns the result whatever the verification found; `fail_on_mismatch(result.check, ...)` turns a
@@ -385,42 +444,80 @@ def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | No
     policy = retry or RetryPolicy()
     token = resolve_token(token)
     if not token:
-        raise HubError("no Hugging Face token found",
-                       hint="set HF_TOKEN or run `hf auth login` with a token that has write access")
+        raise HubError(
+            "no Hugging Face token found", hint="set HF_TOKEN or run `hf auth login` with a token that has write access"
+        )
     needle = _token_bytes(token)
     if needle is not None and plan.token_checked != hashlib.sha256(needle).hexdigest():
         # the plan was scanned for another token (or none): scan again for the one this push uses
-        _refuse_token(plan.source_dir, [f.local_path for f in plan.files if f.local_path is not None], token,
-                      b"".join(f.data or b"" for f in plan.files if f.local_path is None))
+        _refuse_token(
+            plan.source_dir,
+            [f.local_path for f in plan.files if f.local_path is not None],
+            token,
+            b"".join(f.data or b"" for f in plan.files if f.local_path is None),
+        )
     api = hub_api(endpoint, token)
     repo_id = plan.repo_id
 
     guarded("checking the token", lambda: api.whoami(cache=True), policy=policy, endpoint=endpoint)
-    repo_url = guarded("creating", lambda: api.create_repo(repo_id, private=plan.private, exist_ok=True),
-                      policy=policy, repo_id=repo_id, endpoint=endpoint)
+    repo_url = guarded(
+        "creating",
+        lambda: api.create_repo(repo_id, private=plan.private, exist_ok=True),
+        policy=policy,
+        repo_id=repo_id,
+        endpoint=endpoint,
+    )
     if plan.revision != "main" and not plan.create_pr and not plan.revision.startswith("refs/pr/"):
-        guarded(f"creating branch {plan.revision!r} in", lambda: api.create_branch(repo_id, branch=plan.revision,
-                                                                                 exist_ok=True),
-               policy=policy, repo_id=repo_id, endpoint=endpoint)
+        guarded(
+            f"creating branch {plan.revision!r} in",
+            lambda: api.create_branch(repo_id, branch=plan.revision, exist_ok=True),
+            policy=policy,
+            repo_id=repo_id,
+            endpoint=endpoint,
+        )
 
     description = "Published with patchkit: see patchkit.json for the recipe, base revision and file hashes."
 
     def commit():
         # Fresh operations per attempt; objects uploaded by a failed attempt are skipped by the LFS batch call.
-        return api.create_commit(repo_id, operations=_operations(plan), commit_message=plan.message,
-                                 commit_description=description, revision=plan.revision, create_pr=plan.create_pr)
+        return api.create_commit(
+            repo_id,
+            operations=_operations(plan),
+            commit_message=plan.message,
+            commit_description=description,
+            revision=plan.revision,
+            create_pr=plan.create_pr,
+        )
 
     # Per-file upload bars come from huggingface_hub (tqdm on stderr; HF_HUB_DISABLE_PROGRESS_BARS=1 hides them).
     info = guarded("uploading to", commit, policy=policy, repo_id=repo_id, revision=plan.revision, endpoint=endpoint)
     check = verify_remote(repo_id, info.oid, plan.files, endpoint=endpoint, token=token, retry=policy, api=api)
-    return PushResult(plan=plan, repo_url=str(repo_url), commit_url=info.commit_url, commit_oid=info.oid,
-                      pr_url=info.pr_url, check=check)
+    return PushResult(
+        plan=plan,
+        repo_url=str(repo_url),
+        commit_url=info.commit_url,
+        commit_oid=info.oid,
+        pr_url=info.pr_url,
+        check=check,
+    )
 
 
-def push(directory: str | Path, repo_id: str, *, revision: str | None = None, create_pr: bool = False,
-         private: bool = False, message: str | None = None, allow_unpatched: bool = False,
-         loops_report=None, bench_report=None, endpoint: str | None = None, token: str | None = None,
-         retry: RetryPolicy | None = None, progress: bool = True) -> PushResult:
+def push(
+    directory: str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    create_pr: bool = False,
+    private: bool = False,
+    message: str | None = None,
+    allow_unpatched: bool = False,
+    loops_report=None,
+    bench_report=None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    progress: bool = True,
+) -> PushResult:
     """Publish an `apply` output directory to the Hub in one commit (or one pull request), then verify it.
 
     The directory must match its `patchkit.json` (a changed file is refused); the model card is generated from
@@ -446,14 +543,32 @@ def push(directory: str | Path, repo_id: str, *, revision: str | None = None, cr
     Example:
         >>> push("./e2b-fixed", "my-org/gemma-4-E2B-it-noloop", create_pr=True).commit_url  # doctest: +SKIP
     """
-    plan = plan_push(directory, repo_id, revision=revision, create_pr=create_pr, private=private, message=message,
-                     allow_unpatched=allow_unpatched, loops_report=loops_report, bench_report=bench_report,
-                     progress=progress, token=token)
+    plan = plan_push(
+        directory,
+        repo_id,
+        revision=revision,
+        create_pr=create_pr,
+        private=private,
+        message=message,
+        allow_unpatched=allow_unpatched,
+        loops_report=loops_report,
+        bench_report=bench_report,
+        progress=progress,
+        token=token,
+    )
     return execute_push(plan, endpoint=endpoint, token=token, retry=retry)
 
 
-def verify_remote(repo_id: str, revision: str, expected: list[UploadFile], *, endpoint: str | None = None,
-                  token: str | None = None, retry: RetryPolicy | None = None, api=None) -> RemoteCheck:
+def verify_remote(
+    repo_id: str,
+    revision: str,
+    expected: list[UploadFile],
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    api=None,
+) -> RemoteCheck:
     """List the remote tree at `revision` and compare every expected file's size and hash.
 
     LFS files are compared by their sha256 (the LFS oid); regular files by git blob id (sha1 of the content),
@@ -463,10 +578,14 @@ def verify_remote(repo_id: str, revision: str, expected: list[UploadFile], *, en
 
     policy = retry or RetryPolicy()
     api = api or hub_api(endpoint, resolve_token(token))
-    tree = guarded("listing files of", lambda: [f for f in api.list_repo_tree(repo_id, revision=revision,
-                                                                               recursive=True)
-                                               if isinstance(f, RepoFile)],
-                  policy=policy, repo_id=repo_id, revision=revision, endpoint=endpoint)
+    tree = guarded(
+        "listing files of",
+        lambda: [f for f in api.list_repo_tree(repo_id, revision=revision, recursive=True) if isinstance(f, RepoFile)],
+        policy=policy,
+        repo_id=repo_id,
+        revision=revision,
+        endpoint=endpoint,
+    )
     remote = {f.path: f for f in tree}
     mismatches = []
     for item in expected:
@@ -499,8 +618,15 @@ def _git_blob_sha1(item: UploadFile) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # pull and remote diff
 # ---------------------------------------------------------------------------------------------------------------
-def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None = None, token: str | None = None,
-         retry: RetryPolicy | None = None, allow_patterns: list[str] | None = None) -> PullResult:
+def pull(
+    ref: str,
+    *,
+    local_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    allow_patterns: list[str] | None = None,
+) -> PullResult:
     """Download ORG/NAME[@REV] into the HF cache (or `local_dir`) and check it against its patchkit.json.
 
     The revision is resolved to a commit first, so a branch that moves during the download cannot mix versions.
@@ -524,10 +650,23 @@ def pull(ref: str, *, local_dir: str | Path | None = None, endpoint: str | None 
     repo_id, revision = parse_repo_ref(ref)
     policy = retry or RetryPolicy()
     api = hub_api(endpoint, resolve_token(token))
-    commit = guarded("reading", lambda: api.model_info(repo_id, revision=revision).sha, policy=policy,
-                    repo_id=repo_id, revision=revision, endpoint=endpoint)
-    path = download_snapshot(repo_id, commit, local_dir=local_dir, endpoint=endpoint, token=token, retry=policy,
-                             allow_patterns=allow_patterns)
+    commit = guarded(
+        "reading",
+        lambda: api.model_info(repo_id, revision=revision).sha,
+        policy=policy,
+        repo_id=repo_id,
+        revision=revision,
+        endpoint=endpoint,
+    )
+    path = download_snapshot(
+        repo_id,
+        commit,
+        local_dir=local_dir,
+        endpoint=endpoint,
+        token=token,
+        retry=policy,
+        allow_patterns=allow_patterns,
+    )
     files = [p.relative_to(path).as_posix() for p in _local_files(path)]
     provenance = load_provenance(path)
     if provenance is None:
@@ -549,5 +688,7 @@ def fail_on_mismatch(check: RemoteCheck, commit_url: str) -> None:
     if not check.ok:
         shown = "; ".join(check.mismatches[:3])
         more = f" (+{len(check.mismatches) - 3} more)" if len(check.mismatches) > 3 else ""
-        raise VerifyError(f"remote files do not match the local copy at {commit_url}: {shown}{more}",
-                          hint="re-run `patchkit push`; if it persists, compare with `patchkit pull`")
+        raise VerifyError(
+            f"remote files do not match the local copy at {commit_url}: {shown}{more}",
+            hint="re-run `patchkit push`; if it persists, compare with `patchkit pull`",
+        )

@@ -19,7 +19,20 @@ from patchkit.recipe.schema import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "Constraints", "ExpertEdit", "ModelSpec", "NeuronEdit", "PartialEdit", "Publish", "Recipe",
-    "Resolution", "ResolvedEdit", "Source", "dump_recipe", "json_schema", "load_recipe", "parse_recipe",
+    "SCHEMA_VERSION",
+    "Constraints",
+    "ExpertEdit",
+    "ModelSpec",
+    "NeuronEdit",
+    "PartialEdit",
+    "Publish",
+    "Recipe",
+    "Resolution",
+    "ResolvedEdit",
+    "Source",
+    "dump_recipe",
+    "json_schema",
+    "load_recipe",
+    "parse_recipe",
     "recipe_to_yaml",
 ]

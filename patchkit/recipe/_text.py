@@ -18,8 +18,9 @@ from patchkit.errors import RecipeError
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 # in the file: C0 controls but tab/LF/CR, DEL and C1 (incl. NEL), line/paragraph separators, bidi controls, BOMs
 # after the start, surrogates, non-characters; and a CR not followed by LF
-_RAW_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029" + _BIDI
-                      + "\ufeff\ud800-\udfff\ufffe\uffff]|\r(?!\n)")
+_RAW_BAD = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029" + _BIDI + "\ufeff\ud800-\udfff\ufffe\uffff]|\r(?!\n)"
+)
 # in a value (after YAML escapes such as "\e" or "\u202e"): the same, and any CR; tab and LF are text
 _VALUE_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029" + _BIDI + "\ufeff\ud800-\udfff\ufffe\uffff]")
 
@@ -48,8 +49,10 @@ def describe_char(ch: str) -> str:
 
 def char_hint(ch: str) -> str:
     if ch in _BIDI:
-        return ("recipes are reviewed as text and a bidirectional control makes them display differently from "
-                "what they say; remove it")
+        return (
+            "recipes are reviewed as text and a bidirectional control makes them display differently from "
+            "what they say; remove it"
+        )
     return "recipes are reviewed as text; remove it (write visible characters, or a YAML block scalar for text)"
 
 
@@ -67,8 +70,10 @@ def line_col(text: str, offset: int) -> tuple[int, int]:
 def decode(data: bytes, filename: str) -> str:
     """The text of a recipe file: strict UTF-8 (a leading UTF-8 BOM is kept). RecipeError at the first bad byte."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise RecipeError(f"{filename}:1:1: the recipe is UTF-16 text, not UTF-8",
-                          hint="save it as UTF-8 (without a byte order mark, or with the UTF-8 one)")
+        raise RecipeError(
+            f"{filename}:1:1: the recipe is UTF-16 text, not UTF-8",
+            hint="save it as UTF-8 (without a byte order mark, or with the UTF-8 one)",
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -76,8 +81,11 @@ def decode(data: bytes, filename: str) -> str:
         line = data.count(b"\n", 0, bad) + 1
         line_start = data.rfind(b"\n", 0, bad) + 1
         col = len(data[line_start:bad].decode("utf-8", errors="replace")) + 1
-        raise RecipeError(f"{filename}:{line}:{col}: the recipe is not UTF-8 text (byte 0x{data[bad]:02x})",
-                          hint="save the recipe as UTF-8", data={"offset": bad}) from None
+        raise RecipeError(
+            f"{filename}:{line}:{col}: the recipe is not UTF-8 text (byte 0x{data[bad]:02x})",
+            hint="save the recipe as UTF-8",
+            data={"offset": bad},
+        ) from None
 
 
 def check_text(text: str, filename: str) -> None:
@@ -87,8 +95,11 @@ def check_text(text: str, filename: str) -> None:
         return
     ch = match.group()[0]
     line, col = line_col(text, match.start())
-    raise RecipeError(f"{filename}:{line}:{col}: {describe_char(ch)} is not allowed in a recipe",
-                      hint=char_hint(ch), data={"offset": match.start(), "codepoint": ord(ch)})
+    raise RecipeError(
+        f"{filename}:{line}:{col}: {describe_char(ch)} is not allowed in a recipe",
+        hint=char_hint(ch),
+        data={"offset": match.start(), "codepoint": ord(ch)},
+    )
 
 
 def bad_char_in_value(value: str) -> str | None:

@@ -71,30 +71,42 @@ def _classes() -> tuple[Any, Any]:
                 return node
             self._count(1, event.start_mark)
             if self.depth + 1 > MAX_DEPTH:
-                self._refuse(event.start_mark, f"the recipe nests deeper than {MAX_DEPTH} levels",
-                             "recipes are shallow data; flatten it")
+                self._refuse(
+                    event.start_mark,
+                    f"the recipe nests deeper than {MAX_DEPTH} levels",
+                    "recipes are shallow data; flatten it",
+                )
             if event.anchor is not None and event.anchor in self.anchors:
                 first = self.anchors[event.anchor].start_mark
-                self._refuse(event.start_mark, f"anchor &{show(event.anchor, 40)[1:-1]} is defined twice "
-                             f"(first at line {first.line + 1})",
-                             "give each anchor its own name: an alias would silently refer to the second one")
+                self._refuse(
+                    event.start_mark,
+                    f"anchor &{show(event.anchor, 40)[1:-1]} is defined twice (first at line {first.line + 1})",
+                    "give each anchor its own name: an alias would silently refer to the second one",
+                )
             node = super().compose_node(parent, index)
             if isinstance(node, MappingNode):
                 self._no_duplicate_keys(node)
             if isinstance(node, (MappingNode, SequenceNode)):
-                children = ([c for pair in node.value for c in pair] if isinstance(node, MappingNode)
-                            else list(node.value))
+                children = (
+                    [c for pair in node.value for c in pair] if isinstance(node, MappingNode) else list(node.value)
+                )
                 size, depth = 1, 1
                 for child in children:
                     c_size, c_depth = self.pk_sizes.get(id(child), (1, 1))
                     size += c_size
                     depth = max(depth, c_depth + 1)
                 if depth > MAX_DEPTH:
-                    self._refuse(node.start_mark, f"the recipe nests deeper than {MAX_DEPTH} levels "
-                                 "(through YAML aliases)", "recipes are shallow data; remove the aliases (*name)")
+                    self._refuse(
+                        node.start_mark,
+                        f"the recipe nests deeper than {MAX_DEPTH} levels (through YAML aliases)",
+                        "recipes are shallow data; remove the aliases (*name)",
+                    )
                 if size > MAX_NODES:
-                    self._refuse(node.start_mark, f"the recipe expands to more than {MAX_NODES} values",
-                                 "recipes are small; remove the YAML aliases (*name) that multiply the data")
+                    self._refuse(
+                        node.start_mark,
+                        f"the recipe expands to more than {MAX_NODES} values",
+                        "recipes are small; remove the YAML aliases (*name) that multiply the data",
+                    )
                 self.pk_sizes[id(node)] = (size, depth)
             return node
 
@@ -108,24 +120,35 @@ def _classes() -> tuple[Any, Any]:
                 if ident in first:
                     shown = key.value if _PLAIN_KEY.fullmatch(key.value) else show(key.value, 40)
                     prev = first[ident]
-                    at = (f"line {prev.line + 1}" if prev.line != key.start_mark.line
-                          else f"line {prev.line + 1}, column {prev.column + 1}")
-                    self._refuse(key.start_mark, f"{shown}: duplicate key (first at {at})",
-                                 "keep one of them: YAML would silently use the last")
+                    at = (
+                        f"line {prev.line + 1}"
+                        if prev.line != key.start_mark.line
+                        else f"line {prev.line + 1}, column {prev.column + 1}"
+                    )
+                    self._refuse(
+                        key.start_mark,
+                        f"{shown}: duplicate key (first at {at})",
+                        "keep one of them: YAML would silently use the last",
+                    )
                 first[ident] = key.start_mark
 
         def _count(self, size: int, mark: Any) -> None:
             self.pk_total += size
             if self.pk_total > MAX_NODES:
-                self._refuse(mark, f"the recipe expands to more than {MAX_NODES} values",
-                             "recipes are small; remove the YAML aliases (*name) that multiply the data, "
-                             "or split the recipe")
+                self._refuse(
+                    mark,
+                    f"the recipe expands to more than {MAX_NODES} values",
+                    "recipes are small; remove the YAML aliases (*name) that multiply the data, or split the recipe",
+                )
 
     def _too_long(node: Any, what: str) -> _Bad | None:
         if len(node.value) <= MAX_NUMBER_CHARS:
             return None
-        return _Bad(node.start_mark, f"a {what} written with {len(node.value)} characters is too long "
-                                     f"(limit {MAX_NUMBER_CHARS})", "no recipe value needs a number this long")
+        return _Bad(
+            node.start_mark,
+            f"a {what} written with {len(node.value)} characters is too long (limit {MAX_NUMBER_CHARS})",
+            "no recipe value needs a number this long",
+        )
 
     class SafeConstructor(RoundTripConstructor):
         """Numbers bounded before conversion; unconvertible scalars become markers, not exceptions."""
@@ -137,8 +160,9 @@ def _classes() -> tuple[Any, Any]:
             try:
                 return RoundTripConstructor.construct_yaml_int(self, node)
             except (ValueError, IndexError, TypeError):
-                return _Bad(node.start_mark, f"{show(node.value)} is not a valid integer",
-                            "write a whole number like 3")
+                return _Bad(
+                    node.start_mark, f"{show(node.value)} is not a valid integer", "write a whole number like 3"
+                )
 
         def pk_float(self, node: Any) -> Any:
             bad = _too_long(node, "number")
@@ -161,8 +185,11 @@ def _classes() -> tuple[Any, Any]:
             try:
                 return RoundTripConstructor.construct_yaml_timestamp(self, node, values)
             except (ValueError, OverflowError, TypeError):
-                return _Bad(node.start_mark, f"YAML reads {show(node.value)} as a date, but it is not a valid date",
-                            "put the value in quotes so YAML keeps it as written")
+                return _Bad(
+                    node.start_mark,
+                    f"YAML reads {show(node.value)} as a date, but it is not a valid date",
+                    "put the value in quotes so YAML keeps it as written",
+                )
 
     base = "tag:yaml.org,2002:"
     SafeConstructor.add_constructor(base + "int", SafeConstructor.pk_int)
@@ -201,7 +228,9 @@ def _yaml_error(exc: Exception, filename: str, text: str) -> RecipeError:
         key = _duplicate_key_name(exc)
         where = _at(filename, dup)
         line = f" (first at line {first.line + 1})" if first is not None and first.line != dup.line else ""
-        return RecipeError(f"{where}: {key}duplicate key{line}", hint="keep one of them: YAML would silently use the last")
+        return RecipeError(
+            f"{where}: {key}duplicate key{line}", hint="keep one of them: YAML would silently use the last"
+        )
     if isinstance(exc, MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
@@ -211,7 +240,9 @@ def _yaml_error(exc: Exception, filename: str, text: str) -> RecipeError:
     if isinstance(exc, ReaderError):
         at_line, at_col = line_col(text, max(0, int(getattr(exc, "position", 0) or 0)))
         ch = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)[:1] or "?"
-        return RecipeError(f"{filename}:{at_line}:{at_col}: {describe_char(ch)} is not allowed in a recipe", hint=char_hint(ch))
+        return RecipeError(
+            f"{filename}:{at_line}:{at_col}: {describe_char(ch)} is not allowed in a recipe", hint=char_hint(ch)
+        )
     message = " ".join(str(exc).split())
     return RecipeError(f"{filename}:1:1: YAML error: {message[:160]}", hint="fix the YAML syntax")
 
@@ -237,8 +268,10 @@ def load_plain(text: str, filename: str) -> tuple[Any, dict[tuple, tuple[int, in
         raise _yaml_error(exc, filename, text) from None
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
         # a corner of the YAML library the guards above do not cover: still one line, never a traceback
-        raise RecipeError(f"{filename}:1:1: YAML error: {type(exc).__name__}: {show(str(exc), 160)}",
-                          hint="simplify the YAML (plain mappings, lists and scalars)") from None
+        raise RecipeError(
+            f"{filename}:1:1: YAML error: {type(exc).__name__}: {show(str(exc), 160)}",
+            hint="simplify the YAML (plain mappings, lists and scalars)",
+        ) from None
     if doc is None:
         return None, positions
     return _plain(doc, (), positions, filename, [MAX_NODES], 0), positions
@@ -254,18 +287,24 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[i
     field = dotted(loc) or "document"
     budget[0] -= 1
     if budget[0] < 0:  # the composer already bounds this; kept so no path can walk unbounded data
-        raise RecipeError(f"{where()}: the recipe expands to more than {MAX_NODES} values",
-                          hint="recipes are small; remove the YAML aliases (*name) that multiply the data")
+        raise RecipeError(
+            f"{where()}: the recipe expands to more than {MAX_NODES} values",
+            hint="recipes are small; remove the YAML aliases (*name) that multiply the data",
+        )
     if depth > MAX_DEPTH:
-        raise RecipeError(f"{where()}: the recipe nests deeper than {MAX_DEPTH} levels", hint="recipes are shallow data")
+        raise RecipeError(
+            f"{where()}: the recipe nests deeper than {MAX_DEPTH} levels", hint="recipes are shallow data"
+        )
     if isinstance(node, _Bad):
         raise RecipeError(f"{_at(filename, node.mark)}: {field}: {node.problem}", hint=node.hint)
     tag = getattr(getattr(node, "tag", None), "value", None)
     if isinstance(node, TaggedScalar) or (tag and tag not in _STANDARD_TAGS and tag != "!"):
         if tag == "tag:yaml.org,2002:set" or isinstance(node, CommentedSet):
             raise RecipeError(f"{where()}: {field}: a YAML set (!!set) is not allowed", hint="use a list: [a, b]")
-        raise RecipeError(f"{where()}: {field}: YAML tag {show(tag or '', 60).strip(chr(39))} is not allowed",
-                          hint="recipes are plain data; remove the tag")
+        raise RecipeError(
+            f"{where()}: {field}: YAML tag {show(tag or '', 60).strip(chr(39))} is not allowed",
+            hint="recipes are plain data; remove the tag",
+        )
     if isinstance(node, CommentedSet):
         raise RecipeError(f"{where()}: {field}: a YAML set (!!set) is not allowed", hint="use a list: [a, b]")
     if isinstance(node, CommentedMap):
@@ -280,13 +319,16 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[i
                 raise RecipeError(f"{_at(filename, key.mark)}: {field}: key: {key.problem}", hint=key.hint)
             if not isinstance(key, str):
                 kw = where_in(filename, positions, loc + (key,)) if _hashable(key) else where()
-                raise RecipeError(f"{kw}: {field}: key {show(key)} must be a string",
-                                  hint="keys are names: write them as plain text")
+                raise RecipeError(
+                    f"{kw}: {field}: key {show(key)} must be a string", hint="keys are names: write them as plain text"
+                )
             key = str(key)
             bad = bad_char_in_value(key)
             if bad is not None:
-                raise RecipeError(f"{where_in(filename, positions, loc + (key,))}: {field}: a key contains "
-                                  f"{describe_char(bad)}", hint=char_hint(bad))
+                raise RecipeError(
+                    f"{where_in(filename, positions, loc + (key,))}: {field}: a key contains {describe_char(bad)}",
+                    hint=char_hint(bad),
+                )
             out[key] = _plain(node[key], loc + (key,), positions, filename, budget, depth + 1)
         return out
     if isinstance(node, CommentedSeq):
@@ -314,8 +356,10 @@ def _plain(node: Any, loc: tuple, positions: dict, filename: str, budget: list[i
         return node
     if isinstance(node, (bytes, bytearray)):
         raise RecipeError(f"{where()}: {field}: binary data (!!binary) is not allowed", hint="recipes are text")
-    raise RecipeError(f"{where()}: {field}: a YAML {type(node).__name__} is not allowed",
-                      hint="recipes are plain data: mappings, lists, text, numbers, true/false")
+    raise RecipeError(
+        f"{where()}: {field}: a YAML {type(node).__name__} is not allowed",
+        hint="recipes are plain data: mappings, lists, text, numbers, true/false",
+    )
 
 
 def _hashable(value: Any) -> bool:

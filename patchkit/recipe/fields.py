@@ -47,6 +47,7 @@ def fail(message: str, *, hint: str | None = None, item: int | None = None, loc:
 
 # --- indices ----------------------------------------------------------------------------------------------
 
+
 def _one_index(value: Any, item: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         hint = None
@@ -95,13 +96,22 @@ def _index_list(value: Any) -> list[int]:
 
 _INDEX_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_INDEX}
 Index = Annotated[int, PlainValidator(_one_index), WithJsonSchema(_INDEX_SCHEMA)]
-Indices = Annotated[int | list[int], PlainValidator(_indices), WithJsonSchema(
-    {"anyOf": [_INDEX_SCHEMA, {"type": "array", "items": _INDEX_SCHEMA, "minItems": 1, "uniqueItems": True}]})]
-IndexList = Annotated[list[int], PlainValidator(_index_list), WithJsonSchema(
-    {"type": "array", "items": _INDEX_SCHEMA, "minItems": 1, "uniqueItems": True})]
+Indices = Annotated[
+    int | list[int],
+    PlainValidator(_indices),
+    WithJsonSchema(
+        {"anyOf": [_INDEX_SCHEMA, {"type": "array", "items": _INDEX_SCHEMA, "minItems": 1, "uniqueItems": True}]}
+    ),
+]
+IndexList = Annotated[
+    list[int],
+    PlainValidator(_index_list),
+    WithJsonSchema({"type": "array", "items": _INDEX_SCHEMA, "minItems": 1, "uniqueItems": True}),
+]
 
 
 # --- factors ----------------------------------------------------------------------------------------------
+
 
 def _factor(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -140,9 +150,11 @@ _REF_FORBIDDEN = set("~^:?*[\\")
 def check_name(value: str) -> str:
     """A recipe name: a slug (it names the apply output directory and, by default, a Hub repo)."""
     if not _NAME_RE.fullmatch(value) or ".." in value:
-        raise fail(f"{show(value)} is not a usable name: use letters, digits, '.', '_' and '-' only, starting with "
-                   "a letter or digit, no '..' (it becomes the output directory and repo name)",
-                   hint=f"e.g. `gemma-4-e2b-it-loopfix` (at most {MAX_NAME_CHARS} characters)")
+        raise fail(
+            f"{show(value)} is not a usable name: use letters, digits, '.', '_' and '-' only, starting with "
+            "a letter or digit, no '..' (it becomes the output directory and repo name)",
+            hint=f"e.g. `gemma-4-e2b-it-loopfix` (at most {MAX_NAME_CHARS} characters)",
+        )
     return value
 
 
@@ -158,8 +170,10 @@ def check_repo_id(value: str, *, field: str = "repo") -> str:
         try:
             validate_repo_id(value)
         except HFValidationError:
-            problem = ("the Hub refuses it: a name may not start or end with '-' or '.', contain '--' or '..', "
-                       "or end in '.git'")
+            problem = (
+                "the Hub refuses it: a name may not start or end with '-' or '.', contain '--' or '..', "
+                "or end in '.git'"
+            )
     if problem is None:
         return value
     hint = "a local model directory is never named in a recipe: pass it as --model ./dir"
@@ -177,11 +191,20 @@ def check_revision(value: str) -> str:
         problem = f"{len(value)} characters is too long (limit {MAX_REVISION_CHARS})"
     elif not value.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
         problem = "it contains spaces or characters git does not allow in a revision"
-    elif (any(c in _REF_FORBIDDEN for c in value) or ".." in value or "@{" in value or "//" in value
-          or value == "@" or value.startswith(("-", "/")) or value.endswith(("/", ".", ".lock"))
-          or any(part.startswith(".") or part.endswith(".lock") for part in value.split("/"))):
+    elif (
+        any(c in _REF_FORBIDDEN for c in value)
+        or ".." in value
+        or "@{" in value
+        or "//" in value
+        or value == "@"
+        or value.startswith(("-", "/"))
+        or value.endswith(("/", ".", ".lock"))
+        or any(part.startswith(".") or part.endswith(".lock") for part in value.split("/"))
+    ):
         problem = "it is not a valid git revision (no '..', '~', '^', ':', '?', '*', '[', '\\', '@{', '//')"
     if problem is None:
         return value
-    raise fail(f"{show(value)} is not a commit sha or branch name: {problem}",
-               hint="pin the base model's 40-hex commit sha (see its Hub page or `patchkit new --model REF`)")
+    raise fail(
+        f"{show(value)} is not a commit sha or branch name: {problem}",
+        hint="pin the base model's 40-hex commit sha (see its Hub page or `patchkit new --model REF`)",
+    )

@@ -39,7 +39,9 @@ class BenchGates(BaseModel):
     max_ppl_ratio: float | None = Field(None, ge=0, description="perplexity patched / base")
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="task accuracy base - patched")
     min_top1_agreement: float | None = Field(None, ge=0, le=1)
-    max_first_token_kl: float | None = Field(None, ge=0, description="mean KL on the first generated token of control prompts, nats")
+    max_first_token_kl: float | None = Field(
+        None, ge=0, description="mean KL on the first generated token of control prompts, nats"
+    )
     tasks: list[str] | None = None
 
 

@@ -36,8 +36,18 @@ from patchkit.recipe.schema import (
 from patchkit.recipe.schema import dotted as _dotted
 from patchkit.recipe.schema import where_in as _where
 
-__all__ = ["MAX_DEPTH", "MAX_EXPANDED_EDITS", "MAX_NODES", "MAX_RECIPE_BYTES", "dump_recipe", "json_schema",
-           "load_recipe", "parse_recipe", "recipe_to_yaml", "validation_error"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXPANDED_EDITS",
+    "MAX_NODES",
+    "MAX_RECIPE_BYTES",
+    "dump_recipe",
+    "json_schema",
+    "load_recipe",
+    "parse_recipe",
+    "recipe_to_yaml",
+    "validation_error",
+]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -77,24 +87,37 @@ def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
     if not isinstance(text, str):
         raise RecipeError(f"{filename}: a recipe is text, got {type(text).__name__}")
     if len(text) > MAX_RECIPE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{filename}: {len(text.encode('utf-8', 'surrogatepass'))} bytes is too large for a recipe "
-                          f"(limit {MAX_RECIPE_BYTES})", hint="is this really a recipe?")
+        raise RecipeError(
+            f"{filename}: {len(text.encode('utf-8', 'surrogatepass'))} bytes is too large for a recipe "
+            f"(limit {MAX_RECIPE_BYTES})",
+            hint="is this really a recipe?",
+        )
     check_text(text, filename)
     data, positions = load_plain(text, filename)
     if data is None:
         raise RecipeError(f"{filename}:1:1: the recipe is empty", hint="start from `patchkit new`")
     if not isinstance(data, dict):  # never echo the content: it may be a file that is not a recipe at all
-        shape = ("a list" if isinstance(data, list) else "text" if isinstance(data, str)
-                 else "a number" if isinstance(data, (int, float)) and not isinstance(data, bool) else "a single value")
-        raise RecipeError(f"{filename}:1:1: a recipe must be a mapping (key: value), got {shape}",
-                          hint="start from `patchkit new`")
+        shape = (
+            "a list"
+            if isinstance(data, list)
+            else "text"
+            if isinstance(data, str)
+            else "a number"
+            if isinstance(data, (int, float)) and not isinstance(data, bool)
+            else "a single value"
+        )
+        raise RecipeError(
+            f"{filename}:1:1: a recipe must be a mapping (key: value), got {shape}", hint="start from `patchkit new`"
+        )
     _check_top_level(data, positions, filename)
     edits_raw = data.get("edits", [])
     if edits_raw is None:
         edits_raw = []
     if not isinstance(edits_raw, list):
-        raise RecipeError(f"{_where(filename, positions, ('edits',))}: edits: must be a list of edits, got "
-                          f"{kind_of(edits_raw)}", hint="e.g. `edits: [{layer: 3, neuron: 7, op: invert}]`")
+        raise RecipeError(
+            f"{_where(filename, positions, ('edits',))}: edits: must be a list of edits, got {kind_of(edits_raw)}",
+            hint="e.g. `edits: [{layer: 3, neuron: 7, op: invert}]`",
+        )
     data = dict(data)
     data["edits"] = [_edit_model(e, i, positions, filename) for i, e in enumerate(edits_raw)]
     _check_expansion(data["edits"], positions, filename)
@@ -110,7 +133,9 @@ def parse_recipe(text: str, filename: str = "<recipe>") -> Recipe:
 def _check_top_level(data: dict, positions: dict, filename: str) -> None:
     version = data.get("patchkit")
     if version is None:
-        raise RecipeError(f"{filename}:1:1: patchkit: missing schema version", hint="add `patchkit: 1` as the first line")
+        raise RecipeError(
+            f"{filename}:1:1: patchkit: missing schema version", hint="add `patchkit: 1` as the first line"
+        )
     if type(version) is not int or version != SCHEMA_VERSION:  # true and 1.0 equal 1 in Python; not here
         raise RecipeError(
             f"{_where(filename, positions, ('patchkit',))}: patchkit: schema version {show(version)} is not supported",
@@ -122,13 +147,19 @@ def _edit_model(raw: Any, i: int, positions: dict, filename: str) -> NeuronEdit 
     loc = ("edits", i)
     where = _where(filename, positions, loc)
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: edits[{i}]: an edit must be a mapping like {{layer: 3, neuron: 7, op: invert}}, "
-                          f"got {kind_of(raw)}")
+        raise RecipeError(
+            f"{where}: edits[{i}]: an edit must be a mapping like {{layer: 3, neuron: 7, op: invert}}, "
+            f"got {kind_of(raw)}"
+        )
     has_neuron, has_expert = "neuron" in raw, "expert" in raw
     if has_neuron and has_expert:
-        raise RecipeError(f"{where}: edits[{i}]: give either `neuron` or `expert`, not both", hint="split it into two edits")
+        raise RecipeError(
+            f"{where}: edits[{i}]: give either `neuron` or `expert`, not both", hint="split it into two edits"
+        )
     if not has_neuron and not has_expert:
-        raise RecipeError(f"{where}: edits[{i}]: missing `neuron` or `expert`", hint="say which neuron(s) or expert(s) to edit")
+        raise RecipeError(
+            f"{where}: edits[{i}]: missing `neuron` or `expert`", hint="say which neuron(s) or expert(s) to edit"
+        )
     model = NeuronEdit if has_neuron else ExpertEdit
     op = raw.get("op")
     if has_expert and op is not None and not (isinstance(op, str) and op == "suppress"):
@@ -147,14 +178,18 @@ def _check_expansion(edits: list[NeuronEdit | ExpertEdit], positions: dict, file
     for i, edit in enumerate(edits):
         indices = edit.neuron if isinstance(edit, NeuronEdit) else edit.expert
         kind = "neuron" if isinstance(edit, NeuronEdit) else "expert"
-        n = (len(edit.layer) if isinstance(edit.layer, list) else 1) * (len(indices) if isinstance(indices, list) else 1)
+        n = (len(edit.layer) if isinstance(edit.layer, list) else 1) * (
+            len(indices) if isinstance(indices, list) else 1
+        )
         total += n
         if total > MAX_EXPANDED_EDITS:
             raise RecipeError(
                 f"{_where(filename, positions, ('edits', i))}: edits[{i}]: the recipe expands to more than "
                 f"{MAX_EXPANDED_EDITS:,} (layer, {kind}) slices ({total:,} up to this edit; this one alone is {n:,})",
                 hint=f"lists multiply (every layer x every index); a recipe may edit at most {MAX_EXPANDED_EDITS:,} "
-                     "slices: split it", data={"slices": total, "limit": MAX_EXPANDED_EDITS})
+                "slices: split it",
+                data={"slices": total, "limit": MAX_EXPANDED_EDITS},
+            )
 
 
 _UNION_LABELS = frozenset({"int", "float", "str", "list[int]", "NeuronEdit", "ExpertEdit"})
@@ -162,6 +197,7 @@ _UNION_LABELS = frozenset({"int", "float", "str", "list[int]", "NeuronEdit", "Ex
 
 def validation_error(exc: ValidationError, positions: dict, filename: str, prefix: tuple) -> RecipeError:
     """The first pydantic error as one RecipeError line: file:line:column, the dotted field, what to do."""
+
     def strip(raw: tuple) -> tuple:  # drop pydantic's union-branch labels from an error location
         return tuple(p for p in raw if not (isinstance(p, str) and (p in _UNION_LABELS or "[" in p)))
 
@@ -186,16 +222,21 @@ def validation_error(exc: ValidationError, positions: dict, filename: str, prefi
         expected = ctx.get("expected", "")
         return RecipeError(f"{at}: {path}: {show(value)} is not allowed; expected {expected}")
     if kind == "string_type" and isinstance(value, (int, float, _dt.date)) and not isinstance(value, bool):
-        return RecipeError(f"{at}: {path}: must be text, but YAML read {show(value) if not isinstance(value, _dt.date) else value} "
-                           f"as a {'date' if isinstance(value, _dt.date) else 'number'}",
-                           hint="put the value in quotes so YAML keeps it as written")
+        return RecipeError(
+            f"{at}: {path}: must be text, but YAML read {show(value) if not isinstance(value, _dt.date) else value} "
+            f"as a {'date' if isinstance(value, _dt.date) else 'number'}",
+            hint="put the value in quotes so YAML keeps it as written",
+        )
     if kind == "string_type" and isinstance(value, (dict, list, set)):
         shape = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "a set"
-        return RecipeError(f"{at}: {path}: must be text, got {shape}",
-                           hint="quote it, or use a block scalar (|) for multi-line text")
+        return RecipeError(
+            f"{at}: {path}: must be text, got {shape}", hint="quote it, or use a block scalar (|) for multi-line text"
+        )
     if kind == "string_type":
-        return RecipeError(f"{at}: {path}: must be text, got {kind_of(value)}",
-                           hint="put the value in quotes so YAML keeps it as written")
+        return RecipeError(
+            f"{at}: {path}: must be text, got {kind_of(value)}",
+            hint="put the value in quotes so YAML keeps it as written",
+        )
     if kind in ("string_too_long", "string_too_short"):
         limit = ctx.get("max_length") if kind == "string_too_long" else ctx.get("min_length")
         size = len(value) if isinstance(value, str) else "?"
@@ -204,13 +245,19 @@ def validation_error(exc: ValidationError, positions: dict, filename: str, prefi
     if kind == "string_pattern_mismatch":
         return RecipeError(f"{at}: {path}: {show(value)} does not have the expected form ({ctx.get('pattern', '')})")
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        hint = ("write it without quotes" if isinstance(value, str) and value.strip().lstrip("+-").isdigit()
-                else f"write {int(value)}" if isinstance(value, float) and math.isfinite(value) and value == int(value)
-                else "write a whole number")
+        hint = (
+            "write it without quotes"
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit()
+            else f"write {int(value)}"
+            if isinstance(value, float) and math.isfinite(value) and value == int(value)
+            else "write a whole number"
+        )
         return RecipeError(f"{at}: {path}: must be a whole number, got {kind_of(value)}", hint=hint)
     if kind in ("float_type", "float_parsing"):
-        return RecipeError(f"{at}: {path}: must be a number, got {kind_of(value)}",
-                           hint="write it without quotes" if isinstance(value, str) else "write a number like 0.5")
+        return RecipeError(
+            f"{at}: {path}: must be a number, got {kind_of(value)}",
+            hint="write it without quotes" if isinstance(value, str) else "write a number like 0.5",
+        )
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
         limit = next(iter(v for k, v in ctx.items() if k in ("ge", "le", "gt", "lt")), "?")
@@ -218,8 +265,9 @@ def validation_error(exc: ValidationError, positions: dict, filename: str, prefi
     if kind in ("finite_number",):
         return RecipeError(f"{at}: {path}: must be a finite number, got {show(value)}")
     if kind in ("bool_type", "bool_parsing"):
-        return RecipeError(f"{at}: {path}: must be true or false, got {kind_of(value)}",
-                           hint="write true or false, without quotes")
+        return RecipeError(
+            f"{at}: {path}: must be true or false, got {kind_of(value)}", hint="write true or false, without quotes"
+        )
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return RecipeError(f"{at}: {path}: must be a mapping (key: value), got {kind_of(value)}")
     if kind in ("list_type", "tuple_type", "set_type"):
@@ -240,16 +288,27 @@ def _check_semantics(recipe: Recipe) -> None:
         if edit.op == "scale":
             f = edit.factor
             if f is None:
-                raise RecipeError(f"{recipe.where(*base, 'op')}: edits[{i}].factor: op scale needs a factor", hint="add e.g. `factor: 0.5`")
+                raise RecipeError(
+                    f"{recipe.where(*base, 'op')}: edits[{i}].factor: op scale needs a factor",
+                    hint="add e.g. `factor: 0.5`",
+                )
             if not math.isfinite(f):
                 raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: {f} is not a finite number")
             if f == 0.0:
-                why = ("-0.0 is a zero that would also set the sign bit of every zeroed weight"
-                       if math.copysign(1.0, f) < 0 else "scaling by 0 is zeroing (and leaves -0.0 where weights were negative)")
-                raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: {why}",
-                                  hint="write `op: zero` (without a factor): it writes exact zeros")
+                why = (
+                    "-0.0 is a zero that would also set the sign bit of every zeroed weight"
+                    if math.copysign(1.0, f) < 0
+                    else "scaling by 0 is zeroing (and leaves -0.0 where weights were negative)"
+                )
+                raise RecipeError(
+                    f"{recipe.where(*base, 'factor')}: edits[{i}].factor: {why}",
+                    hint="write `op: zero` (without a factor): it writes exact zeros",
+                )
             if f == 1.0:
-                raise RecipeError(f"{recipe.where(*base, 'factor')}: edits[{i}].factor: scaling by 1 changes nothing", hint="remove the edit")
+                raise RecipeError(
+                    f"{recipe.where(*base, 'factor')}: edits[{i}].factor: scaling by 1 changes nothing",
+                    hint="remove the edit",
+                )
         elif edit.factor is not None:
             raise RecipeError(
                 f"{recipe.where(*base, 'factor')}: edits[{i}].factor: op {edit.op} takes no factor",
@@ -276,11 +335,19 @@ def _check_semantics(recipe: Recipe) -> None:
                         f"(edits[{j}]); the two factors would multiply",
                         hint="edit each neuron once, on one tensor",
                     )
-                hint = "each slice may be edited once; merge the two edits" if first_op == edit.op else (
-                    f"it cannot be both {first_op} and {edit.op}; keep one")
-                raise RecipeError(f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint)
+                hint = (
+                    "each slice may be edited once; merge the two edits"
+                    if first_op == edit.op
+                    else (f"it cannot be both {first_op} and {edit.op}; keep one")
+                )
+                raise RecipeError(
+                    f"{recipe.where('edits', i)}: edits[{i}]: {what} is already edited by edits[{j}]", hint=hint
+                )
     if recipe.is_resolved and not recipe.edits:
-        raise RecipeError(f"{recipe.where('edits')}: edits: the recipe has no edits", hint="add edits, or mark it `resolution: {status: unresolved}`")
+        raise RecipeError(
+            f"{recipe.where('edits')}: edits: the recipe has no edits",
+            hint="add edits, or mark it `resolution: {status: unresolved}`",
+        )
     if not recipe.is_resolved and recipe.edits:
         raise RecipeError(
             f"{recipe.where('resolution')}: resolution.status: an unresolved recipe must not carry edits",

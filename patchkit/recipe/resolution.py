@@ -62,17 +62,28 @@ class SearchSpace:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "recipe": self.recipe, "model": self.model_repo, "revision": self.revision, "method": self.method,
-            "reference": self.reference, "kind": self.kind, "layers": list(self.layers) if self.layers is not None else None,
-            "max_edits": self.max_edits, "exact_edits": self.exact_edits, "ops": list(self.ops),
-            "factors": list(self.factors), "partial_edits": [p.model_dump(exclude_none=True) for p in self.partial_edits],
-            "units_in_scope": self.units_in_scope, "units_total": self.units_total,
-            "units_in_model": self.units_in_model, "extra": self.extra,
+            "recipe": self.recipe,
+            "model": self.model_repo,
+            "revision": self.revision,
+            "method": self.method,
+            "reference": self.reference,
+            "kind": self.kind,
+            "layers": list(self.layers) if self.layers is not None else None,
+            "max_edits": self.max_edits,
+            "exact_edits": self.exact_edits,
+            "ops": list(self.ops),
+            "factors": list(self.factors),
+            "partial_edits": [p.model_dump(exclude_none=True) for p in self.partial_edits],
+            "units_in_scope": self.units_in_scope,
+            "units_total": self.units_total,
+            "units_in_model": self.units_in_model,
+            "extra": self.extra,
         }
 
 
-def parse_constraints(raw: Any, *, where: str = "resolution.constraints", positions: dict | None = None,
-                      filename: str | None = None) -> Constraints:
+def parse_constraints(
+    raw: Any, *, where: str = "resolution.constraints", positions: dict | None = None, filename: str | None = None
+) -> Constraints:
     """Validate a constraints mapping (RecipeError naming file:line when positions are given)."""
     if raw is None:
         return Constraints()
@@ -116,7 +127,11 @@ def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> Search
     kind = cons.kind or ("expert" if "suppress" in ops else "neuron")
     layers = tuple(cons.layers) if cons.layers is not None else None
     in_scope = in_model = None
-    where = f"{recipe.where('resolution')}: resolution.constraints" if hasattr(recipe, "where") else "resolution.constraints"
+    where = (
+        f"{recipe.where('resolution')}: resolution.constraints"
+        if hasattr(recipe, "where")
+        else "resolution.constraints"
+    )
     if config is not None:
         adapter = get_adapter(config, getattr(spec, "architecture", None))
         n = adapter.num_layers
@@ -130,8 +145,9 @@ def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> Search
             return (info.num_experts if info.is_moe else 0) if kind == "expert" else info.intermediate_size
 
         if kind == "expert" and not adapter.is_moe:
-            raise RecipeError(f"{where}.kind: expert, but {repo or 'the model'} is dense (no experts)",
-                              hint="use kind: neuron")
+            raise RecipeError(
+                f"{where}.kind: expert, but {repo or 'the model'} is dense (no experts)", hint="use kind: neuron"
+            )
         scope = layers if layers is not None else all_layers
         dense = [layer for layer in scope if units(layer) == 0]
         if dense:
@@ -141,16 +157,28 @@ def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> Search
         if cons.units_total is not None and cons.units_total != in_model:
             raise RecipeError(
                 f"{where}.units_total: the source counts {cons.units_total} {kind} units but this model has {in_model}",
-                hint="is the recipe for this model size?")
+                hint="is the recipe for this model size?",
+            )
         if cons.max_edits is not None and cons.max_edits > in_scope:
             raise RecipeError(f"{where}.max_edits: {cons.max_edits} exceeds the {in_scope} candidate units in scope")
     extra = {k: v for k, v in (cons.model_extra or {}).items()}
     return SearchSpace(
-        recipe=getattr(recipe, "name", "?"), model_repo=repo, revision=getattr(spec, "revision", None),
-        method=getattr(res, "method", None), reference=getattr(res, "reference", None), kind=kind, layers=layers,
-        max_edits=cons.max_edits, exact_edits=cons.exact_edits, ops=ops, factors=tuple(cons.factors or ()),
-        partial_edits=tuple(cons.partial_edits), units_in_scope=in_scope, units_total=cons.units_total,
-        units_in_model=in_model, extra=extra,
+        recipe=getattr(recipe, "name", "?"),
+        model_repo=repo,
+        revision=getattr(spec, "revision", None),
+        method=getattr(res, "method", None),
+        reference=getattr(res, "reference", None),
+        kind=kind,
+        layers=layers,
+        max_edits=cons.max_edits,
+        exact_edits=cons.exact_edits,
+        ops=ops,
+        factors=tuple(cons.factors or ()),
+        partial_edits=tuple(cons.partial_edits),
+        units_in_scope=in_scope,
+        units_total=cons.units_total,
+        units_in_model=in_model,
+        extra=extra,
     )
 
 

@@ -66,7 +66,6 @@ def where_in(filename: str, positions: dict, loc: tuple) -> str:
     return f"{filename}:{line}:{col}"
 
 
-
 # --- schema ----------------------------------------------------------------------------------------------
 
 
@@ -133,8 +132,11 @@ class Source(BaseModel):
         if sums is not None:
             hint = "regenerate it with `patchkit recipe extract`"
             if not isinstance(sums, list):
-                raise fail(f"must be a list of {{layer, kind, index, tensor, before_sha256, after_sha256}}, got "
-                           f"{show(sums)}", hint=hint, loc=("checksums",))
+                raise fail(
+                    f"must be a list of {{layer, kind, index, tensor, before_sha256, after_sha256}}, got {show(sums)}",
+                    hint=hint,
+                    loc=("checksums",),
+                )
             for i, entry in enumerate(sums):
                 try:
                     SliceChecksum.model_validate(entry)
@@ -193,8 +195,10 @@ class Constraints(BaseModel):
             if p.op == "scale" and p.factor is None:
                 raise ValueError(f"partial_edits[{i}]: op scale needs a factor")
             if p.op == "scale" and p.factor in (0.0, 1.0):
-                raise ValueError(f"partial_edits[{i}]: scaling by {p.factor:g} is not a scale edit; "
-                                 + ("write op: zero" if p.factor == 0.0 else "remove it (it changes nothing)"))
+                raise ValueError(
+                    f"partial_edits[{i}]: scaling by {p.factor:g} is not a scale edit; "
+                    + ("write op: zero" if p.factor == 0.0 else "remove it (it changes nothing)")
+                )
             if p.op != "scale" and p.factor is not None:
                 raise ValueError(f"partial_edits[{i}]: op {p.op} takes no factor")
             if self.kind == "expert" and p.op != "suppress" or self.kind == "neuron" and p.op == "suppress":
@@ -219,13 +223,16 @@ class Resolution(BaseModel):
     model_config = _STRICT
 
     status: Literal["resolved", "unresolved"] = "resolved"
-    method: str | None = Field(None, description="how the edits are (to be) found: paper-citation | diff | locate | manual")
+    method: str | None = Field(
+        None, description="how the edits are (to be) found: paper-citation | diff | locate | manual"
+    )
     reference: str | None = None
     resolved_by: str | None = Field(None, description="command and patchkit version that wrote the edits")
     constraints: Constraints = Field(
         default_factory=lambda: Constraints(),
         description="search space of an unresolved recipe: kind, layers, max_edits, exact_edits, ops, factors, "
-                    "partial_edits, units_total, evidence (see patchkit.recipe.resolution.Constraints); other keys are kept")
+        "partial_edits, units_total, evidence (see patchkit.recipe.resolution.Constraints); other keys are kept",
+    )
     how_to_resolve: str | None = None
 
     @model_validator(mode="after")
@@ -239,10 +246,12 @@ class Resolution(BaseModel):
                 if at:
                     check_revision(revision)
             except PydanticCustomError as exc:
-                raise fail(f"must be a Hub reference org/name[@revision]: {(exc.context or {}).get('message', '')}",
-                           hint="an unresolved diff recipe names the published fixed model on the Hub; to extract "
-                                "from a local directory run `patchkit recipe extract BASE DIR --into RECIPE`",
-                           loc=("reference",)) from None
+                raise fail(
+                    f"must be a Hub reference org/name[@revision]: {(exc.context or {}).get('message', '')}",
+                    hint="an unresolved diff recipe names the published fixed model on the Hub; to extract "
+                    "from a local directory run `patchkit recipe extract BASE DIR --into RECIPE`",
+                    loc=("reference",),
+                ) from None
         return self
 
 
@@ -267,7 +276,9 @@ class Publish(BaseModel):
     @classmethod
     def _license_shape(cls, value: str | None) -> str | None:
         if value is not None and not _LICENSE_RE.fullmatch(value):
-            raise fail(f"{show(value)} is not a license id", hint="use a Hub license id such as apache-2.0, mit or other")
+            raise fail(
+                f"{show(value)} is not a license id", hint="use a Hub license id such as apache-2.0, mit or other"
+            )
         return value
 
 
@@ -306,8 +317,9 @@ class Recipe(BaseModel):
     model_config = _STRICT
 
     patchkit: Literal[1] = Field(1, description="recipe schema version")
-    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
-                      description="slug (letters, digits, . _ -); names the apply output dir")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="slug (letters, digits, . _ -); names the apply output dir"
+    )
     description: str | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     source: Source
@@ -320,8 +332,10 @@ class Recipe(BaseModel):
     @classmethod
     def _version_is_an_integer(cls, value: Any) -> Any:
         if type(value) is not int:  # Literal[1] would accept true and 1.0
-            raise fail(f"schema version must be the integer {SCHEMA_VERSION}, got {show(value)}",
-                       hint=f"write `patchkit: {SCHEMA_VERSION}`")
+            raise fail(
+                f"schema version must be the integer {SCHEMA_VERSION}, got {show(value)}",
+                hint=f"write `patchkit: {SCHEMA_VERSION}`",
+            )
         return value
 
     @field_validator("name")
@@ -357,7 +371,9 @@ class Recipe(BaseModel):
         how = (res.how_to_resolve if res else None) or self._default_how_to_resolve()
         if len(how) > 300:  # the recipe's own text: never let it flood the one-line message
             how = how[:299] + "…"
-        raise RecipeError(f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet): {how}")
+        raise RecipeError(
+            f"{self.where('resolution')}: recipe {self.name!r} is unresolved (it carries no edits yet): {how}"
+        )
 
     def _default_how_to_resolve(self) -> str:
         """The command that resolves this recipe (one clause, for one-line errors)."""
@@ -385,8 +401,11 @@ class Recipe(BaseModel):
         `MAX_EXPANDED_EDITS`: RecipeError beyond, before anything is expanded)."""
         total = self.slice_count()
         if total > MAX_EXPANDED_EDITS:
-            raise RecipeError(f"{self.where('edits')}: edits: the recipe expands to {total:,} (layer, index) slices, "
-                              f"more than the limit of {MAX_EXPANDED_EDITS:,}", hint="split it into several recipes")
+            raise RecipeError(
+                f"{self.where('edits')}: edits: the recipe expands to {total:,} (layer, index) slices, "
+                f"more than the limit of {MAX_EXPANDED_EDITS:,}",
+                hint="split it into several recipes",
+            )
         out: list[ResolvedEdit] = []
         for i, edit in enumerate(self.edits):
             layers = edit.layer if isinstance(edit.layer, list) else [edit.layer]
@@ -402,7 +421,9 @@ class Recipe(BaseModel):
             where = self.where("edits", i)
             for layer in layers:
                 for index in indices:
-                    out.append(ResolvedEdit(layer, kind, index, edit.op, float(factor), tensor, where=f"{where}: edits[{i}]"))
+                    out.append(
+                        ResolvedEdit(layer, kind, index, edit.op, float(factor), tensor, where=f"{where}: edits[{i}]")
+                    )
         return out
 
 
@@ -422,5 +443,3 @@ class ResolvedEdit:
     def key(self) -> tuple:
         """Identity of the edited unit: one neuron or expert of one layer, whichever tensor carries the edit."""
         return (self.layer, self.kind, self.index)
-
-

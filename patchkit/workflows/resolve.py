@@ -18,8 +18,14 @@ from patchkit.edit.diff import DiffReport, diff_checkpoints, resolve_dir
 from patchkit.edit.extract import ExtractResult, ReferenceCheck, compare_with_reference, recipe_from_diff
 from patchkit.errors import Fix, PatchkitError, RecipeError, VerifyError
 
-__all__ = ["diff_refs", "extract_recipe", "hub_offline", "resolve_then_apply", "resolve_unresolved",
-           "verify_against_reference"]
+__all__ = [
+    "diff_refs",
+    "extract_recipe",
+    "hub_offline",
+    "resolve_then_apply",
+    "resolve_unresolved",
+    "verify_against_reference",
+]
 
 
 def _is_hub_ref(ref: str | os.PathLike[str]) -> bool:
@@ -56,8 +62,14 @@ def diff_refs(a: str | os.PathLike[str], b: str | os.PathLike[str], *, progress:
     return diff_checkpoints(resolve_dir(a), resolve_dir(b), progress=progress)
 
 
-def extract_recipe(base: str | os.PathLike[str], fixed: str | os.PathLike[str], *, template: Any = None,
-                   name: str | None = None, progress: Progress | None = None) -> ExtractResult:
+def extract_recipe(
+    base: str | os.PathLike[str],
+    fixed: str | os.PathLike[str],
+    *,
+    template: Any = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> ExtractResult:
     """A resolved recipe reproducing FIXED from BASE (DiffError if any change is not expressible as recipe ops).
 
     Args:
@@ -92,7 +104,9 @@ def resolve_then_apply(recipe: Any, *, model: str | None = None, **apply_kwargs:
         return apply_recipe(recipe_obj, model=model, **apply_kwargs)
     resolved = resolve_unresolved(recipe_obj, model=model)
     result = apply_recipe(resolved.recipe, model=model, **apply_kwargs)
-    result.warnings.append(f"resolved {recipe_path or recipe_obj.name} from {resolved.reference} (patchkit recipe extract)")
+    result.warnings.append(
+        f"resolved {recipe_path or recipe_obj.name} from {resolved.reference} (patchkit recipe extract)"
+    )
     return result
 
 
@@ -108,8 +122,11 @@ def _base_ref(recipe: Any, model: str | None) -> str:
         return str(model)
     spec = recipe.model
     if not spec.repo:
-        raise RecipeError(f"{recipe.where('model')}: model.repo is missing; cannot tell which base to diff against",
-                          hint="add model.repo", fix=Fix("model", "REF"))
+        raise RecipeError(
+            f"{recipe.where('model')}: model.repo is missing; cannot tell which base to diff against",
+            hint="add model.repo",
+            fix=Fix("model", "REF"),
+        )
     return f"{spec.repo}@{spec.revision}" if spec.revision else spec.repo
 
 
@@ -123,28 +140,36 @@ def resolve_unresolved(recipe: Any, *, model: str | None = None, progress: Progr
     if res is None or res.method != "diff" or not res.reference:
         raise RecipeError(f"{head}: {how_to_resolve(recipe)}")
     if hub_offline():
-        raise RecipeError(f"{head} and resolving it from {res.reference} needs the Hub (HF_HUB_OFFLINE is set): "
-                          f"{how_to_resolve(recipe)}")
+        raise RecipeError(
+            f"{head} and resolving it from {res.reference} needs the Hub (HF_HUB_OFFLINE is set): "
+            f"{how_to_resolve(recipe)}"
+        )
     try:
         return extract_recipe(_base_ref(recipe, model), res.reference, template=recipe, progress=progress)
     except RecipeError:
         raise
     except PatchkitError as exc:
-        raise RecipeError(f"{head}; resolving it from {res.reference} failed ({exc}); {how_to_resolve(recipe)}") from None
+        raise RecipeError(
+            f"{head}; resolving it from {res.reference} failed ({exc}); {how_to_resolve(recipe)}"
+        ) from None
 
 
-
-def verify_against_reference(recipe: Any, *, model: str | None = None, progress: Progress | None = None) -> ReferenceCheck:
+def verify_against_reference(
+    recipe: Any, *, model: str | None = None, progress: Progress | None = None
+) -> ReferenceCheck:
     """Re-extract a diff-resolved recipe from its base and reference and compare edits and slice checksums."""
     from patchkit.recipe import load_recipe
 
     rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
     res = rec.resolution
-    reference = (res.reference if res is not None and res.method == "diff" else None) or \
-                (rec.source.reference if rec.source.kind == "diff" else None)
+    reference = (res.reference if res is not None and res.method == "diff" else None) or (
+        rec.source.reference if rec.source.kind == "diff" else None
+    )
     if not reference or (res is not None and res.status == "unresolved"):
-        raise VerifyError(f"{rec.path or rec.name}: not a recipe resolved by diff (no reference to re-check it against)",
-                          fix=Fix("patched", "DIR", "to verify a patched checkpoint instead"))
+        raise VerifyError(
+            f"{rec.path or rec.name}: not a recipe resolved by diff (no reference to re-check it against)",
+            fix=Fix("patched", "DIR", "to verify a patched checkpoint instead"),
+        )
     base = model or (rec.source.model_extra or {}).get("base") or _base_ref(rec, None)
     fresh = extract_recipe(base, reference, progress=progress)
     return compare_with_reference(rec, fresh)

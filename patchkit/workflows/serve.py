@@ -95,7 +95,9 @@ def create_app(backend: Any, model_name: str, *, max_batch: int = 32) -> Any:
 
     def _check(body: _Common) -> int:
         if body.model != model_name:
-            raise HTTPException(404, detail={"message": f"model {body.model!r} not found; this server serves {model_name!r}"})
+            raise HTTPException(
+                404, detail={"message": f"model {body.model!r} not found; this server serves {model_name!r}"}
+            )
         if body.stream:
             raise HTTPException(400, detail={"message": "stream=true is not supported by patchkit serve"})
         return body.max_completion_tokens or body.max_tokens or 256
@@ -111,15 +113,25 @@ def create_app(backend: Any, model_name: str, *, max_batch: int = 32) -> Any:
         else:
             choice = {"index": 0, "text": gen.text, "finish_reason": finish}
             obj = "text_completion"
-        return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": obj,
-                "created": int(time.time()), "model": model_name, "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": gen.tokens,
-                          "total_tokens": prompt_tokens + gen.tokens}}
+        return {
+            "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": obj,
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": gen.tokens,
+                "total_tokens": prompt_tokens + gen.tokens,
+            },
+        }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "patchkit"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "patchkit"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> dict[str, Any]:
@@ -129,17 +141,23 @@ def create_app(backend: Any, model_name: str, *, max_batch: int = 32) -> Any:
         if not users:
             raise HTTPException(400, detail={"message": "messages need a user message"})
         thinking = (body.chat_template_kwargs or {}).get("enable_thinking")
-        req = GenerationRequest(id=uuid.uuid4().hex, prompt=str(users[-1].get("content", "")), max_new_tokens=budget,
-                                seed=body.seed or 0, chat=True,
-                                system=str(systems[0].get("content")) if systems else None)
+        req = GenerationRequest(
+            id=uuid.uuid4().hex,
+            prompt=str(users[-1].get("content", "")),
+            max_new_tokens=budget,
+            seed=body.seed or 0,
+            chat=True,
+            system=str(systems[0].get("content")) if systems else None,
+        )
         gen = await batcher.submit(req, SamplingParams(body.temperature, body.top_p, thinking))
         return _response("chat", gen, 0)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody) -> dict[str, Any]:
         budget = _check(body)
-        req = GenerationRequest(id=uuid.uuid4().hex, prompt=body.prompt, max_new_tokens=budget, seed=body.seed or 0,
-                                chat=False)
+        req = GenerationRequest(
+            id=uuid.uuid4().hex, prompt=body.prompt, max_new_tokens=budget, seed=body.seed or 0, chat=False
+        )
         gen = await batcher.submit(req, SamplingParams(body.temperature, body.top_p))
         return _response("completion", gen, 0)
 
@@ -155,15 +173,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--early-stop", action="store_true", help="cut generations at a certain loop (finish_reason length)")
+    parser.add_argument(
+        "--early-stop", action="store_true", help="cut generations at a certain loop (finish_reason length)"
+    )
     args = parser.parse_args(argv)
     import uvicorn
 
     from patchkit.checks.detect import loop_stop_test
     from patchkit.generate.transformers_backend import TransformersBackend
 
-    backend = TransformersBackend.load(args.model, dtype=args.dtype, device=args.device, batch_size=args.max_batch,
-                                       early_stop=loop_stop_test if args.early_stop else None)
+    backend = TransformersBackend.load(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.max_batch,
+        early_stop=loop_stop_test if args.early_stop else None,
+    )
     app = create_app(backend, args.name or args.model, max_batch=args.max_batch)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

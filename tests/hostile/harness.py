@@ -74,9 +74,16 @@ def _limit_memory() -> None:  # runs in the child before exec
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def refuse(args: Sequence[str], *, names: str | Iterable[str], unchanged: Iterable[Path] = (),
-           absent: Iterable[Path] = (), codes: tuple[int, ...] = (1, 2), subprocess_run: bool = False,
-           cwd: Path | None = None) -> Refusal:
+def refuse(
+    args: Sequence[str],
+    *,
+    names: str | Iterable[str],
+    unchanged: Iterable[Path] = (),
+    absent: Iterable[Path] = (),
+    codes: tuple[int, ...] = (1, 2),
+    subprocess_run: bool = False,
+    cwd: Path | None = None,
+) -> Refusal:
     """Run `patchkit ARGS` on a hostile input and assert the whole refusal contract; return what it printed.
 
     names: text(s) the one error line must contain (the file, and `file:line` where there is one).
@@ -88,9 +95,15 @@ def refuse(args: Sequence[str], *, names: str | Iterable[str], unchanged: Iterab
     before = {p: tree_digest(p) for p in watched}
     start = time.perf_counter()
     if subprocess_run:
-        proc = subprocess.run([sys.executable, "-c", "from patchkit.cli import main; main()", *args],
-                              capture_output=True, text=True, timeout=TIME_LIMIT_S, preexec_fn=_limit_memory,
-                              cwd=cwd, env={**os.environ, "PATCHKIT_DEBUG": ""})
+        proc = subprocess.run(
+            [sys.executable, "-c", "from patchkit.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            timeout=TIME_LIMIT_S,
+            preexec_fn=_limit_memory,
+            cwd=cwd,
+            env={**os.environ, "PATCHKIT_DEBUG": ""},
+        )
         code, output = proc.returncode, proc.stdout + proc.stderr
     else:
         old = os.getcwd()
@@ -109,7 +122,7 @@ def refuse(args: Sequence[str], *, names: str | Iterable[str], unchanged: Iterab
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, f"expected exactly one error line:\n{output}"
-    for needle in ([names] if isinstance(names, str) else list(names)):
+    for needle in [names] if isinstance(names, str) else list(names):
         assert needle in errors[0], f"{needle!r} not named in: {errors[0]}"
     for p in absent:
         assert not os.path.lexists(p), f"{p} was written"

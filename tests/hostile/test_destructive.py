@@ -71,8 +71,9 @@ def test_force_refuses_a_directory_patchkit_did_not_write(tmp_path, recipe, base
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "chapter1.tex").write_text("years of work")
-    refuse(_apply(recipe, base, mine, "--force"), names=[str(mine), "not a patchkit apply output"],
-           unchanged=[mine, base])
+    refuse(
+        _apply(recipe, base, mine, "--force"), names=[str(mine), "not a patchkit apply output"], unchanged=[mine, base]
+    )
     _no_temps(tmp_path)
 
 
@@ -100,8 +101,7 @@ def test_force_refuses_a_file_or_a_link(tmp_path, recipe, base, kind):
         (tmp_path / "elsewhere").mkdir()
         (tmp_path / "elsewhere" / "data").write_text("x")
         target.symlink_to(tmp_path / "elsewhere")
-    refuse(_apply(recipe, base, target, "--force"), names=str(target),
-           unchanged=[target, tmp_path / "elsewhere", base])
+    refuse(_apply(recipe, base, target, "--force"), names=str(target), unchanged=[target, tmp_path / "elsewhere", base])
 
 
 def test_force_replaces_an_empty_directory_and_an_earlier_output(tmp_path, recipe, base):
@@ -120,10 +120,17 @@ def test_a_link_out_of_the_model_dir_is_refused_before_anything_is_written(tmp_p
     (base / "tokenizer_config.json").symlink_to(secret)
     out = tmp_path / "out"
     for extra in ((), ("--dry-run",)):
-        refuse(_apply(recipe, base, out, *extra), names="tokenizer_config.json", unchanged=[base, secret.parent],
-               absent=[out])
-    refuse(["apply", str(recipe), "--model", str(base), "--in-place"], names="tokenizer_config.json",
-           unchanged=[base, secret.parent])
+        refuse(
+            _apply(recipe, base, out, *extra),
+            names="tokenizer_config.json",
+            unchanged=[base, secret.parent],
+            absent=[out],
+        )
+    refuse(
+        ["apply", str(recipe), "--model", str(base), "--in-place"],
+        names="tokenizer_config.json",
+        unchanged=[base, secret.parent],
+    )
     _no_temps(tmp_path)
 
 
@@ -152,21 +159,41 @@ def test_links_inside_the_model_dir_are_followed(tmp_path, recipe, base):
 # --- in place: lock and journal ------------------------------------------------------------------------------------
 def test_in_place_on_a_locked_directory_is_refused(tmp_path, recipe, base):
     with DirLock(base):
-        refuse(["apply", str(recipe), "--model", str(base), "--in-place"],
-               names=f"another patchkit apply is running on {base}", unchanged=[base])
+        refuse(
+            ["apply", str(recipe), "--model", str(base), "--in-place"],
+            names=f"another patchkit apply is running on {base}",
+            unchanged=[base],
+        )
 
 
 def test_a_journal_naming_paths_outside_the_model_is_refused(tmp_path, recipe, base):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     shard = "model-00001-of-00002.safetensors"
-    (base / IN_PLACE_JOURNAL).write_text(json.dumps({
-        "patchkit_journal": 2, "state": "prepared", "recipe": "x",
-        "files": {shard: {"before_sha256": "0" * 64, "after_sha256": "1" * 64, "new": ".n.patchkit-tmp-new-1",
-                          "backup": "../victim.txt"}},
-        "provenance": ".p.patchkit-tmp-prov-1", "undo": ".u.patchkit-tmp-undo-1"}))
-    refuse(["apply", str(recipe), "--model", str(base), "--in-place"], names=[IN_PLACE_JOURNAL, "../victim.txt"],
-           unchanged=[base, victim])
+    (base / IN_PLACE_JOURNAL).write_text(
+        json.dumps(
+            {
+                "patchkit_journal": 2,
+                "state": "prepared",
+                "recipe": "x",
+                "files": {
+                    shard: {
+                        "before_sha256": "0" * 64,
+                        "after_sha256": "1" * 64,
+                        "new": ".n.patchkit-tmp-new-1",
+                        "backup": "../victim.txt",
+                    }
+                },
+                "provenance": ".p.patchkit-tmp-prov-1",
+                "undo": ".u.patchkit-tmp-undo-1",
+            }
+        )
+    )
+    refuse(
+        ["apply", str(recipe), "--model", str(base), "--in-place"],
+        names=[IN_PLACE_JOURNAL, "../victim.txt"],
+        unchanged=[base, victim],
+    )
 
 
 # --- output names -------------------------------------------------------------------------------------------------
@@ -201,15 +228,18 @@ def test_push_refuses_a_file_holding_the_token_without_printing_it(tmp_path, out
     config = json.loads((output / "tokenizer_config.json").read_text() or "{}")
     config["auth"] = TOKEN
     (output / "tokenizer_config.json").write_text(json.dumps(config))
-    r = refuse(["push", str(output), "--repo", "alice/x", "--dry-run"],
-               names=["tokenizer_config.json", "contains your Hugging Face token"], unchanged=[output])
+    r = refuse(
+        ["push", str(output), "--repo", "alice/x", "--dry-run"],
+        names=["tokenizer_config.json", "contains your Hugging Face token"],
+        unchanged=[output],
+    )
     assert TOKEN not in r.output
 
 
 def test_push_finds_the_token_inside_a_shard(tmp_path, output):
     shard = output / "model-00002-of-00002.safetensors"
     data = bytearray(shard.read_bytes())
-    data[-len(TOKEN):] = TOKEN.encode()
+    data[-len(TOKEN) :] = TOKEN.encode()
     shard.write_bytes(bytes(data))
     r = refuse(["push", str(output), "--repo", "alice/x", "--dry-run"], names=shard.name, unchanged=[output])
     assert TOKEN not in r.output
@@ -218,12 +248,18 @@ def test_push_finds_the_token_inside_a_shard(tmp_path, output):
 def test_push_refuses_links_out_and_special_files(tmp_path, output, secret):
     (output / "tokenizer_config.json").unlink()
     (output / "tokenizer_config.json").symlink_to(secret)
-    refuse(["push", str(output), "--repo", "alice/x", "--dry-run"], names=["tokenizer_config.json", "outside"],
-           unchanged=[output, secret.parent])
+    refuse(
+        ["push", str(output), "--repo", "alice/x", "--dry-run"],
+        names=["tokenizer_config.json", "outside"],
+        unchanged=[output, secret.parent],
+    )
     (output / "tokenizer_config.json").unlink()
     os.mkfifo(output / "tokenizer_config.json")
-    refuse(["push", str(output), "--repo", "alice/x", "--dry-run"], names=["tokenizer_config.json", "FIFO"],
-           unchanged=[output])
+    refuse(
+        ["push", str(output), "--repo", "alice/x", "--dry-run"],
+        names=["tokenizer_config.json", "FIFO"],
+        unchanged=[output],
+    )
 
 
 # --- verify / diff never trust the stat cache ----------------------------------------------------------------------

@@ -47,11 +47,16 @@ def _config_duplicate_key(b: Path, tmp_path: Path) -> str:
     return "config.json"
 
 
-@pytest.mark.parametrize("make", [_config_link_out, _fifo_shard, _index_escapes, _config_duplicate_key],
-                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "make", [_config_link_out, _fifo_shard, _index_escapes, _config_duplicate_key], ids=lambda f: f.__name__.strip("_")
+)
 def test_diff_refuses_a_hostile_side(pair, tmp_path, make):
     a, b = pair
     named = make(b, tmp_path)
     out = tmp_path / "r.yaml"
-    refuse(["diff", str(a), str(b), "--as-recipe", "-o", str(out)], names=named, unchanged=[a, tmp_path / "secret.json"]
-           if (tmp_path / "secret.json").exists() else [a], absent=[out])
+    refuse(
+        ["diff", str(a), str(b), "--as-recipe", "-o", str(out)],
+        names=named,
+        unchanged=[a, tmp_path / "secret.json"] if (tmp_path / "secret.json").exists() else [a],
+        absent=[out],
+    )

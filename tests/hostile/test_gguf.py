@@ -65,9 +65,18 @@ BASE_TENSORS = [tinfo("token_embd.weight", [8, 4], F32, 0), tinfo("blk.0.attn_no
 BASE_DATA = bytes(160)
 
 
-def raw_gguf(path: Path, kvs: list[bytes] | None = None, tensors: list[bytes] | None = None,
-             data: bytes | None = None, *, magic: bytes = b"GGUF", version: int = 3, n_tensors: int | None = None,
-             n_kv: int | None = None, alignment: int = 32) -> Path:
+def raw_gguf(
+    path: Path,
+    kvs: list[bytes] | None = None,
+    tensors: list[bytes] | None = None,
+    data: bytes | None = None,
+    *,
+    magic: bytes = b"GGUF",
+    version: int = 3,
+    n_tensors: int | None = None,
+    n_kv: int | None = None,
+    alignment: int = 32,
+) -> Path:
     """A GGUF written byte by byte; every count defaults to the truth and can be set to a lie."""
     kvs = BASE_KVS if kvs is None else kvs
     tensors = BASE_TENSORS if tensors is None else tensors
@@ -80,9 +89,19 @@ def raw_gguf(path: Path, kvs: list[bytes] | None = None, tensors: list[bytes] | 
     return path
 
 
-def tiny_llama_gguf(path: Path, *, layers: int = 2, block_count: int | None = None, arch: str = "llama",
-                    hidden: int = 32, ff: int = 64, ff_meta: int | None = None, vocab: int = 300,
-                    drop: tuple[str, ...] = (), int_tokens: bool = False) -> Path:
+def tiny_llama_gguf(
+    path: Path,
+    *,
+    layers: int = 2,
+    block_count: int | None = None,
+    arch: str = "llama",
+    hidden: int = 32,
+    ff: int = 64,
+    ff_meta: int | None = None,
+    vocab: int = 300,
+    drop: tuple[str, ...] = (),
+    int_tokens: bool = False,
+) -> Path:
     """A small llama GGUF (f32, byte-level BPE tokenizer) that transformers loads in about a second."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny")
@@ -162,6 +181,7 @@ def _cut(fraction: float) -> Builder:
         p = d / "model.gguf"
         p.write_bytes(data[: int(len(data) * fraction)])
         return p
+
     return build
 
 
@@ -183,15 +203,19 @@ CASES: dict[str, Builder] = {
     "kv-count-one-too-many": lambda d: raw_gguf(d / "model.gguf", n_kv=len(BASE_KVS) + 1),
     "key-length-2^60": lambda d: raw_gguf(d / "model.gguf", [gstr(b"general.architecture", 1 << 60) + u32(STR)]),
     "string-value-length-2^60": lambda d: raw_gguf(
-        d / "model.gguf", [kv("general.architecture", STR, gstr("llama", 1 << 60))]),
+        d / "model.gguf", [kv("general.architecture", STR, gstr("llama", 1 << 60))]
+    ),
     "tensor-name-length-2^60": lambda d: raw_gguf(d / "model.gguf", tensors=[gstr(b"x", 1 << 60)]),
     "u8-array-length-2^60": lambda d: raw_gguf(
-        d / "model.gguf", [*BASE_KVS, kv("tokenizer.ggml.token_type", ARR, u32(U8) + u64(1 << 60) + b"\x01")]),
+        d / "model.gguf", [*BASE_KVS, kv("tokenizer.ggml.token_type", ARR, u32(U8) + u64(1 << 60) + b"\x01")]
+    ),
     "string-array-length-2^40": lambda d: raw_gguf(
-        d / "model.gguf", [*BASE_KVS, kv("tokenizer.ggml.tokens", ARR, u32(STR) + u64(1 << 40) + gstr("a"))]),
+        d / "model.gguf", [*BASE_KVS, kv("tokenizer.ggml.tokens", ARR, u32(STR) + u64(1 << 40) + gstr("a"))]
+    ),
     "array-elements-over-cap": lambda d: raw_gguf(
-        d / "model.gguf", [*BASE_KVS, kv("junk", ARR, u32(U8) + u64(gh.MAX_ARRAY_ELEMENTS + 1)
-                                      + bytes(gh.MAX_ARRAY_ELEMENTS + 1))]),
+        d / "model.gguf",
+        [*BASE_KVS, kv("junk", ARR, u32(U8) + u64(gh.MAX_ARRAY_ELEMENTS + 1) + bytes(gh.MAX_ARRAY_ELEMENTS + 1))],
+    ),
     "array-nested-50-deep": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv("deep", ARR, nested_array(50))]),
     "array-nested-5000-deep": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv("deep", ARR, nested_array(5000))]),
     # types, names and values that are not what they claim
@@ -200,47 +224,65 @@ CASES: dict[str, Builder] = {
     "duplicate-key": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv_u32("llama.block_count", 1)]),
     "key-not-utf8": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv(b"\xff\xfe", U32, u32(1))]),
     "architecture-not-utf8": lambda d: raw_gguf(
-        d / "model.gguf", [kv("general.architecture", STR, gstr(b"ll\xffma")), BASE_KVS[1]]),
+        d / "model.gguf", [kv("general.architecture", STR, gstr(b"ll\xffma")), BASE_KVS[1]]
+    ),
     "alignment-zero": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv_u32("general.alignment", 0)]),
     "alignment-not-power-of-two": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv_u32("general.alignment", 48)]),
     "alignment-is-a-string": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv_str("general.alignment", "32")]),
     # tensor infos
-    "unknown-ggml-type": lambda d: raw_gguf(d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo(
-        "blk.0.attn_norm.weight", [8], 99, 128)]),
-    "removed-ggml-type-q4_2": lambda d: raw_gguf(d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo(
-        "blk.0.attn_norm.weight", [8], 4, 128)]),
-    "dimension-2^64-1": lambda d: raw_gguf(d / "model.gguf", tensors=[tinfo("token_embd.weight", [8, (1 << 64) - 1]),
-                                                                     BASE_TENSORS[1]]),
-    "dimensions-overflow-int64": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        tinfo("token_embd.weight", [1 << 32, 1 << 32, 1 << 32]), BASE_TENSORS[1]]),
-    "five-dimensions": lambda d: raw_gguf(d / "model.gguf", tensors=[tinfo("token_embd.weight", [2, 2, 2, 2, 2]),
-                                                                    BASE_TENSORS[1]]),
+    "unknown-ggml-type": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], 99, 128)]
+    ),
+    "removed-ggml-type-q4_2": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], 4, 128)]
+    ),
+    "dimension-2^64-1": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[tinfo("token_embd.weight", [8, (1 << 64) - 1]), BASE_TENSORS[1]]
+    ),
+    "dimensions-overflow-int64": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[tinfo("token_embd.weight", [1 << 32, 1 << 32, 1 << 32]), BASE_TENSORS[1]]
+    ),
+    "five-dimensions": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[tinfo("token_embd.weight", [2, 2, 2, 2, 2]), BASE_TENSORS[1]]
+    ),
     "n-dims-2^31": lambda d: raw_gguf(d / "model.gguf", tensors=[gstr("token_embd.weight") + u32(1 << 31)]),
-    "row-not-whole-blocks": lambda d: raw_gguf(d / "model.gguf", tensors=[tinfo("token_embd.weight", [33, 1], Q4_0),
-                                                                         BASE_TENSORS[1]]),
-    "tensor-offset-outside-file": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], F32, 1 << 40)]),
-    "tensor-offset-2^64-32": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], F32, (1 << 64) - 32)]),
-    "tensor-size-outside-file": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [1 << 20], F32, 128)]),
-    "tensor-offset-misaligned": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [4], F32, 130)]),
-    "tensors-overlap": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], F32, 96)]),
-    "duplicate-tensor-name": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo("token_embd.weight", [8], F32, 128)]),
-    "tensor-name-not-utf8": lambda d: raw_gguf(d / "model.gguf", tensors=[
-        BASE_TENSORS[0], tinfo(b"blk.0.\xc3(", [8], F32, 128)]),
+    "row-not-whole-blocks": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[tinfo("token_embd.weight", [33, 1], Q4_0), BASE_TENSORS[1]]
+    ),
+    "tensor-offset-outside-file": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], F32, 1 << 40)]
+    ),
+    "tensor-offset-2^64-32": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], F32, (1 << 64) - 32)]
+    ),
+    "tensor-size-outside-file": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [1 << 20], F32, 128)]
+    ),
+    "tensor-offset-misaligned": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [4], F32, 130)]
+    ),
+    "tensors-overlap": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("blk.0.attn_norm.weight", [8], F32, 96)]
+    ),
+    "duplicate-tensor-name": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo("token_embd.weight", [8], F32, 128)]
+    ),
+    "tensor-name-not-utf8": lambda d: raw_gguf(
+        d / "model.gguf", tensors=[BASE_TENSORS[0], tinfo(b"blk.0.\xc3(", [8], F32, 128)]
+    ),
     "trailing-bytes": lambda d: raw_gguf(d / "model.gguf", data=BASE_DATA + bytes(gh.MAX_TRAILING_BYTES + 1)),
     # metadata that does not describe the tensors (or no model transformers can build)
     "no-architecture": lambda d: raw_gguf(d / "model.gguf", [BASE_KVS[1]]),
     "no-block-count": lambda d: raw_gguf(d / "model.gguf", [BASE_KVS[0]]),
     "block-count-is-a-string": lambda d: raw_gguf(d / "model.gguf", [BASE_KVS[0], kv_str("llama.block_count", "1")]),
-    "block-count-2^32-1": lambda d: raw_gguf(d / "model.gguf", [BASE_KVS[0], kv_u32("llama.block_count", (1 << 32) - 1)]),
+    "block-count-2^32-1": lambda d: raw_gguf(
+        d / "model.gguf", [BASE_KVS[0], kv_u32("llama.block_count", (1 << 32) - 1)]
+    ),
     "says-30-layers-has-29": lambda d: tiny_llama_gguf(d / "model.gguf", layers=29, block_count=30, hidden=8, ff=8),
     "tensor-beyond-block-count": lambda d: tiny_llama_gguf(d / "model.gguf", layers=3, block_count=2),
-    "one-part-of-a-split": lambda d: raw_gguf(d / "model.gguf", [*BASE_KVS, kv("split.count", 2, struct.pack("<H", 3))]),
+    "one-part-of-a-split": lambda d: raw_gguf(
+        d / "model.gguf", [*BASE_KVS, kv("split.count", 2, struct.pack("<H", 3))]
+    ),
     "unsupported-architecture": lambda d: tiny_llama_gguf(d / "model.gguf", arch="frobnicator"),
     "encoder-only-architecture": lambda d: tiny_llama_gguf(d / "model.gguf", arch="bert"),
     "architecture-named-tokenizer": lambda d: tiny_llama_gguf(d / "model.gguf", arch="tokenizer"),
@@ -248,9 +290,17 @@ CASES: dict[str, Builder] = {
 }
 
 #: Cases that would exhaust memory or loop forever in a naive reader: run in a child under the 4 GiB limit.
-MEMORY_BOMBS = {"tensor-count-2^63", "kv-count-2^62", "key-length-2^60", "string-value-length-2^60",
-                "tensor-name-length-2^60", "u8-array-length-2^60", "string-array-length-2^40",
-                "dimensions-overflow-int64", "array-nested-5000-deep"}
+MEMORY_BOMBS = {
+    "tensor-count-2^63",
+    "kv-count-2^62",
+    "key-length-2^60",
+    "string-value-length-2^60",
+    "tensor-name-length-2^60",
+    "u8-array-length-2^60",
+    "string-array-length-2^40",
+    "dimensions-overflow-int64",
+    "array-nested-5000-deep",
+}
 
 #: Cases that pass every header check and reach transformers, which must not build a wrong model from them.
 LOAD_CASES: dict[str, Builder] = {
@@ -263,8 +313,14 @@ LOAD_CASES: dict[str, Builder] = {
 
 def _import_refused(path: Path, tmp_path: Path, *, subprocess_run: bool = False, unchanged: bool = True):
     out = tmp_path / "out"
-    return refuse(["import-gguf", str(path), "-o", str(out)], names=[str(path)],
-                  unchanged=[path] if unchanged else [], absent=[out], codes=(2,), subprocess_run=subprocess_run)
+    return refuse(
+        ["import-gguf", str(path), "-o", str(out)],
+        names=[str(path)],
+        unchanged=[path] if unchanged else [],
+        absent=[out],
+        codes=(2,),
+        subprocess_run=subprocess_run,
+    )
 
 
 def _fresh(tmp_path: Path) -> Path:
@@ -276,8 +332,10 @@ def _fresh(tmp_path: Path) -> Path:
 def test_the_base_of_the_raw_cases_is_valid(tmp_path):
     """Each raw case differs from this file in one lie, so it is that lie that gets refused."""
     header = gh.validate_gguf(raw_gguf(tmp_path / "base.gguf"))
-    assert header.architecture == "llama" and [t.name for t in header.tensors] == ["token_embd.weight",
-                                                                                  "blk.0.attn_norm.weight"]
+    assert header.architecture == "llama" and [t.name for t in header.tensors] == [
+        "token_embd.weight",
+        "blk.0.attn_norm.weight",
+    ]
     assert header.tensors[1].end == header.size
 
 
@@ -301,11 +359,19 @@ def test_gguf_that_would_load_as_a_wrong_model_is_refused(case, tmp_path):
 def test_strings_from_the_file_are_printed_escaped(tmp_path):
     """A terminal escape in the file's metadata or tensor names never reaches the user's terminal raw."""
     d = _fresh(tmp_path)
-    for i, (kvs, tensors) in enumerate([
-        ([kv_str("general.architecture", "\x1b[2J\x1b]0;pwned\x07llama"), BASE_KVS[1]], None),
-        (None, [BASE_TENSORS[0], tinfo("blk.0.\x1b[31mattn_norm.weight", [8], F32, 128),
-                tinfo("blk.0.\x1b[31mattn_norm.weight", [8], F32, 160)]),
-    ]):
+    for i, (kvs, tensors) in enumerate(
+        [
+            ([kv_str("general.architecture", "\x1b[2J\x1b]0;pwned\x07llama"), BASE_KVS[1]], None),
+            (
+                None,
+                [
+                    BASE_TENSORS[0],
+                    tinfo("blk.0.\x1b[31mattn_norm.weight", [8], F32, 128),
+                    tinfo("blk.0.\x1b[31mattn_norm.weight", [8], F32, 160),
+                ],
+            ),
+        ]
+    ):
         path = raw_gguf(d / f"m{i}.gguf", kvs, tensors, bytes(192))
         refusal = _import_refused(path, tmp_path)
         assert "\x1b" not in refusal.output and "\\x1b" in refusal.error_line

@@ -69,6 +69,7 @@ class Case:
 
 # --- builders for what is not plain file content ----------------------------------------------------------
 
+
 def _fifo(d: Path) -> Path:
     p = d / "fifo.yaml"
     os.mkfifo(p)
@@ -80,6 +81,7 @@ def _link(target: str | Path) -> Builder:
         p = d / "link.yaml"
         p.symlink_to(target(d) if callable(target) else target)
         return p
+
     return build
 
 
@@ -117,19 +119,25 @@ CASES: dict[str, Case] = {
     "huge-file": Case(_huge, None, f"too large for a recipe (limit {MAX_RECIPE_BYTES})", apply=True),
     "sparse-10-GiB": Case(_sparse, None, "too large for a recipe", watch=False),
     "utf-16": Case(HEAD.encode("utf-16"), 1, "UTF-16 text, not UTF-8"),
-    "latin-1-byte": Case(extra("description: caf\xe9\n").encode("latin-1"), 5, "not UTF-8 text (byte 0xe9)", apply=True),
+    "latin-1-byte": Case(
+        extra("description: caf\xe9\n").encode("latin-1"), 5, "not UTF-8 text (byte 0xe9)", apply=True
+    ),
     "encoded-surrogate": Case(extra("description: ").encode() + b"\xed\xa0\x80\n", 5, "not UTF-8"),
     "overlong-utf8": Case(extra("description: ").encode() + b"\xc0\xaf\n", 5, "not UTF-8"),
     "nul-byte": Case(extra("description: a\x00b\n"), 5, "control character U+0000"),
     "bell-raw": Case(extra("description: a\x07b\n"), 5, "control character U+0007"),
     "escape-raw": Case(extra("description: \x1b[2Jcleared\n"), 5, "control character U+001B"),
-    "bidi-override-in-comment": Case(extra("# \u202e }]oreZ :po ,1 :noruen{\n"), 5, "bidirectional control U+202E", apply=True),
+    "bidi-override-in-comment": Case(
+        extra("# \u202e }]oreZ :po ,1 :noruen{\n"), 5, "bidirectional control U+202E", apply=True
+    ),
     "bidi-isolate-in-value": Case(extra("description: ok\u2066 hidden\n"), 5, "bidirectional control U+2066"),
     "next-line-char": Case(extra("description: a\x85op: invert\n"), 5, "Unicode line break U+0085"),
     "line-separator": Case(extra("description: a\u2028b\n"), 5, "Unicode line break U+2028"),
     "lone-carriage-return": Case(extra("description: a\rname: evil\n"), 5, "carriage return"),
     "bom-in-the-middle": Case(extra("description: a\ufeffb\n"), 5, "byte order mark"),
-    "escaped-control-in-value": Case(extra('description: "\\e[2J"\n'), 5, "description: contains control character U+001B"),
+    "escaped-control-in-value": Case(
+        extra('description: "\\e[2J"\n'), 5, "description: contains control character U+001B"
+    ),
     "escaped-bidi-in-value": Case(extra('description: "abc\\u202edef"\n'), 5, "bidirectional control U+202E"),
     "escaped-nul-in-key": Case(extra('"a\\0b": 1\n'), 5, "a key contains control character U+0000"),
     # --- not a recipe-shaped document ---------------------------------------------------------------------
@@ -142,8 +150,11 @@ CASES: dict[str, Case] = {
     "yaml-syntax": Case(HEAD + "edits: [{layer: 0\n", 5, "YAML syntax error"),
     "duplicate-key": Case(extra("name: again\n"), 5, "name: duplicate key (first at line 2)", apply=True),
     "duplicate-key-in-edit": Case(edit("layer: 0, layer: 1, neuron: 1, op: zero"), 4, "layer: duplicate key"),
-    "duplicate-anchor": Case(HEAD + "edits:\n  - {layer: &a 0, neuron: 1, op: zero}\n  - {layer: &a 1, neuron: *a, op: zero}\n",
-                             6, "anchor &a is defined twice (first at line 5)"),
+    "duplicate-anchor": Case(
+        HEAD + "edits:\n  - {layer: &a 0, neuron: 1, op: zero}\n  - {layer: &a 1, neuron: *a, op: zero}\n",
+        6,
+        "anchor &a is defined twice (first at line 5)",
+    ),
     "recursive-alias": Case(HEAD + "edits:\n  - {layer: &a [0, *a], neuron: 1, op: zero}\n", 5, "edits[0].layer[1]"),
     "unknown-top-key": Case(extra("edit: []\n"), 5, "edit: unknown key"),
     "unknown-edit-key": Case(edit("layer: 0, neuron: 1, op: zero, sign: -1"), 4, "edits[0].sign: unknown key"),
@@ -171,75 +182,150 @@ CASES: dict[str, Case] = {
     "name-a-date": Case(name("2026-11-24"), 2, "read 2026-11-24 as a date"),
     "name-an-impossible-date": Case(name("2026-02-30"), 2, "not a valid date"),
     # --- loose types ------------------------------------------------------------------------------------------
-    "patchkit-true": Case("patchkit: true\nname: t\nsource: {kind: manual}\n" + EDIT, 1, "schema version true is not supported"),
-    "patchkit-float": Case("patchkit: 1.0\nname: t\nsource: {kind: manual}\n" + EDIT, 1, "schema version 1.0 is not supported"),
-    "patchkit-text": Case('patchkit: "1"\nname: t\nsource: {kind: manual}\n' + EDIT, 1, "schema version '1' is not supported"),
-    "layer-true": Case(edit("layer: true, neuron: 1, op: zero"), 4, "edits[0].layer: must be an index or a list of indices, got true", apply=True),
+    "patchkit-true": Case(
+        "patchkit: true\nname: t\nsource: {kind: manual}\n" + EDIT, 1, "schema version true is not supported"
+    ),
+    "patchkit-float": Case(
+        "patchkit: 1.0\nname: t\nsource: {kind: manual}\n" + EDIT, 1, "schema version 1.0 is not supported"
+    ),
+    "patchkit-text": Case(
+        'patchkit: "1"\nname: t\nsource: {kind: manual}\n' + EDIT, 1, "schema version '1' is not supported"
+    ),
+    "layer-true": Case(
+        edit("layer: true, neuron: 1, op: zero"),
+        4,
+        "edits[0].layer: must be an index or a list of indices, got true",
+        apply=True,
+    ),
     "layer-false": Case(edit("layer: false, neuron: 1, op: zero"), 4, "got false (a boolean)"),
-    "neuron-quoted": Case(edit('layer: 0, neuron: "2", op: zero'), 4, "edits[0].neuron: must be an index or a list of indices, got '2' (text)", apply=True),
+    "neuron-quoted": Case(
+        edit('layer: 0, neuron: "2", op: zero'),
+        4,
+        "edits[0].neuron: must be an index or a list of indices, got '2' (text)",
+        apply=True,
+    ),
     "neuron-float": Case(edit("layer: 0, neuron: 2.0, op: zero"), 4, "got 2.0 (a decimal number)"),
     "neuron-fraction": Case(edit("layer: 0, neuron: 1.5, op: zero"), 4, "got 1.5"),
     "neuron-null": Case(edit("layer: 0, neuron: ~, op: zero"), 4, "got null"),
     "neuron-mapping": Case(edit("layer: 0, neuron: {n: 1}, op: zero"), 4, "edits[0].neuron"),
-    "neuron-list-with-bool": Case(edit("layer: 0, neuron: [1, true], op: zero"), 4, "edits[0].neuron[1]: must be an index"),
+    "neuron-list-with-bool": Case(
+        edit("layer: 0, neuron: [1, true], op: zero"), 4, "edits[0].neuron[1]: must be an index"
+    ),
     "neuron-list-with-text": Case(edit('layer: 0, neuron: [1, "2"], op: zero'), 4, "edits[0].neuron[1]"),
     "expert-text": Case(edit('layer: 0, expert: "3", op: suppress'), 4, "edits[0].expert"),
     "op-integer": Case(edit("layer: 0, neuron: 1, op: 1"), 4, "edits[0].op: 1 is not allowed"),
     "op-boolean": Case(edit("layer: 0, neuron: 1, op: true"), 4, "edits[0].op: true is not allowed"),
     "op-list": Case(edit("layer: 0, neuron: 1, op: [zero]"), 4, "edits[0].op"),
     "tensor-integer": Case(edit("layer: 0, neuron: 1, op: zero, tensor: 1"), 4, "edits[0].tensor"),
-    "factor-text": Case(edit('layer: 0, neuron: 1, op: scale, factor: "0.5"'), 4, "edits[0].factor: must be a number, got '0.5' (text)", apply=True),
-    "factor-true": Case(edit("layer: 0, neuron: 1, op: scale, factor: true"), 4, "edits[0].factor: must be a number, got true"),
+    "factor-text": Case(
+        edit('layer: 0, neuron: 1, op: scale, factor: "0.5"'),
+        4,
+        "edits[0].factor: must be a number, got '0.5' (text)",
+        apply=True,
+    ),
+    "factor-true": Case(
+        edit("layer: 0, neuron: 1, op: scale, factor: true"), 4, "edits[0].factor: must be a number, got true"
+    ),
     "factor-list": Case(edit("layer: 0, neuron: 1, op: scale, factor: [0.5]"), 4, "edits[0].factor: must be a number"),
-    "factor-negative-zero": Case(edit("layer: 0, neuron: 1, op: scale, factor: -0.0"), 4, "write `op: zero`", apply=True),
+    "factor-negative-zero": Case(
+        edit("layer: 0, neuron: 1, op: scale, factor: -0.0"), 4, "write `op: zero`", apply=True
+    ),
     "factor-zero": Case(edit("layer: 0, neuron: 1, op: scale, factor: 0"), 4, "write `op: zero`"),
-    "factor-nan": Case(edit("layer: 0, neuron: 1, op: scale, factor: .nan"), 4, "nan is not a finite number", apply=True),
+    "factor-nan": Case(
+        edit("layer: 0, neuron: 1, op: scale, factor: .nan"), 4, "nan is not a finite number", apply=True
+    ),
     "factor-inf": Case(edit("layer: 0, neuron: 1, op: scale, factor: .inf"), 4, "inf is not a finite number"),
-    "factor-overflows-to-inf": Case(edit("layer: 0, neuron: 1, op: scale, factor: 1e999"), 4, "inf is not a finite number"),
+    "factor-overflows-to-inf": Case(
+        edit("layer: 0, neuron: 1, op: scale, factor: 1e999"), 4, "inf is not a finite number"
+    ),
     "factor-on-zero-op": Case(edit("layer: 0, neuron: 1, op: zero, factor: 0.5"), 4, "op zero takes no factor"),
-    "private-yes-quoted": Case(extra('publish: {repo: a/b, private: "yes"}\n'), 5, "publish.private: must be true or false, got 'yes'"),
+    "private-yes-quoted": Case(
+        extra('publish: {repo: a/b, private: "yes"}\n'), 5, "publish.private: must be true or false, got 'yes'"
+    ),
     "private-yes": Case(extra("publish: {repo: a/b, private: yes}\n"), 5, "publish.private: must be true or false"),
     "private-one": Case(extra("publish: {repo: a/b, private: 1}\n"), 5, "got 1 (an integer)"),
-    "gate-rate-text": Case(extra('checks: {loops: {max_loop_rate: "0.1"}}\n'), 5, "checks.loops.max_loop_rate: must be a number"),
+    "gate-rate-text": Case(
+        extra('checks: {loops: {max_loop_rate: "0.1"}}\n'), 5, "checks.loops.max_loop_rate: must be a number"
+    ),
     "gate-rate-nan": Case(extra("checks: {loops: {max_loop_rate: .nan}}\n"), 5, "must be a finite number"),
     "gate-temperature-inf": Case(extra("checks: {loops: {temperature: .inf}}\n"), 5, "checks.loops.temperature"),
-    "gate-samples-float": Case(extra("checks: {loops: {samples: 3.0}}\n"), 5, "checks.loops.samples: must be a whole number"),
+    "gate-samples-float": Case(
+        extra("checks: {loops: {samples: 3.0}}\n"), 5, "checks.loops.samples: must be a whole number"
+    ),
     "gate-samples-bool": Case(extra("checks: {loops: {samples: true}}\n"), 5, "checks.loops.samples"),
     "gate-samples-a-billion": Case(extra("checks: {loops: {samples: 1000000000}}\n"), 5, "must be <= 1000"),
-    "gate-tokens-a-billion": Case(extra("checks: {loops: {max_new_tokens: 1000000000}}\n"), 5, "checks.loops.max_new_tokens: must be <="),
+    "gate-tokens-a-billion": Case(
+        extra("checks: {loops: {max_new_tokens: 1000000000}}\n"), 5, "checks.loops.max_new_tokens: must be <="
+    ),
     "gate-tasks-text": Case(extra("checks: {bench: {tasks: ppl}}\n"), 5, "checks.bench.tasks: must be a list"),
     # --- numbers too long to convert, indices beyond any model ----------------------------------------------
-    "neuron-5000-digits": Case(edit("layer: 0, neuron: " + "9" * 5000 + ", op: zero"), 4,
-                               "edits[0].neuron: a number written with 5000 characters is too long", apply=True, bomb=True),
+    "neuron-5000-digits": Case(
+        edit("layer: 0, neuron: " + "9" * 5000 + ", op: zero"),
+        4,
+        "edits[0].neuron: a number written with 5000 characters is too long",
+        apply=True,
+        bomb=True,
+    ),
     "neuron-hex-5000-digits": Case(edit("layer: 0, neuron: 0x" + "f" * 5000 + ", op: zero"), 4, "is too long"),
-    "factor-5000-digits": Case(edit("layer: 0, neuron: 1, op: scale, factor: 0." + "5" * 5000), 4, "edits[0].factor: a number written with"),
+    "factor-5000-digits": Case(
+        edit("layer: 0, neuron: 1, op: scale, factor: 0." + "5" * 5000), 4, "edits[0].factor: a number written with"
+    ),
     "underscored-number": Case(edit("layer: 0, neuron: 1" + "_" * 200 + "1, op: zero"), 4, "is too long"),
     "layer-beyond-int32": Case(edit(f"layer: {MAX_INDEX + 1}, neuron: 1, op: zero"), 4, "is beyond any model"),
-    "negative-in-list": Case(edit("layer: 0, neuron: [1, -1], op: zero"), 4, "edits[0].neuron[1]: indices must be >= 0"),
+    "negative-in-list": Case(
+        edit("layer: 0, neuron: [1, -1], op: zero"), 4, "edits[0].neuron[1]: indices must be >= 0"
+    ),
     "int-tag-on-fraction": Case(edit("layer: 0, neuron: !!int 1.5, op: zero"), 4, "is not a valid integer"),
     "float-tag-on-text": Case(edit("layer: 0, neuron: 1, op: scale, factor: !!float half"), 4, "is not a valid number"),
     "bool-tag-on-maybe": Case(extra("publish: {private: !!bool maybe}\n"), 5, "is not a valid boolean"),
     # --- time and memory bombs ------------------------------------------------------------------------------
-    "deep-flow-lists": Case(extra("description: " + "[" * 10_000 + "]" * 10_000 + "\n"), 5, "nests deeper than 64 levels",
-                            apply=True, bomb=True),
-    "deep-flow-maps": Case(extra("description: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n"), 5, "nests deeper", bomb=True),
+    "deep-flow-lists": Case(
+        extra("description: " + "[" * 10_000 + "]" * 10_000 + "\n"),
+        5,
+        "nests deeper than 64 levels",
+        apply=True,
+        bomb=True,
+    ),
+    "deep-flow-maps": Case(
+        extra("description: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n"), 5, "nests deeper", bomb=True
+    ),
     "deep-block-sequences": Case(extra("description:\n" + "- " * 10_000 + "x\n"), 6, "nests deeper", bomb=True),
-    "deep-block-maps": Case(extra("deep:\n" + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(1000))), 68, "nests deeper"),  # the key of level 65
-    "deep-through-aliases": Case(_alias_chain(5000), 70, "nests deeper than 64 levels (through YAML aliases)",
-                                 bomb=True),  # x63, 65 levels down
+    "deep-block-maps": Case(
+        extra("deep:\n" + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(1000))), 68, "nests deeper"
+    ),  # the key of level 65
+    "deep-through-aliases": Case(
+        _alias_chain(5000), 70, "nests deeper than 64 levels (through YAML aliases)", bomb=True
+    ),  # x63, 65 levels down
     "billion-laughs": Case(_laughs(), 9, f"expands to more than {MAX_NODES} values", apply=True, bomb=True),
-    "wide-list": Case(edit("layer: 0, neuron: [" + ", ".join(["1"] * 200_000) + "], op: zero"), 4,
-                      f"expands to more than {MAX_NODES} values", bomb=True),
-    "expansion-bomb": Case(edit(f"layer: [{ints(100)}], neuron: [{ints(10_000)}], op: zero"), 4,
-                           f"expands to more than {MAX_EXPANDED_EDITS:,} (layer, neuron) slices", apply=True, bomb=True),
-    "expansion-across-edits": Case(HEAD + "edits:\n" + "".join(
-        f"  - {{layer: [{ints(10)}], neuron: [{ints(1000, 1000 * i)}], op: zero}}\n" for i in range(11)), 15,
-        "edits[10]: the recipe expands to more than"),
-    "duplicate-at-end-of-long-list": Case(edit(f"layer: 0, neuron: [{ints(30_000)}, 29999], op: zero"), 4,
-                                          "29999 is listed twice", apply=True),
-    "duplicate-across-edits": Case(HEAD + "edits:\n  - {layer: [0, 1], neuron: [" + ints(5000) + "], op: zero}\n"
-                                   "  - {layer: 1, neuron: 4999, op: invert}\n", 6,
-                                   "edits[1]: layer 1 neuron 4999 is already edited by edits[0]"),
+    "wide-list": Case(
+        edit("layer: 0, neuron: [" + ", ".join(["1"] * 200_000) + "], op: zero"),
+        4,
+        f"expands to more than {MAX_NODES} values",
+        bomb=True,
+    ),
+    "expansion-bomb": Case(
+        edit(f"layer: [{ints(100)}], neuron: [{ints(10_000)}], op: zero"),
+        4,
+        f"expands to more than {MAX_EXPANDED_EDITS:,} (layer, neuron) slices",
+        apply=True,
+        bomb=True,
+    ),
+    "expansion-across-edits": Case(
+        HEAD
+        + "edits:\n"
+        + "".join(f"  - {{layer: [{ints(10)}], neuron: [{ints(1000, 1000 * i)}], op: zero}}\n" for i in range(11)),
+        15,
+        "edits[10]: the recipe expands to more than",
+    ),
+    "duplicate-at-end-of-long-list": Case(
+        edit(f"layer: 0, neuron: [{ints(30_000)}, 29999], op: zero"), 4, "29999 is listed twice", apply=True
+    ),
+    "duplicate-across-edits": Case(
+        HEAD + "edits:\n  - {layer: [0, 1], neuron: [" + ints(5000) + "], op: zero}\n"
+        "  - {layer: 1, neuron: 4999, op: invert}\n",
+        6,
+        "edits[1]: layer 1 neuron 4999 is already edited by edits[0]",
+    ),
     # --- model and publish references: Hub ids only, never paths ---------------------------------------------
     "repo-traversal": Case(model("repo: ../evil"), 5, "model.repo: '../evil' is not a Hub repo id", apply=True),
     "repo-absolute-path": Case(model("repo: /etc/passwd"), 5, "is not a Hub repo id"),
@@ -255,27 +341,50 @@ CASES: dict[str, Case] = {
     "repo-newline": Case(model('repo: "org/name\\n"'), 5, "is not a Hub repo id"),
     "repo-with-revision": Case(model("repo: org/name@main"), 5, "put the revision in model.revision"),
     "repo-a-number": Case(model("repo: 123"), 5, "model.repo: must be text"),
-    "revision-with-space": Case(model("repo: org/name, revision: main branch"), 5, "model.revision: 'main branch' is not a commit sha"),
+    "revision-with-space": Case(
+        model("repo: org/name, revision: main branch"), 5, "model.revision: 'main branch' is not a commit sha"
+    ),
     "revision-dotdot": Case(model("repo: org/name, revision: a..b"), 5, "not a valid git revision", apply=True),
     "revision-option": Case(model("repo: org/name, revision: --upload-pack=x"), 5, "not a valid git revision"),
     "revision-lock": Case(model("repo: org/name, revision: main.lock"), 5, "not a valid git revision"),
     "revision-newline": Case(model('repo: org/name, revision: "main\\n"'), 5, "model.revision"),
-    "publish-repo-traversal": Case(extra("publish: {repo: ../../x}\n"), 5, "publish.repo: '../../x' is not a Hub repo id"),
+    "publish-repo-traversal": Case(
+        extra("publish: {repo: ../../x}\n"), 5, "publish.repo: '../../x' is not a Hub repo id"
+    ),
     "publish-repo-absolute": Case(extra("publish: {repo: /tmp/x}\n"), 5, "publish.repo"),
     "license-with-space": Case(extra("publish: {repo: a/b, license: Apache 2.0}\n"), 5, "is not a license id"),
-    "diff-reference-local-path": Case(HEAD + "resolution: {status: unresolved, method: diff, reference: /home/me/model}\n", 4,
-                                      "resolution.reference: must be a Hub reference"),
-    "checksums-not-a-list": Case("patchkit: 1\nname: t\nsource: {kind: diff, checksums: 5}\n" + EDIT, 3, "source.checksums: must be a list"),
-    "checksums-bad-sha": Case("patchkit: 1\nname: t\nsource:\n  kind: diff\n  checksums:\n    - {layer: 0, kind: neuron, index: 1, "
-                              "tensor: x, before_sha256: abc, after_sha256: abc}\n" + EDIT, 6,
-                              "source.checksums[0].before_sha256: must be a sha256"),
-    "source-base-a-number": Case("patchkit: 1\nname: t\nsource: {kind: diff, base: 5}\n" + EDIT, 3, "source.base: must be text"),
-    "constraints-layer-bool": Case(HEAD + "resolution: {status: unresolved, constraints: {layers: [true]}}\n", 4,
-                                   "resolution.constraints.layers[0]: must be an index"),
-    "constraints-factor-nan": Case(HEAD + "resolution: {status: unresolved, constraints: {factors: [.nan]}}\n", 4,
-                                   "resolution.constraints.factors[0]: nan is not a finite number"),
-    "constraints-max-edits-huge": Case(HEAD + "resolution: {status: unresolved, constraints: {max_edits: 10000000}}\n", 4,
-                                       "resolution.constraints.max_edits: must be <="),
+    "diff-reference-local-path": Case(
+        HEAD + "resolution: {status: unresolved, method: diff, reference: /home/me/model}\n",
+        4,
+        "resolution.reference: must be a Hub reference",
+    ),
+    "checksums-not-a-list": Case(
+        "patchkit: 1\nname: t\nsource: {kind: diff, checksums: 5}\n" + EDIT, 3, "source.checksums: must be a list"
+    ),
+    "checksums-bad-sha": Case(
+        "patchkit: 1\nname: t\nsource:\n  kind: diff\n  checksums:\n    - {layer: 0, kind: neuron, index: 1, "
+        "tensor: x, before_sha256: abc, after_sha256: abc}\n" + EDIT,
+        6,
+        "source.checksums[0].before_sha256: must be a sha256",
+    ),
+    "source-base-a-number": Case(
+        "patchkit: 1\nname: t\nsource: {kind: diff, base: 5}\n" + EDIT, 3, "source.base: must be text"
+    ),
+    "constraints-layer-bool": Case(
+        HEAD + "resolution: {status: unresolved, constraints: {layers: [true]}}\n",
+        4,
+        "resolution.constraints.layers[0]: must be an index",
+    ),
+    "constraints-factor-nan": Case(
+        HEAD + "resolution: {status: unresolved, constraints: {factors: [.nan]}}\n",
+        4,
+        "resolution.constraints.factors[0]: nan is not a finite number",
+    ),
+    "constraints-max-edits-huge": Case(
+        HEAD + "resolution: {status: unresolved, constraints: {max_edits: 10000000}}\n",
+        4,
+        "resolution.constraints.max_edits: must be <=",
+    ),
 }
 
 APPLY_CASES = sorted(k for k, c in CASES.items() if c.apply)
@@ -313,8 +422,13 @@ def test_the_corpus_is_large_enough():
 def test_validate_refuses(key, tmp_path):
     case = CASES[key]
     path = _materialize(case, tmp_path, key)
-    result = refuse(["validate", str(path)], names=_needles(case, path), unchanged=[path] if case.watch else [], codes=(2,),
-                    subprocess_run=case.bomb)
+    result = refuse(
+        ["validate", str(path)],
+        names=_needles(case, path),
+        unchanged=[path] if case.watch else [],
+        codes=(2,),
+        subprocess_run=case.bomb,
+    )
     assert len(result.error_line) < 600 + len(str(path)), result.error_line  # never an echo of a huge value
 
 
@@ -323,8 +437,14 @@ def test_apply_refuses_and_writes_nothing(key, tmp_path, model_dir):
     case = CASES[key]
     path = _materialize(case, tmp_path, key)
     out = tmp_path / "out"
-    refuse(["apply", str(path), "--model", str(model_dir), "-o", str(out)], names=_needles(case, path),
-           unchanged=[model_dir, path] if case.watch else [model_dir], absent=[out], codes=(2,), subprocess_run=case.bomb)
+    refuse(
+        ["apply", str(path), "--model", str(model_dir), "-o", str(out)],
+        names=_needles(case, path),
+        unchanged=[model_dir, path] if case.watch else [model_dir],
+        absent=[out],
+        codes=(2,),
+        subprocess_run=case.bomb,
+    )
 
 
 def test_a_non_recipe_file_is_not_echoed(tmp_path):
@@ -354,10 +474,17 @@ def test_dev_zero_named_directly():
 def test_programmatic_recipes_are_capped_before_expanding():
     from patchkit.recipe import Recipe
 
-    recipe = Recipe.model_validate({"name": "t", "source": {"kind": "manual"},
-                                    "edits": [{"layer": list(range(100)), "neuron": list(range(2000)), "op": "zero"}]})
+    recipe = Recipe.model_validate(
+        {
+            "name": "t",
+            "source": {"kind": "manual"},
+            "edits": [{"layer": list(range(100)), "neuron": list(range(2000)), "op": "zero"}],
+        }
+    )
     assert recipe.slice_count() == 200_000
-    with pytest.raises(RecipeError, match=r"expands to 200,000 \(layer, index\) slices, more than the limit of 100,000"):
+    with pytest.raises(
+        RecipeError, match=r"expands to 200,000 \(layer, index\) slices, more than the limit of 100,000"
+    ):
         recipe.expanded_edits()
 
 
@@ -366,8 +493,9 @@ def test_numpy_indices_from_library_callers_are_accepted_but_not_booleans():
 
     from patchkit.recipe import NeuronEdit
 
-    assert NeuronEdit.model_validate({"layer": np.int64(1), "neuron": [np.int32(2)], "op": "scale",
-                                      "factor": np.float32(0.5)}).neuron == [2]
+    assert NeuronEdit.model_validate(
+        {"layer": np.int64(1), "neuron": [np.int32(2)], "op": "scale", "factor": np.float32(0.5)}
+    ).neuron == [2]
     with pytest.raises(Exception, match="boolean"):
         NeuronEdit.model_validate({"layer": True, "neuron": 1, "op": "zero"})
 
@@ -384,11 +512,12 @@ VALID: dict[str, str | bytes] = {
     "utf8-bom": "\ufeff" + HEAD + EDIT,
     "crlf": (HEAD + EDIT).replace("\n", "\r\n"),
     "comments-everywhere": "# a recipe\npatchkit: 1  # version\nname: t # name\n# between\nsource: {kind: manual}\n"
-                           "edits:  # the edits\n  - {layer: 0, neuron: 1, op: zero}  # one\n# end\n",
-    "anchors-used-once": HEAD + "edits:\n  - {layer: &layers [0, 1], neuron: 1, op: zero}\n  - {layer: *layers, neuron: 2, op: invert}\n",
+    "edits:  # the edits\n  - {layer: 0, neuron: 1, op: zero}  # one\n# end\n",
+    "anchors-used-once": HEAD
+    + "edits:\n  - {layer: &layers [0, 1], neuron: 1, op: zero}\n  - {layer: *layers, neuron: 2, op: invert}\n",
     "merge-key": HEAD + "edits:\n  - &z {layer: 0, neuron: 1, op: zero}\n  - {<<: *z, neuron: 2}\n",
     "hex-index": edit("layer: 0, neuron: 0x10, op: zero"),
-    "unicode-description": extra("description: \"Ünïcödé — ✓ 日本語 🙂\"\n"),
+    "unicode-description": extra('description: "Ünïcödé — ✓ 日本語 🙂"\n'),
     "tab-in-quoted-text": extra('description: "a\\tb"\n'),
     "block-scalar-text": extra("description: |\n  line one\n  line two\n"),
     "pinned-revision": model(f"repo: google/gemma-4-E2B-it, revision: '{SHA}', architecture: gemma4"),
@@ -396,12 +525,20 @@ VALID: dict[str, str | bytes] = {
     "pr-revision": model("repo: org/name, revision: refs/pr/1"),
     "repo-with-dots-and-underscores": model("repo: Org_1/name.v2-final"),
     "publish": extra("publish: {repo: my-org/t-fix, license: apache-2.0, private: true}\n"),
-    "gates": extra("checks: {loops: {suite: enumeration, samples: 3, max_loop_rate: 0.1}, bench: {max_kl: 0.02, tasks: [kl]}}\n"),
-    "evidence-nested-30": "patchkit: 1\nname: t\nsource:\n  kind: paper\n  evidence: " + "{a: " * 30 + "1" + "}" * 30 + "\n" + EDIT,
+    "gates": extra(
+        "checks: {loops: {suite: enumeration, samples: 3, max_loop_rate: 0.1}, bench: {max_kl: 0.02, tasks: [kl]}}\n"
+    ),
+    "evidence-nested-30": "patchkit: 1\nname: t\nsource:\n  kind: paper\n  evidence: "
+    + "{a: " * 30
+    + "1"
+    + "}" * 30
+    + "\n"
+    + EDIT,
     "evidence-with-a-date": "patchkit: 1\nname: t\nsource: {kind: paper, published: 2026-11-24}\n" + EDIT,
     "description-500-kB": extra("description: " + "x" * 500_000 + "\n"),
     "near-the-expansion-cap": edit(f"layer: [{ints(99)}], neuron: [{ints(1000)}], op: zero"),
-    "unresolved-diff-from-the-hub": HEAD + f"resolution: {{status: unresolved, method: diff, reference: org/fixed@{SHA}}}\n",
+    "unresolved-diff-from-the-hub": HEAD
+    + f"resolution: {{status: unresolved, method: diff, reference: org/fixed@{SHA}}}\n",
 }
 
 

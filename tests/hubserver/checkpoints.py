@@ -27,7 +27,7 @@ pipeline_tag: text-generation
 RECIPE_TEXT = f"""patchkit: 1
 name: tiny-llama-loopfix
 description: Invert neuron {EDIT_NEURON} of layer {EDIT_LAYER}, which drives list-repetition loops.
-model: {{repo: test-org/tiny-llama, revision: {'a' * 40}, architecture: llama}}
+model: {{repo: test-org/tiny-llama, revision: {"a" * 40}, architecture: llama}}
 source: {{kind: manual, reference: "unit test"}}
 edits:
   - {{layer: {EDIT_LAYER}, neuron: {EDIT_NEURON}, op: invert}}
@@ -37,9 +37,20 @@ publish: {{repo: alice/tiny-llama-loopfix, license: apache-2.0}}
 
 def make_base(directory: Path) -> Path:
     """Random f32 llama (N(0, 0.02), numpy seed 0) in SHARDS: the embedding and layer 0 first, the rest second."""
-    return raw_llama_checkpoint(directory, "F32", shards=2, seed=0, std=0.02, hidden=HIDDEN, inter=INTER,
-                                layers=LAYERS, vocab=VOCAB, heads=HEADS, files={"README.md": BASE_CARD},
-                                config_extra={"bos_token_id": 1, "eos_token_id": 2})
+    return raw_llama_checkpoint(
+        directory,
+        "F32",
+        shards=2,
+        seed=0,
+        std=0.02,
+        hidden=HIDDEN,
+        inter=INTER,
+        layers=LAYERS,
+        vocab=VOCAB,
+        heads=HEADS,
+        files={"README.md": BASE_CARD},
+        config_extra={"bos_token_id": 1, "eos_token_id": 2},
+    )
 
 
 def make_patched(base: Path, out: Path) -> Path:

@@ -36,7 +36,10 @@ class HubHandle:
 def hub_server(tmp_path_factory):
     write_token = "hf_" + secrets.token_hex(16)
     read_token = "hf_" + secrets.token_hex(16)
-    accounts = {write_token: Account("alice", write=True, orgs=["patchkit-org"]), read_token: Account("bob", write=False)}
+    accounts = {
+        write_token: Account("alice", write=True, orgs=["patchkit-org"]),
+        read_token: Account("bob", write=False),
+    }
     server = HubServer(tmp_path_factory.mktemp("hubserver"), accounts).start()
     server.tokens = (write_token, read_token)
     yield server

@@ -15,9 +15,10 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from starlette.requests import Request
@@ -131,7 +132,11 @@ class HubApp:
             ("POST", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$"), self.commit),
             ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/refs$"), self.refs),
             ("POST", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<branch>[^/]+)$"), self.create_branch),
-            ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"), self.tree),
+            (
+                "GET",
+                re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
+                self.tree,
+            ),
             ("POST", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$"), self.paths_info),
             ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/discussions$"), self.discussions),
             ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/discussions/(?P<num>\d+)$"), self.discussion),
@@ -285,8 +290,9 @@ class HubApp:
         if not account.write or not self._owns(account, repo_id):
             return _error(403, f"You don't have the rights to create a model under the namespace {namespace}")
         if repo_id in self.store.repos:  # like the Hub, a 409 still tells where the repo is
-            return JSONResponse({"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"},
-                                status_code=409)
+            return JSONResponse(
+                {"error": "You already created this model repo", "url": f"{self.base_url}/{repo_id}"}, status_code=409
+            )
         private = body.get("private") or body.get("visibility") == "private"
         self.store.create_repo(repo_id, private=bool(private), owner=account.name)
         return JSONResponse({"url": f"{self.base_url}/{repo_id}", "name": repo_id})
@@ -409,7 +415,11 @@ class HubApp:
                     files.pop(path)
         account = self._account(request)
         new = self.store.commit(repo_obj, head, header.get("summary", ""), header.get("description", ""), files)
-        answer: dict[str, Any] = {"success": True, "commitOid": new.oid, "commitUrl": f"{self.base_url}/{repo}/commit/{new.oid}"}
+        answer: dict[str, Any] = {
+            "success": True,
+            "commitOid": new.oid,
+            "commitUrl": f"{self.base_url}/{repo}/commit/{new.oid}",
+        }
         with self.store.lock:
             if create_pr:
                 disc = self.store.open_pr(repo_obj, new.oid, title=new.title, author=account.name, base=rev)
@@ -428,7 +438,9 @@ class HubApp:
         if error:
             return error
         body: dict[str, Any] = {
-            "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": c} for n, c in repo_obj.branches.items()],
+            "branches": [
+                {"name": n, "ref": f"refs/heads/{n}", "targetCommit": c} for n, c in repo_obj.branches.items()
+            ],
             "tags": [],
             "converts": [],
         }
@@ -709,7 +721,7 @@ class HubServer:
     def log(self) -> list[RequestRecord]:
         return self.app.log
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         import uvicorn
 
         config = uvicorn.Config(
@@ -749,7 +761,9 @@ class HubServer:
                 path.unlink()
         self.reset()
 
-    def inject(self, action: str, *, path: str = ".*", method: str | None = None, nth: int = 1, times: int = 1) -> Fault:
+    def inject(
+        self, action: str, *, path: str = ".*", method: str | None = None, nth: int = 1, times: int = 1
+    ) -> Fault:
         fault = Fault(action=action, path=path, method=method, nth=nth, times=times)
         self.app.faults.append(fault)
         return fault

@@ -123,7 +123,9 @@ class Store:
     def create_repo(self, repo_id: str, *, private: bool, owner: str) -> Repo:
         with self.lock:
             repo = Repo(repo_id=repo_id, private=private, owner=owner)
-            gitattributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+            gitattributes = (
+                b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+            )
             oid = self.put_blob(gitattributes)
             files = {".gitattributes": FileEntry(size=len(gitattributes), oid=oid)}
             first = self._new_commit(None, "initial commit", "", files)
@@ -136,7 +138,9 @@ class Store:
     def _new_commit(self, parent: str | None, title: str, description: str, files: dict[str, FileEntry]) -> Commit:
         self._counter += 1
         digest = hashlib.sha1(
-            json.dumps([parent, title, sorted((p, e.oid) for p, e in files.items()), self._counter, time.time()]).encode()
+            json.dumps(
+                [parent, title, sorted((p, e.oid) for p, e in files.items()), self._counter, time.time()]
+            ).encode()
         ).hexdigest()
         return Commit(oid=digest, parent=parent, title=title, description=description, files=files, date=_now())
 

@@ -20,15 +20,21 @@ def detect_architecture(config: dict[str, Any], *, source: str = "config.json") 
     Exact matches only, so look-alike MoE variants (qwen2_moe, mixtral, ...) are refused instead of mis-mapped.
     """
     if not isinstance(config, dict):
-        raise ModelError(f"{source}: is a JSON {type(config).__name__}, not an object",
-                         hint="pass a Hugging Face checkpoint directory")
+        raise ModelError(
+            f"{source}: is a JSON {type(config).__name__}, not an object",
+            hint="pass a Hugging Face checkpoint directory",
+        )
     raw_type = config.get("model_type")
     if raw_type is not None and not isinstance(raw_type, str):
-        raise ModelError(f"{source}: model_type must be a string, got {config_value(raw_type)}", data={"key": "model_type"})
+        raise ModelError(
+            f"{source}: model_type must be a string, got {config_value(raw_type)}", data={"key": "model_type"}
+        )
     raw_archs = config.get("architectures")
     if raw_archs is not None and (not isinstance(raw_archs, list) or not all(isinstance(a, str) for a in raw_archs)):
-        raise ModelError(f"{source}: architectures must be a list of class names, got {config_value(raw_archs)}",
-                         data={"key": "architectures"})
+        raise ModelError(
+            f"{source}: architectures must be a list of class names, got {config_value(raw_archs)}",
+            data={"key": "architectures"},
+        )
     model_type = (raw_type or "").lower()
     archs = list(raw_archs or [])
     for name, cls in ADAPTERS.items():
@@ -47,6 +53,8 @@ def get_adapter(config: dict[str, Any], architecture: str | None = None, *, sour
     """
     detected = detect_architecture(config, source=source)
     if architecture and architecture != detected:
-        raise ModelError(f"the recipe is for architecture {architecture!r} but the model is {detected!r}",
-                         hint="apply it to the model it was written for")
+        raise ModelError(
+            f"the recipe is for architecture {architecture!r} but the model is {detected!r}",
+            hint="apply it to the model it was written for",
+        )
     return ADAPTERS[detected](config, source=source)

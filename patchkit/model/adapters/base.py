@@ -40,18 +40,26 @@ def scale_factor_problem(factor: Any, dtype: str) -> str | None:
         return None
     r = round_to_dtype(f, dtype)
     if math.isinf(r):
-        return (f"factor {f!r} is {r!r} in {dtype} (the largest {dtype} number is {DTYPE_MAX[dtype]!r}): "
-                "every nonzero weight would become infinite")
+        return (
+            f"factor {f!r} is {r!r} in {dtype} (the largest {dtype} number is {DTYPE_MAX[dtype]!r}): "
+            "every nonzero weight would become infinite"
+        )
     if r == 0 and f != 0:
-        return (f"factor {f!r} is 0 in {dtype} (it underflows: the smallest positive {dtype} number is "
-                f"{DTYPE_TINY[dtype]!r}); use `op: zero` to zero the slice")
+        return (
+            f"factor {f!r} is 0 in {dtype} (it underflows: the smallest positive {dtype} number is "
+            f"{DTYPE_TINY[dtype]!r}); use `op: zero` to zero the slice"
+        )
     lo, hi = dtype_neighbours(f, dtype)
     if r == 1:
-        return (f"factor {f!r} is exactly 1.0 in {dtype}: scaling by it changes nothing "
-                f"(the nearest {dtype} factors are {lo!r} and {hi!r})")
+        return (
+            f"factor {f!r} is exactly 1.0 in {dtype}: scaling by it changes nothing "
+            f"(the nearest {dtype} factors are {lo!r} and {hi!r})"
+        )
     if r == -1 and f != -1:
-        return (f"factor {f!r} is exactly -1.0 in {dtype}: it only flips signs; use `op: invert`, or a factor "
-                f"whose {dtype} value is not -1 (the nearest are {lo!r} and {hi!r})")
+        return (
+            f"factor {f!r} is exactly -1.0 in {dtype}: it only flips signs; use `op: invert`, or a factor "
+            f"whose {dtype} value is not -1 (the nearest are {lo!r} and {hi!r})"
+        )
     return None
 
 
@@ -96,8 +104,10 @@ class Adapter:
     def __init__(self, config: dict[str, Any], *, source: str = "config.json"):
         self.source = source
         if not isinstance(config, dict):
-            raise ModelError(f"{source}: is a JSON {type(config).__name__}, not an object",
-                             hint="pass a Hugging Face checkpoint directory")
+            raise ModelError(
+                f"{source}: is a JSON {type(config).__name__}, not an object",
+                hint="pass a Hugging Face checkpoint directory",
+            )
         self.config = config
         self.key_prefix = ""
         self.text_config = self._text_config(config)
@@ -107,16 +117,21 @@ class Adapter:
 
     # config.json checks ---------------------------------------------------------------------------------
     def _bad(self, key: str, want: str, value: Any) -> ModelError:
-        return ModelError(f"{self.source}: {self.key_prefix}{key} must be {want}, got {config_value(value)}",
-                          hint="the checkpoint's config.json is malformed; re-download or fix it",
-                          data={"key": self.key_prefix + key})
+        return ModelError(
+            f"{self.source}: {self.key_prefix}{key} must be {want}, got {config_value(value)}",
+            hint="the checkpoint's config.json is malformed; re-download or fix it",
+            data={"key": self.key_prefix + key},
+        )
 
     def _int(self, key: str, lo: int, hi: int) -> int:
         """A required integer key in [lo, hi]."""
         value = self._opt_int(key, lo, hi)
         if value is None:
-            raise ModelError(f"{self.source}: missing {self.key_prefix}{key}; cannot read the model geometry",
-                             hint="the checkpoint's config.json is incomplete", data={"key": self.key_prefix + key})
+            raise ModelError(
+                f"{self.source}: missing {self.key_prefix}{key}; cannot read the model geometry",
+                hint="the checkpoint's config.json is incomplete",
+                data={"key": self.key_prefix + key},
+            )
         return value
 
     def _opt_int(self, key: str, lo: int, hi: int) -> int | None:
@@ -141,8 +156,11 @@ class Adapter:
         size = self.text_config.get("intermediate_size")
         if isinstance(size, list):
             if len(size) != self.num_layers:
-                raise self._bad("intermediate_size", f"one width per layer ({self.num_layers} entries, "
-                                f"num_hidden_layers), not {len(size)} entries", size)
+                raise self._bad(
+                    "intermediate_size",
+                    f"one width per layer ({self.num_layers} entries, num_hidden_layers), not {len(size)} entries",
+                    size,
+                )
             for width in size:
                 if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= MAX_WIDTH:
                     raise self._bad("intermediate_size", f"a list of integers from 1 to {MAX_WIDTH}", width)
@@ -191,8 +209,10 @@ class Adapter:
         return [target]
 
     def expert_targets(self, edit: Any, tensor_names: set[str]) -> list[TensorTarget]:
-        raise RecipeError(f"{edit.where}: layer {edit.layer} has no experts: {self.architecture} models are dense",
-                          hint="use a neuron edit")
+        raise RecipeError(
+            f"{edit.where}: layer {edit.layer} has no experts: {self.architecture} models are dense",
+            hint="use a neuron edit",
+        )
 
     @staticmethod
     def _require(name: str, tensor_names: set[str], edit: Any) -> None:
@@ -233,8 +253,10 @@ class Adapter:
                     )
             else:
                 if not info.is_moe:
-                    raise RecipeError(f"{where}: layer {edit.layer} is dense: it has no experts to suppress",
-                                      hint="use a neuron edit, or pick an MoE layer")
+                    raise RecipeError(
+                        f"{where}: layer {edit.layer} is dense: it has no experts to suppress",
+                        hint="use a neuron edit, or pick an MoE layer",
+                    )
                 if edit.index >= info.num_experts:
                     raise RecipeError(
                         f"{where}: expert {edit.index} is out of range for layer {edit.layer}: it has "
@@ -252,8 +274,10 @@ class Adapter:
                     if edit.op == "scale":
                         problem = scale_factor_problem(edit.factor, tensors[target.tensor].dtype)
                         if problem:
-                            raise RecipeError(f"{where}: {target.tensor} is {tensors[target.tensor].dtype}: {problem}",
-                                              data={"tensor": target.tensor, "factor": edit.factor})
+                            raise RecipeError(
+                                f"{where}: {target.tensor} is {tensors[target.tensor].dtype}: {problem}",
+                                data={"tensor": target.tensor, "factor": edit.factor},
+                            )
 
     def quantization(self) -> str | None:
         """The quantization method config.json declares (None for plain BF16/F16/F32 checkpoints)."""

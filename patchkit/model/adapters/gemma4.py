@@ -33,9 +33,11 @@ class Gemma4Adapter(Adapter):
             return config
         tc = config["text_config"]
         if not isinstance(tc, dict):
-            raise ModelError(f"{self.source}: text_config must be a JSON object, got {config_value(tc)}",
-                             hint="the checkpoint's config.json is malformed; re-download or fix it",
-                             data={"key": "text_config"})
+            raise ModelError(
+                f"{self.source}: text_config must be a JSON object, got {config_value(tc)}",
+                hint="the checkpoint's config.json is malformed; re-download or fix it",
+                data={"key": "text_config"},
+            )
         self.key_prefix = "text_config."
         return tc
 

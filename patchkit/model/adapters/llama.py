@@ -9,5 +9,11 @@ class LlamaAdapter(Adapter):
     architecture = "llama"
     prefixes = ("model",)
     model_types = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3", "olmo2", "granite")
-    class_names = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                   "Olmo2ForCausalLM", "GraniteForCausalLM")
+    class_names = (
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Olmo2ForCausalLM",
+        "GraniteForCausalLM",
+    )
