@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 
 from patchkit.errors import ApplyError
 from patchkit.model.safetensors_io import DTYPE_MAX, DTYPE_TINY
 
 #: Unsigned integer view used to hold each editable dtype's raw bits.
-RAW_DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<u2"), "F32": np.dtype("<u4")}
+RAW_DTYPES: dict[str, np.dtype[Any]] = {"BF16": np.dtype("<u2"), "F16": np.dtype("<u2"), "F32": np.dtype("<u4")}
 SIGN_BITS = {"BF16": 0x8000, "F16": 0x8000, "F32": 0x80000000}
 OPS = ("invert", "scale", "zero", "suppress")
 

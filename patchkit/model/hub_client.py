@@ -85,10 +85,11 @@ def hub_api(endpoint: str | None, token: str | None):
 # ---------------------------------------------------------------------------------------------------------------
 def _chain(exc: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def http_status(exc: BaseException) -> int | None:

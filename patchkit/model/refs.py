@@ -470,7 +470,8 @@ def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = N
 
 def _causes(exc: BaseException):
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

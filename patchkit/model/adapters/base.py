@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from patchkit._io.fs import shown
 from patchkit.errors import ModelError, RecipeError
@@ -63,7 +63,8 @@ def scale_factor_problem(factor: Any, dtype: str) -> str | None:
     return None
 
 
-class TensorTarget(NamedTuple):
+@dataclass(frozen=True)
+class TensorTarget:
     """Edit the slice of `tensor` whose coordinate on `axis` equals `index`."""
 
     tensor: str
