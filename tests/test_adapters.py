@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from patchkit.cli import main
 from patchkit.errors import ModelError, RecipeError
 from patchkit.model.adapters import get_adapter
+from patchkit.model.adapters.base import TensorTarget
 from patchkit.model.refs import resolve_model
 from patchkit.recipe import parse_recipe
 
@@ -47,10 +48,10 @@ def test_targets_down_column_up_row_and_experts(tiny_gemma4_moe):
         "edits:\n  - {layer: 1, neuron: 7, op: invert}\n  - {layer: 1, neuron: 8, op: zero, tensor: up_proj}\n"
         "  - {layer: 2, expert: 5, op: suppress}\n  - {layer: 3, expert: 0, op: suppress, tensor: down_proj}\n"
     )
-    assert adapter.targets(down, names) == [("model.layers.1.mlp.down_proj.weight", 1, 7)]
-    assert adapter.targets(up, names) == [("model.layers.1.mlp.up_proj.weight", 0, 8)]
-    assert adapter.targets(expert, names) == [("model.layers.2.router.per_expert_scale", 0, 5)]
-    assert adapter.targets(slab, names) == [("model.layers.3.experts.down_proj", 0, 0)]
+    assert adapter.targets(down, names) == [TensorTarget("model.layers.1.mlp.down_proj.weight", 1, 7)]
+    assert adapter.targets(up, names) == [TensorTarget("model.layers.1.mlp.up_proj.weight", 0, 8)]
+    assert adapter.targets(expert, names) == [TensorTarget("model.layers.2.router.per_expert_scale", 0, 5)]
+    assert adapter.targets(slab, names) == [TensorTarget("model.layers.3.experts.down_proj", 0, 0)]
     with pytest.raises(RecipeError, match=r"expert 6 is out of range for layer 0: it has 6 experts \(0–5\)"):
         adapter.validate(_edits("edits: [{layer: 0, expert: 6, op: suppress}]\n"), ref.headers())
 
@@ -155,7 +156,7 @@ def test_gemma4_multimodal_checkpoint_names(tiny_gemma4_multimodal):
     assert [adapter.layer_info(i).intermediate_size for i in range(4)] == [48, 48, 96, 96]
     (edit,) = _edits("edits: [{layer: 2, neuron: 95, op: invert}]\n")
     adapter.validate([edit], ref.headers())
-    assert adapter.targets(edit, names) == [("model.language_model.layers.2.mlp.down_proj.weight", 1, 95)]
+    assert adapter.targets(edit, names) == [TensorTarget("model.language_model.layers.2.mlp.down_proj.weight", 1, 95)]
     roles = {n: adapter.classify_tensor(n) for n in names}
     mlp = {n for n, r in roles.items() if r is not None}
     assert mlp == {
