@@ -88,7 +88,7 @@ def write_checkpoint(directory: Path, tensors: list[tuple[str, tuple[int, ...]]]
     names = [f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors" for k in range(len(groups))]
     block = _block(32 << 20, 0)
     weight_map = {}
-    for fname, idxs in zip(names, groups):
+    for fname, idxs in zip(names, groups, strict=True):
         header, pos = {"__metadata__": {"format": "pt"}}, 0
         for i in idxs:
             name, shape = tensors[i]
@@ -248,7 +248,7 @@ def main() -> None:
         run([*PATCHKIT, "apply", str(r), "--model", str(base), "-o", str(work / "out-prime"), "--json"], env=env)
         # the machine is shared: alternate apply and cp `repeat` times and keep each one's fastest run
         warm, cp = (float("inf"), 0.0, 0), (float("inf"), 0.0, 0)
-        for i in range(args.repeat):
+        for _ in range(args.repeat):
             shutil.rmtree(work / "out", ignore_errors=True)
             (work / "cp.safetensors").unlink(missing_ok=True)
             warm = min(
@@ -273,7 +273,7 @@ def main() -> None:
         for f in (work / "out").iterdir():
             shutil.copyfile(f, full / f.name)
         cat, diff_full = (float("inf"), 0.0, 0), (float("inf"), 0.0, 0)
-        for i in range(args.repeat):
+        for _ in range(args.repeat):
             cat = min(
                 cat,
                 run(

@@ -75,7 +75,7 @@ def main() -> None:
     base_gens = [one.generate([req])[0] for _, _, req in planned]
     one_s = time.perf_counter() - t0
     one_tokens = sum(g.tokens for g in base_gens)
-    one_results = score_generations([(p, s, g) for (p, s, _), g in zip(planned, base_gens)])
+    one_results = score_generations([(p, s, g) for (p, s, _), g in zip(planned, base_gens, strict=True)])
     one_rate = len(planned) / one_s * 60
     print(
         f"one-at-a-time: {len(planned)} probes in {one_s:.1f}s = {one_rate:.2f} probes/min, "

@@ -117,7 +117,7 @@ def test_every_certain_loop_prefix_is_a_loop_for_detect():
     rng = random.Random(7)
     words = ["Andromeda", "Antlia", "Apus", "Aquarius", "Aquila", "Ara", "Aries", "Auriga", "Bootes", "Caelum"]
     fired = 0
-    for trial in range(60):
+    for _ in range(60):
         head = "\n".join(f"{i}. {w}" for i, w in enumerate(rng.sample(words, rng.randint(0, 8)), 1))
         block = rng.choice(["New Mexico", "Alpha Centauri (AZC)", "A-", "the balcony of ", "Hydrogen, Carbon, "])
         style = rng.choice(["numbered", "plain"])

@@ -35,7 +35,7 @@ def test_batched_greedy_matches_model_generate(tiny):
     requests = [GenerationRequest(f"r{i}", p, max_new_tokens=40) for i, p in enumerate(PROMPTS)]
     gens = TransformersBackend(model, tok, batch_size=8, early_stop=None).generate(requests)
     assert [g.id for g in gens] == [r.id for r in requests]  # request order, though batches are length-sorted
-    for gen, req in zip(gens, requests):
+    for gen, req in zip(gens, requests, strict=True):
         assert gen.text == _reference(model, tok, req), req.prompt
         assert gen.stop_reason in ("eos", "length") and 1 <= gen.tokens <= 40
     # rows leaving the batch early (different budgets) do not disturb the others

@@ -33,7 +33,7 @@ def test_tiny_gemma4_batched_matches_generate():
     ]
     backend = TransformersBackend(model, tok, batch_size=2, early_stop=None)
     gens = backend.generate(requests)
-    for gen, req in zip(gens, requests):
+    for gen, req in zip(gens, requests, strict=True):
         ids = tok(render_prompt(tok, req), add_special_tokens=False, return_tensors="pt")
         assert ids["input_ids"].shape[1] > 16 or req.prompt in ("Hi", "x")  # prompts cross the sliding window
         out = model.generate(**ids, max_new_tokens=req.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -79,7 +79,7 @@ def test_gemma4_thinking_channel_and_budget():
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         head = torch.zeros_like(model.lm_head.weight)
-        for src, dst in zip(chain, chain[1:]):
+        for src, dst in zip(chain, chain[1:], strict=False):  # consecutive pairs: chain[1:] is one shorter
             head[tid(dst)] += 6.0 * emb[tid(src)] / emb[tid(src)].norm()
         model.lm_head.weight.copy_(head)
     backend = TransformersBackend(model, tok, early_stop=None)

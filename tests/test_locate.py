@@ -152,7 +152,7 @@ def test_expert_row_edits_and_attribution_on_moe(tmp_path):
 
     model, _tok = load_model(build("gemma4-moe", tmp_path / "moe"))
     view = ModelView(model)
-    moe = [l for l in range(view.num_layers) if view.is_moe(l)]
+    moe = [layer for layer in range(view.num_layers) if view.is_moe(layer)]
     assert moe
     layer = moe[0]
     ids = torch.tensor([[5, 9, 17, 33, 41, 7, 9, 17]] * 2)

@@ -283,7 +283,7 @@ def test_spot_facts_in_ordered_lists(suites):
     assert monarchs[0] == "William I" and monarchs[-1] == "Charles III" and "Lady Jane Grey" not in monarchs
     disney = _truth(suites, "disney-animated-canon")
     assert disney[0] == "Snow White and the Seven Dwarfs" and disney[52] == "Frozen" and disney[-1] == "Wish"
-    capitals = dict(zip(_truth(suites, "us-states"), _truth(suites, "us-state-capitals")))
+    capitals = dict(zip(_truth(suites, "us-states"), _truth(suites, "us-state-capitals"), strict=True))
     assert {k: capitals[k] for k in ("California", "Kentucky", "New York", "Texas", "Washington", "Wyoming")} == {
         "California": "Sacramento",
         "Kentucky": "Frankfort",
@@ -292,7 +292,7 @@ def test_spot_facts_in_ordered_lists(suites):
         "Washington": "Olympia",
         "Wyoming": "Cheyenne",
     }
-    eu = dict(zip(_truth(suites, "eu-member-states"), _truth(suites, "eu-capitals")))
+    eu = dict(zip(_truth(suites, "eu-member-states"), _truth(suites, "eu-capitals"), strict=True))
     assert (eu["Austria"], eu["Czechia"], eu["Malta"], eu["Netherlands"], eu["Sweden"]) == (
         "Vienna",
         "Prague",

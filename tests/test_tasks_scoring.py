@@ -46,11 +46,11 @@ def test_shared_context_matches_plain_scoring(models):
         generate=6,
         stop_ids=[_stop_ids(m, t) for m, t in models],
     )
-    for a, b in zip(plain, shared):
+    for a, b in zip(plain, shared, strict=True):
         assert np.allclose(a, b, atol=1e-4, rtol=1e-5)
     assert not np.allclose(shared[0], shared[1])  # the two models really differ
     # greedy answers decoded from the shared cache == model.generate's first line
-    for (model, tok_), gen in zip(models, generated):
+    for (model, tok_), gen in zip(models, generated, strict=True):
         ref = _greedy_answers(model, tok_, tasks.items, 6, 8, None)
         ours = [tok_.decode(gen[i], skip_special_tokens=True) for i in range(len(tasks.items))]
         assert [r.split("\n")[0] for r in ref] == [o.split("\n")[0] for o in ours]
@@ -60,7 +60,7 @@ def test_score_tasks_is_deterministic_and_paired(models):
     tasks = load_tasks().limited(4)
     first = score_tasks(models, tasks)
     second = score_tasks(models, tasks)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert np.array_equal(a.acc, b.acc) and np.array_equal(a.gold_logprob, b.gold_logprob)
         assert a.generations == b.generations
     assert len(first[0].acc) == len(tasks.items) == 12

@@ -24,7 +24,7 @@ _WORDS = {
 _WORDS.update(
     {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100}
 )
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])|\b(?:%s)\b" % "|".join(_WORDS), re.IGNORECASE)
+_NUMBER = re.compile(rf"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])|\b(?:{'|'.join(_WORDS)})\b", re.IGNORECASE)
 
 
 def numbers_in(text: str) -> list[float]:

@@ -106,10 +106,11 @@ def write_chart(report: BenchReport, path: Path) -> Path:
     ppl = report.comparison("ppl.ratio")
     panels = [p for p in (("acc", accs), ("kl", kls), ("ppl", [ppl] if ppl else [])) if p[1]]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
-    for ax, (kind, figs) in zip(axes[0], panels):
+    # strict=False: with no panels there is still one (empty) axis
+    for ax, (kind, figs) in zip(axes[0], panels, strict=False):
         if kind == "kl":
             vals = [f.delta.value or 0.0 for f in figs]
-            errs = list(zip(*[_err(v, f.delta.ci) for v, f in zip(vals, figs)]))
+            errs = list(zip(*[_err(v, f.delta.ci) for v, f in zip(vals, figs, strict=True)], strict=True))
             ax.bar(range(len(figs)), vals, yerr=errs, color="#c0504d", capsize=3)
             ax.set_xticks(range(len(figs)), [f.label for f in figs], rotation=20, ha="right", fontsize=8)
             ax.set_ylabel("nats")
@@ -123,7 +124,7 @@ def write_chart(report: BenchReport, path: Path) -> Path:
         ):
             sides = [getattr(f, attr) for f in figs]
             vals = [side.value if side.value is not None else 0.0 for side in sides]
-            errs = list(zip(*[_err(v, side.ci) for v, side in zip(vals, sides)]))
+            errs = list(zip(*[_err(v, side.ci) for v, side in zip(vals, sides, strict=True)], strict=True))
             ax.bar([x + off for x in xs], vals, width, yerr=errs, color=color, capsize=3, label=name)
         labels = [f.label if kind == "acc" else f"perplexity (×{fmt(f.delta.value)})" for f in figs]
         ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)

@@ -103,7 +103,7 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
             color=colours.get(name, "#444"),
             label=f"{name} (n={n} enumeration, {overall[name]['control_accuracy']['n']} controls)",
         )
-        for x, y, h, text in zip(xs, ys, hi, counts):
+        for x, y, h, text in zip(xs, ys, hi, counts, strict=True):
             ax.text(x, min(1.02, y + h + 0.01), text, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     ax.set_ylim(0, 1.3)

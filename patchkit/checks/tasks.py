@@ -528,7 +528,7 @@ def score_tasks(
     timings["qa_loglik"] = time.perf_counter() - t0  # includes the greedy answers when they share the pass
     t0 = time.perf_counter()
     results: list[TaskScores] = []
-    for (model, tokenizer), ll in zip(models, logliks):
+    for (model, tokenizer), ll in zip(models, logliks, strict=True):
         n = len(tasks.items)
         raw = [np.full(len(it.options), -np.inf) for it in tasks.items]
         norm = [np.full(len(it.options), -np.inf) for it in tasks.items]
@@ -546,7 +546,7 @@ def score_tasks(
                 gens = [tokenizer.decode(generated[len(results)][i], skip_special_tokens=True) for i in range(n)]
             else:
                 gens = _greedy_answers(model, tokenizer, tasks.items, max_new_tokens, batch_size, gen_cb)
-            em = np.array([is_exact_match(g, it) for g, it in zip(gens, tasks.items)], dtype=bool)
+            em = np.array([is_exact_match(g, it) for g, it in zip(gens, tasks.items, strict=True)], dtype=bool)
         results.append(TaskScores(list(tasks.items), acc, acc_norm, em, gold_lp, gens))
     timings["qa_generate"] = time.perf_counter() - t0
     return results

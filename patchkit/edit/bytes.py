@@ -16,7 +16,6 @@ change nothing in the stored dtype (a wrong edit that would otherwise be written
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 import numpy as np

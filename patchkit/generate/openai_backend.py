@@ -31,6 +31,8 @@ from patchkit.generate.types import (
 __all__ = ["OpenAIBackend"]
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: `generate`'s default decoding settings (SamplingParams is frozen, so one shared instance is safe).
+_DEFAULT_PARAMS = SamplingParams()
 
 
 class OpenAIBackend:
@@ -113,7 +115,7 @@ class OpenAIBackend:
     def generate(
         self,
         requests: Sequence[GenerationRequest],
-        params: SamplingParams = SamplingParams(),
+        params: SamplingParams = _DEFAULT_PARAMS,
         *,
         progress: Progress | None = None,
     ) -> list[Generation]:

@@ -34,6 +34,8 @@ __all__ = ["TransformersBackend", "render_prompt"]
 #: Special tokens that open / close a thinking block (Gemma 4 channels, <think> tags).
 _THINK_OPEN = ("<|channel>", "<think>")
 _THINK_CLOSE = ("<channel|>", "</think>")
+#: `generate`'s default decoding settings (SamplingParams is frozen, so one shared instance is safe).
+_DEFAULT_PARAMS = SamplingParams()
 
 
 def render_prompt(tokenizer: Any, request: GenerationRequest, enable_thinking: bool | None = None) -> str:
@@ -126,7 +128,7 @@ class TransformersBackend:
     def generate(
         self,
         requests: Sequence[GenerationRequest],
-        params: SamplingParams = SamplingParams(),
+        params: SamplingParams = _DEFAULT_PARAMS,
         *,
         progress: Progress | None = None,
     ) -> list[Generation]:
@@ -134,7 +136,9 @@ class TransformersBackend:
         import torch
 
         texts = [render_prompt(self.tokenizer, r, params.enable_thinking) for r in requests]
-        encoded = [self.tokenizer(t, add_special_tokens=not r.chat)["input_ids"] for t, r in zip(texts, requests)]
+        encoded = [
+            self.tokenizer(t, add_special_tokens=not r.chat)["input_ids"] for t, r in zip(texts, requests, strict=True)
+        ]
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
         results: list[Generation | None] = [None] * len(requests)
         state = {"done": 0, "tokens": 0}
@@ -351,7 +355,7 @@ def _merge(cache: Any, attn: Any, new_cache: Any, new_attn: Any) -> Any:
     import torch
 
     length = max(attn.shape[1], new_attn.shape[1])
-    for layer, new in zip(cache.layers, new_cache.layers):
+    for layer, new in zip(cache.layers, new_cache.layers, strict=True):
         layer.keys = torch.cat([_left_pad(layer.keys, length, 2), _left_pad(new.keys, length, 2)], dim=0)
         layer.values = torch.cat([_left_pad(layer.values, length, 2), _left_pad(new.values, length, 2)], dim=0)
     return torch.cat([_left_pad(attn, length, 1), _left_pad(new_attn, length, 1)], dim=0)

@@ -161,7 +161,7 @@ def rank_layers(
     top = ranked[: max(0, exact_top)]
     total = 2 * len(top)
     done = 0
-    module_of = {(l, u): m for l, u, m in units}
+    module_of = {(layer, unit): module for layer, unit, module in units}
     for s in top:
         key = (s.layer, s.unit)
         for op, value in (("zero", None), ("mean", mean_vec[key])):

@@ -68,7 +68,7 @@ class Runner:
         from patchkit.generate.types import Generation
 
         pairs = []
-        for probe, row in zip(probes, rows):
+        for probe, row in zip(probes, rows, strict=True):
             gen = Generation(
                 id=f"{probe.id}@0",
                 text=self.decode(row.generated).strip(),
@@ -81,7 +81,7 @@ class Runner:
 
     def transcripts(self, probes: Sequence[Any], rows: Sequence[Row], results: Sequence[Any]) -> list[Transcript]:
         out = []
-        for probe, row, res in zip(probes, rows, results):
+        for probe, row, res in zip(probes, rows, results, strict=True):
             gen = list(row.generated)
             out.append(
                 Transcript(

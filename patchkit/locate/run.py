@@ -221,7 +221,7 @@ def run_locate(
 
         rows, base_train = runner.run_base(train, on_done=on_done)
         transcripts = runner.transcripts(train, rows, base_train)
-        for t, r in zip(transcripts, rows):
+        for t, r in zip(transcripts, rows, strict=True):
             if r.loop_label:
                 t.extra["loop_label"] = r.loop_label
         cache.put("collect", k_collect, [t.to_json() for t in transcripts])
@@ -285,7 +285,7 @@ def run_locate(
     stage_seconds["layers"] = round(time.monotonic() - s0, 1)
     report["layers"] = [s.to_json() for s in layer_scores]
     if settings.layers:
-        bad = [l for l in settings.layers if not 0 <= l < view.num_layers]
+        bad = [layer for layer in settings.layers if not 0 <= layer < view.num_layers]
         if bad:
             raise PatchkitError(
                 f"layers: layer {bad[0]} is out of range (the model has {view.num_layers} layers, 0..{view.num_layers - 1})"
@@ -482,7 +482,7 @@ def _heldout(
             "edited_tokens": e.generation.tokens,
             "edited_text": e.generation.text[:400],
         }
-        for b, e in zip(base, edited)
+        for b, e in zip(base, edited, strict=True)
     ]
     return {
         "n_probes": n,

@@ -144,7 +144,7 @@ def first_flips(
                 if not answer:
                     continue
                 pred = head(view.model, hid[r, p - 1 : p - 1 + len(answer)]).argmax(-1).tolist()
-                for g, (a, b) in enumerate(zip(pred, answer)):
+                for g, (a, b) in enumerate(zip(pred, answer, strict=True)):
                     if a != b and not (b in runner.eos_ids and a in runner.eos_ids):
                         out[c][i] = g
                         break
@@ -174,9 +174,9 @@ def sweep(
         flips = first_flips(runner, group, transcripts)
         rows: list[list[Row | None]] = []
         todo: list[Row] = []
-        for c, cand in enumerate(group):
+        for c, _cand in enumerate(group):
             mine: list[Row | None] = []
-            for t, (probe, tr) in enumerate(zip(probes, transcripts)):
+            for t, (probe, tr) in enumerate(zip(probes, transcripts, strict=True)):
                 k = flips[c][t]
                 if k is None:
                     mine.append(None)
@@ -187,7 +187,7 @@ def sweep(
             rows.append(mine)
         runner.generate(group, todo)
         for c, cand in enumerate(group):
-            changed_probes = [p for p, r in zip(probes, rows[c]) if r is not None]
+            changed_probes = [p for p, r in zip(probes, rows[c], strict=True) if r is not None]
             new = runner.results(changed_probes, [r for r in rows[c] if r is not None]) if changed_probes else []
             by_id = {r.probe.id: r for r in new}
             results = [by_id.get(b.probe.id, b) for b in base_results]

@@ -148,7 +148,7 @@ def build_batch(
             step = len(items) / max_positions
             items = [items[int(i * step)] for i in range(max_positions)]
         flat.extend((r, p, t, gi) for r, p, t in items)
-    cols = list(zip(*flat)) if flat else [(), (), (), ()]
+    cols = list(zip(*flat, strict=True)) if flat else [(), (), (), ()]
     as_t = lambda xs: torch.tensor(list(xs), dtype=torch.long, device=device)  # noqa: E731
     return ScoreBatch(
         ids_t.to(device), attn.to(device), as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(cols[3]), names

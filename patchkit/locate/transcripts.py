@@ -93,7 +93,7 @@ def load_prose(tokenizer: Any, *, max_tokens: int = 96, limit: int = 6) -> list[
     from importlib import resources
 
     text = resources.files("patchkit.checks").joinpath("data/prose.txt").read_text(encoding="utf-8")
-    paras = [p.strip() for p in "\n".join(l for l in text.splitlines() if not l.startswith("#")).split("\n\n")]
+    paras = [p.strip() for p in "\n".join(line for line in text.splitlines() if not line.startswith("#")).split("\n\n")]
     out = []
     for p in paras:
         if p:

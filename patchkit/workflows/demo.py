@@ -743,7 +743,7 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(labels))]
         ax1.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=name, color=color)
         texts = [f"{k}/{n}" for k, n in ks] + ["n/a" if m.completeness.value is None else f"{m.completeness.value:.2f}"]
-        for x, v, up, text in zip(xs, vals, hi, texts):
+        for x, v, up, text in zip(xs, vals, hi, texts, strict=True):
             ax1.text(x, min(v + up, 1.0) + 0.015, text, ha="center", va="bottom", fontsize=7)
     ax1.set_xticks(range(len(labels)), labels)
     ax1.set_ylim(0, 1.1)

@@ -80,7 +80,7 @@ class _Batcher:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
-                for (_, _, fut), gen in zip(items, gens):
+                for (_, _, fut), gen in zip(items, gens, strict=True):
                     if not fut.done():
                         fut.set_result(gen)
 
