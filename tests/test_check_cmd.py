@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from bench_tiny import make_tiny_llama, one_thread, write_recipe, zero_neurons_copy
 from click.testing import CliRunner
+from fixtures.cli_output import json_docs
 from loops_tiny import bigram_model, cycle
 
 from patchkit.cli import main
@@ -58,16 +59,6 @@ def looping(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-def _json_docs(stdout: str) -> list:
-    """Every JSON document on stdout (a command prints exactly one; this proves it)."""
-    decoder, docs, pos = json.JSONDecoder(), [], 0
-    while pos < len(stdout.rstrip()):
-        doc, end = decoder.raw_decode(stdout, pos)
-        docs.append(doc)
-        pos = end + len(stdout[end:]) - len(stdout[end:].lstrip())
-    return docs
 
 
 def _loop_recipe(path: Path, suite: Path, *, max_loop_rate: float) -> Path:
@@ -174,7 +165,7 @@ def test_bench_recipe_gates_exit_code(base, tmp_path):
         main, ["bench", str(base), "--patched", str(patched), "--recipe", str(recipe), "--limit", "3", "--json"]
     )
     assert result.exit_code == 1
-    (payload,) = _json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
+    (payload,) = json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
     assert payload["tasks"] == ["kl"] and payload["gates"]["max_kl"] == 0.001
     assert payload["failures"][0].startswith("max_kl:")
 

@@ -6,22 +6,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from fixtures.cli_output import json_docs
 from loops_tiny import bigram_model, cycle, one_thread
 
 from patchkit.checks.loops import LoopSettings, run_loops, run_suite
 from patchkit.checks.probes import load_suite
 from patchkit.publish.card import report_rows
 from patchkit.recipe.gates import LoopGates
-
-
-def _json_docs(stdout: str) -> list:
-    """Every JSON document on stdout (a command prints exactly one; this proves it)."""
-    decoder, docs, pos = json.JSONDecoder(), [], 0
-    while pos < len(stdout.rstrip()):
-        doc, end = decoder.raw_decode(stdout, pos)
-        docs.append(doc)
-        pos = end + len(stdout[end:]) - len(stdout[end:].lstrip())
-    return docs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -322,7 +313,7 @@ def test_cli_gates_from_recipe_exit_1(suite_file, model_dirs, tmp_path, monkeypa
     )
     assert result.exit_code == 1, result.output
     assert "gate failed: max_loop_rate: patched loop rate 1.000 (3/3) > 0.2" in result.output
-    (report,) = _json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
+    (report,) = json_docs(result.stdout)  # a failed gate is a result: the report is the one JSON document
     assert report["failures"][0].startswith("max_loop_rate")
     # the recipe's checks.loops filled in what the command line did not set
     assert report["settings"]["suite"] == str(suite_file) and report["settings"]["max_new_tokens"] == 60

@@ -57,6 +57,15 @@ def allowed_roots(root: str | os.PathLike[str]) -> tuple[Path, ...]:
     return tuple(roots)
 
 
+def _link_out(path: Path, real: Path, root: str | os.PathLike[str]) -> UnsafeFileError:
+    return UnsafeFileError(
+        f"{path}: is a link to {real}, outside the model directory {root}",
+        hint="patchkit follows links only inside the model directory or its Hugging Face cache blobs/; "
+        "copy the file in, or remove the link",
+        data={"path": str(path), "target": str(real)},
+    )
+
+
 def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
@@ -79,12 +88,7 @@ def check_entry(
     p = Path(path)
     real = Path(os.path.realpath(p))
     if root is not None and not _inside(real, allowed_roots(root)):
-        raise UnsafeFileError(
-            f"{p}: is a link to {real}, outside the model directory {root}",
-            hint="patchkit follows links only inside the model directory or its Hugging Face cache blobs/; "
-            "copy the file in, or remove the link",
-            data={"path": str(p), "target": str(real)},
-        )
+        raise _link_out(p, real, root)
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -205,12 +209,7 @@ def _check_tree_entry(entry: Path, root: Path, roots: tuple[Path, ...]) -> None:
     if stat.S_ISLNK(st.st_mode):
         real = Path(os.path.realpath(entry))
         if not _inside(real, roots):
-            raise UnsafeFileError(
-                f"{entry}: is a link to {real}, outside the model directory {root}",
-                hint="patchkit follows links only inside the model directory or its Hugging Face cache blobs/; "
-                "copy the file in, or remove the link",
-                data={"path": str(entry), "target": str(real)},
-            )
+            raise _link_out(entry, real, root)
         try:
             st = os.stat(real)
         except OSError:
@@ -313,3 +312,16 @@ def shown(text: str, limit: int = 120) -> str:
     """`text` fit for a one-line message: as it is when printable, else its repr; long texts cut."""
     out = text if text.isprintable() else repr(text)
     return out if len(out) <= limit else out[:limit] + "..."
+
+
+def json_type(value: Any) -> str:
+    """How JSON names the type of a parsed value ("object", "array", ...), for messages about hostile files."""
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

@@ -9,26 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from patchkit.errors import ModelError
-
-_DTYPES = {
-    "float32": "float32",
-    "f32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "f16": "float16",
-    "fp16": "float16",
-}
+from patchkit.model.dtypes import canonical_dtype
 
 
 def _torch_dtype(name: str) -> Any:
     import torch
 
-    try:
-        return getattr(torch, _DTYPES[name])
-    except KeyError:
-        raise ModelError(f"unknown dtype {name!r}", hint="use one of f32, bf16, f16") from None
+    return getattr(torch, canonical_dtype(name))
 
 
 def resolve_device(device: str) -> tuple[str, bool]:

@@ -83,7 +83,8 @@ def hub_api(endpoint: str | None, token: str | None):
 # ---------------------------------------------------------------------------------------------------------------
 # errors and retries
 # ---------------------------------------------------------------------------------------------------------------
-def _chain(exc: BaseException) -> Iterable[BaseException]:
+def exception_chain(exc: BaseException) -> Iterable[BaseException]:
+    """`exc`, then its causes and contexts, each once (a cycle-safe walk of the chain)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -93,7 +94,7 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
 
 
 def http_status(exc: BaseException) -> int | None:
-    for item in _chain(exc):
+    for item in exception_chain(exc):
         try:
             response = getattr(item, "response", None)
         except RuntimeError:  # httpx raises when a request error has no response attached
@@ -105,7 +106,7 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    for item in _chain(exc):
+    for item in exception_chain(exc):
         name = type(item).__name__
         module = type(item).__module__ or ""
         if isinstance(item, (ConnectionError, TimeoutError)):
@@ -133,7 +134,7 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 def _offline(exc: BaseException) -> bool:
-    return any(type(item).__name__ == "OfflineModeIsEnabled" for item in _chain(exc))
+    return any(type(item).__name__ == "OfflineModeIsEnabled" for item in exception_chain(exc))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -196,7 +197,7 @@ def map_hub_error(
             hint=f"use a token with write access to the {namespace!r} namespace, or push to a repo you own",
         )
     if status == 404:
-        if any(isinstance(item, RevisionNotFoundError) for item in _chain(exc)):
+        if any(isinstance(item, RevisionNotFoundError) for item in exception_chain(exc)):
             return HubError(f"revision {revision!r} not found in{where} (404)", hint="check the branch / commit name")
         return HubError(
             f"repository{where} not found (404) while {action}",

@@ -21,8 +21,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from patchkit._io.fs import check_tree, parse_json, read_capped, shown
+from patchkit._io.fs import check_tree, json_type, parse_json, read_capped, shown
 from patchkit.errors import ModelError, PatchkitError
+from patchkit.model.hub_client import exception_chain
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ModelRef:
         config = self._read_json(CONFIG_FILE, required=True, cap=MAX_CONFIG_BYTES)
         if not isinstance(config, dict):
             raise ModelError(
-                f"{self.where(CONFIG_FILE)}: is a JSON {_json_type(config)}, not an object",
+                f"{self.where(CONFIG_FILE)}: is a JSON {json_type(config)}, not an object",
                 hint="pass a Hugging Face checkpoint directory",
             )
         return config
@@ -121,12 +122,12 @@ class ModelRef:
             return None
         where = self.where(INDEX_FILE)
         if not isinstance(index, dict):
-            raise ModelError(f"{where}: is a JSON {_json_type(index)}, not an object")
+            raise ModelError(f"{where}: is a JSON {json_type(index)}, not an object")
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelError(
                 f"{where}: has no weight_map"
-                + ("" if weight_map is None else f" object (got a JSON {_json_type(weight_map)})"),
+                + ("" if weight_map is None else f" object (got a JSON {json_type(weight_map)})"),
                 hint="re-download or re-save the checkpoint",
             )
         out: dict[str, str] = {}
@@ -136,7 +137,7 @@ class ModelRef:
                 raise ModelError(f"{where}: weight_map has an empty or unprintable tensor name {shown(tensor, 80)}")
             if not isinstance(file, str):
                 raise ModelError(
-                    f"{where}: weight_map[{shown(tensor, 120)}] must be a file name, got a JSON {_json_type(file)}"
+                    f"{where}: weight_map[{shown(tensor, 120)}] must be a file name, got a JSON {json_type(file)}"
                 )
             if file not in checked:
                 checked[file] = _safe_weight_path(where, tensor, file)
@@ -259,18 +260,6 @@ class ModelRef:
                     raise ModelError(f"{self.local_dir}: no {name}", hint="pass a Hugging Face checkpoint directory")
                 return None
         return _hub_file(self, name, required=required)  # small file of a Hub model: cache, else one download
-
-
-def _json_type(value: Any) -> str:
-    return {
-        dict: "object",
-        list: "array",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
 
 
 def _safe_weight_path(where: str, tensor: str, file: str) -> str:
@@ -433,7 +422,9 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
             raise ModelError(f"{model.repo_id}: the repo has no {name}") from None
         return None
     except Exception as exc:  # noqa: BLE001
-        offline = any(type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError") for e in _causes(exc))
+        offline = any(
+            type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError") for e in exception_chain(exc)
+        )
         if not required and (_status_of(exc) == 404 or (offline and model.local_dir is not None)):
             return None  # an optional file (the shard index) that the offline cache does not have
         raise _hub_error(model.repo_id, exc, revision=model.revision) from None
@@ -457,7 +448,7 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = None) -> PatchkitError:
-    names = {type(e).__name__ for e in _causes(exc)}
+    names = {type(e).__name__ for e in exception_chain(exc)}
     if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
         return ModelError(
             f"{repo}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
@@ -466,12 +457,3 @@ def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = N
     from patchkit.model.hub_client import map_hub_error
 
     return map_hub_error(exc, action="resolving", repo_id=repo, revision=revision)
-
-
-def _causes(exc: BaseException):
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from patchkit._io.fs import open_regular, parse_json, shown
+from patchkit._io.fs import json_type, open_regular, parse_json, shown
 from patchkit.errors import SafetensorsError
 
 #: Same cap as the reference implementation: a header this large is hostile, not a model.
@@ -199,13 +199,13 @@ def header_from_dict(obj: Any, *, path: str, header_len: int, file_size: int | N
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise SafetensorsError(
-                f"{path}: __metadata__ must map strings to strings, got a JSON {_json_type(metadata)}"
+                f"{path}: __metadata__ must map strings to strings, got a JSON {json_type(metadata)}"
             )
         for k, v in metadata.items():
             if not isinstance(v, str):
                 raise SafetensorsError(
                     f"{path}: __metadata__ must map strings to strings; key {shown(k, 60)} maps to "
-                    f"a JSON {_json_type(v)}"
+                    f"a JSON {json_type(v)}"
                 )
     if len(obj) > MAX_TENSORS + 1:
         raise SafetensorsError(f"{path}: header lists more than {MAX_TENSORS} tensors (corrupt or hostile file)")
@@ -222,18 +222,6 @@ def header_from_dict(obj: Any, *, path: str, header_len: int, file_size: int | N
             gc.enable()
     _check_layout(path, tensors, header_len, file_size)
     return SafetensorsHeader(path=path, header_len=header_len, metadata=metadata, tensors=tensors, file_size=file_size)
-
-
-def _json_type(value: Any) -> str:
-    return {
-        dict: "object",
-        list: "array",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
 
 
 _FIELDS = frozenset({"dtype", "shape", "data_offsets"})

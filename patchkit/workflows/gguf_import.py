@@ -27,6 +27,7 @@ from patchkit._io.fs import shown
 from patchkit._io.hashing import sha256_file
 from patchkit._version import __version__
 from patchkit.errors import Fix, ModelError
+from patchkit.model.dtypes import canonical_dtype
 from patchkit.model.gguf_header import check_loaded, validate_gguf
 
 #: The PyPI package that embeds the demo model, and the name of its imported cache directory.
@@ -36,16 +37,6 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct-f32"
 PROVENANCE_FILE = "gguf-import.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
-_DTYPES = {
-    "float32": "float32",
-    "f32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "f16": "float16",
-    "fp16": "float16",
-}
 #: GGUF architectures that are not decoder-only causal LMs (transformers can read them, we cannot use them), and
 #: the metadata prefixes transformers' table lists beside the architectures ("general", "tokenizer").
 _NOT_CAUSAL_LM = {"t5", "t5encoder", "umt5", "bert", "nomic-bert", "general", "tokenizer"}
@@ -73,14 +64,6 @@ class GGUFInfo:
             "tensor_count": self.tensor_count,
             "tensor_types": self.tensor_types,
         }
-
-
-def canonical_dtype(dtype: str) -> str:
-    """Map `bf16`/`f32`/... to a torch dtype name; ModelError on anything else."""
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ModelError(f"dtype {dtype!r} is not supported", hint="use f32 or bf16") from None
 
 
 def read_gguf_info(path: str | Path) -> GGUFInfo:
