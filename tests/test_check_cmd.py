@@ -17,7 +17,7 @@ from loops_tiny import bigram_model, cycle
 
 from patchkit.cli import main
 from patchkit.recipe.gates import BenchGates
-from patchkit.workflows.check import run_check
+from patchkit.workflows.check import CheckSettings, run_check
 
 #: one enumeration item and one control, so the loop step runs 2 short generations per model
 SUITE = """\
@@ -117,7 +117,7 @@ def test_check_runs_the_loop_check_on_the_applied_model_and_gates_it(looping, tm
     suite.write_text(SUITE)
     failing = _loop_recipe(tmp_path / "strict.yaml", suite, max_loop_rate=0.0)
     out = tmp_path / "patched"
-    report = run_check(failing, str(looping), out=out, tasks="kl", limit=2)
+    report = run_check(failing, str(looping), out=out, settings=CheckSettings(tasks="kl", limit=2))
     steps = {s.step: s.status for s in report.steps}
     assert steps == {"validate": "pass", "apply": "pass", "loops": "fail", "bench": "pass"}
     # the loop check ran base vs the checkpoint apply wrote, with the recipe's suite and budget
@@ -146,7 +146,7 @@ def test_check_runs_the_loop_check_on_the_applied_model_and_gates_it(looping, tm
 
 def test_check_reports_an_apply_error_and_skips_the_checks(base, tmp_path):
     recipe = write_recipe(tmp_path / "bad.yaml", layer=7, neurons=[0], bench={"max_kl": 1.0})  # the model has 2 layers
-    report = run_check(recipe, str(base), tasks="kl", limit=2)
+    report = run_check(recipe, str(base), settings=CheckSettings(tasks="kl", limit=2))
     steps = {s.step: s.status for s in report.steps}
     assert steps == {"validate": "pass", "apply": "error", "loops": "skipped", "bench": "skipped"}
     assert report.verdict == "FAIL" and report.failures[0].startswith("apply: ")

@@ -284,7 +284,10 @@ def test_cli_loops_json_report_and_errors(suite_file, model_dirs, tmp_path):
     http_recipe = runner.invoke(
         main, ["loops", "m", "--recipe", "r.yaml", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"]
     )
-    assert http_recipe.exit_code == 2 and "--recipe needs the transformers backend" in http_recipe.output
+    assert (
+        http_recipe.exit_code == 2
+        and "a recipe is applied locally: it needs the transformers backend" in http_recipe.output
+    )
 
 
 def test_cli_gates_from_recipe_exit_1(suite_file, model_dirs, tmp_path, monkeypatch):

@@ -68,11 +68,11 @@ def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
         if not part:
             continue
         if part not in DEFAULT_TASKS and not (part.startswith("lmeval:") and len(part) > len("lmeval:")):
-            raise CheckError(f"--tasks: unknown task {part!r}", hint="use kl, ppl, qa or lmeval:<task>[,...]")
+            raise CheckError(f"tasks: unknown task {part!r}", hint="use kl, ppl, qa or lmeval:<task>[,...]")
         if part not in tasks:
             tasks.append(part)
     if not tasks:
-        raise CheckError("--tasks: no task given", hint="use kl, ppl, qa or lmeval:<task>")
+        raise CheckError("tasks: no task given", hint="use kl, ppl, qa or lmeval:<task>")
     return tasks
 
 
@@ -592,7 +592,7 @@ def run_bench(
         from patchkit.generate.loading import patched_checkpoint
 
         if isinstance(base, tuple):
-            raise CheckError("--recipe needs the base as a checkpoint reference, not a loaded model")
+            raise CheckError("a recipe needs the base as a checkpoint reference, not a loaded model")
         _check_ref(base, "base model")
         with patched_checkpoint(recipe, base) as out:
             report = run_bench(base, out, settings=settings, gates=gates, progress=progress)

@@ -29,7 +29,7 @@ from patchkit.checks.answers import score_answer
 from patchkit.checks.detect import LOOP_LABELS, Verdict, detect, loop_stop_test
 from patchkit.checks.figure import Figure
 from patchkit.checks.probes import Probe, Suite, load_suite
-from patchkit.errors import CheckError
+from patchkit.errors import CheckError, Fix
 from patchkit.generate.types import REQUESTS_STAGE, TOKENS_STAGE, Generation, GenerationRequest, SamplingParams
 from patchkit.recipe import Recipe, load_recipe
 from patchkit.recipe.gates import LoopGates
@@ -636,7 +636,7 @@ def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
         from patchkit.generate.openai_backend import OpenAIBackend
 
         if not settings.base_url:
-            raise CheckError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+            raise CheckError("the openai backend needs a server URL", fix=Fix("base_url", "http://127.0.0.1:8000/v1"))
         client = OpenAIBackend(settings.base_url, model=ref, concurrency=settings.concurrency, timeout=settings.timeout)
         try:
             yield client
@@ -696,8 +696,8 @@ def run_loops(
         raise CheckError("give either a patched model or a recipe, not both")
     if recipe is not None and settings.backend != "transformers":
         raise CheckError(
-            "--recipe needs the transformers backend",
-            hint="apply the recipe, serve the output, and pass its model name with --patched",
+            "a recipe is applied locally: it needs the transformers backend",
+            hint="apply the recipe, serve the output, and name it as the patched model",
         )
     recipe_obj = _load_recipe(recipe) if recipe is not None else None
     if gates is None and recipe_obj is not None and recipe_obj.checks is not None:

@@ -113,20 +113,19 @@ def check_cmd(
     from rich.table import Table
 
     from patchkit.checks.bench_report import bench_table, write_report
-    from patchkit.workflows.check import run_check
+    from patchkit.workflows.check import CheckSettings, run_check
 
     bench = settings_from_options(BenchSettings, options)
     console = ui_console(as_json)
     with _rich_progress(console) as progress:
+        settings = CheckSettings(
+            tasks=bench.tasks, limit=bench.limit, skip_loops=skip_loops, dtype=bench.dtype, device=bench.device
+        )
         report = run_check(
             recipe,
             model,
             out=out,
-            tasks=bench.tasks,
-            limit=bench.limit,
-            skip_loops=skip_loops,
-            dtype=bench.dtype,
-            device=bench.device,
+            settings=settings,
             progress=progress,
             step_callback=lambda s: console.print(f"{s.step}: {s.status} {s.summary}", highlight=False),
         )

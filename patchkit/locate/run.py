@@ -25,7 +25,7 @@ __all__ = ["LocateSettings", "LocateResult", "run_locate", "Progress"]
 STAGES = ("collect", "layers", "attribution", "sweep", "heldout")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocateSettings:
     """Everything that changes what locate finds (all of it goes into the stage-cache keys)."""
 

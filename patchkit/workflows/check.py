@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from patchkit._io.progress import Progress
 from patchkit.checks.bench import BenchReport, BenchSettings, run_bench
@@ -97,17 +99,27 @@ def _output_dir(out: str | Path | None) -> Iterator[Path]:
         yield Path(tmp) / "patched"
 
 
+class CheckSettings(BaseModel):
+    """Every option of `patchkit check`, in one frozen object (the loop and bench settings derive from it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: str | tuple[str, ...] | None = Field(
+        None, description="bench tasks (default: the recipe's checks.bench.tasks, else kl, ppl, qa)"
+    )
+    limit: int | None = Field(None, ge=1, description="probes per kind (loops) and items per source (bench)")
+    skip_loops: bool = Field(False, description="do not run the loop check")
+    skip_bench: bool = Field(False, description="do not run the bench")
+    dtype: str = Field("float32", description="load dtype for both checks")
+    device: str = Field("cpu", description="torch device for both checks")
+
+
 def run_check(
     recipe_path: str | Path,
     model: str,
     *,
     out: str | Path | None = None,
-    tasks: str | Sequence[str] | None = None,
-    limit: int | None = None,
-    skip_loops: bool = False,
-    skip_bench: bool = False,
-    dtype: str = "float32",
-    device: str = "cpu",
+    settings: CheckSettings | None = None,
     progress: Progress | None = None,
     step_callback: Callable[[StepResult], None] | None = None,
 ) -> CheckReport:
@@ -119,12 +131,7 @@ def run_check(
         recipe_path: the recipe file.
         model: the base checkpoint (directory, org/name[@rev]).
         out: keep the patched checkpoint here (default: a temporary directory, removed afterwards).
-        tasks: bench tasks (default: the recipe's checks.bench.tasks, else kl, ppl, qa).
-        limit: probes per kind (loops) and items per source (bench).
-        skip_loops: do not run the loop check.
-        skip_bench: do not run the bench.
-        dtype: load dtype for both checks.
-        device: torch device for both checks.
+        settings: CheckSettings (tasks, limit, skip_loops, skip_bench, dtype, device).
         progress: `progress(stage, done, total)`, passed to both checks.
         step_callback: called with each step's result as soon as it is known.
 
@@ -134,6 +141,7 @@ def run_check(
     Raises:
         RecipeError: the recipe does not validate (one line with file:line:col).
     """
+    settings = settings or CheckSettings()
     report = CheckReport(recipe=str(recipe_path), model=str(model), output=str(out) if out else None)
 
     def record(step: StepResult) -> None:
@@ -151,7 +159,9 @@ def run_check(
     )
     loop_gates = recipe.checks.loops if recipe.checks else None
     bench_gates = recipe.checks.bench if recipe.checks else None
-    common = {k: v for k, v in (("limit", limit), ("dtype", dtype), ("device", device)) if v is not None}
+    common: dict[str, Any] = {"dtype": settings.dtype, "device": settings.device}
+    if settings.limit is not None:
+        common["limit"] = settings.limit
 
     with _output_dir(out) as out_dir:
         # 2. apply
@@ -175,7 +185,7 @@ def run_check(
 
         # 3. loops
         t = time.perf_counter()
-        if skip_loops:
+        if settings.skip_loops:
             record(StepResult("loops", "skipped", "--skip-loops"))
         else:
             try:
@@ -203,12 +213,15 @@ def run_check(
 
         # 4. bench
         t = time.perf_counter()
-        if skip_bench:
+        if settings.skip_bench:
             record(StepResult("bench", "skipped", "--skip-bench"))
         else:
             try:
-                settings = BenchSettings(**common, **({"tasks": tasks} if tasks is not None else {}))
-                bench = run_bench(str(model), patched_dir, settings=settings, gates=bench_gates, progress=progress)
+                tasks = {"tasks": settings.tasks} if settings.tasks is not None else {}
+                bench_settings = BenchSettings(**common, **tasks)
+                bench = run_bench(
+                    str(model), patched_dir, settings=bench_settings, gates=bench_gates, progress=progress
+                )
             except PatchkitError as exc:
                 record(StepResult("bench", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
