@@ -93,7 +93,9 @@ def test_without_a_recipe_the_demo_stops_after_the_base_check(tmp_path, suite_fi
     monkeypatch.setattr(pd, "default_recipe_path", lambda: None)
     events = Recorder()
     out = tmp_path / "reports" / "r1"
-    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=12, out=out, events=events)
+    result = pd.run_demo(
+        settings=pd.DemoSettings(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=12), out=out, events=events
+    )
     assert result.stopped == "no recipe" and not result.complete and result.report_dir == out
     assert any("smollm2-135m.yaml does not exist" in n and "--recipe" in n for n in events.notes)
     assert events.steps == ["import", "base-loops", "report"] and events.cards == []
@@ -113,7 +115,11 @@ def test_an_unresolved_default_recipe_is_reported_plainly(tmp_path, suite_file, 
     )
     monkeypatch.setattr(pd, "default_recipe_path", lambda: recipe)
     events = Recorder()
-    result = pd.run_demo(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, out=tmp_path / "r", events=events)
+    result = pd.run_demo(
+        settings=pd.DemoSettings(model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8),
+        out=tmp_path / "r",
+        events=events,
+    )
     assert result.stopped == "no recipe" and any("unresolved" in n for n in events.notes)
 
 
@@ -133,7 +139,11 @@ def test_an_unresolved_locate_recipe_runs_its_candidate_labelled_unconfirmed(
     events = Recorder()
     out = tmp_path / "r"
     result = pd.run_demo(
-        model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, limit=1, out=out, events=events, bench_tasks="kl"
+        settings=pd.DemoSettings(
+            model_dir=tiny_dir, suite=str(suite_file), max_new_tokens=8, limit=1, bench_tasks="kl"
+        ),
+        out=out,
+        events=events,
     )
     assert result.complete and result.recipe_origin == "unconfirmed-candidate"
     assert any("UNCONFIRMED candidate, not a fix" in n and "held-out loops 33/45 -> 34/45" in n for n in events.notes)
@@ -147,10 +157,14 @@ def test_bad_inputs_fail_before_any_generation(tmp_path, tiny_dir):
     busy.mkdir()
     (busy / "x").write_text("x")
     with pytest.raises(pd.DemoError, match="busy: report directory exists and is not empty"):
-        pd.run_demo(model_dir=tiny_dir, out=busy)
+        pd.run_demo(settings=pd.DemoSettings(model_dir=tiny_dir), out=busy)
     events = Recorder()
     with pytest.raises(pd.DemoError, match="nope.yaml: recipe file not found"):
-        pd.run_demo(model_dir=tiny_dir, recipe=tmp_path / "nope.yaml", out=tmp_path / "r", events=events)
+        pd.run_demo(
+            settings=pd.DemoSettings(model_dir=tiny_dir, recipe=tmp_path / "nope.yaml"),
+            out=tmp_path / "r",
+            events=events,
+        )
     assert "base-loops" not in events.steps and not (tmp_path / "r").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -161,14 +175,11 @@ def test_full_pipeline_on_a_tiny_model(tmp_path, suite_file, tiny_dir):
     events = Recorder()
     out = tmp_path / "r"
     result = pd.run_demo(
-        model_dir=tiny_dir,
-        suite=str(suite_file),
-        recipe=recipe,
-        max_new_tokens=12,
-        limit=2,
+        settings=pd.DemoSettings(
+            model_dir=tiny_dir, suite=str(suite_file), recipe=recipe, max_new_tokens=12, limit=2, bench_tasks="kl,ppl"
+        ),
         out=out,
         events=events,
-        bench_tasks="kl,ppl",
     )
     assert result.complete and result.recipe_origin == "argument"
     assert events.steps == ["import", "base-loops", "apply", "diff", "patched-loops", "bench", "push", "report"]
@@ -228,14 +239,16 @@ def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
     recipe.write_text(RECIPE.format(layer=28, neuron=1095))  # a high-activation neuron: visibly changes outputs
     out = tmp_path / "real"
     result = pd.run_demo(
-        model_dir=smollm2_dir,
-        suite=str(suite_file),
-        recipe=recipe,
-        max_new_tokens=24,
-        limit=1,
+        settings=pd.DemoSettings(
+            model_dir=smollm2_dir,
+            suite=str(suite_file),
+            recipe=recipe,
+            max_new_tokens=24,
+            limit=1,
+            bench_tasks="kl,ppl",
+            bench_options={"control_max_new_tokens": 12, "max_text_tokens": 64},
+        ),
         out=out,
-        bench_tasks="kl,ppl",
-        bench_options={"control_max_new_tokens": 12, "max_text_tokens": 64},
     )
     assert result.complete
     report = _assert_common_report(out, n_enum=1)
@@ -257,5 +270,5 @@ def test_a_recipe_that_does_not_fit_fails_before_generation(tmp_path, tiny_dir):
     recipe.write_text(RECIPE.format(layer=7, neuron=3))  # the tiny model has 2 layers
     events = Recorder()
     with pytest.raises(Exception, match="layer"):
-        pd.run_demo(model_dir=tiny_dir, recipe=recipe, out=tmp_path / "r", events=events)
+        pd.run_demo(settings=pd.DemoSettings(model_dir=tiny_dir, recipe=recipe), out=tmp_path / "r", events=events)
     assert "base-loops" not in events.steps and not (tmp_path / "r").exists()

@@ -169,21 +169,15 @@ def demo_cmd(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card
 
 
 def _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no_card, as_json) -> None:
-    from patchkit.workflows.demo import run_demo
+    from patchkit.workflows.demo import DemoSettings, run_demo
 
     console = ui_console(as_json)
     quiet_library_progress()
     events = RichEvents(console, show_card=not no_card)
-    result = run_demo(
-        full=full,
-        recipe=recipe,
-        out=out,
-        max_new_tokens=max_new_tokens,
-        limit=limit,
-        model_dir=model_dir,
-        suite=suite,
-        events=events,
+    settings = DemoSettings(
+        full=full, recipe=recipe, max_new_tokens=max_new_tokens, limit=limit, model_dir=model_dir, suite=suite
     )
+    result = run_demo(settings=settings, out=out, events=events)
     if as_json:
         console.print(summary_table(result))
         emit_json(result.to_json())

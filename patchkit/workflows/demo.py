@@ -11,7 +11,6 @@ temporary name and renamed into place at the end, so a failed run never leaves a
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchkit._io.atomic import atomic_write_json, atomic_write_text
 from patchkit.errors import Fix, PatchkitError
 
 #: The recipe the locate work writes for the embedded model, looked up next to the package (source checkout).
@@ -237,49 +239,70 @@ def _prepare_out(out: Path | None) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
+class DemoSettings(BaseModel):
+    """Every option of `patchkit demo`, in one frozen object (the CLI flags map onto it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    full: bool = Field(False, description="run the whole enumeration suite instead of the small smoke suite")
+    recipe: Path | None = Field(None, description="recipe to apply (default: recipes/smollm2-135m.yaml)")
+    max_new_tokens: int | None = Field(None, ge=1, description=f"generation budget (default {DEFAULT_MAX_NEW_TOKENS})")
+    limit: int | None = Field(None, ge=1, description="probes per kind (and bench items)")
+    suite: str | None = Field(None, description="probe suite name or YAML path")
+    bench_tasks: str | None = Field(None, description="bench tasks (default kl, ppl, qa)")
+    bench_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra BenchSettings fields for the bench (e.g. control_max_new_tokens, max_text_tokens)",
+    )
+    keep_model: bool = Field(True, description="keep the patched checkpoint in the report directory")
+    repo_id: str | None = Field(None, description="repo named in the dry-run push plan and card")
+    model_dir: Path | None = Field(None, description="any llama checkpoint directory (skips the GGUF import)")
+
+
 def run_demo(
     *,
-    full: bool = False,
-    recipe: str | Path | None = None,
+    settings: DemoSettings | None = None,
     out: Path | None = None,
-    max_new_tokens: int | None = None,
-    limit: int | None = None,
-    suite: str | None = None,
-    bench_tasks: str | None = None,
-    bench_options: dict[str, Any] | None = None,
-    keep_model: bool = True,
-    repo_id: str | None = None,
-    model_dir: Path | None = None,
     events: DemoEvents | None = None,
 ) -> DemoResult:
     """Run the whole pipeline on the embedded model and write a report directory; returns its summary.
 
-    `full` runs the whole enumeration suite instead of the small smoke suite; `limit` caps probes per kind
-    (and bench items); `recipe` overrides recipes/smollm2-135m.yaml; `model_dir` skips the GGUF import
-    (any llama checkpoint directory); `bench_options` are extra `BenchSettings` fields for the bench (e.g.
-    `control_max_new_tokens`, `max_text_tokens`). Without a usable recipe the run stops after the base loop check.
+    Args:
+        settings: DemoSettings (suite, budget, recipe, model directory, bench options ...).
+        out: the report directory (default: patchkit-demo/run-<timestamp>); built under a temporary name and
+            renamed into place at the end.
+        events: receives stage starts, summaries, notes and progress (the CLI renders them with rich).
+
+    Returns:
+        DemoResult: the summary rows, messages, timings and the files written.
+
+    Raises:
+        DemoError: the demo cannot run as asked (a busy --out, a recipe that does not fit the model, ...).
+
+    Without a usable recipe the run stops after the base loop check.
     """
+    settings = settings or DemoSettings()
     events = events or DemoEvents()
-    suite_name = suite or (FULL_SUITE if full else DEFAULT_SUITE)
-    tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    suite_name = settings.suite or (FULL_SUITE if settings.full else DEFAULT_SUITE)
+    tokens = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     final, tmp = _prepare_out(out)
     messages: list[str] = []
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        bench_limit = limit if limit is not None else DEFAULT_BENCH_LIMIT
-        bench = {"tasks": bench_tasks, "limit": bench_limit, **(bench_options or {})}
+        bench_limit = settings.limit if settings.limit is not None else DEFAULT_BENCH_LIMIT
+        bench = {"tasks": settings.bench_tasks, "limit": bench_limit, **settings.bench_options}
         result = _run(
             tmp,
             final,
             suite_name,
             tokens,
-            limit,
+            settings.limit,
             bench,
-            recipe,
-            keep_model,
-            repo_id,
-            model_dir,
+            settings.recipe,
+            settings.keep_model,
+            settings.repo_id,
+            settings.model_dir,
             events,
             messages,
             timings,
@@ -667,14 +690,11 @@ def _numbers(base: Any, patched: Any, diff_report: Any, bench_report: Any) -> di
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    _write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_json(path, payload)
 
 
 def _publish_permissions(directory: Path) -> None:
