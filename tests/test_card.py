@@ -174,7 +174,11 @@ def test_bad_report_is_a_one_line_error(patched, tmp_path):
     (tmp_path / "loops.json").write_text("{not json")
     result = CliRunner().invoke(main, ["card", str(patched), "--loops-report", str(tmp_path / "loops.json")])
     assert result.exit_code == 2
-    assert result.output.startswith("error: ") and "loops.json: loops report is not JSON" in result.output
+    assert (
+        result.output.startswith("error: ")
+        and "loops.json: is not valid JSON" in result.output
+        and "patchkit loops --json" in result.output
+    )
     missing = CliRunner().invoke(main, ["card", str(patched), "--bench-report", str(tmp_path / "nope.json")])
     assert missing.exit_code == 2 and "bench report not found" in missing.output
 

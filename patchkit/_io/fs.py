@@ -325,3 +325,22 @@ def json_type(value: Any) -> str:
         float: "number",
         type(None): "null",
     }.get(type(value), type(value).__name__)
+
+
+#: patchkit's own JSON side files (patchkit.json, gguf-import.json, reports): a 1,100-edit provenance is ~0.5 MB
+MAX_SIDE_FILE_BYTES = 64 << 20
+
+
+def read_json_file(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    root: str | os.PathLike[str] | None = None,
+    max_bytes: int = MAX_SIDE_FILE_BYTES,
+    error: type[PatchkitError] = ModelError,
+) -> Any:
+    """Strict JSON from a regular file of at most `max_bytes` (checked before reading): `read_capped` then
+    `parse_json`, every failure one `error` line naming the file."""
+    return parse_json(
+        read_capped(path, max_bytes, what=what, root=root, error=error), str(path), error=error, what=what
+    )

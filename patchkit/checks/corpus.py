@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from patchkit._io.fs import read_capped
 from patchkit.errors import CheckError
 
 __all__ = ["CorpusText", "STDLIB_FILES", "load_corpus", "stdlib_chunks", "prose_chunks"]
@@ -83,7 +84,8 @@ def stdlib_chunks(n: int, *, chunk_chars: int = 900, per_file: int = 2) -> list[
     for name in STDLIB_FILES:
         path = root / name
         if path.is_file():
-            per_source.append((name, _chunks_of(path.read_text(encoding="utf-8"), chunk_chars)))
+            text = read_capped(path, 16 << 20, what="corpus file", error=CheckError).decode("utf-8", errors="replace")
+            per_source.append((name, _chunks_of(text, chunk_chars)))
     if not per_source and n > 0:
         raise CheckError(
             f"{root}: no standard-library sources found", hint="use a CPython with its .py files installed"

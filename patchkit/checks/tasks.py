@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from patchkit._io.fs import read_capped
 from patchkit._io.progress import Progress
 from patchkit.errors import CheckError
 
@@ -139,9 +140,13 @@ def load_tasks(path: str | Path | None = None) -> TaskSet:
         source = "patchkit/checks/data/tasks.yaml"
     else:
         p = Path(path)
-        if not p.is_file():
+        if not p.is_symlink() and not p.exists():
             raise CheckError(f"{p}: task file not found")
-        text, source = p.read_text(encoding="utf-8"), str(p)
+        raw = read_capped(p, 16 << 20, what="task file", error=CheckError)
+        try:
+            text, source = raw.decode("utf-8"), str(p)
+        except UnicodeDecodeError as exc:
+            raise CheckError(f"{p}: task file is not UTF-8 text (byte {exc.start})") from None
     try:
         data = YAML(typ="safe").load(text)
     except YAMLError as exc:

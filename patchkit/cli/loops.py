@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from patchkit._io.fs import read_capped
 from patchkit.checks.loops import LoopSettings
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
 from patchkit.cli._options import settings_from_options, settings_options
@@ -21,7 +22,7 @@ def _read_text(name: str) -> str:
     if name == "-":
         return sys.stdin.read()
     try:
-        return Path(name).read_text(encoding="utf-8", errors="replace")
+        return read_capped(name, 64 << 20, what="text file", error=CheckError).decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise CheckError(f"{name}: file not found") from None
     except OSError as exc:

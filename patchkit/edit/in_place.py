@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from patchkit._io.atomic import TMP_MARK, atomic_write_json, fsync_dir, temp_tag
+from patchkit._io.fs import read_json_file
 from patchkit._io.progress import Progress
 from patchkit.edit.output import (
     _SKIP_DIRS,
@@ -53,7 +54,7 @@ from patchkit.edit.provenance import (
     sha256_file,
 )
 from patchkit.edit.stream import write_patched
-from patchkit.errors import ApplyError
+from patchkit.errors import ApplyError, PatchkitError
 
 JOURNAL_FORMAT = 2
 _STALE_TEMP = re.compile(re.escape(TMP_MARK) + r"(?:(?:new|prov|undo)-)?(\d+)$")
@@ -494,12 +495,12 @@ def _safe_rel(directory: Path, name: Any, *, hidden: bool) -> str:
 def _read_journal(directory: Path) -> dict:
     path = directory / IN_PLACE_JOURNAL
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > (16 << 20):
-            raise ValueError("not a regular file of sensible size")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if path.is_symlink():
+            raise ValueError("it is a link")
+        data = read_json_file(path, what="in-place journal", max_bytes=16 << 20)
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             raise ValueError("no files map")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, PatchkitError) as exc:
         raise ApplyError(
             f"{path}: unreadable in-place journal ({exc})",
             hint="compare the shards with a copy of the model, then delete that file",

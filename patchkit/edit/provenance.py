@@ -6,7 +6,6 @@ file and reads it back.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +22,14 @@ def utc_now() -> str:
 
 def read_provenance(directory: str | os.PathLike[str]) -> dict | None:
     """The `patchkit.json` of a directory, or None if it has none (or it is unreadable JSON)."""
+    from patchkit._io.fs import read_json_file
+    from patchkit.errors import PatchkitError
+
     p = Path(directory) / PROVENANCE_FILE
+    if not os.path.lexists(p):
+        return None
     try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
+        data = read_json_file(p, what="provenance file", root=directory)
+    except (OSError, PatchkitError):
         return None
     return data if isinstance(data, dict) else None

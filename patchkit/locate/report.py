@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from patchkit._io.fs import read_json_file
 from patchkit.errors import PatchkitError
 
 __all__ = ["write_outputs", "recipe_text", "rate"]
@@ -54,8 +55,8 @@ def checkpoint_identity(ref: str) -> dict[str, Any]:
         f = p / name
         if f.is_file():
             try:
-                data = json.loads(f.read_text())
-            except (OSError, ValueError):
+                data = read_json_file(f, what="provenance file", root=p)
+            except (OSError, PatchkitError):
                 continue
             src = data.get("source") or data.get("base") or {}
             keep = {k: src[k] for k in ("sha256", "size", "package", "ref", "repo", "revision") if k in src}

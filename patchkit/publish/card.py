@@ -9,13 +9,13 @@ Everything comes from patchkit.json (written by `patchkit apply`) and the JSON r
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from patchkit._io.fs import MAX_SIDE_FILE_BYTES, read_capped, read_json_file
 from patchkit.errors import PatchkitError
 
 # Why "finetune": the Hub allows adapter | merge | quantized | finetune. A patched checkpoint is a complete set of
@@ -62,15 +62,15 @@ def load_report(source: str | Path | dict | None, what: str) -> dict | None:
         return source
     path = Path(source)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, what=f"{what} report", error=CardError)
     except FileNotFoundError as exc:
         raise CardError(
             f"{path}: {what} report not found", hint=f"write it with `patchkit {what} --json > {path.name}`"
         ) from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CardError(
-            f"{path}: {what} report is not JSON ({exc})", hint=f"use the output of `patchkit {what} --json`"
-        ) from exc
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read the {what} report ({exc.strerror or exc})") from exc
+    except CardError as exc:  # not JSON, too large, ...: say which output it should be
+        raise CardError(exc.message, hint=f"use the output of `patchkit {what} --json`", data=exc.data) from None
     if not isinstance(data, dict):
         raise CardError(
             f"{path}: {what} report must be a JSON object", hint=f"use the output of `patchkit {what} --json`"
@@ -585,12 +585,15 @@ def card_for_dir(
     if provenance is None:
         path = directory / "patchkit.json"
         if path.is_file():
-            try:
-                provenance = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CardError(f"{path}: not valid JSON ({exc})", hint="re-run `patchkit apply`") from exc
+            provenance = read_json_file(path, what="provenance file", root=directory, error=CardError)
     readme = directory / "README.md"
-    base_card = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else None
+    base_card = (
+        read_capped(readme, MAX_SIDE_FILE_BYTES, what="model card", root=directory, error=CardError).decode(
+            "utf-8", errors="replace"
+        )
+        if readme.is_file()
+        else None
+    )
     if base_card is not None and "patchkit" in (_base_card_meta(base_card).get("tags") or []):
         base_card = None  # a card patchkit wrote earlier is not the base model's card
     return build_card(

@@ -15,7 +15,6 @@ devices, sockets).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from patchkit._io.atomic import TMP_MARK
-from patchkit._io.fs import UnsafeFileError, check_entry
+from patchkit._io.fs import UnsafeFileError, check_entry, read_json_file
 from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
 from patchkit.edit.provenance import PROVENANCE_FILE
 from patchkit.errors import Fix, HubError, VerifyError
@@ -165,10 +164,7 @@ def load_provenance(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / PROVENANCE_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HubError(f"{path}: not valid JSON ({exc})", hint="re-run `patchkit apply` to rewrite it") from exc
+    data = read_json_file(path, what="provenance file", root=directory, error=HubError)
     if not isinstance(data, dict) or not isinstance(data.get("output_files"), dict):
         raise HubError(f"{path}: no `output_files` map", hint="re-run `patchkit apply` to rewrite it")
     return data

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from patchkit._io.fs import shown
+from patchkit._io.fs import read_json_file, shown
 from patchkit._io.hashing import sha256_file
 from patchkit._version import __version__
-from patchkit.errors import Fix, ModelError
+from patchkit.errors import Fix, ModelError, PatchkitError
 from patchkit.model.dtypes import canonical_dtype
 from patchkit.model.gguf_header import check_loaded, validate_gguf
 
@@ -365,9 +365,10 @@ def _load_gguf(path: Path, info: GGUFInfo) -> tuple[Any, Any]:
 
 def read_provenance(model_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(model_dir) / PROVENANCE_FILE).read_text())
-    except (OSError, ValueError):
+        data = read_json_file(Path(model_dir) / PROVENANCE_FILE, what="import provenance", root=model_dir)
+    except (OSError, PatchkitError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def is_complete_import(model_dir: Path) -> bool:
