@@ -60,4 +60,9 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="patchkit")
 def main() -> None:
-    """Fix released LLM checkpoints with small, auditable weight edits."""
+    """Fix released LLM checkpoints with small, auditable weight edits.
+
+    \b
+    Exit codes: 0 ok · 1 a gate or check failed · 2 bad input or usage · 3 internal error (a bug;
+    PATCHKIT_DEBUG=1 prints the traceback). Every command takes --json.
+    """
