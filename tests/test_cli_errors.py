@@ -7,7 +7,8 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
-from test_apply import base, write_recipe  # noqa: F401 - the fixture is used by name
+from fixtures.tiny_models import raw_llama_checkpoint
+from test_apply import write_recipe
 
 from patchkit.cli import main
 from patchkit.cli._common import flag_for, handle_errors, json_option
@@ -21,13 +22,18 @@ from patchkit.errors import (
 )
 
 
+@pytest.fixture
+def base(tmp_path):
+    return raw_llama_checkpoint(tmp_path / "base", "BF16", shards=3)
+
+
 def test_library_error_names_the_parameter_and_carries_data():
     exc = ApplyError("output directory x already exists", fix=Fix("force", why="to replace it"), data={"out": "x"})
     assert str(exc) == "output directory x already exists (set force=True to replace it)"
     assert exc.to_json()["data"] == {"out": "x"} and exc.exit_code == EXIT_BAD_INPUT
 
 
-def test_cli_renders_the_fix_as_its_own_flag_and_exits_2(tmp_path, base):  # noqa: F811
+def test_cli_renders_the_fix_as_its_own_flag_and_exits_2(tmp_path, base):
     recipe = write_recipe(tmp_path / "r.yaml")
     out = tmp_path / "out"
     out.mkdir()
@@ -41,7 +47,7 @@ def test_cli_renders_the_fix_as_its_own_flag_and_exits_2(tmp_path, base):  # noq
     assert "force=True" not in result.output and (out / "keep.txt").read_text() == "mine"
 
 
-def test_json_errors_are_data_on_stdout(tmp_path, base):  # noqa: F811
+def test_json_errors_are_data_on_stdout(tmp_path, base):
     recipe = write_recipe(tmp_path / "r.yaml")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("x")
