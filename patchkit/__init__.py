@@ -16,7 +16,7 @@ Checks:      run_loops (LoopSettings), run_bench (BenchSettings)
 Hub:         push, pull
 Search:      run_locate (LocateSettings)
 Errors:      PatchkitError and its subclasses; `Fix` names the parameter that resolves an error; exit codes
-             EXIT_OK / EXIT_GATE_FAILED / EXIT_BAD_INPUT / EXIT_INTERNAL.
+             EXIT_OK / EXIT_GATE_FAILED / EXIT_BAD_INPUT / EXIT_INTERNAL / EXIT_INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ _ERRORS = (
     "EXIT_GATE_FAILED",
     "EXIT_BAD_INPUT",
     "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
 )
 _API.update({name: f"patchkit.errors:{name}" for name in _ERRORS})
 
@@ -69,6 +70,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_GATE_FAILED",
     "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "Fix",
     "GateFailed",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
         EXIT_BAD_INPUT,
         EXIT_GATE_FAILED,
         EXIT_INTERNAL,
+        EXIT_INTERRUPTED,
         EXIT_OK,
         ApplyError,
         CheckError,

@@ -11,6 +11,7 @@ Exit codes (documented in the README and `patchkit --help`):
     1  a gate or check failed: loop/bench thresholds, `verify` found a difference, `--exit-code` found changes
     2  bad input or usage: recipe, model, arguments, files, the Hub refusing a request
     3  internal error: a bug in patchkit (the message says how to get the traceback)
+    130 interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from patchkit.errors import (
     EXIT_BAD_INPUT,
     EXIT_GATE_FAILED,
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
     ApplyError,
     Fix,
     GateFailed,
@@ -94,3 +95,28 @@ def test_a_fix_with_a_value_renders_the_metavar():
     cmd = _command(ApplyError("x"))
     assert flag_for(Fix("limit", "N", "(larger)"), cmd) == "pass --limit N (larger)"
     assert flag_for(Fix("unknown_param", 3), cmd) == "set unknown_param=3"
+
+
+def test_ctrl_c_exits_130_not_the_gate_code(monkeypatch):
+    result = CliRunner().invoke(_command(KeyboardInterrupt()), [])
+    assert result.exit_code == EXIT_INTERRUPTED
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        "error: interrupted (nothing half-written is left: outputs appear only when complete)"
+    ]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a torch without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_one_line(tmp_path, base):
+    result = CliRunner().invoke(main, ["loops", str(base), "--device", "cuda", "--limit", "1"])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "needs CUDA, but this torch has none" in result.output and "internal error" not in result.output
+
+
+def test_a_typo_device_is_one_line(tmp_path, base):
+    result = CliRunner().invoke(main, ["loops", str(base), "--device", "gpu0", "--limit", "1"])
+    assert result.exit_code == EXIT_BAD_INPUT and "is not a torch device" in result.output
+
+
+def test_locate_limit_zero_names_the_flag(tmp_path, base):
+    result = CliRunner().invoke(main, ["locate", str(base), "--limit", "0", "-o", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 2 and "--limit" in result.output and "suite" not in result.output

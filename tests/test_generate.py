@@ -7,6 +7,7 @@ import torch
 from loops_tiny import bigram_model, cycle, one_thread, tiny_model
 
 from patchkit.checks.detect import detect, loop_stop_test
+from patchkit.errors import ModelError
 from patchkit.generate.transformers_backend import TransformersBackend, render_prompt
 from patchkit.generate.types import GenerationRequest, SamplingParams
 
@@ -130,11 +131,16 @@ def test_auto_device_spreads_over_several_gpus(monkeypatch):
 
     from patchkit.generate.loading import resolve_device
 
-    assert resolve_device("cpu") == ("cpu", False) and resolve_device("cuda:1") == ("cuda:1", False)
+    assert resolve_device("cpu") == ("cpu", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == ("cpu", False)
+    with pytest.raises(ModelError, match="needs CUDA, but this torch has none"):
+        resolve_device("cuda:1")  # asked for explicitly on a CPU-only torch: one line, not a traceback
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto") == ("cuda", False)
+    with pytest.raises(ModelError, match="only 1 GPU"):
+        resolve_device("cuda:1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert resolve_device("auto") == ("cuda", True)  # load_model then passes device_map="auto"
+    assert resolve_device("cuda:1") == ("cuda:1", False)

@@ -64,5 +64,5 @@ def main() -> None:
 
     \b
     Exit codes: 0 ok · 1 a gate or check failed · 2 bad input or usage · 3 internal error (a bug;
-    PATCHKIT_DEBUG=1 prints the traceback). Every command takes --json.
+    PATCHKIT_DEBUG=1 prints the traceback) · 130 interrupted. Every command takes --json.
     """

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from patchkit.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, Fix, PatchkitError
+from patchkit.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, Fix, PatchkitError
 
 #: Human output (tables, progress) goes to stderr when --json is set, so stdout stays machine-readable.
 console = Console()
@@ -69,7 +69,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 as_json and exc.exit_code != EXIT_GATE_FAILED,
                 exc.to_json(fix_text),
             )
-        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit, BrokenPipeError):
+        except KeyboardInterrupt:
+            # Ctrl-C: not a failed gate (1) and not a bug (3); 130 is the shell's own code for SIGINT
+            click.echo("error: interrupted (nothing half-written is left: outputs appear only when complete)", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit, BrokenPipeError):
             raise
         except OSError as exc:
             target = f" {exc.filename}" if getattr(exc, "filename", None) else ""

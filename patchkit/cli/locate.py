@@ -90,8 +90,8 @@ def _rate(d: dict) -> str:
     default=None,
     help="Stage cache directory: finished stages are stored here and reused on a re-run.",
 )
-@click.option("--limit", type=int, default=None, help="Train probes per kind (quick runs).")
-@click.option("--heldout-limit", type=int, default=None, help="Held-out probes per kind.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Train probes per kind (quick runs).")
+@click.option("--heldout-limit", type=click.IntRange(min=1), default=None, help="Held-out probes per kind.")
 @click.option("--max-new-tokens", type=int, default=400, show_default=True)
 @click.option(
     "--device",

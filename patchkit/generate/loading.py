@@ -21,11 +21,32 @@ def _torch_dtype(name: str) -> Any:
 def resolve_device(device: str) -> tuple[str, bool]:
     """(device, spread): "auto" is cuda when there is a GPU, else cpu; `spread` when several GPUs share the model."""
     if device != "auto":
+        _check_device(device)
         return device, False
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return ("cuda" if n else "cpu"), n > 1
+
+
+def _check_device(device: str) -> None:
+    """A device this torch can use, else one line saying why (a CPU-only torch has no CUDA; a typo is not a device)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelError(f"device {device!r} is not a torch device", hint="use cpu, cuda, cuda:N or auto") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(
+                f"device {device!r} needs CUDA, but this torch has none (a CPU-only build, or no GPU visible)",
+                hint="use --device cpu or auto, or install a CUDA build of torch",
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif parsed.type not in ("cpu", "mps", "xpu", "meta"):
+        raise ModelError(f"device {device!r} is not supported here", hint="use cpu, cuda, cuda:N or auto")
 
 
 def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
