@@ -120,3 +120,15 @@ def test_a_typo_device_is_one_line(tmp_path, base):
 def test_locate_limit_zero_names_the_flag(tmp_path, base):
     result = CliRunner().invoke(main, ["locate", str(base), "--limit", "0", "-o", str(tmp_path / "r.yaml")])
     assert result.exit_code == 2 and "--limit" in result.output and "suite" not in result.output
+
+
+def test_a_checkpoint_without_a_tokenizer_is_one_line(tmp_path, tiny_llama):
+    import shutil
+
+    model = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llama, model)
+    for path in model.glob("tokenizer*"):
+        path.unlink()
+    result = CliRunner().invoke(main, ["loops", str(model), "--limit", "1"])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "no tokenizer files" in result.output and "internal error" not in result.output

@@ -92,8 +92,20 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
             raise ModelError(
                 f"{local}: no config.json", hint="pass a checkpoint directory, org/name[@rev] or a .gguf file"
             )
-        tok = AutoTokenizer.from_pretrained(str(local))
-        model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **kwargs)
+        from patchkit._io.fs import shown
+        from patchkit.model.refs import resolve_model
+
+        resolve_model(local).weight_files()  # hostile files, links out, no weights: one line before transformers
+        tok = _load_tokenizer(local)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise ModelError(
+                f"{local}: transformers could not load the model ({type(exc).__name__}: "
+                f"{shown(' '.join(str(exc).split()), 300)})",
+                hint="check config.json against the weights (architecture, sizes)",
+                data={"path": str(local)},
+            ) from None
     if not spread:
         model.to(device)
     model.eval()
@@ -101,6 +113,32 @@ def load_model(ref: str | Path, *, dtype: str = "float32", device: str = "cpu") 
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _load_tokenizer(local: Path) -> Any:
+    """The checkpoint's tokenizer, or one line saying it has none (apply outputs carry the base's tokenizer files)."""
+    from transformers import AutoTokenizer
+
+    from patchkit._io.fs import shown
+
+    if not any((local / name).exists() for name in _TOKENIZER_FILES):
+        raise ModelError(
+            f"{local}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:2])}, ...)",
+            hint="copy the base model's tokenizer files into the directory",
+            data={"path": str(local)},
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(local))
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise ModelError(
+            f"{local}: the tokenizer could not be loaded ({type(exc).__name__}: "
+            f"{shown(' '.join(str(exc).split()), 300)})",
+            hint="check the tokenizer files, or copy the base model's",
+            data={"path": str(local)},
+        ) from None
 
 
 @contextlib.contextmanager
