@@ -129,17 +129,16 @@ def read_capped(
     root: str | os.PathLike[str] | None = None,
     error: type[PatchkitError] = ModelError,
 ) -> bytes:
-    """All bytes of a regular file no larger than `max_bytes`: the size is checked before reading (stat), and the
-    read itself stops at the cap (a file that grows while being read is refused too)."""
-    real = check_entry(path, root, what=what)
-    size = os.stat(real).st_size
-    if size > max_bytes:
-        raise error(
-            f"{path}: {size} bytes is too large for a {what} (limit {max_bytes})",
-            hint=f"is this really a {what}?",
-            data={"path": str(path), "size": size, "limit": max_bytes},
-        )
+    """All bytes of a regular file no larger than `max_bytes`: the size of the opened file is checked before
+    reading (fstat), and the read itself stops at the cap (a file that grows while being read is refused too)."""
     with open_regular(path, root, what=what) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
+            raise error(
+                f"{path}: {size} bytes is too large for a {what} (limit {max_bytes})",
+                hint=f"is this really a {what}?",
+                data={"path": str(path), "size": size, "limit": max_bytes},
+            )
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise error(

@@ -134,8 +134,3 @@ def sha256_file(
     if use_cache and os.path.getsize(path) >= (1 << 20):
         remember_sha256(path, digest)
     return digest
-
-
-def sha256_bytes(data: bytes) -> str:
-    """sha256 hex digest of an in-memory buffer (recipe text, model card)."""
-    return hashlib.sha256(data).hexdigest()

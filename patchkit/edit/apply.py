@@ -26,6 +26,7 @@ from typing import Any
 
 from patchkit._io.atomic import TMP_MARK, atomic_write_json, temp_tag
 from patchkit._io.fs import check_entry
+from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
 from patchkit._io.progress import Progress
 from patchkit.edit.in_place import Recovery, _apply_in_place, _check_in_place, guard_source, recover_in_place
 from patchkit.edit.output import (
@@ -39,13 +40,7 @@ from patchkit.edit.output import (
     _source_files,
 )
 from patchkit.edit.plan import Plan, PlannedEdit
-from patchkit.edit.provenance import (
-    PROVENANCE_FILE,
-    known_sha256,
-    read_provenance,
-    remember_sha256,
-    sha256_file,
-)
+from patchkit.edit.provenance import PROVENANCE_FILE, read_provenance
 from patchkit.edit.stream import PatchStream, link_or_copy, write_patched
 from patchkit.errors import ApplyError, Fix
 

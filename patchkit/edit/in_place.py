@@ -35,6 +35,7 @@ from typing import Any
 
 from patchkit._io.atomic import TMP_MARK, atomic_write_json, fsync_dir, temp_tag
 from patchkit._io.fs import read_json_file
+from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
 from patchkit._io.progress import Progress
 from patchkit.edit.output import (
     _SKIP_DIRS,
@@ -47,12 +48,7 @@ from patchkit.edit.output import (
     _provenance,
 )
 from patchkit.edit.plan import Plan
-from patchkit.edit.provenance import (
-    PROVENANCE_FILE,
-    known_sha256,
-    remember_sha256,
-    sha256_file,
-)
+from patchkit.edit.provenance import PROVENANCE_FILE
 from patchkit.edit.stream import write_patched
 from patchkit.errors import ApplyError, PatchkitError
 

@@ -10,10 +10,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
-
 PROVENANCE_FILE = "patchkit.json"
-__all__ = ["PROVENANCE_FILE", "known_sha256", "read_provenance", "remember_sha256", "sha256_file", "utc_now"]
+__all__ = ["PROVENANCE_FILE", "read_provenance", "utc_now"]
 
 
 def utc_now() -> str:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from patchkit._io.hashing import sha256_file
 from patchkit._io.progress import Progress
 from patchkit.edit.apply import _resolve, read_recipe
 from patchkit.edit.output import IN_PLACE_JOURNAL, UNDO_RECIPE, _source_files
-from patchkit.edit.provenance import PROVENANCE_FILE, read_provenance, sha256_file
+from patchkit.edit.provenance import PROVENANCE_FILE, read_provenance
 from patchkit.edit.stream import PatchStream
 from patchkit.errors import ApplyError, Fix, PatchkitError
 from patchkit.model.safetensors_io import CHUNK, read_header

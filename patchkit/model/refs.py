@@ -23,7 +23,7 @@ from typing import Any
 
 from patchkit._io.fs import check_tree, json_type, parse_json, read_capped, shown
 from patchkit.errors import ModelError, PatchkitError
-from patchkit.model.hub_client import exception_chain
+from patchkit.model.hub_client import exception_chain, http_status
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
         offline = any(
             type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError") for e in exception_chain(exc)
         )
-        if not required and (_status_of(exc) == 404 or (offline and model.local_dir is not None)):
+        if not required and (http_status(exc) == 404 or (offline and model.local_dir is not None)):
             return None  # an optional file (the shard index) that the offline cache does not have
         raise _hub_error(model.repo_id, exc, revision=model.revision) from None
 
@@ -439,12 +439,6 @@ def _remote_header(model: ModelRef, name: str) -> Any:
         raise ModelError(f"{model.ref}: {name} is not on disk and the model has no Hub repo")
     _, raw = read_safetensors_header_bytes(model.repo_id, name, revision=model.revision)
     return parse_header(raw, path=f"{model.repo_id}@{model.revision or 'main'}/{name}")
-
-
-def _status_of(exc: BaseException) -> int | None:
-    from patchkit.model.hub_client import http_status
-
-    return http_status(exc)
 
 
 def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = None) -> PatchkitError:

@@ -317,7 +317,7 @@ def run_demo(
         if (tmp / "patched-model").is_dir():
             result.files.append("patched-model/")
         result.files.append("report.json")
-        _write_json(tmp / "report.json", result.to_json())
+        atomic_write_json(tmp / "report.json", result.to_json())
         _publish_permissions(tmp)
         os.replace(tmp, final)
         return result
@@ -444,7 +444,7 @@ def _run(
             except PatchkitError as exc:  # a diff that is not expressible as edits is still a valid diff
                 diff_json["as_recipe_edits"] = None
                 diff_json["as_recipe_error"] = str(exc)
-            _write_json(tmp / "diff.json", diff_json)
+            atomic_write_json(tmp / "diff.json", diff_json)
             st.summary = _diff_line(diff_report)
         # 5. loop check + bench on the patched model
         with _timed("patched-loops", "loop check on the patched model (same probes)", events, timings) as st:
@@ -472,7 +472,7 @@ def _run(
                 progress=events.progress,
             )
             bench_report.base, bench_report.patched = str(model_dir), str(final / "patched-model")
-            _write_json(tmp / "bench.json", bench_report.to_json())
+            atomic_write_json(tmp / "bench.json", bench_report.to_json())
             st.summary = _bench_line(bench_report)
         del patched_model
 
@@ -497,7 +497,7 @@ def _run(
         messages.append(note)
         events.note(note)
     result.numbers["gate_failures"] = gate_failures
-    _write_json(tmp / "loops.json", loops_json)
+    atomic_write_json(tmp / "loops.json", loops_json)
     _write_transcripts(tmp / "transcripts", base_run, patched_run)
 
     if recipe is not None:
@@ -513,8 +513,8 @@ def _run(
                 bench_report=bench_report.to_json() if bench_report else None,
             )
             card_text = plan.card
-            _write_text(tmp / "card.md", card_text)
-            _write_json(tmp / "push-plan.json", {"dry_run": True, **plan.to_json()})
+            atomic_write_text(tmp / "card.md", card_text)
+            atomic_write_json(tmp / "push-plan.json", {"dry_run": True, **plan.to_json()})
             st.summary = f"would upload {len(plan.files)} files ({plan.total_bytes / 1e6:.0f} MB) to {target}"
         events.card(card_text)
         if not keep_model:
@@ -689,14 +689,6 @@ def _numbers(base: Any, patched: Any, diff_report: Any, bench_report: Any) -> di
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    atomic_write_json(path, payload)
-
-
 def _publish_permissions(directory: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
@@ -731,7 +723,7 @@ def _write_transcripts(folder: Path, base: Any, patched: Any) -> None:
                 "```",
                 "",
             ]
-        _write_text(folder / f"{name}.md", "\n".join(lines))
+        atomic_write_text(folder / f"{name}.md", "\n".join(lines))
 
 
 def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
