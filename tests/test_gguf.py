@@ -392,3 +392,14 @@ def test_cli_max_shard_size_must_be_a_positive_finite_size(tmp_path):
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 2 and len(errors) == 1 and "is not a size" in errors[0], result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_any_legal_output_name_works(tmp_path, monkeypatch):
+    """Temp and trash directories use a bounded tag (the shared `_io.atomic.replace_dir`), not the output's name."""
+    path = _write_gguf(tmp_path / "m.gguf", "llama")
+    monkeypatch.setattr(pg, "_load_gguf", lambda p, info: (_tiny_llama(tie=True), None))
+    out = tmp_path / ("x" * 250)
+    pg.import_gguf(path, out=out)
+    pg.import_gguf(path, out=out, force=True)  # replacing goes through the trash directory too
+    assert pg.is_complete_import(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", out.name]

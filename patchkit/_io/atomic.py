@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,3 +87,29 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2) -> Path:
     """JSON (non-JSON values rendered with `str`), newline-terminated, atomically."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
+
+
+def umask_modes(directory: str | os.PathLike[str], *, files: bool = True) -> None:
+    """Give a directory built under `mkdtemp` (owner-only) the modes the user's umask would have given it, and its
+    top-level files too with `files`, so an output looks like anything else the user creates."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    if files:
+        for entry in Path(directory).iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                os.chmod(entry, 0o666 & ~mask)
+
+
+def replace_dir(tmp: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Rename the finished directory `tmp` to `out`. An existing `out` (the caller has decided it may go) is first
+    renamed into a hidden trash sibling with a bounded name, so a reader sees the old tree or the new one, never a
+    mix, and any legal output name works; the trash is removed last."""
+    tmp, out = Path(tmp), Path(out)
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{temp_tag(out.name)}{TMP_MARK}old-{os.getpid()}-"))
+    os.rename(out, trash / "old")
+    os.rename(tmp, out)
+    shutil.rmtree(trash, ignore_errors=True)

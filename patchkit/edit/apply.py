@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from patchkit._io.atomic import TMP_MARK, atomic_write_json, temp_tag
+from patchkit._io.atomic import TMP_MARK, atomic_write_json, replace_dir, temp_tag
 from patchkit._io.fs import check_entry
 from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
 from patchkit._io.progress import Progress
@@ -375,7 +375,4 @@ def _publish_dir(tmp: Path, out: Path, force: bool) -> None:
             data={"out": str(out)},
         )
     _check_replaceable(out)
-    trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{_temp_prefix(out.name)}old-{os.getpid()}-"))
-    os.rename(out, trash / "old")
-    os.rename(tmp, out)
-    shutil.rmtree(trash, ignore_errors=True)
+    replace_dir(tmp, out)

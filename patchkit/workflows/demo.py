@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchkit._io.atomic import atomic_write_json, atomic_write_text
+from patchkit._io.atomic import atomic_write_json, atomic_write_text, umask_modes
 from patchkit.errors import Fix, PatchkitError
 
 #: The recipe the locate work writes for the embedded model, looked up next to the package (source checkout).
@@ -318,7 +318,7 @@ def run_demo(
             result.files.append("patched-model/")
         result.files.append("report.json")
         atomic_write_json(tmp / "report.json", result.to_json())
-        _publish_permissions(tmp)
+        umask_modes(tmp, files=False)
         os.replace(tmp, final)
         return result
     finally:
@@ -687,12 +687,6 @@ def _numbers(base: Any, patched: Any, diff_report: Any, bench_report: Any) -> di
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-
-def _publish_permissions(directory: Path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(directory, 0o777 & ~mask)
 
 
 def _write_transcripts(folder: Path, base: Any, patched: Any) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from patchkit._io.atomic import TMP_MARK, replace_dir, temp_tag, umask_modes
 from patchkit._io.fs import read_json_file, shown
 from patchkit._io.hashing import sha256_file
 from patchkit._version import __version__
@@ -217,16 +218,6 @@ def _file_table(out_dir: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _publish_permissions(directory: Path) -> None:
-    """mkdtemp/safetensors create owner-only entries; give the result the user's normal umask modes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(directory, 0o777 & ~mask)
-    for p in directory.iterdir():
-        if p.is_file():
-            os.chmod(p, 0o666 & ~mask)
-
-
 def _check_out(out: Path, *, force: bool) -> None:
     """Refuse an output that exists, unless `force` and it is empty or an earlier import (never replace a
     directory patchkit did not write, nor a file or a link)."""
@@ -262,18 +253,12 @@ def _atomic_dir(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temp sibling of `out`; on success rename it to `out` (replacing it only as `_check_out` allows)."""
     _check_out(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{temp_tag(out.name)}{TMP_MARK}", dir=out.parent))
     try:
         yield tmp
-        _publish_permissions(tmp)
+        umask_modes(tmp)
         _check_out(out, force=force)  # again: something may have appeared there meanwhile
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
