@@ -26,7 +26,7 @@ def planted(tmp_path_factory) -> tuple[Path, Path]:
 def located(planted, tmp_path_factory):
     model_dir, suite = planted
     out = tmp_path_factory.mktemp("out")
-    settings = LocateSettings(suite=str(suite), max_new_tokens=48, budget_minutes=10, device="cpu")
+    settings = LocateSettings(suite=str(suite), method="screen", max_new_tokens=48, budget_minutes=10, device="cpu")
     result = run_locate(str(model_dir), out=out / "recipe.yaml", settings=settings, resume=out / "cache")
     return result, out, settings
 
@@ -107,7 +107,7 @@ def test_no_loops_gives_an_unresolved_recipe(planted, tmp_path):
     result = run_locate(
         (model, tok),
         out=tmp_path / "r.yaml",
-        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"),
+        settings=LocateSettings(suite=str(suite), method="screen", max_new_tokens=48, device="cpu"),
     )
     assert not result.found and "does not loop" in result.report["reason"]
     recipe = load_recipe(tmp_path / "r.yaml")
@@ -261,6 +261,8 @@ def test_cli_json(planted, located, tmp_path):
         [
             "locate",
             str(model_dir),
+            "--method",
+            "screen",
             "--suite",
             str(suite),
             "-o",
@@ -314,6 +316,8 @@ def test_from_recipe_searches_the_constraints_and_writes_the_indices_back(plante
         [
             "locate",
             str(model_dir),
+            "--method",
+            "screen",
             "--suite",
             str(suite),
             "--from-recipe",
@@ -353,7 +357,7 @@ def test_from_recipe_outside_the_loop_layer_stays_unresolved(planted, tmp_path):
         str(model_dir),
         out=tmp_path / "out.yaml",
         from_recipe=recipe,
-        settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"),
+        settings=LocateSettings(suite=str(suite), method="screen", max_new_tokens=48, device="cpu"),
     )
     assert not result.found
     written = load_recipe(tmp_path / "out.yaml")
@@ -364,5 +368,5 @@ def test_from_recipe_outside_the_loop_layer_stays_unresolved(planted, tmp_path):
             str(model_dir),
             out=tmp_path / "bad.yaml",
             from_recipe=load_recipe(_unresolved(tmp_path / "b.yaml", [5])),
-            settings=LocateSettings(suite=str(suite), max_new_tokens=48, device="cpu"),
+            settings=LocateSettings(suite=str(suite), method="screen", max_new_tokens=48, device="cpu"),
         )

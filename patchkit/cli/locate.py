@@ -55,6 +55,36 @@ def _rate(d: dict) -> str:
     "search; the indices are written back into it (or into -o).",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["sets", "screen"]),
+    default="sets",
+    show_default=True,
+    help="sets: learn sparse factors over every layer and judge nested sets of k = 1, 2, 4, ... units; "
+    "screen: rank layers, screen single units there and sweep pairs.",
+)
+@click.option(
+    "--max-set",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="sets: the largest set judged by generation (a recipe's exact edit count raises it).",
+)
+@click.option(
+    "--set-steps", type=click.IntRange(min=1), default=48, show_default=True, help="sets: optimisation steps."
+)
+@click.option(
+    "--kl-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.01,
+    show_default=True,
+    help="sets: KL(base || edited) budget in nats/token on control, prose and pre-loop text (a constraint).",
+)
+@click.option(
+    "--heldout-frontier",
+    is_flag=True,
+    help="sets: after k is chosen on train, also generate every k on the held-out probes (a report; slower).",
+)
+@click.option(
     "--report-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -73,9 +103,10 @@ def _rate(d: dict) -> str:
 @click.option("--max-edits", type=int, default=2, show_default=True, help="Largest combination of edits tried.")
 @click.option(
     "--ops",
-    default="invert,zero,scale:0.5",
+    default="invert,zero,scale:0.5,scale:2,scale:3",
     show_default=True,
-    help="Neuron ops to try (invert, zero, scale:F); MoE experts are always tried with suppress.",
+    help="Neuron ops to try (invert, zero, scale:F; F > 1 amplifies a neuron that brakes loops); each neuron "
+    "is screened with the ops on its side (reduce or amplify). MoE experts are always tried with suppress.",
 )
 @click.option(
     "--backend",
@@ -107,6 +138,11 @@ def locate_cmd(
     suite,
     output,
     from_recipe,
+    method,
+    max_set,
+    set_steps,
+    kl_budget,
+    heldout_frontier,
     report_dir,
     budget_minutes,
     layers,
@@ -139,6 +175,11 @@ def locate_cmd(
     output = output or from_recipe or Path("recipe.yaml")
     settings = LocateSettings(
         suite=suite,
+        method=method,
+        max_set=max_set,
+        set_steps=set_steps,
+        kl_budget=kl_budget,
+        heldout_frontier=heldout_frontier,
         budget_minutes=budget_minutes,
         layers=_layers(layers),
         max_edits=max_edits,
@@ -180,6 +221,14 @@ def locate_cmd(
                 f"{_rate(rate(m['control_correct'], m['n_controls']))}"
             )
         con.print(f"KL on prose: {result.heldout['kl_prose']:.4f} nats/token")
+        gates = result.heldout.get("gates")
+        if gates:
+            con.print(
+                "held-out gates: "
+                + ", ".join(
+                    f"{name} {'ok' if g['pass'] else 'FAIL'}" for name, g in gates.items() if isinstance(g, dict)
+                )
+            )
     if result.found:
         con.print(f"[green]found[/green] {result.winner['candidate']['label']}; wrote {result.recipe_path}")
     else:

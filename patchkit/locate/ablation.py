@@ -74,10 +74,13 @@ def _capture(units: list[tuple[int, str, Any]], store: dict) -> Iterator[None]:
     handles = []
 
     def make(key: tuple[int, str]) -> Callable:
-        def hook(module: Any, args: Any, output: Any) -> None:
+        def hook(module: Any, args: Any, output: Any) -> Any:
             out = output[0] if isinstance(output, tuple) else output
+            if not out.requires_grad:  # frozen weights: the first captured output becomes the graph's leaf
+                out = out.detach().requires_grad_(True)
             out.retain_grad()
             store[key] = out
+            return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
         return hook
 

@@ -4,9 +4,15 @@ Attribution: activation x gradient at the input of `down_proj` (the neuron's out
 positions, of the mean log-odds of the generated token at loop positions and at control positions (log-odds,
 not log-prob: inside a loop p ~ 1 and log-prob gradients vanish). Raw act x grad is dominated by
 massive-activation neurons (a few neurons with ~100x the layer's typical activation move *every* token, loop or
-not), so units are ranked by loop-selectivity, loop attribution minus the magnitude of control attribution;
-massive-activation neurons are flagged and at most two of them are kept among the screened candidates.
-MoE experts are attributed through their routing weights (weight x gradient).
+not), so units are ranked by loop-selectivity; massive-activation neurons are flagged and at most two of them
+are kept among the screened candidates. MoE experts are attributed through their routing weights
+(weight x gradient).
+
+Both directions count: scaling a unit by f changes the loop score by (f-1) x loop in first order, so a unit with
+positive loop attribution (a loop driver) is reduced (invert, zero, x0.5) and one with negative loop attribution
+(a brake: removing it would raise the loop) is amplified (x2, x3). A unit's ranking score is its best
+first-order loop-selective effect over the ops given, loop reduction minus |control change|
+(`selective_effect`), and its `direction` says which side achieves it; the screen spends its budget there.
 
 Screen: the exact effect of each candidate edit on the teacher-forced batch, many candidates per forward
 pass (one candidate per group of rows): loop/control log-prob change, the share of positions whose greedy
@@ -22,11 +28,22 @@ from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.errors import PatchkitError
-from patchkit.locate.candidates import Candidate, Edit
+from patchkit.locate.candidates import DEFAULT_OPS, Candidate, Edit
 from patchkit.locate.hooks import ModelView, row_edits
 from patchkit.locate.teacher import GRAD_ROWS, ScoreBatch, group_grads, score
 
-__all__ = ["UnitAttribution", "attribute", "screen", "ScreenResult", "MASSIVE_FACTOR"]
+__all__ = [
+    "UnitAttribution",
+    "attribute",
+    "rank_units",
+    "selective_effect",
+    "unit_factors",
+    "pick_candidates",
+    "single_edits",
+    "screen",
+    "ScreenResult",
+    "MASSIVE_FACTOR",
+]
 
 #: A neuron whose mean |activation| exceeds this multiple of its layer's median is a massive-activation outlier.
 MASSIVE_FACTOR = 20.0
@@ -37,19 +54,54 @@ class UnitAttribution:
     layer: int
     kind: str  # "neuron" | "expert"
     index: int
-    loop: float  # sum act x grad of the loop score (first-order effect of zeroing = -loop)
+    loop: float  # sum act x grad of the loop score (first-order effect of scaling by f = (f-1) x loop)
     control: float
     novel: float
     mean_abs_act: float
     massive: bool
-    selectivity: float  # normalised ranking score
+    selectivity: float  # ranking score: best first-order loop-selective effect over the ops (`rank_units`)
+    direction: str = "reduce"  # "reduce" (factors < 1, expert suppression) | "amplify" (factors > 1)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> UnitAttribution:
-        return cls(**d)
+        return cls(**d)  # a cached dict from before `direction` existed reads as "reduce"
+
+
+def _side(factor: float) -> str:
+    return "amplify" if factor > 1.0 else "reduce"
+
+
+def selective_effect(loop: float, control: float, factor: float) -> float:
+    """First-order loop-selective effect of scaling a unit by `factor`: loop reduction minus |control change|.
+
+    Scaling by f moves a score by (f-1) x its attribution, so this is -(f-1) x loop - |f-1| x |control|: positive
+    for reducing a loop driver (loop > |control|, f < 1) or amplifying a brake (-loop > |control|, f > 1)."""
+    d = factor - 1.0
+    return -d * loop - abs(d * control)
+
+
+def _unit_ops(kind: str, ops: Sequence[float]) -> list[float]:
+    if kind == "expert":
+        return [0.0]  # experts are only ever suppressed
+    return [f for f in ops if f != 1.0]
+
+
+def rank_units(units: Sequence[UnitAttribution], ops: Sequence[float] = DEFAULT_OPS) -> list[UnitAttribution]:
+    """Set every unit's `selectivity` (best `selective_effect` over `ops`; experts: suppression only) and
+    `direction` (the side of the best op), and return them best first."""
+    for u in units:
+        best, side = float("-inf"), "reduce"
+        for f in _unit_ops(u.kind, ops):
+            e = selective_effect(u.loop, u.control, f)
+            if e > best:
+                best, side = e, _side(f)
+        if best == float("-inf"):  # no op at all: rank by the zeroing effect, as a reduce unit
+            best = selective_effect(u.loop, u.control, 0.0)
+        u.selectivity, u.direction = float(best), side
+    return sorted(units, key=lambda u: -u.selectivity)
 
 
 @contextlib.contextmanager
@@ -92,8 +144,10 @@ def attribute(
     *,
     massive_factor: float = MASSIVE_FACTOR,
     max_rows: int = GRAD_ROWS,
+    ops: Sequence[float] = DEFAULT_OPS,
 ) -> list[UnitAttribution]:
-    """Attribution of every neuron (and expert) of `layers`; best loop-selective first.
+    """Attribution of every neuron (and expert) of `layers`; best loop-selective first over the neuron factors
+    `ops` (see `rank_units`: a brake ranks by what amplifying it achieves, with direction "amplify").
 
     act x grad summed over positions is a sum, so the batch goes through `max_rows` sequences at a time (one
     backward graph alive at once) with each piece's score divided by the whole batch's position counts."""
@@ -146,8 +200,7 @@ def attribute(
         massive = mean_abs > massive_factor * med
         loop, ctrl, novel = scores["loop"], scores["control"], scores["novel"]
         # same units (mean log-odds) for both scores: a unit that moves control text as much as loops (a
-        # massive-activation outlier, a generic confidence neuron) scores <= 0 however large it is
-        sel = loop - ctrl.abs()
+        # massive-activation outlier, a generic confidence neuron) scores <= 0 however large it is, either way
         for j in range(len(loop)):
             out.append(
                 UnitAttribution(
@@ -159,16 +212,21 @@ def attribute(
                     float(novel[j]),
                     float(mean_abs[j]),
                     bool(massive[j]),
-                    float(sel[j]),
+                    0.0,  # set by rank_units
                 )
             )
-    out.sort(key=lambda u: -u.selectivity)
-    return out
+    return rank_units(out, ops)
+
+
+def _raw_reduction(u: UnitAttribution) -> float:
+    """Loop attribution on the unit's own side: what its ops lower the loop score by per unit of |f-1|."""
+    return -u.loop if u.direction == "amplify" else u.loop
 
 
 def pick_candidates(units: Sequence[UnitAttribution], *, top: int, max_massive: int = 2) -> list[UnitAttribution]:
-    """The `top` most loop-selective units, with at most `max_massive` massive-activation outliers among them,
-    plus the units with the largest raw loop attribution (so an effective outlier is still tried)."""
+    """The `top` most loop-selective units (`units` ranked best first, as `attribute` returns them), with at most
+    `max_massive` massive-activation outliers among them, plus the units with the largest raw loop attribution
+    on their own side (so an effective outlier, driver or brake, is still tried)."""
     chosen: list[UnitAttribution] = []
     massive = 0
     for u in units:
@@ -179,7 +237,7 @@ def pick_candidates(units: Sequence[UnitAttribution], *, top: int, max_massive: 
                 continue
             massive += 1
         chosen.append(u)
-    by_raw = sorted(units, key=lambda u: -u.loop)[: max(1, top // 10)]
+    by_raw = sorted(units, key=lambda u: -_raw_reduction(u))[: max(1, top // 10)]
     for u in by_raw:
         if u not in chosen:
             chosen.append(u)
@@ -280,12 +338,26 @@ def screen(
     return results
 
 
+def unit_factors(u: UnitAttribution, factors: Sequence[float]) -> list[float]:
+    """The neuron factors screened for `u`: those on its `direction`'s side first (reduce: f < 1, amplify:
+    f > 1), then any factor on the other side whose first-order loop-selective effect is positive too (which
+    happens only when `direction` disagrees with the attributions, e.g. a cached unit from before directions).
+    When `factors` has nothing on the unit's side, the other side's factors are all it can get."""
+    usable = [f for f in factors if f != 1.0]
+    own = [f for f in usable if _side(f) == u.direction]
+    other = [f for f in usable if _side(f) != u.direction]
+    if not own:
+        return other
+    return own + [f for f in other if selective_effect(u.loop, u.control, f) > 0]
+
+
 def single_edits(units: Sequence[UnitAttribution], factors: Sequence[float]) -> list[Candidate]:
-    """Every op for every unit: neurons get each factor, experts get suppression."""
+    """Single edits to screen: each neuron with the factors on its side (`unit_factors`), each expert
+    suppressed."""
     out = []
     for u in units:
         if u.kind == "expert":
             out.append(Candidate((Edit(u.layer, "expert", u.index, 0.0),)))
         else:
-            out.extend(Candidate((Edit(u.layer, "neuron", u.index, f),)) for f in factors)
+            out.extend(Candidate((Edit(u.layer, "neuron", u.index, f),)) for f in unit_factors(u, factors))
     return out

@@ -7,7 +7,11 @@ from typing import Any
 
 from patchkit.errors import PatchkitError
 
-__all__ = ["Edit", "Candidate", "parse_ops", "op_name"]
+__all__ = ["Edit", "Candidate", "parse_ops", "op_name", "DEFAULT_OPS"]
+
+#: Neuron factors tried by default: invert, zero, x0.5 (reduce a unit that drives loops) and x2, x3 (amplify a
+#: unit that brakes them); the CLI spelling is `invert,zero,scale:0.5,scale:2,scale:3`.
+DEFAULT_OPS: tuple[float, ...] = (-1.0, 0.0, 0.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True, order=True)

@@ -18,8 +18,56 @@ __all__ = ["settings_for", "resolved_recipe_data"]
 _FIXED_FACTORS = {"invert": -1.0, "zero": 0.0}
 
 
+def scope_for(space: Any) -> Any:
+    """The set search's constraint mode for `space`:
+
+    - "exactly N zero edits anywhere" (E4B: 3, 31B: 1,100): kind neuron, factors (0,), exact N, every layer;
+    - "given layers, ops and factors" (E2B: layer 10 x-0.8, layer 12 x3.0): one edit per partial edit, in its
+      layer, with its factor;
+    - "experts only, exactly N" (26B-A4B: 3): kind expert (suppress), exact N.
+    """
+    from patchkit.locate.setsearch import GRID, SetScope
+
+    per_layer: dict[int, list[float]] = {}
+    for p in space.partial_edits:
+        if p.layer is None or p.op == "suppress":
+            continue
+        f = p.factor if p.factor is not None else _FIXED_FACTORS.get(p.op)
+        if f is not None:
+            per_layer.setdefault(int(p.layer), []).append(float(f))
+    factors: list[float] | None = None
+    if space.kind == "neuron" and space.ops:
+        factors = []
+        for op in space.ops:
+            if op in _FIXED_FACTORS:
+                factors.append(_FIXED_FACTORS[op])
+            elif op == "scale":
+                factors.extend(space.factors or [g for g in GRID if g not in (-1.0, 0.0)])
+        factors = sorted(set(factors)) or None
+    return SetScope(
+        kinds=(space.kind,),
+        layers=tuple(sorted(set(space.layers))) if space.layers is not None else None,
+        factors=tuple(factors) if factors is not None else None,
+        per_layer={k: tuple(sorted(set(v))) for k, v in per_layer.items()},
+        exact=space.exact_edits,
+        max_edits=space.max_edits,
+    )
+
+
 def settings_for(settings: Any, space: Any) -> Any:
     """`settings` narrowed to the search space `space` (a `patchkit.recipe.resolution.SearchSpace`)."""
+    if settings.method == "sets":
+        scope = scope_for(space)
+        if settings.layers is not None and scope.layers is not None:
+            outside = sorted(set(settings.layers) - set(scope.layers))
+            if outside:
+                raise PatchkitError(
+                    f"layers {outside} lie outside the recipe's constrained layers {list(scope.layers)}",
+                    hint="search the recipe's layers, or widen resolution.constraints.layers",
+                )
+        if settings.layers is not None:
+            scope = replace(scope, layers=tuple(sorted(settings.layers)))
+        return replace(settings, scope=scope, kinds=scope.kinds, max_set=max(settings.max_set, scope.exact or 0))
     factors: list[float] = []
     for op in space.ops:
         if op in _FIXED_FACTORS:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.errors import PatchkitError
 from patchkit.locate.cache import StageCache, fingerprint
-from patchkit.locate.candidates import Candidate, Edit
+from patchkit.locate.candidates import DEFAULT_OPS, Candidate, Edit
 from patchkit.locate.sweep import SweepResult, Weights
 
 __all__ = ["LocateSettings", "LocateResult", "run_locate", "Progress"]
 
 
-STAGES = ("collect", "layers", "attribution", "sweep", "heldout")
+STAGES = ("collect", "layers", "attribution", "sets", "sweep", "heldout", "frontier")
+METHODS = ("sets", "screen")
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,11 @@ class LocateSettings:
     """Everything that changes what locate finds (all of it goes into the stage-cache keys)."""
 
     suite: str = "enumeration"
+    method: str = "sets"  # "sets": learned sparse factors over every layer; "screen": ranked layers, singles, pairs
     budget_minutes: float = 15.0
     layers: list[int] | None = None  # restrict attribution to these layers (default: top-ranked)
     max_edits: int = 2  # largest combination tried in the sweep
-    ops: tuple[float, ...] = (-1.0, 0.0, 0.5)
+    ops: tuple[float, ...] = DEFAULT_OPS
     max_new_tokens: int = 400
     train_limit: int | None = None  # per kind (enumeration / control)
     heldout_limit: int | None = None
@@ -49,6 +51,11 @@ class LocateSettings:
     min_score: float = 0.05  # a winner must beat the base by this much on train
     weights: Weights = field(default_factory=Weights)
     kinds: tuple[str, ...] = ("neuron", "expert")  # candidate units (--from-recipe narrows this)
+    max_set: int = 256  # sets: the largest set judged by generation (k = 1, 2, 4, ..., max_set)
+    set_steps: int = 48  # sets: optimisation steps
+    kl_budget: float = 0.01  # sets: KL(base || edited) budget on keep positions, nats/token
+    heldout_frontier: bool = False  # sets: also generate every k on held-out after the choice (report only)
+    scope: Any = None  # sets: a SetScope (constraint mode) from --from-recipe; None = every layer, free ops
     backend: str = "transformers"
     dtype: str = "float32"
     device: str = "cpu"
@@ -162,24 +169,15 @@ def run_locate(
     Example:
         >>> run_locate("./smollm2", out="fix.yaml", settings=LocateSettings(budget_minutes=15)).found  # doctest: +SKIP
     """
-    import torch
-
     from patchkit.checks.probes import load_suite
-    from patchkit.locate import attribution as attr
-    from patchkit.locate.ablation import LayerScore, rank_layers
-    from patchkit.locate.generation import Runner
-    from patchkit.locate.greedy import Row
-    from patchkit.locate.hooks import ModelView
-    from patchkit.locate.sweep import summarize, sweep
-    from patchkit.locate.teacher import build_batch
-    from patchkit.locate.transcripts import Transcript, load_prose
 
     settings = settings or LocateSettings()
+    if settings.method not in METHODS:
+        raise PatchkitError(f"method {settings.method!r} is not one of {', '.join(METHODS)}")
     say = log or (lambda _m: None)
     tick = progress or (lambda *_a: None)
     t0 = time.monotonic()
     budget = settings.budget_minutes * 60.0
-    deadline = lambda frac: t0 + frac * budget  # noqa: E731
     stage_seconds: dict[str, float] = {}
     cache = StageCache(resume)
 
@@ -195,10 +193,71 @@ def run_locate(
 
         space = search_space(from_recipe, config=model.config.to_dict())
         settings = settings_for(settings, space)
-        say(
-            f"search space from {from_recipe.name}: {space.kind}s in layers {settings.layers or 'all'}, "
-            f"factors {list(settings.ops)}, up to {settings.max_edits} edit(s)"
+        if settings.method == "sets":
+            say(f"constraint mode from {from_recipe.name}: {settings.scope.describe()}")
+        else:
+            say(
+                f"search space from {from_recipe.name}: {space.kind}s in layers {settings.layers or 'all'}, "
+                f"factors {list(settings.ops)}, up to {settings.max_edits} edit(s)"
+            )
+    # gradients are only ever taken with respect to activations and edit factors: frozen weights keep backward
+    # passes from computing (and holding) a gradient for every weight of the model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    try:
+        return _located(
+            model,
+            tok,
+            ref,
+            train,
+            held,
+            settings,
+            out,
+            report_dir,
+            cache,
+            tick,
+            say,
+            t0,
+            budget,
+            stage_seconds,
+            from_recipe,
         )
+    finally:
+        for p in trainable:  # a caller's (model, tokenizer) comes back as it was given
+            p.requires_grad_(True)
+
+
+def _located(
+    model: Any,
+    tok: Any,
+    ref: str,
+    train: list[Any],
+    held: list[Any],
+    settings: LocateSettings,
+    out: Any,
+    report_dir: Any,
+    cache: StageCache,
+    tick: Progress,
+    say: Callable[[str], None],
+    t0: float,
+    budget: float,
+    stage_seconds: dict[str, float],
+    from_recipe: Any,
+) -> LocateResult:
+    """The stages after loading (see run_locate)."""
+    import torch
+
+    from patchkit.locate import attribution as attr
+    from patchkit.locate.ablation import LayerScore, rank_layers
+    from patchkit.locate.generation import Runner
+    from patchkit.locate.greedy import Row
+    from patchkit.locate.heldout import judge_heldout
+    from patchkit.locate.hooks import ModelView
+    from patchkit.locate.sweep import summarize, sweep
+    from patchkit.locate.teacher import build_batch
+    from patchkit.locate.transcripts import Transcript, load_prose
+
+    deadline = lambda frac: t0 + frac * budget  # noqa: E731
     view = ModelView(model)
     runner = Runner(view, tok, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     model_fp = _model_fingerprint(model)
@@ -235,6 +294,7 @@ def run_locate(
 
     report: dict[str, Any] = {
         "model": ref,
+        "method": settings.method,
         "settings": _settings_json(settings),
         "base_train": _plain(base_summary),
         "stage_seconds": stage_seconds,
@@ -259,6 +319,58 @@ def run_locate(
             None,
             from_recipe,
             reason="the base model does not loop on the train probes: nothing to locate",
+        )
+
+    if settings.method == "sets":
+        from patchkit.locate.set_stage import run_sets
+        from patchkit.locate.setsearch import SetScope
+
+        scope = settings.scope or SetScope(
+            kinds=tuple(settings.kinds), layers=tuple(settings.layers) if settings.layers else None
+        )
+        best_set, judged, section, why = run_sets(
+            view=view,
+            runner=runner,
+            tok=tok,
+            settings=settings,
+            scope=scope,
+            train=train,
+            held=held,
+            transcripts=transcripts,
+            base_train=base_train,
+            k_collect=k_collect,
+            cache=cache,
+            stage_seconds=stage_seconds,
+            deadline=deadline,
+            tick=tick,
+            say=say,
+        )
+        report["sets"] = section
+        report["sweep"] = [{**d, "candidate": {"label": f"k={d['k']}"}} for d in section.get("frontier_train") or []]
+        report["sweep_base"] = section.get("sweep_base")
+        if judged is not None:
+            report["heldout"] = judged
+            g = judged.get("gates", {})
+            say(
+                f"held-out: loops {judged['base']['loops']}/{judged['base']['n']} -> "
+                f"{judged['edited']['loops']}/{judged['edited']['n']}, score {judged['score']:+.3f}, gates "
+                f"{'pass' if g.get('pass') else 'fail'} [{stage_seconds.get('heldout', 0)} s]"
+            )
+        return _finish(
+            best_set,
+            report,
+            out,
+            report_dir,
+            settings,
+            ref,
+            model,
+            t0,
+            cache,
+            stage_seconds,
+            base_summary,
+            judged,
+            from_recipe,
+            reason=why,
         )
 
     controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
@@ -312,7 +424,9 @@ def run_locate(
         units = [attr.UnitAttribution.from_json(d) for d in cached["units"]]
         screened = [attr.ScreenResult.from_json(d) for d in cached["screen"]]
     else:
-        all_units = [u for u in attr.attribute(view, batch, chosen_layers) if u.kind in settings.kinds]
+        all_units = [
+            u for u in attr.attribute(view, batch, chosen_layers, ops=settings.ops) if u.kind in settings.kinds
+        ]
         units = attr.pick_candidates(all_units, top=settings.attribution_top)
         singles = attr.single_edits(units, settings.ops)
         screened = attr.screen(view, batch, singles, deadline=deadline(0.35), progress=tick)
@@ -392,7 +506,7 @@ def run_locate(
     k_held = fingerprint([model_fp, best.candidate.label, [p.id for p in held], settings.max_new_tokens])
     cached = cache.get("heldout", k_held)
     if cached is None:
-        cached = _heldout(runner, view, tok, best.candidate, held, settings, tick)
+        cached = judge_heldout(runner, view, tok, best.candidate, held, settings, tick)
         cache.put("heldout", k_held, cached)
     stage_seconds["heldout"] = round(time.monotonic() - s0, 1)
     report["heldout"] = cached
@@ -442,66 +556,14 @@ def _sweep_candidates(screened: list[Any], settings: LocateSettings) -> list[Can
     return out
 
 
-def _heldout(
-    runner: Any, view: Any, tok: Any, winner: Candidate, probes: list[Any], settings: LocateSettings, tick: Progress
-) -> dict[str, Any]:
-    """Base and winner on the held-out probes in one batched run, plus KL on ordinary prose."""
-    from patchkit.locate import attribution as attr
-    from patchkit.locate.generation import prompt_ids
-    from patchkit.locate.greedy import Row
-    from patchkit.locate.sweep import score_summary, summarize
-    from patchkit.locate.teacher import build_batch
-    from patchkit.locate.transcripts import load_prose
-
-    rows = [Row(c, prompt_ids(tok, p), [], runner.budget(p)) for c in (0, 1) for p in probes]
-    done = [0]
-
-    def on_done(_row: Any) -> None:
-        done[0] += 1
-        tick("heldout", done[0], len(rows))
-
-    runner.generate([Candidate(), winner], rows, on_done=on_done)
-    n = len(probes)
-    base = runner.results(probes, rows[:n])
-    edited = runner.results(probes, rows[n:])
-    prose = build_batch([], [], load_prose(tok, limit=6), pad_id=runner.pad_id, device=view.device)
-    kl = attr.screen(view, prose, [winner])[0]
-    bs, es = summarize(base), summarize(edited)
-    score, parts = score_summary(bs, es, kl.kl_control, settings.weights)
-    per_probe = [
-        {
-            "probe": b.probe.id,
-            "kind": b.probe.kind,
-            "base": b.verdict.label,
-            "edited": e.verdict.label,
-            "base_good": b.good_list,
-            "edited_good": e.good_list,
-            "base_correct": b.correct,
-            "edited_correct": e.correct,
-            "base_tokens": b.generation.tokens,
-            "edited_tokens": e.generation.tokens,
-            "edited_text": e.generation.text[:400],
-        }
-        for b, e in zip(base, edited, strict=True)
-    ]
-    return {
-        "n_probes": n,
-        "base": _plain(bs),
-        "edited": _plain(es),
-        "kl_prose": kl.kl_control,
-        "score": score,
-        "parts": parts,
-        "per_probe": per_probe,
-    }
-
-
 def _plain(summary: dict[str, Any]) -> dict[str, Any]:
     return dict(summary)
 
 
 def _settings_json(settings: LocateSettings) -> dict[str, Any]:
-    d = asdict(settings)
+    d = asdict(replace(settings, scope=None))
     d["ops"] = list(settings.ops)
+    d["scope"] = settings.scope.to_json() if settings.scope is not None else None
     return d
 
 
@@ -526,7 +588,7 @@ def _finish(
     seconds = time.monotonic() - t0
     report["seconds"] = round(seconds, 1)
     report["reason"] = reason
-    confirmed = heldout is not None and heldout["score"] > 0
+    confirmed = heldout is not None and heldout["score"] > 0 and bool(heldout.get("gates", {}).get("pass", True))
     report["confirmed"] = confirmed
     recipe_path, rdir = write_outputs(
         report,

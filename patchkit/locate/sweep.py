@@ -28,6 +28,10 @@ from patchkit.locate.transcripts import Transcript
 __all__ = ["Weights", "SweepResult", "summarize", "first_flips", "sweep", "score_summary"]
 
 
+#: The figures (value, n, 95 % interval) every judged configuration reports.
+FIGURES = ("loop_rate", "good_list_rate", "completeness", "control_accuracy", "control_loop_rate", "mean_tokens")
+
+
 @dataclass(frozen=True)
 class Weights:
     kl: float = 1.0
@@ -90,6 +94,8 @@ class SweepResult:
 
     def to_json(self) -> dict[str, Any]:
         s = {k: v for k, v in self.summary.items() if k != "metrics"}
+        if "metrics" in self.summary:  # the rates with their n and 95 % interval
+            s["figures"] = {k: self.summary["metrics"][k] for k in FIGURES if k in self.summary["metrics"]}
         return {
             "candidate": self.candidate.to_json(),
             "summary": s,

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from patchkit.locate.transcripts import Transcript, repeat_positions
+from patchkit.locate.transcripts import Transcript, loop_onset, repeat_positions
 
 __all__ = [
     "ScoreBatch",
@@ -98,10 +98,13 @@ def build_batch(
     max_tokens: int = 320,
     max_positions: int = 256,
     device: Any = "cpu",
+    novel_before_loop: bool = False,
 ) -> ScoreBatch:
     """Loop transcripts give loop + novel positions; control transcripts and prose give control positions.
 
-    Each group keeps at most `max_positions` positions (evenly spaced) to bound memory and time."""
+    Each group keeps at most `max_positions` positions (evenly spaced) to bound memory and time. With
+    `novel_before_loop`, novel positions are only those before the loop starts (the first tokens of a loop are
+    new n-grams too, but an edit that fixes the loop must change them)."""
     import torch
 
     seqs: list[list[int]] = []
@@ -113,13 +116,14 @@ def build_batch(
         p = len(t.prompt_ids)
         rep = repeat_positions(t.generated)
         start = t.loop_start if t.loop_start is not None else len(t.generated)
+        onset = loop_onset(t.generated, start) if (novel_before_loop and t.loop_start is not None) else start
         for g in range(len(t.generated)):
             at = p + g
             if at >= len(ids) or at == 0:
                 continue
             if rep[g] and g >= start:
                 picked[0].append((r, at - 1, ids[at]))
-            elif not rep[g]:
+            elif not rep[g] and (g < onset or not novel_before_loop):
                 picked[1].append((r, at - 1, ids[at]))
         seqs.append(ids)
         names.append(t.probe_id)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Transcript", "repeat_positions", "loop_start", "load_prose"]
+__all__ = ["Transcript", "repeat_positions", "loop_start", "loop_onset", "load_prose"]
 
 NGRAM = 4
 MIN_RUN = 8
@@ -86,6 +86,19 @@ def loop_start(tokens: Sequence[int], *, n: int = NGRAM, min_run: int = MIN_RUN)
         if run >= min_run:
             return i - min_run + 1
     return None
+
+
+def loop_onset(tokens: Sequence[int], start: int, *, n: int = NGRAM) -> int:
+    """Where the loop's first copy begins: `start` minus the loop's period (the distance back to the earlier
+    occurrence of the n-gram ending at `start`). The first copy is new text by n-gram, but it is what the
+    loop repeats, so an edit that breaks the loop may change it."""
+    if start + 1 < n:
+        return 0
+    gram = tuple(tokens[start + 1 - n : start + 1])
+    for j in range(start - 1, n - 2, -1):
+        if tuple(tokens[j + 1 - n : j + 1]) == gram:
+            return max(0, start - (start - j) - (n - 1))
+    return start
 
 
 def load_prose(tokenizer: Any, *, max_tokens: int = 96, limit: int = 6) -> list[list[int]]:
