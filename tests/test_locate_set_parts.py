@@ -47,9 +47,9 @@ def test_continuation_is_none_when_everything_is_named_or_there_is_no_truth():
 
 def test_snap_free_scope_drops_small_moves_and_keeps_amplification():
     u = [Unit(3, "neuron", i) for i in range(6)]
-    moved = [(u[0], 0.02), (u[1], -0.93), (u[2], 2.7), (u[3], 1.1), (u[4], 0.6), (u[5], 1.3)]
+    moved = [(u[0], 0.02), (u[1], -0.93), (u[2], 2.7), (u[3], 1.04), (u[4], 0.6), (u[5], 1.3)]
     out = dict(snap(moved, SetScope()))
-    assert out == {u[0]: 0.0, u[1]: -1.0, u[2]: 3.0, u[4]: 0.5, u[5]: 1.5}
+    assert out == {u[0]: 0.0, u[1]: -1.0, u[2]: 3.0, u[4]: 0.5, u[5]: 1.25}
     assert set(out.values()) <= set(GRID)
 
 

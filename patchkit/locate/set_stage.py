@@ -116,7 +116,7 @@ def run_sets(
     s0 = time.monotonic()
     cands = {k: as_candidate(v) for k, v in sets.items()}
     kls = {cands[k].label: float(terms[k]["kl"]) for k in cands}
-    keep = _per_kind(train, settings.sweep_limit)
+    keep = _per_kind(train, settings.set_probes)
     sw_probes = [train[i] for i in keep]
     sw_tr = [transcripts[i] for i in keep]
     sw_base = [base_train[i] for i in keep]

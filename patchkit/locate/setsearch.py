@@ -37,7 +37,7 @@ __all__ = ["GRID", "SetScope", "SetSearchSettings", "Learned", "learn", "snap", 
 
 #: The factors a free (unconstrained) search may write: invert, zero, and short scale factors, amplification
 #: (x1.5, x2, x3) included. 1 means "no edit".
-GRID = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.5, 2.0, 3.0)
+GRID = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,8 @@ class SetSearchSettings:
     """Knobs of the set search (all go into the stage-cache key)."""
 
     max_set: int = 256  # K: the largest set judged by generation (k = 1, 2, 4, ..., K)
-    steps: int = 64
-    lr: float = 0.05
+    steps: int = 48
+    lr: float = 0.08
     kl_budget: float = 0.01  # nats/token on keep positions (half the recipes' 0.02 gate: room for held-out)
     continuation_weight: float = 0.25
     dual_step: float = 0.5
