@@ -111,6 +111,7 @@ def test_heldout_gates_pass_and_the_recipe_restores_the_unplanted_loop_rate(foun
         assert _loop_rate(patched, suite, split) == _loop_rate(unplanted, suite, split) == 0.0
     report = json.loads((out / "recipe.locate" / "locate-report.json").read_text())
     assert report["method"] == "sets" and report["sets"]["sets"]
+    assert (out / "recipe.locate" / "frontier.png").stat().st_size > 1000
 
 
 def test_selection_never_sees_heldout_probes_and_resume_reuses_the_sets(found, planted_set):
@@ -225,3 +226,23 @@ def test_experts_only_exact_three_on_gemma4_moe(tmp_path):
     from patchkit.locate.set_objective import terms_on
 
     assert terms[3]["loop"] < terms_on(model, data)["loop"]  # the learned experts do lower the loop term
+
+
+def test_cli_sets_json_reuses_the_stage_cache(found, planted_set, tmp_path):
+    """`patchkit locate --method sets` is a thin shell over run_locate (same settings -> same stage cache)."""
+    from click.testing import CliRunner
+
+    from patchkit.cli import main
+
+    result, out = found
+    model_dir, _unplanted, suite = planted_set
+    args = ["locate", str(model_dir), "--suite", str(suite), "--max-new-tokens", "48", "--max-set", "16"]
+    res = CliRunner().invoke(
+        main, [*args, "--device", "cpu", "-o", str(tmp_path / "r.yaml"), "--resume", str(out / "cache"), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["found"] and data["winner"]["candidate"] == result.winner["candidate"]
+    assert {"collect", "sets", "sweep", "heldout"} <= set(data["cached_stages"])
+    bad = CliRunner().invoke(main, [*args, "--kl-budget", "0"])
+    assert bad.exit_code == 2 and "--kl-budget" in bad.output

@@ -70,7 +70,14 @@ def _rate(d: dict) -> str:
     help="sets: the largest set judged by generation (a recipe's exact edit count raises it).",
 )
 @click.option(
-    "--set-steps", type=click.IntRange(min=1), default=48, show_default=True, help="sets: optimisation steps."
+    "--set-steps", type=click.IntRange(min=1), default=40, show_default=True, help="sets: optimisation steps."
+)
+@click.option(
+    "--set-probes",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="sets: train probes per kind generated for every set size k (k is chosen on these).",
 )
 @click.option(
     "--kl-budget",

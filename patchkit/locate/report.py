@@ -238,6 +238,61 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_frontier(report: dict[str, Any], path: Path) -> None:
+    """Set search: loop rate, good-list rate and control accuracy against set size k (log axis), train and (when
+    measured) held-out, with 95 % intervals; dashed lines are the base model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = report.get("sets") or {}
+    train = sets.get("frontier_train") or []
+    held = (sets.get("frontier_heldout") or {}).get("k") or {}
+    if not train:
+        return
+    names = (("loop_rate", "loop rate"), ("good_list_rate", "good-list rate"), ("control_accuracy", "control accuracy"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    series = [
+        ("train", "tab:blue", [(d["k"], d["summary"].get("figures") or {}) for d in train], report.get("sweep_base"))
+    ]
+    if held:
+        hb = (sets.get("frontier_heldout") or {}).get("base") or {}
+        series.append(
+            (
+                "held-out",
+                "tab:red",
+                [
+                    (int(k), v["edited"].get("metrics") or {})
+                    for k, v in sorted(held.items(), key=lambda kv: int(kv[0]))
+                ],
+                hb,
+            )
+        )
+    for ax, (key, title) in zip(axes, names, strict=True):
+        for label, color, points, base in series:
+            pts = [(k, f[key]) for k, f in points if key in f and f[key].get("value") is not None]
+            if not pts:
+                continue
+            ks = [k for k, _ in pts]
+            vals = [f["value"] for _, f in pts]
+            lo = [f["value"] - f["ci"][0] for _, f in pts]
+            hi = [f["ci"][1] - f["value"] for _, f in pts]
+            ax.errorbar(ks, vals, yerr=[lo, hi], marker="o", color=color, capsize=3, label=label)
+            b = (base or {}).get(key)
+            if isinstance(b, (int, float)):
+                ax.axhline(b, color=color, linestyle="--", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_title(title)
+        ax.set_xlabel("units edited (k)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8, title="dashed = base", title_fontsize=7)
+    fig.suptitle("Set search frontier (95 % Wilson intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_outputs(
     report: dict[str, Any],
     best: Any,
@@ -268,4 +323,5 @@ def write_outputs(
         atomic_write_text(report_dir / "locate-report.json", json.dumps(report, indent=1, default=str))
         _plot_layers(report, report_dir / "layers.png")
         _plot_sweep(report, report_dir / "sweep.png")
+        _plot_frontier(report, report_dir / "frontier.png")
     return recipe_path, report_dir
