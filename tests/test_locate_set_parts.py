@@ -130,3 +130,16 @@ def test_gates_need_a_30_percent_relative_loop_cut_and_no_significant_losses():
     assert not g["good_lists"]["pass"] and g["good_lists"]["lost"] == 7 and not g["pass"]
     noise = _probe_rows("control", [(True, False)] * 2 + [(True, True)] * 8) + rows[:20]
     assert gate_results(base, {"loop_rate": 0.3}, noise, 0.01)["controls"]["pass"]  # 2 lost, 0 gained: noise
+
+
+def test_recipe_space_shows_the_set_search_mode():
+    import json
+
+    from click.testing import CliRunner
+
+    from patchkit.cli import main
+
+    res = CliRunner().invoke(main, ["recipe", "space", str(REPO / "recipes" / "31b.yaml"), "--json"])
+    assert res.exit_code == 0, res.output
+    mode = json.loads(res.stdout)["set_search"]
+    assert mode["exact"] == 1100 and mode["factors"] == [0.0] and "exactly 1100 edits" in mode["mode"]

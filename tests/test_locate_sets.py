@@ -246,3 +246,25 @@ def test_cli_sets_json_reuses_the_stage_cache(found, planted_set, tmp_path):
     assert {"collect", "sets", "sweep", "heldout"} <= set(data["cached_stages"])
     bad = CliRunner().invoke(main, [*args, "--kl-budget", "0"])
     assert bad.exit_code == 2 and "--kl-budget" in bad.output
+
+
+def test_heldout_frontier_reports_every_k_after_the_choice(found, planted_set, tmp_path):
+    """--heldout-frontier: every S_k on held-out, with n and 95 % intervals (rates, completeness, KL and the
+    perplexity ratio on prose); the choice made on train is unchanged."""
+    from dataclasses import replace
+
+    result, out = found
+    model_dir, _unplanted, suite = planted_set
+    settings = replace(_settings(suite), heldout_frontier=True)
+    again = run_locate(str(model_dir), out=tmp_path / "r.yaml", settings=settings, resume=out / "cache")
+    assert again.winner["candidate"] == result.winner["candidate"]  # the frontier never feeds the choice
+    front = again.report["sets"]["frontier_heldout"]
+    ks = sorted(int(k) for k in front["k"])
+    assert ks == sorted(d["k"] for d in again.report["sets"]["frontier_train"])
+    chosen = front["k"][str(again.report["sets"]["chosen_k"])]
+    assert chosen["edited"]["loops"] == 0 and chosen["gates"]["pass"]
+    for d in front["k"].values():
+        assert len(d["prose"]["kl_ci95"]) == 2 and d["prose"]["ppl_ratio_ci95"][0] <= d["ppl_ratio_prose"] + 1e-4
+        assert d["edited"]["completeness_ci"]["n"] == d["edited"]["n"]
+        assert d["edited"]["metrics"]["loop_rate"]["n"] == d["edited"]["n"]
+    assert "frontier" in again.stage_seconds

@@ -99,11 +99,18 @@ def space_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
         from patchkit.model.refs import resolve_model
 
         config = resolve_model(model).config
-    space = search_space(rec, config=config).to_json()
+    from patchkit.locate.from_recipe import scope_for
+
+    found = search_space(rec, config=config)
+    space = found.to_json()
+    mode = scope_for(found)
+    space["set_search"] = {**mode.to_json(), "mode": mode.describe()}
     if as_json:
         emit_json(space)
         return
-    ui_console(False).print(f"{recipe}: {describe_space(space)}", highlight=False)
+    con = ui_console(False)
+    con.print(f"{recipe}: {describe_space(space)}", highlight=False)
+    con.print(f"set search (locate --from-recipe): {mode.describe()}", highlight=False)
 
 
 recipe_group.add_command(validate_cmd)

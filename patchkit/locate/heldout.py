@@ -36,16 +36,62 @@ def _rows_for(runner: Any, tok: Any, candidates: Sequence[Candidate], probes: Se
     return [Row(c, prompt_ids(tok, p), [], runner.budget(p)) for c in range(len(candidates)) for p in probes]
 
 
-def _prose_kl(runner: Any, view: Any, tok: Any, candidates: Sequence[Candidate]) -> list[tuple[float, float]]:
-    """(KL(base || edited) nats/token, perplexity ratio edited / base) on ordinary prose, per candidate."""
+def _prose_drift(runner: Any, view: Any, tok: Any, candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
+    """Per candidate, on ordinary prose: mean KL(base || edited) nats/token and the perplexity ratio
+    edited / base, each with a 95 % interval from a bootstrap over the prose passages (whole passages are
+    resampled: tokens of one passage are not independent)."""
     import math
 
-    from patchkit.locate import attribution as attr
-    from patchkit.locate.teacher import build_batch
+    import numpy as np
+    import torch
+
+    from patchkit.checks.stats import resample_indices
+    from patchkit.locate.hooks import row_edits
+    from patchkit.locate.teacher import build_batch, score
     from patchkit.locate.transcripts import load_prose
 
     prose = build_batch([], [], load_prose(tok, limit=6), pad_id=runner.pad_id, device=view.device)
-    return [(r.kl_control, math.exp(-r.d_control)) for r in attr.screen(view, prose, list(candidates))]
+    rows = prose.rows.cpu().numpy()
+    n_seq = int(rows.max()) + 1 if rows.size else 0
+    idx = resample_indices(n_seq) if n_seq > 1 else None
+    out = []
+    with torch.inference_mode():
+        base = score(view.model, prose, want=("logprobs",))["logprobs"][0]
+        target = prose.target.to(base.device).unsqueeze(-1)
+        base_lp = base.gather(-1, target).squeeze(-1)
+        for cand in candidates:
+            with row_edits(view, [cand]):
+                edited = score(view.model, prose, want=("logprobs",))["logprobs"][0]
+            kl = (base.exp() * (base - edited)).sum(-1).double().cpu().numpy()
+            dnll = (base_lp - edited.gather(-1, target).squeeze(-1)).double().cpu().numpy()
+            kl_s = np.bincount(rows, weights=kl, minlength=n_seq)
+            dn_s = np.bincount(rows, weights=dnll, minlength=n_seq)
+            cnt = np.bincount(rows, minlength=n_seq).astype(float)
+            item: dict[str, Any] = {
+                "kl": float(kl.mean()),
+                "ppl_ratio": math.exp(float(dnll.mean())),
+                "n_tokens": int(kl.size),
+                "n_passages": n_seq,
+            }
+            if idx is not None:
+                tot = cnt[idx].sum(-1)
+                kl_b = kl_s[idx].sum(-1) / tot
+                pr_b = np.exp(dn_s[idx].sum(-1) / tot)
+                item["kl_ci95"] = [round(float(x), 6) for x in np.quantile(kl_b, [0.025, 0.975])]
+                item["ppl_ratio_ci95"] = [round(float(x), 5) for x in np.quantile(pr_b, [0.025, 0.975])]
+            out.append(item)
+    return out
+
+
+def completeness_ci(results: Sequence[Any]) -> dict[str, Any]:
+    """Mean completeness of enumeration answers with a bootstrap 95 % interval over probes."""
+    from patchkit.checks.stats import bootstrap_ci
+
+    shares = [r.verdict.completeness.share for r in results if r.probe.kind == "enumeration" and r.verdict.completeness]
+    if not shares:
+        return {"value": None, "n": 0}
+    lo, hi = bootstrap_ci(shares)
+    return {"value": round(sum(shares) / len(shares), 4), "n": len(shares), "ci": [round(lo, 4), round(hi, 4)]}
 
 
 def _paired(base: Sequence[Any], edited: Sequence[Any]) -> list[dict[str, Any]]:
@@ -118,8 +164,10 @@ def judge_heldout(
     n = len(probes)
     base = runner.results(probes, rows[:n])
     edited = runner.results(probes, rows[n:])
-    kl, ppl = _prose_kl(runner, view, tok, [winner])[0]
+    drift = _prose_drift(runner, view, tok, [winner])[0]
+    kl, ppl = drift["kl"], drift["ppl_ratio"]
     bs, es = summarize(base), summarize(edited)
+    bs["completeness_ci"], es["completeness_ci"] = completeness_ci(base), completeness_ci(edited)
     score, parts = score_summary(bs, es, kl, settings.weights)
     per_probe = _paired(base, edited)
     return {
@@ -128,6 +176,7 @@ def judge_heldout(
         "edited": dict(es),
         "kl_prose": kl,
         "ppl_ratio_prose": ppl,
+        "prose": drift,
         "score": score,
         "parts": parts,
         "gates": gate_results(bs, es, per_probe, kl, gates),
@@ -161,17 +210,20 @@ def frontier(
     n = len(probes)
     base = runner.results(probes, rows[:n])
     bs = summarize(base)
-    kls = _prose_kl(runner, view, tok, cands[1:])
+    bs["completeness_ci"] = completeness_ci(base)
+    drifts = _prose_drift(runner, view, tok, cands[1:])
     out: dict[str, Any] = {"base": {k: v for k, v in bs.items()}, "k": {}}
     for i, k in enumerate(ks):
         edited = runner.results(probes, rows[(i + 1) * n : (i + 2) * n])
         es = summarize(edited)
-        kl, ppl = kls[i]
+        es["completeness_ci"] = completeness_ci(edited)
+        kl, ppl = drifts[i]["kl"], drifts[i]["ppl_ratio"]
         score, _parts = score_summary(bs, es, kl, settings.weights)
         out["k"][str(k)] = {
             "edited": dict(es),
             "kl_prose": kl,
             "ppl_ratio_prose": ppl,
+            "prose": drifts[i],
             "score": score,
             "gates": gate_results(bs, es, _paired(base, edited), kl, gates),
         }
