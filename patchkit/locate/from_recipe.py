@@ -54,17 +54,23 @@ def scope_for(space: Any) -> Any:
     )
 
 
+def _check_layers(asked: Any, allowed: Any) -> None:
+    """--layers must lie inside the recipe's constrained layers (when both are given)."""
+    if asked is None or allowed is None:
+        return
+    outside = sorted(set(asked) - set(allowed))
+    if outside:
+        raise PatchkitError(
+            f"layers {outside} lie outside the recipe's constrained layers {sorted(allowed)}",
+            hint="search the recipe's layers, or widen resolution.constraints.layers",
+        )
+
+
 def settings_for(settings: Any, space: Any) -> Any:
     """`settings` narrowed to the search space `space` (a `patchkit.recipe.resolution.SearchSpace`)."""
+    _check_layers(settings.layers, space.layers)
     if settings.method == "sets":
         scope = scope_for(space)
-        if settings.layers is not None and scope.layers is not None:
-            outside = sorted(set(settings.layers) - set(scope.layers))
-            if outside:
-                raise PatchkitError(
-                    f"layers {outside} lie outside the recipe's constrained layers {list(scope.layers)}",
-                    hint="search the recipe's layers, or widen resolution.constraints.layers",
-                )
         if settings.layers is not None:
             scope = replace(scope, layers=tuple(sorted(settings.layers)))
         return replace(settings, scope=scope, kinds=scope.kinds, max_set=max(settings.max_set, scope.exact or 0))
@@ -82,12 +88,6 @@ def settings_for(settings: Any, space: Any) -> Any:
     ops = tuple(sorted(set(factors))) if factors else tuple(settings.ops)
     layers = sorted(set(space.layers)) if space.layers is not None else settings.layers
     if settings.layers is not None and space.layers is not None:
-        outside = sorted(set(settings.layers) - set(space.layers))
-        if outside:
-            raise PatchkitError(
-                f"layers {outside} lie outside the recipe's constrained layers {sorted(space.layers)}",
-                hint="search the recipe's layers, or widen resolution.constraints.layers",
-            )
         layers = sorted(settings.layers)
     max_edits = space.exact_edits or space.max_edits or settings.max_edits
     return replace(

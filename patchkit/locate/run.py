@@ -304,9 +304,11 @@ def _located(
         "screen": [],
         "sweep": [],
     }
-    if not looping:
+
+    def finish(best: Any, heldout: dict[str, Any] | None, reason: str | None = None) -> LocateResult:
+        """Write the recipe, report and plots of this run (see `_finish`)."""
         return _finish(
-            None,
+            best,
             report,
             out,
             report_dir,
@@ -317,10 +319,13 @@ def _located(
             cache,
             stage_seconds,
             base_summary,
-            None,
+            heldout,
             from_recipe,
-            reason="the base model does not loop on the train probes: nothing to locate",
+            reason=reason,
         )
+
+    if not looping:
+        return finish(None, None, reason="the base model does not loop on the train probes: nothing to locate")
 
     if settings.method == "sets":
         from patchkit.locate.set_stage import run_sets
@@ -357,22 +362,7 @@ def _located(
                 f"{judged['edited']['loops']}/{judged['edited']['n']}, score {judged['score']:+.3f}, gates "
                 f"{'pass' if g.get('pass') else 'fail'} [{stage_seconds.get('heldout', 0)} s]"
             )
-        return _finish(
-            best_set,
-            report,
-            out,
-            report_dir,
-            settings,
-            ref,
-            model,
-            t0,
-            cache,
-            stage_seconds,
-            base_summary,
-            judged,
-            from_recipe,
-            reason=why,
-        )
+        return finish(best_set, judged, reason=why)
 
     controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
     prose = load_prose(tok, limit=4)
@@ -484,20 +474,9 @@ def _located(
         else "sweep: nothing evaluated"
     )
     if best is None or best.score < settings.min_score:
-        return _finish(
+        return finish(
             best,
-            report,
-            out,
-            report_dir,
-            settings,
-            ref,
-            model,
-            t0,
-            cache,
-            stage_seconds,
-            base_summary,
             None,
-            from_recipe,
             reason=f"no candidate beat the base by {settings.min_score} on the train probes "
             f"(best: {best.candidate.label if best else '-'} {best.score if best else 0:+.3f})",
         )
@@ -515,9 +494,7 @@ def _located(
         f"held-out: loops {cached['base']['loops']}/{cached['base']['n']} -> "
         f"{cached['edited']['loops']}/{cached['edited']['n']}, score {cached['score']:+.3f} [{stage_seconds['heldout']} s]"
     )
-    return _finish(
-        best, report, out, report_dir, settings, ref, model, t0, cache, stage_seconds, base_summary, cached, from_recipe
-    )
+    return finish(best, cached)
 
 
 def _per_kind(probes: list[Any], limit: int | None) -> list[int]:
