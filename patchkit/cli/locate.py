@@ -70,7 +70,7 @@ def _rate(d: dict) -> str:
     help="sets: the largest set judged by generation (a recipe's exact edit count raises it).",
 )
 @click.option(
-    "--set-steps", type=click.IntRange(min=1), default=40, show_default=True, help="sets: optimisation steps."
+    "--set-steps", type=click.IntRange(min=1), default=48, show_default=True, help="sets: optimisation steps."
 )
 @click.option(
     "--set-probes",

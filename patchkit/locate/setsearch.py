@@ -100,8 +100,8 @@ class SetSearchSettings:
     """Knobs of the set search (all go into the stage-cache key)."""
 
     max_set: int = 256  # K: the largest set judged by generation (k = 1, 2, 4, ..., K)
-    steps: int = 40
-    lr: float = 0.08
+    steps: int = 48
+    lr: float = 0.05
     kl_budget: float = 0.01  # nats/token on keep positions (half the recipes' 0.02 gate: room for held-out)
     continuation_weight: float = 0.25
     dual_step: float = 0.5
