@@ -90,6 +90,7 @@ def test_set_search_recovers_the_planted_set_with_the_right_signs(found):
         figures = d["summary"]["figures"]
         assert {"loop_rate", "good_list_rate", "completeness", "control_accuracy"} <= set(figures)
         assert figures["loop_rate"]["n"] == d["summary"]["n"] and len(figures["loop_rate"]["ci"]) == 2
+        assert d["summary"]["completeness_ci"]["n"] == d["summary"]["n"]
     small = [d for d in sets["frontier_train"] if d["k"] < 4]
     assert all(d["summary"]["loops"] == d["summary"]["n"] for d in small)  # the drive is redundant
 

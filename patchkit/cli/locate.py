@@ -239,7 +239,10 @@ def locate_cmd(
                 )
             )
     if result.found:
-        con.print(f"[green]found[/green] {result.winner['candidate']['label']}; wrote {result.recipe_path}")
+        from patchkit.locate.candidates import Candidate
+
+        found = Candidate.from_json(result.winner["candidate"]).short_label
+        con.print(f"[green]found[/green] {found}; wrote {result.recipe_path}")
     else:
         con.print(
             f"[yellow]no confirmed edit[/yellow]: {result.report.get('reason') or 'held-out did not confirm'}; "

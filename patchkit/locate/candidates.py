@@ -58,6 +58,13 @@ class Candidate:
         return " + ".join(e.label for e in self.edits) or "base"
 
     @property
+    def short_label(self) -> str:
+        """The label, or for a large set its size and first edits (a 256-unit label helps nobody)."""
+        from patchkit.locate.report import _short_label
+
+        return _short_label(self)
+
+    @property
     def is_base(self) -> bool:
         return not self.edits
 

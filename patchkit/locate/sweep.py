@@ -171,6 +171,8 @@ def sweep(
     progress: Progress | None = None,
 ) -> list[SweepResult]:
     """Generate every candidate on `probes` (base answers in `transcripts`), best score first."""
+    from patchkit.locate.heldout import completeness_ci
+
     base_summary = summarize(base_results)
     out: list[SweepResult] = []
     for start in range(0, len(candidates), chunk):
@@ -198,6 +200,7 @@ def sweep(
             by_id = {r.probe.id: r for r in new}
             results = [by_id.get(b.probe.id, b) for b in base_results]
             summary = summarize(results)
+            summary["completeness_ci"] = completeness_ci(results)
             kl = kls.get(cand.label, 0.0)
             score, parts = score_summary(base_summary, summary, kl, weights)
             per_probe = [
