@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--method", choices=("sets", "screen"), default="sets")
     ap.add_argument("--max-set", type=int, default=256)
     ap.add_argument("--set-steps", type=int, default=48)
-    ap.add_argument("--set-probes", type=int, default=10)
+    ap.add_argument("--set-probes", type=int, default=8)
     ap.add_argument("--kl-budget", type=float, default=0.01)
     ap.add_argument("--heldout-frontier", action="store_true")
     args = ap.parse_args()

@@ -75,7 +75,7 @@ def _rate(d: dict) -> str:
 @click.option(
     "--set-probes",
     type=click.IntRange(min=1),
-    default=10,
+    default=8,
     show_default=True,
     help="sets: train probes per kind generated for every set size k (k is chosen on these).",
 )

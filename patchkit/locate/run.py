@@ -53,7 +53,7 @@ class LocateSettings:
     kinds: tuple[str, ...] = ("neuron", "expert")  # candidate units (--from-recipe narrows this)
     max_set: int = 256  # sets: the largest set judged by generation (k = 1, 2, 4, ..., max_set)
     set_steps: int = 48  # sets: optimisation steps
-    set_probes: int | None = 10  # sets: train probes per kind generated for every k (None: all)
+    set_probes: int | None = 8  # sets: train probes per kind generated for every k (None: all)
     kl_budget: float = 0.01  # sets: KL(base || edited) budget on keep positions, nats/token
     heldout_frontier: bool = False  # sets: also generate every k on held-out after the choice (report only)
     scope: Any = None  # sets: a SetScope (constraint mode) from --from-recipe; None = every layer, free ops

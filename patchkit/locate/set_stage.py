@@ -115,6 +115,9 @@ def run_sets(
     # ---- generation per k on the train probes ---------------------------------------------------------------
     s0 = time.monotonic()
     cands = {k: as_candidate(v) for k, v in sets.items()}
+    # the held-out judgement always runs: leave it its share of the budget, estimated from what generating the
+    # train probes cost (it generates base and edit on every held-out probe)
+    heldout_estimate = stage_seconds.get("collect", 0.0) * 2 * len(held) / max(1, len(train))
     kls = {cands[k].label: float(terms[k]["kl"]) for k in cands}
     keep = _per_kind(train, settings.set_probes)
     sw_probes = [train[i] for i in keep]
@@ -137,7 +140,7 @@ def run_sets(
             kls,
             weights=settings.weights,
             chunk=settings.sweep_chunk,
-            deadline=deadline(0.8),
+            deadline=deadline(1.0) - heldout_estimate,
             progress=tick,
         )
         cache.put("sweep", k_sweep, [r.to_json() for r in swept])

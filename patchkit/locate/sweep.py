@@ -175,9 +175,12 @@ def sweep(
 
     base_summary = summarize(base_results)
     out: list[SweepResult] = []
+    last_chunk = 0.0
     for start in range(0, len(candidates), chunk):
-        if deadline is not None and time.monotonic() > deadline and out:
+        # a chunk is not started when it would end past the deadline (judged by the last chunk's duration)
+        if deadline is not None and out and time.monotonic() + last_chunk > deadline:
             break
+        chunk_start = time.monotonic()
         group = list(candidates[start : start + chunk])
         flips = first_flips(runner, group, transcripts)
         rows: list[list[Row | None]] = []
@@ -216,6 +219,7 @@ def sweep(
                 for r in results
             ]
             out.append(SweepResult(cand, summary, kl, score, parts, len(by_id), per_probe))
+        last_chunk = time.monotonic() - chunk_start
         if progress:
             progress("sweep", len(out), len(candidates))
     out.sort(key=lambda r: -r.score)
