@@ -21,7 +21,7 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("/tmp/locate-smollm2"))
-    ap.add_argument("--budget-minutes", type=float, default=14.0)
+    ap.add_argument("--budget-minutes", type=float, default=15.0)
     ap.add_argument("--max-new-tokens", type=int, default=400)
     ap.add_argument("--limit", type=int, default=None, help="train probes per kind")
     ap.add_argument("--heldout-limit", type=int, default=None, help="held-out probes per kind")

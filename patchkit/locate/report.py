@@ -143,6 +143,11 @@ def recipe_text(
         "confirmed_on_heldout": confirmed,
     }
     if best is not None:
+        judged_on = report.get("sweep_base")
+        if judged_on and judged_on.get("n") == best.summary.get("n"):
+            # the candidate was generated on a subset of the train probes: compare it with the base on the same
+            source["scores"]["train"]["base"] = _scores(judged_on)
+            source["probes"]["n_train_judged"] = judged_on["n"]
         source["scores"]["train"]["edited"] = _scores(best.summary)
         source["scores"]["train"]["score"] = round(best.score, 4)
         source["scores"]["train"]["kl_control"] = round(best.kl, 5)
