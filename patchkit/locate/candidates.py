@@ -60,9 +60,9 @@ class Candidate:
     @property
     def short_label(self) -> str:
         """The label, or for a large set its size and first edits (a 256-unit label helps nobody)."""
-        from patchkit.locate.report import _short_label
-
-        return _short_label(self)
+        if len(self.edits) <= 8:
+            return self.label
+        return f"{len(self.edits)} units: " + " + ".join(e.label for e in self.edits[:4]) + " + ..."
 
     @property
     def is_base(self) -> bool:

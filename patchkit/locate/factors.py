@@ -19,7 +19,7 @@ from typing import Any
 from patchkit.errors import PatchkitError
 from patchkit.locate.hooks import ModelView
 
-__all__ = ["Unit", "FactorField"]
+__all__ = ["Unit", "FactorField", "units_to_json", "units_from_json"]
 
 
 @dataclass(frozen=True, order=True)
@@ -33,6 +33,16 @@ class Unit:
     @property
     def label(self) -> str:
         return f"L{self.layer} {'e' if self.kind == 'expert' else 'n'}{self.index}"
+
+
+def units_to_json(units: Sequence[tuple[Unit, float]], digits: int | None = None) -> list[list[Any]]:
+    """[(unit, factor)] as JSON rows [layer, kind, index, factor] (for caches and reports)."""
+    return [[u.layer, u.kind, u.index, f if digits is None else round(f, digits)] for u, f in units]
+
+
+def units_from_json(rows: Sequence[Sequence[Any]]) -> list[tuple[Unit, float]]:
+    """The inverse of `units_to_json`."""
+    return [(Unit(int(a), str(b), int(c)), float(f)) for a, b, c, f in rows]
 
 
 class FactorField:

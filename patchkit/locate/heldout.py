@@ -19,7 +19,7 @@ from typing import Any
 from patchkit._io.progress import Progress
 from patchkit.locate.candidates import Candidate
 
-__all__ = ["Gates", "judge_heldout", "gate_results", "frontier"]
+__all__ = ["Gates", "judge_heldout", "cached_judgement", "gate_results", "frontier"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,23 @@ class Gates:
     alpha: float = 0.05
 
 
-def _rows_for(runner: Any, tok: Any, candidates: Sequence[Candidate], probes: Sequence[Any]) -> list[Any]:
+def _generate(
+    runner: Any, tok: Any, candidates: Sequence[Candidate], probes: Sequence[Any], tick: Progress, stage: str
+) -> list[list[Any]]:
+    """Every candidate on every probe in one batched greedy run: per candidate, its classified results."""
     from patchkit.locate.generation import prompt_ids
     from patchkit.locate.greedy import Row
 
-    return [Row(c, prompt_ids(tok, p), [], runner.budget(p)) for c in range(len(candidates)) for p in probes]
+    rows = [Row(c, prompt_ids(tok, p), [], runner.budget(p)) for c in range(len(candidates)) for p in probes]
+    done = [0]
+
+    def on_done(_row: Any) -> None:
+        done[0] += 1
+        tick(stage, done[0], len(rows))
+
+    runner.generate(list(candidates), rows, on_done=on_done)
+    n = len(probes)
+    return [runner.results(probes, rows[i * n : (i + 1) * n]) for i in range(len(candidates))]
 
 
 def _prose_drift(runner: Any, view: Any, tok: Any, candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
@@ -153,17 +165,8 @@ def judge_heldout(
     """Base and winner on the held-out probes in one batched run, plus KL on ordinary prose and the gates."""
     from patchkit.locate.sweep import score_summary, summarize
 
-    rows = _rows_for(runner, tok, [Candidate(), winner], probes)
-    done = [0]
-
-    def on_done(_row: Any) -> None:
-        done[0] += 1
-        tick("heldout", done[0], len(rows))
-
-    runner.generate([Candidate(), winner], rows, on_done=on_done)
+    base, edited = _generate(runner, tok, [Candidate(), winner], probes, tick, "heldout")
     n = len(probes)
-    base = runner.results(probes, rows[:n])
-    edited = runner.results(probes, rows[n:])
     drift = _prose_drift(runner, view, tok, [winner])[0]
     kl, ppl = drift["kl"], drift["ppl_ratio"]
     bs, es = summarize(base), summarize(edited)
@@ -184,6 +187,28 @@ def judge_heldout(
     }
 
 
+def cached_judgement(
+    cache: Any,
+    model_key: str,
+    runner: Any,
+    view: Any,
+    tok: Any,
+    winner: Candidate,
+    probes: list[Any],
+    settings: Any,
+    tick: Progress,
+) -> dict[str, Any]:
+    """`judge_heldout`, reused from the stage cache when the model, the winner and the probes are unchanged."""
+    from patchkit.locate.cache import fingerprint
+
+    key = fingerprint([model_key, winner.label, [p.id for p in probes], settings.max_new_tokens])
+    judged = cache.get("heldout", key)
+    if judged is None:
+        judged = judge_heldout(runner, view, tok, winner, probes, settings, tick)
+        cache.put("heldout", key, judged)
+    return judged
+
+
 def frontier(
     runner: Any,
     view: Any,
@@ -199,22 +224,13 @@ def frontier(
 
     ks = sorted(candidates)
     cands = [Candidate()] + [candidates[k] for k in ks]
-    rows = _rows_for(runner, tok, cands, probes)
-    done = [0]
-
-    def on_done(_row: Any) -> None:
-        done[0] += 1
-        tick("frontier", done[0], len(rows))
-
-    runner.generate(cands, rows, on_done=on_done)
-    n = len(probes)
-    base = runner.results(probes, rows[:n])
+    base, *results = _generate(runner, tok, cands, probes, tick, "frontier")
     bs = summarize(base)
     bs["completeness_ci"] = completeness_ci(base)
     drifts = _prose_drift(runner, view, tok, cands[1:])
     out: dict[str, Any] = {"base": {k: v for k, v in bs.items()}, "k": {}}
     for i, k in enumerate(ks):
-        edited = runner.results(probes, rows[(i + 1) * n : (i + 2) * n])
+        edited = results[i]
         es = summarize(edited)
         es["completeness_ci"] = completeness_ci(edited)
         kl, ppl = drifts[i]["kl"], drifts[i]["ppl_ratio"]

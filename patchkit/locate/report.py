@@ -48,14 +48,6 @@ def _set_evidence(section: dict[str, Any]) -> dict[str, Any]:
     return {"scope": section.get("scope"), "chosen_k": section.get("chosen_k"), "frontier_train": rows}
 
 
-def _short_label(candidate: Any) -> str:
-    """A candidate's label, or for a large set its size and first edits (a 256-unit label helps nobody)."""
-    edits = candidate.edits
-    if len(edits) <= 8:
-        return str(candidate.label)
-    return f"{len(edits)} units: " + " + ".join(e.label for e in edits[:4]) + " + ..."
-
-
 def rate(k: int, n: int) -> dict[str, Any]:
     """k/n with its 95% Wilson interval."""
     from patchkit.checks.stats import wilson_interval
@@ -151,7 +143,7 @@ def recipe_text(
         source["scores"]["train"]["edited"] = _scores(best.summary)
         source["scores"]["train"]["score"] = round(best.score, 4)
         source["scores"]["train"]["kl_control"] = round(best.kl, 5)
-        source["candidate"] = _short_label(best.candidate)
+        source["candidate"] = best.candidate.short_label
     if report.get("sets"):
         source["set_search"] = _set_evidence(report["sets"])
     if heldout is not None:
@@ -168,7 +160,7 @@ def recipe_text(
         if heldout is None:
             raise PatchkitError("locate report says the edit was confirmed, but there are no held-out scores")
         data["description"] = (
-            f"Found by patchkit locate: {_short_label(best.candidate)}; held-out loop rate "
+            f"Found by patchkit locate: {best.candidate.short_label}; held-out loop rate "
             f"{heldout['base']['loops']}/{heldout['base']['n']} -> "
             f"{heldout['edited']['loops']}/{heldout['edited']['n']}."
         )
@@ -183,7 +175,7 @@ def recipe_text(
             "or a larger --budget-minutes, or write edits by hand",
             "constraints": {
                 "last_locate": {
-                    "best_candidate": _short_label(best.candidate) if best else None,
+                    "best_candidate": best.candidate.short_label if best else None,
                     "candidate_edits": best.candidate.recipe_edits() if best else [],
                     "patchkit_version": __version__,
                 }

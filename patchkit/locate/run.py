@@ -252,7 +252,7 @@ def _located(
     from patchkit.locate.ablation import LayerScore, rank_layers
     from patchkit.locate.generation import Runner
     from patchkit.locate.greedy import Row
-    from patchkit.locate.heldout import judge_heldout
+    from patchkit.locate.heldout import cached_judgement
     from patchkit.locate.hooks import ModelView
     from patchkit.locate.sweep import summarize, sweep
     from patchkit.locate.teacher import build_batch
@@ -483,11 +483,7 @@ def _located(
 
     # ---- 5. held-out confirmation (held-out probes only) -------------------------------------------------------
     s0 = time.monotonic()
-    k_held = fingerprint([model_fp, best.candidate.label, [p.id for p in held], settings.max_new_tokens])
-    cached = cache.get("heldout", k_held)
-    if cached is None:
-        cached = judge_heldout(runner, view, tok, best.candidate, held, settings, tick)
-        cache.put("heldout", k_held, cached)
+    cached = cached_judgement(cache, model_fp, runner, view, tok, best.candidate, held, settings, tick)
     stage_seconds["heldout"] = round(time.monotonic() - s0, 1)
     report["heldout"] = cached
     say(

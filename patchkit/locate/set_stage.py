@@ -14,7 +14,7 @@ from typing import Any
 
 from patchkit._io.progress import Progress
 from patchkit.locate.cache import StageCache, fingerprint
-from patchkit.locate.factors import Unit
+from patchkit.locate.factors import units_from_json, units_to_json
 from patchkit.locate.setsearch import SetScope, SetSearchSettings
 from patchkit.locate.sweep import SweepResult
 
@@ -27,14 +27,6 @@ def set_settings(settings: Any) -> SetSearchSettings:
         steps=settings.set_steps,
         kl_budget=settings.kl_budget,
     )
-
-
-def _units_json(units: list[tuple[Unit, float]]) -> list[list[Any]]:
-    return [[u.layer, u.kind, u.index, f] for u, f in units]
-
-
-def _units(data: list[list[Any]]) -> list[tuple[Unit, float]]:
-    return [(Unit(int(a), str(b), int(c)), float(f)) for a, b, c, f in data]
 
 
 def run_sets(
@@ -56,7 +48,7 @@ def run_sets(
     say: Callable[[str], None],
 ) -> tuple[SweepResult | None, dict[str, Any] | None, dict[str, Any], str | None]:
     """Returns (chosen k's sweep result, held-out judgement, report section, reason when nothing is chosen)."""
-    from patchkit.locate.heldout import frontier, judge_heldout
+    from patchkit.locate.heldout import cached_judgement, frontier
     from patchkit.locate.run import _per_kind
     from patchkit.locate.set_objective import build_objective
     from patchkit.locate.setsearch import Learned, as_candidate, run_set_search
@@ -65,47 +57,52 @@ def run_sets(
 
     sset = set_settings(settings)
     s0 = time.monotonic()
-    looping = [t for t in transcripts if t.kind == "enumeration" and t.is_loop and t.loop_start is not None]
-    listing = [t for t in transcripts if t.kind == "enumeration"]
-    controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
-    data = build_objective(
-        view.model,
-        tok,
-        looping=looping[: settings.tf_sequences],
-        listing=listing[: settings.tf_sequences],
-        controls=controls,
-        prose=load_prose(tok, limit=4),
-        probes={p.id: p for p in train},
-        pad_id=runner.pad_id,
-        device=view.device,
-        max_tokens=settings.tf_tokens,
-    )
     k_sets = fingerprint([k_collect, scope.to_json(), asdict(sset), settings.key("tf_sequences", "tf_tokens")])
     cached = cache.get("sets", k_sets)
     if cached is not None:
         learned = Learned.from_json(cached["learned"])
-        sets = {int(k): _units(v) for k, v in cached["sets"].items()}
+        sets = {int(k): units_from_json(v) for k, v in cached["sets"].items()}
         terms = {int(k): v for k, v in cached["terms"].items()}
+        counts, continuations = cached["objective"], cached["continuations"]
     else:
+        # the teacher-forced data (and its base forward passes) is only built when the stage must run
+        looping = [t for t in transcripts if t.kind == "enumeration" and t.is_loop and t.loop_start is not None]
+        listing = [t for t in transcripts if t.kind == "enumeration"]
+        controls = [t for t in transcripts if t.kind == "control" and not t.is_loop][:8]
+        data = build_objective(
+            view.model,
+            tok,
+            looping=looping[: settings.tf_sequences],
+            listing=listing[: settings.tf_sequences],
+            controls=controls,
+            prose=load_prose(tok, limit=4),
+            probes={p.id: p for p in train},
+            pad_id=runner.pad_id,
+            device=view.device,
+            max_tokens=settings.tf_tokens,
+        )
+        counts, continuations = data.counts(), data.continuations
         learned, sets, terms = run_set_search(view, data, scope, sset, deadline=deadline(0.45), progress=tick, log=say)
         cache.put(
             "sets",
             k_sets,
             {
                 "learned": learned.to_json(),
-                "sets": {str(k): _units_json(v) for k, v in sets.items()},
+                "sets": {str(k): units_to_json(v) for k, v in sets.items()},
                 "terms": {str(k): v for k, v in terms.items()},
+                "objective": counts,
+                "continuations": continuations,
             },
         )
     stage_seconds["sets"] = round(time.monotonic() - s0, 1)
     section: dict[str, Any] = {
         "scope": scope.to_json(),
         "settings": asdict(sset),
-        "objective": data.counts(),
-        "continuations": data.continuations,
+        "objective": counts,
+        "continuations": continuations,
         "learned": {k: v for k, v in learned.to_json().items() if k != "moved"},
         "moved": len(learned.moved),
-        "sets": {str(k): _units_json(v) for k, v in sorted(sets.items())},
+        "sets": {str(k): units_to_json(v) for k, v in sorted(sets.items())},
         "train_terms": {str(k): v for k, v in sorted(terms.items())},
     }
     say(f"sets: sizes {sorted(sets)} [{stage_seconds['sets']} s]")
@@ -179,16 +176,13 @@ def run_sets(
 
     # ---- held-out: the chosen k, once -----------------------------------------------------------------------
     s0 = time.monotonic()
-    model_fp = k_collect
-    k_held = fingerprint([model_fp, best.candidate.label, [p.id for p in held], settings.max_new_tokens])
-    judged = cache.get("heldout", k_held)
-    if judged is None:
-        judged = judge_heldout(runner, view, tok, best.candidate, held, settings, tick)
-        cache.put("heldout", k_held, judged)
+    judged = cached_judgement(cache, k_collect, runner, view, tok, best.candidate, held, settings, tick)
     stage_seconds["heldout"] = round(time.monotonic() - s0, 1)
     if settings.heldout_frontier:
         s0 = time.monotonic()
-        k_front = fingerprint([k_held, [c.label for c in cands.values()]])
+        k_front = fingerprint(
+            [k_collect, best.candidate.label, [p.id for p in held], [c.label for c in cands.values()]]
+        )
         front = cache.get("frontier", k_front)
         if front is None:
             front = frontier(runner, view, tok, cands, held, settings, tick)

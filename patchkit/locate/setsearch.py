@@ -3,11 +3,11 @@
 1. learn   - f = 1 + delta per MLP neuron (and MoE expert) in scope, by proximal Adam on the train-split
              objective of `patchkit.locate.set_objective`: loop term + continuation term, subject to
              KL(base || edited) <= budget on control/prose/pre-loop positions. The constraint is enforced by
-             dual ascent on a Lagrange multiplier mu (mu += step x (KL / budget - 1), never below 0), so nobody
-             picks a KL weight. Sparsity: an L1 penalty lambda x |f - 1| applied as a proximal step (soft
-             threshold) under Adam's diagonal metric, which returns a unit to *exactly* 1 whenever its
-             averaged gradient is below lambda; lambda is set once from the data, as the gradient magnitude
-             of the (pool x K)-th strongest unit at f = 1, so about that many units can move at all.
+             dual ascent on a Lagrange multiplier mu (mu += step x clip(KL / budget - 1, -1, 3), never below
+             0), so nobody picks a KL weight. Sparsity: an L1 penalty lambda x |f - 1| applied as a proximal
+             step (soft threshold) under Adam's diagonal metric, which returns a unit to *exactly* 1 whenever
+             its averaged gradient is below lambda; lambda starts at the gradient magnitude of the
+             (pool x K)-th strongest unit at f = 1 and is then controlled so that about that many units move.
 2. snap    - each moved factor to the nearest op a recipe can write (free: invert, zero, or a short factor
              from `GRID`, 1 = drop; constrained: only the allowed factors on the same side of 1).
 3. prune   - greedy backward elimination by first-order importance, in halvings: at each level the
@@ -29,11 +29,21 @@ from typing import Any
 from patchkit._io.progress import Progress
 from patchkit.errors import PatchkitError
 from patchkit.locate.candidates import Candidate, Edit
-from patchkit.locate.factors import FactorField, Unit
+from patchkit.locate.factors import FactorField, Unit, units_from_json, units_to_json
 from patchkit.locate.hooks import ModelView
 from patchkit.locate.set_objective import SET_ROWS, ObjectiveData, cont_term, main_terms, terms_on
 
-__all__ = ["GRID", "SetScope", "SetSearchSettings", "Learned", "learn", "snap", "nested_sets", "set_sizes"]
+__all__ = [
+    "GRID",
+    "SetScope",
+    "SetSearchSettings",
+    "Learned",
+    "learn",
+    "snap",
+    "nested_sets",
+    "set_sizes",
+    "terms_with",
+]
 
 #: The factors a free (unconstrained) search may write: invert, zero, and short scale factors, amplification
 #: (x1.5, x2, x3) included. 1 means "no edit".
@@ -122,7 +132,7 @@ class Learned:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "moved": [[u.layer, u.kind, u.index, round(f, 6)] for u, f in self.moved],
+            "moved": units_to_json(self.moved, digits=6),
             "l1": self.l1,
             "mu": self.mu,
             "history": self.history,
@@ -134,7 +144,7 @@ class Learned:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Learned:
         return cls(
-            [(Unit(int(a), str(b), int(c)), float(f)) for a, b, c, f in d["moved"]],
+            units_from_json(d["moved"]),
             float(d["l1"]),
             float(d["mu"]),
             list(d["history"]),
@@ -385,8 +395,10 @@ def as_candidate(units: Sequence[tuple[Unit, float]]) -> Candidate:
     return Candidate(tuple(sorted(edits)))
 
 
-def exact_kl(view: ModelView, data: ObjectiveData, fld: FactorField, units: Sequence[tuple[Unit, float]]) -> dict:
-    """The three terms (means over all train data) with exactly these factors."""
+def terms_with(
+    view: ModelView, data: ObjectiveData, fld: FactorField, units: Sequence[tuple[Unit, float]]
+) -> dict[str, float]:
+    """The three terms (means over all train data) with exactly these factors and every other unit at 1."""
     fld.set_factors(units)
     try:
         with fld.installed():
@@ -433,5 +445,5 @@ def run_set_search(
         if sizes
         else {}
     )
-    terms = {k: exact_kl(view, data, fld, s) for k, s in sets.items()}
+    terms = {k: terms_with(view, data, fld, s) for k, s in sets.items()}
     return learned, sets, terms
