@@ -237,9 +237,9 @@ def learn(
             i = (step - 1) % epoch_len
             piece, base = data.main[i], data.base_logprobs[i]
             loop_sum, kl_sum = main_terms(view.model, piece, base)
-            n_loop = max(1, int((piece.group == 0).sum()))
+            n_loop = int((piece.group == 0).sum())  # a piece of controls and prose only has none
             n_keep = max(1, int((piece.group != 0).sum()))
-            loop_m, kl_m = loop_sum / n_loop, kl_sum / n_keep
+            loop_m, kl_m = loop_sum / max(1, n_loop), kl_sum / n_keep
             w = _weights(settings, mu)
             total = w["loop"] * loop_m + w["kl"] * kl_m
             cont_m = None
