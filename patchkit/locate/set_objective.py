@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from patchkit.locate.teacher import ScoreBatch, build_batch, head, hidden_states
+from patchkit.locate.teacher import ScoreBatch, build_batch, head, hidden_states, pack_batch
 from patchkit.locate.transcripts import Transcript
 
 __all__ = ["ObjectiveData", "Terms", "build_objective", "terms_on"]
@@ -66,8 +66,6 @@ def _continuation_batch(
     max_items: int,
     device: Any,
 ) -> tuple[ScoreBatch | None, list[dict[str, Any]]]:
-    import torch
-
     from patchkit.locate.continuations import list_continuation
 
     seqs: list[tuple[list[int], int]] = []
@@ -95,27 +93,8 @@ def _continuation_batch(
         notes.append({"probe": t.probe_id, "style": cont.style, "items": list(cont.items)})
     if not seqs:
         return None, notes
-    width = max(len(s) for s, _ in seqs)
-    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, pos, target = [], [], []
-    for r, (ids, start) in enumerate(seqs):
-        ids_t[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attn[r, : len(ids)] = 1
-        for at in range(start, len(ids)):
-            rows.append(r)
-            pos.append(at - 1)
-            target.append(ids[at])
-    as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-    batch = ScoreBatch(
-        ids_t.to(device),
-        attn.to(device),
-        as_t(rows),
-        as_t(pos),
-        as_t(target),
-        as_t([LOOP] * len(rows)),
-        [n["probe"] for n in notes],
-    )
+    scored = [(r, at - 1, ids[at], LOOP) for r, (ids, start) in enumerate(seqs) for at in range(start, len(ids))]
+    batch = pack_batch([ids for ids, _ in seqs], scored, [n["probe"] for n in notes], pad_id=pad_id, device=device)
     return batch, notes
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "mean_scores",
     "group_grads",
     "GRAD_ROWS",
+    "pack_batch",
 ]
 
 #: Sequences per backward pass in attribution and layer ranking: the activations of every layer are kept for
@@ -103,9 +104,8 @@ def build_batch(
     """Loop transcripts give loop + novel positions; control transcripts and prose give control positions.
 
     Each group keeps at most `max_positions` positions (evenly spaced) to bound memory and time. With
-    `novel_before_loop`, novel positions are only those before the loop starts (the first tokens of a loop are
-    new n-grams too, but an edit that fixes the loop must change them)."""
-    import torch
+    `novel_before_loop`, novel positions are only those before the loop's first copy (`loop_onset`: the first
+    copy is new by n-gram, but it is what the loop repeats, and an edit that fixes the loop may change it)."""
 
     seqs: list[list[int]] = []
     names: list[str] = []
@@ -140,19 +140,33 @@ def build_batch(
         picked[2].extend((r, at - 1, ids[at]) for at in range(1, len(ids)))
         seqs.append(ids)
         names.append(f"prose#{i}")
-    width = max(len(s) for s in seqs)
-    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, ids in enumerate(seqs):
-        ids_t[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attn[r, : len(ids)] = 1
     flat: list[tuple[int, int, int, int]] = []
     for gi, items in enumerate(picked):
         if len(items) > max_positions:
             step = len(items) / max_positions
             items = [items[int(i * step)] for i in range(max_positions)]
         flat.extend((r, p, t, gi) for r, p, t in items)
-    cols = list(zip(*flat, strict=True)) if flat else [(), (), (), ()]
+    return pack_batch(seqs, flat, names, pad_id=pad_id, device=device)
+
+
+def pack_batch(
+    seqs: Sequence[list[int]],
+    scored: Sequence[tuple[int, int, int, int]],
+    names: list[str],
+    *,
+    pad_id: int,
+    device: Any = "cpu",
+) -> ScoreBatch:
+    """Right-pad `seqs` into a ScoreBatch whose scored positions are `scored` = (row, pos, target, group)."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids_t = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, ids in enumerate(seqs):
+        ids_t[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attn[r, : len(ids)] = 1
+    cols = list(zip(*scored, strict=True)) if scored else [(), (), (), ()]
     as_t = lambda xs: torch.tensor(list(xs), dtype=torch.long, device=device)  # noqa: E731
     return ScoreBatch(
         ids_t.to(device), attn.to(device), as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(cols[3]), names
