@@ -37,13 +37,7 @@ def scope_for(space: Any) -> Any:
             per_layer.setdefault(int(p.layer), []).append(float(f))
     factors: list[float] | None = None
     if space.kind == "neuron" and space.ops:
-        factors = []
-        for op in space.ops:
-            if op in _FIXED_FACTORS:
-                factors.append(_FIXED_FACTORS[op])
-            elif op == "scale":
-                factors.extend(space.factors or [g for g in GRID if g not in (-1.0, 0.0)])
-        factors = sorted(set(factors)) or None
+        factors = sorted(set(_op_factors(space, GRID))) or None
     return SetScope(
         kinds=(space.kind,),
         layers=tuple(sorted(set(space.layers))) if space.layers is not None else None,
@@ -52,6 +46,18 @@ def scope_for(space: Any) -> Any:
         exact=space.exact_edits,
         max_edits=space.max_edits,
     )
+
+
+def _op_factors(space: Any, scale_default: Any) -> list[float]:
+    """The factors the space's ops name: invert -1, zero 0, scale its `factors` (or `scale_default`'s
+    non-fixed factors when the recipe gives none)."""
+    out: list[float] = []
+    for op in space.ops:
+        if op in _FIXED_FACTORS:
+            out.append(_FIXED_FACTORS[op])
+        elif op == "scale":
+            out.extend(space.factors or [f for f in scale_default if f not in (-1.0, 0.0)])
+    return out
 
 
 def _check_layers(asked: Any, allowed: Any) -> None:
@@ -74,12 +80,7 @@ def settings_for(settings: Any, space: Any) -> Any:
         if settings.layers is not None:
             scope = replace(scope, layers=tuple(sorted(settings.layers)))
         return replace(settings, scope=scope, kinds=scope.kinds, max_set=max(settings.max_set, scope.exact or 0))
-    factors: list[float] = []
-    for op in space.ops:
-        if op in _FIXED_FACTORS:
-            factors.append(_FIXED_FACTORS[op])
-        elif op == "scale":
-            factors.extend(space.factors or [f for f in settings.ops if f not in (-1.0, 0.0)])
+    factors = _op_factors(space, settings.ops)
     factors.extend(
         p.factor if p.factor is not None else _FIXED_FACTORS.get(p.op, 0.0)
         for p in space.partial_edits

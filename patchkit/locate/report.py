@@ -9,6 +9,7 @@ from typing import Any
 
 from patchkit._io.fs import read_json_file
 from patchkit.errors import PatchkitError
+from patchkit.locate.heldout import Gates
 
 __all__ = ["write_outputs", "recipe_text", "rate"]
 
@@ -25,7 +26,8 @@ SETS_METHOD = (
     "next true list items in the model's own format) under a KL(base||edited) budget on control, prose and "
     "pre-loop positions (dual ascent); factors snapped to recipe ops; greedy halving pruning into nested sets "
     "S_1..S_K; greedy generation of each S_k on train probes chooses k; held-out judges the chosen k once "
-    "against the gates (loops -30 % relative, good lists and controls not down beyond McNemar noise, KL <= 0.02)"
+    f"against the gates (loops -{Gates().min_reduction * 100:g} % relative, good lists and controls not down beyond "
+    f"McNemar noise, KL <= {Gates().max_kl:g})"
 )
 
 
