@@ -152,6 +152,35 @@ def gate_results(
     return out
 
 
+def _summary(results: Sequence[Any]) -> dict[str, Any]:
+    from patchkit.locate.sweep import summarize
+
+    out = summarize(results)
+    out["completeness_ci"] = completeness_ci(results)
+    return out
+
+
+def _compare(
+    base: Sequence[Any], bs: dict[str, Any], edited: Sequence[Any], drift: dict[str, Any], settings: Any, gates: Gates
+) -> dict[str, Any]:
+    """One edited run against the base run on the same probes: figures, prose drift, score and gates."""
+    from patchkit.locate.sweep import score_summary
+
+    es = _summary(edited)
+    score, parts = score_summary(bs, es, drift["kl"], settings.weights)
+    per_probe = _paired(base, edited)
+    return {
+        "edited": dict(es),
+        "kl_prose": drift["kl"],
+        "ppl_ratio_prose": drift["ppl_ratio"],
+        "prose": drift,
+        "score": score,
+        "parts": parts,
+        "gates": gate_results(bs, es, per_probe, drift["kl"], gates),
+        "per_probe": per_probe,
+    }
+
+
 def judge_heldout(
     runner: Any,
     view: Any,
@@ -163,28 +192,10 @@ def judge_heldout(
     gates: Gates = Gates(),
 ) -> dict[str, Any]:
     """Base and winner on the held-out probes in one batched run, plus KL on ordinary prose and the gates."""
-    from patchkit.locate.sweep import score_summary, summarize
-
     base, edited = _generate(runner, tok, [Candidate(), winner], probes, tick, "heldout")
-    n = len(probes)
-    drift = _prose_drift(runner, view, tok, [winner])[0]
-    kl, ppl = drift["kl"], drift["ppl_ratio"]
-    bs, es = summarize(base), summarize(edited)
-    bs["completeness_ci"], es["completeness_ci"] = completeness_ci(base), completeness_ci(edited)
-    score, parts = score_summary(bs, es, kl, settings.weights)
-    per_probe = _paired(base, edited)
-    return {
-        "n_probes": n,
-        "base": dict(bs),
-        "edited": dict(es),
-        "kl_prose": kl,
-        "ppl_ratio_prose": ppl,
-        "prose": drift,
-        "score": score,
-        "parts": parts,
-        "gates": gate_results(bs, es, per_probe, kl, gates),
-        "per_probe": per_probe,
-    }
+    bs = _summary(base)
+    judged = _compare(base, bs, edited, _prose_drift(runner, view, tok, [winner])[0], settings, gates)
+    return {"n_probes": len(probes), "base": dict(bs), **judged}
 
 
 def cached_judgement(
@@ -220,27 +231,19 @@ def frontier(
     gates: Gates = Gates(),
 ) -> dict[str, Any]:
     """Every candidate (k -> S_k) and the base on the held-out probes in one batched run (report only)."""
-    from patchkit.locate.sweep import score_summary, summarize
-
     ks = sorted(candidates)
     cands = [Candidate()] + [candidates[k] for k in ks]
     base, *results = _generate(runner, tok, cands, probes, tick, "frontier")
-    bs = summarize(base)
-    bs["completeness_ci"] = completeness_ci(base)
+    bs = _summary(base)
     drifts = _prose_drift(runner, view, tok, cands[1:])
-    out: dict[str, Any] = {"base": {k: v for k, v in bs.items()}, "k": {}}
-    for i, k in enumerate(ks):
-        edited = results[i]
-        es = summarize(edited)
-        es["completeness_ci"] = completeness_ci(edited)
-        kl, ppl = drifts[i]["kl"], drifts[i]["ppl_ratio"]
-        score, _parts = score_summary(bs, es, kl, settings.weights)
-        out["k"][str(k)] = {
-            "edited": dict(es),
-            "kl_prose": kl,
-            "ppl_ratio_prose": ppl,
-            "prose": drifts[i],
-            "score": score,
-            "gates": gate_results(bs, es, _paired(base, edited), kl, gates),
-        }
-    return out
+    return {
+        "base": dict(bs),
+        "k": {
+            str(k): {
+                key: v
+                for key, v in _compare(base, bs, results[i], drifts[i], settings, gates).items()
+                if key != "per_probe"
+            }
+            for i, k in enumerate(ks)
+        },
+    }
