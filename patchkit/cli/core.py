@@ -28,14 +28,27 @@ def _progress(as_json: bool, label: str) -> contextlib.AbstractContextManager[Pr
 @click.command("apply")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option(
-    "--model", "model", help="Base model: local dir, org/name or org/name@revision (default: the recipe's model)."
+    "--model",
+    "model",
+    help="Base model: local dir, org/name, org/name@revision, or a .gguf file / split set (default: the recipe's model).",
 )
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output directory (default: ./<recipe name>).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Output directory (default: ./<recipe name>); for a .gguf, the output file (default: ./<recipe name>.gguf).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes to write) and write nothing.")
 @click.option(
     "--in-place",
     is_flag=True,
-    help="Patch a plain local model directory itself (invert-only recipes; writes an undo recipe; locked, and restartable after a crash).",
+    help="Patch a plain local model directory itself (invert-only recipes; writes an undo recipe; locked, and "
+    "restartable after a crash); for a .gguf, rewrite only the scale bytes of the file (journaled; undo with --undo).",
+)
+@click.option(
+    "--undo",
+    is_flag=True,
+    help="With --in-place on a .gguf: restore the bytes an in-place apply changed (or roll back an interrupted one).",
 )
 @click.option(
     "--force", is_flag=True, help="Replace an existing output directory (only an empty one or an earlier apply output)."
@@ -55,10 +68,21 @@ def apply_cmd(
     in_place: bool,
     force: bool,
     link: bool,
+    undo: bool,
     as_json: bool,
 ) -> None:
-    """Apply RECIPE to a model: a new checkpoint where only the edited slices differ, plus patchkit.json."""
+    """Apply RECIPE to a model: a new checkpoint where only the edited slices differ, plus patchkit.json.
+
+    On a .gguf file (llama.cpp, Ollama) only the scale fields of the edited rows change: no requantization, and
+    the provenance goes into the file as patchkit.* metadata."""
+    from patchkit.model.gguf_model import is_gguf_path
     from patchkit.workflows.resolve import resolve_then_apply
+
+    if undo and not (in_place and is_gguf_path(model)):
+        raise click.UsageError("--undo goes with --in-place --model FILE.gguf")
+    if is_gguf_path(model):
+        _apply_gguf(recipe, str(model), out, dry_run, in_place, undo, force, link, as_json)
+        return
 
     with _progress(as_json, "apply") as progress:
         result = resolve_then_apply(
@@ -93,6 +117,63 @@ def apply_cmd(
         )
 
 
+def _apply_gguf(
+    recipe: Path,
+    model: str,
+    out: Path | None,
+    dry_run: bool,
+    in_place: bool,
+    undo: bool,
+    force: bool,
+    link: bool,
+    as_json: bool,
+) -> None:
+    from patchkit.edit.gguf_apply import apply_gguf, undo_gguf_in_place
+
+    if link:
+        raise click.UsageError("--link is for safetensors directories; a GGUF output is always a new file")
+    if undo:
+        message = undo_gguf_in_place(model)
+        if as_json:
+            emit_json({"format": "gguf", "undone": True, "message": message})
+        else:
+            ui_console(False).print(message, highlight=False)
+        return
+    with _progress(as_json, "apply") as progress:
+        result = apply_gguf(
+            recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, progress=progress
+        )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    from rich.table import Table
+
+    console = ui_console(False)
+    table = Table(title="dry run: planned edits" if dry_run else "edits applied", show_lines=False)
+    for col in ("layer", "kind", "index", "op", "tensor", "type", "rows", "bytes changed"):
+        table.add_column(col, overflow="fold")
+    for e in result.plan.edits:
+        op = e.op if e.op != "scale" else f"scale x{e.factor:g}"
+        t = e.target
+        table.add_row(str(e.layer), e.kind, str(e.index), op, t.tensor, t.type_name, str(t.rows), str(e.changed_bytes))
+    console.print(table)
+    console.print(
+        f"bytes changed: {result.plan.bytes_edited} (scale fields only; every quant bit kept) in "
+        f"{len(result.plan.edits)} edit(s)"
+    )
+    if dry_run:
+        console.print(f"dry run: nothing written (output would be {result.out})", highlight=False)
+    elif in_place:
+        console.print(
+            f"patched {result.out} in place (undo: patchkit apply RECIPE --model FILE --in-place --undo)",
+            highlight=False,
+        )
+    else:
+        console.print(f"wrote {result.out}", highlight=False)
+
+
 @click.command("diff")
 @click.argument("a")
 @click.argument("b")
@@ -121,11 +202,24 @@ def diff_cmd(
 ) -> None:
     """Compare checkpoints A and B tensor by tensor; explain changed MLP neurons/experts."""
     from patchkit.edit.diff import recipe_text
+    from patchkit.model.gguf_model import is_gguf_path
     from patchkit.workflows.resolve import diff_refs
 
+    architecture = None
     with _progress(as_json, "diff") as progress:
-        report = diff_refs(a, b, progress=progress)
-    text = recipe_text(report, name=name, repo=repo, revision=revision) if as_recipe else None
+        if is_gguf_path(a) or is_gguf_path(b):
+            if not (is_gguf_path(a) and is_gguf_path(b)):
+                raise click.UsageError("compare a .gguf with a .gguf (or a checkpoint directory with a directory)")
+            from patchkit.edit.gguf_check import diff_gguf
+            from patchkit.model.gguf_model import open_gguf_model
+
+            report = diff_gguf(a, b, progress=progress)
+            architecture = open_gguf_model(a).architecture
+        else:
+            report = diff_refs(a, b, progress=progress)
+    text = (
+        recipe_text(report, name=name, repo=repo, revision=revision, architecture=architecture) if as_recipe else None
+    )
     if text is not None and out is not None:
         from patchkit._io.atomic import atomic_write_text
 
@@ -187,11 +281,11 @@ def _print_report(report) -> None:
 
 @click.command("verify")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--model", "model", help="Base model (default: the recipe's model).")
+@click.option("--model", "model", help="Base model, or the source .gguf (default: the recipe's model).")
 @click.option(
     "--patched",
     type=click.Path(path_type=Path),
-    help="The patched checkpoint directory to check. Without it, a recipe resolved by diff is re-checked "
+    help="The patched checkpoint directory (or patched .gguf) to check. Without it, a recipe resolved by diff is re-checked "
     "against its reference (edits and slice checksums re-extracted).",
 )
 @json_option
@@ -217,9 +311,15 @@ def verify_cmd(recipe: Path, model: str | None, patched: Path | None, as_json: b
         return
 
     from patchkit.edit.verify import verify_patched
+    from patchkit.model.gguf_model import is_gguf_path
 
     with _progress(as_json, "verify") as progress:
-        result = verify_patched(recipe, model=model, patched=patched, progress=progress)
+        if is_gguf_path(model):
+            from patchkit.edit.gguf_check import verify_gguf
+
+            result = verify_gguf(recipe, model=str(model), patched=patched, progress=progress)
+        else:
+            result = verify_patched(recipe, model=model, patched=patched, progress=progress)
     if as_json:
         emit_json(result.to_json())
         if not result.ok:

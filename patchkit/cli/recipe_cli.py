@@ -14,19 +14,35 @@ from patchkit.errors import PatchkitError
 
 @click.command("validate")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--model", "model", default=None, help="Local dir, org/name or org/name@rev to check the edits against.")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Local dir, org/name, org/name@rev, or a .gguf file (or split set) to check the edits against.",
+)
 @json_option
 @handle_errors
 def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
-    """Check RECIPE's schema and, against the model, every layer, index, tensor and dtype (headers only)."""
+    """Check RECIPE's schema and, against the model, every layer, index, tensor and dtype (headers only; for a
+    .gguf, also the quant type and new scale bytes of every edited row)."""
+    from patchkit.model.gguf_model import is_gguf_path
     from patchkit.recipe.validate import validate_recipe
 
-    report = validate_recipe(recipe, model=model)
+    if is_gguf_path(model):
+        from patchkit.workflows.gguf_patch import validate_gguf_recipe
+
+        report, plan = validate_gguf_recipe(recipe, model=str(model))
+        if as_json:
+            emit_json({**report.to_json(), "plan": plan.to_json() if plan else None})
+            return
+    else:
+        report = validate_recipe(recipe, model=model)
     if as_json:
         emit_json(report.to_json())
         return
     con = ui_console(False)
     target = {
+        "gguf": f"against the GGUF {report.model}",
         "model": f"against {report.model}",
         "profile": f"against the offline profile of {report.model}",
         "schema-only": "schema only",

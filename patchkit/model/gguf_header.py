@@ -103,6 +103,10 @@ class GGUFHeader:
     metadata: dict[str, Any] = field(repr=False)  # scalar values and short strings; arrays are not kept
     value_types: dict[str, int] = field(repr=False)  # every key -> its GGUF value type id
     tensors: tuple[GGUFTensor, ...] = field(repr=False)
+    #: (key, start, end) of every metadata entry, in file order: the raw bytes a rewrite copies as they are
+    kv_spans: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
+    #: byte range of the tensor-info table (its end is where the padding before the data begins)
+    tensor_info_span: tuple[int, int] = (0, 0)
 
     @property
     def architecture(self) -> str | None:
@@ -209,6 +213,7 @@ class _Walk:
         self.elements = 0
         self.metadata: dict[str, Any] = {}
         self.types: dict[str, int] = {}
+        self.spans: list[tuple[str, int, int]] = []
 
     def fail(self, message: str, **data: Any) -> ModelError:
         return _fail(self.cur.display, message, **data)
@@ -268,6 +273,7 @@ class _Walk:
     def kvs(self, count: int) -> None:
         cur = self.cur
         for i in range(count):
+            start = cur.pos
             key = cur.name(f"the name of metadata key #{i}")
             if key in self.types:
                 raise self.fail(f"metadata key {key!r} appears twice")
@@ -276,6 +282,7 @@ class _Walk:
             value = self.value(vtype, key, 0)
             if value is not None:
                 self.metadata[key] = value
+            self.spans.append((key, start, cur.pos))
 
     def tensor_infos(
         self, count: int, sizes: dict[int, tuple[int, int, str]]
@@ -384,6 +391,7 @@ def scan_gguf_header(
             )
         walk = _Walk(cur)
         walk.kvs(kv_count)
+        infos_start = cur.pos
         infos = walk.tensor_infos(tensor_count, sizes)
         header_end = cur.pos
 
@@ -436,18 +444,24 @@ def scan_gguf_header(
         metadata=walk.metadata,
         value_types=walk.types,
         tensors=tuple(tensors),
+        kv_spans=tuple(walk.spans),
+        tensor_info_span=(infos_start, header_end),
     )
 
 
-def check_blocks(header: GGUFHeader) -> None:
-    """The tensors cover exactly the blocks `<arch>.block_count` declares (else a loader random-fills the rest)."""
+def check_blocks(header: GGUFHeader, parts: tuple[GGUFHeader, ...] = ()) -> None:
+    """The tensors cover exactly the blocks `<arch>.block_count` declares (else a loader random-fills the rest).
+
+    `header` is a whole model file, or with `parts` (every file of a split set, `header` being the first) the
+    tensors of all the parts together are checked.
+    """
     where, arch = header.path, header.architecture
     if arch is None:
         raise _fail(
             where, "GGUF metadata has no general.architecture", hint="the file is incomplete or not a model GGUF"
         )
     split = header.metadata.get("split.count")
-    if isinstance(split, int) and split > 1:
+    if isinstance(split, int) and split > 1 and not parts:
         raise _fail(
             where,
             f"is one part of a GGUF split into {split} files",
@@ -461,7 +475,7 @@ def check_blocks(header: GGUFHeader) -> None:
     if not 1 <= blocks <= MAX_BLOCKS:
         raise _fail(where, f"{key} is {blocks} (expected 1..{MAX_BLOCKS})")
     present: set[int] = set()
-    for t in header.tensors:
+    for t in (t for part in (parts or (header,)) for t in part.tensors):
         m = _BLOCK.match(t.name)
         if m is None:
             continue
