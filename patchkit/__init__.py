@@ -12,6 +12,7 @@ transformers load only when a function that needs them runs).
 
 Recipes:     load_recipe, validate_recipe
 Edits:       apply_recipe, diff_checkpoints, verify_patched, extract_recipe
+GGUF:        apply_gguf, undo_gguf_in_place, diff_gguf, verify_gguf, validate_gguf_recipe (llama.cpp / Ollama files)
 Checks:      run_loops (LoopSettings), run_bench (BenchSettings)
 Hub:         push, pull
 Search:      run_locate (LocateSettings)
@@ -43,6 +44,11 @@ _API: dict[str, str] = {
     "run_locate": "patchkit.locate.run:run_locate",
     "LocateSettings": "patchkit.locate.run:LocateSettings",
     "Recipe": "patchkit.recipe.schema:Recipe",
+    "apply_gguf": "patchkit.edit.gguf_apply:apply_gguf",
+    "undo_gguf_in_place": "patchkit.edit.gguf_apply:undo_gguf_in_place",
+    "diff_gguf": "patchkit.edit.gguf_check:diff_gguf",
+    "verify_gguf": "patchkit.edit.gguf_check:verify_gguf",
+    "validate_gguf_recipe": "patchkit.workflows.gguf_patch:validate_gguf_recipe",
 }
 _ERRORS = (
     "PatchkitError",
@@ -83,8 +89,10 @@ __all__ = [
     "RecipeError",
     "SafetensorsError",
     "VerifyError",
+    "apply_gguf",
     "apply_recipe",
     "diff_checkpoints",
+    "diff_gguf",
     "extract_recipe",
     "load_recipe",
     "pull",
@@ -92,7 +100,10 @@ __all__ = [
     "run_bench",
     "run_locate",
     "run_loops",
+    "undo_gguf_in_place",
+    "validate_gguf_recipe",
     "validate_recipe",
+    "verify_gguf",
     "verify_patched",
     "__version__",
 ]
@@ -101,6 +112,8 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from patchkit.checks.bench import BenchSettings, run_bench
     from patchkit.checks.loops import LoopSettings, run_loops
     from patchkit.edit.apply import apply_recipe
+    from patchkit.edit.gguf_apply import apply_gguf, undo_gguf_in_place
+    from patchkit.edit.gguf_check import diff_gguf, verify_gguf
     from patchkit.edit.verify import verify_patched
     from patchkit.errors import (
         EXIT_BAD_INPUT,
@@ -124,6 +137,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from patchkit.recipe.loader import load_recipe
     from patchkit.recipe.schema import Recipe
     from patchkit.recipe.validate import validate_recipe
+    from patchkit.workflows.gguf_patch import validate_gguf_recipe
     from patchkit.workflows.resolve import diff_refs as diff_checkpoints
     from patchkit.workflows.resolve import extract_recipe
 

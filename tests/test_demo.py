@@ -263,6 +263,16 @@ def test_reduced_demo_on_the_real_model(tmp_path, suite_file, smollm2_dir):
     diff = json.loads((out / "diff.json").read_text())
     assert [c["tensor"] for c in diff["changed"]] == ["model.layers.28.mlp.down_proj.weight"]
     assert report["timings_s"]["total"] > 0 and "demo-test-invert-one-neuron" in (out / "card.md").read_text()
+    # the same recipe on the GGUF the model was imported from: written next to the safetensors, byte-verified
+    # against its source, and running like the patched safetensors (an inversion is exact up to float noise)
+    from patchkit.edit.gguf_check import verify_gguf
+    from patchkit.workflows.gguf_import import EMBEDDED_PACKAGE, find_package_gguf
+
+    assert verify_gguf(recipe, model=find_package_gguf(EMBEDDED_PACKAGE)[0], patched=out / "patched-model.gguf").ok
+    agreement = json.loads((out / "gguf-agreement.json").read_text())
+    assert agreement["edited_layers"] == [28]
+    assert agreement["top1_agree"] == agreement["positions"] > 0
+    assert agreement["relative"] < 1e-5
 
 
 def test_a_recipe_that_does_not_fit_fails_before_generation(tmp_path, tiny_dir):

@@ -187,6 +187,7 @@ def _run_and_show(full, recipe, out, max_new_tokens, limit, model_dir, suite, no
         console.print(f"note: {message}", highlight=False)
     console.print(
         f"report: {result.report_dir}  (report.json, loops.json, transcripts/, before-after.png"
-        f"{', card.md, patched-model/' if not result.stopped else ''}); total {result.timings.get('total', 0):.0f} s",
+        f"{', card.md, patched-model/' if not result.stopped else ''}"
+        f"{', patched-model.gguf' if 'gguf_agreement' in result.numbers else ''}); total {result.timings.get('total', 0):.0f} s",
         highlight=False,
     )

@@ -34,7 +34,7 @@ def _show_plan(plan, console) -> None:
 
 
 @click.command("push")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="PATH", type=click.Path(path_type=Path))
 @click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="Target model repo (created if missing).")
 @click.option("--private", is_flag=True, help="Create the repo as private.")
 @click.option("--pr", "create_pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
@@ -42,7 +42,11 @@ def _show_plan(plan, console) -> None:
 @click.option("--message", default=None, help="Commit message (default: 'patchkit: <recipe name>').")
 @click.option("--loops-report", type=click.Path(path_type=Path), help="`patchkit loops --json` output for the card.")
 @click.option("--bench-report", type=click.Path(path_type=Path), help="`patchkit bench --json` output for the card.")
-@click.option("--allow-unpatched", is_flag=True, help="Push a directory that has no patchkit.json provenance.")
+@click.option(
+    "--allow-unpatched",
+    is_flag=True,
+    help="Push a directory without patchkit.json (or a .gguf without patchkit metadata).",
+)
 @click.option("--dry-run", is_flag=True, help="Print files, sizes and the card; send nothing.")
 @json_option
 @handle_errors
@@ -59,10 +63,14 @@ def push_cmd(
     dry_run,
     as_json,
 ):
-    """Upload an `apply` output DIRECTORY to the Hub in one commit (or PR), then verify the remote files.
+    """Upload an `apply` output directory or a patched .gguf (PATH) to the Hub in one commit (or PR), then
+    verify the remote files.
 
-    The token comes from HF_TOKEN or `hf auth login`. Re-running after an interruption uploads only what is
-    missing. Exit 1 if the remote copy does not match the local provenance.
+    PATH is the output directory of `patchkit apply`, or the .gguf it wrote from a .gguf model (any part of a
+    split set, or the directory holding the set, uploads every part). A GGUF goes up under its file name(s),
+    with a README.md card built from the patchkit metadata inside it (quant type, edits, recipe, source
+    sha256, llama.cpp / Ollama commands). The token comes from HF_TOKEN or `hf auth login`. Re-running after an
+    interruption uploads only what is missing. Exit 1 if the remote copy does not match the local files.
     """
     from patchkit.publish import hub
 
@@ -138,7 +146,7 @@ def pull_cmd(ref, local_dir, as_json):
 
 
 @click.command("card")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="PATH", type=click.Path(path_type=Path))
 @click.option("--loops-report", type=click.Path(path_type=Path), help="`patchkit loops --json` output.")
 @click.option("--bench-report", type=click.Path(path_type=Path), help="`patchkit bench --json` output.")
 @click.option("--repo", "repo_id", default=None, metavar="ORG/NAME", help="Repo the card is for (names the model).")
@@ -146,11 +154,17 @@ def pull_cmd(ref, local_dir, as_json):
 @json_option
 @handle_errors
 def card_cmd(directory, loops_report, bench_report, repo_id, output, as_json):
-    """Render the model card (README.md) for an `apply` output DIRECTORY."""
+    """Render the model card (README.md) for an `apply` output directory or a patched .gguf (PATH)."""
     from patchkit._io.atomic import atomic_write_text
-    from patchkit.publish.card import card_for_dir, card_metadata
+    from patchkit.publish.card import card_for_dir, card_for_gguf, card_metadata
+    from patchkit.publish.hub import gguf_push_target
 
-    text = str(card_for_dir(directory, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id))
+    gguf = gguf_push_target(directory)
+    if gguf is not None:
+        card = card_for_gguf(gguf.files[0], loops_report=loops_report, bench_report=bench_report, repo_id=repo_id)
+    else:
+        card = card_for_dir(directory, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id)
+    text = str(card)
     if output is not None:
         atomic_write_text(output, text)
     if as_json:

@@ -606,3 +606,387 @@ def card_metadata(card_text: str) -> dict[str, Any]:
     from huggingface_hub import ModelCard
 
     return ModelCard(card_text).data.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GGUF
+# ---------------------------------------------------------------------------------------------------------------
+# Why "quantized" (and not "adapter"): the Hub knows four relations, adapter | merge | quantized | finetune, and
+# infers one when the card names none. An adapter is a small set of extra weights loaded on top of the base
+# (LoRA): this file is a complete model that loads alone, so "adapter" would be false. A recipe's `model.repo`
+# is the full-precision model the edit was found on (google/gemma-4-E2B-it, not a -GGUF repo); against it this
+# file is a llama.cpp quantization - made by whoever quantized the source GGUF - whose block scales for a few
+# rows were then rescaled. Its precision, format and runtime are a quantization's, and the Hub lists it where
+# people look for GGUFs of that model: under the base's quantizations. The edit itself is stated in the body and
+# the tags. When the recipe's repo is itself a GGUF repo (a name ending in "gguf"), the file is the same quantized
+# weights with a few values modified: that is the safetensors card's "finetune" (see BASE_MODEL_RELATION).
+GGUF_BASE_MODEL_RELATION = "quantized"
+GGUF_TAGS = ("gguf", "patchkit", "llama.cpp", "ollama")
+_GGUF_REPO = re.compile(r"gguf$", re.IGNORECASE)
+#: a quant label in a GGUF file name (what `llama-cli -hf REPO:TAG` and `ollama run hf.co/REPO:TAG` match)
+_QUANT_LABEL = re.compile(
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8](?:_[A-Z0-9]+)*|TQ[12]_0|MXFP4(?:_MOE)?|BF16|F16|F32))(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
+_SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """One file of a published GGUF: its upload name, size and (when known) sha256."""
+
+    name: str
+    size: int
+    sha256: str | None = None
+
+
+def _parsed_recipe(text: str | None) -> dict:
+    """The recipe carried in a GGUF's metadata as a normalized dict (what a safetensors provenance stores as
+    `recipe.normalized`); {} when it no longer parses (the card then says less, it is never refused for that)."""
+    if not text:
+        return {}
+    from patchkit.recipe.loader import parse_recipe
+
+    try:
+        recipe = parse_recipe(text)
+    except PatchkitError:
+        return {}
+    return recipe.model_dump(mode="json", exclude_none=True)
+
+
+def quant_label(file_name: str) -> str | None:
+    """The quant label in a GGUF file name (`model-Q4_K_M.gguf` -> Q4_K_M), None when it names none.
+
+    `llama-cli -hf REPO:TAG` and `ollama run hf.co/REPO:TAG` pick the repo file whose name carries TAG, so a tag
+    is only offered when the file name has one; without a tag both take the repo's (only) GGUF.
+    """
+    stem = _SPLIT_SUFFIX.sub("", file_name)
+    stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
+    found = _QUANT_LABEL.findall(stem)
+    return found[-1].upper() if found else None
+
+
+def _section(body: list[str], *lines: str) -> None:
+    """Append `lines` to `body` after exactly one blank line."""
+    while body and body[-1] == "":
+        body.pop()
+    body += ["", *lines]
+    while body and body[-1] == "":
+        body.pop()
+
+
+def _fence(text: str) -> str:
+    """A backtick fence longer than any backtick run inside `text` (a recipe note cannot close the block)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _unit(edit: dict) -> str:
+    kind, index = edit.get("kind"), edit.get("index")
+    return f"{kind} {index}" if kind is not None and index is not None else str(kind or index or "")
+
+
+def _op(edit: dict) -> str:
+    op, factor = edit.get("op"), edit.get("factor")
+    if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+        return f"{op} (×{factor:g})"
+    return str(op or "")
+
+
+def _gguf_edits_section(edits: list[dict]) -> list[str]:
+    if not edits:
+        return ["No weight edits are recorded in the file's `patchkit.provenance` metadata."]
+    lines = [
+        "| # | layer | unit | op (factor) | tensor | rows | type | changed bytes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, e in enumerate(edits[:MAX_EDIT_ROWS], 1):
+        rows = e.get("rows")
+        span = (
+            (f"{rows[0]}" if rows[1] - rows[0] == 1 else f"{rows[0]}–{rows[1] - 1}")
+            if isinstance(rows, list) and len(rows) == 2 and all(isinstance(r, int) for r in rows)
+            else ""
+        )
+        lines.append(
+            f"| {i} | {_cell(e.get('layer', ''))} | {_cell(_unit(e))} | {_cell(_op(e))} | `{_cell(e.get('tensor', ''))}` | "
+            f"{span} | {_cell(e.get('type', ''))} | {_cell(e.get('changed_bytes', ''))} |"
+        )
+    if len(edits) > MAX_EDIT_ROWS:
+        lines.append(f"\n… and {len(edits) - MAX_EDIT_ROWS} more edits (all listed in `patchkit.provenance`).")
+    return lines
+
+
+def _size_text(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _gguf_run_section(repo_id: str | None, files: list[GGUFFile]) -> list[str]:
+    repo = repo_id or "ORG/NAME"
+    first = files[0].name if files else "MODEL.gguf"
+    tag = quant_label(first)
+    ref = f"{repo}:{tag}" if tag else repo
+    lines = [
+        "### llama.cpp",
+        "",
+        "```bash",
+        f"llama-cli -hf {ref}",
+        f"llama-server -hf {ref}",
+        "```",
+        "",
+    ]
+    if len(files) == 1:
+        lines += [
+            "or name the file exactly:",
+            "",
+            "```bash",
+            f"llama-cli --hf-repo {repo} --hf-file {first}",
+            "```",
+            "",
+        ]
+    lines += ["### Ollama", "", "```bash", f"ollama run hf.co/{ref}", "```", ""]
+    if len(files) > 1:
+        lines += [
+            "This model is a split set of "
+            f"{len(files)} files. llama.cpp loads it from the first part; for Ollama, merge the parts into one "
+            f"file first (`llama-gguf-split --merge {first} merged.gguf`) and run that.",
+            "",
+        ]
+    if not tag:
+        lines += [
+            "The file name carries no quant label, so the commands give no `:TAG`: the Hub then serves the repo's "
+            "GGUF (of several, it picks one), so keep one model per repo, or name the file after its quant "
+            "(`NAME-Q4_K_M.gguf`) and add the tag.",
+            "",
+        ]
+    return lines
+
+
+def _gguf_verify_section(provenance: dict, repo_id: str | None, files: list[GGUFFile]) -> list[str]:
+    recipe = provenance.get("recipe") or {}
+    recipe_name = Path(str(recipe.get("path") or "recipe.yaml")).name
+    base = provenance.get("base") or {}
+    sources = [f.get("name") for f in base.get("files") or [] if isinstance(f, dict) and f.get("name")]
+    source = Path(str(sources[0])).name if sources else "SOURCE.gguf"
+    patched = files[0].name if files else "MODEL.gguf"
+    repo = repo_id or "ORG/NAME"
+    source_repo = base_repo_of(provenance)
+    lines = [
+        f"Get the source GGUF this was made from (`{source}`"
+        + (f", a quantization of `{source_repo}`" if source_repo else "")
+        + f") and save the recipe below as `{recipe_name}`, then:",
+        "",
+        "```bash",
+        "pip install 'patchkit[gguf]'",
+        f"hf download {repo} --local-dir patched/",
+        f"patchkit verify {recipe_name} --model {source} --patched patched/{patched}",
+        f"patchkit diff {source} patched/{patched}",
+        "```",
+        "",
+        "`verify` re-applies the recipe to the source and compares every byte (exit 0 only on an exact match); "
+        "`diff` lists the changed rows and classifies each change.",
+    ]
+    return lines
+
+
+def _gguf_provenance_section(provenance: dict, files: list[GGUFFile]) -> list[str]:
+    base = provenance.get("base") or {}
+    recipe = provenance.get("recipe") or {}
+    lines = [
+        f"- patchkit version: `{provenance.get('patchkit_version', 'unknown')}`, created "
+        f"{provenance.get('created', 'unknown')}",
+        f"- recipe sha256: `{recipe.get('sha256') or 'unknown'}`",
+    ]
+    if base_repo_of(provenance):
+        revision = _base_revision(provenance)
+        lines.append(f"- base model: `{base_repo_of(provenance)}`" + (f" at revision `{revision}`" if revision else ""))
+    parent = provenance.get("parent")
+    if isinstance(parent, dict):
+        lines.append(
+            f"- applied on top of an earlier patchkit GGUF: recipe `{parent.get('recipe') or 'unknown'}` "
+            f"(sha256 `{parent.get('recipe_sha256') or 'unknown'}`)"
+        )
+    sources = [f for f in base.get("files") or [] if isinstance(f, dict)]
+    digests = [d for d in provenance.get("source_sha256") or [] if isinstance(d, str)]
+    lines += ["", "Source GGUF:", "", "| source file | size | sha256 |", "|---|---|---|"]
+    for i, item in enumerate(sources):
+        digest = digests[i] if i < len(digests) else "unknown"
+        lines.append(f"| {_cell(Path(str(item.get('name', ''))).name)} | {item.get('size', '')} | `{digest}` |")
+    if not sources:
+        lines += [f"| (not recorded) | | `{d}` |" for d in digests]
+    lines += ["", "Published files:", "", "| file | size | sha256 |", "|---|---|---|"]
+    lines += [f"| {_cell(f.name)} | {f.size} | `{f.sha256 or '–'}` |" for f in files]
+    return lines
+
+
+def build_gguf_card(
+    provenance: dict | None,
+    *,
+    files: list[GGUFFile],
+    file_type: str | None = None,
+    architecture: str | None = None,
+    gguf_license: str | None = None,
+    loops_report: str | Path | dict | None = None,
+    bench_report: str | Path | dict | None = None,
+    repo_id: str | None = None,
+):
+    """The ModelCard for a patched GGUF (one file or a split set), from the provenance patchkit wrote into it.
+
+    `provenance` is `gguf_plan.provenance_of(header)` (None for a GGUF pushed with `allow_unpatched`); `files`
+    the published .gguf files in order; `file_type` the dominant quant type of the MLP weights; `gguf_license`
+    the file's own `general.license` (used when the recipe's `publish.license` gives none).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    prov = provenance or {}
+    recipe_meta = prov.get("recipe") or {}
+    text = recipe_meta.get("text") if isinstance(recipe_meta.get("text"), str) else None
+    recipe = _parsed_recipe(text)
+    # the helpers shared with the safetensors card read the recipe from `recipe.normalized`
+    view = {**prov, "recipe": {**recipe_meta, "normalized": recipe}}
+    loops_data = load_report(loops_report, "loops")
+    bench_data = load_report(bench_report, "bench")
+    loops, bench = report_rows(loops_data, "loops"), report_rows(bench_data, "bench")
+    base = prov.get("base") or {}
+    architecture = (
+        architecture
+        or base.get("gguf_architecture")
+        or base.get("architecture")
+        or (recipe.get("model") or {}).get("architecture")
+    )
+    file_type = file_type or base.get("file_type")
+    name = repo_id.split("/")[-1] if repo_id else (recipe.get("name") or recipe_meta.get("name") or "patched-gguf")
+    tags = list(GGUF_TAGS) + ([str(architecture)] if architecture else [])
+    if provenance is not None:
+        tags.append("loop-fix")
+    license_meta = resolve_license(view, {})
+    if not license_meta and gguf_license and _LICENSE_ID.fullmatch(gguf_license):
+        license_meta = {"license": gguf_license}
+    metadata: dict[str, Any] = {"pipeline_tag": DEFAULT_PIPELINE_TAG, "tags": tags, **license_meta}
+    base_repo = base_repo_of(view)
+    if base_repo:
+        metadata["base_model"] = base_repo
+        metadata["base_model_relation"] = (
+            BASE_MODEL_RELATION if _GGUF_REPO.search(base_repo) else GGUF_BASE_MODEL_RELATION
+        )
+    results = _eval_results(name, loops, bench, loops_data, bench_data)
+    if results:
+        metadata["model_name"] = name
+        metadata["eval_results"] = results
+    data = ModelCardData(**metadata)
+
+    edits = [e for e in prov.get("edits") or [] if isinstance(e, dict)]
+    title = recipe.get("name") or recipe_meta.get("name") or name
+    quant = file_type or "unknown"
+    body = [f"# {title}"]
+    if provenance is None:
+        _section(
+            body,
+            "This GGUF carries no patchkit provenance (no `patchkit.*` metadata): it was published with "
+            "`patchkit push --allow-unpatched`, and this card cannot say how it differs from any other file.",
+        )
+    else:
+        _section(
+            body,
+            f"A GGUF of `{_public_ref(view)}` ({quant}) with {_plural(len(edits), 'edit')} from the patchkit "
+            f"recipe `{recipe_meta.get('name') or recipe.get('name') or 'unknown'}`, applied by "
+            "[patchkit](https://pypi.org/project/patchkit/) to the source GGUF. Only the block scale fields of the "
+            "edited rows were changed; no requantization; every quant bit is the source's. Tensor names, shapes "
+            "and quant types are the source's too, so it runs wherever the source runs (llama.cpp, Ollama, "
+            "LM Studio, …). The recipe, the source's sha256 and the edits are also inside the file, as "
+            "`patchkit.*` metadata.",
+        )
+        why = str(recipe.get("description") or "Fixes repetition loops with a small, auditable edit.").strip()
+        _section(body, "## What changed and why", "", why)
+        source = recipe.get("source") or {}
+        if source:
+            ref = source.get("reference") or source.get("ref")
+            _section(
+                body, f"Source of the edit: **{source.get('kind', 'manual')}**" + (f" ({ref})" if ref else "") + "."
+            )
+        _section(body, "### Edits", "", *_gguf_edits_section(edits))
+    _section(
+        body,
+        "## Files",
+        "",
+        f"Quantization: **{quant}** (the quant type of most MLP weights)"
+        + (f", architecture `{architecture}`" if architecture else "")
+        + f"; {_plural(len(files), 'file')}, {_size_text(sum(f.size for f in files))} in all.",
+        "",
+        "| file | size |",
+        "|---|---|",
+        *[f"| {_cell(f.name)} | {_size_text(f.size)} ({f.size} bytes) |" for f in files],
+    )
+    if loops or bench:
+        _section(body, "## Results")
+    if loops:
+        _section(
+            body,
+            f"Loop check (`patchkit loops`, suite `{_suite(loops_data)}`): rates are looping generations / n with "
+            "Wilson 95% intervals; completeness is the share of true list items produced.",
+            "",
+            *_results_table(loops),
+        )
+    if bench:
+        _section(
+            body,
+            "Drift from the base (`patchkit bench`): deltas are patched − base (ratios patched / base), intervals "
+            "are 95% (paired bootstrap / Wilson).",
+            "",
+            *_results_table(bench),
+        )
+    _section(body, "## How to run", "", *_gguf_run_section(repo_id, files))
+    if provenance is not None:
+        _section(body, "## How to verify", "", *_gguf_verify_section(view, repo_id, files))
+        if text:
+            recipe_name = Path(str(recipe_meta.get("path") or "recipe.yaml")).name
+            fence = _fence(text)
+            _section(body, f"The recipe (`{recipe_name}`), verbatim:", "", f"{fence}yaml", text.rstrip("\n"), fence)
+        _section(body, "## Provenance", "", *_gguf_provenance_section(view, files))
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
+    try:
+        return ModelCard(content)
+    except Exception as exc:  # noqa: BLE001 - surfaced as one line
+        raise CardError(
+            f"the generated model card does not validate: {exc}".splitlines()[0],
+            hint="check the loops/bench report fields",
+        ) from exc
+
+
+def card_for_gguf(
+    path: str | Path,
+    *,
+    provenance: dict | None = None,
+    hashes: dict[str, str] | None = None,
+    loops_report=None,
+    bench_report=None,
+    repo_id: str | None = None,
+):
+    """The card for a patched .gguf (any part of a split set names the set): its `patchkit.*` metadata, file
+    sizes and quant type. `hashes` (upload name -> sha256) fills the file table; missing ones are computed."""
+    from patchkit._io.hashing import sha256_file
+    from patchkit.edit.gguf_plan import provenance_of
+    from patchkit.model.gguf_model import open_gguf_model
+
+    model = open_gguf_model(path)
+    first = model.parts[0]
+    if provenance is None:
+        provenance = provenance_of(first)
+    hashes = hashes or {}
+    files = [GGUFFile(p.path.name, p.size, hashes.get(p.path.name) or sha256_file(p.path)) for p in model.parts]
+    license_value = first.metadata.get("general.license")
+    return build_gguf_card(
+        provenance,
+        files=files,
+        file_type=model.file_type(),
+        architecture=model.gguf_architecture,
+        gguf_license=license_value if isinstance(license_value, str) else None,
+        loops_report=loops_report,
+        bench_report=bench_report,
+        repo_id=repo_id,
+    )

@@ -1,6 +1,7 @@
 """Publish patched checkpoints to the Hugging Face Hub and fetch them back, through `huggingface_hub` only.
 
-`plan_push` (no network) decides what a push uploads; `execute_push` creates the repo, uploads everything in one
+`plan_push` (no network) decides what a push uploads: an `apply` output directory, or a patched GGUF (a .gguf
+file, any part of a split set, or a directory holding one split set) whose provenance is inside the file; `execute_push` creates the repo, uploads everything in one
 commit (or one pull request), then `verify_remote` re-lists the remote files and checks their sizes and LFS
 sha256 against the local provenance. A re-run after an interruption is cheap: the client's preupload / LFS batch
 calls skip objects the server already has. `pull` and `fetch_differing_shards` download with `snapshot_download`.
@@ -19,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patchkit._io.atomic import TMP_MARK
 from patchkit._io.fs import UnsafeFileError, check_entry, read_json_file
@@ -35,6 +36,9 @@ from patchkit.model.hub_client import (
     parse_repo_ref,
     resolve_token,
 )
+
+if TYPE_CHECKING:
+    from patchkit.model.gguf_model import GGUFModel
 
 CARD_FILE = "README.md"
 #: Files the Hub stores through LFS whatever their size (plus anything >= 10 MB); used for the dry-run plan only,
@@ -82,6 +86,8 @@ class PushPlan:
     card: str
     provenance: dict[str, Any] | None
     token_checked: str | None = field(default=None, repr=False)  # sha256 of the token the files were scanned for
+    format: str = "checkpoint"  # "checkpoint" (an apply output directory) or "gguf"
+    card_source: Path | None = None  # what the card was generated from (named if the card holds the token)
 
     @property
     def total_bytes(self) -> int:
@@ -90,6 +96,7 @@ class PushPlan:
     def to_json(self) -> dict[str, Any]:
         return {
             "repo": self.repo_id,
+            "format": self.format,
             "revision": self.revision,
             "pr": self.create_pr,
             "private": self.private,
@@ -224,9 +231,16 @@ def _contains(path: Path, needle: bytes, chunk: int = _HASH_CHUNK) -> bool:
     return False
 
 
-def _refuse_token(directory: Path, paths: list[Path], token: str | None, card: bytes | None = None) -> str | None:
+def _refuse_token(
+    directory: Path,
+    paths: list[Path],
+    token: str | None,
+    card: bytes | None = None,
+    card_source: Path | None = None,
+) -> str | None:
     """HubError naming the first file that contains the user's token (never the token); returns sha256 of the token
-    checked (None when there is no token)."""
+    checked (None when there is no token). `card_source`: what the card was generated from (default: the
+    directory's patchkit.json)."""
     needle = _token_bytes(token)
     if needle is None:
         return None
@@ -239,7 +253,7 @@ def _refuse_token(directory: Path, paths: list[Path], token: str | None, card: b
             )
     if card is not None and needle in card:
         raise HubError(
-            f"{directory / PROVENANCE_FILE}: the model card generated from it contains your Hugging Face "
+            f"{card_source or directory / PROVENANCE_FILE}: the model card generated from it contains your Hugging Face "
             "token; refusing to upload it",
             hint="remove the token from the recipe text recorded there",
         )
@@ -320,13 +334,42 @@ def plan_push(
     `patchkit apply` wrote it: the card and the post-push verification both rely on those hashes. Refuses, by
     name, a file containing the Hub token (`token`, else the one huggingface_hub would use), a link out of the
     directory and a special file.
+
+    A patched GGUF instead of DIR (a .gguf file, any part of a split set, or a directory holding one split set
+    and no patchkit.json): uploads every .gguf part under its file name plus a card built from the `patchkit.*`
+    metadata inside the file; refuses a GGUF without that metadata (unless `allow_unpatched`) and one whose
+    edited rows no longer hold the bytes the metadata records.
     """
     from patchkit.publish.card import card_for_dir
 
     directory = Path(directory)
     repo_id = check_repo_id(repo_id)
+    gguf = gguf_push_target(directory)
+    if gguf is not None:
+        return _plan_gguf_push(
+            directory,
+            gguf,
+            repo_id,
+            revision=revision,
+            create_pr=create_pr,
+            private=private,
+            message=message,
+            allow_unpatched=allow_unpatched,
+            loops_report=loops_report,
+            bench_report=bench_report,
+            progress=progress,
+            token=token,
+        )
+    if not os.path.lexists(directory):
+        raise HubError(
+            f"{directory}: no such file or directory",
+            hint="pass the output directory of `patchkit apply`, or the patched .gguf it wrote",
+        )
     if not directory.is_dir():
-        raise HubError(f"{directory}: not a directory", hint="pass the output directory of `patchkit apply`")
+        raise HubError(
+            f"{directory}: not a directory or a .gguf file",
+            hint="pass the output directory of `patchkit apply`, or the patched .gguf it wrote",
+        )
     provenance = load_provenance(directory)
     if provenance is None and not allow_unpatched:
         raise HubError(
@@ -413,6 +456,203 @@ def _check_against_provenance(directory: Path, paths: list[Path], hashes: dict[P
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# GGUF
+# ---------------------------------------------------------------------------------------------------------------
+def gguf_push_target(path: Path) -> GGUFModel | None:
+    """The GGUF model a push path names, or None for an apply output directory (or a path that is neither).
+
+    A .gguf file (any part of a split set names the whole set), or a directory with no patchkit.json whose
+    files are one GGUF model: a single .gguf or every part of one split set (a README.md is replaced by the
+    card, an in-place apply's bookkeeping is never uploaded; anything else is refused by name, since it would not
+    be uploaded). A directory with .safetensors files is a checkpoint directory, whatever else it holds.
+
+    Raises:
+        ModelError: the GGUF is damaged, a part is missing, or the header is not one patchkit reads.
+        HubError: a directory holding more than one GGUF model, or files that are not part of it.
+    """
+    from patchkit.model.gguf_model import is_gguf_path, open_gguf_model
+
+    path = Path(path)
+    if is_gguf_path(path) and not path.is_dir():
+        if not os.path.lexists(path):
+            return None  # plan_push names the missing path
+        return open_gguf_model(path)
+    if not path.is_dir() or (path / PROVENANCE_FILE).exists():
+        return None
+    files = _local_files(path)
+    ggufs = [p for p in files if p.name.lower().endswith(".gguf")]
+    if not ggufs or any(p.name.endswith(".safetensors") for p in files):
+        return None  # a checkpoint directory (that may also hold a .gguf): the directory rules apply
+    nested = [p for p in ggufs if p.parent != path]
+    if nested:
+        raise HubError(
+            f"{nested[0]}: a .gguf in a subdirectory; a GGUF push uploads one model from the top of {path}",
+            hint="push the .gguf file itself",
+        )
+    model = open_gguf_model(ggufs[0])
+    members = {os.path.normcase(os.path.abspath(p)) for p in model.files}
+    others = [p for p in ggufs if os.path.normcase(os.path.abspath(p)) not in members]
+    if others:
+        raise HubError(
+            f"{path}: holds more than one GGUF model ({model.files[0].name} and {others[0].name})",
+            hint="push one .gguf file (or one split set) at a time",
+        )
+    from patchkit.edit.gguf_apply import JOURNAL_SUFFIX, LOCK_SUFFIX, SIDECAR_SUFFIX
+
+    first = model.files[0].name
+    bookkeeping = {CARD_FILE} | {first + suffix for suffix in (SIDECAR_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX)}
+    extra = [p for p in files if p not in ggufs and p.relative_to(path).as_posix() not in bookkeeping]
+    if extra:
+        raise HubError(
+            f"{extra[0]}: not part of the GGUF model in {path}; a GGUF push uploads only the .gguf files and a "
+            "generated README.md",
+            hint="move it out of the directory, or push the .gguf file itself",
+        )
+    return model
+
+
+def _check_gguf_edits(model: GGUFModel, provenance: dict) -> None:
+    """HubError when an edited row no longer holds the bytes the file's own provenance records (the file was
+    changed after `patchkit apply` wrote it, so the card would describe another file)."""
+    parts = model.parts
+    for record in provenance.get("edits") or []:
+        if not isinstance(record, dict):
+            continue
+        name, rows, size, digest = (
+            record.get("tensor"),
+            record.get("rows"),
+            record.get("bytes"),
+            record.get("after_sha256"),
+        )
+        found = model.tensor(name) if isinstance(name, str) else None
+        if (
+            found is None
+            or not (isinstance(rows, list) and len(rows) == 2 and all(isinstance(r, int) for r in rows))
+            or not isinstance(size, int)
+            or not isinstance(digest, str)
+            or rows[1] <= rows[0]
+            or size <= 0
+            or size % (rows[1] - rows[0])
+        ):
+            raise HubError(
+                f"{model.files[0]}: its patchkit.provenance metadata records an edit patchkit cannot locate "
+                f"({name!r}, rows {rows!r})",
+                hint="re-run `patchkit apply` to write the GGUF again",
+            )
+        part, tensor = found
+        start = tensor.start + rows[0] * (size // (rows[1] - rows[0]))
+        if start + size > tensor.end:
+            raise HubError(
+                f"{model.files[0]}: its patchkit.provenance metadata records rows {rows[0]}–{rows[1] - 1} of {name}, "
+                "past the end of that tensor",
+                hint="re-run `patchkit apply` to write the GGUF again",
+            )
+        with open(parts[part].real_path, "rb", buffering=0) as handle:
+            data = os.pread(handle.fileno(), size, start)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise HubError(
+                f"{parts[part].path}: rows {rows[0]}–{rows[1] - 1} of {name} changed since `patchkit apply` "
+                "(their sha256 differs from the file's patchkit.provenance)",
+                hint="re-run `patchkit apply` to write the GGUF again",
+            )
+
+
+def _plan_gguf_push(
+    given: Path,
+    model: GGUFModel,
+    repo_id: str,
+    *,
+    revision: str | None,
+    create_pr: bool,
+    private: bool,
+    message: str | None,
+    allow_unpatched: bool,
+    loops_report,
+    bench_report,
+    progress: bool,
+    token: str | None,
+) -> PushPlan:
+    from patchkit.edit.gguf_apply import JOURNAL_SUFFIX, SIDECAR_SUFFIX
+    from patchkit.edit.gguf_plan import provenance_of
+    from patchkit.publish.card import card_for_gguf
+
+    first = model.files[0]
+    journal = first.with_name(first.name + JOURNAL_SUFFIX)
+    if os.path.lexists(journal):
+        raise HubError(
+            f"{first}: an in-place apply was interrupted ({journal.name} exists); its bytes are half written",
+            hint="roll it back with `patchkit apply RECIPE --model FILE --in-place --undo` first",
+        )
+    provenance = provenance_of(model.parts[0])
+    if provenance is None and not allow_unpatched:
+        sidecar = first.with_name(first.name + SIDECAR_SUFFIX)
+        if os.path.lexists(sidecar):
+            raise HubError(
+                f"{first}: patched in place, so its provenance is in {sidecar.name}, not in the file",
+                hint="apply the recipe to the original with `-o NEW.gguf` to write a GGUF that carries it",
+                fix=Fix("allow_unpatched", why="to push it without provenance"),
+            )
+        raise HubError(
+            f"{first}: no patchkit metadata in this GGUF (not an output of `patchkit apply`)",
+            hint="run `patchkit apply RECIPE --model SOURCE.gguf -o PATCHED.gguf` first",
+            fix=Fix("allow_unpatched", why="to push it anyway"),
+        )
+    if provenance is not None:
+        _check_gguf_edits(model, provenance)
+    paths = list(model.files)
+    secret = resolve_token(token)
+    token_checked = _refuse_token(given, paths, secret)
+    hashes = _hash_all(paths, progress=progress)
+    files = [
+        UploadFile(
+            path=p.name,
+            size=p.stat().st_size,
+            sha256=hashes[p],
+            lfs=_will_be_lfs(p.name, p.stat().st_size),
+            local_path=p,
+        )
+        for p in paths
+    ]
+    card = card_for_gguf(
+        first,
+        provenance=provenance,
+        hashes={f.path: f.sha256 for f in files},
+        loops_report=loops_report,
+        bench_report=bench_report,
+        repo_id=repo_id,
+    )
+    card_text = str(card)
+    card_bytes = card_text.encode("utf-8")
+    _refuse_token(given, [], secret, card_bytes, card_source=first)
+    files.append(
+        UploadFile(
+            path=CARD_FILE,
+            size=len(card_bytes),
+            sha256=hashlib.sha256(card_bytes).hexdigest(),
+            lfs=False,
+            data=card_bytes,
+        )
+    )
+    if message is None:
+        name = ((provenance or {}).get("recipe") or {}).get("name")
+        message = f"patchkit: {name}" if name else "patchkit: upload GGUF"
+    return PushPlan(
+        source_dir=given,
+        repo_id=repo_id,
+        revision=revision or "main",
+        create_pr=create_pr,
+        private=private,
+        message=message,
+        files=files,
+        card=card_text,
+        provenance=provenance,
+        token_checked=token_checked,
+        format="gguf",
+        card_source=first,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # push
 # ---------------------------------------------------------------------------------------------------------------
 def _operations(plan: PushPlan):
@@ -451,6 +691,7 @@ def execute_push(
             [f.local_path for f in plan.files if f.local_path is not None],
             token,
             b"".join(f.data or b"" for f in plan.files if f.local_path is None),
+            card_source=plan.card_source,
         )
     api = hub_api(endpoint, token)
     repo_id = plan.repo_id
@@ -472,7 +713,13 @@ def execute_push(
             endpoint=endpoint,
         )
 
-    description = "Published with patchkit: see patchkit.json for the recipe, base revision and file hashes."
+    if plan.format == "gguf":
+        description = (
+            "Published with patchkit: the recipe, the source GGUF's sha256 and the edits are in the file's "
+            "patchkit.* metadata and in README.md."
+        )
+    else:
+        description = "Published with patchkit: see patchkit.json for the recipe, base revision and file hashes."
 
     def commit():
         # Fresh operations per attempt; objects uploaded by a failed attempt are skipped by the LFS batch call.
@@ -514,18 +761,22 @@ def push(
     retry: RetryPolicy | None = None,
     progress: bool = True,
 ) -> PushResult:
-    """Publish an `apply` output directory to the Hub in one commit (or one pull request), then verify it.
+    """Publish an `apply` output directory, or a patched GGUF, to the Hub in one commit (or one pull request),
+    then verify it.
 
     The directory must match its `patchkit.json` (a changed file is refused); the model card is generated from
-    the provenance and the optional loop/bench reports. After the commit, the remote tree is listed and every
-    file's size and sha256 compared with the local copy.
+    the provenance and the optional loop/bench reports. A patched GGUF (a .gguf file or split set written by
+    `patchkit apply --model X.gguf`) is uploaded as its .gguf file(s) under their file names, with a card built
+    from the `patchkit.*` metadata inside it. After the commit, the remote tree is listed and every file's size
+    and sha256 compared with the local copy.
 
     Args:
-        directory: an output of `apply_recipe`.
+        directory: an output of `apply_recipe`; or a patched .gguf (any part of a split set), or the directory
+            holding a patched split set.
         repo_id: `org/name` (created if missing).
         revision: push to this branch (created from main if missing). create_pr: open a pull request instead.
         private: create the repo private. message: commit message.
-        allow_unpatched: push a directory without provenance.
+        allow_unpatched: push a directory (or a GGUF) without provenance.
         loops_report, bench_report: JSON reports (paths or dicts) whose results go into the card.
         endpoint, token: Hub endpoint and token (default: HF_ENDPOINT / HF_TOKEN / `hf auth login`).
         retry: backoff for transient failures. progress: show a hashing bar for large checkpoints.
@@ -538,6 +789,7 @@ def push(
 
     Example:
         >>> push("./e2b-fixed", "my-org/gemma-4-E2B-it-noloop", create_pr=True).commit_url  # doctest: +SKIP
+        >>> push("./e2b-fixed-Q4_K_M.gguf", "my-org/gemma-4-E2B-it-noloop-GGUF").commit_url  # doctest: +SKIP
     """
     plan = plan_push(
         directory,

@@ -433,6 +433,22 @@ def _run(
             applied = apply_recipe(recipe_path, model=str(model_dir), out=patched_dir)  # path: verbatim provenance
             n_edits = len((applied.provenance or {}).get("edits", []))  # None only on a dry run
             st.summary = f"{n_edits} slice edit(s) written to patched-model/"
+        # 3b. the same recipe on the GGUF that llama.cpp / Ollama users run: scale fields only
+        gguf_source = _source_gguf(model_dir)
+        gguf_out = tmp / "patched-model.gguf"
+        if gguf_source is None:
+            note = "the model was not imported from a GGUF patchkit can find: no patched .gguf written"
+            messages.append(note)
+            events.note(note)
+        else:
+            with _timed("gguf", f"applying {recipe_path.name} to {gguf_source.name}", events, timings) as st:
+                from patchkit.edit.gguf_apply import apply_gguf
+
+                gguf_result = apply_gguf(recipe_path, model=gguf_source, out=gguf_out)
+                st.summary = (
+                    f"patched-model.gguf: {gguf_result.plan.bytes_edited} scale bytes changed in "
+                    f"{len(gguf_result.plan.edits)} row(s), no requantization"
+                )
         # 4. diff
         with _timed("diff", "diff base vs patched (every tensor)", events, timings) as st:
             from patchkit.edit.diff import diff_checkpoints, recipe_edits
@@ -459,6 +475,21 @@ def _run(
                 label="patched",
             )
             st.summary = _loop_line(patched_run.metrics())
+        if gguf_source is not None:
+            with _timed("gguf-agree", "patched .gguf vs patched safetensors (logits)", events, timings) as st:
+                from patchkit.workflows.gguf_patch import logits_agreement, model_with_gguf_mlp
+
+                from_gguf = model_with_gguf_mlp(base_model, gguf_out)
+                texts = [p.prompt for p in loaded_suite.probes[:3]]
+                agreement = logits_agreement(patched_model, from_gguf, patched_tok, texts)
+                del from_gguf
+                result.numbers["gguf_agreement"] = agreement.to_json()
+                atomic_write_json(tmp / "gguf-agreement.json", agreement.to_json())
+                st.summary = (
+                    f"max |logit difference| {agreement.max_abs_logit_diff:.2g} "
+                    f"({agreement.relative:.1e} of the largest logit); same top-1 token at "
+                    f"{agreement.top1_agree}/{agreement.positions} positions"
+                )
         with _timed("bench", "bench: KL / perplexity / questions, base vs patched", events, timings) as st:
             from patchkit.checks.bench import BenchSettings, run_bench
 
@@ -526,6 +557,17 @@ def _run(
         result.numbers.update(_numbers(base_run, patched_run, diff_report, bench_report))
         st.summary = f"{final}"
     return result
+
+
+def _source_gguf(model_dir: Path) -> Path | None:
+    """The GGUF file `model_dir` was imported from (its gguf-import.json), when it is still there."""
+    from patchkit.workflows.gguf_import import read_provenance
+
+    source = ((read_provenance(model_dir) or {}).get("source") or {}).get("path")
+    if not isinstance(source, str) or not source.lower().endswith(".gguf"):
+        return None
+    path = Path(source)
+    return path if path.is_file() else None
 
 
 def _publish_repo(recipe: Any) -> str | None:

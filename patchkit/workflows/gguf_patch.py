@@ -3,11 +3,16 @@
 `patchkit validate RECIPE --model X.gguf` runs the whole GGUF plan: the units' tensors and ranges from the GGUF
 shapes, the quant type of every touched tensor, and the new scale bytes of every edited row (a scale field that
 would overflow is found here, not half way through an apply). It reads the header and the edited rows only.
+
+Also here: what the demo and the equivalence tests use to show that a patched GGUF runs as the recipe says: the
+base model with the patched file's de-quantized `ffn_up` rows put in (`model_with_gguf_mlp`), compared on logits
+with a reference (`logits_agreement`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ from patchkit.model.gguf_model import open_gguf_model
 from patchkit.recipe import load_recipe
 from patchkit.recipe.validate import ValidationReport
 
-__all__ = ["validate_gguf_recipe"]
+__all__ = ["GGUFAgreement", "logits_agreement", "model_with_gguf_mlp", "validate_gguf_recipe"]
 
 
 def validate_gguf_recipe(recipe: Any, *, model: str | os.PathLike[str]) -> tuple[ValidationReport, GGUFPlan | None]:
@@ -51,3 +56,77 @@ def validate_gguf_recipe(recipe: Any, *, model: str | os.PathLike[str]) -> tuple
         warnings=warnings,
     )
     return report, plan
+
+
+@dataclass
+class GGUFAgreement:
+    """How closely a patched GGUF reproduces a reference (the patched safetensors model, or runtime hooks)."""
+
+    edited_layers: list[int]
+    positions: int
+    max_abs_logit_diff: float
+    max_logit: float
+    top1_agree: int
+
+    @property
+    def relative(self) -> float:
+        return self.max_abs_logit_diff / self.max_logit if self.max_logit else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "edited_layers": self.edited_layers,
+            "positions": self.positions,
+            "max_abs_logit_diff": self.max_abs_logit_diff,
+            "max_abs_logit": self.max_logit,
+            "relative": self.relative,
+            "top1_agree": self.top1_agree,
+        }
+
+
+def model_with_gguf_mlp(base_model: Any, patched_gguf: str | os.PathLike[str]) -> Any:
+    """A copy of `base_model` (imported from the unpatched GGUF) whose `up_proj` weights, in every layer where the
+    patched GGUF's `ffn_up` differs from the base's, are the patched GGUF's de-quantized rows: the model llama.cpp
+    runs from the patched file, as far as the edit is concerned. Returns (model, edited layers)."""
+    import copy
+
+    import gguf
+    import numpy as np
+    import torch
+
+    from patchkit.edit.gguf_plan import provenance_of
+
+    model = open_gguf_model(patched_gguf)
+    prov = provenance_of(model.parts[0]) or {}
+    layers = sorted({int(e["layer"]) for e in prov.get("edits", []) if e.get("kind") == "neuron"})
+    clone = copy.deepcopy(base_model)
+    from patchkit.edit.runtime import _layers
+
+    decoder = _layers(clone)
+    for layer in layers:
+        part, t = model.tensors[f"blk.{layer}.ffn_up.weight"]
+        with open(model.parts[part].real_path, "rb", buffering=0) as fh:
+            raw = os.pread(fh.fileno(), t.end - t.start, t.start)
+        values = gguf.quants.dequantize(np.frombuffer(raw, np.uint8), gguf.GGMLQuantizationType(t.ggml_type))
+        proj = decoder[layer].mlp.up_proj
+        with torch.no_grad():
+            proj.weight.copy_(torch.from_numpy(np.asarray(values, np.float32).reshape(proj.weight.shape)))
+    clone._patchkit_gguf_layers = layers
+    return clone
+
+
+def logits_agreement(reference: Any, candidate: Any, tokenizer: Any, texts: list[str]) -> GGUFAgreement:
+    """Largest |logit difference| and top-1 agreement between two models on the tokens of `texts`."""
+    import torch
+
+    worst = top = 0.0
+    agree = positions = 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            a = reference(ids).logits[0].float()
+            b = candidate(ids).logits[0].float()
+            worst = max(worst, float((a - b).abs().max()))
+            top = max(top, float(a.abs().max()))
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            positions += a.shape[0]
+    return GGUFAgreement(getattr(candidate, "_patchkit_gguf_layers", []), positions, worst, top, agree)
