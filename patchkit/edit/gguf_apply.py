@@ -46,6 +46,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "apply_gguf",
     "recover_gguf",
+    "refuse_journaled",
     "undo_gguf_in_place",
 ]
 
@@ -341,7 +342,7 @@ def apply_gguf(
                 return GGUFApplyResult(gguf_model.path, plan, None, True, True, gguf_model.files, warnings)
             prov = _apply_in_place(gguf_model, plan, recipe_obj, text, recipe_path)
         return GGUFApplyResult(gguf_model.path, plan, prov, False, True, gguf_model.files, warnings)
-    _refuse_journaled(gguf_model)
+    refuse_journaled(gguf_model)
     plan = plan_gguf(recipe_obj, gguf_model)
     parent = _refuse_reapply(gguf_model, text)
     target = _out_path(gguf_model, recipe_obj, out)
@@ -465,7 +466,7 @@ class _locked:
         os.close(self.fd)
 
 
-def _refuse_journaled(model: GGUFModel) -> None:
+def refuse_journaled(model: GGUFModel) -> None:
     if os.path.lexists(_journal(model)):
         raise ApplyError(
             f"{model.path}: an in-place apply was interrupted ({_journal(model).name} exists); its bytes are half "

@@ -25,6 +25,7 @@ import numpy as np
 
 from patchkit._io.progress import Progress
 from patchkit.edit.diff import MAX_CLASSIFIED_SLICES, DiffReport, SliceChange, TensorChange
+from patchkit.edit.gguf_apply import refuse_journaled
 from patchkit.edit.gguf_blocks import BlockEditError, edit_rows, format_of
 from patchkit.edit.gguf_plan import PREFIX, plan_gguf, provenance_of
 from patchkit.edit.verify import VerifyResult
@@ -80,6 +81,8 @@ def verify_gguf(
     recipe_obj, text, _ = read_recipe(recipe)
     source = open_gguf_model(model)
     target = _patched_model(source, patched)
+    refuse_journaled(source)
+    refuse_journaled(target)
     plan = plan_gguf(recipe_obj, source)
     result = VerifyResult(ok=True, model_dir=source.path, patched_dir=target.path, edits=len(plan.edits))
 
@@ -232,6 +235,8 @@ def diff_gguf(a: str | os.PathLike[str], b: str | os.PathLike[str], *, progress:
     """Compare GGUF A with GGUF B (B the patched one) tensor by tensor; explain changed rows as recipe ops."""
     started = time.perf_counter()
     ma, mb = open_gguf_model(a), open_gguf_model(b)
+    refuse_journaled(ma)
+    refuse_journaled(mb)
     report = DiffReport(a=ma.path, b=mb.path)
     names_a, names_b = set(ma.tensors), set(mb.tensors)
     report.added = sorted(names_b - names_a)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from patchkit.edit.gguf_apply import refuse_journaled
 from patchkit.edit.gguf_plan import GGUFPlan, plan_gguf, provenance_of
 from patchkit.model.gguf_model import open_gguf_model
 from patchkit.recipe import load_recipe
@@ -32,6 +33,7 @@ def validate_gguf_recipe(recipe: Any, *, model: str | os.PathLike[str]) -> tuple
     """
     rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
     gguf_model = open_gguf_model(model)
+    refuse_journaled(gguf_model)
     warnings: list[str] = []
     plan = None
     edits = rec.expanded_edits()
@@ -86,14 +88,12 @@ class GGUFAgreement:
 def model_with_gguf_mlp(base_model: Any, patched_gguf: str | os.PathLike[str]) -> Any:
     """A copy of `base_model` (imported from the unpatched GGUF) whose `up_proj` weights, in every layer where the
     patched GGUF's `ffn_up` differs from the base's, are the patched GGUF's de-quantized rows: the model llama.cpp
-    runs from the patched file, as far as the edit is concerned. Returns (model, edited layers)."""
+    runs from the patched file, as far as the edit is concerned (the edited layers are in `_patchkit_gguf_layers`)."""
     import copy
 
     import gguf
     import numpy as np
     import torch
-
-    from patchkit.edit.gguf_plan import provenance_of
 
     model = open_gguf_model(patched_gguf)
     prov = provenance_of(model.parts[0]) or {}
