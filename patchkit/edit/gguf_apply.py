@@ -229,8 +229,23 @@ def _copy_range_shifted(fd_in: int, fd_out: int, a: int, b: int, delta: int) -> 
 # --- apply -------------------------------------------------------------------------------------------------
 
 
+def _in_place_provenance(model: GGUFModel) -> dict | None:
+    """The sidecar an in-place apply left beside the file (its recipe, edits and undo data), or None."""
+    from patchkit._io.fs import read_json_file
+    from patchkit.errors import PatchkitError
+
+    path = _sidecar(model)
+    if not os.path.lexists(path):
+        return None
+    try:
+        doc = read_json_file(path, what="patchkit in-place record", root=path.parent)
+    except (OSError, PatchkitError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _refuse_reapply(model: GGUFModel, text: str) -> dict | None:
-    prov = provenance_of(model.parts[0])
+    prov = provenance_of(model.parts[0]) or _in_place_provenance(model)
     if prov is None:
         return None
     if (prov.get("recipe") or {}).get("sha256") == hashlib.sha256(text.encode("utf-8")).hexdigest():
@@ -432,19 +447,24 @@ def _write_new(
 # --- in place -----------------------------------------------------------------------------------------------
 
 
+def _first(model: GGUFModel) -> Path:
+    """The file that names a model's in-place records: the first part of a split set, whichever part was given."""
+    return model.parts[0].path
+
+
 def _sidecar(model: GGUFModel) -> Path:
-    return model.path.with_name(model.path.name + SIDECAR_SUFFIX)
+    return _first(model).with_name(_first(model).name + SIDECAR_SUFFIX)
 
 
 def _journal(model: GGUFModel) -> Path:
-    return model.path.with_name(model.path.name + JOURNAL_SUFFIX)
+    return _first(model).with_name(_first(model).name + JOURNAL_SUFFIX)
 
 
 class _locked:
     """An exclusive flock on `<file>.patchkit.lock` for the whole in-place apply (one writer per file)."""
 
     def __init__(self, model: GGUFModel) -> None:
-        self.path = model.path.with_name(model.path.name + LOCK_SUFFIX)
+        self.path = _first(model).with_name(_first(model).name + LOCK_SUFFIX)
         self.fd = -1
 
     def __enter__(self) -> _locked:
@@ -496,6 +516,7 @@ def _apply_in_place(model: GGUFModel, plan: GGUFPlan, recipe: Any, text: str, re
             f"{model.path} is already patched in place (see {_sidecar(model).name})",
             hint="undo it first with --in-place --undo, or apply to the original file",
         )
+    source_sha = [known_sha256(p.real_path) for p in model.parts]  # before the bytes change (stat-keyed cache)
     runs = [
         {"part": e.target.part, "offset": off, "before": _b64(old), "after": _b64(new)}
         for e in plan.edits
@@ -516,7 +537,7 @@ def _apply_in_place(model: GGUFModel, plan: GGUFPlan, recipe: Any, text: str, re
         {
             "in_place": True,
             "patchkit_version": __version__,
-            "source_sha256": [known_sha256(p.real_path) for p in model.parts],
+            "source_sha256": source_sha,
             "recipe": {**doc["recipe"], "text": text, "sha256": journal["recipe_sha256"]},
             "undo": runs,
         }
@@ -542,12 +563,13 @@ def _write_runs(model: GGUFModel, runs: list[dict], which: str) -> None:
             os.close(fd)
 
 
-def _check_runs(model: GGUFModel, runs: list[dict], which: str) -> bool:
+def _check_runs(model: GGUFModel, runs: list[dict], *which: str) -> bool:
+    """True when every run holds one of the `which` versions of its bytes (before / after)."""
     for run in runs:
-        want = base64.b64decode(run[which])
+        wants = [base64.b64decode(run[w]) for w in which]
         header = model.parts[int(run["part"])]
         with open(header.real_path, "rb", buffering=0) as fh:
-            if os.pread(fh.fileno(), len(want), int(run["offset"])) != want:
+            if os.pread(fh.fileno(), len(wants[0]), int(run["offset"])) not in wants:
                 return False
     return True
 
@@ -607,7 +629,8 @@ def undo_gguf_in_place(model_path: str | os.PathLike[str]) -> str:
         if not os.path.lexists(sidecar):
             raise ApplyError(f"{model.path} carries no in-place patch ({sidecar.name} is missing); nothing to undo")
         runs = _load_runs(sidecar, model, "undo")
-        if not _check_runs(model, runs, "after"):
+        # a run may already hold its old bytes: an undo killed half way is finished by the next one
+        if not _check_runs(model, runs, "after", "before"):
             raise ApplyError(
                 f"{model.path}: its bytes are not the ones the in-place apply wrote (changed since?); refusing to undo",
                 hint="restore the GGUF from its source",

@@ -141,6 +141,13 @@ def _checked_f16(raw: np.ndarray, op: str, factor: float) -> np.ndarray:
             raise BlockEditError(
                 f"scale field {float(before[i]):g} x {factor:g} overflows fp16 (block {i}); use a smaller factor"
             )
+        lost = np.isfinite(before) & (np.abs(before) >= 2.0**-14) & (after != 0) & (np.abs(after) < 2.0**-14)
+        if np.any(lost):
+            i = int(np.argmax(lost))
+            raise BlockEditError(
+                f"scale field {float(before[i]):g} x {factor:g} falls below fp16's normal range (block {i}) and would "
+                "lose precision; use a larger factor, or `op: zero`"
+            )
         if np.any((before != 0) & (after == 0)):
             i = int(np.argmax((before != 0) & (after == 0)))
             raise BlockEditError(

@@ -121,6 +121,10 @@ def open_gguf_model(path: str | os.PathLike[str]) -> GGUFModel:
     paths = split_part_paths(given)
     parts: list[GGUFHeader] = []
     for i, part in enumerate(paths):
+        if not os.path.lexists(part) and len(paths) == 1:
+            raise ModelError(
+                f"{part}: GGUF file not found", hint="give the path of a .gguf file", data={"path": str(part)}
+            )
         if not os.path.lexists(part):
             raise ModelError(
                 f"{part}: part {i + 1} of the split set {given.name} is missing",

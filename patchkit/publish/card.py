@@ -748,13 +748,28 @@ def _gguf_run_section(repo_id: str | None, files: list[GGUFFile]) -> list[str]:
             f"llama-cli --hf-repo {repo} --hf-file {first}",
             "```",
             "",
+            "### Ollama",
+            "",
+            "```bash",
+            f"ollama run hf.co/{ref}",
+            "```",
+            "",
         ]
-    lines += ["### Ollama", "", "```bash", f"ollama run hf.co/{ref}", "```", ""]
-    if len(files) > 1:
+    else:
+        name = repo.split("/")[-1].lower()
         lines += [
-            "This model is a split set of "
-            f"{len(files)} files. llama.cpp loads it from the first part; for Ollama, merge the parts into one "
-            f"file first (`llama-gguf-split --merge {first} merged.gguf`) and run that.",
+            "### Ollama",
+            "",
+            f"This model is a split set of {len(files)} files, which Ollama does not load: merge the parts into "
+            "one file (llama.cpp's `llama-gguf-split`) and import that.",
+            "",
+            "```bash",
+            f"hf download {repo} --local-dir {name}/",
+            f"llama-gguf-split --merge {name}/{first} {name}.gguf",
+            f'echo "FROM ./{name}.gguf" > Modelfile',
+            f"ollama create {name} -f Modelfile",
+            f"ollama run {name}",
+            "```",
             "",
         ]
     if not tag:
