@@ -258,6 +258,8 @@ def diff_gguf(a: str | os.PathLike[str], b: str | os.PathLike[str], *, progress:
             )
             continue
         ne0, row_bytes = _row_geometry(ta)
+        if name.endswith(".ffn_down_exps.scale") and len(ta.shape) == 1:  # one value per expert: each is a "row"
+            ne0, row_bytes = 1, row_bytes // max(1, ta.shape[0])
         rows, nbytes = _changed_rows(ha, hb, ta, tb, row_bytes)
         report.bytes_compared += nbytes
         done += nbytes
