@@ -126,3 +126,17 @@ def test_undo_without_in_place_is_a_usage_error(tmp_path):
     recipe = _recipe(tmp_path, "llama", "  - {layer: 1, neuron: 3, op: invert}\n")
     code, out = _run("apply", recipe, "--model", src, "--undo")
     assert code == 2 and "--undo goes with --in-place" in out
+
+
+def test_the_patched_file_does_not_carry_the_authors_directories(tmp_path):
+    """A published GGUF carries the recipe's text and file name, never the local path it was applied from."""
+    from patchkit.edit.gguf_plan import read_patchkit_metadata
+    from patchkit.model.gguf_header import scan_gguf_header
+
+    src = tiny_llama(tmp_path / "base.gguf", "Q4_0")
+    recipe = _recipe(tmp_path, "llama", "  - {layer: 1, neuron: 3, op: invert}\n")
+    patched = tmp_path / "p.gguf"
+    assert _run("apply", recipe, "--model", src, "-o", patched)[0] == 0
+    meta = read_patchkit_metadata(scan_gguf_header(patched))
+    assert json.loads(meta["patchkit.provenance"])["recipe"]["file"] == "llama.yaml"
+    assert not any(str(tmp_path) in value for value in meta.values())

@@ -86,7 +86,8 @@ def _provenance_doc(recipe: Any, text: str, recipe_path: str | None, plan: GGUFP
     model = plan.model
     doc: dict[str, Any] = {
         "created": utc_now(),
-        "recipe": {"name": recipe.name, "path": recipe_path},
+        # the file name only: a published GGUF must not carry the author's directory layout
+        "recipe": {"name": recipe.name, "file": Path(recipe_path).name if recipe_path else None},
         "base": {
             "files": [{"name": p.path.name, "size": p.size} for p in model.parts],
             "repo": recipe.model.repo,

@@ -436,7 +436,7 @@ def _reproduce(provenance: dict, repo_id: str | None) -> list[str]:
     revision = _base_revision(provenance)
     if revision and base_repo_of(provenance):
         model = f"{model}@{revision}"
-    recipe_name = Path(str(recipe.get("path") or "recipe.yaml")).name
+    recipe_name = Path(str(recipe.get("file") or recipe.get("path") or "recipe.yaml")).name
     lines = [
         "```bash",
         "pip install patchkit",
@@ -784,7 +784,7 @@ def _gguf_run_section(repo_id: str | None, files: list[GGUFFile]) -> list[str]:
 
 def _gguf_verify_section(provenance: dict, repo_id: str | None, files: list[GGUFFile]) -> list[str]:
     recipe = provenance.get("recipe") or {}
-    recipe_name = Path(str(recipe.get("path") or "recipe.yaml")).name
+    recipe_name = Path(str(recipe.get("file") or recipe.get("path") or "recipe.yaml")).name
     base = provenance.get("base") or {}
     sources = [f.get("name") for f in base.get("files") or [] if isinstance(f, dict) and f.get("name")]
     source = Path(str(sources[0])).name if sources else "SOURCE.gguf"
@@ -959,7 +959,7 @@ def build_gguf_card(
     if provenance is not None:
         _section(body, "## How to verify", "", *_gguf_verify_section(view, repo_id, files))
         if text:
-            recipe_name = Path(str(recipe_meta.get("path") or "recipe.yaml")).name
+            recipe_name = Path(str(recipe_meta.get("file") or recipe_meta.get("path") or "recipe.yaml")).name
             fence = _fence(text)
             _section(body, f"The recipe (`{recipe_name}`), verbatim:", "", f"{fence}yaml", text.rstrip("\n"), fence)
         _section(body, "## Provenance", "", *_gguf_provenance_section(view, files))
