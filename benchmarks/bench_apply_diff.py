@@ -225,7 +225,7 @@ def main() -> None:
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {"PATCHKIT_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {"PATCHKIT_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     results: dict = {"repeat": args.repeat}
     try:
         # 1. big gemma-like checkpoint

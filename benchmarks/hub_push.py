@@ -31,7 +31,7 @@ def main() -> None:
         HF_HUB_DISABLE_XET="1",
         HF_HUB_OFFLINE="0",
         HF_TOKEN="hf_bench",
-        PATCHKIT_CACHE_DIR=str(work / "pk-cache"),
+        PATCHKIT_CACHE=str(work / "pk-cache"),
     )
     import huggingface_hub.constants as constants
     from hubserver.server import Account, HubServer

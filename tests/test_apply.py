@@ -29,7 +29,7 @@ edits:
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
 
 
 def write_recipe(path, edits=("{layer: 1, neuron: 5, op: invert}",), name="tiny-fix"):

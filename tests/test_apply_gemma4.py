@@ -21,7 +21,7 @@ CASES = {
 
 @pytest.mark.parametrize("fixture", sorted(CASES))
 def test_only_edited_slices_differ_and_diff_round_trips(request, tmp_path, monkeypatch, fixture):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "hashes"))
     base = request.getfixturevalue(fixture)
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(HEAD + "edits:\n" + CASES[fixture])

@@ -35,7 +35,7 @@ def _tree(root):
 def test_apply_from_a_hub_repo(hub, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "hashes"))
     base = make_base(tmp_path / "base")
     api = HfApi(endpoint=hub.url, token=hub.token)
     api.create_repo("alice/tiny-base")

@@ -16,6 +16,7 @@ from fixtures.cli_output import json_docs
 from loops_tiny import bigram_model, cycle
 
 from patchkit.cli import main
+from patchkit.errors import EXIT_BAD_INPUT, PatchkitError
 from patchkit.recipe.gates import BenchGates
 from patchkit.workflows.check import CheckSettings, run_check
 
@@ -144,12 +145,21 @@ def test_check_runs_the_loop_check_on_the_applied_model_and_gates_it(looping, tm
     assert "error: check failed: loops: max_loop_rate: patched loop rate 1.000 (1/1) > 0.0" in result.output
 
 
-def test_check_reports_an_apply_error_and_skips_the_checks(base, tmp_path):
+def test_check_raises_a_recipe_that_does_not_fit_as_bad_input(base, tmp_path):
+    """Bad input is not a verdict: a recipe apply refuses is its one-line error (exit 2), never a FAIL (exit 1)."""
     recipe = write_recipe(tmp_path / "bad.yaml", layer=7, neurons=[0], bench={"max_kl": 1.0})  # the model has 2 layers
-    report = run_check(recipe, str(base), settings=CheckSettings(tasks="kl", limit=2))
-    steps = {s.step: s.status for s in report.steps}
-    assert steps == {"validate": "pass", "apply": "error", "loops": "skipped", "bench": "skipped"}
-    assert report.verdict == "FAIL" and report.failures[0].startswith("apply: ")
+    steps: list[str] = []
+    with pytest.raises(PatchkitError) as caught:
+        run_check(
+            recipe,
+            str(base),
+            settings=CheckSettings(tasks="kl", limit=2),
+            step_callback=lambda s: steps.append(f"{s.step}: {s.status}"),
+        )
+    assert caught.value.exit_code == EXIT_BAD_INPUT and "layer 7" in str(caught.value)
+    assert steps == ["validate: pass"]  # nothing was measured
+    result = CliRunner().invoke(main, ["check", str(recipe), "--model", str(base), "--limit", "2", "--tasks", "kl"])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
 
 
 def test_bench_recipe_gates_exit_code(base, tmp_path):

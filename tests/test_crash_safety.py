@@ -59,7 +59,7 @@ POINTS = [("write", 1), ("write", 7), ("link", 1), ("link", 3), ("provenance", 1
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
 
 
 def test_sigkill_at_each_point_leaves_source_intact_and_output_absent_or_complete(tmp_path):

@@ -282,3 +282,11 @@ def test_a_recipe_that_does_not_fit_fails_before_generation(tmp_path, tiny_dir):
     with pytest.raises(Exception, match="layer"):
         pd.run_demo(settings=pd.DemoSettings(model_dir=tiny_dir, recipe=recipe), out=tmp_path / "r", events=events)
     assert "base-loops" not in events.steps and not (tmp_path / "r").exists()
+
+
+def test_demo_recipe_may_be_a_shipped_name(tmp_path):
+    """`demo --recipe NAME` finds a shipped recipe by its short name (here an unresolved one, refused as such,
+    not as a missing file)."""
+    events = pd.DemoEvents() if hasattr(pd, "DemoEvents") else None
+    with pytest.raises(pd.DemoError, match="no resolved edits"):
+        pd._choose_recipe("e2b", events, [], tmp_path)

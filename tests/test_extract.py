@@ -112,7 +112,7 @@ def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, mo
     from patchkit.edit.apply import apply_recipe
     from patchkit.edit.verify import verify_patched
 
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "hashes"))
     fixed = _moe_fixed(moe_base, tmp_path / "fixed")
     base_commit = _upload(hub, "alice/g4-moe", moe_base)
     fixed_commit = _upload(hub, "alice/g4-moe-noloop", fixed)
@@ -164,7 +164,7 @@ def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base,
     from patchkit.edit.apply import apply_recipe
     from patchkit.workflows.resolve import resolve_then_apply
 
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hashes"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "hashes"))
     _upload(hub, "alice/g4-moe", moe_base)
     _upload(hub, "alice/g4-moe-noloop", _moe_fixed(moe_base, tmp_path / "fixed"))
     template = tmp_path / "moe.yaml"
@@ -249,4 +249,5 @@ def test_verify_without_patched_needs_a_diff_resolved_recipe(tmp_path):
     recipe = tmp_path / "m.yaml"
     recipe.write_text("patchkit: 1\nname: m\nsource: {kind: manual}\nedits: [{layer: 0, neuron: 1, op: zero}]\n")
     res = CliRunner().invoke(main, ["verify", str(recipe)])
-    assert res.exit_code == 1 and "not a recipe resolved by diff" in res.output and "--patched" in res.output
+    # bad input (exit 2), not a failed check (exit 1): nothing was compared
+    assert res.exit_code == 2 and "not a recipe resolved by diff" in res.output and "--patched" in res.output

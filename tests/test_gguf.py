@@ -77,7 +77,7 @@ def test_missing_gguf_package_is_a_clear_error(tmp_path, monkeypatch):
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF")
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` raise ImportError
-    with pytest.raises(ModelError, match=r"needs the `gguf` package.*pip install 'patchkit\[gguf\]'"):
+    with pytest.raises(ModelError, match=r"needs the `gguf` package.*pip install 'patchkit-llm\[gguf\]'"):
         pg.import_gguf(f, out=tmp_path / "out")
 
 

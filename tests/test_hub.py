@@ -284,6 +284,8 @@ def test_pr_with_nothing_new_opens_no_pull_request(hub, dirs):
     pkhub.push(patched, "alice/tiny-fix", progress=False)
     result = run_cli("push", str(patched), "--repo", "alice/tiny-fix", "--pr")
     assert result.exit_code == 0 and "no pull request was opened" in result.output
+    assert "nothing to push: alice/tiny-fix@main already holds these files" in result.output
+    assert "pushed" not in result.output  # nothing was
     assert [r.query for r in hub.requests("POST", r"/commit/")] == [""]  # only the first push committed
     assert hub.store.repos["alice/tiny-fix"].pr_refs == {}
 

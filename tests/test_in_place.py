@@ -84,7 +84,7 @@ POINTS = [
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _child(step: str, nth: int, recipe: Path, model: Path) -> subprocess.Popen:

@@ -30,7 +30,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install 'patchkit[eval]')")
+    pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install 'patchkit-llm[eval]')")
     from patchkit.generate.loading import load_model
 
     root = tmp_path_factory.mktemp("lmeval")
@@ -79,5 +79,5 @@ def test_bench_skips_lmeval_cleanly_without_the_package(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError
     report = run_bench(setup["base"], setup["zeroed"], settings=BenchSettings(tasks="kl,lmeval:patchkit_qa", limit=2))
     assert "lm-eval is not installed" in report.skipped["lmeval:patchkit_qa"]
-    assert "pip install 'patchkit[eval]'" in report.skipped["lmeval:patchkit_qa"]
+    assert "pip install 'patchkit-llm[eval]'" in report.skipped["lmeval:patchkit_qa"]
     assert report.comparison("kl.mean") is not None

@@ -144,7 +144,8 @@ def test_the_card_commands_verify_and_diff_work_on_the_pulled_copy(hub, tmp_path
     src, recipe, out = patched_gguf(tmp_path)
     pkhub.push(out, REPO, progress=False)
     pulled = pkhub.pull(REPO, local_dir=tmp_path / "patched")
-    assert pulled.provenance_ok is None  # no patchkit.json: the provenance is inside the .gguf
+    # no patchkit.json: the provenance is inside the .gguf, and pull checks the edited rows against it
+    assert (pulled.provenance_ok, pulled.checked_against, pulled.gguf_files) == (True, "gguf", [out.name])
     verified = run_cli("verify", str(recipe), "--model", str(src), "--patched", str(pulled.path / out.name))
     assert verified.exit_code == 0, verified.output
     diffed = run_cli("diff", str(src), str(pulled.path / out.name), "--json")

@@ -19,7 +19,7 @@ from patchkit.model.safetensors_io import read_header
 
 @pytest.fixture(autouse=True)
 def _engine(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture

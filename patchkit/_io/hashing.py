@@ -4,11 +4,11 @@ Provenance records the sha256 of every source and output shard, and `push` check
 each run would dwarf the copy it accompanies, so `apply` and `push` reuse digests they already know:
 - an HF cache blob is named by its sha256 (LFS files: 64 hex characters), so the name is the digest
   (`blob_sha256`);
-- otherwise a small cache (`$PATCHKIT_CACHE_DIR` or `~/.cache/patchkit/sha256.json`) maps a file's
-  (device, inode, size, mtime_ns, ctime_ns) to its digest (`cached_sha256`). A write changes mtime and ctime;
-  restoring mtime with `os.utime` still changes ctime, which no user call can set back. Hard links share an
-  inode, so a linked output shard is a cache hit too (making a link changes ctime, so apply records the digest
-  again right after linking). `PATCHKIT_NO_HASH_CACHE=1` disables the cache.
+- otherwise a small cache (`sha256.json` in `patchkit._io.cache.cache_root()`: `$PATCHKIT_CACHE`, default
+  `~/.cache/patchkit`) maps a file's (device, inode, size, mtime_ns, ctime_ns) to its digest (`cached_sha256`).
+  A write changes mtime and ctime; restoring mtime with `os.utime` still changes ctime, which no user call can
+  set back. Hard links share an inode, so a linked output shard is a cache hit too (making a link changes ctime,
+  so apply records the digest again right after linking). `PATCHKIT_NO_HASH_CACHE=1` disables the cache.
 
 The stat cache is a speed-up, never a proof: a write inside one timestamp tick after the digest was recorded
 (or a filesystem with coarse or unreliable timestamps) leaves a stale entry. So `verify` never consults it
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from patchkit._io.atomic import atomic_write_bytes
+from patchkit._io.cache import cache_root
 
 #: read size for streamed hashing and scans: large enough for full disk bandwidth, small enough for flat memory
 HASH_CHUNK = 1 << 20
@@ -34,10 +35,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _cache_path() -> Path:
-    base = os.environ.get("PATCHKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "patchkit"
-    )
-    return Path(base) / "sha256.json"
+    return cache_root() / "sha256.json"
 
 
 def _cache_enabled() -> bool:

@@ -5,7 +5,7 @@ Measures (task names for `BenchSettings.tasks`):
           model's own greedy answers to the loop suite's control prompts and on an offline corpus
   ppl     perplexity of both models on the same texts, ratio patched / base (shares kl's forward passes)
   qa      the bundled question set: option log-likelihood accuracy (raw, length-normalised), greedy exact match
-  lmeval:<task>  an lm-evaluation-harness task through its Python API (optional extra `patchkit[eval]`)
+  lmeval:<task>  an lm-evaluation-harness task through its Python API (optional extra `patchkit-llm[eval]`)
 Every measure is a `Comparison` of `Figure`s: n, a 95% interval and, where the two models are compared item by
 item, a paired p-value.
 All of these need next-token logits: an OpenAI-compatible HTTP backend returns text only and cannot provide them.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,20 @@ class BenchSettings(BaseModel):
         ge=1,
         description="Cap items per source (control prompts, corpus texts, questions per kind, lm-eval docs).",
     )
-    dtype: str = Field("float32", description="Load dtype: f32, bf16, f16.")
+    dtype: str = Field(
+        "auto",
+        description="Load dtype: auto (the checkpoint's own dtype from config.json; float16 becomes float32 on "
+        "CPU), f32, bf16 or f16. [default: auto]",
+    )
     device: str = Field(
-        "cpu", description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model layer by layer)."
+        "auto",
+        description="auto (CUDA, else MPS, else CPU; several GPUs share the model layer by layer), cpu, cuda, "
+        "cuda:1 or mps. [default: auto]",
+    )
+    chat: bool = Field(
+        True,
+        description="Send the prompts (bench: the control prompts behind first-token KL) through the tokenizer's "
+        "chat template (--no-chat: as raw text, for a base model without one). [default: chat]",
     )
     task_file: Path | None = Field(
         None,
@@ -226,20 +237,26 @@ class BenchReport:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
-def _load(ref: Any, role: str, dtype: str, device: str) -> tuple[Any, Any, str]:
-    """(model, tokenizer, label) from a loaded pair, a checkpoint dir, a .gguf file or org/name[@rev]."""
+def _load(
+    ref: Any, role: str, dtype: str, device: str, log: Callable[[str], None] | None = None
+) -> tuple[Any, Any, str, dict[str, Any] | None]:
+    """(model, tokenizer, label, placement) from a loaded pair, a checkpoint dir, a .gguf file or org/name[@rev].
+
+    The placement (device, dtype and why, see `patchkit.generate.loading.resolve_placement`) is None for a
+    pair the caller loaded.
+    """
     if isinstance(ref, tuple):
-        return ref[0], ref[1], getattr(ref[0], "name_or_path", role) or role
+        return ref[0], ref[1], getattr(ref[0], "name_or_path", role) or role, None
     text = _check_ref(ref, role)
-    from patchkit.generate.loading import load_model
+    from patchkit.generate.loading import load_checkpoint
 
     try:
-        model, tok = load_model(text, dtype=dtype, device=device)
+        loaded = load_checkpoint(text, dtype=dtype, device=device, log=log)
     except ImportError as exc:
         raise ModelError(f"{role} {text}: cannot resolve this model reference here ({exc})") from None
     except OSError as exc:
         raise ModelError(f"{role} {text}: cannot load ({' '.join(str(exc).split())[:200]})") from None
-    return model, tok, text
+    return loaded.model, loaded.tokenizer, text, loaded.placement.to_json()
 
 
 def _check_ref(ref: Any, role: str) -> str:
@@ -303,26 +320,39 @@ def load_control_prompts(limit: int | None = None) -> tuple[list[str], str]:
     return (prompts[:limit] if limit is not None else prompts), "probes:controls"
 
 
-def _chat_ids(tok: Any, prompt: str) -> list[int]:
-    if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    return list(tok(prompt)["input_ids"])
+def _chat_ids(tok: Any, prompt: str, chat: bool = True) -> list[int]:
+    """The prompt's token ids: as a chat user message (a tokenizer without a template is refused), or raw text."""
+    if not chat:
+        return list(tok(prompt)["input_ids"])
+    from patchkit.generate.transformers_backend import require_chat_template
+
+    require_chat_template(tok)
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 def greedy_answers(
-    model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16
+    model: Any,
+    tok: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    *,
+    chat: bool = True,
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids up to and including the first EOS) of the model's greedy answer to each prompt."""
+    """(prompt ids, answer ids up to and including the first EOS) of the model's greedy answer to each prompt.
+
+    `chat`: ask each prompt through the tokenizer's chat template (CheckError when it has none), else as raw text.
+    """
     import torch
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos = set(_eos_ids(model, tok))
     out: list[tuple[list[int], list[int]]] = []
-    encoded = [_chat_ids(tok, p) for p in prompts]
+    encoded = [_chat_ids(tok, p, chat) for p in prompts]
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
         width = max(len(c) for c in chunk)
@@ -558,6 +588,7 @@ def run_bench(
     settings: BenchSettings | None = None,
     gates: BenchGates | None = None,
     progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Compare `patched` with `base` on `settings.tasks`: KL, perplexity, question accuracy, lm-eval.
 
@@ -572,13 +603,16 @@ def run_bench(
         settings: tasks, limits, dtype/device and the measurement sizes (default: BenchSettings()).
         gates: thresholds; the report's `.failures` lists the failed ones.
         progress: `progress(stage, done, total)` with stages "controls", "teacher-forced" and "qa".
+        log: receives one line per model it loads: the device and dtype chosen (`settings.dtype` /
+            `settings.device` "auto" pick them from the machine and the checkpoint) and why. The report's
+            `provenance["placement"]` records them.
 
     Returns:
         The BenchReport (`.comparisons`, `.failures`, `.to_json()`).
 
     Raises:
         CheckError: no patched model and no recipe, an HTTP model reference, different tokenizers, a bad task
-            file or task name.
+            file or task name, or chat control prompts (`settings.chat`) for a tokenizer without a chat template.
         ModelError: a model reference that does not exist or cannot be loaded.
     """
     settings = settings if settings is not None else BenchSettings()
@@ -595,7 +629,7 @@ def run_bench(
             raise CheckError("a recipe needs the base as a checkpoint reference, not a loaded model")
         _check_ref(base, "base model")
         with patched_checkpoint(recipe, base) as out:
-            report = run_bench(base, out, settings=settings, gates=gates, progress=progress)
+            report = run_bench(base, out, settings=settings, gates=gates, progress=progress, log=log)
             report.patched = f"{getattr(recipe, 'name', 'recipe')} applied to {base}"
             return report
 
@@ -610,12 +644,21 @@ def run_bench(
         from patchkit.checks.tasks import load_tasks
 
         task_set = load_tasks(settings.task_file).limited(limit)
-    base_model, base_tok, base_label = _load(base, "base model", settings.dtype, settings.device)
-    patched_model, patched_tok, patched_label = _load(patched, "patched model", settings.dtype, settings.device)
+    base_model, base_tok, base_label, base_place = _load(base, "base model", settings.dtype, settings.device, log)
+    if settings.chat and ("kl" in task_list or "ppl" in task_list):
+        from patchkit.generate.transformers_backend import require_chat_template
+
+        require_chat_template(base_tok)  # the control prompts are chat messages: refuse before the second load
+    patched_model, patched_tok, patched_label, patched_place = _load(
+        patched, "patched model", settings.dtype, settings.device, log
+    )
     check_same_tokenizer(base_tok, patched_tok, base_model, patched_model)
     timings["load"] = time.perf_counter() - t0
     report = BenchReport(base=base_label, patched=patched_label, tasks=task_list)
     report.provenance = _provenance(base_model)
+    placement = {role: p for role, p in (("base", base_place), ("patched", patched_place)) if p is not None}
+    if placement:
+        report.provenance["placement"] = placement
 
     if "kl" in task_list or "ppl" in task_list:
         t = time.perf_counter()
@@ -706,7 +749,7 @@ def _teacher_forced(
     if progress is not None:
         progress("controls", 0, len(prompts))
     t0 = time.perf_counter()
-    pairs = greedy_answers(base_model, tok, prompts, settings.control_max_new_tokens)
+    pairs = greedy_answers(base_model, tok, prompts, settings.control_max_new_tokens, chat=settings.chat)
     timings["controls_generate"] = time.perf_counter() - t0
     if progress is not None:
         progress("controls", len(prompts), len(prompts))
@@ -757,5 +800,6 @@ def _provenance(model: Any) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
         **corpus_provenance(),
     }

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness for both models through its Python API (optional extra `patchkit[eval]`).
+"""lm-evaluation-harness for both models through its Python API (optional extra `patchkit-llm[eval]`).
 
 The already-loaded models are wrapped in lm-eval's HFLM (no second load), each task runs through
 `simple_evaluate` for base and patched, and every metric is kept with its stderr. `write_local_task`
@@ -23,7 +23,7 @@ __all__ = ["LOCAL_TASK", "LmEvalMissing", "write_local_task", "run_lmeval", "lme
 
 
 class LmEvalMissing(CheckError):
-    """lm-evaluation-harness (the optional extra `patchkit[eval]`) is not installed.
+    """lm-evaluation-harness (the optional extra `patchkit-llm[eval]`) is not installed.
 
     Why a type of its own: bench reports lm-eval tasks as skipped on exactly this, and on nothing else.
     """
@@ -167,7 +167,7 @@ def run_lmeval(
     try:
         import lm_eval  # noqa: F401
     except ImportError as exc:
-        raise LmEvalMissing(f"lm-eval is not installed ({exc})", hint="pip install 'patchkit[eval]'") from None
+        raise LmEvalMissing(f"lm-eval is not installed ({exc})", hint="pip install 'patchkit-llm[eval]'") from None
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="patchkit-lmeval-") as tmp:

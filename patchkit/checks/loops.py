@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from patchkit._io.progress import Progress
 from patchkit.checks.answers import score_answer
@@ -85,8 +85,8 @@ class LoopSettings(BaseModel):
     max_new_tokens: int = Field(
         400,
         ge=1,
-        description="Token budget per probe (a control may set its own). "
-        "[default: the recipe's checks.loops.max_new_tokens, else 400]",
+        description="Token budget per generation: it caps every probe, controls included (a control's own, "
+        "smaller budget still applies). [default: the recipe's checks.loops.max_new_tokens, else 400]",
     )
     limit: int | None = Field(None, ge=1, description="At most N probes of each kind.")
     split: Literal["train", "heldout", "all"] = Field(
@@ -110,19 +110,43 @@ class LoopSettings(BaseModel):
     backend: Literal["transformers", "openai"] = Field(
         "transformers", description="Generation engine: in-process transformers, or an OpenAI-compatible server."
     )
-    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    base_url: str | None = Field(
+        None,
+        description="openai backend: the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (refused with "
+        "the transformers backend, which would ignore it).",
+    )
     concurrency: int = Field(8, ge=1, description="openai backend: parallel requests.")
     timeout: float = Field(300.0, ge=1, description="openai backend: seconds per request.")
-    dtype: str = Field("float32", description="f32 | bf16 | f16 (transformers backend).")
+    dtype: str = Field(
+        "auto",
+        description="auto (the checkpoint's own dtype from config.json; float16 becomes float32 on CPU), "
+        "f32, bf16 or f16 (transformers backend). [default: auto]",
+    )
     device: str = Field(
-        "cpu",
-        description="cpu, cuda, cuda:1, or auto (the GPU; several GPUs share the model "
-        "layer by layer) (transformers backend).",
+        "auto",
+        description="auto (CUDA, else MPS, else CPU; several GPUs share the model layer by layer), cpu, cuda, "
+        "cuda:1 or mps (transformers backend). [default: auto]",
+    )
+    chat: bool = Field(
+        True,
+        description="Send each probe through the tokenizer's chat template (--no-chat: as raw text, for a base "
+        "model without one). [default: chat]",
     )
     batch_size: int = Field(32, ge=1, description="Prompts generated together (transformers backend).")
     early_stop: bool = Field(
         True, description="Stop a generation once its loop is certain (--no-early-stop: generate the full budget)."
     )
+
+    @model_validator(mode="after")
+    def _server_only_with_openai(self) -> LoopSettings:
+        """A server URL with the in-process backend would be ignored silently: refuse it (one line, exit 2)."""
+        if self.base_url is not None and self.backend != "openai":
+            raise CheckError(
+                f"base_url {self.base_url} is only used by the openai backend, but the backend is {self.backend!r}",
+                fix=Fix("backend", "openai", "to generate on that server"),
+                hint="or drop the server URL to generate in-process",
+            )
+        return self
 
     def with_gate_defaults(self, gates: LoopGates | None) -> LoopSettings:
         """These settings, with suite/samples/temperature/max_new_tokens the caller did not set taken from `gates`.
@@ -161,6 +185,7 @@ class LoopSettings(BaseModel):
             "limit": self.limit,
             "enable_thinking": self.enable_thinking,
             "thinking_budget": self.thinking_budget,
+            "chat": self.chat,
         }
 
 
@@ -502,11 +527,15 @@ class LoopReport:
 # running
 # --------------------------------------------------------------------------------------------------------------
 def build_requests(suite: Suite, settings: LoopSettings) -> list[tuple[Probe, int, GenerationRequest]]:
-    """(probe, sample, request) for every probe x sample; seeds are `settings.seed + sample` for every model."""
+    """(probe, sample, request) for every probe x sample; seeds are `settings.seed + sample` for every model.
+
+    A probe's own budget (controls have short answers) applies only below `settings.max_new_tokens`: the
+    setting caps every generation, so a small budget bounds the run's time and tokens.
+    """
     out = []
     for probe in suite.probes:
+        budget = min(probe.max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)
         for sample in range(settings.effective_samples()):
-            budget = probe.max_new_tokens or settings.max_new_tokens
             out.append(
                 (
                     probe,
@@ -516,6 +545,7 @@ def build_requests(suite: Suite, settings: LoopSettings) -> list[tuple[Probe, in
                         prompt=probe.prompt,
                         max_new_tokens=budget,
                         seed=settings.seed + sample,
+                        chat=settings.chat,
                     ),
                 )
             )
@@ -630,8 +660,11 @@ def _progress_adapter(progress: Progress | None, stage: str, total: int) -> Prog
 
 
 @contextlib.contextmanager
-def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
-    """The generation backend `settings.backend` names, for model `ref`; released on exit."""
+def _model_backend(ref: str, settings: LoopSettings, log: Callable[[str], None] | None = None) -> Iterator[Any]:
+    """The generation backend `settings.backend` names, for model `ref`; released on exit.
+
+    The transformers backend passes `log` the placement it chose (device and dtype, and why) before loading.
+    """
     if settings.backend == "openai":
         from patchkit.generate.openai_backend import OpenAIBackend
 
@@ -651,7 +684,12 @@ def _model_backend(ref: str, settings: LoopSettings) -> Iterator[Any]:
         device=settings.device,
         batch_size=settings.batch_size,
         early_stop=loop_stop_test if settings.early_stop else None,
+        log=log,
     )
+    if settings.chat:
+        from patchkit.generate.transformers_backend import require_chat_template
+
+        require_chat_template(be.tokenizer)  # before any generation, not at the first prompt
     try:
         yield be
     finally:
@@ -667,6 +705,7 @@ def run_loops(
     settings: LoopSettings | None = None,
     gates: LoopGates | None = None,
     progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> LoopReport:
     """Run the loop suite on `base_ref` and (when given) the patched model, on the same probes and seeds.
 
@@ -683,13 +722,18 @@ def run_loops(
             set explicitly come from the gates (`LoopSettings.with_gate_defaults`).
         gates: thresholds recorded in the report (and their run settings); default: the recipe's.
         progress: `progress(stage, done, total)` with stage "base" / "patched" (see `run_suite`).
+        log: receives one line per model loaded by the transformers backend: the device and dtype chosen
+            (`settings.dtype` / `settings.device` "auto" pick them from the machine and the checkpoint) and why.
 
     Returns:
-        The LoopReport; `report.gate()` lists failed thresholds.
+        The LoopReport; `report.gate()` lists failed thresholds, `report.extra["placement"]` the device and
+        dtype each transformers-backend model ran with.
 
     Raises:
         CheckError: both a patched model and a recipe, a recipe with the openai backend, an unknown suite,
-            a suite with no probes for the split, or a backend that cannot run.
+            a suite with no probes for the split, a backend that cannot run, or chat prompts (`settings.chat`)
+            for a tokenizer without a chat template.
+        ModelError: a model that cannot be loaded, or a device this torch cannot use.
     """
     settings = settings if settings is not None else LoopSettings()
     if patched_ref is not None and recipe is not None:
@@ -706,17 +750,26 @@ def run_loops(
     loaded = _select(settings.suite, settings)
     if not loaded.probes:
         raise CheckError(f"suite {settings.suite!r} has no probes for split={settings.split}")
-    with _model_backend(str(base_ref), settings) as be:
+    extra: dict[str, Any] = {}
+    placements: dict[str, Any] = {}
+
+    def placed(role: str, be: Any) -> None:
+        placement = getattr(be, "placement", None)
+        if placement is not None:
+            placements[role] = placement.to_json()
+
+    with _model_backend(str(base_ref), settings, log) as be:
+        placed("base", be)
         base_run = run_suite(
             loaded, backend=be, settings=settings, progress=progress, stage="base", label=str(base_ref)
         )
     patched_run = None
-    extra: dict[str, Any] = {}
     if recipe_obj is not None:
         from patchkit.generate.loading import patched_checkpoint
 
         with patched_checkpoint(recipe_obj, base_ref) as patched_dir:
-            with _model_backend(str(patched_dir), settings) as be:
+            with _model_backend(str(patched_dir), settings, log) as be:
+                placed("patched", be)
                 patched_run = run_suite(
                     loaded,
                     backend=be,
@@ -727,10 +780,13 @@ def run_loops(
                 )
         extra["recipe"] = str(recipe) if isinstance(recipe, (str, Path)) else getattr(recipe_obj, "name", None)
     elif patched_ref is not None:
-        with _model_backend(str(patched_ref), settings) as be:
+        with _model_backend(str(patched_ref), settings, log) as be:
+            placed("patched", be)
             patched_run = run_suite(
                 loaded, backend=be, settings=settings, progress=progress, stage="patched", label=str(patched_ref)
             )
+    if placements:
+        extra["placement"] = placements
     return LoopReport(settings, loaded, base_run, patched_run, backend=settings.backend, gates=gates, extra=extra)
 
 

@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "diff": "patchkit.cli.core:diff_cmd",
     "verify": "patchkit.cli.core:verify_cmd",
     "recipe": "patchkit.cli.recipe_cmds:recipe_group",
+    # shipped recipes and the tiny offline model (cli/packaged.py)
+    "recipes": "patchkit.cli.packaged:recipes_group",
+    "tiny-model": "patchkit.cli.packaged:tiny_model_cmd",
     # checks
     "detect": "patchkit.cli.loops:detect_cmd",
     "loops": "patchkit.cli.loops:loops_cmd",

@@ -3,6 +3,10 @@
 Library errors name the *parameter* that fixes them (`PatchkitError.fix`); `handle_errors` renders it as the
 running command's flag ("pass --force to replace it"), so no library message hard-codes a flag. Exit codes
 follow `patchkit.errors`: 1 gate failed, 2 bad input, 3 internal error.
+
+Every command prints through `ui_console`: on a terminal rich fits text and tables to its width; anywhere else
+(CI, `| tee`, a file) nothing is wrapped, because there is no width to fit and a path, URL or tensor name split
+over two lines can no longer be copied, grepped or parsed.
 """
 
 from __future__ import annotations
@@ -19,10 +23,6 @@ import click
 from rich.console import Console
 
 from patchkit.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, Fix, PatchkitError
-
-#: Human output (tables, progress) goes to stderr when --json is set, so stdout stays machine-readable.
-console = Console()
-err_console = Console(stderr=True)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout for scripts.")
 
@@ -114,6 +114,37 @@ def emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
+#: Width of a console off a terminal: wide enough that a table keeps every column at its natural width (rich
+#: squeezes, folds or elides cells to fit 80 columns), never a width anything is padded to (see `_LogConsole`).
+UNWRAPPED_WIDTH = 10_000
+#: what a horizontal rule is drawn at off a terminal (a rule fills the console's width)
+RULE_WIDTH = 80
+
+
+class _LogConsole(Console):
+    """A console for output that is not a terminal: text is not wrapped, tables take their natural width.
+
+    rich sizes a console off a terminal at 80 columns and wraps to it; at `UNWRAPPED_WIDTH` a printed line stays
+    whole (a path in "ok: <path> matches ..." stays on one line) and a table lays out without squeezing. Nothing
+    printed by patchkit pads to the full width except rules, which are drawn at `RULE_WIDTH`. Colour follows
+    rich's own detection (off unless forced).
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        super().__init__(stderr=stderr, width=UNWRAPPED_WIDTH)
+
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line", align: Any = "center") -> None:
+        from rich.rule import Rule
+
+        self.print(Rule(title=title, characters=characters, style=style, align=align), width=RULE_WIDTH)
+
+
 def ui_console(as_json: bool) -> Console:
-    """Console for progress and tables: stderr under --json, stdout otherwise."""
-    return err_console if as_json else console
+    """Console for tables, reports and progress: stderr under --json (stdout stays one JSON document), else stdout.
+
+    Made per call, so it follows the streams of the moment (click's CliRunner swaps them). On an interactive
+    terminal (rich's `is_interactive`: a tty that is not TERM=dumb, or forced by TTY_INTERACTIVE / FORCE_COLOR)
+    it is rich's plain Console; anywhere else a `_LogConsole`, which wraps nothing.
+    """
+    console = Console(stderr=as_json)
+    return console if console.is_interactive else _LogConsole(stderr=as_json)

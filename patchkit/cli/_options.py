@@ -27,7 +27,7 @@ import click
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-__all__ = ["settings_options", "settings_from_options"]
+__all__ = ["settings_options", "settings_from_options", "placement_printer"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
@@ -162,3 +162,21 @@ def settings_from_options(model: type[M], values: dict[str, Any]) -> M:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
         raise click.BadParameter(err["msg"], param_hint=f"--{field.replace('_', '-')}") from None
+
+
+def placement_printer(console: Any) -> Callable[[str], None]:
+    """A `log` callback for the checks that prints each distinct placement line once on `console`.
+
+    Why: `--device auto --dtype auto` decide from the machine and the checkpoint, so the command says what it
+    chose and why ("device: cpu (no CUDA or MPS), dtype: bfloat16 (config.json torch_dtype; ...)") before a
+    long run; the base and the patched model normally get the same line, which is printed once. Under --json
+    the console is stderr (stdout stays one JSON document, whose report records the same placement).
+    """
+    seen: set[str] = set()
+
+    def show(line: str) -> None:
+        if line not in seen:
+            seen.add(line)
+            console.print(line, highlight=False, markup=False)
+
+    return show

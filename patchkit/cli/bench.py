@@ -12,7 +12,7 @@ import click
 from patchkit._io.progress import Progress
 from patchkit.checks.bench import BenchSettings
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
-from patchkit.cli._options import settings_from_options, settings_options
+from patchkit.cli._options import placement_printer, settings_from_options, settings_options
 from patchkit.cli._progress import progress_bars
 from patchkit.errors import GateFailed
 
@@ -41,8 +41,8 @@ _report_option = click.option(
     default=None,
     help="Write bench.json and bench.png into this directory.",
 )
-#: the BenchSettings fields `patchkit check` passes on to its bench (and, for limit/dtype/device, loop) step
-_CHECK_FIELDS = ("tasks", "limit", "dtype", "device")
+#: the BenchSettings fields `patchkit check` passes on to its bench (and, for limit/dtype/device/chat, loop) step
+_CHECK_FIELDS = ("tasks", "limit", "dtype", "device", "chat")
 
 
 @click.command("bench")
@@ -65,8 +65,9 @@ def bench_cmd(
 ) -> None:
     """Compare a patched model with its base: KL, perplexity, task accuracy, with n, 95% CIs and paired p-values.
 
-    Exits 1 when a threshold from the recipe's checks.bench section fails. Needs logits: a local
-    checkpoint or Hub id, not an OpenAI-compatible server.
+    Exits 1 when a threshold from the recipe's checks.bench section fails, 2 on bad input. Needs logits: a
+    local checkpoint or Hub id, not an OpenAI-compatible server. Runs on the GPU when there is one, in the
+    checkpoint's own dtype (the line "device: ..., dtype: ..." says what was chosen and why).
     """
     from patchkit.checks.bench import run_bench
     from patchkit.checks.bench_report import bench_table, write_report
@@ -74,7 +75,9 @@ def bench_cmd(
     settings = settings_from_options(BenchSettings, options)
     console = ui_console(as_json)
     with _rich_progress(console) as progress:
-        report = run_bench(model, patched, recipe=recipe, settings=settings, progress=progress)
+        report = run_bench(
+            model, patched, recipe=recipe, settings=settings, progress=progress, log=placement_printer(console)
+        )
     files = write_report(report, report_dir) if report_dir else {}
     if as_json:
         payload = report.to_json()
@@ -109,7 +112,11 @@ def bench_cmd(
 def check_cmd(
     recipe: Path, model: str, out: Path | None, report_dir: Path | None, skip_loops: bool, as_json: bool, **options: Any
 ) -> None:
-    """Run validate -> apply -> loops -> bench for RECIPE on MODEL and print one verdict table (exit 1 on FAIL)."""
+    """Run validate -> apply -> loops -> bench for RECIPE on MODEL and print one verdict table.
+
+    Exits 1 when a gate fails (FAIL), 2 on bad input (a recipe that does not load or fit MODEL, a model that
+    cannot be read, a device this torch cannot use, a tokenizer without a chat template and no --no-chat).
+    """
     from rich.table import Table
 
     from patchkit.checks.bench_report import bench_table, write_report
@@ -119,7 +126,12 @@ def check_cmd(
     console = ui_console(as_json)
     with _rich_progress(console) as progress:
         settings = CheckSettings(
-            tasks=bench.tasks, limit=bench.limit, skip_loops=skip_loops, dtype=bench.dtype, device=bench.device
+            tasks=bench.tasks,
+            limit=bench.limit,
+            skip_loops=skip_loops,
+            dtype=bench.dtype,
+            device=bench.device,
+            chat=bench.chat,
         )
         report = run_check(
             recipe,
@@ -128,6 +140,7 @@ def check_cmd(
             settings=settings,
             progress=progress,
             step_callback=lambda s: console.print(f"{s.step}: {s.status} {s.summary}", highlight=False),
+            log=placement_printer(console),
         )
     files = write_report(report.bench, report_dir) if (report_dir and report.bench is not None) else {}
     if as_json:

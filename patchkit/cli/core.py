@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from patchkit._io.progress import Progress
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
 from patchkit.cli._progress import progress_bars
+from patchkit.errors import EXIT_GATE_FAILED
+
+if TYPE_CHECKING:
+    from patchkit.edit.diff import DiffReport
 
 
 def _human_bytes(n: float) -> str:
@@ -186,8 +191,18 @@ def _apply_gguf(
     "-o", "--out", type=click.Path(path_type=Path), help="With --as-recipe: write the recipe here instead of stdout."
 )
 @click.option("--name", help="With --as-recipe: the recipe's name (default: <B>-from-diff).")
-@click.option("--repo", help="With --as-recipe: model.repo to record (default: A's path).")
-@click.option("--revision", help="With --as-recipe: model.revision to pin.")
+@click.option(
+    "--repo",
+    help="With --as-recipe: model.repo to record (default: the base repo B's or A's patchkit.json records, else none).",
+)
+@click.option("--revision", help="With --as-recipe: model.revision to pin (default: the one recorded with that repo).")
+@click.option(
+    "--exit-code",
+    "exit_code",
+    is_flag=True,
+    help="Exit 1 when A and B differ (any tensor, or any other file but patchkit's own patchkit.json records), "
+    "0 when they do not; like `git diff --exit-code`. Without it, a found difference still exits 0.",
+)
 @json_option
 @handle_errors
 def diff_cmd(
@@ -198,13 +213,36 @@ def diff_cmd(
     name: str | None,
     repo: str | None,
     revision: str | None,
+    exit_code: bool,
     as_json: bool,
 ) -> None:
-    """Compare checkpoints A and B tensor by tensor; explain changed MLP neurons/experts."""
+    """Compare checkpoints A and B (directories, org/name[@rev], or .gguf files) tensor by tensor; explain changed
+    MLP neurons/experts.
+
+    Finding differences is the normal result, so it exits 0; scripts that branch on "did anything change" pass
+    --exit-code (exit 1 on a difference, 2 on bad input, as everywhere)."""
+    report = _diff(a, b, as_recipe, out, name, repo, revision, as_json)
+    if exit_code and report.differs:
+        raise SystemExit(EXIT_GATE_FAILED)
+
+
+def _diff(
+    a: str,
+    b: str,
+    as_recipe: bool,
+    out: Path | None,
+    name: str | None,
+    repo: str | None,
+    revision: str | None,
+    as_json: bool,
+) -> DiffReport:
+    """Run the diff and print it (or the recipe); returns the report so the caller can pick the exit code."""
     from patchkit.edit.diff import recipe_text
     from patchkit.model.gguf_model import is_gguf_path
     from patchkit.workflows.resolve import diff_refs
 
+    if out is not None and not as_recipe:
+        raise click.UsageError("-o/--out is the file --as-recipe writes; pass --as-recipe too")
     architecture = None
     with _progress(as_json, "diff") as progress:
         if is_gguf_path(a) or is_gguf_path(b):
@@ -230,13 +268,13 @@ def diff_cmd(
             payload["recipe"] = text
             payload["recipe_path"] = str(out) if out else None
         emit_json(payload)
-        return
-    if text is not None and out is None:
+    elif text is not None and out is None:
         click.echo(text, nl=False)
-        return
-    _print_report(report)
-    if out is not None:
-        ui_console(False).print(f"wrote recipe {out}")
+    else:
+        _print_report(report)
+        if out is not None:
+            ui_console(False).print(f"wrote recipe {out}")
+    return report
 
 
 def _print_report(report) -> None:

@@ -113,6 +113,7 @@ def summary_table(result: Any) -> Any:
     help="Recipe to apply (default: recipes/smollm2-135m.yaml when it exists).",
 )
 @click.option(
+    "-o",
     "--out",
     type=click.Path(path_type=Path),
     default=None,

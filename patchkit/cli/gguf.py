@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._progress import progress_bars
 
 
 def _parse_size(text: str) -> int:
@@ -81,11 +82,11 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
         shard_bytes = _parse_size(max_shard_size)
     except ValueError:
         raise ModelError(f"--max-shard-size {max_shard_size!r} is not a size", hint="e.g. 500MB or 2GB") from None
-    from patchkit.cli.demo import quiet_library_progress
+    from patchkit.workflows.gguf_import import progress_unit
 
-    quiet_library_progress()
     console = ui_console(as_json)
-    with console.status("importing GGUF") as status:
+    # patchkit's own bars (or log lines off a terminal); the library silences transformers' tqdm bars meanwhile
+    with progress_bars(console, unit=progress_unit) as progress:
         path = import_gguf(
             file,
             out=out,
@@ -93,7 +94,7 @@ def import_gguf_cmd(file, out, dtype, from_package, max_shard_size, force, as_js
             from_package=from_package,
             force=force,
             max_shard_bytes=shard_bytes,
-            log=lambda msg: status.update(msg),
+            progress=progress,
         )
     prov = read_provenance(path) or {}
     if as_json:

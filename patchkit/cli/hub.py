@@ -98,9 +98,17 @@ def push_cmd(
         emit_json(result.to_json())
     else:
         where = result.pr_url or result.commit_url
-        if plan.create_pr and result.pr_url is None:
-            console.print(f"nothing differs from {plan.revision}: no pull request was opened")
-        console.print(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {plan.repo_id}: {where}")
+        if not result.changed:
+            console.print(
+                f"nothing to push: {plan.repo_id}@{plan.revision} already holds these files "
+                f"(commit {result.commit_oid[:12]}); "
+                + ("no pull request was opened" if plan.create_pr else "no commit was made"),
+                markup=False,
+            )
+        else:
+            console.print(
+                f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {plan.repo_id}: {where}", markup=False
+            )
         status = "ok" if result.check.ok else "MISMATCH"
         console.print(f"verified {result.check.checked} remote files (size + sha256): {status}")
         for line in result.check.mismatches:
@@ -120,7 +128,12 @@ def push_cmd(
 @json_option
 @handle_errors
 def pull_cmd(ref, local_dir, as_json):
-    """Download a Hub repo (into the HF cache, or --local-dir) and check it against its patchkit.json."""
+    """Download a Hub repo (into the HF cache, or --local-dir) and check it against its own provenance.
+
+    A checkpoint is checked against its patchkit.json (size + sha256 of every file); a patched .gguf against the
+    patchkit metadata inside it (sha256 of every edited row range). Exit 1 if anything differs. A pull into the HF
+    cache also records the branch, so later commands find the copy with HF_HUB_OFFLINE=1.
+    """
     from patchkit.errors import VerifyError
     from patchkit.publish import hub
 
@@ -134,14 +147,22 @@ def pull_cmd(ref, local_dir, as_json):
             f"{len(result.files)} files in {result.path}",
             markup=False,
         )
-        if result.provenance_ok is None:
-            console.print("no patchkit.json in this repo: nothing to check against")
+        verdict = "yes" if result.provenance_ok else "NO"
+        if result.checked_against == "gguf":
+            console.print(
+                f"edited rows match the patchkit metadata of {', '.join(result.gguf_files)}: {verdict}", markup=False
+            )
+        elif result.provenance_ok is None:
+            console.print("no patchkit.json and no GGUF with patchkit metadata in this repo: nothing to check against")
         else:
-            console.print(f"files match patchkit.json: {'yes' if result.provenance_ok else 'NO'}")
+            console.print(f"files match patchkit.json: {verdict}")
+        for note in result.notes:
+            console.print(f"note: {note}", markup=False)
     if result.provenance_ok is False:
+        record = "GGUF's patchkit metadata" if result.checked_against == "gguf" else "patchkit.json"
         raise VerifyError(
             f"{result.path}: {'; '.join(result.mismatches[:3])}",
-            hint="the repo's files do not match its patchkit.json; do not use it",
+            hint=f"the repo's files do not match its {record}; do not use it",
         )
 
 
@@ -150,7 +171,7 @@ def pull_cmd(ref, local_dir, as_json):
 @click.option("--loops-report", type=click.Path(path_type=Path), help="`patchkit loops --json` output.")
 @click.option("--bench-report", type=click.Path(path_type=Path), help="`patchkit bench --json` output.")
 @click.option("--repo", "repo_id", default=None, metavar="ORG/NAME", help="Repo the card is for (names the model).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the card here (else stdout).")
+@click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Write the card here (else stdout).")
 @json_option
 @handle_errors
 def card_cmd(directory, loops_report, bench_report, repo_id, output, as_json):

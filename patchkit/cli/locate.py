@@ -40,11 +40,20 @@ def _rate(d: dict) -> str:
 )
 @click.option(
     "-o",
-    "--output",
+    "--out",
+    "output",
     type=click.Path(path_type=Path),
     default=None,
     help="Recipe to write (default: recipe.yaml, or the --from-recipe file itself); the report goes next "
     "to it, in <name>.locate/.",
+)
+@click.option(
+    "--output",
+    "output_old",
+    type=click.Path(path_type=Path),
+    default=None,
+    hidden=True,
+    help="The earlier name of -o/--out (kept so existing scripts run).",
 )
 @click.option(
     "--from-recipe",
@@ -92,14 +101,23 @@ def _rate(d: dict) -> str:
     help="sets: after k is chosen on train, also generate every k on the held-out probes (a report; slower).",
 )
 @click.option(
-    "--report-dir",
+    "--report",
+    "report_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write locate-report.json, layers.png and sweep.png.",
+    help="Directory for locate-report.json, layers.png and sweep.png (as --report in loops, bench, check).",
+)
+@click.option(
+    "--report-dir",
+    "report_dir_old",
+    type=click.Path(path_type=Path),
+    default=None,
+    hidden=True,
+    help="The earlier name of --report (kept so existing scripts run).",
 )
 @click.option(
     "--budget-minutes",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=15.0,
     show_default=True,
     help="Time budget; the screen and the sweep stop starting new work when their share is used.",
@@ -107,7 +125,9 @@ def _rate(d: dict) -> str:
 @click.option(
     "--layers", default=None, help="Layers to search neuron by neuron, e.g. 20,22 or 20-25 (default: the top-ranked)."
 )
-@click.option("--max-edits", type=int, default=2, show_default=True, help="Largest combination of edits tried.")
+@click.option(
+    "--max-edits", type=click.IntRange(min=1), default=2, show_default=True, help="Largest combination of edits tried."
+)
 @click.option(
     "--ops",
     default="invert,zero,scale:0.5,scale:2,scale:3",
@@ -130,14 +150,34 @@ def _rate(d: dict) -> str:
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Train probes per kind (quick runs).")
 @click.option("--heldout-limit", type=click.IntRange(min=1), default=None, help="Held-out probes per kind.")
-@click.option("--max-new-tokens", type=int, default=400, show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=400,
+    show_default=True,
+    help="Token budget per generation; it caps every probe, controls included.",
+)
 @click.option(
     "--device",
     default="auto",
     show_default=True,
-    help="cpu, cuda, or auto (the GPU when there is one; several GPUs share the model via device_map=auto).",
+    help="auto (CUDA, else MPS, else CPU; several GPUs share the model via device_map=auto), cpu, cuda, cuda:N or mps.",
 )
-@click.option("--dtype", default="float32", show_default=True)
+@click.option(
+    "--dtype",
+    default="float32",
+    show_default=True,
+    help="float32 by default: attribution and the learned set factors take gradients, which bf16 makes noisy; "
+    "auto: the checkpoint's own dtype (half the memory for a bf16 release); or f32, bf16, f16.",
+)
+@click.option(
+    "--chat/--no-chat",
+    "chat",
+    default=True,
+    show_default=True,
+    help="Send each probe through the tokenizer's chat template (--no-chat: as raw text, for a base model "
+    "without one).",
+)
 @json_option
 @handle_errors
 def locate_cmd(
@@ -163,11 +203,20 @@ def locate_cmd(
     max_new_tokens,
     device,
     dtype,
+    chat,
     as_json,
+    output_old,
+    report_dir_old,
 ):
     """Find the MLP neurons / MoE experts of MODEL that drive repetition loops and write a recipe."""
     from patchkit.locate import LocateSettings, parse_ops, run_locate
 
+    if output is not None and output_old is not None:
+        raise click.UsageError("give -o/--out once (--output is its earlier name)")
+    output = output if output is not None else output_old
+    if report_dir is not None and report_dir_old is not None:
+        raise click.UsageError("give --report once (--report-dir is its earlier name)")
+    report_dir = report_dir if report_dir is not None else report_dir_old
     con = ui_console(as_json)
     base_recipe = None
     if from_recipe is not None:
@@ -180,6 +229,12 @@ def locate_cmd(
                 f"{from_recipe}: the recipe is already resolved (it has its edits)",
                 hint="--from-recipe takes an unresolved recipe (resolution.status: unresolved)",
             )
+    if output is None and from_recipe is not None:
+        from patchkit.recipe.packaged import is_installed_copy, is_shipped
+
+        if is_shipped(from_recipe) or is_installed_copy(from_recipe):  # never write into the installed package
+            output = Path.cwd() / f"{Path(from_recipe).name.removesuffix('.yaml')}.yaml"
+            click.echo(f"note: {from_recipe} is a recipe shipped with patchkit; the result goes to {output}", err=True)
     output = output or from_recipe or Path("recipe.yaml")
     settings = LocateSettings(
         suite=suite,
@@ -199,6 +254,7 @@ def locate_cmd(
         backend=backend,
         dtype=dtype,
         device=device,
+        chat=chat,
     )
     with progress_bars(con) as progress:
         result = run_locate(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +11,9 @@ import click
 from patchkit._io.fs import read_capped
 from patchkit.checks.loops import LoopSettings
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
-from patchkit.cli._options import settings_from_options, settings_options
-from patchkit.errors import CheckError, GateFailed
+from patchkit.cli._options import placement_printer, settings_from_options, settings_options
+from patchkit.cli._progress import progress_bars
+from patchkit.errors import EXIT_GATE_FAILED, CheckError, GateFailed
 
 
 def _read_text(name: str) -> str:
@@ -69,15 +67,27 @@ def _truth_from(truth_file: str | None, probe_ref: str | None) -> tuple[list[str
     metavar="[SUITE:]ITEM",
     help="Take the ground truth from a suite item, e.g. iau-constellations or enumeration:us-states.",
 )
+@click.option(
+    "--exit-code",
+    "exit_code",
+    is_flag=True,
+    help="Exit 1 when any text loops, 0 when none does (like git diff --exit-code); without it, 0 either way.",
+)
 @json_option
 @handle_errors
 def detect_cmd(
-    files: tuple[str, ...], unfinished: bool, truth_file: str | None, probe_ref: str | None, as_json: bool
+    files: tuple[str, ...],
+    unfinished: bool,
+    truth_file: str | None,
+    probe_ref: str | None,
+    exit_code: bool,
+    as_json: bool,
 ) -> None:
     """Classify generated texts: ok, verbatim / decay / doom loop, or truncated while still progressing.
 
     Works on text from any engine. Thinking blocks (<think>...</think>, Gemma 4 channels) are split off; an
-    unclosed one with no answer is judged as a thinking trace (doom loop or truncated).
+    unclosed one with no answer is judged as a thinking trace (doom loop or truncated). Exits 0 (with
+    --exit-code: 1 when any text loops), 2 on bad input.
     """
     from patchkit.checks.detect import detect, split_thinking
 
@@ -94,9 +104,18 @@ def detect_cmd(
             thinking=thinking if (thinking is not None and not closed) or not answer.strip() else None,
         )
         out.append({"file": name, **verdict.to_json()})
+    loops = sum(r["is_loop"] for r in out)
     if as_json:
-        emit_json({"results": out, "loops": sum(r["is_loop"] for r in out), "n": len(out)})
-        return
+        emit_json({"results": out, "loops": loops, "n": len(out)})
+    else:
+        _detect_table(out)
+    if exit_code and loops:
+        # a result, not an error: the table / JSON already says which texts loop (git diff --exit-code is quiet too)
+        raise SystemExit(EXIT_GATE_FAILED)
+
+
+def _detect_table(out: list[dict[str, Any]]) -> None:
+    """The human `detect` output: one row per file with its verdict, the loop evidence and completeness."""
     console = ui_console(False)
     from rich.table import Table
 
@@ -116,43 +135,6 @@ def detect_cmd(
         label = f"[red]{r['label']}[/]" if r["is_loop"] else r["label"]
         table.add_row(r["file"], label, evidence, comp_text)
     console.print(table)
-
-
-class _RichLoopProgress:
-    """A Progress (stage, done, total) with a `tokens_done(stage, n)` hook: a rich bar per stage, tokens/s."""
-
-    def __init__(self, bar: Any):
-        self.bar = bar
-        self.tasks: dict[str, Any] = {}
-        self.started: dict[str, float] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(f"{stage} model", total=total, rate="")
-            self.started[stage] = time.perf_counter()
-        self.bar.update(self.tasks[stage], completed=done, total=total)
-
-    def tokens_done(self, stage: str, n: int) -> None:
-        if stage in self.tasks:
-            rate = n / max(1e-6, time.perf_counter() - self.started[stage])
-            self.bar.update(self.tasks[stage], rate=f"{rate:,.0f} tok/s")
-
-
-@contextlib.contextmanager
-def _progress(console: Any) -> Iterator[_RichLoopProgress]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        yield _RichLoopProgress(bar)
 
 
 @click.command("loops")
@@ -186,7 +168,9 @@ def loops_cmd(
 ) -> None:
     """Run the loop suite on MODEL (and the patched model) on the same probes and seeds; compare.
 
-    Exits 1 when the recipe's checks.loops gates fail (each failed threshold is named), 2 on bad input.
+    Runs where the model fits by default: the GPU when there is one, in the checkpoint's own dtype (the line
+    "device: ..., dtype: ..." says what was chosen and why). Exits 1 when the recipe's checks.loops gates fail
+    (each failed threshold is named), 2 on bad input.
     """
     from patchkit.checks.loop_report import render_tables, write_report
     from patchkit.checks.loops import run_loops
@@ -195,8 +179,15 @@ def loops_cmd(
         raise CheckError("give either --patched or --recipe, not both")
     settings = settings_from_options(LoopSettings, options)
     console = ui_console(as_json)
-    with _progress(console) as progress:
-        report = run_loops(model, patched_ref=patched, recipe=recipe, settings=settings, progress=progress)
+    with progress_bars(console, label=lambda stage: f"{stage} model") as progress:
+        report = run_loops(
+            model,
+            patched_ref=patched,
+            recipe=recipe,
+            settings=settings,
+            progress=progress,
+            log=placement_printer(console),
+        )
     written = write_report(report, report_dir) if report_dir else None
     failures = report.gate()
     if as_json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -55,6 +54,8 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     con.print(f"[green]ok[/green] {recipe}: {report.name} — {what} ({target})", highlight=False)
     if report.search_space:
         con.print(f"search space: {describe_space(report.search_space)}", highlight=False)
+    for item in report.to_fill:
+        con.print(f"to fill in: {item}", highlight=False, soft_wrap=True)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
 
@@ -83,51 +84,77 @@ def describe_space(space: dict) -> str:
 
 
 @click.command("schema")
+@json_option
 @handle_errors
-def schema_cmd() -> None:
-    """Print the recipe JSON Schema (for editor completion)."""
+def schema_cmd(as_json: bool) -> None:
+    """Print the recipe JSON Schema (for editor completion).
+
+    The schema is JSON either way; `--json` is accepted like on every other command (scripts pass it to all of
+    them), prints the same document, and makes an error a JSON object on stdout too."""
     from patchkit.recipe import json_schema
 
-    click.echo(json.dumps(json_schema(), indent=2))
+    emit_json(json_schema())
 
 
 @click.command("new")
-@click.option("--model", "model", default=None, help="Fill in geometry and revision pin from this model.")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Fill in geometry from this model (local dir, org/name[@rev]); repo and revision pin too when it is a Hub "
+    "repo or an HF-cache snapshot (a local dir leaves them marked TO FILL).",
+)
 @click.option(
     "--arch", type=click.Choice(["gemma4", "llama"]), default=None, help="Architecture when no model is given."
 )
-@click.option("--name", default=None, help="Recipe name.")
+@click.option("--name", default=None, help="Recipe name. [default: my-loop-fix]")
 @click.option(
     "-o",
-    "--output",
+    "--out",
     type=click.Path(path_type=Path),
     default=None,
     help="Write here (refuses to overwrite); default stdout.",
 )
+@click.option(
+    "--output",
+    "output_old",
+    type=click.Path(path_type=Path),
+    default=None,
+    hidden=True,
+    help="The earlier name of -o/--out (kept so existing scripts run).",
+)
 @json_option
 @handle_errors
-def new_cmd(model: str | None, arch: str | None, name: str | None, output: Path | None, as_json: bool) -> None:
-    """Write a commented starter recipe for a model."""
+def new_cmd(
+    model: str | None, arch: str | None, name: str | None, out: Path | None, output_old: Path | None, as_json: bool
+) -> None:
+    """Write a commented starter recipe for a model.
+
+    Fields it cannot know (the Hub repo and revision of a local copy) are left empty and marked TO FILL;
+    `patchkit validate` lists them with their line numbers."""
     from patchkit._io.atomic import atomic_write_text
     from patchkit.recipe import parse_recipe
     from patchkit.recipe.validate import starter_recipe
 
+    if out is not None and output_old is not None:
+        raise click.UsageError("-o/--out and --output are the same option (--output is its old name); give one")
+    out = out if out is not None else output_old
     if model is None and arch is None:
         raise PatchkitError("say which model the recipe is for", hint="pass --model REF or --arch gemma4|llama")
     text = starter_recipe(model=model, arch=arch, name=name)
     parse_recipe(text, "<starter>")  # the starter must itself be a valid recipe
-    if output is None:
+    if out is None:
         if as_json:
             emit_json({"recipe": text})
         else:
             sys.stdout.write(text)
         return
-    if output.exists():
+    if out.exists():
         raise PatchkitError(
-            f"{output}: already exists; refusing to overwrite", hint="choose another -o path or delete it"
+            f"{out}: already exists; refusing to overwrite", hint="choose another --out path or delete it"
         )
-    atomic_write_text(output, text)
+    atomic_write_text(out, text)
     if as_json:
-        emit_json({"written": str(output)})
+        emit_json({"written": str(out)})
     else:
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {out}")

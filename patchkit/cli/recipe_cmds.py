@@ -36,7 +36,8 @@ def recipe_group() -> None:
     "into",
     type=click.Path(path_type=Path),
     default=None,
-    help="An (unresolved) recipe to resolve: keeps its name, description, checks, publish and constraints.",
+    help="An (unresolved) recipe to resolve in place: keeps its comments, name, description, checks, publish and "
+    "constraints.",
 )
 @click.option("--name", default=None, help="Recipe name (default: --into's, else <FIXED>-from-diff).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file (other than --into).")
@@ -53,6 +54,14 @@ def extract_cmd(
 
     template = load_recipe(into) if into is not None else None
     target = out or into
+    if into is not None and out is None:
+        from patchkit.recipe.packaged import is_installed_copy, is_shipped
+
+        if is_shipped(into) or is_installed_copy(into):  # never write into the installed package: a local copy
+            target = Path.cwd() / f"{Path(into).name.removesuffix('.yaml')}.yaml"
+            click.echo(
+                f"note: {into} is a recipe shipped with patchkit; writing the resolved copy to {target}", err=True
+            )
     if target is not None and target.exists() and target != into and not force:
         raise PatchkitError(
             f"{target}: already exists; refusing to overwrite", hint="pass --force or choose another -o"
@@ -77,6 +86,8 @@ def extract_cmd(
     )
     for note in result.notes:
         click.echo(f"warning: {note} (the reference is authoritative; check the recipe's constraints)", err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if target is not None:
         con.print(f"wrote {target}", highlight=False)
 

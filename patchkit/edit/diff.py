@@ -50,6 +50,9 @@ ROLE_AXIS = {
 }
 #: Files whose differences never block --as-recipe (apply writes or leaves them as they are).
 _IGNORED_FILES = {PROVENANCE_FILE, "patchkit-undo.yaml", "README.md", ".gitattributes"}
+#: patchkit's own records of how and when a checkpoint was made: not a difference for `--exit-code` (two outputs
+#: of the same apply always differ in patchkit.json's timestamp; GGUF `patchkit.*` metadata is skipped likewise).
+RECORD_FILES = frozenset({PROVENANCE_FILE, "patchkit-undo.yaml"})
 
 
 class DiffError(PatchkitError):
@@ -137,13 +140,21 @@ class DiffReport:
 
     @property
     def identical(self) -> bool:
+        """Whether the weights are identical (tensor names, shapes, dtypes and bytes)."""
         return not (self.changed or self.added or self.removed or self.reshaped)
+
+    @property
+    def differs(self) -> bool:
+        """Whether A and B differ at all: any tensor, or any other file (config, tokenizer, GGUF metadata) except
+        patchkit's own records (`RECORD_FILES`). What `patchkit diff --exit-code` exits 1 on."""
+        return not self.identical or any(f not in RECORD_FILES for f in self.other_files_changed)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "a": str(self.a),
             "b": str(self.b),
             "identical": self.identical,
+            "differs": self.differs,
             "changed": [c.to_json() for c in self.changed],
             "added": self.added,
             "removed": self.removed,

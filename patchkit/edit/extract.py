@@ -36,6 +36,7 @@ class ExtractResult:
     identical_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the edits depart from the recipe's constraints
     report: Any = None  # the DiffReport
+    warnings: list[str] = field(default_factory=list)  # anything else the caller should be told
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class ExtractResult:
             "downloaded_files": self.downloaded_files,
             "identical_files": self.identical_files,
             "notes": self.notes,
+            "warnings": self.warnings,
             "recipe": self.text,
             "diff": self.report.to_json() if self.report is not None else None,
         }
@@ -136,7 +138,7 @@ def recipe_from_diff(
         "extracted_by": f"patchkit {__version__} recipe extract",
     }
     t_source = getattr(template, "source", None)
-    if t_source is not None and t_source.kind != "diff":
+    if t_source is not None and t_source.kind != "diff" and t_source.reference:
         source["cites"] = t_source.reference
         claims = (t_source.model_extra or {}).get("claims")
         if claims:
@@ -177,6 +179,17 @@ def recipe_from_diff(
         recipe = parse_recipe(text, "<recipe extract>")
     except PatchkitError as exc:
         raise DiffError(f"the recipe derived from the diff does not validate: {exc}") from None
+    warnings: list[str] = []
+    template_text = getattr(template, "source_text", None)
+    if template_text:
+        kept = _into_template(template_text, doc)
+        if kept is not None and _same_recipe(kept, recipe):
+            text, recipe = kept, parse_recipe(kept, "<recipe extract>")
+        else:
+            warnings.append(
+                f"the comments and layout of {getattr(template, 'path', None) or 'the recipe to resolve'} could not "
+                "be kept; it was rewritten whole"
+            )
     notes: list[str] = []
     if t_res is not None:
         notes = check_edits_against(parse_constraints(t_res.constraints), recipe.expanded_edits())
@@ -197,7 +210,180 @@ def recipe_from_diff(
         identical_files=list(report.identical_files),
         notes=notes,
         report=report,
+        warnings=warnings,
     )
+
+
+# --- writing into an existing recipe (`extract --into`): keep its comments -----------------------------------
+#: the top-level keys extraction decides; every other key (checks, publish, ...) keeps the author's own text
+_EXTRACTED_KEYS = ("model", "source", "resolution", "edits")
+
+
+def _into_template(template_text: str, doc: dict[str, Any]) -> str | None:
+    """`template_text` with the extracted fields written into it by a ruamel round trip: its comments, key order,
+    quoting and the sections extraction does not decide (checks, publish) are kept as the author wrote them.
+
+    Why not re-dump the recipe: `extract --into` resolves a recipe the author wrote and commented (often a
+    `patchkit new` starter); a rewrite would silently drop every comment. The caller checks that the result is
+    the same recipe as the plain dump (`_same_recipe`), so this can only lose layout, never change content.
+    Returns None when the template is not a mapping (the caller then writes the plain dump).
+    """
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    try:
+        data = yaml.load(template_text)
+    except Exception:  # noqa: BLE001 - the template parsed as a recipe already; any surprise means "rewrite it"
+        return None
+    if not isinstance(data, CommentedMap):
+        return None
+    if data.get("name") != doc["name"]:
+        data["name"] = doc["name"]
+    if not data.get("description"):
+        data["description"] = doc["description"]
+    for key in _EXTRACTED_KEYS:
+        value = _commented(doc[key])
+        if key in data:
+            trailing = _pop_trailing(data, key)  # the comments before the next key stay before it
+            if (
+                isinstance(data[key], CommentedMap)
+                and isinstance(value, CommentedMap)
+                and not data[key].fa.flow_style()
+            ):
+                _update(data[key], value)
+            else:
+                data[key] = value
+            _push_trailing(data, key, trailing)
+        else:
+            data[key] = value
+    buf = StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+def _same_recipe(text: str, recipe: Any) -> bool:
+    """Whether `text` parses to exactly `recipe` (field by field)."""
+    from patchkit.recipe import parse_recipe
+
+    try:
+        kept = parse_recipe(text, "<recipe extract>")
+    except PatchkitError:
+        return False
+    return bool(kept.model_dump(mode="json") == recipe.model_dump(mode="json"))
+
+
+def _commented(value: Any) -> Any:
+    """`value` as ruamel nodes laid out like the plain dump (`default_flow_style=None`): a mapping or list of
+    scalars on one line (`{layer: 1, neuron: 2, op: invert}`), anything holding a collection in block style.
+
+    Why nodes and not plain dicts: comments can only be hung on ruamel nodes, and `_last_slot` must find the
+    last entry of a new block value to keep the comments that follow it in place."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(value, dict):
+        node: Any = CommentedMap((k, _commented(v)) for k, v in value.items())
+        children = list(value.values())
+    elif isinstance(value, list):
+        node = CommentedSeq(_commented(v) for v in value)
+        children = list(value)
+    else:
+        return value
+    if children and not any(isinstance(c, (dict, list)) for c in children):
+        node.fa.set_flow_style()
+    else:
+        node.fa.set_block_style()
+    return node
+
+
+def _update(node: Any, new: dict[str, Any]) -> None:
+    """Make mapping `node` equal `new` in place: kept keys keep their comments; a `TO FILL` comment goes once filled."""
+    from ruamel.yaml.comments import CommentedMap
+
+    for key in [k for k in node if k not in new and node[k] is not None]:  # an empty TO FILL key stays
+        trailing = _pop_trailing(node, key)
+        del node[key]
+        if len(node):
+            _push_trailing(node, list(node)[-1], trailing)
+    for key, value in new.items():
+        if key in node and node[key] == value:
+            continue
+        if key in node:
+            trailing = _pop_trailing(node, key)
+            if (
+                isinstance(node[key], CommentedMap)
+                and isinstance(value, CommentedMap)
+                and not node[key].fa.flow_style()
+            ):
+                _update(node[key], value)
+            else:
+                node[key] = value
+                _drop_to_fill(node, key)
+            _push_trailing(node, key, trailing)
+        else:
+            trailing = _pop_trailing(node, list(node)[-1]) if len(node) else None
+            node[key] = value
+            _push_trailing(node, key, trailing)
+
+
+def _last_slot(parent: Any, key: Any) -> tuple[Any, Any, int]:
+    """Where ruamel keeps the comment that follows `parent[key]`: on the deepest last entry of a block value."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    value = parent[key]
+    if isinstance(value, (CommentedMap, CommentedSeq)) and len(value) and not value.fa.flow_style():
+        return _last_slot(value, list(value)[-1] if isinstance(value, CommentedMap) else len(value) - 1)
+    return parent, key, 2 if isinstance(parent, CommentedMap) else 0
+
+
+def _pop_trailing(parent: Any, key: Any) -> str | None:
+    """Detach the whole-line comments after `parent[key]` (ruamel hangs them on the entry before them)."""
+    container, slot, pos = _last_slot(parent, key)
+    entry = container.ca.items.get(slot)
+    token = entry[pos] if entry and len(entry) > pos else None
+    if token is None:
+        return None
+    first, _, rest = token.value.partition("\n")
+    if not rest.strip():
+        return None
+    token.value = first + "\n"
+    if not first.strip():
+        entry[pos] = None
+    return rest
+
+
+def _push_trailing(parent: Any, key: Any, rest: str | None) -> None:
+    """Hang whole-line comments (from `_pop_trailing`) after `parent[key]` again."""
+    if not rest:
+        return
+    from ruamel.yaml.error import CommentMark
+    from ruamel.yaml.tokens import CommentToken
+
+    container, slot, pos = _last_slot(parent, key)
+    entry = container.ca.items.setdefault(slot, [None, None, None, None])
+    if entry[pos] is None:
+        entry[pos] = CommentToken("\n" + rest, CommentMark(0), None)
+    else:
+        entry[pos].value = entry[pos].value.rstrip("\n") + "\n" + rest
+
+
+def _drop_to_fill(node: Any, key: Any) -> None:
+    """Remove the end-of-line `# TO FILL: ...` comment of a key that now has a value (the lines after it stay)."""
+    entry = node.ca.items.get(key)
+    token = entry[2] if entry and len(entry) > 2 else None
+    if token is None:
+        return
+    first, nl, rest = token.value.partition("\n")
+    if "TO FILL" in first:
+        if rest.strip():
+            token.value = "\n" + rest
+        else:
+            entry[2] = None
 
 
 def _weight_files(directory: Path) -> list[str]:

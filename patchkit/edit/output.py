@@ -23,6 +23,10 @@ IN_PLACE_JOURNAL = ".patchkit-in-place.json"
 LOCK_FILE = ".patchkit.lock"
 #: patchkit's own bookkeeping in a model directory: never part of a checkpoint, never copied or published
 BOOKKEEPING = frozenset({PROVENANCE_FILE, UNDO_RECIPE, IN_PLACE_JOURNAL, LOCK_FILE})
+#: files of a Hub snapshot that belong to the git repo, not to the checkpoint: the Hub writes and manages the root
+#: .gitattributes itself (LFS rules), so a copy in an apply output would only be a file push must not upload and
+#: verify must not compare. Never copied by apply, never listed in patchkit.json, never published.
+HUB_MANAGED = frozenset({".gitattributes"})
 _SKIP_DIRS = {".cache", ".git", ".huggingface"}
 
 
@@ -59,7 +63,8 @@ class ApplyContext:
 
 
 def _source_files(source_dir: Path, *, confined: bool = True) -> list[str]:
-    """Every file of a checkpoint directory (relative paths), minus caches and our own temp/provenance files.
+    """Every file of a checkpoint directory (relative paths), minus caches, our own temp/provenance files and the
+    Hub-managed root `.gitattributes` (`HUB_MANAGED`: a snapshot of a Hub repo has one, a checkpoint does not need it).
 
     Each entry must be a regular file (or a link to one): a FIFO, device or socket is refused by name (reading
     one would hang or never end), and so is a link to a directory. With `confined` (what apply copies), a link
@@ -89,7 +94,7 @@ def _source_files(source_dir: Path, *, confined: bool = True) -> list[str]:
         dirs[:] = kept
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), source_dir)
-            if rel in BOOKKEEPING or TMP_MARK in name:
+            if rel in BOOKKEEPING or rel in HUB_MANAGED or TMP_MARK in name:
                 continue
             check_entry(os.path.join(root, name), root_arg)
             out.append(rel)
@@ -101,8 +106,19 @@ def _normalized(recipe: Any) -> dict:
     return dump(mode="json", exclude_none=True) if dump else {}
 
 
+def _architecture(ctx: ApplyContext) -> str | None:
+    """The adapter name detected from the config.json of the files that were patched (`plan.source_dir`).
+
+    Not the recipe's `model.architecture`: that field is optional (None in most recipes) and, when present, has
+    already been checked against this same detection by `plan_recipe`; the card and the Hub tags need the real one.
+    """
+    at = getattr(ctx.ref, "at", None)
+    if at is not None:
+        return str(at(ctx.plan.source_dir).architecture)
+    return getattr(getattr(ctx.recipe, "model", None), "architecture", None)
+
+
 def _provenance(ctx: ApplyContext, source_sha: dict, output_sha: dict, slice_hashes: dict) -> dict[str, Any]:
-    spec = getattr(ctx.recipe, "model", None)
     ref = ctx.ref
     prov: dict[str, Any] = {
         "patchkit_version": __version__,
@@ -117,7 +133,7 @@ def _provenance(ctx: ApplyContext, source_sha: dict, output_sha: dict, slice_has
             "ref": getattr(ref, "ref", None),
             "repo": getattr(ref, "repo_id", None),
             "revision": getattr(ref, "revision", None),
-            "architecture": getattr(spec, "architecture", None),
+            "architecture": _architecture(ctx),
         },
         "source_files": dict(sorted(source_sha.items())),
         "output_files": dict(sorted(output_sha.items())),

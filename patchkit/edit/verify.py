@@ -117,6 +117,11 @@ def verify_patched(
     actual = set(_source_files(patched_dir, confined=False)) | {
         f for f in (UNDO_RECIPE,) if (patched_dir / f).exists() and not undo_expected
     }
+    if _is_patchkit_card(patched_dir / CARD_FILE):
+        # `patchkit push` replaces README.md with the card it generates, so a pulled copy holds that card
+        actual.discard(CARD_FILE)
+        expected = [f for f in expected if f != CARD_FILE]
+        result.notes.append(f"{CARD_FILE} is the model card `patchkit push` wrote; not compared")
     extra = sorted(actual - set(expected))
     missing = [f for f in expected if f not in actual]
     if missing:
@@ -137,6 +142,38 @@ def verify_patched(
     if (patched_dir / PROVENANCE_FILE).exists():
         result.notes.append(f"{PROVENANCE_FILE} not compared (it records when the output was made)")
     return result
+
+
+CARD_FILE = "README.md"
+
+
+def _is_patchkit_card(path: Path) -> bool:
+    """True for a README.md whose YAML front matter lists the `patchkit` tag (a card `patchkit push` generated).
+
+    Read here, not through `patchkit.publish` (the byte engine does not import the publishing stage): the first
+    64 KB, the front matter between the leading `---` lines, its `tags` list.
+    """
+    if not path.is_file():  # a regular file (an HF-cache snapshot links into its blobs): FIFOs and devices are not
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if not head.startswith("---"):
+        return False
+    end = head.find("\n---", 3)
+    if end < 0:
+        return False
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        meta = YAML(typ="safe").load(head[3:end])
+    except YAMLError:
+        return False
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    return isinstance(tags, list) and "patchkit" in tags
 
 
 def _fail(result: VerifyResult, file: str, offset: int | None, tensor: str | None, reason: str) -> VerifyResult:

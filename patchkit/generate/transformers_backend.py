@@ -13,13 +13,14 @@ import functools
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from patchkit._io.progress import Progress
-from patchkit.errors import CheckError
+from patchkit.errors import CheckError, Fix
 from patchkit.generate.early_stop import LoopWatch, StopTest
+from patchkit.generate.loading import Placement
 from patchkit.generate.thinking import split_thinking
 from patchkit.generate.types import (
     REQUESTS_STAGE,
@@ -29,7 +30,7 @@ from patchkit.generate.types import (
     SamplingParams,
 )
 
-__all__ = ["TransformersBackend", "render_prompt"]
+__all__ = ["TransformersBackend", "render_prompt", "require_chat_template"]
 
 #: Special tokens that open / close a thinking block (Gemma 4 channels, <think> tags).
 _THINK_OPEN = ("<|channel>", "<think>")
@@ -42,16 +43,27 @@ def render_prompt(tokenizer: Any, request: GenerationRequest, enable_thinking: b
     """The exact text fed to the model: the chat template with a generation prompt, or the raw prompt."""
     if not request.chat:
         return request.prompt
-    if not getattr(tokenizer, "chat_template", None):
-        raise CheckError(
-            f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: no chat template",
-            hint="use a chat/instruct model, or send raw prompts (chat=False)",
-        )
+    require_chat_template(tokenizer)
     messages = ([{"role": "system", "content": request.system}] if request.system else []) + [
         {"role": "user", "content": request.prompt}
     ]
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+
+
+def require_chat_template(tokenizer: Any) -> None:
+    """Refuse, in one line, to chat with a tokenizer that has no chat template (a base model, not an instruct one).
+
+    Why not fall back to raw text silently: a chat model's numbers depend on its template, so a raw prompt
+    must be asked for (`chat=False`, `--no-chat`), never substituted.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+        raise CheckError(
+            f"{name}: the tokenizer has no chat template, so prompts cannot be sent as chat messages",
+            fix=Fix("chat", False, "to send the prompts as raw text"),
+            hint="or use a chat/instruct model",
+        )
 
 
 def _token_ids(tokenizer: Any, names: Sequence[str]) -> set[int]:
@@ -105,13 +117,28 @@ class TransformersBackend:
         self.eos_ids = self._eos_ids()
         self.think_open = _token_ids(tokenizer, _THINK_OPEN)
         self.think_close = _token_ids(tokenizer, _THINK_CLOSE)
+        self.placement: Placement | None = None  # set by `load`; None for a model the caller loaded
 
     @classmethod
-    def load(cls, ref: Any, *, dtype: str = "float32", device: str = "cpu", **kwargs: Any) -> TransformersBackend:
-        from patchkit.generate.loading import load_model
+    def load(
+        cls,
+        ref: Any,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        log: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> TransformersBackend:
+        """Load `ref` (see `patchkit.generate.loading.load_checkpoint`; "auto" dtype/device allowed) and wrap it.
 
-        model, tok = load_model(ref, dtype=dtype, device=device)
-        return cls(model, tok, **kwargs)
+        The chosen placement is kept as `.placement`; `log` receives its one-line description before loading.
+        """
+        from patchkit.generate.loading import load_checkpoint
+
+        loaded = load_checkpoint(ref, dtype=dtype, device=device, log=log)
+        backend = cls(loaded.model, loaded.tokenizer, **kwargs)
+        backend.placement = loaded.placement
+        return backend
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()

@@ -44,7 +44,8 @@ class Runner:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def budget(self, probe: Any) -> int:
-        return int(probe.max_new_tokens or self.max_new_tokens)
+        """A probe's own budget (controls have a short one), never above the run's `max_new_tokens`."""
+        return min(int(probe.max_new_tokens or self.max_new_tokens), int(self.max_new_tokens))
 
     def generate(
         self, candidates: Sequence[Candidate], rows: Sequence[Row], *, on_done: Callable[[Row], None] | None = None

@@ -58,8 +58,23 @@ class LocateSettings:
     heldout_frontier: bool = False  # sets: also generate every k on held-out after the choice (report only)
     scope: Any = None  # sets: a SetScope (constraint mode) from --from-recipe; None = every layer, free ops
     backend: str = "transformers"
+    # float32: attribution and the learned set factors take gradients, which bf16 makes noisy ("auto": the
+    # checkpoint's own dtype, see patchkit.generate.loading)
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "auto"  # CUDA, else MPS, else CPU
+    chat: bool = True  # probes through the chat template; False: raw text (a base model without a template)
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot run, naming the setting (not the suite it would otherwise seem to break)."""
+        for name in ("train_limit", "heldout_limit", "sweep_limit", "set_probes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PatchkitError(f"{name} {value}: must be at least 1 probe per kind, or None for all")
+        for name in ("max_new_tokens", "max_edits", "max_set", "set_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PatchkitError(f"{name} {getattr(self, name)}: must be at least 1")
+        if not self.budget_minutes > 0:
+            raise PatchkitError(f"budget_minutes {self.budget_minutes}: must be more than 0")
 
     def key(self, *names: str) -> dict[str, Any]:
         d = asdict(self)
@@ -93,18 +108,56 @@ class LocateResult:
         }
 
 
-def _load(model_ref: Any, settings: LocateSettings) -> tuple[Any, Any, str]:
+def _load(model_ref: Any, settings: LocateSettings, log: Callable[[str], None]) -> tuple[Any, Any, str]:
+    """(model, tokenizer, label) from a loaded pair or a reference; `log` gets the device/dtype chosen and why.
+
+    The tokenizer comes back ready for `settings.chat`: one without a chat template is refused in one line
+    when chat is on, and with chat off it renders raw prompts (`_raw_prompts`).
+    """
     if isinstance(model_ref, tuple):
         model, tok = model_ref
-        return model, tok, getattr(model.config, "_name_or_path", "") or "model"
-    if settings.backend != "transformers":
-        raise PatchkitError(
-            f"backend {settings.backend!r}: locate needs gradients and hooks; only 'transformers' works"
-        )
-    from patchkit.generate.loading import load_model
+        label = getattr(model.config, "_name_or_path", "") or "model"
+    else:
+        if settings.backend != "transformers":
+            raise PatchkitError(
+                f"backend {settings.backend!r}: locate needs gradients and hooks; only 'transformers' works"
+            )
+        from patchkit.generate.loading import load_checkpoint
 
-    model, tok = load_model(model_ref, dtype=settings.dtype, device=settings.device)
-    return model, tok, str(model_ref)
+        loaded = load_checkpoint(model_ref, dtype=settings.dtype, device=settings.device, log=log)
+        model, tok, label = loaded.model, loaded.tokenizer, str(model_ref)
+    if settings.chat:
+        from patchkit.generate.transformers_backend import require_chat_template
+
+        require_chat_template(tok)
+        return model, tok, label
+    return model, _raw_prompts(tok), label
+
+
+#: `_raw_prompts`' template: the special tokens the tokenizer adds to raw text (a BOS), then the user's prompt.
+_RAW_TEMPLATE = "{%% raw %%}%s{%% endraw %%}{{ messages[-1]['content'] }}"
+
+
+def _raw_prompts(tok: Any) -> Any:
+    """A copy of `tok` whose chat template renders a probe as raw text, tokenized exactly as the transformers
+    backend tokenizes a raw prompt (`tok(prompt)`: with the BOS the tokenizer adds), for `chat=False`.
+
+    Why a template: every locate stage builds prompt ids through `patchkit.locate.generation.prompt_ids`, which
+    always renders the chat template and then tokenizes without special tokens; a template that emits the
+    tokenizer's own leading specials and the prompt gives the raw ids through that one path. (The copy shares
+    the tokenizer's vocabulary and state; only its `chat_template` differs, so the caller's tokenizer is left
+    as it was.)
+    """
+    import copy
+
+    with_specials = list(tok("x")["input_ids"])
+    plain = list(tok("x", add_special_tokens=False)["input_ids"])
+    n_prefix = len(with_specials) - len(plain)
+    prefix_ids = with_specials[:n_prefix] if n_prefix > 0 and with_specials[n_prefix:] == plain else []
+    prefix = "".join(tok.convert_ids_to_tokens(prefix_ids))
+    raw = copy.copy(tok)
+    raw.chat_template = _RAW_TEMPLATE % prefix
+    return raw
 
 
 def _model_spec(model: Any, ref: str) -> dict[str, Any]:
@@ -156,9 +209,10 @@ def run_locate(
     Args:
         model_ref: a checkpoint dir, `org/name`, a .gguf file, or a loaded `(model, tokenizer)` tuple.
         out: where to write the recipe (unresolved with the best unconfirmed attempt if nothing is confirmed).
-        settings: LocateSettings (suite, layers, ops, budget, device, ...).
+        settings: LocateSettings (suite, layers, ops, budget, device, dtype, chat, ...).
         report_dir: where to write locate-report.json and plots. resume: a stage-cache directory to reuse.
-        progress: `progress(stage, done, total)`. log: one-line notes as stages finish.
+        progress: `progress(stage, done, total)`. log: one-line notes as stages finish (the first: the device
+            and dtype the model was loaded with, and why).
         from_recipe: an unresolved Recipe whose constraints bound the search; the result is written back into it.
 
     Returns:
@@ -175,7 +229,7 @@ def run_locate(
     settings = settings or LocateSettings()
     if settings.method not in METHODS:
         raise PatchkitError(f"method {settings.method!r} is not one of {', '.join(METHODS)}")
-    say = log or (lambda _m: None)
+    say: Callable[[str], None] = log or (lambda _m: None)
     tick = progress or (lambda *_a: None)
     t0 = time.monotonic()
     budget = settings.budget_minutes * 60.0
@@ -187,7 +241,7 @@ def run_locate(
     held = suite.select(split="heldout", limit=settings.heldout_limit).probes
     if not [p for p in train if p.kind == "enumeration"]:
         raise PatchkitError(f"suite {settings.suite!r} has no train-split enumeration probes; locate needs them")
-    model, tok, ref = _load(model_ref, settings)
+    model, tok, ref = _load(model_ref, settings, say)
     if from_recipe is not None:
         from patchkit.locate.from_recipe import settings_for
         from patchkit.recipe.resolution import search_space
@@ -262,6 +316,8 @@ def _located(
     view = ModelView(model)
     runner = Runner(view, tok, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     model_fp = _model_fingerprint(model)
+    if not settings.chat:  # raw prompts are other token ids: every stage key differs (chat keys stay as they were)
+        model_fp = fingerprint([model_fp, "raw prompts"])
     torch.manual_seed(0)
 
     # ---- 1. collect ----------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def _require_gguf() -> Any:
     try:
         import gguf
     except ImportError:
-        raise ModelError("reading a GGUF file needs the `gguf` package", hint="pip install 'patchkit[gguf]'") from None
+        raise ModelError("reading a GGUF file needs the `gguf` package", hint="pip install 'patchkit-llm[gguf]'") from None
     return gguf
 
 

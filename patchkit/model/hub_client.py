@@ -1,39 +1,34 @@
-"""The Hub client every layer shares: endpoint and token lookup, retries, one-line errors, snapshot
-downloads and HTTP Range reads of remote files — all through `huggingface_hub`.
+"""The Hub client every layer shares: endpoint and token lookup, one-line errors, revision resolution (recorded
+in the HF cache's refs/ as `snapshot_download` does), snapshot downloads and HTTP Range reads of remote files — all
+through `huggingface_hub`.
 
 Model references (`patchkit.model.refs`) read remote headers and download snapshots through it; publishing
 (`patchkit.publish.hub`) builds push and pull on it. It never prints or stores a token.
+
+Retries are huggingface_hub's own: its `http_backoff` retries 5xx, 429 and dropped connections per request on
+the calls that are safe to repeat (LFS batch and uploads, preupload, tree listings, downloads). patchkit adds no
+layer of its own on top: wrapping whole operations multiplied those retries (4 x 6 attempts of one LFS upload,
+minutes of backoff before a DNS failure was reported). What patchkit adds is the mapping of every failure to one
+line that says what to do. Every entry point starts with one plain request (`model_info` or `whoami`, which
+huggingface_hub does not retry), so a Hub that cannot be reached at all (DNS, connection refused) is reported after
+that one attempt, in a line naming HF_HUB_OFFLINE and the local cache: the way to work without the network.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import re
-import time
+import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from patchkit.errors import Fix, HubError, PatchkitError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _log = logging.getLogger("patchkit.model.hub_client")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for transient failures (5xx, 429, connection resets) around whole Hub operations."""
-
-    attempts: int = 4
-    base_delay: float = 1.0
-    max_delay: float = 16.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (0.75 + random.random() / 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,7 +76,7 @@ def hub_api(endpoint: str | None, token: str | None):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# errors and retries
+# errors
 # ---------------------------------------------------------------------------------------------------------------
 def exception_chain(exc: BaseException) -> Iterable[BaseException]:
     """`exc`, then its causes and contexts, each once (a cycle-safe walk of the chain)."""
@@ -133,36 +128,31 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def _unreachable(exc: BaseException) -> str | None:
+    """Why no connection could be opened at all ("the host name did not resolve", "connection refused", ...), or
+    None when the failure is something else (a connection that dropped mid-request, an HTTP answer)."""
+    items = list(exception_chain(exc))
+    if any(isinstance(item, socket.gaierror) for item in items):
+        return "the host name did not resolve"
+    if any(isinstance(item, ConnectionRefusedError) for item in items):
+        return "connection refused"
+    if any(type(item).__name__ == "ConnectTimeout" for item in items):
+        return "the connection timed out"
+    if any(type(item).__name__ == "ConnectError" for item in items):
+        text = _first_line(next(item for item in items if type(item).__name__ == "ConnectError"))
+        return f"cannot connect: {text}" if text else "cannot connect"
+    return None
+
+
 def _offline(exc: BaseException) -> bool:
     return any(type(item).__name__ == "OfflineModeIsEnabled" for item in exception_chain(exc))
 
 
-def is_transient(exc: BaseException) -> bool:
-    """5xx, 429, 408 and dropped/reset connections are worth retrying; everything else is final."""
-    if _offline(exc):
-        return False
-    status = http_status(exc)
-    if status is not None:
-        return status in _TRANSIENT_STATUS
-    return _is_connection_error(exc)
+def hub_cache_dir() -> str:
+    """The HF cache directory huggingface_hub reads and writes now (HF_HUB_CACHE / HF_HOME)."""
+    from huggingface_hub import constants
 
-
-def with_retries(
-    fn: Callable[[], Any], *, policy: RetryPolicy, on_retry: Callable[[int, BaseException], None] | None = None
-):
-    """Call `fn`, retrying transient failures with exponential backoff (jittered)."""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return fn()
-        except PatchkitError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified just below
-            if attempt >= policy.attempts or not is_transient(exc):
-                raise
-            if on_retry is not None:
-                on_retry(attempt, exc)
-            time.sleep(policy.delay(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+    return str(constants.HF_HUB_CACHE)
 
 
 def map_hub_error(
@@ -172,9 +162,13 @@ def map_hub_error(
     repo_id: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
-    attempts: int | None = None,
+    writing: bool = False,
 ) -> HubError:
-    """Turn a huggingface_hub/httpx failure into a one-line HubError that says what to do (never the token)."""
+    """Turn a huggingface_hub/httpx failure into a one-line HubError that says what to do (never the token).
+
+    `writing`: the action uploads (a push). Only then does the advice talk about re-running to resume uploads;
+    a read that cannot reach the Hub points at HF_HUB_OFFLINE and the local cache instead.
+    """
     from huggingface_hub.errors import RevisionNotFoundError
 
     where = f" {repo_id}" if repo_id else ""
@@ -184,7 +178,6 @@ def map_hub_error(
             hint="unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to reach the Hub",
         )
     status = http_status(exc)
-    retried = f" after {attempts} attempts" if attempts and attempts > 1 else ""
     if status == 401:
         return HubError(
             f"the Hub rejected the token (401) while {action}{where}",
@@ -206,7 +199,8 @@ def map_hub_error(
     if status == 409:
         return HubError(
             f"conflict (409) while {action}{where}: another operation on the repo is in progress",
-            hint="wait a moment and re-run the same command; pushes resume where they stopped",
+            hint="wait a moment and re-run the same command"
+            + ("; pushes resume where they stopped" if writing else ""),
         )
     if status == 412:
         return HubError(f"the branch moved while {action}{where} (412)", hint="re-run the same command")
@@ -216,15 +210,27 @@ def map_hub_error(
         )
     if status is not None and status >= 500 or status in (408, 429):
         return HubError(
-            f"the Hub answered {status}{retried} while {action}{where}",
-            hint="try again later; re-running resumes and uploads only what is missing",
+            f"the Hub answered {status} while {action}{where}",
+            hint="try again later"
+            + ("; re-running uploads only the files the Hub does not have yet" if writing else ""),
         )
     if status is not None:
         return HubError(f"the Hub answered {status} while {action}{where}", hint="see `patchkit push --help`")
+    why = _unreachable(exc)
+    if why is not None:
+        if writing:
+            hint = "check your network or HF_ENDPOINT, then re-run"
+        else:
+            hint = (
+                "check your network or HF_ENDPOINT; to work from the local Hugging Face cache "
+                f"({hub_cache_dir()}) without the network, set HF_HUB_OFFLINE=1"
+            )
+        return HubError(f"cannot reach {hub_endpoint(endpoint)} ({why}) while {action}{where}", hint=hint)
     if _is_connection_error(exc):
         return HubError(
-            f"lost the connection to {hub_endpoint(endpoint)}{retried} while {action}{where}",
-            hint="check your network or HF_ENDPOINT, then re-run; uploads resume",
+            f"lost the connection to {hub_endpoint(endpoint)} while {action}{where}",
+            hint="check your network or HF_ENDPOINT, then re-run"
+            + ("; the upload resumes where it stopped" if writing else ""),
         )
     return HubError(f"{action}{where} failed: {type(exc).__name__}: {_first_line(exc)}")
 
@@ -238,31 +244,79 @@ def guarded(
     action: str,
     fn: Callable[[], Any],
     *,
-    policy: RetryPolicy,
     repo_id: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
+    writing: bool = False,
 ):
-    def say(attempt: int, exc: BaseException) -> None:
-        status = http_status(exc)
-        why = f"HTTP {status}" if status else "connection lost"
-        _log.warning(
-            "%s while %s %s; retrying (attempt %d of %d)", why, action, repo_id or "", attempt + 1, policy.attempts
-        )
+    """`fn()`, with any failure turned into one HubError line (`map_hub_error`); patchkit errors pass through.
 
+    No retries here: huggingface_hub retries each request that is safe to repeat itself (see the module docstring).
+    """
     try:
-        return with_retries(fn, policy=policy, on_retry=say)
+        return fn()
     except PatchkitError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         raise map_hub_error(
-            exc,
-            action=action,
-            repo_id=repo_id,
-            revision=revision,
-            endpoint=endpoint,
-            attempts=policy.attempts if is_transient(exc) else None,
+            exc, action=action, repo_id=repo_id, revision=revision, endpoint=endpoint, writing=writing
         ) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# revisions and downloads
+# ---------------------------------------------------------------------------------------------------------------
+def record_ref(repo_id: str, revision: str | None, commit: str) -> None:
+    """Record in the HF cache that `revision` (default main) of `repo_id` is `commit`, as `snapshot_download` does.
+
+    Downloads by commit sha (every patchkit download is, so that a moving branch cannot mix two versions) do not
+    write `refs/<branch>` themselves; without that file, `HF_HUB_OFFLINE=1` cannot find the cached snapshot of
+    `org/name`. Uses huggingface_hub's own writer (atomic, skipped when unchanged); a read-only cache only warns,
+    as in huggingface_hub.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, repo_folder_name
+
+    name = revision or constants.DEFAULT_REVISION
+    storage = os.path.join(hub_cache_dir(), repo_folder_name(repo_id=repo_id, repo_type="model"))
+    try:
+        _cache_commit_hash_for_specific_revision(storage, name, commit)
+    except OSError as exc:
+        _log.warning("could not record %s@%s -> %s in the HF cache: %s", repo_id, name, commit, exc)
+
+
+def resolve_commit(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    record: bool = True,
+) -> str:
+    """The commit sha `revision` (default main) of a Hub repo points at now: one `model_info` request.
+
+    With `record` (downloads into the HF cache), the branch / tag -> commit mapping is written to the cache's
+    refs/ (`record_ref`), so the snapshot downloaded next is found by `org/name` when offline.
+
+    Raises:
+        HubError: one line; a Hub that cannot be reached is reported after this single request.
+    """
+    api = hub_api(endpoint, resolve_token(token))
+    commit = guarded(
+        "resolving",
+        lambda: api.model_info(repo_id, revision=revision).sha,
+        repo_id=repo_id,
+        revision=revision,
+        endpoint=endpoint,
+    )
+    if record and revision != commit:
+        record_ref(repo_id, revision, commit)
+    return str(commit)
+
+
+def is_commit_sha(revision: str | None) -> bool:
+    """A full 40-hex commit sha: the one kind of revision that can never point elsewhere."""
+    return bool(revision and _COMMIT.fullmatch(revision))
 
 
 def download_snapshot(
@@ -272,13 +326,11 @@ def download_snapshot(
     local_dir: str | Path | None = None,
     endpoint: str | None = None,
     token: str | None = None,
-    retry: RetryPolicy | None = None,
     allow_patterns: list[str] | None = None,
 ) -> Path:
-    """`snapshot_download` with patchkit's retries and error messages; the one entry point for remote models."""
+    """`snapshot_download` with patchkit's error messages; the one entry point for downloading remote models."""
     from huggingface_hub import snapshot_download
 
-    policy = retry or RetryPolicy()
     result = guarded(
         "downloading",
         lambda: snapshot_download(
@@ -289,7 +341,6 @@ def download_snapshot(
             token=resolve_token(token),
             allow_patterns=allow_patterns,
         ),
-        policy=policy,
         repo_id=repo_id,
         revision=revision,
         endpoint=endpoint,
@@ -303,30 +354,25 @@ def remote_files(
     *,
     endpoint: str | None = None,
     token: str | None = None,
-    retry: RetryPolicy | None = None,
+    record: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """(commit oid, {path: RepoFile}) of a remote revision, resolved once so later reads are consistent."""
+    """(commit oid, {path: RepoFile}) of a remote revision, resolved once so later reads are consistent.
+
+    `record`: write the revision -> commit mapping to the HF cache's refs/ now (`resolve_commit`); a caller that
+    downloads afterwards records it once the download is complete instead (`record_ref`).
+    """
     from huggingface_hub.hf_api import RepoFile
 
-    policy = retry or RetryPolicy()
+    commit = resolve_commit(repo_id, revision, endpoint=endpoint, token=token, record=record)
     api = hub_api(endpoint, resolve_token(token))
-    info = guarded(
-        "reading",
-        lambda: api.model_info(repo_id, revision=revision),
-        policy=policy,
-        repo_id=repo_id,
-        revision=revision,
-        endpoint=endpoint,
-    )
     tree = guarded(
         "listing files of",
-        lambda: [f for f in api.list_repo_tree(repo_id, revision=info.sha, recursive=True) if isinstance(f, RepoFile)],
-        policy=policy,
+        lambda: [f for f in api.list_repo_tree(repo_id, revision=commit, recursive=True) if isinstance(f, RepoFile)],
         repo_id=repo_id,
         revision=revision,
         endpoint=endpoint,
     )
-    return info.sha, {f.path: f for f in tree}
+    return commit, {f.path: f for f in tree}
 
 
 def open_remote(
@@ -402,17 +448,18 @@ def _pattern(name: str) -> str:
 
 
 def fetch_differing_shards(
-    ref_a: str, ref_b: str, *, endpoint: str | None = None, token: str | None = None, retry: RetryPolicy | None = None
+    ref_a: str, ref_b: str, *, endpoint: str | None = None, token: str | None = None
 ) -> tuple[Path, Path, list[str]]:
     """Download two Hub revisions for `patchkit diff`, skipping LFS files whose sha256 is the same on both sides.
 
     Small (non-LFS) files such as config.json and the shard index are always fetched. Returns the two snapshot
-    directories (which lack the identical LFS files) and the sorted names of those identical files.
+    directories (which lack the identical LFS files) and the sorted names of those identical files. Each branch
+    named is recorded in the HF cache's refs/ once its files are down, as `snapshot_download` would.
     """
     repo_a, rev_a = parse_repo_ref(ref_a)
     repo_b, rev_b = parse_repo_ref(ref_b)
-    sha_a, files_a = remote_files(repo_a, rev_a, endpoint=endpoint, token=token, retry=retry)
-    sha_b, files_b = remote_files(repo_b, rev_b, endpoint=endpoint, token=token, retry=retry)
+    sha_a, files_a = remote_files(repo_a, rev_a, endpoint=endpoint, token=token)
+    sha_b, files_b = remote_files(repo_b, rev_b, endpoint=endpoint, token=token)
     identical = sorted(
         name
         for name, entry in files_a.items()
@@ -426,10 +473,9 @@ def fetch_differing_shards(
     def wanted(files: dict[str, Any]) -> list[str]:
         return [_pattern(name) for name in files if name not in skip and name != ".gitattributes"]
 
-    dir_a = download_snapshot(
-        repo_a, sha_a, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_a)
-    )
-    dir_b = download_snapshot(
-        repo_b, sha_b, endpoint=endpoint, token=token, retry=retry, allow_patterns=wanted(files_b)
-    )
+    dir_a = download_snapshot(repo_a, sha_a, endpoint=endpoint, token=token, allow_patterns=wanted(files_a))
+    dir_b = download_snapshot(repo_b, sha_b, endpoint=endpoint, token=token, allow_patterns=wanted(files_b))
+    for repo, rev, sha in ((repo_a, rev_a, sha_a), (repo_b, rev_b, sha_b)):
+        if rev != sha:
+            record_ref(repo, rev, sha)  # after the download, as `pull` does
     return dir_a, dir_b, identical

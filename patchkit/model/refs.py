@@ -292,7 +292,16 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 
 
 def resolve_model(ref: str | Path, *, revision: str | None = None) -> ModelRef:
-    """Resolve a local directory, or a Hub repo through the local HF cache (offline) or the Hub."""
+    """Resolve a local directory, or a Hub repo `org/name[@revision]`.
+
+    A Hub repo is resolved the way huggingface_hub resolves it: a full commit sha is looked up in the local HF
+    cache first (it can never point elsewhere); a branch or tag (default main) is asked of the Hub — one
+    `model_info` request, whose answer is recorded in the cache's refs/ — and then looked up in the cache. With
+    HF_HUB_OFFLINE set, only the cache is read, through the refs/ that `pull`, `apply` and `snapshot_download` write.
+    Never the other way round: a cached refs/main must not hide a newer main while the Hub can be asked.
+    """
+    from patchkit.model.hub_client import is_commit_sha
+
     text = str(ref)
     path = Path(text).expanduser()
     if path.exists():
@@ -309,10 +318,17 @@ def resolve_model(ref: str | Path, *, revision: str | None = None) -> ModelRef:
     if not _REPO_RE.match(repo) or ".." in repo:
         raise ModelError(f"{text}: no such directory, and not a Hub repo id (org/name[@revision])")
     rev = rev or revision
-    cached = _cached_snapshot(repo, rev)
+    if is_commit_sha(rev) or _offline():
+        cached = _cached_snapshot(repo, rev)
+        if cached is not None:
+            return ModelRef(ref=text, local_dir=cached, repo_id=repo, revision=cached.name)
+        if _offline():
+            raise _not_cached_offline(repo, rev)
+    sha = _remote_sha(repo, rev)
+    cached = _cached_snapshot(repo, sha)
     if cached is not None:
-        return ModelRef(ref=text, local_dir=cached, repo_id=repo, revision=cached.name)
-    return ModelRef(ref=text, repo_id=repo, revision=_remote_sha(repo, rev), is_remote=True)
+        return ModelRef(ref=text, local_dir=cached, repo_id=repo, revision=sha)
+    return ModelRef(ref=text, repo_id=repo, revision=sha, is_remote=True)
 
 
 def cached_model(repo: str, revision: str | None = None) -> ModelRef | None:
@@ -386,19 +402,30 @@ def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
     return None
 
 
-def _remote_sha(repo: str, revision: str | None) -> str | None:
-    """The commit a revision points at (one model_info call at HF_ENDPOINT, read now)."""
-    from huggingface_hub import HfApi
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub sees it now."""
+    from huggingface_hub import constants
 
-    from patchkit.model.hub_client import hub_endpoint, resolve_token
+    return bool(constants.HF_HUB_OFFLINE)
 
-    try:
-        info = HfApi(endpoint=hub_endpoint(), token=resolve_token(), library_name="patchkit").model_info(
-            repo, revision=revision
-        )
-    except Exception as exc:  # noqa: BLE001 - becomes one line
-        raise _hub_error(repo, exc, revision=revision) from None
-    return info.sha
+
+def _not_cached_offline(repo: str, revision: str | None) -> ModelError:
+    from patchkit.model.hub_client import hub_cache_dir
+
+    at = f"@{revision}" if revision else ""
+    return ModelError(
+        f"{repo}{at}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
+        hint=f"the cache is {hub_cache_dir()}; download the model into it once where the Hub is reachable "
+        f"(`patchkit pull {repo}{at}`), or pass a local directory",
+    )
+
+
+def _remote_sha(repo: str, revision: str | None) -> str:
+    """The commit a revision points at: one model_info call at HF_ENDPOINT (read now), recorded in the HF cache's
+    refs/ so that the snapshot downloaded for it is found offline by `org/name`."""
+    from patchkit.model.hub_client import resolve_commit
+
+    return resolve_commit(repo, revision)
 
 
 def _hub_file(model: ModelRef, name: str, *, required: bool) -> Path | None:
@@ -443,11 +470,8 @@ def _remote_header(model: ModelRef, name: str) -> Any:
 
 def _hub_error(repo: str | None, exc: BaseException, *, revision: str | None = None) -> PatchkitError:
     names = {type(e).__name__ for e in exception_chain(exc)}
-    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
-        return ModelError(
-            f"{repo}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE)",
-            hint="download it once with `patchkit pull` where the Hub is reachable, or pass a local dir",
-        )
+    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"} and repo is not None:
+        return _not_cached_offline(repo, revision)
     from patchkit.model.hub_client import map_hub_error
 
     return map_hub_error(exc, action="resolving", repo_id=repo, revision=revision)

@@ -26,6 +26,14 @@ from patchkit.errors import PatchkitError
 BASE_MODEL_RELATION = "finetune"
 DEFAULT_PIPELINE_TAG = "text-generation"
 MAX_EDIT_ROWS = 40
+#: The PyPI distribution patchkit is published as (the import name and the command stay `patchkit`): the card's
+#: install lines must name it, or `pip install` fetches some other package or nothing.
+DISTRIBUTION = "patchkit-llm"
+#: The one web link a card adds of its own: the project's PyPI page (it exists once the distribution is released,
+#: which every published card's patchkit was installed from). Never a source-repo path (not public) or localhost.
+PROJECT_URL = f"https://pypi.org/project/{DISTRIBUTION}/"
+#: Repo ids that only ever mean "fill this in" (what starters and docs write): never claimed as a base model.
+_PLACEHOLDER_REPO = re.compile(r"(org/name|your-org/.*|.*<.*>.*)", re.IGNORECASE)
 #: loop metrics that go into model-index (the table in the body shows every metric of the report)
 LOOP_HEADLINE_METRICS = ("loop_rate", "completeness", "good_list_rate", "control_accuracy", "control_loop_rate")
 
@@ -253,9 +261,41 @@ def _recipe(provenance: dict) -> dict:
 
 def base_repo_of(provenance: dict) -> str | None:
     """The Hub repo of the base: provenance `base.repo`, else the repo the recipe pins (`model.repo`) when the
-    recipe was applied to a local copy of it."""
-    repo = (provenance.get("base") or {}).get("repo") or (_recipe(provenance).get("model") or {}).get("repo")
-    return str(repo) if repo and re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo)) else None
+    recipe was applied to a local copy of it.
+
+    A placeholder (`org/name`, `your-org/...`) is not a repo: claiming it as `base_model` would link the card to a
+    model that does not exist, so a base known by nothing else is described as a local model instead.
+    """
+    for repo in ((provenance.get("base") or {}).get("repo"), (_recipe(provenance).get("model") or {}).get("repo")):
+        if repo and re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo)) and not _PLACEHOLDER_REPO.fullmatch(str(repo)):
+            return str(repo)
+    return None
+
+
+def architecture_of(provenance: dict) -> str | None:
+    """The base's architecture: what apply read from the model (`base.architecture`), else the recipe's
+    `model.architecture` (provenance written before apply recorded it)."""
+    arch = (provenance.get("base") or {}).get("architecture") or (_recipe(provenance).get("model") or {}).get(
+        "architecture"
+    )
+    return str(arch) if arch else None
+
+
+def local_base_name(provenance: dict) -> str | None:
+    """The name of a base that is not on the Hub: its directory's (or first source file's) last path component.
+
+    Only the name: the full path says nothing to a reader and would leak the author's directory layout.
+    None when the base is a Hub repo, or nothing names it.
+    """
+    if base_repo_of(provenance):
+        return None
+    base = provenance.get("base") or {}
+    files = [f.get("name") for f in base.get("files") or [] if isinstance(f, dict) and f.get("name")]
+    ref = base.get("ref") or (files[0] if files else None)
+    if not ref:
+        return None
+    name = Path(str(ref).rstrip("/\\")).name
+    return name or None
 
 
 def resolve_license(provenance: dict, base_meta: dict) -> dict[str, str]:
@@ -401,16 +441,39 @@ def _base_revision(provenance: dict) -> str | None:
 
 
 def _public_ref(provenance: dict) -> str:
-    """The base as a Hub reference; a local path is never printed (it says nothing to readers, leaks a home dir)."""
-    return base_repo_of(provenance) or "a local copy of the base model"
+    """The base as Markdown: its Hub repo, else the local model's name (never its full path: that says nothing to
+    readers and leaks a home dir)."""
+    repo = base_repo_of(provenance)
+    if repo:
+        return f"`{repo}`"
+    name = local_base_name(provenance)
+    shown = re.sub(r"[`\s|]+", "_", name) if name else None  # stays one inline code span, one table cell
+    return f"the local model `{shown}`" if shown else "a local base model"
+
+
+def _base_notes(provenance: dict, architecture: str | None = None) -> str:
+    """What follows the base's name in prose: its architecture and, for a local base, what identifies it."""
+    notes = [f"architecture `{architecture}`"] if architecture else []
+    if not base_repo_of(provenance):
+        notes.append("not a Hub repo: the sha256s of its files under Provenance identify it")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _base_line(provenance: dict) -> str:
+    """The provenance bullet for the base: repo at revision, or what identifies a local base (its file hashes)."""
+    arch = architecture_of(provenance) or "unknown architecture"
+    if base_repo_of(provenance):
+        return f"- base: {_public_ref(provenance)} at revision `{_base_revision(provenance) or 'unknown'}` ({arch})"
+    return (
+        f"- base: {_public_ref(provenance)} ({arch}), not a Hub repo: no revision pins it, the sha256 of each of "
+        "its files below does"
+    )
 
 
 def _provenance_section(provenance: dict) -> list[str]:
-    base = provenance.get("base") or {}
     recipe = provenance.get("recipe") or {}
     lines = [
-        f"- base: `{_public_ref(provenance)}` at revision `{_base_revision(provenance) or 'unknown'}`"
-        f" ({base.get('architecture') or 'unknown architecture'})",
+        _base_line(provenance),
         f"- recipe sha256: `{recipe.get('sha256', 'unknown')}`",
         f"- patchkit version: `{provenance.get('patchkit_version', 'unknown')}`, created {provenance.get('created', 'unknown')}",
         "",
@@ -437,9 +500,16 @@ def _reproduce(provenance: dict, repo_id: str | None) -> list[str]:
     if revision and base_repo_of(provenance):
         model = f"{model}@{revision}"
     recipe_name = Path(str(recipe.get("file") or recipe.get("path") or "recipe.yaml")).name
-    lines = [
+    lines = []
+    if not base_repo_of(provenance):
+        lines += [
+            f"`BASE_MODEL_DIR` is your copy of the base, {_public_ref(provenance)}: check its files against the "
+            "sha256s under Provenance first.",
+            "",
+        ]
+    lines += [
         "```bash",
-        "pip install patchkit",
+        f"pip install {DISTRIBUTION}",
         f"patchkit apply {recipe_name} --model {model} --out patched/",
         f"patchkit verify {recipe_name} --model {model} --patched patched/",
     ]
@@ -479,9 +549,8 @@ def build_card(
     bench_data = load_report(bench_report, "bench")
     loops, bench = report_rows(loops_data, "loops"), report_rows(bench_data, "bench")
     base_meta = _base_card_meta(base_card)
-    base = provenance.get("base") or {}
     recipe = _recipe(provenance)
-    architecture = base.get("architecture") or (recipe.get("model") or {}).get("architecture")
+    architecture = architecture_of(provenance)
     name = repo_id.split("/")[-1] if repo_id else (recipe.get("name") or "patched-model")
     tags = ["patchkit", "loop-fix"] + ([str(architecture)] if architecture else [])
     tags += [t for t in base_meta.get("tags") or [] if isinstance(t, str) and t not in tags]
@@ -507,8 +576,8 @@ def build_card(
     body = [
         f"# {title}",
         "",
-        f"This is `{_public_ref(provenance)}` with a handful of weights edited by "
-        "[patchkit](https://pypi.org/project/patchkit/): same architecture, same tensors, a few changed values.",
+        f"This is {_public_ref(provenance)}{_base_notes(provenance, architecture)} with a handful of weights edited by [patchkit]({PROJECT_URL}): same architecture, same tensors, "
+        "a few changed values.",
         "",
         "## What changed and why",
         "",
@@ -797,7 +866,7 @@ def _gguf_verify_section(provenance: dict, repo_id: str | None, files: list[GGUF
         + f") and save the recipe below as `{recipe_name}`, then:",
         "",
         "```bash",
-        "pip install 'patchkit[gguf]'",
+        f"pip install '{DISTRIBUTION}[gguf]'",
         f"hf download {repo} --local-dir patched/",
         f"patchkit verify {recipe_name} --model {source} --patched patched/{patched}",
         f"patchkit diff {source} patched/{patched}",
@@ -908,9 +977,9 @@ def build_gguf_card(
     else:
         _section(
             body,
-            f"A GGUF of `{_public_ref(view)}` ({quant}) with {_plural(len(edits), 'edit')} from the patchkit "
+            f"A GGUF of {_public_ref(view)}{_base_notes(view)} ({quant}) with {_plural(len(edits), 'edit')} from the patchkit "
             f"recipe `{recipe_meta.get('name') or recipe.get('name') or 'unknown'}`, applied by "
-            "[patchkit](https://pypi.org/project/patchkit/) to the source GGUF. Only the block scale fields of the "
+            f"[patchkit]({PROJECT_URL}) to the source GGUF. Only the block scale fields of the "
             "edited rows were changed; no requantization; every quant bit is the source's. Tensor names, shapes "
             "and quant types are the source's too, so it runs wherever the source runs (llama.cpp, Ollama, "
             "LM Studio, …). The recipe, the source's sha256 and the edits are also inside the file, as "

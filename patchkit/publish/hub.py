@@ -4,8 +4,12 @@
 file, any part of a split set, or a directory holding one split set) whose provenance is inside the file; `execute_push` creates the repo, uploads everything in one
 commit (or one pull request), then `verify_remote` re-lists the remote files and checks their sizes and LFS
 sha256 against the local provenance. A re-run after an interruption is cheap: the client's preupload / LFS batch
-calls skip objects the server already has. `pull` and `fetch_differing_shards` download with `snapshot_download`.
-Tokens come from the standard sources (HF_TOKEN, `hf auth login`) and never appear in messages or files.
+calls skip objects the server already has. `pull` and `fetch_differing_shards` download with `snapshot_download`,
+by commit sha, and record the branch -> commit mapping in the HF cache's refs/ so `HF_HUB_OFFLINE=1` finds the
+copy later. `pull` checks what it downloaded: against `patchkit.json`, or for a patched GGUF, the edited rows
+against the sha256 its `patchkit.*` metadata records. Retries are huggingface_hub's own (see
+`patchkit.model.hub_client`); failures are one line. Tokens come from the standard sources (HF_TOKEN,
+`hf auth login`) and never appear in messages or files.
 
 What a push will not upload, refused by name before any request: a file that contains the user's Hub token (every
 byte of every file is scanned, the generated card too; the message never shows the token), a link that leaves the
@@ -25,15 +29,17 @@ from typing import TYPE_CHECKING, Any
 from patchkit._io.atomic import TMP_MARK
 from patchkit._io.fs import UnsafeFileError, check_entry, read_json_file
 from patchkit._io.hashing import known_sha256, remember_sha256, sha256_file
+from patchkit.edit.output import BOOKKEEPING, HUB_MANAGED
 from patchkit.edit.provenance import PROVENANCE_FILE
 from patchkit.errors import Fix, HubError, VerifyError
 from patchkit.model.hub_client import (
-    RetryPolicy,
     check_repo_id,
     download_snapshot,
     guarded,
     hub_api,
     parse_repo_ref,
+    record_ref,
+    resolve_commit,
     resolve_token,
 )
 
@@ -48,8 +54,8 @@ LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 _HASH_CHUNK = 8 * 1024 * 1024
 _SKIP_PARTS = {".cache", ".git", ".huggingface"}
 #: never published: the Hub manages .gitattributes; the undo recipe of an in-place apply is a local convenience;
-#: the in-place journal and lock are patchkit's bookkeeping
-_SKIP_FILES = {".gitattributes", "patchkit-undo.yaml", ".patchkit-in-place.json", ".patchkit.lock"}
+#: the in-place journal and lock are patchkit's bookkeeping (patchkit.json itself is published)
+_SKIP_FILES = HUB_MANAGED | (BOOKKEEPING - {PROVENANCE_FILE})
 
 _log = logging.getLogger("patchkit.publish.hub")
 
@@ -128,6 +134,9 @@ class PushResult:
     commit_oid: str
     pr_url: str | None
     check: RemoteCheck
+    #: False when the branch already held every file: no commit was made (and with --pr, no pull request opened);
+    #: `commit_oid` is then the branch's existing head
+    changed: bool = True
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan.to_json()
@@ -138,6 +147,7 @@ class PushResult:
             "commit_url": self.commit_url,
             "commit": self.commit_oid,
             "pr_url": self.pr_url,
+            "changed": self.changed,
             "verified": self.check.to_json(),
         }
 
@@ -149,8 +159,15 @@ class PullResult:
     commit: str
     path: Path
     files: list[str]
-    provenance_ok: bool | None  # None: the repo carries no patchkit.json
+    provenance_ok: bool | None  # None: nothing to check against (no patchkit.json, no GGUF with patchkit metadata)
     mismatches: list[str] = field(default_factory=list)
+    #: what the files were checked against: "patchkit.json", "gguf" (the patchkit.* metadata inside each patched
+    #: .gguf: its edited rows against the sha256 recorded there), or None
+    checked_against: str | None = None
+    #: the patched GGUF files checked (first part of each model), for "gguf"
+    gguf_files: list[str] = field(default_factory=list)
+    #: files that could not be checked, and why (e.g. a .gguf of an architecture patchkit does not map)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,7 +177,10 @@ class PullResult:
             "path": str(self.path),
             "files": self.files,
             "provenance_ok": self.provenance_ok,
+            "checked_against": self.checked_against,
+            "gguf_files": self.gguf_files,
             "mismatches": self.mismatches,
+            "notes": self.notes,
         }
 
 
@@ -435,6 +455,8 @@ def _check_against_provenance(directory: Path, paths: list[Path], hashes: dict[P
     for name, info in recorded.items():
         if name == CARD_FILE:
             continue  # the base card copied by apply is replaced by the patchkit card
+        if name in HUB_MANAGED:
+            continue  # outputs of earlier patchkit versions copied and listed it; the Hub writes its own
         if name not in present:
             raise HubError(
                 f"{directory / name}: listed in {PROVENANCE_FILE} but missing",
@@ -511,10 +533,15 @@ def gguf_push_target(path: Path) -> GGUFModel | None:
     return model
 
 
-def _check_gguf_edits(model: GGUFModel, provenance: dict) -> None:
-    """HubError when an edited row no longer holds the bytes the file's own provenance records (the file was
-    changed after `patchkit apply` wrote it, so the card would describe another file)."""
+def gguf_edit_mismatches(model: GGUFModel, provenance: dict) -> list[tuple[Path, str]]:
+    """(file, what is wrong) for every edit of a patched GGUF whose rows no longer hold the bytes the file's own
+    `patchkit.provenance` metadata records (sha256 of the edited rows after apply); empty when all match.
+
+    Shared by push (refuse to publish a file changed after apply: its card would describe another file) and pull
+    (a downloaded GGUF is checked against its own record, as a checkpoint is checked against its patchkit.json).
+    """
     parts = model.parts
+    out: list[tuple[Path, str]] = []
     for record in provenance.get("edits") or []:
         if not isinstance(record, dict):
             continue
@@ -534,27 +561,43 @@ def _check_gguf_edits(model: GGUFModel, provenance: dict) -> None:
             or size <= 0
             or size % (rows[1] - rows[0])
         ):
-            raise HubError(
-                f"{model.files[0]}: its patchkit.provenance metadata records an edit patchkit cannot locate "
-                f"({name!r}, rows {rows!r})",
-                hint="re-run `patchkit apply` to write the GGUF again",
+            out.append(
+                (
+                    model.files[0],
+                    f"its patchkit.provenance metadata records an edit patchkit cannot locate ({name!r}, rows {rows!r})",
+                )
             )
+            continue
         part, tensor = found
         start = tensor.start + rows[0] * (size // (rows[1] - rows[0]))
         if start + size > tensor.end:
-            raise HubError(
-                f"{model.files[0]}: its patchkit.provenance metadata records rows {rows[0]}–{rows[1] - 1} of {name}, "
-                "past the end of that tensor",
-                hint="re-run `patchkit apply` to write the GGUF again",
+            out.append(
+                (
+                    model.files[0],
+                    f"its patchkit.provenance metadata records rows {rows[0]}–{rows[1] - 1} of {name}, past the end "
+                    "of that tensor",
+                )
             )
+            continue
         with open(parts[part].real_path, "rb", buffering=0) as handle:
             data = os.pread(handle.fileno(), size, start)
         if hashlib.sha256(data).hexdigest() != digest:
-            raise HubError(
-                f"{parts[part].path}: rows {rows[0]}–{rows[1] - 1} of {name} changed since `patchkit apply` "
-                "(their sha256 differs from the file's patchkit.provenance)",
-                hint="re-run `patchkit apply` to write the GGUF again",
+            out.append(
+                (
+                    parts[part].path,
+                    f"rows {rows[0]}–{rows[1] - 1} of {name} changed since `patchkit apply` (their sha256 differs "
+                    "from the file's patchkit.provenance)",
+                )
             )
+    return out
+
+
+def _check_gguf_edits(model: GGUFModel, provenance: dict) -> None:
+    """HubError naming the first edit whose rows no longer match the file's own provenance (`gguf_edit_mismatches`)."""
+    problems = gguf_edit_mismatches(model, provenance)
+    if problems:
+        path, what = problems[0]
+        raise HubError(f"{path}: {what}", hint="re-run `patchkit apply` to write the GGUF again")
 
 
 def _plan_gguf_push(
@@ -669,15 +712,14 @@ def _operations(plan: PushPlan):
     return ops
 
 
-def execute_push(
-    plan: PushPlan, *, endpoint: str | None = None, token: str | None = None, retry: RetryPolicy | None = None
-) -> PushResult:
+def execute_push(plan: PushPlan, *, endpoint: str | None = None, token: str | None = None) -> PushResult:
     """Create the repo if needed, upload the plan in one commit (or one PR), verify the remote copy.
 
+    When the target branch already holds every file (a re-run, or `--pr` with nothing new), huggingface_hub makes
+    no commit and opens no pull request; the result says so (`changed` False) instead of reporting an upload.
     Returns the result whatever the verification found; `fail_on_mismatch(result.check, ...)` turns a
     mismatch into the exit-1 error (the CLI prints the report first).
     """
-    policy = retry or RetryPolicy()
     token = resolve_token(token)
     if not token:
         raise HubError(
@@ -696,22 +738,31 @@ def execute_push(
     api = hub_api(endpoint, token)
     repo_id = plan.repo_id
 
-    guarded("checking the token", lambda: api.whoami(cache=True), policy=policy, endpoint=endpoint)
+    guarded("checking the token", lambda: api.whoami(cache=True), endpoint=endpoint, writing=True)
     repo_url = guarded(
         "creating",
         lambda: api.create_repo(repo_id, private=plan.private, exist_ok=True),
-        policy=policy,
         repo_id=repo_id,
         endpoint=endpoint,
+        writing=True,
     )
     if plan.revision != "main" and not plan.create_pr and not plan.revision.startswith("refs/pr/"):
         guarded(
             f"creating branch {plan.revision!r} in",
             lambda: api.create_branch(repo_id, branch=plan.revision, exist_ok=True),
-            policy=policy,
             repo_id=repo_id,
             endpoint=endpoint,
+            writing=True,
         )
+    # the head before the commit: huggingface_hub answers a commit with nothing new by returning this same head
+    head = guarded(
+        "reading",
+        lambda: api.model_info(repo_id, revision=plan.revision).sha,
+        repo_id=repo_id,
+        revision=plan.revision,
+        endpoint=endpoint,
+        writing=True,
+    )
 
     if plan.format == "gguf":
         description = (
@@ -722,7 +773,7 @@ def execute_push(
         description = "Published with patchkit: see patchkit.json for the recipe, base revision and file hashes."
 
     def commit():
-        # Fresh operations per attempt; objects uploaded by a failed attempt are skipped by the LFS batch call.
+        # LFS objects an earlier, interrupted push uploaded are skipped by the LFS batch call (resume).
         return api.create_commit(
             repo_id,
             operations=_operations(plan),
@@ -733,8 +784,8 @@ def execute_push(
         )
 
     # Per-file upload bars come from huggingface_hub (tqdm on stderr; HF_HUB_DISABLE_PROGRESS_BARS=1 hides them).
-    info = guarded("uploading to", commit, policy=policy, repo_id=repo_id, revision=plan.revision, endpoint=endpoint)
-    check = verify_remote(repo_id, info.oid, plan.files, endpoint=endpoint, token=token, retry=policy, api=api)
+    info = guarded("uploading to", commit, repo_id=repo_id, revision=plan.revision, endpoint=endpoint, writing=True)
+    check = verify_remote(repo_id, info.oid, plan.files, endpoint=endpoint, token=token, api=api)
     return PushResult(
         plan=plan,
         repo_url=str(repo_url),
@@ -742,6 +793,7 @@ def execute_push(
         commit_oid=info.oid,
         pr_url=info.pr_url,
         check=check,
+        changed=info.pr_url is not None or info.oid != head,
     )
 
 
@@ -758,7 +810,6 @@ def push(
     bench_report=None,
     endpoint: str | None = None,
     token: str | None = None,
-    retry: RetryPolicy | None = None,
     progress: bool = True,
 ) -> PushResult:
     """Publish an `apply` output directory, or a patched GGUF, to the Hub in one commit (or one pull request),
@@ -779,10 +830,10 @@ def push(
         allow_unpatched: push a directory (or a GGUF) without provenance.
         loops_report, bench_report: JSON reports (paths or dicts) whose results go into the card.
         endpoint, token: Hub endpoint and token (default: HF_ENDPOINT / HF_TOKEN / `hf auth login`).
-        retry: backoff for transient failures. progress: show a hashing bar for large checkpoints.
+        progress: show a hashing bar for large checkpoints.
 
     Returns:
-        PushResult: commit URL and oid, the uploaded files, and the remote check.
+        PushResult: commit URL and oid, the uploaded files, the remote check, and whether anything changed.
 
     Raises:
         HubError: the Hub refused or could not be reached (one line saying what to do; never the token).
@@ -804,7 +855,7 @@ def push(
         progress=progress,
         token=token,
     )
-    return execute_push(plan, endpoint=endpoint, token=token, retry=retry)
+    return execute_push(plan, endpoint=endpoint, token=token)
 
 
 def verify_remote(
@@ -814,7 +865,6 @@ def verify_remote(
     *,
     endpoint: str | None = None,
     token: str | None = None,
-    retry: RetryPolicy | None = None,
     api=None,
 ) -> RemoteCheck:
     """List the remote tree at `revision` and compare every expected file's size and hash.
@@ -824,15 +874,14 @@ def verify_remote(
     """
     from huggingface_hub.hf_api import RepoFile
 
-    policy = retry or RetryPolicy()
     api = api or hub_api(endpoint, resolve_token(token))
     tree = guarded(
         "listing files of",
         lambda: [f for f in api.list_repo_tree(repo_id, revision=revision, recursive=True) if isinstance(f, RepoFile)],
-        policy=policy,
         repo_id=repo_id,
         revision=revision,
         endpoint=endpoint,
+        writing=True,
     )
     remote = {f.path: f for f in tree}
     mismatches = []
@@ -852,7 +901,7 @@ def verify_remote(
             if entry.blob_id != local:
                 mismatches.append(f"{item.path}: remote blob {entry.blob_id[:12]} != local {local[:12]}")
     wanted = {f.path for f in expected}
-    extra = sorted(p for p in remote if p not in wanted and p != ".gitattributes")
+    extra = sorted(p for p in remote if p not in wanted and p not in HUB_MANAGED)
     return RemoteCheck(ok=not mismatches, checked=len(expected), mismatches=mismatches, extra=extra)
 
 
@@ -872,21 +921,27 @@ def pull(
     local_dir: str | Path | None = None,
     endpoint: str | None = None,
     token: str | None = None,
-    retry: RetryPolicy | None = None,
     allow_patterns: list[str] | None = None,
 ) -> PullResult:
-    """Download ORG/NAME[@REV] into the HF cache (or `local_dir`) and check it against its patchkit.json.
+    """Download ORG/NAME[@REV] into the HF cache (or `local_dir`) and check it against its own provenance.
 
-    The revision is resolved to a commit first, so a branch that moves during the download cannot mix versions.
+    The revision is resolved to a commit first (one request: a Hub that cannot be reached fails here, in one
+    line), so a branch that moves during the download cannot mix versions; once a download into the HF cache is
+    complete, the branch -> commit mapping is recorded in its refs/ as `snapshot_download` does, so
+    `--model ORG/NAME` finds the copy later with HF_HUB_OFFLINE=1.
+
+    What the files are checked against: the repo's `patchkit.json` (size and sha256 of every file), else, for each
+    patched GGUF in it, the `patchkit.*` metadata inside the file (the sha256 of every edited row range, the
+    check `push` makes before uploading one).
 
     Args:
         ref: `org/name` or `org/name@revision`.
         local_dir: download here instead of the HF cache.
-        endpoint, token, retry: as for `push`. allow_patterns: download only matching files.
+        endpoint, token: as for `push`. allow_patterns: download only matching files.
 
     Returns:
-        PullResult: the local path, the commit, and whether every file matches the provenance (None if the
-        repo has no patchkit.json).
+        PullResult: the local path, the commit, and whether every file matches the provenance (None if there is
+        nothing to check against: no patchkit.json and no GGUF carrying patchkit metadata).
 
     Raises:
         HubError: the repo or revision does not exist, or the Hub could not be reached.
@@ -896,39 +951,88 @@ def pull(
         True
     """
     repo_id, revision = parse_repo_ref(ref)
-    policy = retry or RetryPolicy()
-    api = hub_api(endpoint, resolve_token(token))
-    commit = guarded(
-        "reading",
-        lambda: api.model_info(repo_id, revision=revision).sha,
-        policy=policy,
-        repo_id=repo_id,
-        revision=revision,
-        endpoint=endpoint,
-    )
+    commit = resolve_commit(repo_id, revision, endpoint=endpoint, token=token, record=False)
     path = download_snapshot(
         repo_id,
         commit,
         local_dir=local_dir,
         endpoint=endpoint,
         token=token,
-        retry=policy,
         allow_patterns=allow_patterns,
     )
+    if local_dir is None and revision != commit:
+        record_ref(repo_id, revision, commit)  # only now: the ref never points at a half-downloaded snapshot
     files = [p.relative_to(path).as_posix() for p in _local_files(path)]
     provenance = load_provenance(path)
     if provenance is None:
-        return PullResult(repo_id, revision, commit, path, files, provenance_ok=None)
+        checked, mismatches, notes = _check_pulled_ggufs(path, files)
+        return PullResult(
+            repo_id,
+            revision,
+            commit,
+            path,
+            files,
+            provenance_ok=not mismatches if checked else None,
+            mismatches=mismatches,
+            checked_against="gguf" if checked else None,
+            gguf_files=checked,
+            notes=notes,
+        )
     mismatches = []
     for name, info in provenance["output_files"].items():
-        if name == CARD_FILE or (allow_patterns is not None and name not in files):
+        if name == CARD_FILE or name in HUB_MANAGED or (allow_patterns is not None and name not in files):
             continue
         local = path / name
         if not local.is_file():
             mismatches.append(f"{name}: listed in {PROVENANCE_FILE} but not in the repo")
         elif local.stat().st_size != info.get("size") or sha256_file(local, use_cache=False) != info.get("sha256"):
             mismatches.append(f"{name}: differs from {PROVENANCE_FILE}")
-    return PullResult(repo_id, revision, commit, path, files, provenance_ok=not mismatches, mismatches=mismatches)
+    return PullResult(
+        repo_id,
+        revision,
+        commit,
+        path,
+        files,
+        provenance_ok=not mismatches,
+        mismatches=mismatches,
+        checked_against=PROVENANCE_FILE,
+    )
+
+
+def _check_pulled_ggufs(path: Path, files: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(first file of each patched GGUF model checked, mismatches, notes) for the .gguf files of a pulled repo.
+
+    Each model (a file, or a split set, taken once from its first part) is checked against the `patchkit.*`
+    metadata inside it (`gguf_edit_mismatches`). A GGUF without that metadata has nothing to be checked against;
+    one patchkit cannot open (another architecture, a split set only partly downloaded, a damaged header) is
+    named in a note, not an error: pull fetches any repo.
+    """
+    from patchkit.edit.gguf_plan import provenance_of
+    from patchkit.errors import ModelError
+    from patchkit.model.gguf_model import open_gguf_model, split_part_paths
+
+    checked: list[str] = []
+    mismatches: list[str] = []
+    notes: list[str] = []
+    for name in files:
+        local = path / name
+        if not name.lower().endswith(".gguf"):
+            continue
+        try:
+            if split_part_paths(local)[0] != local:
+                continue  # a later part of a split set: checked with its first part
+            model = open_gguf_model(local)
+        except ModelError as exc:
+            notes.append(f"{name}: not checked ({exc.message})")
+            continue
+        provenance = provenance_of(model.parts[0])
+        if provenance is None:
+            continue
+        checked.append(name)
+        for file, what in gguf_edit_mismatches(model, provenance):
+            rel = Path(file).relative_to(path).as_posix() if Path(file).is_relative_to(path) else str(file)
+            mismatches.append(f"{rel}: {what}")
+    return checked, mismatches, notes
 
 
 def fail_on_mismatch(check: RemoteCheck, commit_url: str) -> None:

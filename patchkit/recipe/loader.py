@@ -11,22 +11,31 @@ while composing (`patchkit.recipe._yaml`, `patchkit.recipe.limits`); the data is
 tags, no custom types, no alias explosions) and validated by the strict pydantic models in
 `patchkit.recipe.schema`; cross-field rules (factors, duplicates, the expanded-edit cap) follow, in linear time.
 Every refusal is one RecipeError line `file:line:column: field: what is wrong` with a hint; none is a traceback.
+An unknown key names the closest known one (`edits[0].neurons: unknown key; did you mean `neuron`?`), and a
+missing required field shows an example of it.
+
+A RECIPE argument may also be a shipped recipe's short name (`e2b`): `load_recipe` resolves it in one place
+(`patchkit.recipe.packaged.resolve_recipe_path`: an existing path wins, then a shipped name, else "not found"
+with the shipped names listed).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import math
+import typing
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from patchkit.errors import PatchkitError, RecipeError
 from patchkit.recipe._text import check_text, decode, kind_of, show
 from patchkit.recipe._yaml import load_plain
 from patchkit.recipe.limits import MAX_DEPTH, MAX_EXPANDED_EDITS, MAX_NODES, MAX_RECIPE_BYTES
+from patchkit.recipe.packaged import not_found_error, resolve_recipe_path
 from patchkit.recipe.schema import (
     SCHEMA_VERSION,
     ExpertEdit,
@@ -54,7 +63,8 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file.
 
     Args:
-        path: a recipe YAML file: a regular file (a link to one is followed) of at most 1 MiB of UTF-8 text.
+        path: a recipe YAML file: a regular file (a link to one is followed) of at most 1 MiB of UTF-8 text;
+            or, when no such path exists, the short name of a shipped recipe (`e2b`, see `patchkit recipes list`).
 
     Returns:
         Recipe: the validated recipe; `source_text` holds the exact text that was read and parsed.
@@ -65,14 +75,16 @@ def load_recipe(path: str | Path) -> Recipe:
     Example:
         >>> recipe = load_recipe("recipes/e2b.yaml")  # doctest: +SKIP
         >>> [(e.layer, e.index, e.op) for e in recipe.expanded_edits()]  # doctest: +SKIP
+        >>> load_recipe("e2b").model.repo  # a shipped recipe, by name  # doctest: +SKIP
+        'google/gemma-4-E2B-it'
     """
     from patchkit._io.fs import read_capped
 
-    path = Path(path)
+    path = resolve_recipe_path(path)
     try:
         data = read_capped(path, MAX_RECIPE_BYTES, what="recipe", error=RecipeError)
     except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found", data={"path": str(path)}) from None
+        raise not_found_error(path) from None
     except RecipeError:
         raise
     except PatchkitError as exc:  # a directory, FIFO, device, socket or dangling link (UnsafeFileError)
@@ -151,6 +163,9 @@ def _edit_model(raw: Any, i: int, positions: dict, filename: str) -> NeuronEdit 
             f"{where}: edits[{i}]: an edit must be a mapping like {{layer: 3, neuron: 7, op: invert}}, "
             f"got {kind_of(raw)}"
         )
+    for key in raw:  # an unknown key first: `neurons:` is a typo of `neuron`, not a missing neuron
+        if key not in _EDIT_KEYS:
+            raise _unknown_key(filename, positions, loc + (key,), _EDIT_KEYS)
     has_neuron, has_expert = "neuron" in raw, "expert" in raw
     if has_neuron and has_expert:
         raise RecipeError(
@@ -215,9 +230,9 @@ def validation_error(exc: ValidationError, positions: dict, filename: str, prefi
     if kind == "patchkit":  # our validators (patchkit.recipe.fields): the message says it all
         return RecipeError(f"{at}: {path}: {ctx['message']}", hint=ctx.get("hint"))
     if kind == "extra_forbidden":
-        return RecipeError(f"{at}: {path}: unknown key", hint="remove it or check its spelling (see `patchkit schema`)")
+        return _unknown_key(filename, positions, loc, _known_keys(loc[:-1]))
     if kind == "missing":
-        return RecipeError(f"{at}: {path}: required field is missing")
+        return RecipeError(f"{at}: {path}: required field is missing", hint=_missing_hint(loc))
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return RecipeError(f"{at}: {path}: {show(value)} is not allowed; expected {expected}")
@@ -275,6 +290,58 @@ def validation_error(exc: ValidationError, positions: dict, filename: str, prefi
     if kind == "value_error":  # our own model validators: the message already says what is wrong
         return RecipeError(f"{at}: {path}: {msg.removeprefix('Value error, ')}")
     return RecipeError(f"{at}: {path}: {msg} (got {show(value)})")
+
+
+_EDIT_KEYS = frozenset(NeuronEdit.model_fields) | frozenset(ExpertEdit.model_fields)
+
+#: An example for each required field a recipe may leave out (keyed by the field's path, list indices dropped).
+_MISSING_EXAMPLES: dict[tuple[str, ...], str] = {
+    ("name",): "add e.g. `name: gemma-4-e2b-it-loopfix`; letters, digits, . _ and -, it names the apply output",
+    ("source",): 'add where the edits come from, e.g. `source: {kind: manual, reference: "how they were found"}`; '
+    "kind is paper, diff, locate or manual",
+    ("source", "kind"): "add e.g. `kind: manual`; kind is paper, diff, locate or manual",
+    ("edits", "layer"): "add e.g. `layer: 3`, or a list of layers",
+    ("edits", "op"): "add e.g. `op: invert`; neurons take invert, scale or zero, experts suppress",
+}
+
+
+def _missing_hint(loc: tuple) -> str:
+    key = tuple(p for p in loc if isinstance(p, str))
+    return _MISSING_EXAMPLES.get(key, "add it (see `patchkit schema` for every field)")
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field annotation (through Optional, list, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(parent: tuple) -> frozenset[str]:
+    """The keys the schema allows in the mapping at `parent` (a recipe location; list indices are skipped)."""
+    if parent[:1] == ("edits",) and len(parent) <= 2:
+        return _EDIT_KEYS
+    models: list[type[BaseModel]] = [Recipe]
+    for part in parent:
+        if not isinstance(part, str):
+            continue
+        fields = [m.model_fields.get(part) for m in models]
+        models = [m for f in fields if f is not None for m in _models_in(f.annotation)]
+    return frozenset(k for m in models for k in m.model_fields)
+
+
+def _unknown_key(filename: str, positions: dict, loc: tuple, known: frozenset[str] | set[str]) -> RecipeError:
+    """`file:line:col: edits[0].neurons: unknown key; did you mean `neuron`?` (the suggestion when one is close)."""
+    key = loc[-1]
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6) if isinstance(key, str) else []
+    at, path = _where(filename, positions, loc), _dotted(loc)
+    if close:
+        return RecipeError(
+            f"{at}: {path}: unknown key; did you mean `{close[0]}`?",
+            hint=f"rename it to `{close[0]}`; `patchkit schema` lists every key",
+            data={"suggestion": close[0]},
+        )
+    return RecipeError(f"{at}: {path}: unknown key", hint="remove it or check its spelling (see `patchkit schema`)")
 
 
 def _check_semantics(recipe: Recipe) -> None:

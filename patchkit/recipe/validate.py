@@ -24,9 +24,36 @@ class ValidationReport:
     layers: list[int]
     warnings: list[str] = field(default_factory=list)
     search_space: dict[str, Any] | None = None  # unresolved recipes: what locate / extract would search
+    #: fields still to fill in, each `file:line:col: field: what to write` (a starter from `patchkit new` has them)
+    to_fill: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": True, **self.__dict__}
+
+
+def fields_to_fill(rec: Recipe) -> list[str]:
+    """The fields a recipe leaves for its author to fill in, each as `file:line:col: field: what to write`.
+
+    Why a list apart from the warnings: a recipe without `model.repo` is valid (the base may only exist locally),
+    but a starter made from a local copy leaves the repo and revision empty on purpose, and its author needs to be
+    told exactly which lines to complete before `apply` can find the base on its own or a card can name it.
+    """
+    out = []
+    if not rec.model.repo:
+        out.append(
+            f"{rec.where('model', 'repo')}: model.repo: write the base model's Hub repo id (org/name) if it is on "
+            "the Hub (else name its directory as the model each time you apply or verify)"
+        )
+    if not rec.model.revision:
+        out.append(
+            f"{rec.where('model', 'revision')}: model.revision: write the 40-hex commit sha of the base the edits "
+            "were found on"
+        )
+    if not rec.is_resolved:
+        from patchkit.recipe.resolution import how_to_resolve
+
+        out.append(f"{rec.where('edits')}: edits: {how_to_resolve(rec)}")
+    return out
 
 
 def _profile_config(repo: str | None) -> dict[str, Any] | None:
@@ -115,6 +142,7 @@ def validate_recipe(recipe: Recipe | str | Path, *, model: str | None = None) ->
         layers=sorted({e.layer for e in edits}),
         warnings=warnings,
         search_space=space,
+        to_fill=fields_to_fill(rec),
     )
 
 
@@ -157,7 +185,7 @@ name: {name}
 description: >-
   What this edit fixes and why (e.g. repetition loops on long enumerations).
 model:
-  repo: {repo}            # the base model on the Hub (org/name)
+{repo_line}
 {revision_line}
   architecture: {arch}
 source:
@@ -181,18 +209,30 @@ edits:
 """
 
 
+#: The comment on a field `patchkit new` could not know and left empty (`patchkit validate` lists empty fields).
+TO_FILL = "TO FILL"
+
+
 def starter_recipe(*, model: str | None = None, arch: str | None = None, name: str | None = None) -> str:
-    """Commented starter recipe text; with `model`, geometry and pin are filled in from its config."""
+    """Commented starter recipe text; with `model`, geometry and pin are filled in from its config.
+
+    The Hub repo and revision are written only when `model` is a Hub repo or an HF-cache snapshot of one. From a
+    local directory (or from `arch` alone) nothing says which repo or commit the base is, so both are left empty
+    and marked TO FILL instead of guessed: an invented `org/name` would parse, be published in the card as the
+    base model, and send `apply` to a repo that does not exist. The text always parses as an (unresolved) recipe.
+    """
     from patchkit.model.adapters import get_adapter
     from patchkit.model.refs import resolve_model
 
-    repo, revision, geometry, expert_hint = "org/name", "<40-hex commit sha>", "layers and widths: see config.json", ""
+    repo = revision = local_name = None
+    geometry, expert_hint = "layers and widths: see config.json", ""
     if model is not None:
         ref = resolve_model(model)
         adapter = get_adapter(ref.config)
         arch = adapter.architecture
-        repo = ref.repo_id or repo
-        revision = ref.revision or revision
+        repo, revision = ref.repo_id, ref.revision
+        if repo is None:
+            local_name = Path(str(model).rstrip("/\\")).name or None  # the name only: the recipe gets published
         widths = sorted({adapter.layer_info(i).intermediate_size for i in range(adapter.num_layers)})
         geometry = f"this model: {adapter.num_layers} layers (0–{adapter.num_layers - 1}), MLP widths {widths}"
         if adapter.is_moe:
@@ -205,13 +245,20 @@ def starter_recipe(*, model: str | None = None, arch: str | None = None, name: s
         raise ModelError(
             f"unknown architecture {arch!r}", hint="name a model to read it from", fix=Fix("arch", "gemma4|llama")
         )
-    if revision.startswith("<"):  # unknown: a commented placeholder (a recipe refuses a revision that is not one)
-        revision_line = f'  # revision: "{revision}"   # pin the exact commit sha the edits were found on'
+    if repo:
+        repo_line = f"  repo: {repo}            # the base model on the Hub (org/name)"
     else:
+        origin = f"; made from the local model {local_name!r}" if local_name else ""
+        repo_line = f"  repo:                   # {TO_FILL}: the base model's Hub repo id (org/name){origin}"
+    if revision:
         revision_line = f'  revision: "{revision}"    # pin the exact commit sha the edits were found on'
+    else:
+        revision_line = (
+            f"  revision:               # {TO_FILL}: the 40-hex commit sha of that repo the edits were found on"
+        )
     return STARTER.format(
         name=name or "my-loop-fix",
-        repo=repo,
+        repo_line=repo_line,
         revision_line=revision_line,
         arch=arch,
         geometry=geometry,

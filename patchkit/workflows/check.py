@@ -1,7 +1,10 @@
 """`run_check`: the one command to run before publishing: validate -> apply -> loops -> bench -> one verdict.
 
 Each step records pass / fail / error / skipped (skipped only when asked to, or when apply did not produce a
-model to check); any failed gate or step error makes the verdict FAIL.
+model to check); any failed gate or step error makes the verdict FAIL. Bad input is not a verdict: a recipe
+that does not load or fit the model, a model that cannot be read, a device or dtype this machine cannot use,
+chat prompts for a tokenizer without a chat template all raise their error at once (exit 2 in the CLI), so a
+FAIL (exit 1) always means the patched model was measured and missed a gate.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from patchkit._io.progress import Progress
 from patchkit.checks.bench import BenchReport, BenchSettings, run_bench
 from patchkit.checks.loops import LoopReport, LoopSettings, run_loops
 from patchkit.edit.apply import apply_recipe
-from patchkit.errors import PatchkitError
+from patchkit.errors import EXIT_BAD_INPUT, PatchkitError
 from patchkit.recipe import load_recipe
 
 __all__ = ["StepResult", "CheckReport", "run_check"]
@@ -110,8 +113,11 @@ class CheckSettings(BaseModel):
     limit: int | None = Field(None, ge=1, description="probes per kind (loops) and items per source (bench)")
     skip_loops: bool = Field(False, description="do not run the loop check")
     skip_bench: bool = Field(False, description="do not run the bench")
-    dtype: str = Field("float32", description="load dtype for both checks")
-    device: str = Field("cpu", description="torch device for both checks")
+    dtype: str = Field(
+        "auto", description="load dtype for both checks: auto (the checkpoint's own, see resolve_placement) or a name"
+    )
+    device: str = Field("auto", description="torch device for both checks: auto (CUDA, else MPS, else CPU) or a name")
+    chat: bool = Field(True, description="send prompts through the chat template (False: raw text)")
 
 
 def run_check(
@@ -122,6 +128,7 @@ def run_check(
     settings: CheckSettings | None = None,
     progress: Progress | None = None,
     step_callback: Callable[[StepResult], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> CheckReport:
     """Validate the recipe, apply it to `model` (into `out` or a temp dir), run loops and bench on the result.
 
@@ -131,15 +138,18 @@ def run_check(
         recipe_path: the recipe file.
         model: the base checkpoint (directory, org/name[@rev]).
         out: keep the patched checkpoint here (default: a temporary directory, removed afterwards).
-        settings: CheckSettings (tasks, limit, skip_loops, skip_bench, dtype, device).
+        settings: CheckSettings (tasks, limit, skip_loops, skip_bench, dtype, device, chat).
         progress: `progress(stage, done, total)`, passed to both checks.
         step_callback: called with each step's result as soon as it is known.
+        log: receives one line per model loaded: the device and dtype chosen and why.
 
     Returns:
-        The CheckReport: steps, the loop and bench reports, the verdict.
+        The CheckReport: steps, the loop and bench reports, the verdict (FAIL: a gate was missed).
 
     Raises:
-        RecipeError: the recipe does not validate (one line with file:line:col).
+        RecipeError: the recipe does not validate (one line with file:line:col), or does not fit the model.
+        PatchkitError: any other bad input (exit code 2): a missing or unreadable model, a device or dtype
+            that cannot be used, a tokenizer without a chat template while `settings.chat` is set.
     """
     settings = settings or CheckSettings()
     report = CheckReport(recipe=str(recipe_path), model=str(model), output=str(out) if out else None)
@@ -159,9 +169,12 @@ def run_check(
     )
     loop_gates = recipe.checks.loops if recipe.checks else None
     bench_gates = recipe.checks.bench if recipe.checks else None
-    common: dict[str, Any] = {"dtype": settings.dtype, "device": settings.device}
+    common: dict[str, Any] = {"dtype": settings.dtype, "device": settings.device, "chat": settings.chat}
     if settings.limit is not None:
         common["limit"] = settings.limit
+    # both settings objects are built (and so validated: bench task names, ...) before apply does any work
+    loop_settings = LoopSettings(**common)
+    bench_settings = BenchSettings(**common, **({"tasks": settings.tasks} if settings.tasks is not None else {}))
 
     with _output_dir(out) as out_dir:
         # 2. apply
@@ -169,6 +182,8 @@ def run_check(
         try:
             result = apply_recipe(recipe_path, model=model, out=out_dir)
         except PatchkitError as exc:
+            if _bad_input(exc):
+                raise
             record(StepResult("apply", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             for step in ("loops", "bench"):
                 record(StepResult(step, "skipped", "nothing to check: apply failed"))
@@ -192,11 +207,14 @@ def run_check(
                 loops = run_loops(
                     str(model),
                     patched_ref=str(patched_dir),
-                    settings=LoopSettings(**common),
+                    settings=loop_settings,
                     gates=loop_gates,
                     progress=progress,
+                    log=log,
                 )
             except PatchkitError as exc:
+                if _bad_input(exc):
+                    raise
                 record(StepResult("loops", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
                 report.loops = loops
@@ -217,12 +235,12 @@ def run_check(
             record(StepResult("bench", "skipped", "--skip-bench"))
         else:
             try:
-                tasks = {"tasks": settings.tasks} if settings.tasks is not None else {}
-                bench_settings = BenchSettings(**common, **tasks)
                 bench = run_bench(
-                    str(model), patched_dir, settings=bench_settings, gates=bench_gates, progress=progress
+                    str(model), patched_dir, settings=bench_settings, gates=bench_gates, progress=progress, log=log
                 )
             except PatchkitError as exc:
+                if _bad_input(exc):
+                    raise
                 record(StepResult("bench", "error", str(exc), time.perf_counter() - t, [str(exc)]))
             else:
                 report.bench = bench
@@ -236,6 +254,11 @@ def run_check(
                     )
                 )
     return report
+
+
+def _bad_input(exc: PatchkitError) -> bool:
+    """An error that says the input cannot be checked (exit 2), not that the model failed a check (exit 1)."""
+    return exc.exit_code == EXIT_BAD_INPUT
 
 
 def _bench_summary(bench: BenchReport, gates: Any) -> str:

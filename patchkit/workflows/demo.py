@@ -117,12 +117,11 @@ class DemoResult:
 
 
 def default_recipe_path() -> Path | None:
-    """recipes/smollm2-135m.yaml of a source checkout (next to the package), else of the working directory."""
-    here = Path(__file__).resolve().parent.parent / "recipes" / DEFAULT_RECIPE
-    for candidate in (here, Path.cwd() / "recipes" / DEFAULT_RECIPE):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The shipped recipes/smollm2-135m.yaml: package data of an installed wheel, or a source checkout's file
+    (`patchkit.recipe.packaged`); None when neither is there."""
+    from patchkit.recipe.packaged import shipped_recipe
+
+    return shipped_recipe(DEFAULT_RECIPE.removesuffix(".yaml"))
 
 
 def _default_out() -> Path:
@@ -152,7 +151,9 @@ def _choose_recipe(
         events.note(text)
 
     if recipe is not None:
-        path = Path(recipe)
+        from patchkit.recipe.packaged import resolve_recipe_path
+
+        path = resolve_recipe_path(recipe)  # a file, or the short name of a shipped recipe
         if not path.is_file():
             raise DemoError(f"{path}: recipe file not found", hint="pass a YAML recipe (see docs/recipes.md)")
         loaded = _load_recipe(path)

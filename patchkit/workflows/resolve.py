@@ -16,7 +16,7 @@ from patchkit._io.progress import Progress
 from patchkit.edit.apply import ApplyResult, apply_recipe
 from patchkit.edit.diff import DiffReport, diff_checkpoints, resolve_dir
 from patchkit.edit.extract import ExtractResult, ReferenceCheck, compare_with_reference, recipe_from_diff
-from patchkit.errors import Fix, PatchkitError, RecipeError, VerifyError
+from patchkit.errors import Fix, PatchkitError, RecipeError
 
 __all__ = [
     "diff_refs",
@@ -157,7 +157,12 @@ def resolve_unresolved(recipe: Any, *, model: str | None = None, progress: Progr
 def verify_against_reference(
     recipe: Any, *, model: str | None = None, progress: Progress | None = None
 ) -> ReferenceCheck:
-    """Re-extract a diff-resolved recipe from its base and reference and compare edits and slice checksums."""
+    """Re-extract a diff-resolved recipe from its base and reference and compare edits and slice checksums.
+
+    Raises:
+        RecipeError: the recipe is not resolved by diff (it has no reference to re-check; exit 2, bad input).
+    A difference is not raised: it is the returned ReferenceCheck's `ok=False` (the CLI exits 1 on it).
+    """
     from patchkit.recipe import load_recipe
 
     rec = load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe
@@ -166,8 +171,10 @@ def verify_against_reference(
         rec.source.reference if rec.source.kind == "diff" else None
     )
     if not reference or (res is not None and res.status == "unresolved"):
-        raise VerifyError(
-            f"{rec.path or rec.name}: not a recipe resolved by diff (no reference to re-check it against)",
+        # bad input (exit 2), not a failed check (1): nothing was compared, so nothing can have differed
+        raise RecipeError(
+            f"{rec.where('resolution') if res is not None else rec.path or rec.name}: not a recipe resolved by diff "
+            "(no reference to re-check it against)",
             fix=Fix("patched", "DIR", "to verify a patched checkpoint instead"),
         )
     base = model or (rec.source.model_extra or {}).get("base") or _base_ref(rec, None)

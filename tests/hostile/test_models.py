@@ -49,7 +49,7 @@ INVERT = "{layer: 1, neuron: 5, op: invert}"
 
 @pytest.fixture(autouse=True)
 def _cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

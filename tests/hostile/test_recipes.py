@@ -409,7 +409,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATCHKIT_CACHE_DIR", str(tmp_path / "hash-cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "hash-cache"))
 
 
 def test_the_corpus_is_large_enough():

@@ -62,7 +62,7 @@ def hub(hub_server, tmp_path, monkeypatch):
         "HF_HUB_OFFLINE": "0",
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "PATCHKIT_CACHE_DIR": str(tmp_path / "patchkit-cache"),  # apply/push digest cache stays in the test
+        "PATCHKIT_CACHE": str(tmp_path / "patchkit-cache"),  # apply/push digest cache stays in the test
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
