@@ -126,7 +126,9 @@ def _require_gguf() -> Any:
     try:
         import gguf
     except ImportError:
-        raise ModelError("reading a GGUF file needs the `gguf` package", hint="pip install 'patchkit-llm[gguf]'") from None
+        raise ModelError(
+            "reading a GGUF file needs the `gguf` package", hint="pip install 'patchkit-llm[gguf]'"
+        ) from None
     return gguf
 
 
