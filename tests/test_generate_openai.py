@@ -151,17 +151,17 @@ def _fault_app(*, fail_first: int = 0, delay: float = 0.0, status: int = 503):
 def test_retries_with_backoff_then_succeeds():
     app = _fault_app(fail_first=2)
     with serve(app) as url:
-        backend = OpenAIBackend(url, model="m", retries=3, backoff=0.05)
+        backend = OpenAIBackend(url, model="m", retries=3)
         start = time.monotonic()
         gen = backend.generate([GenerationRequest("a", "hi", chat=False)])[0]
         assert gen.text == "echo hi" and gen.stop_reason == "eos"
         assert app.state.stats["calls"] == 3
-        assert time.monotonic() - start >= 0.05 * 0.75 * 3  # two backoffs: 0.05 + 0.1 (with jitter)
+        assert time.monotonic() - start >= (0.5 + 1.0) * 0.75  # the openai client's backoff: 0.5 s, 1 s (jitter -25%)
 
 
 def test_gives_up_after_retries_and_on_client_errors():
     with serve(_fault_app(fail_first=100)) as url:
-        backend = OpenAIBackend(url, model="m", retries=1, backoff=0.01)
+        backend = OpenAIBackend(url, model="m", retries=1)
         with pytest.raises(CheckError, match=r"failed after 2 attempt\(s\): HTTP 503: overloaded"):
             backend.generate([GenerationRequest("a", "hi", chat=False)])
     with serve(_fault_app(fail_first=100, status=400)) as url:

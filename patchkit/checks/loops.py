@@ -670,7 +670,13 @@ def _model_backend(ref: str, settings: LoopSettings, log: Callable[[str], None] 
 
         if not settings.base_url:
             raise CheckError("the openai backend needs a server URL", fix=Fix("base_url", "http://127.0.0.1:8000/v1"))
-        client = OpenAIBackend(settings.base_url, model=ref, concurrency=settings.concurrency, timeout=settings.timeout)
+        client = OpenAIBackend(
+            settings.base_url,
+            model=ref,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+            early_stop=loop_stop_test if settings.early_stop else None,  # streams, and closes a certain loop early
+        )
         try:
             yield client
         finally:

@@ -3,6 +3,13 @@
 Every function here is numpy-only and seeded, so a report computed twice on the same data is identical.
 Paired tests are used because base and patched models are always scored on the *same* items: the per-item
 difference removes the item difficulty that would otherwise swamp a small regression.
+
+Why not call scipy: a report must not need it, and these few formulas are short. They are not trusted on
+that account: tests/test_stats_crosscheck.py compares every function with scipy / statsmodels on a grid of
+inputs (Wilson with `proportion_confint`, McNemar with statsmodels' exact test and `binomtest`, the sign-flip
+test with `permutation_test`, ...). The bootstraps draw exactly the resamples `scipy.stats.bootstrap` draws
+for the same seed (`default_rng(seed).integers(0, n, (n_boot, n))`), so their intervals equal scipy's
+percentile intervals, not just in distribution.
 """
 
 from __future__ import annotations

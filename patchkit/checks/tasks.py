@@ -5,6 +5,11 @@ log-likelihood, (2) `acc_norm`: highest mean log-likelihood per option token (re
 short options), (3) `exact_match`: the greedy continuation's first line equals the answer (or an alias)
 after normalisation. `gold_logprob` (log-likelihood of the right option) is kept per item: it moves
 before accuracy does, so it is the most sensitive paired measure of damage.
+
+A task file (the bundled one, or `--task-file`) is validated by the strict pydantic models `TaskFile` /
+`TaskSpec`: unknown keys, wrong types (a number where text is expected: quote it), an answer that is not one of
+the options, duplicate ids or an unknown passage are each one CheckError line `file:line:column: field: problem`
+(ruamel's round-trip loader keeps the positions, as for recipes and probe suites).
 """
 
 from __future__ import annotations
@@ -13,20 +18,26 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from patchkit._io.fs import read_capped
 from patchkit._io.progress import Progress
 from patchkit.errors import CheckError
+from patchkit.recipe.schema import dotted, where_in
 
 __all__ = [
+    "TaskFile",
     "TaskItem",
     "TaskSet",
+    "TaskSpec",
     "load_tasks",
+    "parse_tasks",
     "item_prompt",
     "normalize_answer",
     "is_exact_match",
@@ -34,7 +45,8 @@ __all__ = [
     "TaskScores",
 ]
 
-KINDS = ("fact", "arithmetic", "reading")
+TaskKind = Literal["fact", "arithmetic", "reading"]
+KINDS: tuple[str, ...] = get_args(TaskKind)
 
 
 @dataclass(frozen=True)
@@ -70,71 +82,106 @@ class TaskSet:
         return TaskSet(self.source, kept)
 
 
-def _fail(source: str, where: str, msg: str) -> CheckError:
-    return CheckError(f"{source}: {where}: {msg}")
+#: Values a task file may hold after YAML aliases are expanded (the bundled 210-item file has ~5,000): an
+#: alias "billion laughs" stops here instead of exhausting memory.
+MAX_TASK_NODES = 200_000
+TASK_FILE_VERSION = 1
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+#: YAML's own tags for plain data (a date is refused by the schema, with a hint to quote it)
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+)
 
 
-def _parse(data: Any, source: str) -> TaskSet:
+class TaskSpec(BaseModel):
+    """One entry of `items:` in a task file."""
+
+    model_config = _STRICT
+
+    id: str = Field(min_length=1, description="unique within the file")
+    kind: TaskKind
+    question: str = Field(min_length=1)
+    options: list[str] = Field(description="two or more distinct answers, scored by log-likelihood")
+    answer: str = Field(min_length=1, description="one of `options`; also the exact-match target")
+    accept: list[str] | None = Field(None, description="other spellings accepted by exact match")
+    passage: str | None = Field(None, description="key of the passage (under `passages:`) the question is about")
+
+    @field_validator("options")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(value) < 2 or len(set(value)) != len(value):
+            raise ValueError("needs at least two distinct options")
+        return value
+
+    @field_validator("answer")
+    @classmethod
+    def _one_of_the_options(cls, value: str, info: ValidationInfo) -> str:
+        options = info.data.get("options")
+        if options is not None and value not in options:
+            raise ValueError(f"{value!r} is not one of the options")
+        return value
+
+
+class TaskFile(BaseModel):
+    """A whole task file: an optional `version` (1), passages by key, and the items."""
+
+    model_config = _STRICT
+
+    version: int | None = Field(None, description=f"task file format version ({TASK_FILE_VERSION})")
+    passages: dict[str, str] | None = Field(None, description="passage key -> text, for reading items")
+    items: list[TaskSpec]
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int | None) -> int | None:
+        if value is not None and value != TASK_FILE_VERSION:
+            raise ValueError(f"{value} is not supported (this patchkit reads version {TASK_FILE_VERSION})")
+        return value
+
+
+def parse_tasks(text: str, source: str = "<tasks>") -> TaskSet:
+    """Validate task YAML text; every refusal is one CheckError line `source:line:column: field: problem`."""
+    data, positions = _load_yaml(text, source)
     if not isinstance(data, dict):
         raise CheckError(
             f"{source}: task file is empty or not a mapping", hint="expected keys `version`, `passages`, `items`"
         )
-    passages = data.get("passages") or {}
-    if not isinstance(passages, dict):
-        raise _fail(source, "passages", "must be a mapping of key -> text")
-    raw_items = data.get("items")
-    if not raw_items:
-        raise CheckError(f"{source}: task file has no items", hint="add at least one entry under `items:`")
-    if not isinstance(raw_items, list):
-        raise _fail(source, "items", "must be a list")
+    if not data.get("items"):
+        where = where_in(source, positions, ("items",))
+        raise CheckError(f"{where}: task file has no items", hint="add at least one entry under `items:`")
+    try:
+        spec = TaskFile.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, positions, source) from None
+    passages = spec.passages or {}
+    seen: dict[str, int] = {}
     items: list[TaskItem] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_items):
-        where = f"items[{i}]"
-        if not isinstance(raw, dict):
-            raise _fail(source, where, "must be a mapping")
-        unknown = set(raw) - {"id", "kind", "question", "options", "answer", "accept", "passage"}
-        if unknown:
-            raise _fail(source, where, f"unknown key(s) {sorted(unknown)}")
-        for key in ("id", "kind", "question", "options", "answer"):
-            if raw.get(key) in (None, "", []):
-                raise _fail(source, f"{where}.{key}", "is required")
-        item_id = str(raw["id"])
-        if item_id in seen:
-            raise _fail(source, f"{where}.id", f"duplicate id {item_id!r}")
-        seen.add(item_id)
-        if raw["kind"] not in KINDS:
-            raise _fail(source, f"{where}.kind", f"{raw['kind']!r} is not one of {', '.join(KINDS)}")
-        options = tuple(str(o) for o in raw["options"])
-        if len(options) < 2 or len(set(options)) != len(options):
-            raise _fail(source, f"{where}.options", "needs at least two distinct options")
-        answer = str(raw["answer"])
-        if answer not in options:
-            raise _fail(source, f"{where}.answer", f"{answer!r} is not one of the options")
-        passage = None
-        if raw.get("passage") is not None:
-            key = str(raw["passage"])
-            if key not in passages:
-                raise _fail(source, f"{where}.passage", f"unknown passage {key!r}")
-            passage = str(passages[key])
+    for i, it in enumerate(spec.items):
+        if it.id in seen:
+            where = where_in(source, positions, ("items", i, "id"))
+            raise CheckError(f"{where}: items[{i}].id: duplicate id {it.id!r} (first in items[{seen[it.id]}])")
+        seen[it.id] = i
+        if it.passage is not None and it.passage not in passages:
+            where = where_in(source, positions, ("items", i, "passage"))
+            known = ", ".join(sorted(passages)[:8]) or "none: add a `passages:` mapping"
+            raise CheckError(f"{where}: items[{i}].passage: unknown passage {it.passage!r}", hint=f"known: {known}")
         items.append(
             TaskItem(
-                item_id,
-                raw["kind"],
-                str(raw["question"]),
-                options,
-                answer,
-                tuple(str(a) for a in raw.get("accept") or ()),
-                passage,
+                it.id,
+                it.kind,
+                it.question,
+                tuple(it.options),
+                it.answer,
+                tuple(it.accept or ()),
+                passages[it.passage] if it.passage is not None else None,
             )
         )
     return TaskSet(source, items)
 
 
 def load_tasks(path: str | Path | None = None) -> TaskSet:
-    """Load a task YAML (default: the bundled `checks/data/tasks.yaml`); CheckError names file and field."""
-    from ruamel.yaml import YAML, YAMLError
-
+    """Load a task YAML (default: the bundled `checks/data/tasks.yaml`); CheckError names file:line and field."""
     if path is None:
         text = resources.files("patchkit.checks").joinpath("data/tasks.yaml").read_text(encoding="utf-8")
         source = "patchkit/checks/data/tasks.yaml"
@@ -147,11 +194,138 @@ def load_tasks(path: str | Path | None = None) -> TaskSet:
             text, source = raw.decode("utf-8"), str(p)
         except UnicodeDecodeError as exc:
             raise CheckError(f"{p}: task file is not UTF-8 text (byte {exc.start})") from None
+    return parse_tasks(text, source)
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, tuple[int, int]]]:
+    """(plain data, {location: (line, column)}) of a YAML document, read with ruamel's position-keeping loader."""
+    from ruamel.yaml import YAML, YAMLError
+
     try:
-        data = YAML(typ="safe").load(text)
+        doc = YAML(typ="rt").load(text)
+    except RecursionError:
+        raise CheckError(f"{source}: nested too deeply to be a task file") from None
     except YAMLError as exc:
-        raise CheckError(f"{source}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
-    return _parse(data, source)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())[:160]
+        raise CheckError(f"{where}: not valid YAML ({problem})") from None
+    positions: dict[tuple, tuple[int, int]] = {}
+    budget = [MAX_TASK_NODES]
+    try:
+        return _plain(doc, (), positions, budget, source), positions
+    except RecursionError:
+        raise CheckError(f"{source}: nested too deeply to be a task file") from None
+
+
+def _plain(node: Any, loc: tuple, positions: dict, budget: list[int], source: str) -> Any:
+    """ruamel's containers -> plain dict / list / scalars, recording the line and column of every key and item."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CheckError(
+            f"{where_in(source, positions, loc)}: the task file expands to more than {MAX_TASK_NODES:,} values",
+            hint="remove the YAML aliases (*name) that multiply the data, or split the file",
+        )
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag and tag not in _PLAIN_TAGS:
+        raise CheckError(
+            f"{where_in(source, positions, loc)}: {dotted(loc) or 'task file'}: YAML tag {_show(tag, 40)} is not allowed",
+            hint="task files are plain data; remove the tag",
+        )
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for key in node:
+            try:
+                line, col = node.lc.key(key)
+                positions[loc + (key,)] = (line + 1, col + 1)
+            except (KeyError, TypeError, AttributeError, IndexError):
+                pass
+            out[key if isinstance(key, (str, int, float, bool)) else str(key)] = _plain(
+                node[key], loc + (key,), positions, budget, source
+            )
+        return out
+    if isinstance(node, CommentedSeq):
+        items = []
+        for i, item in enumerate(node):
+            try:
+                line, col = node.lc.item(i)
+                positions[loc + (i,)] = (line + 1, col + 1)
+            except (KeyError, TypeError, AttributeError, IndexError):
+                pass
+            items.append(_plain(item, loc + (i,), positions, budget, source))
+        return items
+    if isinstance(node, str):
+        return str(node)  # ruamel's quoted-string subclasses -> str
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    return node  # dates, tagged values ...: the schema refuses them with their position
+
+
+def _validation_error(exc: ValidationError, positions: dict, source: str) -> CheckError:
+    """The first pydantic error as one line: source:line:column, the dotted field, what is wrong, and a hint."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(part for part in err["loc"] if part != "[key]")
+    field = dotted(loc) or "task file"
+    value = err.get("input")
+    kind, hint = err["type"], None
+    if kind == "extra_forbidden":
+        parent = TaskSpec if len(loc) == 3 and loc[0] == "items" else TaskFile
+        message = f"unknown key {_show(loc[-1])}"
+        hint = f"allowed keys: {', '.join(parent.model_fields)}"
+        field = dotted(loc[:-1]) or "task file"
+    elif kind == "missing":
+        message = "is required"
+    elif kind in ("string_type", "int_type"):
+        want = "text" if kind == "string_type" else "a whole number"
+        message = f"must be {want}, got {_kind_of(value)}"
+        if kind == "string_type" and isinstance(value, (int, float, bool, date)):
+            read_as = "a boolean" if isinstance(value, bool) else "a date" if isinstance(value, date) else "a number"
+            hint = f"put it in quotes: unquoted, YAML reads it as {read_as}"
+    elif kind == "list_type":
+        message = f"must be a list, got {_kind_of(value)}"
+    elif kind in ("dict_type", "model_type"):
+        message = f"must be a mapping, got {_kind_of(value)}"
+    elif kind == "literal_error" and loc[-1:] == ("kind",):
+        message = f"{_show(value)} is not one of {', '.join(KINDS)}"
+    elif kind == "string_too_short":
+        message = "must not be empty"
+    else:
+        message = str(err["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return CheckError(f"{where_in(source, positions, loc)}: {field}: {message}{more}", hint=hint)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: YAML spelling for true/false/null, else repr, cut to `limit` characters."""
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _kind_of(value: Any) -> str:
+    if value is True or value is False:
+        return f"{_show(value)} (a boolean)"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, (int, float)):
+        return f"{_show(value)} (a number)"
+    if isinstance(value, date):
+        return f"{value} (a date)"
+    if isinstance(value, str):
+        return f"{_show(value)} (text)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return _show(value)
 
 
 #: One worked example before the question, so base and instruct models alike answer tersely on one line

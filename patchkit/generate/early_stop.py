@@ -1,7 +1,9 @@
 """Stop a sequence as soon as its loop is certain: a looping base model would otherwise burn its whole budget.
 
 Generation does not know what a loop is (that is `patchkit.checks`): the caller passes a `StopTest`, a function
-from the decoded text so far to a loop label or None. `LoopWatch` runs it every few tokens. patchkit's own test
+from the decoded text so far to a loop label or None. `LoopWatch` runs it every few tokens: the transformers
+backend (and locate's per-row-edit decoding on top of it) counts tokens, the openai backend counts streamed
+chunks (one token each on the common servers) and closes the stream at a certain loop. patchkit's own test
 (`patchkit.checks.detect.loop_stop_test`) is stricter than the final classification, so every early-stopped
 generation is also judged a loop (stopping early never changes a verdict, it only saves the tokens after the
 loop is obvious).
