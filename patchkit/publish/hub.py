@@ -334,6 +334,19 @@ def _will_be_lfs(path: str, size: int) -> bool:
     return path.endswith(LFS_SUFFIXES) or size >= LFS_SIZE_THRESHOLD
 
 
+def _upload(path: Path, name: str, sha256: str) -> UploadFile:
+    """One local file to upload as `name` (LFS by patchkit's rule: weights and large files)."""
+    size = path.stat().st_size
+    return UploadFile(path=name, size=size, sha256=sha256, lfs=_will_be_lfs(path.name, size), local_path=path)
+
+
+def _card_upload(card_text: str, where: Path, secret: str | None, *, card_source: Path | None = None) -> UploadFile:
+    """The generated README.md, refused by name when it would carry the Hub token."""
+    data = card_text.encode("utf-8")
+    _refuse_token(where, [], secret, data, card_source=card_source)
+    return UploadFile(path=CARD_FILE, size=len(data), sha256=hashlib.sha256(data).hexdigest(), lfs=False, data=data)
+
+
 def plan_push(
     directory: str | Path,
     repo_id: str,
@@ -405,31 +418,12 @@ def plan_push(
     hashes = _hash_all(paths, progress=progress)
     if provenance is not None:
         _check_against_provenance(directory, paths, hashes, provenance)
-    files = [
-        UploadFile(
-            path=p.relative_to(directory).as_posix(),
-            size=p.stat().st_size,
-            sha256=hashes[p],
-            lfs=_will_be_lfs(p.name, p.stat().st_size),
-            local_path=p,
-        )
-        for p in paths
-    ]
+    files = [_upload(p, p.relative_to(directory).as_posix(), hashes[p]) for p in paths]
     card = card_for_dir(
         directory, provenance=provenance, loops_report=loops_report, bench_report=bench_report, repo_id=repo_id
     )
     card_text = str(card)
-    card_bytes = card_text.encode("utf-8")
-    _refuse_token(directory, [], secret, card_bytes)
-    files.append(
-        UploadFile(
-            path=CARD_FILE,
-            size=len(card_bytes),
-            sha256=hashlib.sha256(card_bytes).hexdigest(),
-            lfs=False,
-            data=card_bytes,
-        )
-    )
+    files.append(_card_upload(card_text, directory, secret))
     if message is None:
         name = ((provenance or {}).get("recipe", {}).get("normalized") or {}).get("name")
         message = f"patchkit: {name}" if name else "patchkit: upload patched checkpoint"
@@ -646,16 +640,7 @@ def _plan_gguf_push(
     secret = resolve_token(token)
     token_checked = _refuse_token(given, paths, secret)
     hashes = _hash_all(paths, progress=progress)
-    files = [
-        UploadFile(
-            path=p.name,
-            size=p.stat().st_size,
-            sha256=hashes[p],
-            lfs=_will_be_lfs(p.name, p.stat().st_size),
-            local_path=p,
-        )
-        for p in paths
-    ]
+    files = [_upload(p, p.name, hashes[p]) for p in paths]
     card = card_for_gguf(
         first,
         provenance=provenance,
@@ -665,17 +650,7 @@ def _plan_gguf_push(
         repo_id=repo_id,
     )
     card_text = str(card)
-    card_bytes = card_text.encode("utf-8")
-    _refuse_token(given, [], secret, card_bytes, card_source=first)
-    files.append(
-        UploadFile(
-            path=CARD_FILE,
-            size=len(card_bytes),
-            sha256=hashlib.sha256(card_bytes).hexdigest(),
-            lfs=False,
-            data=card_bytes,
-        )
-    )
+    files.append(_card_upload(card_text, given, secret, card_source=first))
     if message is None:
         name = ((provenance or {}).get("recipe") or {}).get("name")
         message = f"patchkit: {name}" if name else "patchkit: upload GGUF"
