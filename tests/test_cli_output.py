@@ -317,3 +317,17 @@ def test_import_gguf_library_silences_transformers_only_for_the_call(tmp_path, c
     # restored: transformers' own switches are as they were
     assert gguf_utils.tqdm is tqdm_before
     assert hf_logging.set_tqdm_hook(None) is None
+
+
+def test_loading_a_checkpoint_draws_no_transformers_bar_off_a_terminal(tiny_gemma4, capfd):
+    """`loops`/`bench` load models through `generate.loading`: off a terminal transformers' "Loading weights" tqdm
+    bar must not land in the log (patchkit's own progress lines do that job), and its setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    from patchkit.generate.loading import load_model
+
+    assert hf_logging.is_progress_bar_enabled()
+    load_model(tiny_gemma4)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err
+    assert hf_logging.is_progress_bar_enabled()

@@ -110,7 +110,7 @@ def summary_table(result: Any) -> Any:
     "--recipe",
     type=click.Path(path_type=Path),
     default=None,
-    help="Recipe to apply (default: recipes/smollm2-135m.yaml when it exists).",
+    help="Recipe file or shipped recipe name to apply (default: the shipped smollm2-135m recipe).",
 )
 @click.option(
     "-o",

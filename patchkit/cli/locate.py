@@ -61,7 +61,8 @@ def _rate(d: dict) -> str:
     type=click.Path(path_type=Path),
     default=None,
     help="Unresolved recipe whose resolution.constraints (layers, ops, factors, max edits, kind) bound the "
-    "search; the indices are written back into it (or into -o).",
+    "search; the indices are written back into it (or into -o). A shipped recipe's name (e.g. e2b) writes "
+    "./NAME.yaml instead.",
 )
 @click.option(
     "--method",

@@ -54,6 +54,17 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     con.print(f"[green]ok[/green] {recipe}: {report.name} — {what} ({target})", highlight=False)
     if report.search_space:
         con.print(f"search space: {describe_space(report.search_space)}", highlight=False)
+    if report.to_fill:
+        from patchkit.recipe.packaged import is_installed_copy, is_shipped
+
+        if is_shipped(recipe) or is_installed_copy(recipe):  # never send users to edit the installed package
+            name = Path(recipe).name.removesuffix(".yaml")
+            con.print(
+                f"{recipe} is a recipe shipped with patchkit: start your own copy with "
+                f"`patchkit recipes show {name} > {name}.yaml` and fill that in",
+                highlight=False,
+                soft_wrap=True,
+            )
     for item in report.to_fill:
         con.print(f"to fill in: {item}", highlight=False, soft_wrap=True)
     for warning in report.warnings:

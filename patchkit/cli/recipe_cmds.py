@@ -37,7 +37,7 @@ def recipe_group() -> None:
     type=click.Path(path_type=Path),
     default=None,
     help="An (unresolved) recipe to resolve in place: keeps its comments, name, description, checks, publish and "
-    "constraints.",
+    "constraints. A shipped recipe's name (e.g. 26b-a4b) writes ./NAME.yaml instead.",
 )
 @click.option("--name", default=None, help="Recipe name (default: --into's, else <FIXED>-from-diff).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file (other than --into).")

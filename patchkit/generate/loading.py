@@ -247,9 +247,10 @@ def load_checkpoint(
         kwargs = _load_kwargs(placement)
         try:
             tok = AutoTokenizer.from_pretrained(str(real.parent), gguf_file=real.name)
-            loaded: Any = AutoModelForCausalLM.from_pretrained(
-                str(real.parent), gguf_file=real.name, output_loading_info=True, **kwargs
-            )
+            with _no_bars_off_a_terminal():
+                loaded: Any = AutoModelForCausalLM.from_pretrained(
+                    str(real.parent), gguf_file=real.name, output_loading_info=True, **kwargs
+                )
             model, loading = loaded
         except Exception as exc:  # noqa: BLE001 - transformers on a foreign GGUF raises anything
             msg = shown(" ".join(str(exc).split()), 300)
@@ -272,7 +273,10 @@ def load_checkpoint(
         tok = _load_tokenizer(local)
         placement = placed(checkpoint.config if dtype == AUTO else None)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **_load_kwargs(placement))
+            with _no_bars_off_a_terminal():
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(local), use_safetensors=True, **_load_kwargs(placement)
+                )
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise ModelError(
                 f"{local}: transformers could not load the model ({type(exc).__name__}: "
@@ -331,3 +335,26 @@ def patched_checkpoint(recipe: Any, base_ref: str | Path) -> Iterator[Path]:
         out = Path(tmp) / "patched"
         apply_recipe(recipe, model=str(base_ref), out=out)
         yield out
+
+
+@contextlib.contextmanager
+def _no_bars_off_a_terminal() -> Iterator[None]:
+    """Silence transformers' "Loading weights" tqdm bar for the call when stderr is not a terminal.
+
+    Off a terminal (CI, `2> log`) a tqdm bar is a stream of carriage-return lines in the log; patchkit's own
+    progress lines say what is happening there. On a terminal the bar stays (it is the only sign of life while a
+    large checkpoint loads). The previous setting is restored either way.
+    """
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    quiet = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    were_on = hf_logging.is_progress_bar_enabled()
+    if quiet and were_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and were_on:
+            hf_logging.enable_progress_bar()
