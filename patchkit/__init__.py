@@ -11,9 +11,9 @@ transformers load only when a function that needs them runs).
     True
 
 Recipes:     load_recipe, validate_recipe
-Edits:       apply_recipe, diff_checkpoints, verify_patched, extract_recipe
+Edits:       apply_recipe, diff_checkpoints, verify_patched, extract_recipe, resolve_recipe
 GGUF:        apply_gguf, undo_gguf_in_place, diff_gguf, verify_gguf, validate_gguf_recipe (llama.cpp / Ollama files)
-Checks:      run_loops (LoopSettings), run_bench (BenchSettings)
+Checks:      run_loops (LoopSettings), run_thinking_sweep, run_bench (BenchSettings)
 Hub:         push, pull
 Search:      run_locate (LocateSettings)
 Errors:      PatchkitError and its subclasses; `Fix` names the parameter that resolves an error; exit codes
@@ -36,6 +36,8 @@ _API: dict[str, str] = {
     "verify_patched": "patchkit.edit.verify:verify_patched",
     "extract_recipe": "patchkit.workflows.resolve:extract_recipe",
     "run_loops": "patchkit.checks.loops:run_loops",
+    "run_thinking_sweep": "patchkit.checks.thinking_sweep:run_thinking_sweep",
+    "resolve_recipe": "patchkit.workflows.resolve:resolve_recipe",
     "LoopSettings": "patchkit.checks.loops:LoopSettings",
     "run_bench": "patchkit.checks.bench:run_bench",
     "BenchSettings": "patchkit.checks.bench:BenchSettings",
@@ -100,6 +102,8 @@ __all__ = [
     "run_bench",
     "run_locate",
     "run_loops",
+    "run_thinking_sweep",
+    "resolve_recipe",
     "undo_gguf_in_place",
     "validate_gguf_recipe",
     "validate_recipe",
@@ -111,6 +115,7 @@ __all__ = [
 if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from patchkit.checks.bench import BenchSettings, run_bench
     from patchkit.checks.loops import LoopSettings, run_loops
+    from patchkit.checks.thinking_sweep import run_thinking_sweep
     from patchkit.edit.apply import apply_recipe
     from patchkit.edit.gguf_apply import apply_gguf, undo_gguf_in_place
     from patchkit.edit.gguf_check import diff_gguf, verify_gguf
@@ -139,7 +144,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real objects
     from patchkit.recipe.validate import validate_recipe
     from patchkit.workflows.gguf_patch import validate_gguf_recipe
     from patchkit.workflows.resolve import diff_refs as diff_checkpoints
-    from patchkit.workflows.resolve import extract_recipe
+    from patchkit.workflows.resolve import extract_recipe, resolve_recipe
 
 
 def __getattr__(name: str) -> Any:

@@ -323,14 +323,13 @@ def test_commands_in_docs_are_real():
 
 def test_no_example_applies_an_unresolved_shipped_recipe():
     """The shipped recipes that have no edits yet cannot be applied, checked or benched: an example that does so
-    fails for everyone who copies it. (Exception: `apply` of a recipe resolved by diff, which resolves itself
-    where the Hub is reachable.)"""
+    fails for everyone who copies it (`apply` never resolves one: that is `patchkit recipe resolve`)."""
     unresolved = _unresolved_shipped()
     bad = []
     for where, args in _all_invocations():
-        for command, recipe in recipes_applied(args):
+        for _command, recipe in recipes_applied(args):
             name = re.sub(r"^(?:\./)?recipes/(.+)\.yaml$", r"\1", recipe)
-            if name in unresolved and not (command == "apply" and unresolved[name] == "diff"):
+            if name in unresolved:
                 bad.append(f"{where}: patchkit {' '.join(args)}  ({recipe} is unresolved: it has no edits)")
     assert not bad, "examples that apply an unresolved recipe:\n" + "\n".join(bad)
 

@@ -76,7 +76,7 @@ def test_apply_exit_codes(setup, tmp_path, monkeypatch):
     (tmp_path / "taken" / "mine.txt").write_text("not patchkit's")
     code, text = run("apply", recipe, "--model", base, "--out", tmp_path / "taken")
     assert code == EXIT_BAD_INPUT and _one_line_error(text)
-    monkeypatch.setattr("patchkit.workflows.resolve.resolve_then_apply", _boom)
+    monkeypatch.setattr("patchkit.edit.apply.apply_recipe", _boom)
     code, text = run("apply", recipe, "--model", base, "--out", tmp_path / "y")
     assert code == EXIT_INTERNAL and "internal error" in text
 

@@ -160,9 +160,9 @@ def test_extract_moe_suppressed_experts_from_the_hub(hub, moe_base, tmp_path, mo
     assert len([line for line in bad.output.splitlines() if line.startswith("error:")]) == 1
 
 
-def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base, tmp_path, monkeypatch):
+def test_apply_never_resolves_an_unresolved_diff_recipe(hub, moe_base, tmp_path, monkeypatch):
+    """Even with the Hub reachable and the reference published, apply refuses and names `recipe resolve`."""
     from patchkit.edit.apply import apply_recipe
-    from patchkit.workflows.resolve import resolve_then_apply
 
     monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "hashes"))
     _upload(hub, "alice/g4-moe", moe_base)
@@ -170,23 +170,17 @@ def test_apply_resolves_an_unresolved_diff_recipe_with_hub_access(hub, moe_base,
     template = tmp_path / "moe.yaml"
     template.write_text(TEMPLATE.format(reference="alice/g4-moe-noloop"))
     before = template.read_text()
-    # the byte engine never resolves (no network in patchkit.edit): it names what to run
+    # the byte engine never resolves (no network in patchkit.edit)
     with pytest.raises(RecipeError, match="unresolved"):
         apply_recipe(template, out=tmp_path / "out")
-    result = resolve_then_apply(template, out=tmp_path / "out")
-    assert len(result.plan.edits) == 3 and any("resolved" in w for w in result.warnings)
-    prov = result.provenance
-    assert "status: resolved" in prov["recipe"]["text"] and prov["recipe"]["normalized"]["source"]["kind"] == "diff"
+    hub.reset()
+    res = CliRunner().invoke(main, ["apply", str(template), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"run `patchkit recipe resolve {template}` first" in lines[0]
+    assert "diff alice/g4-moe-noloop (unmarked)" in lines[0]  # the older single-way form: never called published
+    assert not hub.log and not (tmp_path / "out").exists()
     assert template.read_text() == before  # apply never rewrites the user's recipe
-
-    missing = tmp_path / "missing.yaml"
-    missing.write_text(TEMPLATE.format(reference="alice/no-such-fix"))
-    with pytest.raises(RecipeError) as info:
-        resolve_then_apply(missing, out=tmp_path / "out2", dry_run=True)
-    text = str(info.value)
-    assert (
-        "resolving it from alice/no-such-fix failed" in text and "patchkit recipe extract" in text and "\n" not in text
-    )
 
 
 def test_extract_dense_scale_and_invert_from_local_dirs(tiny_gemma4_bf16, tmp_path):

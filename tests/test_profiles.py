@@ -119,10 +119,10 @@ def test_apply_on_an_unresolved_recipe_stops_with_one_line(name, monkeypatch):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "unresolved" in lines[0]
-    if name == "26b-a4b.yaml":  # diff-resolvable, but not without the Hub
-        assert "needs the Hub" in lines[0] and "patchkit recipe extract google/gemma-4-26B-A4B-it" in lines[0]
-    else:
-        assert "patchkit locate google/gemma-4-" in lines[0] and f"--from-recipe recipes/{name}" in lines[0]
+    # apply never resolves (not even the published 26B-A4B reference): it names the command that does
+    assert f"run `patchkit recipe resolve {ROOT / 'recipes' / name}` first" in lines[0]
+    status = "published" if name == "26b-a4b.yaml" else "inferred"
+    assert f"-it-noloop ({status}), then locate --from-recipe" in lines[0]
 
 
 def test_validate_json_reports_the_search_space():

@@ -10,7 +10,9 @@ Definitions (each verdict carries its evidence: the repeated span, where it star
   periodicity. Fires when the item sequence is trailing-periodic (>= 3 copies, >= 6 items), or when one item
   is >= half of the last items (>= 5 times), or the last >= 12 items have <= 3 distinct values.
 * **doom** - a thinking trace that ran out of budget without a final answer while the model keeps
-  re-correcting itself ("wait", "actually", "let me re-check" >= 3 times, still in its last third).
+  re-correcting itself: "wait", "actually", "let me re-check" ... >= 3 times, and at least half of the sentences
+  of its last third carry one. The share matters: long traces that make genuine progress say "wait" now and
+  then too (tests/test_doom_traces.py has both kinds, built by code).
 * **truncated** - cut off by the token budget but still producing new content: not a loop.
 * **ok** - ended by itself, no loop.
 
@@ -72,6 +74,7 @@ class Thresholds:
     shape_copies: float = 4.0  # decay, cut-off generations only: a cycle of items that differ only in
     shape_span: int = 8  # their numbers ("Atomic number 18 (Ga)", "Episode 19: The Pilot")
     corrections: int = 3  # doom: self-corrections in a budget-exhausted thinking trace
+    correction_share: float = 0.5  # doom: share of the last third's sentences that re-correct
 
 
 STANDARD = Thresholds()
@@ -291,9 +294,28 @@ def certain_loop(text: str) -> tuple[str, Evidence] | None:
     return _loop_in(text, CERTAIN, finished=False)
 
 
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?\n]*")
+
+
+def _tail_correction_share(thinking: str) -> tuple[float, int]:
+    """(share of the sentences in the last third of `thinking` that contain a self-correction, their number).
+
+    Why a share and not a count: a long trace that converges says "wait" or "actually" now and then while it
+    makes progress; a trace going in circles re-corrects in most of its recent sentences.
+    """
+    cut = len(thinking) * 2 / 3
+    tail = [m.group() for m in _SENTENCE.finditer(thinking) if m.end() > cut and m.group().strip()]
+    if not tail:
+        return 0.0, 0
+    return sum(bool(_CORRECTION.search(s)) for s in tail) / len(tail), len(tail)
+
+
 def _doom(thinking: str, th: Thresholds) -> Evidence | None:
     hits = list(_CORRECTION.finditer(thinking))
     if len(hits) < th.corrections or hits[-1].start() < len(thinking) * 2 / 3:
+        return None
+    share, tail_sentences = _tail_correction_share(thinking)
+    if share < th.correction_share:
         return None
     last = hits[-1]
     sentence_start = max(thinking.rfind(".", 0, last.start()), thinking.rfind("\n", 0, last.start())) + 1
@@ -308,7 +330,12 @@ def _doom(thinking: str, th: Thresholds) -> Evidence | None:
         "corrections",
         float(len(hits)),
         where="thinking",
-        detail={"corrections": len(hits), "markers": [h.group(0) for h in hits[:12]]},
+        detail={
+            "corrections": len(hits),
+            "markers": [h.group(0) for h in hits[:12]],
+            "tail_share": round(share, 3),
+            "tail_sentences": tail_sentences,
+        },
     )
 
 

@@ -5,6 +5,13 @@ Report directory layout (`patchkit loops ... --report DIR`)::
     DIR/loops.json                       the full report (same as --json), transcripts included
     DIR/loops.png                        loop / good-list / control rates, base vs patched, Wilson 95% bars
     DIR/transcripts/<model>/<probe>@<sample>.txt   every generation with its prompt and verdict
+
+A thinking-budget sweep (`--thinking-budget 1024,4096,16384 --report DIR`) writes::
+
+    DIR/loops.json                       the sweep document: {"budgets": [{"budget", "base", "patched"}, ...]}
+    DIR/thinking-budget.png              doom-loop and committed rates against the budget (log x), base solid,
+                                         patched dashed, Wilson 95% bars
+    DIR/budget-<N>/                      the ordinary report of budget N (loops.json, loops.png, transcripts/)
 """
 
 from __future__ import annotations
@@ -16,8 +23,16 @@ from typing import Any
 
 from patchkit._io.atomic import atomic_open, atomic_write_text
 from patchkit.checks.loops import LoopReport
+from patchkit.checks.thinking_sweep import SWEEP_RATES, ThinkingSweep
 
-__all__ = ["write_report", "render_tables", "plot_report"]
+__all__ = [
+    "write_report",
+    "render_tables",
+    "plot_report",
+    "write_sweep_report",
+    "plot_thinking_sweep",
+    "render_sweep_tables",
+]
 
 
 def _safe(name: str) -> str:
@@ -182,3 +197,104 @@ def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -
 
 def _mean_tokens(run: Any) -> float:
     return sum(r.generation.tokens for r in run.results) / len(run.results) if run.results else 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the thinking-budget sweep
+# --------------------------------------------------------------------------------------------------------------
+def write_sweep_report(sweep: ThinkingSweep, out_dir: str | Path) -> dict[str, Path]:
+    """Write the sweep's loops.json, thinking-budget.png and one ordinary report per budget into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "loops.json", json.dumps(sweep.to_json(), indent=2, ensure_ascii=False))
+    written: dict[str, Path] = {"json": out / "loops.json"}
+    for point in sweep.points:
+        folder = out / f"budget-{point.budget}"
+        write_report(point.report, folder)
+        written[f"budget_{point.budget}"] = folder
+    written["plot"] = plot_thinking_sweep(sweep, out / "thinking-budget.png")
+    return written
+
+
+def plot_thinking_sweep(sweep: ThinkingSweep, path: str | Path) -> Path:
+    """Doom-loop and committed-answer rates against the thinking budget (log x): base solid, patched dashed.
+
+    Why both rates on one plot: an edit can cut doom loops only by making the model stop thinking; the
+    committed rate beside it shows whether answers came instead. Bars are Wilson 95% intervals; the legend
+    carries n.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    colours = {"doom_rate": "#c0392b", "committed_rate": "#2b7bba"}
+    styles = {"base": "-", "patched": "--"}
+    budgets = sweep.budgets
+    for point_name in ("base", "patched"):
+        series = [p.figures().get(point_name) for p in sweep.points]
+        if any(s is None for s in series):
+            continue
+        for key, label in SWEEP_RATES:
+            figs = [s[key] for s in series if s is not None]
+            ys = [f.value if f.value is not None else float("nan") for f in figs]
+            lo = [max(0.0, y - f.ci[0]) if f.ci and f.value is not None else 0.0 for f, y in zip(figs, ys, strict=True)]
+            hi = [max(0.0, f.ci[1] - y) if f.ci and f.value is not None else 0.0 for f, y in zip(figs, ys, strict=True)]
+            shift = 1.04 if point_name == "patched" else 1 / 1.04  # side by side, so the bars do not hide
+            ax.errorbar(
+                [b * shift for b in budgets],
+                ys,
+                yerr=[lo, hi],
+                marker="o",
+                markerfacecolor=colours[key] if point_name == "base" else "white",
+                linestyle=styles[point_name],
+                color=colours[key],
+                capsize=3,
+                label=f"{label}, {point_name} (n={figs[0].n} per budget)",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("rate (Wilson 95% interval)")
+    suite = sweep.points[0].report.suite.name if sweep.points else ""
+    ax.set_title(f"patchkit loops - thinking budget, suite {suite}, T={sweep.settings.temperature}")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5), handlelength=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        with atomic_open(path, "wb") as fh:  # a reader never sees half a PNG
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def render_sweep_tables(sweep: ThinkingSweep, console: Any) -> None:
+    """One rich table: a row per (budget, figure), a column per model, each cell "value [lo, hi] (k/n)"."""
+    from rich.table import Table
+
+    names = list(sweep.models)
+    table = Table(title="Thinking-budget study (rates with Wilson 95% interval and n; means with bootstrap 95%)")
+    table.add_column("budget", justify="right")
+    table.add_column("figure")
+    for name in names:
+        table.add_column(name)
+    rows = (
+        ("doom_rate", "doom loops"),
+        ("committed_rate", "committed to an answer"),
+        ("committed_completeness", "  completeness of those answers"),
+        ("budget_stop_rate", "stopped by the budget"),
+        ("loop_rate", "loop rate (all kinds)"),
+        ("verbatim_rate", "  verbatim"),
+        ("decay_rate", "  decay"),
+        ("control_accuracy", "control accuracy"),
+    )
+    for point in sweep.points:
+        figs = point.figures()
+        for i, (key, label) in enumerate(rows):
+            table.add_row(str(point.budget) if i == 0 else "", label, *[figs[n][key].describe() for n in names])
+        table.add_section()
+    console.print(table)

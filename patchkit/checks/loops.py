@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from patchkit._io.progress import Progress
 from patchkit.checks.answers import score_answer
@@ -45,6 +45,8 @@ __all__ = [
     "run_suite",
     "score_generations",
     "build_requests",
+    "each_model",
+    "prepare_run",
 ]
 
 #: A "good list" is a non-looping answer with at least this many distinct true items.
@@ -102,10 +104,11 @@ class LoopSettings(BaseModel):
         description="Chat template enable_thinking (Gemma 4). [default: the template's default]",
         json_schema_extra={"flag": "--thinking/--no-thinking"},
     )
-    thinking_budget: int | None = Field(
+    thinking_budget: tuple[int, ...] | None = Field(
         None,
-        ge=1,
-        description="Stop a generation after this many thinking tokens (no answer yet: doom loop or truncated).",
+        description="Stop a generation after this many thinking tokens (no answer yet: doom loop or truncated); "
+        "turns thinking on. A comma list (1024,4096,16384) runs the suite at each budget: the thinking-budget study.",
+        json_schema_extra={"metavar": "N[,N...]"},
     )
     backend: Literal["transformers", "openai"] = Field(
         "transformers", description="Generation engine: in-process transformers, or an OpenAI-compatible server."
@@ -137,6 +140,49 @@ class LoopSettings(BaseModel):
         True, description="Stop a generation once its loop is certain (--no-early-stop: generate the full budget)."
     )
 
+    @field_validator("thinking_budget", mode="before")
+    @classmethod
+    def _budget_list(cls, value: Any) -> Any:
+        """One budget (int) or several (a comma list from the CLI, or a sequence): a sorted tuple of ints >= 1."""
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise ValueError("a thinking budget is a token count, not a switch (use --thinking)")
+        parts: list[Any] = (
+            value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
+        )
+        budgets = []
+        for part in parts:
+            try:
+                budget = int(str(part).strip())
+            except ValueError:
+                raise ValueError(f"{part!r} is not a token count; give N or N,N,... (e.g. 1024,4096,16384)") from None
+            if budget < 1:
+                raise ValueError(f"a thinking budget must be >= 1 token, got {budget}")
+            budgets.append(budget)
+        if not budgets:
+            raise ValueError("give at least one budget: N or N,N,...")
+        if len(set(budgets)) != len(budgets):
+            raise ValueError(f"budget {_first_duplicate(budgets)} is given twice")
+        return tuple(sorted(budgets))
+
+    @model_validator(mode="after")
+    def _budget_needs_thinking(self) -> LoopSettings:
+        """A budget counts thinking tokens, so it needs thinking on, through the chat template (one line, exit 2)."""
+        if self.thinking_budget is None:
+            return self
+        if self.enable_thinking is False:
+            raise CheckError(
+                "a thinking budget needs thinking on, but thinking is off (--no-thinking)",
+                fix=Fix("enable_thinking", True, "or drop the budget"),
+            )
+        if not self.chat:
+            raise CheckError(
+                "a thinking budget needs chat prompts: thinking is turned on through the chat template",
+                fix=Fix("chat", True, "or drop the budget"),
+            )
+        return self
+
     @model_validator(mode="after")
     def _server_only_with_openai(self) -> LoopSettings:
         """A server URL with the in-process backend would be ignored silently: refuse it (one line, exit 2)."""
@@ -164,9 +210,38 @@ class LoopSettings(BaseModel):
         update = {name: getattr(gates, name) for name in _GATE_DEFAULTS if name not in self.model_fields_set}
         return self.model_validate({**self.model_dump(exclude_unset=True), **update}) if update else self
 
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        """The thinking budgets asked for, ascending (empty: none)."""
+        return self.thinking_budget or ()
+
+    @property
+    def is_sweep(self) -> bool:
+        """More than one thinking budget: `patchkit loops` runs the thinking-budget study."""
+        return len(self.budgets) > 1
+
+    @property
+    def thinking(self) -> bool | None:
+        """The chat template's enable_thinking: on whenever a budget is set (a budget without thinking is void)."""
+        return True if self.thinking_budget is not None else self.enable_thinking
+
+    def at_budget(self, budget: int) -> LoopSettings:
+        """These settings with the single thinking budget `budget` (one point of a sweep)."""
+        return self.model_copy(update={"thinking_budget": (int(budget),)})
+
     def sampling(self) -> SamplingParams:
-        """The decoding parameters every backend takes."""
-        return SamplingParams(self.temperature, self.top_p, self.enable_thinking, self.thinking_budget)
+        """The decoding parameters every backend takes.
+
+        Raises:
+            CheckError: several budgets (a sweep runs each through `at_budget`).
+        """
+        if self.is_sweep:
+            raise CheckError(
+                f"{len(self.budgets)} thinking budgets: a generation takes one "
+                "(run_thinking_sweep runs each; LoopSettings.at_budget picks one)"
+            )
+        budget = self.budgets[0] if self.budgets else None
+        return SamplingParams(self.temperature, self.top_p, self.thinking, budget)
 
     def effective_samples(self) -> int:
         """Greedy decoding is deterministic: more than one sample would repeat the same text."""
@@ -183,8 +258,10 @@ class LoopSettings(BaseModel):
             "seed": self.seed,
             "split": self.split,
             "limit": self.limit,
-            "enable_thinking": self.enable_thinking,
-            "thinking_budget": self.thinking_budget,
+            "enable_thinking": self.thinking,
+            "thinking_budget": (
+                None if not self.budgets else self.budgets[0] if not self.is_sweep else list(self.budgets)
+            ),
             "chat": self.chat,
         }
 
@@ -693,9 +770,11 @@ def _model_backend(ref: str, settings: LoopSettings, log: Callable[[str], None] 
         log=log,
     )
     if settings.chat:
-        from patchkit.generate.transformers_backend import require_chat_template
+        from patchkit.generate.transformers_backend import require_chat_template, require_thinking_template
 
         require_chat_template(be.tokenizer)  # before any generation, not at the first prompt
+        if settings.thinking_budget is not None:
+            require_thinking_template(be.tokenizer)
     try:
         yield be
     finally:
@@ -741,6 +820,41 @@ def run_loops(
             for a tokenizer without a chat template.
         ModelError: a model that cannot be loaded, or a device this torch cannot use.
     """
+    settings, loaded, recipe_obj, gates = prepare_run(base_ref, patched_ref, recipe, settings, gates)
+    if settings.is_sweep:
+        raise CheckError(
+            f"{len(settings.budgets)} thinking budgets: run_loops runs one",
+            hint="patchkit.checks.thinking_sweep.run_thinking_sweep runs the thinking-budget study",
+        )
+    runs: dict[str, RunResult] = {}
+    extra: dict[str, Any] = {}
+    placements: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for role, label, be in each_model(base_ref, patched_ref, recipe_obj, settings, log, stack):
+            placement = getattr(be, "placement", None)
+            if placement is not None:
+                placements[role] = placement.to_json()
+            runs[role] = run_suite(loaded, backend=be, settings=settings, progress=progress, stage=role, label=label)
+    if recipe_obj is not None:
+        extra["recipe"] = str(recipe) if isinstance(recipe, (str, Path)) else getattr(recipe_obj, "name", None)
+    if placements:
+        extra["placement"] = placements
+    return LoopReport(
+        settings, loaded, runs["base"], runs.get("patched"), backend=settings.backend, gates=gates, extra=extra
+    )
+
+
+def prepare_run(
+    base_ref: str | Path,
+    patched_ref: str | Path | None,
+    recipe: str | Path | Recipe | None,
+    settings: LoopSettings | None,
+    gates: LoopGates | None,
+) -> tuple[LoopSettings, Suite, Recipe | None, LoopGates | None]:
+    """Check the arguments of a run and resolve them: (settings with the gates' defaults, probes, recipe, gates).
+
+    Why separate: `run_loops` and the thinking-budget sweep refuse the same bad combinations in the same words.
+    """
     settings = settings if settings is not None else LoopSettings()
     if patched_ref is not None and recipe is not None:
         raise CheckError("give either a patched model or a recipe, not both")
@@ -756,44 +870,42 @@ def run_loops(
     loaded = _select(settings.suite, settings)
     if not loaded.probes:
         raise CheckError(f"suite {settings.suite!r} has no probes for split={settings.split}")
-    extra: dict[str, Any] = {}
-    placements: dict[str, Any] = {}
+    return settings, loaded, recipe_obj, gates
 
-    def placed(role: str, be: Any) -> None:
-        placement = getattr(be, "placement", None)
-        if placement is not None:
-            placements[role] = placement.to_json()
 
+def each_model(
+    base_ref: str | Path,
+    patched_ref: str | Path | None,
+    recipe_obj: Recipe | None,
+    settings: LoopSettings,
+    log: Callable[[str], None] | None,
+    stack: contextlib.ExitStack,
+) -> Iterator[tuple[str, str, Any]]:
+    """Yield ("base" | "patched", label, backend) for the base and (when asked) the patched model, in turn.
+
+    Why a generator: each model is loaded only while the caller uses it (never both at once: a GPU holds one),
+    and a sweep runs every budget on one load. The patched checkpoint a recipe needs lives on `stack`.
+    """
     with _model_backend(str(base_ref), settings, log) as be:
-        placed("base", be)
-        base_run = run_suite(
-            loaded, backend=be, settings=settings, progress=progress, stage="base", label=str(base_ref)
-        )
-    patched_run = None
+        yield "base", str(base_ref), be
     if recipe_obj is not None:
         from patchkit.generate.loading import patched_checkpoint
 
-        with patched_checkpoint(recipe_obj, base_ref) as patched_dir:
-            with _model_backend(str(patched_dir), settings, log) as be:
-                placed("patched", be)
-                patched_run = run_suite(
-                    loaded,
-                    backend=be,
-                    settings=settings,
-                    progress=progress,
-                    stage="patched",
-                    label=f"{base_ref} + {getattr(recipe_obj, 'name', 'recipe')}",
-                )
-        extra["recipe"] = str(recipe) if isinstance(recipe, (str, Path)) else getattr(recipe_obj, "name", None)
+        patched_dir = stack.enter_context(patched_checkpoint(recipe_obj, base_ref))
+        with _model_backend(str(patched_dir), settings, log) as be:
+            yield "patched", f"{base_ref} + {getattr(recipe_obj, 'name', 'recipe')}", be
     elif patched_ref is not None:
         with _model_backend(str(patched_ref), settings, log) as be:
-            placed("patched", be)
-            patched_run = run_suite(
-                loaded, backend=be, settings=settings, progress=progress, stage="patched", label=str(patched_ref)
-            )
-    if placements:
-        extra["placement"] = placements
-    return LoopReport(settings, loaded, base_run, patched_run, backend=settings.backend, gates=gates, extra=extra)
+            yield "patched", str(patched_ref), be
+
+
+def _first_duplicate(values: Sequence[int]) -> int:
+    seen: set[int] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    raise ValueError("no duplicate")
 
 
 def _load_recipe(recipe: str | Path | Recipe) -> Recipe:

@@ -80,18 +80,22 @@ def apply_cmd(
 
     On a .gguf file (llama.cpp, Ollama) only the scale fields of the edited rows change: no requantization, and
     the provenance goes into the file as patchkit.* metadata."""
+    from patchkit.edit.apply import apply_recipe, read_recipe
     from patchkit.model.gguf_model import is_gguf_path
-    from patchkit.workflows.resolve import resolve_then_apply
+    from patchkit.recipe.resolution import unresolved_error
 
     if undo and not (in_place and is_gguf_path(model)):
         raise click.UsageError("--undo goes with --in-place --model FILE.gguf")
+    rec, _, _ = read_recipe(recipe)
+    if not rec.is_resolved:  # never resolved behind the user's back: that is `patchkit recipe resolve`
+        raise unresolved_error(rec, str(recipe))
     if is_gguf_path(model):
         _apply_gguf(recipe, str(model), out, dry_run, in_place, undo, force, link, as_json)
         return
 
     with _progress(as_json, "apply") as progress:
-        result = resolve_then_apply(
-            recipe, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, link=link, progress=progress
+        result = apply_recipe(
+            rec, model=model, out=out, dry_run=dry_run, in_place=in_place, force=force, link=link, progress=progress
         )
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -159,7 +159,8 @@ def _detect_table(out: list[dict[str, Any]]) -> None:
     "report_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Write loops.json, every transcript and loops.png into this directory.",
+    help="Write loops.json, every transcript and loops.png into this directory (a thinking-budget sweep: "
+    "also thinking-budget.png, and each budget's report in budget-N/).",
 )
 @json_option
 @handle_errors
@@ -169,8 +170,9 @@ def loops_cmd(
     """Run the loop suite on MODEL (and the patched model) on the same probes and seeds; compare.
 
     Runs where the model fits by default: the GPU when there is one, in the checkpoint's own dtype (the line
-    "device: ..., dtype: ..." says what was chosen and why). Exits 1 when the recipe's checks.loops gates fail
-    (each failed threshold is named), 2 on bad input.
+    "device: ..., dtype: ..." says what was chosen and why). --thinking-budget 1024,4096,16384 runs the
+    thinking-budget study: the suite at each budget, thinking on, with doom-loop and committed-answer rates per
+    budget. Exits 1 when the recipe's checks.loops gates fail (each failed threshold is named), 2 on bad input.
     """
     from patchkit.checks.loop_report import render_tables, write_report
     from patchkit.checks.loops import run_loops
@@ -179,6 +181,9 @@ def loops_cmd(
         raise CheckError("give either --patched or --recipe, not both")
     settings = settings_from_options(LoopSettings, options)
     console = ui_console(as_json)
+    if settings.is_sweep:
+        _sweep(model, patched, recipe, settings, report_dir, as_json, console)
+        return
     with progress_bars(console, label=lambda stage: f"{stage} model") as progress:
         report = run_loops(
             model,
@@ -205,3 +210,44 @@ def loops_cmd(
         raise GateFailed(f"{len(failures)} loop gate(s) failed: " + "; ".join(f.split(":")[0] for f in failures))
     if report.gates is not None and not as_json:
         console.print("[green]loop gates met[/]")
+
+
+def _sweep(
+    model: str,
+    patched: str | None,
+    recipe: str | None,
+    settings: LoopSettings,
+    report_dir: Path | None,
+    as_json: bool,
+    console: Any,
+) -> None:
+    """`patchkit loops --thinking-budget A,B,...`: the thinking-budget study (library: run_thinking_sweep)."""
+    from patchkit.checks.loop_report import render_sweep_tables, write_sweep_report
+    from patchkit.checks.thinking_sweep import run_thinking_sweep
+
+    with progress_bars(console, label=lambda stage: f"{stage} tokens") as progress:
+        sweep = run_thinking_sweep(
+            model,
+            patched_ref=patched,
+            recipe=recipe,
+            settings=settings,
+            progress=progress,
+            log=placement_printer(console),
+        )
+    written = write_sweep_report(sweep, report_dir) if report_dir else None
+    failures = sweep.gate()
+    if as_json:
+        data = sweep.to_json()
+        if written:
+            data["report"] = {k: str(v) for k, v in written.items()}
+        emit_json(data)
+    else:
+        render_sweep_tables(sweep, console)
+        if written:
+            console.print(f"report written to {report_dir}/ (loops.json, thinking-budget.png, budget-N/)")
+    if failures:
+        for failure in failures:
+            click.echo(f"gate failed: {failure}", err=True)
+        raise GateFailed(f"{len(failures)} loop gate(s) failed across the thinking budgets")
+    if sweep.gates is not None and not as_json:
+        console.print("[green]loop gates met at every budget[/]")

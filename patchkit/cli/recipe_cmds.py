@@ -1,7 +1,8 @@
 """`patchkit recipe ...`: resolve recipes from published fixed checkpoints and inspect their search space.
 
-`patchkit recipe extract BASE FIXED -o recipe.yaml` (diff + Hub: only differing shards are downloaded),
-`patchkit recipe space RECIPE` (what an unresolved recipe leaves to search); `validate`, `new` and `schema`
+`patchkit recipe resolve RECIPE` (try the recipe's `resolution.ways` in order: check each reference on the Hub,
+extract the first that exists, warn where it departs from the constraints), `patchkit recipe extract BASE FIXED
+-o recipe.yaml` (diff + Hub: only differing shards are downloaded), `patchkit recipe space RECIPE` (what an unresolved recipe leaves to search); `validate`, `new` and `schema`
 are also reachable here (the top-level commands stay as they are).
 """
 
@@ -55,10 +56,9 @@ def extract_cmd(
     template = load_recipe(into) if into is not None else None
     target = out or into
     if into is not None and out is None:
-        from patchkit.recipe.packaged import is_installed_copy, is_shipped
-
-        if is_shipped(into) or is_installed_copy(into):  # never write into the installed package: a local copy
-            target = Path.cwd() / f"{Path(into).name.removesuffix('.yaml')}.yaml"
+        copy = _written_copy(into)
+        if copy is not None:  # never write into the installed package: a local copy
+            target = copy
             click.echo(
                 f"note: {into} is a recipe shipped with patchkit; writing the resolved copy to {target}", err=True
             )
@@ -90,6 +90,73 @@ def extract_cmd(
         click.echo(f"warning: {warning}", err=True)
     if target is not None:
         con.print(f"wrote {target}", highlight=False)
+
+
+def _written_copy(recipe: Path) -> Path | None:
+    """Where a command that writes a recipe back must write instead of RECIPE: `./NAME.yaml` for a shipped name or
+    an installed copy (never into the installed package), else None (RECIPE itself)."""
+    from patchkit.recipe.packaged import is_installed_copy, is_shipped
+
+    if is_shipped(recipe) or is_installed_copy(recipe):
+        return Path.cwd() / f"{Path(recipe).name.removesuffix('.yaml')}.yaml"
+    return None
+
+
+@recipe_group.command("resolve")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the resolved recipe here (default: back into RECIPE, comments kept; a shipped name writes ./NAME.yaml).",
+)
+@click.option("--model", default=None, help="Diff against this base instead of the recipe's model.repo@revision.")
+@click.option("--force", is_flag=True, help="Overwrite an existing -o file (or an existing ./NAME.yaml).")
+@json_option
+@handle_errors
+def resolve_cmd(recipe: Path, out: Path | None, model: str | None, force: bool, as_json: bool) -> None:
+    """Resolve RECIPE by trying its `resolution.ways` in order: the first that works wins and is recorded.
+
+    Each diff reference is checked on the Hub (existence and commit pin, no weights); the first that exists is
+    extracted (only differing shards are downloaded) and compared with the recipe's constraints: a departure is a
+    warning. Nothing usable: says what it tried and what to run next (exit 1)."""
+    from patchkit._io.atomic import atomic_write_text
+    from patchkit.cli.core import _progress
+    from patchkit.errors import GateFailed
+    from patchkit.workflows.resolve import resolve_recipe
+
+    copy = _written_copy(recipe)
+    target = out or copy or recipe
+    if (out is not None or copy is not None) and target.exists() and not force:
+        raise PatchkitError(
+            f"{target}: already exists; refusing to overwrite", hint="pass --force or choose another -o"
+        )
+    with _progress(as_json, "resolve") as progress:
+        report = resolve_recipe(recipe, model=model, name=str(recipe), progress=progress)
+    if report.resolved and report.result is not None:
+        atomic_write_text(Path(target), report.result.text)
+        report.next = report.next.replace("RESOLVED", str(target))
+    if as_json:
+        payload = report.to_json()
+        payload["written"] = str(target) if report.resolved else None
+        emit_json(payload)
+    else:
+        con = ui_console(False)
+        for way in report.ways:
+            con.print(way.line(), highlight=False)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not report.resolved:
+        raise GateFailed(report.message)
+    if not as_json:
+        con = ui_console(False)
+        if copy is not None and out is None:
+            click.echo(
+                f"note: {recipe} is a recipe shipped with patchkit; wrote the resolved copy to {target}", err=True
+            )
+        con.print(report.message, highlight=False)
+        con.print(f"wrote {target}; next: {report.next}", highlight=False)
 
 
 @recipe_group.command("space")

@@ -103,11 +103,15 @@ def recipe_from_diff(
     *,
     template: Any = None,
     name: str | None = None,
+    via: int | None = None,
 ) -> ExtractResult:
     """A resolved recipe reproducing FIXED from BASE, given their DiffReport (DiffError if any change is not
     expressible as recipe ops). `base`/`fixed` are what the user named (recorded when they are local paths).
 
     `template`: an (unresolved) Recipe whose name, description, model, checks, publish and constraints are kept.
+    `via`: the index of the template's `resolution.ways` entry FIXED came from (`patchkit recipe resolve`): the
+    ways are kept, `resolution.resolved_via` names the winner and `source.reference_status` says whether the
+    reference was published or only inferred (so no later reader mistakes an inferred reference for a cited one).
     """
     from io import StringIO
 
@@ -135,7 +139,7 @@ def recipe_from_diff(
         "kind": "diff",
         "reference": fixed_id,
         "base": base_id,
-        "extracted_by": f"patchkit {__version__} recipe extract",
+        "extracted_by": f"patchkit {__version__} {'recipe resolve' if via is not None else 'recipe extract'}",
     }
     t_source = getattr(template, "source", None)
     if t_source is not None and t_source.kind != "diff" and t_source.reference:
@@ -143,14 +147,26 @@ def recipe_from_diff(
         claims = (t_source.model_extra or {}).get("claims")
         if claims:
             source["claims"] = claims
+    t_res = getattr(template, "resolution", None)
+    way = None
+    if via is not None and t_res is not None:
+        ways = t_res.effective_ways()
+        way = ways[via] if 0 <= via < len(ways) else None
+    if way is not None and way.status:
+        source["reference_status"] = way.status
+        if way.cited_in:
+            source["reference_cited_in"] = way.cited_in
     source["checksums"] = checksums
+    command = "recipe resolve" if via is not None else "recipe extract"  # which command wrote it
     resolution: dict[str, Any] = {
         "status": "resolved",
         "method": "diff",
         "reference": fixed_id,
-        "resolved_by": f"patchkit {__version__} recipe extract {base_id} {fixed_id}",
+        "resolved_by": f"patchkit {__version__} {command} {base_id} {fixed_id}",
     }
-    t_res = getattr(template, "resolution", None)
+    if way is not None and t_res is not None and t_res.ways is not None:
+        resolution["ways"] = [w.model_dump(mode="json", exclude_none=True) for w in t_res.ways]
+        resolution["resolved_via"] = f"ways[{via}]"
     if t_res is not None and t_res.constraints.to_yaml_data():
         resolution["constraints"] = t_res.constraints.to_yaml_data()
     rec_name = name or getattr(template, "name", None) or _slug(f"{Path(str(fixed)).name}-from-diff")

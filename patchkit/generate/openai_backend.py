@@ -211,10 +211,13 @@ class OpenAIBackend:
         path, body = self._payload(request, params)
         url = self.base_url + path
         started = time.perf_counter()
+        budget = params.thinking_budget if path == _CHAT else None
         try:
-            if self.early_stop is not None and self._streams:
+            if (self.early_stop is not None or budget is not None) and self._streams:
                 try:
-                    gen = self._stream(request, path, self._create(path, body, stream=True), self.early_stop)
+                    gen = self._stream(
+                        request, path, self._create(path, body, stream=True), self.early_stop, budget=budget
+                    )
                 except openai.APIStatusError as exc:
                     if exc.status_code not in _NO_STREAMING:
                         raise
@@ -224,6 +227,8 @@ class OpenAIBackend:
                     self._streams = False
             else:
                 gen = self._parse(request, path, self._create(path, body, stream=False))
+            if budget is not None and "thinking_tokens" not in gen.meta:
+                gen.meta["thinking_budget_enforced"] = False  # unstreamed: the server's own stop only
         except openai.APITimeoutError:
             raise self._gave_up(url, request, f"timed out after {self.timeout:g}s") from None
         except openai.APIConnectionError as exc:
@@ -260,20 +265,31 @@ class OpenAIBackend:
             tokens = max(1, len((thinking or "") + content) // 4)  # rough: ~4 characters a token
         return _generation(request, content, thinking, choice.finish_reason, tokens)
 
-    def _stream(self, request: GenerationRequest, path: str, stream: Iterable[Any], test: StopTest) -> Generation:
-        """Read a streamed response; cut it (closing the stream) once `test` finds a certain loop.
+    def _stream(
+        self,
+        request: GenerationRequest,
+        path: str,
+        stream: Iterable[Any],
+        test: StopTest | None,
+        *,
+        budget: int | None = None,
+    ) -> Generation:
+        """Read a streamed response; cut it (closing the stream) once `test` finds a certain loop, or once the
+        thinking trace (`reasoning_content` chunks before any answer) reaches `budget` tokens.
 
         Tokens are counted as content-bearing chunks (one token each on vLLM, llama.cpp and transformers serve)
-        unless the server reports usage at the end.
+        unless the server reports usage at the end. Why the budget is enforced here: servers differ in whether
+        and how they take a thinking budget, and counting reasoning chunks works on any that streams them.
         """
         openai = _openai()
-        watch = LoopWatch(test, every=self.check_every)
+        watch = LoopWatch(test, every=self.check_every) if test is not None else None
         content: list[str] = []
         reasoning: list[str] = []
         chunks, finish, usage_tokens, label = 0, None, None, None
+        thinking_tokens, over_budget = 0, False
         iterator = iter(stream)
         try:
-            while label is None:
+            while label is None and not over_budget:
                 try:
                     chunk = next(iterator)
                 except StopIteration:
@@ -302,15 +318,23 @@ class OpenAIBackend:
                 content.append(text)
                 reasoning.append(think or "")
                 chunks += 1
-                label = watch.check(chunks, lambda: "".join(reasoning) + "".join(content))
+                if think and not "".join(content).strip():
+                    thinking_tokens += 1
+                    over_budget = budget is not None and thinking_tokens >= budget
+                if watch is not None and not over_budget:
+                    label = watch.check(chunks, lambda: "".join(reasoning) + "".join(content))
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()  # a cut stream: the server sees the disconnect and stops generating
-        tokens = usage_tokens if usage_tokens is not None and label is None else chunks
+        cut = label is not None or over_budget
+        tokens = usage_tokens if usage_tokens is not None and not cut else chunks
         gen = _generation(request, "".join(content), "".join(reasoning) or None, finish, max(1, tokens))
+        gen.meta["thinking_tokens"] = thinking_tokens
         if label is not None:
             gen.stop_reason, gen.loop_label = "loop", label
+        elif over_budget:
+            gen.stop_reason = "budget"
         return gen
 
 

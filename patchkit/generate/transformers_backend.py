@@ -30,7 +30,7 @@ from patchkit.generate.types import (
     SamplingParams,
 )
 
-__all__ = ["TransformersBackend", "render_prompt", "require_chat_template"]
+__all__ = ["TransformersBackend", "render_prompt", "require_chat_template", "require_thinking_template"]
 
 #: Special tokens that open / close a thinking block (Gemma 4 channels, <think> tags).
 _THINK_OPEN = ("<|channel>", "<think>")
@@ -66,6 +66,38 @@ def require_chat_template(tokenizer: Any) -> None:
         )
 
 
+def require_thinking_template(tokenizer: Any) -> None:
+    """Refuse, in one line, a thinking budget for a tokenizer whose chat template cannot turn thinking on.
+
+    Why: a budget counts the tokens between the thinking markers; a template that ignores `enable_thinking`,
+    or a vocabulary without the markers as tokens, would make every generation "within budget" and the study
+    silently measure nothing. Supported: the template renders differently with enable_thinking on and off, and
+    the tokenizer has a thinking open and close token (Gemma 4 channels, <think> tags).
+    """
+    require_chat_template(tokenizer)
+    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    probe = GenerationRequest("thinking-probe", "Hi")
+    try:
+        on, off = (render_prompt(tokenizer, probe, enable_thinking=flag) for flag in (True, False))
+    except Exception as exc:  # a template that fails on the switch cannot honour it either
+        raise CheckError(
+            f"{name}: the chat template fails with enable_thinking ({str(exc).splitlines()[0][:120]})",
+            hint="drop --thinking-budget, or use a model whose chat template supports thinking",
+        ) from None
+    if on == off:
+        raise CheckError(
+            f"{name}: the chat template has no thinking mode (enable_thinking changes nothing), "
+            "so a thinking budget would measure nothing",
+            hint="drop --thinking-budget, or use a thinking model (Gemma 4, Qwen 3, ...)",
+        )
+    if not (_token_ids(tokenizer, _THINK_OPEN) and _token_ids(tokenizer, _THINK_CLOSE)):
+        raise CheckError(
+            f"{name}: no thinking marker tokens ({', '.join(_THINK_OPEN + _THINK_CLOSE)}), "
+            "so thinking tokens cannot be counted against a budget",
+            hint="drop --thinking-budget",
+        )
+
+
 def _token_ids(tokenizer: Any, names: Sequence[str]) -> set[int]:
     ids: set[int] = set()
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -83,6 +115,7 @@ class _Row:
     generator: Any  # torch.Generator for sampling
     tokens: list[int] = field(default_factory=list)
     in_thinking: bool = False
+    opened_by_prompt: bool = False  # the chat template opened the thinking block (the model never emits it)
     thinking_tokens: int = 0
     watch: LoopWatch | None = None
     stop: str | None = None
@@ -200,6 +233,7 @@ class TransformersBackend:
                     request,
                     gen,
                     in_thinking=last_open > last_close,
+                    opened_by_prompt=last_open > last_close,
                     watch=LoopWatch(self.early_stop, every=self.check_every) if self.early_stop else None,
                     started=time.perf_counter(),
                 )
@@ -336,8 +370,9 @@ class TransformersBackend:
     def _finish(self, row: _Row) -> Generation:
         raw = self.tokenizer.decode(row.tokens, skip_special_tokens=False)
         thinking, answer, _closed = split_thinking(raw)
-        if thinking is None and row.in_thinking:  # the template opened the block: everything so far is thinking
-            thinking, answer = raw, ""
+        if thinking is None and row.opened_by_prompt:
+            # the template opened the block: the thinking runs to the first close marker (or to the end)
+            thinking, answer = _split_opened(raw)
         clean = lambda s: self._strip_special(s)  # noqa: E731
         return Generation(
             id=row.request.id,
@@ -347,6 +382,7 @@ class TransformersBackend:
             thinking=clean(thinking).strip() if thinking is not None else None,
             seconds=time.perf_counter() - row.started,
             loop_label=row.loop_label,
+            meta={"thinking_tokens": row.thinking_tokens},
         )
 
     def _strip_special(self, text: str) -> str:
@@ -354,6 +390,15 @@ class TransformersBackend:
             if tok:
                 text = text.replace(tok, "")
         return text
+
+
+def _split_opened(raw: str) -> tuple[str, str]:
+    """(thinking, answer) of a generation whose thinking block the prompt opened: split at the first close."""
+    ends = [(at, close) for close in _THINK_CLOSE if (at := raw.find(close)) >= 0]
+    if not ends:
+        return raw, ""
+    at, close = min(ends)
+    return raw[:at], raw[at + len(close) :]
 
 
 def _mergeable(cache: Any) -> bool:

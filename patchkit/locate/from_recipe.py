@@ -116,6 +116,10 @@ def resolved_recipe_data(base: Any, generated: dict[str, Any], *, confirmed: boo
         data["edits"] = generated["edits"]
         data["description"] = (data.get("description", "").rstrip() + "\n" + generated["description"]).strip()
         res.update(status="resolved", method="locate", resolved_by=f"patchkit locate (patchkit {__version__})")
+        ways = res.get("ways") or []
+        locate_ways = [i for i, w in enumerate(ways) if isinstance(w, dict) and w.get("method") == "locate"]
+        if locate_ways:  # the recipe lists its ways: record that the locate one resolved it
+            res["resolved_via"] = f"ways[{locate_ways[0]}]"
         res.pop("how_to_resolve", None)
         from patchkit.recipe import Recipe
 

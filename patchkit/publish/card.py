@@ -533,6 +533,15 @@ def _reproduce(provenance: dict, repo_id: str | None) -> list[str]:
     return lines
 
 
+def _source_line(source: dict) -> str:
+    """`Source of the edit: **diff** (org/name).`, saying when the reference was inferred rather than published
+    (a name that only follows the published pattern: the reader must not take it for the authors' own)."""
+    ref = source.get("reference") or source.get("ref")
+    status = source.get("reference_status")
+    note = f"; an **{status}** reference" if status == "inferred" else (f"; {status} reference" if status else "")
+    return f"Source of the edit: **{source.get('kind', 'manual')}**" + (f" ({ref}{note})" if ref else "") + "."
+
+
 def build_card(
     provenance: dict | None,
     *,
@@ -584,8 +593,7 @@ def build_card(
         str(why).strip(),
     ]
     if source:
-        ref = source.get("reference") or source.get("ref")
-        body += ["", f"Source of the edit: **{source.get('kind', 'manual')}**" + (f" ({ref})" if ref else "") + "."]
+        body += ["", _source_line(source)]
     body += [
         "",
         "### Edits",
@@ -989,10 +997,7 @@ def build_gguf_card(
         _section(body, "## What changed and why", "", why)
         source = recipe.get("source") or {}
         if source:
-            ref = source.get("reference") or source.get("ref")
-            _section(
-                body, f"Source of the edit: **{source.get('kind', 'manual')}**" + (f" ({ref})" if ref else "") + "."
-            )
+            _section(body, _source_line(source))
         _section(body, "### Edits", "", *_gguf_edits_section(edits))
     _section(
         body,

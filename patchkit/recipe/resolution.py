@@ -7,8 +7,9 @@ record their own notes), known keys are typed:
 ```yaml
 resolution:
   status: unresolved
-  method: locate                  # locate | diff | paper-citation | manual
-  reference: "arXiv:2606.13705"
+  ways:                           # tried in order by `patchkit recipe resolve` (or one `method` + `reference`)
+    - {method: diff, reference: org/name-noloop, status: inferred}   # published | inferred
+    - {method: locate}
   constraints:
     kind: neuron                  # neuron | expert: what an edit targets
     layers: [10, 12]              # where to search (omitted: every layer)
@@ -22,6 +23,8 @@ resolution:
     evidence: "secondary summary of the paper, not verified against its text"
 ```
 
+`check_edits_against` lists where resolved edits depart from the constraints (warnings: a reference is
+authoritative); `unresolved_error` is apply's one-line refusal naming `patchkit recipe resolve`.
 `search_space(recipe, config=...)` turns that into a `SearchSpace` (layers expanded and range-checked against
 the model's geometry when a config or size profile is available); `patchkit locate --from-recipe` searches it.
 """
@@ -116,6 +119,7 @@ def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> Search
     from patchkit.model.adapters import get_adapter
 
     res = getattr(recipe, "resolution", None)
+    ways = res.effective_ways() if res is not None else []
     cons = constraints_of(recipe)
     spec = getattr(recipe, "model", None)
     repo = getattr(spec, "repo", None)
@@ -166,8 +170,8 @@ def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> Search
         recipe=getattr(recipe, "name", "?"),
         model_repo=repo,
         revision=getattr(spec, "revision", None),
-        method=getattr(res, "method", None),
-        reference=getattr(res, "reference", None),
+        method=getattr(res, "method", None) or (ways[0].method if ways else None),
+        reference=getattr(res, "reference", None) or next((w.ref for w in ways if w.method == "diff"), None),
         kind=kind,
         layers=layers,
         max_edits=cons.max_edits,
@@ -183,7 +187,10 @@ def search_space(recipe: Any, *, config: dict[str, Any] | None = None) -> Search
 
 
 def check_edits_against(recipe_constraints: Constraints, edits: list[Any]) -> list[str]:
-    """Where resolved edits (ResolvedEdit list) depart from the constraints: a list of one-line notes."""
+    """Where resolved edits (ResolvedEdit list) depart from the constraints: a list of one-line notes.
+
+    Why notes and not errors: constraints come from secondary summaries of a source; edits read from a reference
+    checkpoint are authoritative, so a departure is something to tell the user about, never a reason to refuse."""
     notes = []
     c = recipe_constraints
     if c.kind and any(e.kind != c.kind for e in edits):
@@ -198,7 +205,26 @@ def check_edits_against(recipe_constraints: Constraints, edits: list[Any]) -> li
         notes.append(f"{len(edits)} edited units, the source states exactly {c.exact_edits}")
     if c.ops and any(e.op not in c.ops for e in edits):
         notes.append(f"ops {sorted({e.op for e in edits} - set(c.ops))} not among the constrained ops {c.ops}")
+    if c.factors:
+        odd = sorted({e.factor for e in edits if e.op == "scale" and not any(_close(e.factor, f) for f in c.factors)})
+        if odd:
+            notes.append(f"scale factors {[f'{f:g}' for f in odd]} not among the constrained factors {c.factors}")
+    for i, p in enumerate(c.partial_edits):
+        if not any(_matches(p, e) for e in edits):
+            what = f"{p.op}" + (f" x{p.factor:g}" if p.factor is not None else "")
+            notes.append(f"partial_edits[{i}] (layer {p.layer} {what}) has no matching edit")
     return notes
+
+
+def _close(a: float, b: float) -> bool:
+    """Factors as read back from bf16 weights differ from the stated ones by rounding (e.g. -0.8 -> -0.80078125)."""
+    return abs(a - b) <= 1e-2 * max(1.0, abs(b))
+
+
+def _matches(partial: PartialEdit, edit: Any) -> bool:
+    if edit.layer != partial.layer or edit.op != partial.op:
+        return False
+    return partial.factor is None or _close(edit.factor, partial.factor)
 
 
 # --- what to run ------------------------------------------------------------------------------------------
@@ -207,3 +233,20 @@ def check_edits_against(recipe_constraints: Constraints, edits: list[Any]) -> li
 def how_to_resolve(recipe: Any) -> str:
     """The command that resolves an unresolved recipe (one clause, for one-line errors)."""
     return recipe._default_how_to_resolve()
+
+
+def unresolved_error(recipe: Any, name: str | None = None) -> RecipeError:
+    """The one-line refusal for applying an unresolved recipe: it names `patchkit recipe resolve NAME`.
+
+    Why apply never resolves by itself: resolving reaches the Hub, may download shards and may pick an
+    inferred (unpublished) reference; the user runs that step knowingly, reviews the warnings, then applies.
+    `name` is the RECIPE as the user gave it (a shipped short name stays short)."""
+    res = recipe.resolution
+    arg = name or recipe.path or "RECIPE"
+    ways = res.effective_ways() if res is not None else []
+    tried = "; it tries " + ", then ".join(w.describe() for w in ways) if ways else ""
+    return RecipeError(
+        f"{recipe.where('resolution')}: recipe {recipe.name!r} is unresolved (it carries no edits yet): run "
+        f"`patchkit recipe resolve {arg}` first{tried} (apply never resolves a recipe on its own)",
+        data={"recipe": str(arg), "ways": [w.describe() for w in ways]},
+    )

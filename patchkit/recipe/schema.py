@@ -217,8 +217,101 @@ class Constraints(BaseModel):
         return default if value is None else value
 
 
+ReferenceStatus = Literal["published", "inferred"]
+
+
+def _hub_reference(value: str, *, loc: tuple) -> tuple[str, str | None]:
+    """`org/name[@revision]` split and checked: a diff reference names a Hub repo, never a local path chosen by
+    whoever wrote the recipe (resolving it downloads from there)."""
+    repo, at, revision = value.partition("@")
+    try:
+        check_repo_id(repo, field="resolution.reference")
+        if at:
+            check_revision(revision)
+    except PydanticCustomError as exc:
+        raise fail(
+            f"must be a Hub reference org/name[@revision]: {(exc.context or {}).get('message', '')}",
+            hint="a diff way names the published (or inferred) fixed model on the Hub; to extract from a local "
+            "directory run `patchkit recipe extract BASE DIR --into RECIPE`",
+            loc=loc,
+        ) from None
+    return repo, (revision if at else None)
+
+
+class ResolutionWay(BaseModel):
+    """One way to resolve a recipe, tried in order by `patchkit recipe resolve`.
+
+    `diff`: extract the edits from a fixed checkpoint on the Hub (`reference`, optionally at `revision`), marked
+    `published` (its name appears in a cited source, `cited_in`) or `inferred` (a name that only follows the
+    published pattern: it may not exist, and is never presented as published). `locate`: search the recipe's
+    `resolution.constraints` with `patchkit locate --from-recipe` (needs the model and a GPU, so `recipe resolve`
+    only says to run it)."""
+
+    model_config = _STRICT
+
+    method: Literal["diff", "locate"]
+    reference: str | None = Field(None, description="diff: the fixed checkpoint's Hub repo id (org/name)")
+    revision: str | None = Field(None, description="diff: a commit sha, branch or tag of the reference")
+    status: ReferenceStatus | None = Field(
+        None, description="diff: `published` (named in a cited source) or `inferred` (follows the published pattern)"
+    )
+    cited_in: str | None = Field(None, description="the source that names the reference (or the method)")
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_method(self) -> ResolutionWay:
+        if self.method == "diff":
+            if self.reference is None:
+                raise fail("a diff way needs the fixed checkpoint's Hub repo", hint="add `reference: org/name`", loc=())
+            if "@" in self.reference:
+                raise fail(
+                    f"{show(self.reference)}: give the revision separately",
+                    hint="write `reference: org/name` and `revision: SHA`",
+                    loc=("reference",),
+                )
+            _hub_reference(self.reference, loc=("reference",))
+            if self.revision is not None:
+                try:
+                    check_revision(self.revision)
+                except PydanticCustomError as exc:
+                    raise fail((exc.context or {}).get("message", "bad revision"), loc=("revision",)) from None
+            if self.status is None:
+                raise fail(
+                    "a diff way must say whether its reference is `published` (named in a cited source) or "
+                    "`inferred` (a name that follows the published pattern)",
+                    hint="add `status: published` or `status: inferred`",
+                    loc=(),
+                )
+        else:
+            for key in ("reference", "revision", "status"):
+                if getattr(self, key) is not None:
+                    raise fail(
+                        f"a locate way takes no {key} (it searches resolution.constraints)",
+                        hint=f"remove `{key}`",
+                        loc=(key,),
+                    )
+        return self
+
+    @property
+    def ref(self) -> str | None:
+        """`org/name[@revision]` of a diff way (None for locate)."""
+        if self.reference is None:
+            return None
+        return f"{self.reference}@{self.revision}" if self.revision else self.reference
+
+    def describe(self) -> str:
+        """`diff edgerunner-ai/x (inferred)` / `locate`: how the way is named in messages."""
+        if self.method == "locate":
+            return "locate --from-recipe"
+        return f"diff {self.ref} ({self.status or 'unmarked'})"
+
+
 class Resolution(BaseModel):
-    """Whether the edits are known. Unresolved recipes carry constraints and say how to resolve them."""
+    """Whether the edits are known. Unresolved recipes carry constraints and say how to resolve them.
+
+    The ways to resolve are either listed in order in `ways` (`patchkit recipe resolve` tries them one by one and
+    records the winner in `resolved_via`) or given as one `method` + `reference` (the older single-way form, read as
+    one way: see `effective_ways`)."""
 
     model_config = _STRICT
 
@@ -227,6 +320,12 @@ class Resolution(BaseModel):
         None, description="how the edits are (to be) found: paper-citation | diff | locate | manual"
     )
     reference: str | None = None
+    ways: list[ResolutionWay] | None = Field(
+        None,
+        description="ways to resolve, in order: {method: diff, reference, revision, status, cited_in} | "
+        "{method: locate}; the first that works wins",
+    )
+    resolved_via: str | None = Field(None, description="which of `ways` resolved the recipe, e.g. ways[1]")
     resolved_by: str | None = Field(None, description="command and patchkit version that wrote the edits")
     constraints: Constraints = Field(
         default_factory=lambda: Constraints(),
@@ -236,23 +335,51 @@ class Resolution(BaseModel):
     how_to_resolve: str | None = None
 
     @model_validator(mode="after")
-    def _diff_reference_is_a_hub_ref(self) -> Resolution:
-        """`apply` resolves an unresolved diff recipe on its own from `reference`: that must be a Hub repo
-        (org/name[@revision]), never a local path chosen by whoever wrote the recipe."""
+    def _consistent_ways(self) -> Resolution:
+        """An unresolved diff `reference` must be a Hub ref (resolving downloads from it); `ways` and the single
+        `method`/`reference` form are exclusive while unresolved (which one would be tried?); `resolved_via` must
+        point into `ways`."""
         if self.status == "unresolved" and self.method == "diff" and self.reference is not None:
-            repo, at, revision = self.reference.partition("@")
-            try:
-                check_repo_id(repo, field="resolution.reference")
-                if at:
-                    check_revision(revision)
-            except PydanticCustomError as exc:
+            _hub_reference(self.reference, loc=("reference",))
+        if self.ways is not None:
+            if not self.ways:
+                raise fail("must list at least one way", hint="remove `ways:` or add {method: locate}", loc=("ways",))
+            if self.status == "unresolved" and (self.method is not None or self.reference is not None):
+                key = "method" if self.method is not None else "reference"
                 raise fail(
-                    f"must be a Hub reference org/name[@revision]: {(exc.context or {}).get('message', '')}",
-                    hint="an unresolved diff recipe names the published fixed model on the Hub; to extract "
-                    "from a local directory run `patchkit recipe extract BASE DIR --into RECIPE`",
-                    loc=("reference",),
-                ) from None
+                    f"`{key}` and `ways` both say how to resolve",
+                    hint=f"remove `{key}` (list every way under `ways`)",
+                    loc=(key,),
+                )
+        if self.resolved_via is not None:
+            m = re.fullmatch(r"ways\[(\d+)\]", self.resolved_via)
+            if m is None or self.ways is None or int(m.group(1)) >= len(self.ways):
+                raise fail(
+                    f"{show(self.resolved_via)} does not name one of `ways`",
+                    hint="write ways[N] (N from 0), as `patchkit recipe resolve` does",
+                    loc=("resolved_via",),
+                )
         return self
+
+    def effective_ways(self) -> list[ResolutionWay]:
+        """The ways to try, in order: `ways`, else the single `method`/`reference` read as one way (a diff reference
+        of that older form is `unmarked`: it was never said to be published). Empty when neither says diff or
+        locate (a paper citation or manual edits: nothing patchkit can run)."""
+        if self.ways is not None:
+            return list(self.ways)
+        if self.method == "diff" and self.reference:
+            repo, _, revision = self.reference.partition("@")
+            return [ResolutionWay.model_construct(method="diff", reference=repo, revision=revision or None)]
+        if self.method == "locate":
+            return [ResolutionWay(method="locate", cited_in=self.reference)]
+        return []
+
+    @property
+    def via(self) -> ResolutionWay | None:
+        """The way that resolved the recipe (from `resolved_via`), if recorded."""
+        if self.resolved_via is None or self.ways is None:
+            return None
+        return self.ways[int(self.resolved_via[5:-1])]
 
 
 _LICENSE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
@@ -384,6 +511,8 @@ class Recipe(BaseModel):
         base = self.model.repo or "BASE"
         if self.model.revision:
             base = f"{base}@{self.model.revision}"
+        if res is not None and getattr(res, "ways", None):
+            return f"run `patchkit recipe resolve {path}` (it tries the recipe's ways in order)"
         method = res.method if res is not None else None
         if method == "diff":
             fixed = (res.reference if res is not None else None) or "FIXED"

@@ -22,6 +22,8 @@ transformers models (random weights, fixed seeds):
 Tokenizers and saving:
   `word_tokenizer`         word-level, "w4".."w127" (the vocabulary `build` checkpoints use)
   `byte_level_tokenizer`   byte-level BPE with no merges plus specials and a chat template (covers any text)
+  `thinking_tokenizer`     byte-level, with a Gemma-4-like chat template that honours `enable_thinking`
+  `thinking_model`         (random tiny Llama, thinking_tokenizer()): drives the thinking-budget study offline
   `save_checkpoint`        save_pretrained (safetensors, optionally sharded) + the tokenizer
 
 Gemma 4 dense has per-layer embeddings and double-wide MLPs on its KV-shared layers, like E2B; the multimodal
@@ -74,6 +76,10 @@ __all__ = [
     "save_checkpoint",
     "shard_names",
     "sparse_gemma4_checkpoint",
+    "THINKING_SPECIALS",
+    "THINKING_TEMPLATE",
+    "thinking_model",
+    "thinking_tokenizer",
     "tiny_llama",
     "word_tokenizer",
     "write_file",
@@ -329,6 +335,48 @@ def byte_level_tokenizer(specials: Sequence[str], *, chat_template: str, padding
     if padding_side is not None:
         tok.padding_side = padding_side
     return tok
+
+
+#: Gemma-4-like special tokens: turns, the system-prompt thinking switch, and the thinking channel markers
+#: (`patchkit.generate.thinking` splits `<|channel>thought\n ... <channel|>`). The first is eos/pad/bos.
+THINKING_SPECIALS = ("<eos>", "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>")
+#: A chat template in the shape of Gemma 4's: `enable_thinking` puts <|think|> in a system turn and opens the
+#: thinking channel in the model turn (so even a random model "thinks" until it emits <channel|> or runs out
+#: of budget); without it the template renders no thinking at all.
+THINKING_TEMPLATE = (
+    "{% if enable_thinking is defined and enable_thinking %}<|turn>system\n<|think|><turn|>\n{% endif %}"
+    "{% for m in messages %}<|turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<turn|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|turn>model\n"
+    "{% if enable_thinking is defined and enable_thinking %}<|channel>thought\n{% endif %}{% endif %}"
+)
+
+
+def thinking_tokenizer():
+    """Byte-level tokenizer with THINKING_SPECIALS and THINKING_TEMPLATE (left padding), built by code.
+
+    Why: the thinking-budget study refuses a template without a thinking mode; tests and offline trials need
+    one that has it, with the same markers as Gemma 4, and no download.
+    """
+    return byte_level_tokenizer(THINKING_SPECIALS, chat_template=THINKING_TEMPLATE, padding_side="left")
+
+
+def thinking_model(seed: int = 0, *, std: float = 0.15):
+    """(random 2-layer Llama over `thinking_tokenizer()`'s vocabulary, that tokenizer); eos is <turn|>."""
+    tok = thinking_tokenizer()
+    model = tiny_llama(
+        seed=seed,
+        std=std,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<turn|>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    return model.eval(), tok
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,29 +1,32 @@
 """Resolve recipes and materialize references: the orchestration that may touch the Hub.
 
 The byte engine (`patchkit.edit`) never downloads. This workflow does what needs the network first — fetching two
-Hub revisions for a diff (only the shards whose LFS sha256 differ), resolving an unresolved diff recipe from its
-published reference — and then calls the engine on local directories.
+Hub revisions for a diff (only the shards whose LFS sha256 differ), resolving an unresolved recipe by trying its
+`resolution.ways` in order (`resolve_recipe`, what `patchkit recipe resolve` runs) — and then calls the engine on
+local directories. `apply` never resolves: resolving reaches the Hub and may pick an inferred reference, so it is
+a step the user runs and reviews (`patchkit.recipe.resolution.unresolved_error` says so).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from patchkit._io.progress import Progress
-from patchkit.edit.apply import ApplyResult, apply_recipe
-from patchkit.edit.diff import DiffReport, diff_checkpoints, resolve_dir
+from patchkit.edit.diff import DiffError, DiffReport, diff_checkpoints, resolve_dir
 from patchkit.edit.extract import ExtractResult, ReferenceCheck, compare_with_reference, recipe_from_diff
-from patchkit.errors import Fix, PatchkitError, RecipeError
+from patchkit.errors import Fix, HubError, RecipeError
 
 __all__ = [
+    "ResolveReport",
+    "WayOutcome",
     "diff_refs",
     "extract_recipe",
     "hub_offline",
-    "resolve_then_apply",
-    "resolve_unresolved",
+    "resolve_recipe",
     "verify_against_reference",
 ]
 
@@ -69,6 +72,7 @@ def extract_recipe(
     template: Any = None,
     name: str | None = None,
     progress: Progress | None = None,
+    via: int | None = None,
 ) -> ExtractResult:
     """A resolved recipe reproducing FIXED from BASE (DiffError if any change is not expressible as recipe ops).
 
@@ -78,6 +82,7 @@ def extract_recipe(
         template: an (unresolved) Recipe whose name, description, model, checks, publish and constraints are kept.
         name: the new recipe's name (default: the template's, else derived from FIXED).
         progress: called as `progress(stage, done, total)` while comparing tensors.
+        via: the index of the template's `resolution.ways` entry FIXED is (recorded as `resolved_via`).
 
     Returns:
         ExtractResult with the recipe, its verbatim text, the slice checksums and what was downloaded.
@@ -89,25 +94,7 @@ def extract_recipe(
         >>> extract_recipe("google/gemma-4-26B-A4B-it", "some-org/gemma-4-26B-A4B-it-noloop").edits  # doctest: +SKIP
     """
     report = diff_refs(base, fixed, progress=progress)
-    return recipe_from_diff(report, base, fixed, template=template, name=name)
-
-
-def resolve_then_apply(recipe: Any, *, model: str | None = None, **apply_kwargs: Any) -> ApplyResult:
-    """`apply_recipe`, resolving an unresolved diff recipe from its reference first (the Hub is needed then).
-
-    The resolved recipe is what gets applied and recorded in provenance; the result's warnings say it was resolved.
-    """
-    from patchkit.edit.apply import read_recipe
-
-    recipe_obj, text, recipe_path = read_recipe(recipe)
-    if recipe_obj.is_resolved:
-        return apply_recipe(recipe_obj, model=model, **apply_kwargs)
-    resolved = resolve_unresolved(recipe_obj, model=model)
-    result = apply_recipe(resolved.recipe, model=model, **apply_kwargs)
-    result.warnings.append(
-        f"resolved {recipe_path or recipe_obj.name} from {resolved.reference} (patchkit recipe extract)"
-    )
-    return result
+    return recipe_from_diff(report, base, fixed, template=template, name=name, via=via)
 
 
 def hub_offline() -> bool:
@@ -130,28 +117,255 @@ def _base_ref(recipe: Any, model: str | None) -> str:
     return f"{spec.repo}@{spec.revision}" if spec.revision else spec.repo
 
 
-def resolve_unresolved(recipe: Any, *, model: str | None = None, progress: Progress | None = None) -> ExtractResult:
-    """Resolve an unresolved diff recipe from its reference (needs the Hub), else RecipeError saying what to run."""
-    from patchkit.recipe.resolution import how_to_resolve
+@dataclass
+class WayOutcome:
+    """What `resolve_recipe` did with one way of `resolution.ways` (every way is listed, tried or not).
 
-    res = recipe.resolution
-    where = recipe.where("resolution")
-    head = f"{where}: recipe {recipe.name!r} is unresolved (it carries no edits yet)"
-    if res is None or res.method != "diff" or not res.reference:
-        raise RecipeError(f"{head}: {how_to_resolve(recipe)}")
-    if hub_offline():
-        raise RecipeError(
-            f"{head} and resolving it from {res.reference} needs the Hub (HF_HUB_OFFLINE is set): "
-            f"{how_to_resolve(recipe)}"
+    `outcome`: `resolved` (its edits are the recipe's now), `missing` (no such repo or revision on the Hub),
+    `unusable` (exists, but no safetensors weights or not readable with this token), `exists` (checked, not
+    extracted: an earlier way won), `refused` (its diff is not expressible as recipe ops), `run-locate` (a
+    locate way: needs the model and a GPU, so it is left to the user), `not-tried` (after the way that stopped)."""
+
+    way: str
+    method: str
+    reference: str | None = None
+    status: str | None = None  # published | inferred | None (the older single-way form)
+    revision: str | None = None  # as the recipe asked
+    outcome: str = "not-tried"
+    exists: bool | None = None
+    sha: str | None = None  # the commit the revision points at now (the pin)
+    files: int | None = None
+    extracted: bool = False
+    warnings: list[str] = field(default_factory=list)
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "way": self.way,
+            "method": self.method,
+            "reference": self.reference,
+            "status": self.status,
+            "revision": self.revision,
+            "outcome": self.outcome,
+            "exists": self.exists,
+            "sha": self.sha,
+            "files": self.files,
+            "extracted": self.extracted,
+            "warnings": self.warnings,
+            "detail": self.detail,
+        }
+
+    def line(self) -> str:
+        """`ways[0] diff org/x (inferred): missing (404)`: one line of `recipe resolve`'s report."""
+        what = (
+            "locate --from-recipe"
+            if self.method == "locate"
+            else f"diff {self.reference} ({self.status or 'unmarked'})"
         )
+        pin = f" @ {self.sha}" if self.sha else ""
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{self.way} {what}{pin}: {self.outcome}{detail}"
+
+
+@dataclass
+class ResolveReport:
+    """The result of `resolve_recipe`: every way with its outcome, the resolved recipe if one way worked, and the
+    command to run next (verify + apply when resolved; locate, or what was refused, otherwise)."""
+
+    recipe: str
+    arg: str
+    resolved: bool
+    ways: list[WayOutcome]
+    next: str
+    via: str | None = None
+    result: ExtractResult | None = None
+    warnings: list[str] = field(default_factory=list)  # constraint departures, an inferred reference
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.resolved,
+            "recipe": self.recipe,
+            "resolved": self.resolved,
+            "resolved_via": self.via,
+            "ways": [w.to_json() for w in self.ways],
+            "warnings": self.warnings,
+            "next": self.next,
+            "message": self.message,
+            "edits": self.result.edits if self.result is not None else None,
+            "text": self.result.text if self.result is not None else None,
+        }
+
+
+def _way_label(index: int, ways_listed: bool) -> str:
+    return f"ways[{index}]" if ways_listed else "resolution"
+
+
+def _check_reference(outcome: WayOutcome, repo: str, revision: str | None) -> None:
+    """Existence and the commit `revision` points at now, from one `model_info` request (file names only: no
+    weights are downloaded). A missing repo or revision is an outcome (the next way is tried); a Hub that cannot
+    be reached, a rejected token or a server error is a HubError (one line), since no later way could do better."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from patchkit.model.hub_client import exception_chain, hub_api, map_hub_error, resolve_token
+
+    api = hub_api(None, resolve_token(None))
     try:
-        return extract_recipe(_base_ref(recipe, model), res.reference, template=recipe, progress=progress)
-    except RecipeError:
-        raise
-    except PatchkitError as exc:
+        info = api.model_info(repo, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - mapped to an outcome or one HubError line below
+        chain = list(exception_chain(exc))
+        if any(isinstance(e, GatedRepoError) for e in chain):
+            outcome.exists, outcome.outcome = True, "unusable"
+            outcome.detail = "gated: this token cannot read it (accept its terms on the Hub, or set HF_TOKEN)"
+            return
+        if any(isinstance(e, RevisionNotFoundError) for e in chain):
+            outcome.exists, outcome.outcome, outcome.detail = False, "missing", f"revision {revision!r} not found"
+            return
+        if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+            outcome.exists, outcome.outcome, outcome.detail = False, "missing", "no such repository on the Hub"
+            return
+        raise map_hub_error(exc, action="checking the reference", repo_id=repo, revision=revision) from exc
+    names = [s.rfilename for s in (info.siblings or [])]
+    outcome.exists, outcome.sha, outcome.files = True, str(info.sha), len(names)
+    if not any(n.endswith(".safetensors") for n in names) or "config.json" not in names:
+        outcome.outcome = "unusable"
+        outcome.detail = "no config.json + safetensors weights to diff"
+    else:
+        outcome.outcome = "exists"
+
+
+def _offline_error(recipe: Any, arg: str) -> HubError:
+    from patchkit.model.hub_client import hub_cache_dir
+
+    return HubError(
+        f"{recipe.where('resolution')}: resolving recipe {recipe.name!r} needs the Hub (it checks each reference "
+        f"there and pins its commit), but HF_HUB_OFFLINE is set: the local cache ({hub_cache_dir()}) cannot say "
+        "whether a reference exists or where it points now",
+        hint=f"unset HF_HUB_OFFLINE where the Hub is reachable and run `patchkit recipe resolve {arg}`",
+        data={"offline": True, "cache": hub_cache_dir()},
+    )
+
+
+def resolve_recipe(
+    recipe: Any, *, model: str | None = None, name: str | None = None, progress: Progress | None = None
+) -> ResolveReport:
+    """Resolve an unresolved recipe by trying its `resolution.ways` in order; the first that works wins.
+
+    Every diff way's reference is checked on the Hub first (existence and the commit its revision points at, one
+    request each, no weights); `extract` then runs on the first reference that exists, pinned to that commit, and
+    the edits are compared with `resolution.constraints` (a departure is a warning: the reference is
+    authoritative). A locate way cannot run here (it needs the model and a GPU): reaching it ends the attempt with
+    the `patchkit locate ... --from-recipe` command to run. Nothing is written: the report carries the resolved
+    recipe's text (comments of the recipe file kept) for the caller to write.
+
+    Args:
+        recipe: a Recipe, or a recipe path / shipped name.
+        model: the base checkpoint to diff against (default: the recipe's model.repo@revision).
+        name: how to name the recipe in commands to run next (default: its path).
+        progress: `progress(stage, done, total)` while comparing tensors.
+
+    Returns:
+        ResolveReport: `resolved`, `via` (`ways[N]`), each way's outcome, warnings, the next command, the result.
+
+    Raises:
+        RecipeError: the recipe is already resolved, or has no way patchkit can run (a paper citation only).
+        HubError: offline (HF_HUB_OFFLINE) or the Hub cannot be reached / answers with an error (one line).
+
+    Example:
+        >>> report = resolve_recipe("recipes/26b-a4b.yaml")  # doctest: +SKIP
+        >>> report.via, [w.outcome for w in report.ways]  # doctest: +SKIP
+        ('ways[0]', ['resolved'])
+    """
+    from patchkit.recipe import load_recipe
+
+    rec = recipe if not isinstance(recipe, (str, Path)) else load_recipe(recipe)
+    arg = name or rec.path or "RECIPE"
+    res = rec.resolution
+    if rec.is_resolved or res is None:
         raise RecipeError(
-            f"{head}; resolving it from {res.reference} failed ({exc}); {how_to_resolve(recipe)}"
-        ) from None
+            f"{rec.where('resolution') if res is not None else arg}: recipe {rec.name!r} is already resolved "
+            "(it has its edits)",
+            hint=f"re-check a diff-resolved recipe against its reference with `patchkit verify {arg}`",
+        )
+    ways = res.effective_ways()
+    listed = res.ways is not None
+    if not ways:
+        raise RecipeError(
+            f"{rec.where('resolution')}: recipe {rec.name!r} lists no way patchkit can run (method "
+            f"{res.method or 'none'})",
+            hint="add `ways: [{method: diff, reference: org/name, status: published}, {method: locate}]`, or fill in "
+            "`edits:` by hand",
+        )
+    outcomes = [
+        WayOutcome(_way_label(i, listed), w.method, w.reference, w.status, w.revision) for i, w in enumerate(ways)
+    ]
+    first_locate = next((i for i, w in enumerate(ways) if w.method == "locate"), len(ways))
+    diff_ways = [i for i in range(first_locate) if ways[i].method == "diff"]
+    if diff_ways and hub_offline():
+        raise _offline_error(rec, arg)
+    base = _base_ref(rec, model)
+    locate_cmd = f"patchkit locate {base} --from-recipe {arg}"
+    for i in diff_ways:  # existence + pin for every reference before the first locate way: cheap, no weights
+        _check_reference(outcomes[i], str(ways[i].reference), ways[i].revision)
+    chosen = next((i for i in diff_ways if outcomes[i].outcome == "exists"), None)
+    for i in diff_ways:
+        if chosen is not None and i > chosen and outcomes[i].outcome == "exists":
+            outcomes[i].detail = f"not extracted: {outcomes[chosen].way} came first"
+    if chosen is None:
+        if first_locate < len(ways):
+            outcomes[first_locate].outcome = "run-locate"
+            outcomes[first_locate].detail = "needs the model and a GPU: run it yourself"
+            nxt = f"`{locate_cmd}` on a machine with the model and a GPU"
+        else:
+            nxt = f"check the references, or add {{method: locate}} to resolution.ways and run `{locate_cmd}`"
+        tried = "; ".join(o.line() for o in outcomes[: first_locate + 1] if o.outcome != "not-tried")
+        return ResolveReport(
+            recipe=rec.name,
+            arg=arg,
+            resolved=False,
+            ways=outcomes,
+            next=nxt,
+            message=f"{rec.name}: no reference could be used ({tried}); next: {nxt}",
+        )
+    out = outcomes[chosen]
+    fixed = f"{ways[chosen].reference}@{out.sha}"
+    try:
+        result = extract_recipe(base, fixed, template=rec, progress=progress, via=chosen)
+    except DiffError as exc:
+        out.outcome, out.detail = "refused", exc.message
+        nxt = f"check {ways[chosen].reference}, or run `{locate_cmd}` on a machine with the model and a GPU"
+        return ResolveReport(
+            recipe=rec.name,
+            arg=arg,
+            resolved=False,
+            ways=outcomes,
+            next=nxt,
+            message=f"{rec.name}: {out.way} {ways[chosen].reference} was refused: {exc.message}; next: {nxt}",
+        )
+    out.outcome, out.extracted = "resolved", True
+    out.warnings = [f"{note} (the reference is authoritative)" for note in result.notes]
+    warnings = list(out.warnings) + list(result.warnings)
+    if ways[chosen].status == "inferred":
+        warnings.insert(
+            0,
+            f"{ways[chosen].reference} is an inferred reference (its name follows the published pattern; no cited "
+            "source names it): review the edits before publishing them",
+        )
+    elif ways[chosen].status is None:
+        warnings.insert(0, f"{ways[chosen].reference} is not marked published or inferred in the recipe")
+    units = len(result.recipe.expanded_edits())
+    return ResolveReport(
+        recipe=rec.name,
+        arg=arg,
+        resolved=True,
+        ways=outcomes,
+        next="`patchkit verify RESOLVED` (re-extracts and compares), then `patchkit apply RESOLVED`",
+        via=out.way,
+        result=result,
+        warnings=warnings,
+        message=f"{rec.name}: resolved via {out.way} {ways[chosen].describe()} @ {out.sha}: {units} edited unit(s) "
+        f"in {len(result.edits)} edit(s)",
+    )
 
 
 def verify_against_reference(
