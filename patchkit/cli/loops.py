@@ -195,21 +195,41 @@ def loops_cmd(
         )
     written = write_report(report, report_dir) if report_dir else None
     failures = report.gate()
-    if as_json:
-        data = report.to_json(transcripts=False)
+    _finish(
+        report.to_json(transcripts=False) if as_json else None,
+        lambda: render_tables(report, console),
+        written,
+        f"report written to {report_dir}/ (loops.json, loops.png, transcripts/)",
+        console,
+    )
+    _gates(
+        failures,
+        f"{len(failures)} loop gate(s) failed: " + "; ".join(f.split(":")[0] for f in failures),
+        "loop gates met" if report.gates is not None and not as_json else None,
+        console,
+    )
+
+
+def _finish(data: dict | None, render: Any, written: dict | None, written_note: str, console: Any) -> None:
+    """One JSON document (with the written report files) under --json, else the tables and where the report went."""
+    if data is not None:
         if written:
             data["report"] = {k: str(v) for k, v in written.items()}
         emit_json(data)
-    else:
-        render_tables(report, console)
-        if written:
-            console.print(f"report written to {report_dir}/ (loops.json, loops.png, transcripts/)")
+        return
+    render()
+    if written:
+        console.print(written_note)
+
+
+def _gates(failures: list[str], summary: str, met: str | None, console: Any) -> None:
+    """Each failed gate on stderr and exit 1 (GateFailed); else say the gates were met (when there were any)."""
     if failures:
         for failure in failures:
             click.echo(f"gate failed: {failure}", err=True)
-        raise GateFailed(f"{len(failures)} loop gate(s) failed: " + "; ".join(f.split(":")[0] for f in failures))
-    if report.gates is not None and not as_json:
-        console.print("[green]loop gates met[/]")
+        raise GateFailed(summary)
+    if met:
+        console.print(f"[green]{met}[/]")
 
 
 def _sweep(
@@ -236,18 +256,16 @@ def _sweep(
         )
     written = write_sweep_report(sweep, report_dir) if report_dir else None
     failures = sweep.gate()
-    if as_json:
-        data = sweep.to_json()
-        if written:
-            data["report"] = {k: str(v) for k, v in written.items()}
-        emit_json(data)
-    else:
-        render_sweep_tables(sweep, console)
-        if written:
-            console.print(f"report written to {report_dir}/ (loops.json, thinking-budget.png, budget-N/)")
-    if failures:
-        for failure in failures:
-            click.echo(f"gate failed: {failure}", err=True)
-        raise GateFailed(f"{len(failures)} loop gate(s) failed across the thinking budgets")
-    if sweep.gates is not None and not as_json:
-        console.print("[green]loop gates met at every budget[/]")
+    _finish(
+        sweep.to_json() if as_json else None,
+        lambda: render_sweep_tables(sweep, console),
+        written,
+        f"report written to {report_dir}/ (loops.json, thinking-budget.png, budget-N/)",
+        console,
+    )
+    _gates(
+        failures,
+        f"{len(failures)} loop gate(s) failed across the thinking budgets",
+        "loop gates met at every budget" if sweep.gates is not None and not as_json else None,
+        console,
+    )
