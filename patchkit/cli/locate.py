@@ -231,10 +231,10 @@ def locate_cmd(
                 hint="--from-recipe takes an unresolved recipe (resolution.status: unresolved)",
             )
     if output is None and from_recipe is not None:
-        from patchkit.recipe.packaged import is_installed_copy, is_shipped
+        from patchkit.recipe.packaged import local_copy_path
 
-        if is_shipped(from_recipe) or is_installed_copy(from_recipe):  # never write into the installed package
-            output = Path.cwd() / f"{Path(from_recipe).name.removesuffix('.yaml')}.yaml"
+        output = local_copy_path(from_recipe)  # never write into the installed package
+        if output is not None:
             click.echo(f"note: {from_recipe} is a recipe shipped with patchkit; the result goes to {output}", err=True)
     output = output or from_recipe or Path("recipe.yaml")
     settings = LocateSettings(

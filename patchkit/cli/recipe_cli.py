@@ -55,13 +55,13 @@ def validate_cmd(recipe: Path, model: str | None, as_json: bool) -> None:
     if report.search_space:
         con.print(f"search space: {describe_space(report.search_space)}", highlight=False)
     if report.to_fill:
-        from patchkit.recipe.packaged import is_installed_copy, is_shipped
+        from patchkit.recipe.packaged import local_copy_path
 
-        if is_shipped(recipe) or is_installed_copy(recipe):  # never send users to edit the installed package
-            name = Path(recipe).name.removesuffix(".yaml")
+        copy = local_copy_path(recipe)
+        if copy is not None:  # never send users to edit the installed package
             con.print(
                 f"{recipe} is a recipe shipped with patchkit: start your own copy with "
-                f"`patchkit recipes show {name} > {name}.yaml` and fill that in",
+                f"`patchkit recipes show {copy.stem} > {copy.name}` and fill that in",
                 highlight=False,
                 soft_wrap=True,
             )

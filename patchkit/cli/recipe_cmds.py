@@ -56,7 +56,9 @@ def extract_cmd(
     template = load_recipe(into) if into is not None else None
     target = out or into
     if into is not None and out is None:
-        copy = _written_copy(into)
+        from patchkit.recipe.packaged import local_copy_path
+
+        copy = local_copy_path(into)
         if copy is not None:  # never write into the installed package: a local copy
             target = copy
             click.echo(
@@ -92,16 +94,6 @@ def extract_cmd(
         con.print(f"wrote {target}", highlight=False)
 
 
-def _written_copy(recipe: Path) -> Path | None:
-    """Where a command that writes a recipe back must write instead of RECIPE: `./NAME.yaml` for a shipped name or
-    an installed copy (never into the installed package), else None (RECIPE itself)."""
-    from patchkit.recipe.packaged import is_installed_copy, is_shipped
-
-    if is_shipped(recipe) or is_installed_copy(recipe):
-        return Path.cwd() / f"{Path(recipe).name.removesuffix('.yaml')}.yaml"
-    return None
-
-
 @recipe_group.command("resolve")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option(
@@ -124,9 +116,10 @@ def resolve_cmd(recipe: Path, out: Path | None, model: str | None, force: bool, 
     from patchkit._io.atomic import atomic_write_text
     from patchkit.cli.core import _progress
     from patchkit.errors import GateFailed
+    from patchkit.recipe.packaged import local_copy_path
     from patchkit.workflows.resolve import resolve_recipe
 
-    copy = _written_copy(recipe)
+    copy = local_copy_path(recipe)
     target = out or copy or recipe
     if (out is not None or copy is not None) and target.exists() and not force:
         raise PatchkitError(

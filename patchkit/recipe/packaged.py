@@ -29,6 +29,7 @@ __all__ = [
     "ShippedRecipe",
     "is_installed_copy",
     "is_shipped",
+    "local_copy_path",
     "not_found_error",
     "recipes_dir",
     "resolve_recipe_path",
@@ -112,6 +113,15 @@ def is_installed_copy(path: str | os.PathLike[str]) -> bool:
         return target.resolve().is_relative_to(installed.resolve())
     except OSError:
         return False
+
+
+def local_copy_path(path: str | os.PathLike[str]) -> Path | None:
+    """Where a command that writes a recipe back must write instead of RECIPE: `./NAME.yaml` in the working
+    directory when RECIPE is a shipped name or an installed copy (never into the installed package), else None
+    (RECIPE itself may be written)."""
+    if is_shipped(path) or is_installed_copy(path):
+        return Path.cwd() / f"{Path(path).name.removesuffix(_SUFFIX)}{_SUFFIX}"
+    return None
 
 
 def resolve_recipe_path(path: str | os.PathLike[str]) -> Path:
