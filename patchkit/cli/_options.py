@@ -180,3 +180,23 @@ def placement_printer(console: Any) -> Callable[[str], None]:
             console.print(line, highlight=False, markup=False)
 
     return show
+
+
+def earlier_name(old_flag: str, dest: str, new_flag: str) -> Callable[[Any], Any]:
+    """A hidden option that keeps a renamed path option's earlier spelling working (`--output` for `-o/--out`);
+    the command folds it into the new one with `one_spelling`."""
+    return click.option(
+        old_flag,
+        dest,
+        type=click.Path(path_type=Path),
+        default=None,
+        hidden=True,
+        help=f"The earlier name of {new_flag} (kept so existing scripts run).",
+    )
+
+
+def one_spelling(value: Any, old_value: Any, new_flag: str, old_flag: str) -> Any:
+    """The value of a renamed option given under either spelling; a usage error (exit 2) when given under both."""
+    if value is not None and old_value is not None:
+        raise click.UsageError(f"give {new_flag} once ({old_flag} is its earlier name)")
+    return value if value is not None else old_value

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._options import earlier_name, one_spelling
 from patchkit.cli._progress import progress_bars
 
 
@@ -47,14 +48,7 @@ def _rate(d: dict) -> str:
     help="Recipe to write (default: recipe.yaml, or the --from-recipe file itself); the report goes next "
     "to it, in <name>.locate/.",
 )
-@click.option(
-    "--output",
-    "output_old",
-    type=click.Path(path_type=Path),
-    default=None,
-    hidden=True,
-    help="The earlier name of -o/--out (kept so existing scripts run).",
-)
+@earlier_name("--output", "output_old", "-o/--out")
 @click.option(
     "--from-recipe",
     "from_recipe",
@@ -108,14 +102,7 @@ def _rate(d: dict) -> str:
     default=None,
     help="Directory for locate-report.json, layers.png and sweep.png (as --report in loops, bench, check).",
 )
-@click.option(
-    "--report-dir",
-    "report_dir_old",
-    type=click.Path(path_type=Path),
-    default=None,
-    hidden=True,
-    help="The earlier name of --report (kept so existing scripts run).",
-)
+@earlier_name("--report-dir", "report_dir_old", "--report")
 @click.option(
     "--budget-minutes",
     type=click.FloatRange(min=0, min_open=True),
@@ -212,12 +199,8 @@ def locate_cmd(
     """Find the MLP neurons / MoE experts of MODEL that drive repetition loops and write a recipe."""
     from patchkit.locate import LocateSettings, parse_ops, run_locate
 
-    if output is not None and output_old is not None:
-        raise click.UsageError("give -o/--out once (--output is its earlier name)")
-    output = output if output is not None else output_old
-    if report_dir is not None and report_dir_old is not None:
-        raise click.UsageError("give --report once (--report-dir is its earlier name)")
-    report_dir = report_dir if report_dir is not None else report_dir_old
+    output = one_spelling(output, output_old, "-o/--out", "--output")
+    report_dir = one_spelling(report_dir, report_dir_old, "--report", "--report-dir")
     con = ui_console(as_json)
     base_recipe = None
     if from_recipe is not None:

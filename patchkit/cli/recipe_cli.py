@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from patchkit.cli._common import emit_json, handle_errors, json_option, ui_console
+from patchkit.cli._options import earlier_name, one_spelling
 from patchkit.errors import PatchkitError
 
 
@@ -126,14 +127,7 @@ def schema_cmd(as_json: bool) -> None:
     default=None,
     help="Write here (refuses to overwrite); default stdout.",
 )
-@click.option(
-    "--output",
-    "output_old",
-    type=click.Path(path_type=Path),
-    default=None,
-    hidden=True,
-    help="The earlier name of -o/--out (kept so existing scripts run).",
-)
+@earlier_name("--output", "output_old", "-o/--out")
 @json_option
 @handle_errors
 def new_cmd(
@@ -147,9 +141,7 @@ def new_cmd(
     from patchkit.recipe import parse_recipe
     from patchkit.recipe.validate import starter_recipe
 
-    if out is not None and output_old is not None:
-        raise click.UsageError("-o/--out and --output are the same option (--output is its old name); give one")
-    out = out if out is not None else output_old
+    out = one_spelling(out, output_old, "-o/--out", "--output")
     if model is None and arch is None:
         raise PatchkitError("say which model the recipe is for", hint="pass --model REF or --arch gemma4|llama")
     text = starter_recipe(model=model, arch=arch, name=name)
