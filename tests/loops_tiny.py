@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fixtures.tiny_models import byte_level_tokenizer, save_checkpoint, tiny_llama
+from fixtures.tiny_models import byte_level_tokenizer, save_checkpoint
+
+from patchkit.testing.tiny import chat_llama
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 TEMPLATE = (
@@ -25,20 +27,7 @@ def tiny_tokenizer(extra_specials: tuple[str, ...] = ()):
 def tiny_model(seed: int = 0, *, scale: float = 0.15):
     """(model, tokenizer): 2 layers, hidden 32 - random but with peaked, input-dependent distributions."""
     tok = tiny_tokenizer()
-    model = tiny_llama(
-        seed=seed,
-        std=scale,
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-    )
-    model.eval()
-    return model, tok
+    return chat_llama(tok, "<|im_end|>", seed=seed, std=scale), tok
 
 
 def save_tiny_model(path: Path, seed: int = 0) -> Path:

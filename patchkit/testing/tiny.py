@@ -60,6 +60,7 @@ __all__ = [
     "VOCAB",
     "build",
     "byte_level_tokenizer",
+    "chat_llama",
     "encode",
     "gemma4_causal_lm",
     "gemma4_multimodal_config",
@@ -361,9 +362,9 @@ def thinking_tokenizer():
     return byte_level_tokenizer(THINKING_SPECIALS, chat_template=THINKING_TEMPLATE, padding_side="left")
 
 
-def thinking_model(seed: int = 0, *, std: float = 0.15):
-    """(random 2-layer Llama over `thinking_tokenizer()`'s vocabulary, that tokenizer); eos is <turn|>."""
-    tok = thinking_tokenizer()
+def chat_llama(tok: Any, eos_token: str, *, seed: int = 0, std: float = 0.15) -> Any:
+    """A random 2-layer Llama (hidden 32) over `tok`'s vocabulary that ends a turn with `eos_token`: random, but
+    with peaked, input-dependent distributions (the generation and loop tests' model), in eval mode."""
     model = tiny_llama(
         seed=seed,
         std=std,
@@ -373,10 +374,16 @@ def thinking_model(seed: int = 0, *, std: float = 0.15):
         num_hidden_layers=2,
         max_position_embeddings=4096,
         bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<turn|>"),
+        eos_token_id=tok.convert_tokens_to_ids(eos_token),
         pad_token_id=tok.pad_token_id,
     )
-    return model.eval(), tok
+    return model.eval()
+
+
+def thinking_model(seed: int = 0, *, std: float = 0.15):
+    """(random 2-layer Llama over `thinking_tokenizer()`'s vocabulary, that tokenizer); eos is <turn|>."""
+    tok = thinking_tokenizer()
+    return chat_llama(tok, "<turn|>", seed=seed, std=std), tok
 
 
 # --------------------------------------------------------------------------------------------------------------
