@@ -89,6 +89,18 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any, *, indent: int
     return atomic_write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: float | None = None) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a reader never sees half a PNG) and close it either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", **({} if dpi is None else {"dpi": dpi}))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def umask_modes(directory: str | os.PathLike[str], *, files: bool = True) -> None:
     """Give a directory built under `mkdtemp` (owner-only) the modes the user's umask would have given it, and its
     top-level files too with `files`, so an output looks like anything else the user creates."""

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from patchkit._io.atomic import atomic_open, atomic_write_text
+from patchkit._io.atomic import atomic_write_text, save_figure
 from patchkit.checks.bench import BenchReport
 from patchkit.checks.figure import Comparison, Figure
 
@@ -139,12 +139,7 @@ def write_chart(report: BenchReport, path: Path) -> Path:
     )
     fig.suptitle(f"{Path(str(report.patched)).name} vs {Path(str(report.base)).name} — {verdict}", fontsize=9)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as fh:  # a reader never sees half a PNG
-            fig.savefig(fh, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
 
 
 def write_report(report: BenchReport, directory: str | Path) -> dict[str, Path]:

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from patchkit._io.atomic import atomic_open, atomic_write_text
+from patchkit._io.atomic import atomic_write_text, save_figure
 from patchkit.checks.loops import LoopReport
 from patchkit.checks.thinking_sweep import SWEEP_RATES, ThinkingSweep
 
@@ -131,12 +131,7 @@ def plot_report(report: LoopReport, path: str | Path) -> Path:
     ax.legend(loc="upper center", fontsize=8, ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as fh:  # a reader never sees half a PNG
-            fig.savefig(fh, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def render_tables(report: LoopReport, console: Any, *, per_probe: bool = True) -> None:
@@ -264,12 +259,7 @@ def plot_thinking_sweep(sweep: ThinkingSweep, path: str | Path) -> Path:
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5), handlelength=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as fh:  # a reader never sees half a PNG
-            fig.savefig(fh, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def render_sweep_tables(sweep: ThinkingSweep, console: Any) -> None:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from patchkit._io.atomic import save_figure
 from patchkit._io.fs import read_json_file
 from patchkit.errors import PatchkitError
 from patchkit.locate.heldout import Gates
@@ -211,8 +212,7 @@ def _plot_layers(report: dict[str, Any], path: Path) -> None:
     ax.set_title("Layer ablation: control drop minus loop drop (red = measured exactly)")
     ax.axhline(0, color="black", linewidth=0.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _plot_sweep(report: dict[str, Any], path: Path) -> None:
@@ -241,8 +241,7 @@ def _plot_sweep(report: dict[str, Any], path: Path) -> None:
     ax.set_title("Sweep (marker size = control accuracy; blue = positive score)")
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _plot_frontier(report: dict[str, Any], path: Path) -> None:
@@ -296,8 +295,7 @@ def _plot_frontier(report: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8, title="dashed = base", title_fontsize=7)
     fig.suptitle("Set search frontier (95 % Wilson intervals)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_outputs(

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchkit._io.atomic import atomic_write_json, atomic_write_text, umask_modes
+from patchkit._io.atomic import atomic_write_json, atomic_write_text, save_figure, umask_modes
 from patchkit.errors import Fix, PatchkitError
 
 #: The recipe the locate work writes for the embedded model, looked up next to the package (source checkout).
@@ -821,7 +821,4 @@ def _plot(path: Path, base: Any, patched: Any, bench_report: Any) -> None:
         title += f"   (KL {kl:.3f} nats/token)"
     ax2.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
