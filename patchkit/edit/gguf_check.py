@@ -29,7 +29,6 @@ from patchkit.edit.gguf_apply import refuse_journaled
 from patchkit.edit.gguf_blocks import BlockEditError, edit_rows, format_of
 from patchkit.edit.gguf_plan import PREFIX, plan_gguf, provenance_of
 from patchkit.edit.verify import VerifyResult
-from patchkit.errors import PatchkitError
 from patchkit.model.gguf_header import GGUFHeader, GGUFTensor
 from patchkit.model.gguf_model import GGUFModel, open_gguf_model
 
@@ -159,8 +158,9 @@ def _dequant(raw: bytes, t: GGUFTensor) -> np.ndarray:
     ).reshape(-1)
 
 
-def _classify(t: GGUFTensor, ra: bytes, rb: bytes) -> tuple[str, float | None]:
-    """inverted | zeroed | scaled (with c) when edit_rows reproduces rb from ra exactly, else arbitrary."""
+def _classify(t: GGUFTensor, ra: bytes, rb: bytes, va: np.ndarray, vb: np.ndarray) -> tuple[str, float | None]:
+    """inverted | zeroed | scaled (with c) when edit_rows reproduces rb from ra exactly, else arbitrary (`va`, `vb`:
+    the two rows de-quantized, where c is estimated from)."""
     if format_of(t.type_name) is None:
         return "arbitrary", None
     a = np.frombuffer(ra, dtype=np.uint8)
@@ -170,7 +170,6 @@ def _classify(t: GGUFTensor, ra: bytes, rb: bytes) -> tuple[str, float | None]:
                 return ("inverted" if op == "invert" else "zeroed"), None
         except BlockEditError:
             pass
-    va, vb = _dequant(ra, t), _dequant(rb, t)
     denom = float(np.dot(va, va))
     if denom == 0 or not np.isfinite(denom):
         return "arbitrary", None
@@ -306,8 +305,8 @@ def _explain(
             change.slices_truncated = True
             break
         ra, rb = _read_row(ha, ta, row, row_bytes), _read_row(hb, tb, row, row_bytes)
-        kind, factor = _classify(ta, ra, rb)
         va, vb = _dequant(ra, ta), _dequant(rb, tb)
+        kind, factor = _classify(ta, ra, rb, va, vb)
         _add_slice(change, row, kind, factor, va, vb)
     if role is None:
         change.slices_truncated = change.slices_truncated or not change.slices
@@ -353,11 +352,3 @@ def _explain_experts(
         zeroed = min(mine) >= lo_rel and not np.any(vb[up]) and np.array_equal(va[: lo_rel * ne0], vb[: lo_rel * ne0])
         _add_slice(change, e, "zeroed" if zeroed else "arbitrary", None, va, vb)
     change.slices_truncated = len(experts) > MAX_CLASSIFIED_SLICES
-
-
-def is_patchkit_gguf(path: str | os.PathLike[str]) -> bool:
-    """True when the .gguf carries patchkit provenance metadata."""
-    try:
-        return provenance_of(open_gguf_model(path).parts[0]) is not None
-    except PatchkitError:
-        return False
