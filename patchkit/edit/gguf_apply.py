@@ -24,13 +24,13 @@ import os
 import shutil
 import struct
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from patchkit._io.atomic import TMP_MARK, atomic_write_json, fsync_dir, temp_tag
-from patchkit._io.hashing import known_sha256, remember_sha256
+from patchkit._io.hashing import known_sha256, sha256_file
 from patchkit._io.progress import Progress
 from patchkit._version import __version__
 from patchkit.edit.gguf_plan import PREFIX, GGUFPlan, plan_gguf, provenance_of, string_kv
@@ -53,7 +53,6 @@ __all__ = [
 SIDECAR_SUFFIX = ".patchkit.json"
 JOURNAL_SUFFIX = ".patchkit-journal.json"
 LOCK_SUFFIX = ".patchkit.lock"
-_HASH_CHUNK = 8 << 20
 
 
 @dataclass
@@ -138,46 +137,12 @@ def _read_header_bytes(header: GGUFHeader) -> bytes:
     return data
 
 
-class _SourceHasher:
-    """sha256 of a file computed by a thread while the main thread copies it (hashlib releases the GIL)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.digest = path, known_sha256(path)
-        self.error: OSError | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        if self.digest is None:
-            self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            h = hashlib.sha256()
-            buf = bytearray(_HASH_CHUNK)
-            view = memoryview(buf)
-            with open(self.path, "rb", buffering=0) as fh:
-                while n := fh.readinto(buf):
-                    h.update(view[:n])
-            self.digest = h.hexdigest()
-        except OSError as exc:  # reported by result()
-            self.error = exc
-
-    def result(self) -> str:
-        if self.thread.ident is not None:
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-        assert self.digest is not None
-        if os.path.getsize(self.path) >= 1 << 20:
-            remember_sha256(self.path, self.digest)
-        return self.digest
-
-
 def _write_part(
     header: GGUFHeader,
     plan: GGUFPlan,
     part: int,
     dst: Path,
     entries: list[tuple[str, str]],
-    hasher: _SourceHasher,
     progress: Progress | None,
 ) -> int:
     """Write part `part` with its edits to the new file `dst`; returns where its source-sha256 field is (or -1)."""
@@ -406,17 +371,19 @@ def _write_new(
         os.unlink(name)
         tmp_dir, tmp_first = None, Path(name)
     try:
-        hashers = [_SourceHasher(p.real_path) for p in model.parts]
-        sha_at = -1
-        for i, header in enumerate(model.parts):
-            dst = tmp_first if i == 0 else tmp_dir / header.path.name  # type: ignore[operator]
-            if i == 0:
-                sha_at = _write_part(header, plan, 0, dst, entries, hashers[0], progress)
-            elif i in plan.parts_with_edits:
-                _write_part(header, plan, i, dst, [], hashers[i], progress)
-            else:
-                link_or_copy(header.real_path, dst)
-        digests = [h.result() for h in hashers]
+        # the sources' sha256 on threads while the kernel copies them (hashlib releases the GIL): one read each
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            hashes = [pool.submit(sha256_file, p.real_path) for p in model.parts]
+            sha_at = -1
+            for i, header in enumerate(model.parts):
+                dst = tmp_first if i == 0 else tmp_dir / header.path.name  # type: ignore[operator]
+                if i == 0:
+                    sha_at = _write_part(header, plan, 0, dst, entries, progress)
+                elif i in plan.parts_with_edits:
+                    _write_part(header, plan, i, dst, [], progress)
+                else:
+                    link_or_copy(header.real_path, dst)
+            digests = [h.result() for h in hashes]
         fd = os.open(tmp_first, os.O_WRONLY)
         try:
             _pwrite_all(fd, " ".join(digests).encode("ascii"), sha_at)
