@@ -24,7 +24,7 @@ from patchkit._io.fs import check_entry
 from patchkit._io.hashing import blob_sha256
 from patchkit._io.progress import Progress
 from patchkit.edit.bytes import RAW_DTYPES, SIGN_BITS, Selection, apply_op, raw_view, to_float32
-from patchkit.edit.output import IN_PLACE_JOURNAL, LOCK_FILE
+from patchkit.edit.output import HUB_MANAGED, IN_PLACE_JOURNAL, LOCK_FILE, UNDO_RECIPE
 from patchkit.edit.provenance import PROVENANCE_FILE, read_provenance
 from patchkit.errors import PatchkitError
 from patchkit.model.safetensors_io import CHUNK, SCAN_CHUNK, SafetensorsHeader, read_header
@@ -48,11 +48,11 @@ ROLE_AXIS = {
     "experts.gate_up_proj": 0,
     "router.per_expert_scale": 0,
 }
-#: Files whose differences never block --as-recipe (apply writes or leaves them as they are).
-_IGNORED_FILES = {PROVENANCE_FILE, "patchkit-undo.yaml", "README.md", ".gitattributes"}
 #: patchkit's own records of how and when a checkpoint was made: not a difference for `--exit-code` (two outputs
 #: of the same apply always differ in patchkit.json's timestamp; GGUF `patchkit.*` metadata is skipped likewise).
-RECORD_FILES = frozenset({PROVENANCE_FILE, "patchkit-undo.yaml"})
+RECORD_FILES = frozenset({PROVENANCE_FILE, UNDO_RECIPE})
+#: Files whose differences never block --as-recipe (apply writes or leaves them as they are).
+_IGNORED_FILES = RECORD_FILES | {"README.md"} | HUB_MANAGED
 
 
 class DiffError(PatchkitError):
