@@ -46,7 +46,9 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "apply_gguf",
     "recover_gguf",
+    "journal_path",
     "refuse_journaled",
+    "sidecar_path",
     "undo_gguf_in_place",
 ]
 
@@ -200,7 +202,7 @@ def _in_place_provenance(model: GGUFModel) -> dict | None:
     from patchkit._io.fs import read_json_file
     from patchkit.errors import PatchkitError
 
-    path = _sidecar(model)
+    path = sidecar_path(model)
     if not os.path.lexists(path):
         return None
     try:
@@ -420,11 +422,13 @@ def _first(model: GGUFModel) -> Path:
     return model.parts[0].path
 
 
-def _sidecar(model: GGUFModel) -> Path:
+def sidecar_path(model: GGUFModel) -> Path:
+    """`FILE.patchkit.json`: an in-place patch's provenance and undo data (named after part 1 of a split set)."""
     return _first(model).with_name(_first(model).name + SIDECAR_SUFFIX)
 
 
-def _journal(model: GGUFModel) -> Path:
+def journal_path(model: GGUFModel) -> Path:
+    """`FILE.patchkit-journal.json`: present only while an in-place apply runs or after one was interrupted."""
     return _first(model).with_name(_first(model).name + JOURNAL_SUFFIX)
 
 
@@ -455,9 +459,9 @@ class _locked:
 
 
 def refuse_journaled(model: GGUFModel) -> None:
-    if os.path.lexists(_journal(model)):
+    if os.path.lexists(journal_path(model)):
         raise ApplyError(
-            f"{model.path}: an in-place apply was interrupted ({_journal(model).name} exists); its bytes are half "
+            f"{model.path}: an in-place apply was interrupted ({journal_path(model).name} exists); its bytes are half "
             "written",
             hint="run `patchkit apply RECIPE --model FILE --in-place --undo` to roll it back first",
         )
@@ -479,9 +483,9 @@ def _writable(model: GGUFModel) -> None:
 
 def _apply_in_place(model: GGUFModel, plan: GGUFPlan, recipe: Any, text: str, recipe_path: str | None) -> dict:
     _writable(model)
-    if os.path.lexists(_sidecar(model)):
+    if os.path.lexists(sidecar_path(model)):
         raise ApplyError(
-            f"{model.path} is already patched in place (see {_sidecar(model).name})",
+            f"{model.path} is already patched in place (see {sidecar_path(model).name})",
             hint="undo it first with --in-place --undo, or apply to the original file",
         )
     source_sha = [known_sha256(p.real_path) for p in model.parts]  # before the bytes change (stat-keyed cache)
@@ -497,7 +501,7 @@ def _apply_in_place(model: GGUFModel, plan: GGUFPlan, recipe: Any, text: str, re
         "sizes": [p.size for p in model.parts],
         "runs": runs,
     }
-    atomic_write_json(_journal(model), journal)
+    atomic_write_json(journal_path(model), journal)
     fsync_dir(model.path.parent)
     _write_runs(model, runs, "after")
     doc = _provenance_doc(recipe, text, recipe_path, plan, None)
@@ -510,8 +514,8 @@ def _apply_in_place(model: GGUFModel, plan: GGUFPlan, recipe: Any, text: str, re
             "undo": runs,
         }
     )
-    atomic_write_json(_sidecar(model), doc)
-    os.unlink(_journal(model))
+    atomic_write_json(sidecar_path(model), doc)
+    os.unlink(journal_path(model))
     fsync_dir(model.path.parent)
     return doc
 
@@ -568,7 +572,7 @@ def _load_runs(path: Path, model: GGUFModel, key: str) -> list[dict]:
 
 def recover_gguf(model: GGUFModel) -> str | None:
     """Roll back an in-place apply that was interrupted (its journal is still there); the message says so."""
-    journal = _journal(model)
+    journal = journal_path(model)
     if not os.path.lexists(journal):
         return None
     runs = _load_runs(journal, model, "runs")
@@ -578,7 +582,7 @@ def recover_gguf(model: GGUFModel) -> str | None:
             f"{model.path}: rolling back the interrupted in-place apply failed; restore it from its source"
         )
     try:
-        os.unlink(_sidecar(model))  # written just before the journal is removed: it belongs to the rolled-back run
+        os.unlink(sidecar_path(model))  # written just before the journal is removed: it belongs to the rolled-back run
     except FileNotFoundError:
         pass
     os.unlink(journal)
@@ -593,7 +597,7 @@ def undo_gguf_in_place(model_path: str | os.PathLike[str]) -> str:
         message = recover_gguf(model)
         if message:
             return message
-        sidecar = _sidecar(model)
+        sidecar = sidecar_path(model)
         if not os.path.lexists(sidecar):
             raise ApplyError(f"{model.path} carries no in-place patch ({sidecar.name} is missing); nothing to undo")
         runs = _load_runs(sidecar, model, "undo")

@@ -609,20 +609,15 @@ def _plan_gguf_push(
     progress: bool,
     token: str | None,
 ) -> PushPlan:
-    from patchkit.edit.gguf_apply import JOURNAL_SUFFIX, SIDECAR_SUFFIX
+    from patchkit.edit.gguf_apply import refuse_journaled, sidecar_path
     from patchkit.edit.gguf_plan import provenance_of
     from patchkit.publish.card import card_for_gguf
 
     first = model.files[0]
-    journal = first.with_name(first.name + JOURNAL_SUFFIX)
-    if os.path.lexists(journal):
-        raise HubError(
-            f"{first}: an in-place apply was interrupted ({journal.name} exists); its bytes are half written",
-            hint="roll it back with `patchkit apply RECIPE --model FILE --in-place --undo` first",
-        )
+    refuse_journaled(model)  # an interrupted in-place apply: its bytes are half written
     provenance = provenance_of(model.parts[0])
     if provenance is None and not allow_unpatched:
-        sidecar = first.with_name(first.name + SIDECAR_SUFFIX)
+        sidecar = sidecar_path(model)
         if os.path.lexists(sidecar):
             raise HubError(
                 f"{first}: patched in place, so its provenance is in {sidecar.name}, not in the file",
